@@ -1,0 +1,103 @@
+package progress
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Event is one entry of a group's log, as delivered to subscribers.
+//
+// An Event is immutable once published or read: the Hub shares one *Event
+// among all local subscribers of its group.
+type Event struct {
+	Group string          // the group it belongs to, e.g. "job:42"
+	Seq   int64           // position in the group's log: 1, 2, 3, … within one epoch
+	Epoch string          // the log's epoch when the event was appended
+	Name  string          // event name: "state", "progress", "message", …
+	Data  json.RawMessage // the event's payload, a JSON value
+	Time  time.Time       // when the producer published it
+
+	frameOnce sync.Once
+	frame     []byte
+}
+
+// eventFrame is the wire form of an event (PROTOCOL.md, "event" frame).
+type eventFrame struct {
+	Type  string          `json:"type"`
+	Group string          `json:"group"`
+	Seq   int64           `json:"seq"`
+	Epoch string          `json:"epoch"`
+	Event string          `json:"event"`
+	Data  json.RawMessage `json:"data"`
+	TS    string          `json:"ts"`
+}
+
+// Frame returns the event encoded as the protocol's "event" frame. It is
+// encoded once and shared: fan-out to many sockets costs one encoding per
+// process, not one per socket. Callers must not modify the returned slice.
+func (e *Event) Frame() []byte {
+	e.frameOnce.Do(func() {
+		data := e.Data
+		if len(data) == 0 {
+			data = json.RawMessage("null")
+		}
+		b, err := json.Marshal(eventFrame{
+			Type: "event", Group: e.Group, Seq: e.Seq, Epoch: e.Epoch,
+			Event: e.Name, Data: data, TS: e.Time.UTC().Format(time.RFC3339Nano),
+		})
+		if err != nil {
+			// Data was validated as JSON when it was published or read, so
+			// this cannot happen; keep the frame well-formed regardless.
+			b = fmt.Appendf(nil, `{"type":"event","group":%q,"seq":%d,"epoch":%q,"event":%q,"data":null}`,
+				e.Group, e.Seq, e.Epoch, e.Name)
+		}
+		e.frame = b
+	})
+	return e.frame
+}
+
+// MarshalJSON encodes the event as its protocol frame.
+func (e *Event) MarshalJSON() ([]byte, error) { return e.Frame(), nil }
+
+var (
+	groupPattern = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}(:[A-Za-z0-9_.@-]{1,128})?$`)
+	namePattern  = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,63}$`)
+)
+
+// ValidGroup reports whether name is a well-formed group name: a kind
+// ("job", "chat", "user", "dashboard", …) optionally followed by ":" and an
+// id of 1–128 characters from [A-Za-z0-9_.@-]. Which groups a caller may
+// join is decided by the caller's layer, not here.
+func ValidGroup(name string) bool { return groupPattern.MatchString(name) }
+
+// ValidEventName reports whether name can be used as an event name.
+func ValidEventName(name string) bool { return namePattern.MatchString(name) }
+
+// pubsub payload: "seq\nepoch\nname\nts\ndata". The first four fields never
+// contain a newline (seq is a number, epoch is hex, names and RFC 3339 times
+// are validated), so the data is everything after the fourth newline.
+func decodeMessage(group, payload string) (*Event, error) {
+	var fields [4]string
+	rest := payload
+	for i := range fields {
+		j := strings.IndexByte(rest, '\n')
+		if j < 0 {
+			return nil, fmt.Errorf("progress: malformed message on %s: %d fields", group, i)
+		}
+		fields[i], rest = rest[:j], rest[j+1:]
+	}
+	seq, err := strconv.ParseInt(fields[0], 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("progress: malformed seq on %s: %w", group, err)
+	}
+	ts, err := time.Parse(time.RFC3339Nano, fields[3])
+	if err != nil {
+		return nil, fmt.Errorf("progress: malformed time on %s: %w", group, err)
+	}
+	return &Event{Group: group, Seq: seq, Epoch: fields[1], Name: fields[2], Data: json.RawMessage(rest), Time: ts}, nil
+}

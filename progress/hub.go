@@ -1,0 +1,564 @@
+package progress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// HubConfig configures a Hub. The zero value is usable.
+type HubConfig struct {
+	// PendingLimit bounds the live events buffered for one subscriber while
+	// its history is being read. A subscriber that overflows it is dropped
+	// with Sink.Lagged. Default 1024.
+	PendingLimit int
+	// PingInterval is how long the subscription connection may stay silent
+	// before the hub pings Redis to check it. Default 15s.
+	PingInterval time.Duration
+	// Logger receives the hub's own diagnostics. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c HubConfig) withDefaults() HubConfig {
+	if c.PendingLimit <= 0 {
+		c.PendingLimit = 1024
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = 15 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// SyncInfo tells a subscriber where it stands after its history was read.
+type SyncInfo struct {
+	Epoch     string // the log's epoch ("" when the group has no log yet)
+	LastSeq   int64  // the newest seq in the log when it was read
+	Replayed  int    // how many events from the log follow this SyncInfo
+	Recovered bool   // true when nothing after the subscriber's position was lost
+	Initial   bool   // true for the first SyncInfo of a subscription
+}
+
+// Sink receives one subscription's events. The hub calls its methods with
+// the group's lock held, in order: one Synced (Initial), then events in
+// seq order; later a Synced with Recovered false when the log was lost or
+// trimmed past the subscriber's position, followed by the retained history.
+//
+// Methods must not block: a sink whose peer is slow returns false, and the
+// hub stops delivering to that subscription (the caller is expected to
+// close it, and typically its connection).
+type Sink interface {
+	Synced(SyncInfo) bool
+	Send(*Event) bool
+	// Lagged is called once when the hub drops the subscription because
+	// more than HubConfig.PendingLimit live events queued up while its
+	// history was being read.
+	Lagged()
+}
+
+// ErrClosed is returned by Subscribe after Shutdown.
+var ErrClosed = errors.New("progress: hub is shut down")
+
+// Hub fans a process's share of group events out to local subscribers.
+//
+// It holds one Redis pub/sub connection for the whole process and one
+// subscription per group that has at least one local subscriber; the
+// subscription is released when the last local subscriber leaves. Every
+// (re)subscription confirmed by Redis, including the automatic
+// resubscription after a lost connection, triggers a read of the log, so
+// subscribers get the events published while the hub was not listening.
+//
+// Delivery guarantee: within one group each subscriber sees events in seq
+// order with no gap and no duplicate, across replay and live delivery, as
+// long as the log still holds them; otherwise it gets a SyncInfo with
+// Recovered false.
+//
+// A Hub is safe for concurrent use. Shutdown stops it; it is idempotent.
+type Hub struct {
+	log    *Log
+	ps     *redis.PubSub
+	cfg    HubConfig
+	logger *slog.Logger
+
+	mu     sync.Mutex
+	groups map[string]*group
+	closed bool
+
+	ctlWake chan struct{}
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	stop    sync.Once
+}
+
+// NewHub starts a hub that reads log's groups through rdb. Call Shutdown to
+// stop its goroutines.
+func NewHub(rdb redis.UniversalClient, log *Log, cfg HubConfig) *Hub {
+	cfg = cfg.withDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &Hub{
+		log:     log,
+		ps:      rdb.Subscribe(ctx),
+		cfg:     cfg,
+		logger:  cfg.Logger.With("component", "hub"),
+		groups:  make(map[string]*group),
+		ctlWake: make(chan struct{}, 1),
+		ctx:     ctx,
+		cancel:  cancel,
+	}
+	h.wg.Add(2)
+	go func() { defer h.wg.Done(); h.receiveLoop() }()
+	go func() { defer h.wg.Done(); h.controlLoop() }()
+	return h
+}
+
+// Shutdown stops the hub: no new subscriptions, the Redis subscription is
+// closed and the hub's goroutines are waited for (or ctx ends). Existing
+// Subscriptions get no more events. Safe to call more than once.
+func (h *Hub) Shutdown(ctx context.Context) error {
+	h.stop.Do(func() {
+		h.mu.Lock()
+		h.closed = true
+		h.mu.Unlock()
+		h.cancel()
+		_ = h.ps.Close()
+	})
+	done := make(chan struct{})
+	go func() { h.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("progress: hub shutdown: %w", ctx.Err())
+	}
+}
+
+// HubStats is a point-in-time count of what a hub holds.
+type HubStats struct {
+	Groups      int // groups with a Redis subscription held by this process
+	Subscribers int // local subscriptions across all groups
+}
+
+// Stats returns the hub's current counts.
+func (h *Hub) Stats() HubStats {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := HubStats{Groups: len(h.groups)}
+	for _, g := range h.groups {
+		g.mu.Lock()
+		st.Subscribers += len(g.subs)
+		g.mu.Unlock()
+	}
+	return st
+}
+
+// Subscribe adds sink as a local subscriber of group, starting after seq
+// after (0: the whole retained history). epoch is the epoch the subscriber
+// last saw ("" if none); when it no longer matches the log, the subscriber
+// gets the full retained history with Recovered false. Events reach sink
+// asynchronously, starting with a Synced(Initial) call.
+func (h *Hub) Subscribe(group string, after int64, epoch string, sink Sink) (*Subscription, error) {
+	if !ValidGroup(group) {
+		return nil, fmt.Errorf("%w: group %q", ErrInvalid, group)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, ErrClosed
+	}
+	g := h.groups[group]
+	if g == nil {
+		g = h.newGroup(group)
+		h.groups[group] = g
+		h.wakeControl()
+	}
+	s := &Subscription{hub: h, group: g, sink: sink, cursor: max(after, 0), epoch: epoch, syncing: true, initial: true}
+	g.mu.Lock()
+	g.subs[s] = struct{}{}
+	ready := g.ready
+	g.mu.Unlock()
+	if ready {
+		g.requestSync()
+	}
+	return s, nil
+}
+
+func (h *Hub) wakeControl() {
+	select {
+	case h.ctlWake <- struct{}{}:
+	default:
+	}
+}
+
+// controlLoop issues SUBSCRIBE and UNSUBSCRIBE from one goroutine, so their
+// order on the wire follows the order of group changes, and no lock is held
+// during network I/O. A new group always gets its own SUBSCRIBE, even when
+// the channel is still subscribed from an earlier group of the same name:
+// its confirmation is what starts the group's first read.
+func (h *Hub) controlLoop() {
+	subscribed := make(map[string]bool)
+	for {
+		select {
+		case <-h.ctx.Done():
+			return
+		case <-h.ctlWake:
+		}
+		var add, remove []string
+		h.mu.Lock()
+		for name := range subscribed {
+			if h.groups[name] == nil {
+				remove = append(remove, h.log.Channel(name))
+				delete(subscribed, name)
+			}
+		}
+		for name, g := range h.groups {
+			if !g.requested {
+				g.requested = true
+				subscribed[name] = true
+				add = append(add, h.log.Channel(name))
+			}
+		}
+		h.mu.Unlock()
+		// go-redis remembers the channel set even when the command fails and
+		// resubscribes on reconnect, so an error here heals by itself.
+		if len(remove) > 0 {
+			if err := h.ps.Unsubscribe(h.ctx, remove...); err != nil && h.ctx.Err() == nil {
+				h.logger.Warn("unsubscribe failed; will apply on reconnect", "channels", len(remove), "err", err)
+			}
+		}
+		if len(add) > 0 {
+			if err := h.ps.Subscribe(h.ctx, add...); err != nil && h.ctx.Err() == nil {
+				h.logger.Warn("subscribe failed; will apply on reconnect", "channels", len(add), "err", err)
+			}
+		}
+	}
+}
+
+func (h *Hub) receiveLoop() {
+	const maxBackoff = 5 * time.Second
+	backoff := 50 * time.Millisecond
+	down := false
+	for {
+		msg, err := h.ps.ReceiveTimeout(h.ctx, h.cfg.PingInterval)
+		if h.ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Quiet connection: a ping either proves it alive or marks
+				// it broken so the next receive reconnects.
+				_ = h.ps.Ping(h.ctx)
+				continue
+			}
+			if !down {
+				h.logger.Warn("redis subscription lost; reconnecting", "err", err)
+				down = true
+			}
+			select {
+			case <-h.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, maxBackoff)
+			continue
+		}
+		if down {
+			h.logger.Info("redis subscription restored")
+			down = false
+		}
+		backoff = 50 * time.Millisecond
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" {
+				h.onSubscribed(m.Channel)
+			}
+		case *redis.Message:
+			h.onMessage(m)
+		}
+	}
+}
+
+func (h *Hub) lookup(channel string) *group {
+	name, ok := h.log.groupOf(channel)
+	if !ok {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.groups[name]
+}
+
+func (h *Hub) onSubscribed(channel string) {
+	g := h.lookup(channel)
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	g.ready = true
+	g.catchup = true
+	g.mu.Unlock()
+	g.requestSync()
+}
+
+func (h *Hub) onMessage(m *redis.Message) {
+	g := h.lookup(m.Channel)
+	if g == nil {
+		return
+	}
+	ev, err := decodeMessage(g.name, m.Payload)
+	if err != nil {
+		h.logger.Error("dropping malformed pub/sub message", "group", g.name, "err", err)
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for s := range g.subs {
+		s.offer(ev)
+	}
+}
+
+// group is one group with local subscribers. Its goroutine reads the log
+// whenever a subscriber needs history: on join, on a gap in live delivery,
+// on an epoch change and after every subscription confirmation.
+type group struct {
+	name string
+	hub  *Hub
+
+	requested bool // guarded by hub.mu: a SUBSCRIBE was issued for this group
+
+	mu      sync.Mutex
+	subs    map[*Subscription]struct{}
+	ready   bool // Redis confirmed the subscription at least once
+	catchup bool // the next read covers every subscriber, not only syncing ones
+
+	wake   chan struct{}
+	cancel context.CancelFunc
+}
+
+func (h *Hub) newGroup(name string) *group {
+	ctx, cancel := context.WithCancel(h.ctx)
+	g := &group{name: name, hub: h, subs: make(map[*Subscription]struct{}), wake: make(chan struct{}, 1), cancel: cancel}
+	h.wg.Add(1)
+	go func() { defer h.wg.Done(); g.syncLoop(ctx) }()
+	return g
+}
+
+func (g *group) requestSync() {
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (g *group) syncLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-g.wake:
+		}
+		backoff := 50 * time.Millisecond
+		for {
+			err := g.sync(ctx)
+			if err == nil || ctx.Err() != nil {
+				break
+			}
+			g.hub.logger.Warn("reading group history failed; retrying", "group", g.name, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+		}
+	}
+}
+
+// sync reads the log once, from the lowest position any subscriber that
+// needs it holds, and applies it to those subscribers under the lock, so
+// live events that arrived meanwhile are deduplicated against it.
+func (g *group) sync(ctx context.Context) error {
+	g.mu.Lock()
+	if !g.ready {
+		g.mu.Unlock()
+		return nil // the subscription confirmation will wake us
+	}
+	catchup := g.catchup
+	g.catchup = false
+	var targets []*Subscription
+	var from int64
+	for s := range g.subs {
+		if s.dead || !(s.syncing || catchup) {
+			continue
+		}
+		if len(targets) == 0 || s.cursor < from {
+			from = s.cursor
+		}
+		targets = append(targets, s)
+	}
+	g.mu.Unlock()
+	if len(targets) == 0 {
+		return nil
+	}
+	snap, err := g.hub.log.Read(ctx, g.name, from)
+	if err != nil {
+		if catchup {
+			g.mu.Lock()
+			g.catchup = true
+			g.mu.Unlock()
+		}
+		return err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, s := range targets {
+		if _, ok := g.subs[s]; ok && !s.dead {
+			s.apply(snap, from)
+		}
+	}
+	return nil
+}
+
+// Subscription is one local subscriber of one group. Close it when done.
+type Subscription struct {
+	hub   *Hub
+	group *group
+	sink  Sink
+
+	// guarded by group.mu
+	cursor  int64  // seq of the last event given to the sink
+	epoch   string // epoch of that event ("" before any)
+	syncing bool   // waiting for a log read; live events go to pending
+	initial bool   // no SyncInfo sent yet
+	lost    bool   // the position it held is gone: the next SyncInfo says Recovered false
+	dead    bool   // the sink refused an event or lagged: deliver nothing more
+	pending []*Event
+	closed  bool
+}
+
+// Group returns the subscription's group name.
+func (s *Subscription) Group() string { return s.group.name }
+
+// Close removes the subscription; when it was the group's last local
+// subscriber, the hub releases the group's Redis subscription. After Close
+// returns the sink receives nothing more. Safe to call more than once.
+func (s *Subscription) Close() {
+	h, g := s.hub, s.group
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	g.mu.Lock()
+	if s.closed {
+		g.mu.Unlock()
+		return
+	}
+	s.closed = true
+	s.dead = true
+	delete(g.subs, s)
+	empty := len(g.subs) == 0
+	g.mu.Unlock()
+	if empty && h.groups[g.name] == g {
+		delete(h.groups, g.name)
+		g.cancel()
+		h.wakeControl()
+	}
+}
+
+// offer delivers a live event, or queues it while the subscriber syncs.
+// Called with group.mu held.
+func (s *Subscription) offer(ev *Event) {
+	if s.dead {
+		return
+	}
+	if s.syncing {
+		if len(s.pending) >= s.hub.cfg.PendingLimit {
+			s.dead = true
+			s.pending = nil
+			s.sink.Lagged()
+			return
+		}
+		s.pending = append(s.pending, ev)
+		return
+	}
+	if (s.epoch != "" && ev.Epoch != s.epoch) || ev.Seq > s.cursor+1 {
+		// A gap or a new log: read the log before delivering further.
+		s.syncing = true
+		s.pending = append(s.pending, ev)
+		s.group.requestSync()
+		return
+	}
+	if ev.Seq <= s.cursor {
+		return // already delivered by replay
+	}
+	s.send(ev)
+}
+
+func (s *Subscription) send(ev *Event) {
+	if !s.sink.Send(ev) {
+		s.dead = true
+		s.pending = nil
+		return
+	}
+	s.cursor, s.epoch = ev.Seq, ev.Epoch
+}
+
+// apply brings the subscriber up to date from a log read that started at
+// seq from. Called with group.mu held.
+func (s *Subscription) apply(snap Snapshot, from int64) {
+	if (s.epoch != "" && s.epoch != snap.Epoch) || s.cursor > snap.LastSeq {
+		// The history this subscriber knows is gone (log lost, replaced,
+		// or the client claims a position the log never reached).
+		s.cursor, s.epoch, s.lost = 0, "", true
+		s.syncing = true
+		if from > 0 {
+			s.group.requestSync() // needs a read from the start
+			return
+		}
+	}
+	recovered := !s.lost
+	var replay []*Event
+	for _, ev := range snap.Events {
+		if ev.Seq > s.cursor {
+			replay = append(replay, ev)
+		}
+	}
+	if len(replay) > 0 && replay[0].Seq != s.cursor+1 {
+		recovered = false // trimmed past the subscriber's position
+	}
+	if len(replay) == 0 && snap.LastSeq > s.cursor {
+		recovered = false
+	}
+	if s.initial || !recovered {
+		info := SyncInfo{Epoch: snap.Epoch, LastSeq: snap.LastSeq, Replayed: len(replay), Recovered: recovered, Initial: s.initial}
+		if !s.sink.Synced(info) {
+			s.dead, s.pending = true, nil
+			return
+		}
+	}
+	s.initial, s.lost = false, false
+	s.epoch = snap.Epoch
+	for _, ev := range replay {
+		if s.send(ev); s.dead {
+			return
+		}
+	}
+	if snap.LastSeq > s.cursor {
+		s.cursor = snap.LastSeq
+	}
+	pending := s.pending
+	s.pending, s.syncing = nil, false
+	for _, ev := range pending {
+		if ev.Epoch != snap.Epoch {
+			continue // from a log this read has already replaced
+		}
+		s.offer(ev)
+	}
+}

@@ -1,0 +1,268 @@
+package progress
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// LogConfig configures a Log. The zero value is usable: every field has a
+// documented default.
+type LogConfig struct {
+	// Prefix is prepended to every key and channel the log uses, so several
+	// deployments can share one Redis. Default "ts".
+	Prefix string
+	// MaxLen bounds each group's history: older events are trimmed
+	// (approximately on Redis, exactly on miniredis). Default 1000.
+	MaxLen int64
+	// TTL is how long a group's log lives after its last event. Default 24h.
+	TTL time.Duration
+}
+
+func (c LogConfig) withDefaults() LogConfig {
+	if c.Prefix == "" {
+		c.Prefix = "ts"
+	}
+	if c.MaxLen <= 0 {
+		c.MaxLen = 1000
+	}
+	if c.TTL <= 0 {
+		c.TTL = 24 * time.Hour
+	}
+	return c
+}
+
+// Log is the per-group event log in Redis: a stream of events with a
+// monotonically increasing seq, an epoch, bounded length and a TTL, plus
+// a pub/sub channel that carries every appended event live.
+//
+// Keys are Redis-Cluster-safe: both keys of a group share the hash tag
+// "{group}", so the append script touches a single slot.
+//
+// A Log is safe for concurrent use.
+type Log struct {
+	rdb redis.UniversalClient
+	cfg LogConfig
+}
+
+// NewLog returns a Log on rdb.
+func NewLog(rdb redis.UniversalClient, cfg LogConfig) *Log {
+	return &Log{rdb: rdb, cfg: cfg.withDefaults()}
+}
+
+// Config returns the log's configuration with defaults applied.
+func (l *Log) Config() LogConfig { return l.cfg }
+
+func (l *Log) metaKey(group string) string   { return l.cfg.Prefix + ":{" + group + "}:meta" }
+func (l *Log) streamKey(group string) string { return l.cfg.Prefix + ":{" + group + "}:log" }
+
+// Channel is the pub/sub channel that carries group's live events.
+func (l *Log) Channel(group string) string { return l.cfg.Prefix + ":ch:" + group }
+
+func (l *Log) groupOf(channel string) (string, bool) {
+	return strings.CutPrefix(channel, l.cfg.Prefix+":ch:")
+}
+
+// appendScript does seq+1, XADD (bounded) and PUBLISH in one atomic step.
+// The stream id of an event is "SEQ-0", so reading "after seq N" is an
+// XRANGE from "N+1-0". When the meta hash is new (first event, or the log
+// was lost) a fresh epoch is stored and any stale stream is dropped so the
+// ids can start again at 1.
+var appendScript = redis.NewScript(`
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local epoch
+if seq == 1 then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('DEL', KEYS[2])
+else
+  epoch = redis.call('HGET', KEYS[1], 'epoch')
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'e', ARGV[2], 'd', ARGV[3], 't', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('PUBLISH', ARGV[7], seq .. '\n' .. epoch .. '\n' .. ARGV[2] .. '\n' .. ARGV[4] .. '\n' .. ARGV[3])
+return {seq, epoch}
+`)
+
+// ErrInvalid is wrapped by errors for a malformed group, event name or data.
+var ErrInvalid = errors.New("progress: invalid argument")
+
+// Publish appends an event named name with payload data (any JSON-encodable
+// value, or a json.RawMessage) to group's log and publishes it to the
+// group's live subscribers, in one atomic Redis step. It returns the event
+// with its seq and epoch.
+func (l *Log) Publish(ctx context.Context, group, name string, data any) (*Event, error) {
+	if !ValidGroup(group) {
+		return nil, fmt.Errorf("%w: group %q", ErrInvalid, group)
+	}
+	if !ValidEventName(name) {
+		return nil, fmt.Errorf("%w: event name %q", ErrInvalid, name)
+	}
+	raw, err := encodeData(data)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	ts := now.Format(time.RFC3339Nano)
+	res, err := appendScript.Run(ctx, l.rdb,
+		[]string{l.metaKey(group), l.streamKey(group)},
+		newEpoch(), name, string(raw), ts, l.cfg.MaxLen, l.cfg.TTL.Milliseconds(), l.Channel(group),
+	).Slice()
+	if err != nil {
+		return nil, fmt.Errorf("progress: publish %s %s: %w", group, name, err)
+	}
+	if len(res) != 2 {
+		return nil, fmt.Errorf("progress: publish %s: unexpected reply %v", group, res)
+	}
+	seq, _ := res[0].(int64)
+	epoch, _ := res[1].(string)
+	return &Event{Group: group, Seq: seq, Epoch: epoch, Name: name, Data: raw, Time: now}, nil
+}
+
+func encodeData(data any) (json.RawMessage, error) {
+	switch d := data.(type) {
+	case nil:
+		return json.RawMessage("null"), nil
+	case json.RawMessage:
+		if !json.Valid(d) {
+			return nil, fmt.Errorf("%w: data is not valid JSON", ErrInvalid)
+		}
+		return compact(d)
+	default:
+		b, err := json.Marshal(d)
+		if err != nil {
+			return nil, fmt.Errorf("%w: encode data: %w", ErrInvalid, err)
+		}
+		return b, nil
+	}
+}
+
+// compact removes insignificant white space, so the data never carries a
+// newline into the pub/sub payload's framing and the wire stays small.
+func compact(d json.RawMessage) (json.RawMessage, error) {
+	var b bytes.Buffer
+	b.Grow(len(d))
+	if err := json.Compact(&b, d); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return b.Bytes(), nil
+}
+
+func newEpoch() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Snapshot is what a group's log holds after some seq.
+type Snapshot struct {
+	Epoch   string   // "" when the group has no log (never published, or lost)
+	LastSeq int64    // the seq of the newest event ever appended in this epoch
+	Events  []*Event // retained events with seq > the requested one, in order
+}
+
+// readPage bounds one XRANGE; Read loops until it has everything.
+const readPage = 500
+
+// Read returns the group's epoch, last seq and the retained events with
+// seq > after. It reads the meta and the stream in one MULTI so the three
+// agree with each other.
+func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, error) {
+	var snap Snapshot
+	if after < 0 {
+		after = 0
+	}
+	from := after
+	for {
+		var meta *redis.SliceCmd
+		var rng *redis.XMessageSliceCmd
+		_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			meta = p.HMGet(ctx, l.metaKey(group), "seq", "epoch")
+			rng = p.XRangeN(ctx, l.streamKey(group), strconv.FormatInt(from+1, 10)+"-0", "+", readPage)
+			return nil
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return Snapshot{}, fmt.Errorf("progress: read %s: %w", group, err)
+		}
+		epoch, lastSeq := parseMeta(meta.Val())
+		if snap.Epoch != "" && epoch != snap.Epoch {
+			// The log was replaced between pages: start over in the new epoch.
+			snap, from = Snapshot{}, after
+			continue
+		}
+		snap.Epoch, snap.LastSeq = epoch, lastSeq
+		msgs := rng.Val()
+		for _, m := range msgs {
+			ev, err := decodeEntry(group, epoch, m)
+			if err != nil {
+				return Snapshot{}, err
+			}
+			snap.Events = append(snap.Events, ev)
+			from = ev.Seq
+		}
+		if len(msgs) < readPage || from >= lastSeq {
+			return snap, nil
+		}
+	}
+}
+
+func parseMeta(vals []any) (epoch string, lastSeq int64) {
+	if len(vals) != 2 {
+		return "", 0
+	}
+	if s, ok := vals[0].(string); ok {
+		lastSeq, _ = strconv.ParseInt(s, 10, 64)
+	}
+	epoch, _ = vals[1].(string)
+	return epoch, lastSeq
+}
+
+func decodeEntry(group, epoch string, m redis.XMessage) (*Event, error) {
+	seqStr, _, _ := strings.Cut(m.ID, "-")
+	seq, err := strconv.ParseInt(seqStr, 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("progress: bad stream id %q in %s: %w", m.ID, group, err)
+	}
+	name, _ := m.Values["e"].(string)
+	data, _ := m.Values["d"].(string)
+	tsStr, _ := m.Values["t"].(string)
+	ts, _ := time.Parse(time.RFC3339Nano, tsStr)
+	if data == "" {
+		data = "null"
+	}
+	return &Event{Group: group, Seq: seq, Epoch: epoch, Name: name, Data: json.RawMessage(data), Time: ts}, nil
+}
+
+// Last returns the newest retained event of group whose name is one of
+// names (any name when names is empty), or nil. It is how a job's
+// snapshot finds its last progress report.
+func (l *Log) Last(ctx context.Context, group string, scan int64, names ...string) (*Event, string, error) {
+	pipe := l.rdb.TxPipeline()
+	meta := pipe.HMGet(ctx, l.metaKey(group), "seq", "epoch")
+	rng := pipe.XRevRangeN(ctx, l.streamKey(group), "+", "-", scan)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, "", fmt.Errorf("progress: last %s: %w", group, err)
+	}
+	epoch, _ := parseMeta(meta.Val())
+	for _, m := range rng.Val() {
+		ev, err := decodeEntry(group, epoch, m)
+		if err != nil {
+			return nil, epoch, err
+		}
+		if len(names) == 0 || slices.Contains(names, ev.Name) {
+			return ev, epoch, nil
+		}
+	}
+	return nil, epoch, nil
+}

@@ -1,0 +1,184 @@
+// Package progresstest starts Redis servers for tests: the embedded
+// miniredis (always available) and a real redis-server on a free port
+// (when the binary is on PATH, and required when REQUIRE_REDIS_SERVER=1,
+// as .ci/run sets it). Tests run the same body against each with ForEach.
+package progresstest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// Server is a Redis a test can talk to.
+type Server struct {
+	Kind string // "miniredis" or "redis-server"
+	Addr string // host:port
+
+	mini *miniredis.Miniredis
+	cmd  *exec.Cmd
+	port int
+	tb   testing.TB
+}
+
+// URL returns the server's redis:// URL.
+func (s *Server) URL() string { return "redis://" + s.Addr }
+
+// Client returns a new client for the server, closed when the test ends.
+func (s *Server) Client(tb testing.TB) *redis.Client {
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	tb.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// Miniredis returns the embedded server, or nil for a real one.
+func (s *Server) Miniredis() *miniredis.Miniredis { return s.mini }
+
+// Embedded starts a miniredis with ClockTTL enabled (so TTLs expire as they
+// do on a real server), stopped when the test ends.
+func Embedded(tb testing.TB) *Server {
+	tb.Helper()
+	m := miniredis.NewMiniRedis()
+	m.ClockTTL(true)
+	if err := m.Start(); err != nil {
+		tb.Fatalf("start miniredis: %v", err)
+	}
+	tb.Cleanup(m.Close)
+	return &Server{Kind: "miniredis", Addr: m.Addr(), mini: m, tb: tb}
+}
+
+// Required reports whether the environment demands a real redis-server
+// (REQUIRE_REDIS_SERVER=1): then its absence fails tests instead of
+// skipping them.
+func Required() bool { return os.Getenv("REQUIRE_REDIS_SERVER") == "1" }
+
+// Real starts redis-server on a free loopback port, stopped when the test
+// ends. It skips the test when the binary is missing, unless Required.
+func Real(tb testing.TB) *Server {
+	tb.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if Required() {
+			tb.Fatalf("redis-server is not on PATH and REQUIRE_REDIS_SERVER=1")
+		}
+		tb.Skip("redis-server not on PATH; install it to run the real-Redis tests")
+	}
+	s := &Server{Kind: "redis-server", tb: tb}
+	for attempt := 0; ; attempt++ {
+		s.port = freePort(tb)
+		if err := s.start(bin); err == nil {
+			break
+		} else if attempt == 4 {
+			tb.Fatalf("start redis-server: %v", err)
+		}
+	}
+	s.Addr = "127.0.0.1:" + strconv.Itoa(s.port)
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+func (s *Server) start(bin string) error {
+	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(s.port),
+		"--save", "", "--appendonly", "no", "--loglevel", "warning")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	s.cmd = cmd
+	go func() { // drain output so the server never blocks on a full pipe
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if testing.Verbose() {
+				s.tb.Logf("redis-server: %s", sc.Text())
+			}
+		}
+	}()
+	addr := "127.0.0.1:" + strconv.Itoa(s.port)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+		err := rdb.Ping(context.Background()).Err()
+		_ = rdb.Close()
+		if err == nil {
+			return nil
+		}
+		if cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	return fmt.Errorf("redis-server on port %d did not answer", s.port)
+}
+
+// Stop kills the server. For a real server the data is gone (no
+// persistence), as after a crash.
+func (s *Server) Stop() {
+	if s.mini != nil {
+		s.mini.Close()
+		return
+	}
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+// Restart stops the server and starts a fresh, empty one on the same
+// address, as a Redis restart without persistence does.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	if s.mini != nil {
+		s.mini.Close()
+		s.mini.FlushAll()
+		if err := s.mini.Restart(); err != nil {
+			tb.Fatalf("restart miniredis: %v", err)
+		}
+		return
+	}
+	s.Stop()
+	bin, _ := exec.LookPath("redis-server")
+	var err error
+	for range 50 { // the port may linger briefly
+		if err = s.start(bin); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	tb.Fatalf("restart redis-server: %v", err)
+}
+
+// ForEach runs body as a subtest against each available Redis: the
+// embedded one always, and a real redis-server when possible (see Real).
+func ForEach(t *testing.T, body func(t *testing.T, srv *Server)) {
+	t.Helper()
+	t.Run("miniredis", func(t *testing.T) { body(t, Embedded(t)) })
+	t.Run("redis-server", func(t *testing.T) { body(t, Real(t)) })
+}
+
+func freePort(tb testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	_, port, _ := strings.Cut(l.Addr().String(), "127.0.0.1:")
+	p, _ := strconv.Atoi(port)
+	return p
+}

@@ -1,0 +1,318 @@
+package web
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"taskstream/progress"
+)
+
+// Close codes the server uses (PROTOCOL.md).
+const (
+	closeNormal    = websocket.CloseNormalClosure   // 1000
+	closeGoingAway = websocket.CloseGoingAway       // 1001: restart, reconnect and resume
+	closePolicy    = websocket.ClosePolicyViolation // 1008: bad Origin, not allowed
+	closeTooBig    = websocket.CloseMessageTooBig   // 1009: frame over the limit
+	closeTryAgain  = websocket.CloseTryAgainLater   // 1013: too slow, resume from last seq
+	maxSubsPerConn = 200                            // groups one socket may watch
+	closeWait      = time.Second                    // how long a close handshake may take
+)
+
+var chatRoom = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+var upgrader = websocket.Upgrader{
+	ReadBufferSize:  4096,
+	WriteBufferSize: 4096,
+	// Origin is checked by the server before upgrading, so the refusal
+	// carries the protocol's JSON error body.
+	CheckOrigin: func(*http.Request) bool { return true },
+}
+
+func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
+	s.serveSocket(w, r, nil)
+}
+
+// serveSocket upgrades the request and runs the connection until it ends.
+// initial, when set, is subscribed before any client frame is read.
+func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *clientFrame) {
+	if !s.originAllowed(r) {
+		s.writeError(w, r, apiErr(CodeForbidden, "cross-origin socket refused: Origin "+r.Header.Get("Origin")+" is not allowed"))
+		return
+	}
+	c := &conn{s: s, send: make(chan []byte, s.cfg.SendQueue), closed: make(chan struct{}), subs: map[string]*progress.Subscription{}}
+	if !s.register(c) {
+		s.writeError(w, r, apiErr(CodeUnavailable, "server is shutting down; retry shortly"))
+		return
+	}
+	defer s.connsWG.Done()
+	ws, err := upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		s.unregister(c)
+		return // the upgrader has answered the client
+	}
+	c.ws = ws
+	c.run(r.Context(), initial)
+}
+
+func (s *Server) register(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.connsWG.Add(1)
+	return true
+}
+
+func (s *Server) unregister(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// conn is one socket. Its read pump runs in the HTTP handler's goroutine
+// and owns the subscriptions; its write pump is the only writer of data
+// frames. Hub deliveries and replies go through the bounded send queue;
+// when it is full the socket is closed with 1013 instead of slowing the
+// hub, so one slow client never delays another.
+type conn struct {
+	s    *Server
+	ws   *websocket.Conn
+	send chan []byte
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	closeCode int
+	closeText string
+
+	subs map[string]*progress.Subscription // owned by the read pump
+}
+
+// close asks the write pump to send a close frame with code and end the
+// connection. The first call wins; later ones are no-ops.
+func (c *conn) close(code int, text string) {
+	c.closeOnce.Do(func() {
+		c.closeCode, c.closeText = code, text
+		close(c.closed)
+	})
+}
+
+// enqueue queues a frame for the write pump without ever blocking.
+func (c *conn) enqueue(frame []byte) bool {
+	select {
+	case <-c.closed:
+		return false
+	default:
+	}
+	select {
+	case c.send <- frame:
+		return true
+	default:
+		c.close(closeTryAgain, "send queue full: reconnect and resume from your last seq")
+		return false
+	}
+}
+
+func (c *conn) run(ctx context.Context, initial *clientFrame) {
+	writerDone := make(chan struct{})
+	go func() { defer close(writerDone); c.writePump() }()
+	defer func() {
+		for _, sub := range c.subs {
+			sub.Close()
+		}
+		c.close(closeNormal, "")
+		<-writerDone
+		_ = c.ws.Close()
+		c.s.unregister(c)
+	}()
+	if initial != nil {
+		c.handle(ctx, *initial)
+	}
+	c.readPump(ctx)
+}
+
+func (c *conn) readPump(ctx context.Context) {
+	ws := c.ws
+	ws.SetReadLimit(c.s.cfg.MaxFrameBytes)
+	alive := func() { _ = ws.SetReadDeadline(time.Now().Add(2 * c.s.cfg.PingInterval)) }
+	alive()
+	ws.SetPongHandler(func(string) error { alive(); return nil })
+	for {
+		typ, data, err := ws.ReadMessage()
+		if err != nil {
+			if errors.Is(err, websocket.ErrReadLimit) {
+				// gorilla has already sent the 1009 close frame.
+				c.close(closeTooBig, "frame too large")
+			}
+			return
+		}
+		alive()
+		if typ != websocket.TextMessage {
+			c.reply(replyFrame{Type: "error", Code: CodeBadRequest, Message: "frames must be JSON text"})
+			continue
+		}
+		f, aerr := decodeClientFrame(data)
+		if aerr != nil {
+			c.reply(replyFrame{Type: "error", Ref: f.Ref, Code: aerr.Code, Message: aerr.Message})
+			continue
+		}
+		c.handle(ctx, f)
+	}
+}
+
+func (c *conn) writePump() {
+	ws := c.ws
+	ping := time.NewTicker(c.s.cfg.PingInterval)
+	defer ping.Stop()
+	for {
+		// A pending close wins over queued frames: a client that is too
+		// slow should learn it now, not after its backlog.
+		select {
+		case <-c.closed:
+			c.writeClose()
+			return
+		default:
+		}
+		select {
+		case <-c.closed:
+			c.writeClose()
+			return
+		case frame := <-c.send:
+			_ = ws.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
+			if err := ws.WriteMessage(websocket.TextMessage, frame); err != nil {
+				c.close(closeGoingAway, "")
+				return
+			}
+		case <-ping.C:
+			if err := ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.s.cfg.WriteTimeout)); err != nil {
+				c.close(closeGoingAway, "")
+				return
+			}
+		}
+	}
+}
+
+// writeClose sends the close frame and gives the client closeWait to
+// answer before the read pump's deadline ends the connection.
+func (c *conn) writeClose() {
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(c.closeCode, c.closeText), time.Now().Add(closeWait))
+	_ = c.ws.SetReadDeadline(time.Now().Add(closeWait))
+}
+
+func (c *conn) reply(f replyFrame) { c.enqueue(mustJSON(f)) }
+
+func (c *conn) replyError(ref json.RawMessage, err error) {
+	var ae *APIError
+	if !errors.As(err, &ae) {
+		c.s.logger.Error("socket request failed", "err", err)
+		ae = apiErr(CodeInternal, "internal error")
+	}
+	c.reply(replyFrame{Type: "error", Ref: ref, Code: ae.Code, Message: ae.Message})
+}
+
+func (c *conn) handle(ctx context.Context, f clientFrame) {
+	switch f.Op {
+	case opPing:
+		c.reply(replyFrame{Type: "pong", Ref: f.Ref})
+	case opSubscribe:
+		if err := c.subscribe(ctx, f); err != nil {
+			c.replyError(f.Ref, err)
+		}
+	case opUnsubscribe:
+		if sub := c.subs[f.Group]; sub != nil {
+			sub.Close()
+			delete(c.subs, f.Group)
+		}
+		c.reply(replyFrame{Type: "unsubscribed", Group: f.Group, Ref: f.Ref})
+	case opPublish:
+		if err := c.s.publish(ctx, f); err != nil {
+			c.replyError(f.Ref, err)
+			return
+		}
+		c.reply(replyFrame{Type: "published", Group: f.Group, Ref: f.Ref})
+	}
+}
+
+func (c *conn) subscribe(ctx context.Context, f clientFrame) error {
+	if err := c.s.authorizeGroup(ctx, f.Group); err != nil {
+		return err
+	}
+	if old := c.subs[f.Group]; old != nil {
+		old.Close() // a new subscribe to the same group restarts it
+		delete(c.subs, f.Group)
+	} else if len(c.subs) >= maxSubsPerConn {
+		return apiErr(CodeBadRequest, "too many groups on one socket")
+	}
+	var after int64
+	if f.After != nil {
+		after = *f.After
+	}
+	sub, err := c.s.hub.Subscribe(f.Group, after, f.Epoch, &groupSink{c: c, group: f.Group, ref: f.Ref})
+	if errors.Is(err, progress.ErrClosed) {
+		return apiErr(CodeUnavailable, "server is shutting down")
+	}
+	if err != nil {
+		return err
+	}
+	c.subs[f.Group] = sub
+	return nil
+}
+
+// authorizeGroup decides whether a socket may join group.
+func (s *Server) authorizeGroup(ctx context.Context, group string) error {
+	kind, id, _ := strings.Cut(group, ":")
+	switch kind {
+	case "job":
+		ok, err := s.jobs.Exists(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return apiErr(CodeNotFound, "no such job")
+		}
+		return nil
+	case "chat":
+		if !chatRoom.MatchString(id) {
+			return apiErr(CodeBadRequest, "a chat room name is 1-64 of A-Z a-z 0-9 _ -")
+		}
+		return nil
+	case "dashboard":
+		if id != "" {
+			return apiErr(CodeBadRequest, `the dashboard group is "dashboard"`)
+		}
+		return nil
+	case "user":
+		return apiErr(CodeForbidden, "user groups are for their user only")
+	}
+	return apiErr(CodeBadRequest, "unknown group kind "+kind)
+}
+
+// groupSink adapts one subscription to the connection's send queue.
+type groupSink struct {
+	c     *conn
+	group string
+	ref   json.RawMessage
+}
+
+func (g *groupSink) Synced(info progress.SyncInfo) bool {
+	f := subscribedFrame{Type: "subscribed", Group: g.group, Epoch: info.Epoch, LastSeq: info.LastSeq, Replayed: info.Replayed, Recovered: info.Recovered}
+	if info.Initial {
+		f.Ref = g.ref
+	}
+	return g.c.enqueue(mustJSON(f))
+}
+
+func (g *groupSink) Send(ev *progress.Event) bool { return g.c.enqueue(ev.Frame()) }
+
+func (g *groupSink) Lagged() {
+	g.c.close(closeTryAgain, "too slow: reconnect and resume from your last seq")
+}
