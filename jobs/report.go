@@ -226,7 +226,7 @@ func writeReport(ctx context.Context, w *csv.Writer, p reportParams, r Reporter)
 	rows := int64(p.Rows)
 	// Every 1% or 10000 rows, whichever is fewer: a report per row would
 	// cost more than the row itself at 10M rows, even throttled.
-	every := max(1, min(rows/100, 10000))
+	every := max(1, min((rows+99)/100, 10000))
 	rec := make([]string, len(reportHeader))
 	var buf []byte
 

@@ -1,0 +1,320 @@
+package jobs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"testing"
+)
+
+// builtinTestReporter records what a handler reports. onProgress, when set,
+// runs on every Progress call so a test can act at a chosen point (cancel).
+type builtinTestReporter struct {
+	mu         sync.Mutex
+	progress   []builtinTestProgress
+	logs       []string
+	onProgress func(done, total int64)
+}
+
+type builtinTestProgress struct {
+	Done, Total    int64
+	Stage, Message string
+}
+
+func (r *builtinTestReporter) Progress(done, total int64, stage, message string) {
+	r.mu.Lock()
+	r.progress = append(r.progress, builtinTestProgress{done, total, stage, message})
+	hook := r.onProgress
+	r.mu.Unlock()
+	if hook != nil {
+		hook(done, total)
+	}
+}
+
+func (r *builtinTestReporter) Log(level, message string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.logs = append(r.logs, level+": "+message)
+}
+
+func (r *builtinTestReporter) calls() []builtinTestProgress {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.progress)
+}
+
+// decodeCase is one row of a table-driven Decode test: either want (the
+// normalized params) or errField (the field the *ParamError must name; ""
+// for the whole object) is checked.
+type decodeCase struct {
+	name     string
+	in       string
+	want     string
+	errField string
+	wantErr  bool
+}
+
+func testDecode(t *testing.T, typ Type, cases []decodeCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := typ.Decode(json.RawMessage(tc.in))
+			if tc.wantErr {
+				var pe *ParamError
+				if !errors.As(err, &pe) {
+					t.Fatalf("Decode(%s) = %s, %v; want a *ParamError", tc.in, out, err)
+				}
+				if pe.Field != tc.errField {
+					t.Fatalf("Decode(%s): error %q names field %q, want %q", tc.in, pe, pe.Field, tc.errField)
+				}
+				if pe.Reason == "" {
+					t.Fatalf("Decode(%s): error has no reason", tc.in)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Decode(%s): %v", tc.in, err)
+			}
+			if !jsonEqual(t, out, []byte(tc.want)) {
+				t.Fatalf("Decode(%s) = %s, want %s", tc.in, out, tc.want)
+			}
+		})
+	}
+}
+
+func jsonEqual(t *testing.T, a, b []byte) bool {
+	t.Helper()
+	var x, y any
+	if err := json.Unmarshal(a, &x); err != nil {
+		t.Fatalf("bad JSON %s: %v", a, err)
+	}
+	if err := json.Unmarshal(b, &y); err != nil {
+		t.Fatalf("bad JSON %s: %v", b, err)
+	}
+	return fmt.Sprint(x) == fmt.Sprint(y)
+}
+
+// commonDecodeErrors are the malformed inputs every type must turn into a
+// *ParamError about the whole object.
+var commonDecodeErrors = []decodeCase{
+	{name: "malformed", in: `{"x":`, wantErr: true},
+	{name: "array", in: `[1,2]`, wantErr: true},
+	{name: "string", in: `"abc"`, wantErr: true},
+	{name: "number", in: `42`, wantErr: true},
+	{name: "true", in: `true`, wantErr: true},
+	{name: "unknown field", in: `{"bogus":1}`, wantErr: true},
+	{name: "trailing data", in: `{} {}`, wantErr: true},
+	{name: "missing required", in: `{}`, wantErr: true, errField: "?"},
+}
+
+// withCommon adapts commonDecodeErrors to a type whose required field is
+// field: an empty object must name it.
+func withCommon(field string, cases []decodeCase) []decodeCase {
+	var out []decodeCase
+	for _, c := range commonDecodeErrors {
+		if c.errField == "?" {
+			c.errField = field
+		}
+		out = append(out, c)
+	}
+	out = append(out,
+		decodeCase{name: "null is empty", in: `null`, wantErr: true, errField: field},
+		decodeCase{name: "empty is empty", in: ``, wantErr: true, errField: field},
+	)
+	return append(out, cases...)
+}
+
+func TestBuiltinTypes(t *testing.T) {
+	reg, err := NewRegistry(Builtin()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, typ := range reg.Types() {
+		names = append(names, typ.Name)
+		if typ.Description == "" {
+			t.Errorf("%s: no description", typ.Name)
+		}
+	}
+	if want := []string{"primes", "report", "steps"}; !slices.Equal(names, want) {
+		t.Fatalf("types %v, want %v", names, want)
+	}
+	if typ, _ := reg.Lookup("report"); !typ.HasArtifact {
+		t.Errorf("report: HasArtifact false")
+	}
+}
+
+// schemaBase is, per type, a valid params object holding every required
+// property, plus whatever other properties need to be valid (fail_times
+// needs fail_at, fail_at up to its maximum needs that many steps).
+var schemaBase = map[string]map[string]any{
+	"steps":  {"steps": json.Number("100000"), "fail_at": json.Number("1")},
+	"primes": {"n": json.Number("2")},
+	"report": {"rows": json.Number("1")},
+}
+
+type schemaProp struct {
+	Type        string       `json:"type"`
+	Title       string       `json:"title"`
+	Description string       `json:"description"`
+	Minimum     *json.Number `json:"minimum"`
+	Maximum     *json.Number `json:"maximum"`
+	Default     *json.Number `json:"default"`
+}
+
+type schemaDoc struct {
+	Type                 string                `json:"type"`
+	Properties           map[string]schemaProp `json:"properties"`
+	Required             []string              `json:"required"`
+	AdditionalProperties *bool                 `json:"additionalProperties"`
+}
+
+// TestSchemasMatchValidation checks each schema against Decode, since the
+// page validates with the schema and the server with Validate: bounds,
+// defaults and required fields must agree or the form accepts what the
+// server refuses.
+func TestSchemasMatchValidation(t *testing.T) {
+	for _, typ := range Builtin() {
+		t.Run(typ.Name, func(t *testing.T) {
+			var s schemaDoc
+			dec := json.NewDecoder(bytes.NewReader(typ.Schema))
+			dec.UseNumber()
+			if err := dec.Decode(&s); err != nil {
+				t.Fatal(err)
+			}
+			if s.Type != "object" || s.AdditionalProperties == nil || *s.AdditionalProperties {
+				t.Fatalf("schema must be an object with additionalProperties false")
+			}
+			base := schemaBase[typ.Name]
+			decode := func(obj map[string]any) (map[string]any, error) {
+				raw, _ := json.Marshal(obj)
+				out, err := typ.Decode(raw)
+				if err != nil {
+					return nil, err
+				}
+				var m map[string]any
+				d := json.NewDecoder(bytes.NewReader(out))
+				d.UseNumber()
+				if err := d.Decode(&m); err != nil {
+					t.Fatal(err)
+				}
+				return m, nil
+			}
+			with := func(k string, v any) map[string]any {
+				m := maps.Clone(base)
+				if v == nil {
+					delete(m, k)
+				} else {
+					m[k] = v
+				}
+				return m
+			}
+			norm, err := decode(base)
+			if err != nil {
+				t.Fatalf("base params %v: %v", base, err)
+			}
+			for k := range norm {
+				if _, ok := s.Properties[k]; !ok {
+					t.Errorf("normalized params have %q, schema does not", k)
+				}
+			}
+			for _, k := range s.Required {
+				_, err := decode(with(k, nil))
+				var pe *ParamError
+				if !errors.As(err, &pe) || pe.Field != k {
+					t.Errorf("without required %q: %v, want a ParamError naming it", k, err)
+				}
+			}
+			for name, p := range s.Properties {
+				if p.Type != "integer" || p.Title == "" || p.Description == "" {
+					t.Errorf("%s: want type integer, a title and a description: %+v", name, p)
+				}
+				if p.Minimum == nil || p.Maximum == nil {
+					t.Errorf("%s: no minimum or maximum", name)
+					continue
+				}
+				lo, _ := p.Minimum.Int64()
+				hi, _ := p.Maximum.Int64()
+				for _, v := range []int64{lo, hi} {
+					if _, err := decode(with(name, json.Number(fmt.Sprint(v)))); err != nil {
+						t.Errorf("%s=%d is within the schema but Decode says %v", name, v, err)
+					}
+				}
+				for _, v := range []int64{lo - 1, hi + 1} {
+					_, err := decode(with(name, json.Number(fmt.Sprint(v))))
+					var pe *ParamError
+					if !errors.As(err, &pe) || pe.Field != name {
+						t.Errorf("%s=%d is outside the schema but Decode says %v", name, v, err)
+					}
+				}
+				if p.Default != nil {
+					if slices.Contains(s.Required, name) {
+						t.Errorf("%s: required and has a default", name)
+					}
+					got, err := decode(with(name, nil))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got[name] != *p.Default {
+						t.Errorf("%s: default in schema %v, Decode fills %v", name, *p.Default, got[name])
+					}
+				}
+			}
+		})
+	}
+}
+
+// runType runs typ the way the worker does: params normalized by Decode,
+// then handed to the type's run.
+func runType(ctx context.Context, t *testing.T, typ Type, params string, env Env, r Reporter) (any, error) {
+	t.Helper()
+	norm, err := typ.Decode(json.RawMessage(params))
+	if err != nil {
+		t.Fatalf("Decode(%s): %v", params, err)
+	}
+	return typ.run(ctx, norm, env, r)
+}
+
+// FuzzJobParams feeds arbitrary bytes to every built-in type's Decode: it
+// must not panic, must fail only with *ParamError, and what it accepts must
+// be a fixed point, since stored params are decoded again when a job is
+// retried or shown.
+func FuzzJobParams(f *testing.F) {
+	for _, s := range []string{
+		``, `null`, `{}`, `[]`, `"x"`, `1`, `{"x":`, `{} {}`,
+		`{"steps":3}`, `{"steps":3,"interval_ms":0}`, `{"steps":5,"fail_at":2,"fail_times":1}`,
+		`{"steps":0}`, `{"steps":100001}`, `{"steps":"3"}`, `{"steps":1.5}`, `{"steps":1e3}`,
+		`{"steps":2,"fail_at":3}`, `{"steps":2,"fail_times":1}`, `{"steps":2,"fail_at":null}`,
+		`{"STEPS":2}`, `{"steps":2,"steps":3}`,
+		`{"n":2}`, `{"n":10000000000}`, `{"n":10000000001}`, `{"n":-1}`, `{"n":99999999999999999999}`,
+		`{"rows":1}`, `{"rows":10,"seed":-7}`, `{"rows":10,"seed":9007199254740992}`, `{"rows":0,"seed":1}`,
+		` {"rows":10} `, `{"rows":10,"extra":true}`,
+	} {
+		f.Add([]byte(s))
+	}
+	types := Builtin()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, typ := range types {
+			out, err := typ.Decode(data)
+			if err != nil {
+				var pe *ParamError
+				if !errors.As(err, &pe) {
+					t.Fatalf("%s: Decode(%q) error %T %v, want *ParamError", typ.Name, data, err, err)
+				}
+				continue
+			}
+			again, err := typ.Decode(out)
+			if err != nil {
+				t.Fatalf("%s: Decode(%q) = %s, which does not decode again: %v", typ.Name, data, out, err)
+			}
+			if !bytes.Equal(again, out) {
+				t.Fatalf("%s: Decode not idempotent: %q -> %s -> %s", typ.Name, data, out, again)
+			}
+		}
+	})
+}
