@@ -76,6 +76,9 @@ func Steps() Type {
 		Schema:      stepsSchema,
 		Validate:    validateSteps,
 		Run:         runSteps,
+		// The longest valid run (every step at the longest pause) must not
+		// hit the default one-hour timeout.
+		Timeout: time.Duration(stepsMax)*time.Duration(stepsIntervalMax)*time.Millisecond + time.Hour,
 	})
 }
 

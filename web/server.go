@@ -89,7 +89,7 @@ func New(svc *jobs.Service, hub *progress.Hub, log *progress.Log, cfg Config) *S
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(middleware.RealIP, middleware.Recoverer)
+	r.Use(middleware.Recoverer)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(CodeNotFound, "no such endpoint: "+r.URL.Path))
 	})

@@ -1,0 +1,339 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"taskstream/progress/progresstest"
+)
+
+// These tests run the real binaries as separate processes, as an operator
+// would: the embedded default, the Procfile's two process types on a real
+// Redis, graceful shutdown and a worker killed with SIGKILL mid-job.
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "taskstream-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	build := exec.Command("go", "build", "-o", dir, "taskstream/cmd/api", "taskstream/cmd/worker")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build binaries:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a child process whose output is kept for assertions and failures.
+type proc struct {
+	t    *testing.T
+	name string
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  bytes.Buffer
+	done chan struct{}
+	err  error
+}
+
+func (p *proc) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.Write(b)
+}
+
+func (p *proc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// start runs command through sh in its own process group (so signals reach
+// `go run` and the program it starts), in the repository root.
+func start(t *testing.T, name, command string, env ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, done: make(chan struct{})}
+	p.cmd = exec.Command("sh", "-c", "exec "+command)
+	p.cmd.Dir = filepath.Join("..", "..")
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.signal(syscall.SIGKILL)
+		<-p.done
+		if t.Failed() {
+			t.Logf("--- output of %s ---\n%s", name, p.output())
+		}
+	})
+	return p
+}
+
+func (p *proc) signal(sig syscall.Signal) { _ = syscall.Kill(-p.cmd.Process.Pid, sig) }
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *proc) stop() {
+	p.t.Helper()
+	if err := p.stopWith(syscall.SIGTERM); err != nil {
+		p.t.Fatalf("%s exited with %v", p.name, err)
+	}
+}
+
+// stopWith sends sig to the process group, waits for the exit and returns
+// the exit error.
+func (p *proc) stopWith(sig syscall.Signal) error {
+	p.t.Helper()
+	p.signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		p.t.Fatalf("%s did not exit within 30 s of %v", p.name, sig)
+	}
+	return p.err
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitHealthy(t *testing.T, base string, p *proc) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute) // `go run` may compile first
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited early: %v", p.name, p.err)
+		default:
+		}
+		res, err := http.Get(base + "/healthz")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s not healthy at %s", p.name, base)
+}
+
+func submit(t *testing.T, base, body string) string {
+	t.Helper()
+	res, err := http.Post(base+"/api/jobs", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusAccepted {
+		t.Fatalf("submit: %d %s", res.StatusCode, raw)
+	}
+	var job struct{ ID string }
+	_ = json.Unmarshal(raw, &job)
+	return job.ID
+}
+
+type event struct {
+	Type  string          `json:"type"`
+	Seq   int64           `json:"seq"`
+	Event string          `json:"event"`
+	Data  json.RawMessage `json:"data"`
+}
+
+// watch subscribes to job id and returns the socket.
+func watch(t *testing.T, base, id string) *websocket.Conn {
+	t.Helper()
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(base, "http")+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	if err := ws.WriteJSON(map[string]any{"op": "subscribe", "group": "job:" + id}); err != nil {
+		t.Fatal(err)
+	}
+	return ws
+}
+
+// readEvents reads event frames until stop returns true, checking seqs
+// are 1, 2, 3, … with no gap or duplicate.
+func readEvents(t *testing.T, ws *websocket.Conn, timeout time.Duration, stop func(event) bool) []event {
+	t.Helper()
+	var got []event
+	_ = ws.SetReadDeadline(time.Now().Add(timeout))
+	for {
+		var f event
+		if err := ws.ReadJSON(&f); err != nil {
+			t.Fatalf("read: %v after %d events: %+v", err, len(got), got)
+		}
+		if f.Type != "event" {
+			continue
+		}
+		if f.Seq != int64(len(got))+1 {
+			t.Fatalf("seq %d after %d events", f.Seq, len(got))
+		}
+		got = append(got, f)
+		if stop(f) {
+			return got
+		}
+	}
+}
+
+func isResult(e event) bool { return e.Event == "result" }
+
+// The one command a newcomer runs: embedded Redis and worker, a job runs to
+// its result, and SIGTERM closes sockets with 1001 and exits cleanly.
+func TestEmbeddedDefault(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	base := "http://" + addr
+	api := start(t, "api", filepath.Join(binDir, "api")+" -addr "+addr, "REDIS_URL=", "PORT=")
+	waitHealthy(t, base, api)
+	first, _, _ := strings.Cut(api.output(), "\n")
+	if !strings.Contains(first, "running embedded") || !strings.Contains(first, "REDIS_URL") {
+		t.Fatalf("first log line %q should say it runs embedded and how to use a real Redis", first)
+	}
+	id := submit(t, base, `{"type":"steps","params":{"steps":5,"interval_ms":20}}`)
+	ws := watch(t, base, id)
+	readEvents(t, ws, 30*time.Second, isResult)
+
+	api.signal(syscall.SIGTERM)
+	_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		_, _, err := ws.ReadMessage()
+		if err == nil {
+			continue
+		}
+		if !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+			t.Fatalf("socket ended with %v, want close 1001", err)
+		}
+		break
+	}
+	api.stop()
+}
+
+// The Procfile's two process types, each its own process, on a real Redis:
+// a job submitted to the web process is run by the worker process and
+// watched to its result through a socket.
+func TestProcfileProcessesOnRealRedis(t *testing.T) {
+	t.Parallel()
+	redis := progresstest.Real(t)
+	procs := procfile(t)
+	for _, name := range []string{"web", "worker"} {
+		if procs[name] == "" {
+			t.Fatalf("Procfile has no %q process type: %v", name, procs)
+		}
+	}
+	port := strings.TrimPrefix(freeAddr(t), "127.0.0.1:")
+	base := "http://127.0.0.1:" + port
+	env := []string{"PORT=" + port, "REDIS_URL=" + redis.URL()}
+	web := start(t, "web", procs["web"], env...)
+	worker := start(t, "worker", procs["worker"], env...)
+	waitHealthy(t, base, web)
+	if strings.Contains(web.output(), "worker started") {
+		t.Fatal("with REDIS_URL the web process must not run a worker unless asked")
+	}
+	id := submit(t, base, `{"type":"primes","params":{"n":1000000}}`)
+	ws := watch(t, base, id)
+	events := readEvents(t, ws, time.Minute, isResult)
+	if last := events[len(events)-1]; !strings.Contains(string(last.Data), `"count":78498`) {
+		t.Fatalf("result %s, want count 78498", last.Data)
+	}
+	// SIGTERM to the process group, as Procfile runners stop processes.
+	// `go run` itself exits non-zero on a signal, so the program's own
+	// log says whether it shut down gracefully.
+	for _, p := range []*proc{worker, web} {
+		_ = p.stopWith(syscall.SIGTERM)
+		if !strings.Contains(p.output(), "stopped") {
+			t.Fatalf("%s did not shut down gracefully:\n%s", p.name, p.output())
+		}
+	}
+}
+
+// procfile reads ../../Procfile into process type → command.
+func procfile(t *testing.T) map[string]string {
+	t.Helper()
+	f, err := os.Open(filepath.Join("..", "..", "Procfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		name, cmd, ok := strings.Cut(sc.Text(), ":")
+		if ok && !strings.HasPrefix(name, "#") {
+			out[strings.TrimSpace(name)] = strings.TrimSpace(cmd)
+		}
+	}
+	return out
+}
+
+// A worker killed with SIGKILL mid-job: once Asynq recovers the task (its
+// lease expires, about a minute), another worker retries it to completion,
+// and watchers see the retry before the result.
+func TestWorkerKilledMidJobIsRetried(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes about two minutes: Asynq recovers a task 30 s after its 30 s lease expires")
+	}
+	t.Parallel()
+	redis := progresstest.Real(t)
+	addr := freeAddr(t)
+	base := "http://" + addr
+	env := []string{"REDIS_URL=" + redis.URL(), "PORT="}
+	api := start(t, "api", filepath.Join(binDir, "api")+" -addr "+addr, env...)
+	doomed := start(t, "doomed-worker", filepath.Join(binDir, "worker")+" -poll-interval 100ms", env...)
+	waitHealthy(t, base, api)
+	id := submit(t, base, `{"type":"steps","params":{"steps":40,"interval_ms":100}}`)
+	ws := watch(t, base, id)
+	readEvents(t, ws, 30*time.Second, func(e event) bool { return e.Event == "progress" })
+	doomed.signal(syscall.SIGKILL)
+	<-doomed.done
+	start(t, "survivor", filepath.Join(binDir, "worker")+" -poll-interval 100ms", env...)
+
+	// Resume on a fresh socket from the start, and follow to the end.
+	_ = ws.Close()
+	ws = watch(t, base, id)
+	events := readEvents(t, ws, 4*time.Minute, isResult)
+	var states []string
+	for _, e := range events {
+		if e.Event == "state" {
+			var s struct{ State string }
+			_ = json.Unmarshal(e.Data, &s)
+			states = append(states, s.State)
+		}
+	}
+	joined := strings.Join(states, ",")
+	if !strings.Contains(joined, "active,retry,active,completed") && !strings.Contains(joined, "active,active,completed") {
+		t.Fatalf("states %v: want a second active run after the kill, then completed", states)
+	}
+	api.stop()
+}
