@@ -348,3 +348,17 @@ func (s *Service) Exists(ctx context.Context, id string) (bool, error) {
 	}
 	return n == 1, nil
 }
+
+// FinalEvent reports whether an event of a job's group is the job's last
+// one: "result", "failed", or a "state" event whose state is canceled.
+// Streams that follow one job end after it.
+func FinalEvent(name string, data json.RawMessage) bool {
+	switch name {
+	case "result", "failed":
+		return true
+	case "state":
+		var s stateEvent
+		return json.Unmarshal(data, &s) == nil && s.State == StateCanceled
+	}
+	return false
+}

@@ -74,6 +74,7 @@ type Server struct {
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
 	closing  bool
+	stopCh   chan struct{} // closed by Shutdown: ends SSE and long-poll requests
 	connsWG  sync.WaitGroup
 	shutOnce sync.Once
 }
@@ -82,7 +83,7 @@ type Server struct {
 // publishing chat messages to log.
 func New(svc *jobs.Service, hub *progress.Hub, log *progress.Log, cfg Config) *Server {
 	cfg = cfg.withDefaults()
-	s := &Server{cfg: cfg, jobs: svc, hub: hub, log: log, logger: cfg.Logger, conns: map[*conn]struct{}{}}
+	s := &Server{cfg: cfg, jobs: svc, hub: hub, log: log, logger: cfg.Logger, conns: map[*conn]struct{}{}, stopCh: make(chan struct{})}
 	s.router = s.routes()
 	return s
 }
@@ -110,6 +111,8 @@ func (s *Server) routes() chi.Router {
 		r.Get("/jobs/{id}", s.handleGetJob)
 		r.Post("/jobs/{id}/cancel", s.handleCancel)
 		r.Get("/jobs/{id}/artifact", s.handleArtifact)
+		r.Get("/jobs/{id}/events", s.handleJobEvents)
+		r.Get("/groups/{group}/events", s.handleGroupEvents)
 	})
 	return r
 }
@@ -125,6 +128,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutOnce.Do(func() {
 		s.mu.Lock()
 		s.closing = true
+		close(s.stopCh)
 		conns := make([]*conn, 0, len(s.conns))
 		for c := range s.conns {
 			conns = append(conns, c)

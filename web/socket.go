@@ -34,6 +34,25 @@ var upgrader = websocket.Upgrader{
 	// Origin is checked by the server before upgrading, so the refusal
 	// carries the protocol's JSON error body.
 	CheckOrigin: func(*http.Request) bool { return true },
+	// A failed handshake (no Upgrade header, bad version or key) answers
+	// with the protocol's JSON error body, like every other non-2xx.
+	Error: upgradeError,
+}
+
+func upgradeError(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+	w.Header().Set("Sec-Websocket-Version", "13")
+	ae := apiErr(CodeInternal, "internal error") // hijacking failed: nothing the client can fix
+	switch status {
+	case http.StatusBadRequest:
+		ae = apiErr(CodeBadRequest, reason.Error())
+	case http.StatusMethodNotAllowed:
+		ae = apiErr(CodeMethodNotAllowed, reason.Error())
+	case http.StatusForbidden:
+		ae = apiErr(CodeForbidden, reason.Error())
+	}
+	var body errorBody
+	body.Error.Code, body.Error.Message = ae.Code, ae.Message
+	writeJSON(w, ae.Status(), body)
 }
 
 func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
@@ -304,11 +323,11 @@ type groupSink struct {
 }
 
 func (g *groupSink) Synced(info progress.SyncInfo) bool {
-	f := subscribedFrame{Type: "subscribed", Group: g.group, Epoch: info.Epoch, LastSeq: info.LastSeq, Replayed: info.Replayed, Recovered: info.Recovered}
+	var ref json.RawMessage
 	if info.Initial {
-		f.Ref = g.ref
+		ref = g.ref
 	}
-	return g.c.enqueue(mustJSON(f))
+	return g.c.enqueue(subscribedJSON(g.group, ref, info))
 }
 
 func (g *groupSink) Send(ev *progress.Event) bool { return g.c.enqueue(ev.Frame()) }

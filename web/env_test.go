@@ -1,0 +1,289 @@
+package web
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"taskstream/jobs"
+	"taskstream/progress"
+	"taskstream/progress/progresstest"
+)
+
+// testEnv is a whole taskstream on one Redis: log, job service, an
+// in-process worker, the hub and the HTTP server on a real listener.
+type testEnv struct {
+	t      *testing.T
+	redis  *progresstest.Server
+	rdb    redis.UniversalClient
+	log    *progress.Log
+	jobs   *jobs.Service
+	worker *jobs.Worker
+	hub    *progress.Hub
+	web    *Server
+	http   *httptest.Server
+}
+
+type envOption func(*envOptions)
+
+type envOptions struct {
+	web       Config
+	noWorker  bool
+	logConfig progress.LogConfig
+}
+
+func withWebConfig(c Config) envOption       { return func(o *envOptions) { o.web = c } }
+func withoutWorker() envOption               { return func(o *envOptions) { o.noWorker = true } }
+func withLog(c progress.LogConfig) envOption { return func(o *envOptions) { o.logConfig = c } }
+
+func quietLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(&testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func newEnv(t *testing.T, srv *progresstest.Server, opts ...envOption) *testEnv {
+	t.Helper()
+	var o envOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	logger := quietLogger(t)
+	e := &testEnv{t: t, redis: srv, rdb: srv.Client(t)}
+	e.log = progress.NewLog(e.rdb, o.logConfig)
+	reg, err := jobs.NewRegistry(jobs.Builtin()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.jobs = jobs.NewService(e.rdb, reg, e.log, jobs.Config{ArtifactDir: t.TempDir(), Logger: logger})
+	if !o.noWorker {
+		e.worker = jobs.NewWorker(e.jobs, e.rdb, jobs.WorkerConfig{
+			PollInterval: 50 * time.Millisecond, CancelPoll: 200 * time.Millisecond, ShutdownTimeout: 2 * time.Second,
+		})
+		if err := e.worker.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.worker.Shutdown)
+	}
+	e.hub = progress.NewHub(e.rdb, e.log, progress.HubConfig{Logger: logger})
+	o.web.Logger = logger
+	e.web = New(e.jobs, e.hub, e.log, o.web)
+	e.http = httptest.NewServer(e.web)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = e.web.Shutdown(ctx)
+		e.http.Close()
+		_ = e.hub.Shutdown(ctx)
+	})
+	return e
+}
+
+// do sends an HTTP request with a JSON body (nil for none) and returns
+// the status and the decoded body.
+func (e *testEnv) do(method, path string, body any, header ...string) (int, map[string]any, http.Header) {
+	e.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		switch b := body.(type) {
+		case string:
+			rd = strings.NewReader(b)
+		case []byte:
+			rd = bytes.NewReader(b)
+		default:
+			raw, _ := json.Marshal(b)
+			rd = bytes.NewReader(raw)
+		}
+	}
+	req, err := http.NewRequest(method, e.http.URL+path, rd)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	var out map[string]any
+	_ = json.Unmarshal(raw, &out)
+	return res.StatusCode, out, res.Header
+}
+
+// submit starts a job and returns its id.
+func (e *testEnv) submit(typ string, params map[string]any) string {
+	e.t.Helper()
+	status, body, _ := e.do("POST", "/api/jobs", map[string]any{"type": typ, "params": params})
+	if status != http.StatusAccepted {
+		e.t.Fatalf("submit %s: status %d body %v", typ, status, body)
+	}
+	return body["id"].(string)
+}
+
+// wsClient is a real WebSocket client that decodes frames.
+type wsClient struct {
+	t    testing.TB
+	conn *websocket.Conn
+}
+
+func (e *testEnv) dial(header ...string) *wsClient {
+	e.t.Helper()
+	return dialWS(e.t, "ws"+strings.TrimPrefix(e.http.URL, "http")+"/ws", header...)
+}
+
+func dialWS(t testing.TB, url string, header ...string) *wsClient {
+	t.Helper()
+	h := http.Header{}
+	for i := 0; i+1 < len(header); i += 2 {
+		h.Set(header[i], header[i+1])
+	}
+	conn, res, err := websocket.DefaultDialer.Dial(url, h)
+	if err != nil {
+		status := 0
+		if res != nil {
+			status = res.StatusCode
+		}
+		t.Fatalf("dial %s: %v (status %d)", url, err, status)
+	}
+	c := &wsClient{t: t, conn: conn}
+	t.Cleanup(func() { _ = conn.Close() })
+	return c
+}
+
+func (c *wsClient) send(v any) {
+	c.t.Helper()
+	if err := c.conn.WriteJSON(v); err != nil {
+		c.t.Fatalf("write frame: %v", err)
+	}
+}
+
+// frame is a decoded server frame; fields cover every frame type.
+type frame struct {
+	Type      string          `json:"type"`
+	Group     string          `json:"group"`
+	Ref       json.RawMessage `json:"ref"`
+	Seq       int64           `json:"seq"`
+	Epoch     string          `json:"epoch"`
+	Event     string          `json:"event"`
+	Data      json.RawMessage `json:"data"`
+	TS        string          `json:"ts"`
+	LastSeq   int64           `json:"last_seq"`
+	Replayed  int             `json:"replayed"`
+	Recovered bool            `json:"recovered"`
+	Code      string          `json:"code"`
+	Message   string          `json:"message"`
+}
+
+// read returns the next frame, failing the test after 10 s.
+func (c *wsClient) read() frame {
+	c.t.Helper()
+	f, err := c.tryRead(10 * time.Second)
+	if err != nil {
+		c.t.Fatalf("read frame: %v", err)
+	}
+	return f
+}
+
+func (c *wsClient) tryRead(timeout time.Duration) (frame, error) {
+	_ = c.conn.SetReadDeadline(time.Now().Add(timeout))
+	var f frame
+	_, data, err := c.conn.ReadMessage()
+	if err != nil {
+		return f, err
+	}
+	if err := json.Unmarshal(data, &f); err != nil {
+		c.t.Fatalf("server sent non-JSON frame %q: %v", data, err)
+	}
+	return f, nil
+}
+
+// readUntil reads frames until one satisfies ok, returning all read.
+func (c *wsClient) readUntil(ok func(frame) bool) []frame {
+	c.t.Helper()
+	var got []frame
+	for {
+		f := c.read()
+		got = append(got, f)
+		if ok(f) {
+			return got
+		}
+	}
+}
+
+// closeCode reads until the server closes the socket and returns the code.
+func (c *wsClient) closeCode() int {
+	c.t.Helper()
+	for {
+		_, err := c.tryRead(10 * time.Second)
+		if err == nil {
+			continue
+		}
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) {
+			return ce.Code
+		}
+		c.t.Fatalf("socket ended without a close frame: %v", err)
+	}
+}
+
+// eventually polls cond until it holds or 15 s pass.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// isTerminalEvent reports whether f is a job's last event.
+func isTerminalEvent(f frame) bool {
+	if f.Type != "event" {
+		return false
+	}
+	switch f.Event {
+	case "result", "failed":
+		return true
+	case "state":
+		var d struct{ State string }
+		_ = json.Unmarshal(f.Data, &d)
+		return d.State == "canceled"
+	}
+	return false
+}
+
+// closeCodeOf returns the close code in a read error, or -1.
+func closeCodeOf(err error) int {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		return ce.Code
+	}
+	return -1
+}

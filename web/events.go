@@ -1,0 +1,304 @@
+package web
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/gorilla/websocket"
+
+	"taskstream/jobs"
+	"taskstream/progress"
+)
+
+// Fallbacks on the same log (PROTOCOL.md): a group's events over a socket
+// already subscribed, Server-Sent Events, or JSON long-poll. All three go
+// through Hub.Subscribe, the one place that decides what comes after seq N,
+// so they share the socket's ordering and resume guarantees.
+
+const (
+	sseHeartbeat    = 15 * time.Second
+	longPollDefault = 25 * time.Second
+	longPollMax     = 60 * time.Second
+	// streamBuffer bounds what one SSE or long-poll client may have queued,
+	// replay included; beyond it an SSE stream ends (the client resumes with
+	// Last-Event-ID) and a long-poll answer is cut (the client asks again).
+	streamBuffer = 4096
+)
+
+func (s *Server) handleJobEvents(w http.ResponseWriter, r *http.Request) {
+	s.serveEvents(w, r, jobs.Group(chi.URLParam(r, "id")))
+}
+
+func (s *Server) handleGroupEvents(w http.ResponseWriter, r *http.Request) {
+	// chi matches the escaped path, so "job%3AID" arrives escaped.
+	group, err := url.PathUnescape(chi.URLParam(r, "group"))
+	if err != nil {
+		s.writeError(w, r, apiErr(CodeBadRequest, "the group in the path is not URL-encoded properly"))
+		return
+	}
+	s.serveEvents(w, r, group)
+}
+
+// eventsQuery is where a fallback client stands in a group.
+type eventsQuery struct {
+	after int64
+	epoch string
+	wait  time.Duration
+}
+
+func parseEventsQuery(r *http.Request) (eventsQuery, error) {
+	q := eventsQuery{epoch: r.URL.Query().Get("epoch"), wait: longPollDefault}
+	after := r.URL.Query().Get("after")
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		after = id // an EventSource reconnecting by itself
+	}
+	if after != "" {
+		n, err := strconv.ParseInt(after, 10, 64)
+		if err != nil || n < 0 {
+			return q, apiErr(CodeBadRequest, "after (or Last-Event-ID) must be a seq: an integer, 0 or more")
+		}
+		q.after = n
+	}
+	if v := r.URL.Query().Get("wait"); v != "" {
+		secs, err := strconv.ParseFloat(v, 64)
+		if err != nil || secs < 0 || secs > longPollMax.Seconds() {
+			return q, apiErr(CodeBadRequest, fmt.Sprintf("wait must be from 0 to %.0f seconds", longPollMax.Seconds()))
+		}
+		q.wait = time.Duration(secs * float64(time.Second))
+	}
+	return q, nil
+}
+
+func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, group string) {
+	if !progress.ValidGroup(group) {
+		s.writeError(w, r, apiErr(CodeBadRequest, fmt.Sprintf("bad group name %q", group)))
+		return
+	}
+	if err := s.authorizeGroup(r.Context(), group); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	q, err := parseEventsQuery(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	switch {
+	case websocket.IsWebSocketUpgrade(r):
+		after := q.after
+		s.serveSocket(w, r, &clientFrame{Op: opSubscribe, Group: group, After: &after, Epoch: q.epoch})
+	case acceptsEventStream(r):
+		s.serveSSE(w, r, group, q)
+	default:
+		s.serveLongPoll(w, r, group, q)
+	}
+}
+
+func acceptsEventStream(r *http.Request) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
+		mt, _, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if strings.EqualFold(strings.TrimSpace(mt), "text/event-stream") {
+			return true
+		}
+	}
+	return false
+}
+
+// streamItem is a SyncInfo or an event, in the order the hub gave them.
+type streamItem struct {
+	info *progress.SyncInfo
+	ev   *progress.Event
+}
+
+// bufferSink collects a subscription's deliveries for a handler goroutine
+// that drains them at its own pace, up to a limit.
+type bufferSink struct {
+	mu     sync.Mutex
+	items  []streamItem
+	limit  int
+	lagged bool
+	notify chan struct{}
+}
+
+func newBufferSink(limit int) *bufferSink {
+	return &bufferSink{limit: limit, notify: make(chan struct{}, 1)}
+}
+
+func (b *bufferSink) push(it streamItem) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.items) >= b.limit {
+		b.lagged = true
+	} else {
+		b.items = append(b.items, it)
+	}
+	select {
+	case b.notify <- struct{}{}:
+	default:
+	}
+	return !b.lagged
+}
+
+func (b *bufferSink) Synced(info progress.SyncInfo) bool { return b.push(streamItem{info: &info}) }
+func (b *bufferSink) Send(ev *progress.Event) bool       { return b.push(streamItem{ev: ev}) }
+func (b *bufferSink) Lagged()                            { b.push(streamItem{}) }
+
+// take returns what has queued up, and whether the sink overflowed.
+func (b *bufferSink) take() ([]streamItem, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	items := b.items
+	b.items = nil
+	return items, b.lagged
+}
+
+// stopping is closed when the server shuts down, so streams end and
+// http.Server.Shutdown does not wait on them.
+func (s *Server) stopping() <-chan struct{} { return s.stopCh }
+
+func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, group string, q eventsQuery) {
+	rc := http.NewResponseController(w)
+	sink := newBufferSink(streamBuffer)
+	sub, err := s.hub.Subscribe(group, q.after, q.epoch, sink)
+	if err != nil {
+		s.writeError(w, r, hubError(err))
+		return
+	}
+	defer sub.Close()
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no") // nginx and friends: do not buffer the stream
+	w.WriteHeader(http.StatusOK)
+	write := func(chunk string) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		if _, err := fmt.Fprint(w, chunk); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	if !write("retry: 2000\n\n") {
+		return
+	}
+	isJob := strings.HasPrefix(group, "job:")
+	heartbeat := time.NewTicker(sseHeartbeat)
+	defer heartbeat.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.stopping():
+			return
+		case <-heartbeat.C:
+			if !write(": ping\n\n") {
+				return
+			}
+		case <-sink.notify:
+			items, lagged := sink.take()
+			var b strings.Builder
+			final := false
+			for _, it := range items {
+				if it.info != nil {
+					fmt.Fprintf(&b, "event: subscribed\ndata: %s\n\n", subscribedJSON(group, nil, *it.info))
+					continue
+				}
+				fmt.Fprintf(&b, "id: %d\nevent: %s\ndata: %s\n\n", it.ev.Seq, it.ev.Name, it.ev.Frame())
+				if isJob && jobs.FinalEvent(it.ev.Name, it.ev.Data) {
+					final = true
+					break
+				}
+			}
+			if !write(b.String()) || final || lagged {
+				return // lagged: the client reconnects with Last-Event-ID
+			}
+		}
+	}
+}
+
+// longPollAnswer is the JSON long-poll body.
+type longPollAnswer struct {
+	Events    []json.RawMessage `json:"events"`
+	LastSeq   int64             `json:"last_seq"`
+	Epoch     string            `json:"epoch"`
+	Recovered bool              `json:"recovered"`
+}
+
+func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group string, q eventsQuery) {
+	sink := newBufferSink(streamBuffer)
+	sub, err := s.hub.Subscribe(group, q.after, q.epoch, sink)
+	if err != nil {
+		s.writeError(w, r, hubError(err))
+		return
+	}
+	defer sub.Close()
+	ans := longPollAnswer{Events: []json.RawMessage{}, LastSeq: q.after, Epoch: q.epoch, Recovered: true}
+	wait := time.NewTimer(q.wait)
+	defer wait.Stop()
+	// Reading the history gets its own bound, so wait=0 still answers with
+	// what the log holds instead of nothing.
+	syncTimeout := time.NewTimer(max(q.wait, 10*time.Second))
+	defer syncTimeout.Stop()
+	synced, waited := false, false
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.stopping():
+			s.writeError(w, r, apiErr(CodeUnavailable, "server is shutting down; poll again"))
+			return
+		case <-syncTimeout.C:
+			if !synced {
+				s.writeError(w, r, apiErr(CodeUnavailable, "the event log did not answer in time; poll again"))
+				return
+			}
+		case <-wait.C:
+			waited = true
+		case <-sink.notify:
+			items, lagged := sink.take()
+			for _, it := range items {
+				if it.info != nil {
+					synced = true
+					ans.Epoch = it.info.Epoch
+					if !it.info.Recovered {
+						// History restarts: what was collected belongs to
+						// what the client must now forget.
+						ans.Recovered, ans.Events = false, ans.Events[:0]
+					}
+					if it.info.Replayed == 0 {
+						ans.LastSeq = it.info.LastSeq
+					}
+					continue
+				}
+				ans.Events = append(ans.Events, it.ev.Frame())
+				ans.LastSeq, ans.Epoch = it.ev.Seq, it.ev.Epoch
+			}
+			if lagged {
+				waited = true
+			}
+		}
+		if synced && (waited || len(ans.Events) > 0) {
+			writeJSON(w, http.StatusOK, ans)
+			return
+		}
+	}
+}
+
+func subscribedJSON(group string, ref json.RawMessage, info progress.SyncInfo) []byte {
+	return mustJSON(subscribedFrame{Type: "subscribed", Group: group, Ref: ref, Epoch: info.Epoch,
+		LastSeq: info.LastSeq, Replayed: info.Replayed, Recovered: info.Recovered})
+}
+
+func hubError(err error) error {
+	if errors.Is(err, progress.ErrClosed) {
+		return apiErr(CodeUnavailable, "server is shutting down")
+	}
+	return err
+}
