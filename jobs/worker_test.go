@@ -1,0 +1,186 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"taskstream/progress"
+	"taskstream/progress/progresstest"
+)
+
+// jobEnv is a job service and a way to start workers on one Redis.
+type jobEnv struct {
+	t   *testing.T
+	srv *progresstest.Server
+	log *progress.Log
+	svc *Service
+}
+
+func newJobEnv(t *testing.T, srv *progresstest.Server) *jobEnv {
+	rdb := srv.Client(t)
+	log := progress.NewLog(rdb, progress.LogConfig{})
+	reg, err := NewRegistry(Builtin()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &jobEnv{t: t, srv: srv, log: log, svc: NewService(rdb, reg, log, Config{ArtifactDir: t.TempDir()})}
+}
+
+func (e *jobEnv) startWorker(shutdownTimeout time.Duration) *Worker {
+	w := NewWorker(e.svc, e.srv.Client(e.t), WorkerConfig{PollInterval: 50 * time.Millisecond, ShutdownTimeout: shutdownTimeout, CancelPoll: 100 * time.Millisecond})
+	if err := w.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(w.Shutdown)
+	return w
+}
+
+// states returns the job's "state" events in order.
+func (e *jobEnv) states(id string) []stateEvent {
+	snap, err := e.log.Read(context.Background(), Group(id), 0)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []stateEvent
+	for _, ev := range snap.Events {
+		if ev.Name == "state" {
+			var s stateEvent
+			_ = json.Unmarshal(ev.Data, &s)
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (e *jobEnv) waitState(id, state string) *Job {
+	e.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		j, err := e.svc.Get(context.Background(), id)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if j.State == state {
+			return j
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("job %s is %s, want %s; states %+v", id, j.State, state, e.states(id))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A worker that shuts down while a job runs hands it back to the queue
+// (watchers see state pending) and another worker finishes it.
+func TestWorkerShutdownHandsRunningJobBack(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newJobEnv(t, srv)
+		first := e.startWorker(time.Second)
+		job, err := e.svc.Submit(context.Background(), "steps", json.RawMessage(`{"steps":30,"interval_ms":50}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.waitState(job.ID, StateActive)
+		first.Shutdown()
+		states := e.states(job.ID)
+		if last := states[len(states)-1]; last.State != StatePending || last.Message == "" {
+			t.Fatalf("after shutdown the last state is %+v, want pending with a reason", last)
+		}
+		e.startWorker(time.Second)
+		done := e.waitState(job.ID, StateCompleted)
+		if string(done.Result) != `{"steps":30}` {
+			t.Fatalf("result %s", done.Result)
+		}
+		var got []string
+		for _, s := range e.states(job.ID) {
+			got = append(got, s.State)
+		}
+		want := []string{"pending", "active", "pending", "active", "completed"}
+		if len(got) != len(want) {
+			t.Fatalf("states %v, want %v", got, want)
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("states %v, want %v", got, want)
+			}
+		}
+	})
+}
+
+// Cancelling a job whose worker is gone still ends it: the reconciler is
+// not needed for a queued job, and a second cancel is a conflict.
+func TestCancelQueuedJob(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newJobEnv(t, srv)
+		job, err := e.svc.Submit(context.Background(), "steps", json.RawMessage(`{"steps":3}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		j, err := e.svc.Cancel(context.Background(), job.ID)
+		if err != nil || j.State != StateCanceled {
+			t.Fatalf("cancel: %+v, %v", j, err)
+		}
+		if _, err := e.svc.Cancel(context.Background(), job.ID); err == nil {
+			t.Fatal("second cancel succeeded; want ErrConflict")
+		}
+		// A worker started afterwards never runs it.
+		e.startWorker(time.Second)
+		time.Sleep(300 * time.Millisecond) // give a wrongly queued job a chance to start
+		for _, s := range e.states(job.ID) {
+			if s.State == StateActive {
+				t.Fatalf("a canceled job ran: %+v", e.states(job.ID))
+			}
+		}
+	})
+}
+
+// The reconciler publishes the end of a job whose worker died after Asynq
+// archived the task, and a retry for one Asynq put back in the queue.
+func TestReconcileFinishesOrphanedJobs(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newJobEnv(t, srv)
+		w := NewWorker(e.svc, srv.Client(t), WorkerConfig{})
+		ctx := context.Background()
+		// A job that "ran" on a dead worker and that Asynq archived:
+		// recorded as active and running, task archived.
+		job, err := e.svc.Submit(ctx, "steps", json.RawMessage(`{"steps":3}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := e.svc.store
+		if err := st.setState(ctx, job.ID, StateActive, 1, ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.svc.insp.ArchiveTask("default", job.ID); err != nil {
+			t.Fatal(err)
+		}
+		old := float64(time.Now().Add(-time.Hour).UnixMilli())
+		if err := srv.Client(t).ZAdd(ctx, st.runningKey(), redis.Z{Score: old, Member: job.ID}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+		j := e.waitState(job.ID, StateFailed)
+		if j.Error == nil || *j.Error == "" {
+			t.Fatalf("failed job without an error: %+v", j)
+		}
+		snap, _ := e.log.Read(ctx, Group(job.ID), 0)
+		if last := snap.Events[len(snap.Events)-1]; last.Name != "failed" {
+			t.Fatalf("last event %s, want failed", last.Name)
+		}
+		// Reconciling again publishes nothing more.
+		before := len(snap.Events)
+		if err := w.reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+		snap, _ = e.log.Read(ctx, Group(job.ID), 0)
+		if len(snap.Events) != before {
+			t.Fatalf("second reconcile published %d more events", len(snap.Events)-before)
+		}
+	})
+}
