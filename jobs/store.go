@@ -73,7 +73,8 @@ func (s *store) create(ctx context.Context, r *record) error {
 			"attempt": 0, "created_at": now.UnixMilli(), "updated_at": now.UnixMilli(),
 		})
 		p.Expire(ctx, s.jobKey(r.ID), s.retention)
-		p.ZAdd(ctx, s.indexKey(), redis.Z{Score: float64(now.UnixMilli()), Member: r.ID})
+		// Microseconds keep quick successive submits in creation order.
+		p.ZAdd(ctx, s.indexKey(), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID})
 		return nil
 	})
 	if err != nil {
@@ -183,7 +184,7 @@ func (s *store) canceled(ctx context.Context, id string) (bool, error) {
 // list returns job ids, newest first, dropping index entries whose record
 // has expired.
 func (s *store) list(ctx context.Context, limit int64) ([]string, error) {
-	cutoff := time.Now().Add(-s.retention).UnixMilli()
+	cutoff := time.Now().Add(-s.retention).UnixMicro()
 	if err := s.rdb.ZRemRangeByScore(ctx, s.indexKey(), "-inf", "("+strconv.FormatInt(cutoff, 10)).Err(); err != nil {
 		return nil, fmt.Errorf("jobs: trim index: %w", err)
 	}

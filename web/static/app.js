@@ -1,0 +1,438 @@
+// The taskstream page: a job form generated from the job types' JSON
+// Schemas, and a live list of jobs. Every string that comes from the server
+// is rendered with textContent, never as HTML.
+import {TaskStream} from "./taskstream.js";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const TERMINAL = new Set(["completed", "failed", "canceled"]);
+const STATE_LABEL = {
+  connecting: "connecting", connected: "connected", reconnecting: "reconnecting", offline: "offline",
+};
+
+const ts = new TaskStream({url: location.origin});
+window.__ts = ts; // for tests and the curious: ts.delivered("job:ID"), ts.dropConnection()
+
+// ---- connection indicator -------------------------------------------------
+
+const conn = $("#conn");
+ts.onStatus(({state, transport, reason}) => {
+  // data-state is one of connected | reconnecting | offline.
+  conn.dataset.state = state === "connecting" ? "reconnecting" : state;
+  conn.dataset.transport = transport;
+  conn.textContent = `${STATE_LABEL[state] || state} (${transport})`;
+  conn.title = reason || "";
+});
+
+// ---- announcements ----------------------------------------------------------
+
+const announcer = $("#announcer");
+function announce(text) {
+  // Replace the text so screen readers read each change once.
+  announcer.textContent = "";
+  setTimeout(() => { announcer.textContent = text; }, 50);
+}
+
+// ---- HTTP -------------------------------------------------------------------
+
+async function api(method, path, body) {
+  const init = {method, headers: {Accept: "application/json"}};
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch {
+    return {ok: false, status: 0, error: {code: "network", message: "The server cannot be reached."}};
+  }
+  let data = null;
+  try { data = await res.json(); } catch { /* not JSON */ }
+  if (res.ok) return {ok: true, status: res.status, data};
+  const error = data && data.error && typeof data.error.message === "string"
+    ? data.error : {code: "http_" + res.status, message: `The server answered ${res.status} ${res.statusText}.`};
+  return {ok: false, status: res.status, error};
+}
+
+// ---- the form, generated from the JSON Schemas ----------------------------
+
+const form = $("#job-form");
+const typeSelect = $("#job-type");
+const typeDesc = $("#job-type-desc");
+const paramsBox = $("#job-params");
+const submitButton = $("#submit");
+const formError = $("#form-error");
+let jobTypes = [];
+
+function showFormError(text) {
+  formError.textContent = text;
+  formError.hidden = !text;
+}
+
+async function loadJobTypes() {
+  const r = await api("GET", "/api/job-types");
+  if (!r.ok || !Array.isArray(r.data)) {
+    showFormError("Could not load the job types: " + (r.error ? r.error.message : "bad answer"));
+    return;
+  }
+  jobTypes = r.data;
+  typeSelect.replaceChildren(...jobTypes.map((t) => {
+    const o = document.createElement("option");
+    o.value = t.type;
+    o.textContent = t.params && t.params.title ? `${t.params.title} (${t.type})` : t.type;
+    return o;
+  }));
+  typeSelect.disabled = jobTypes.length === 0;
+  submitButton.disabled = jobTypes.length === 0;
+  renderParams();
+}
+
+function currentType() {
+  return jobTypes.find((t) => t.type === typeSelect.value);
+}
+
+function renderParams() {
+  const t = currentType();
+  typeDesc.textContent = t ? t.description || "" : "";
+  const schema = (t && t.params) || {};
+  const props = schema.properties || {};
+  const required = new Set(schema.required || []);
+  const fields = Object.entries(props).map(([name, prop]) => paramField(name, prop || {}, required.has(name)));
+  paramsBox.replaceChildren(paramsBox.querySelector("legend") || legend(), ...fields);
+  paramsBox.hidden = fields.length === 0;
+  showFormError("");
+}
+
+function legend() {
+  const l = document.createElement("legend");
+  l.textContent = "Parameters";
+  return l;
+}
+
+function paramField(name, prop, isRequired) {
+  const id = "param-" + name;
+  const wrap = document.createElement("div");
+  wrap.className = "field";
+  const label = document.createElement("label");
+  label.htmlFor = id;
+  label.textContent = prop.title || name;
+  if (isRequired) {
+    const mark = document.createElement("span");
+    mark.className = "req";
+    mark.textContent = " (required)";
+    label.append(mark);
+  }
+  let input;
+  const type = Array.isArray(prop.type) ? prop.type.find((x) => x !== "null") : prop.type;
+  if (Array.isArray(prop.enum)) {
+    input = document.createElement("select");
+    if (!isRequired) input.append(new Option("", ""));
+    for (const v of prop.enum) input.append(new Option(String(v), JSON.stringify(v)));
+    if (prop.default !== undefined) input.value = JSON.stringify(prop.default);
+  } else if (type === "boolean") {
+    input = document.createElement("input");
+    input.type = "checkbox";
+    input.checked = prop.default === true;
+    wrap.classList.add("check");
+  } else if (type === "integer" || type === "number") {
+    input = document.createElement("input");
+    input.type = "number";
+    input.inputMode = type === "integer" ? "numeric" : "decimal";
+    input.step = type === "integer" ? "1" : "any";
+    if (typeof prop.minimum === "number") input.min = String(prop.minimum);
+    if (typeof prop.maximum === "number") input.max = String(prop.maximum);
+    if (prop.default !== undefined) input.value = String(prop.default);
+  } else if (type === "object" || type === "array") {
+    input = document.createElement("textarea");
+    input.rows = 3;
+    input.placeholder = type === "array" ? "[ … ] (JSON)" : "{ … } (JSON)";
+    if (prop.default !== undefined) input.value = JSON.stringify(prop.default);
+  } else {
+    input = document.createElement("input");
+    input.type = "text";
+    if (typeof prop.minLength === "number") input.minLength = prop.minLength;
+    if (typeof prop.maxLength === "number") input.maxLength = prop.maxLength;
+    if (typeof prop.pattern === "string") input.pattern = prop.pattern;
+    if (prop.default !== undefined) input.value = String(prop.default);
+  }
+  input.id = id;
+  input.name = name;
+  input.dataset.param = name;
+  input.dataset.kind = Array.isArray(prop.enum) ? "enum" : type || "string";
+  if (isRequired && type !== "boolean") input.required = true;
+  wrap.append(label, input);
+  if (prop.description) {
+    const help = document.createElement("p");
+    help.className = "help";
+    help.id = id + "-help";
+    help.textContent = prop.description;
+    input.setAttribute("aria-describedby", help.id);
+    wrap.append(help);
+  }
+  return wrap;
+}
+
+// readParams turns the inputs into the params object, or throws an Error
+// with a message for the user.
+function readParams() {
+  const params = {};
+  for (const input of paramsBox.querySelectorAll("[data-param]")) {
+    const name = input.dataset.param;
+    const kind = input.dataset.kind;
+    if (kind === "boolean") {
+      params[name] = input.checked;
+      continue;
+    }
+    const raw = input.value.trim();
+    if (raw === "") continue; // optional and empty: leave it out
+    const label = input.labels && input.labels[0] ? input.labels[0].firstChild.textContent : name;
+    if (kind === "integer" || kind === "number") {
+      const n = Number(raw);
+      if (!Number.isFinite(n) || (kind === "integer" && !Number.isInteger(n))) {
+        throw new Error(`${label}: enter ${kind === "integer" ? "a whole number" : "a number"}.`);
+      }
+      params[name] = n;
+    } else if (kind === "enum") {
+      params[name] = JSON.parse(raw);
+    } else if (kind === "object" || kind === "array") {
+      try { params[name] = JSON.parse(raw); } catch { throw new Error(`${label}: enter valid JSON.`); }
+    } else {
+      params[name] = input.value;
+    }
+  }
+  return params;
+}
+
+typeSelect.addEventListener("change", renderParams);
+
+form.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  showFormError("");
+  if (!form.reportValidity()) return;
+  let params;
+  try {
+    params = readParams();
+  } catch (err) {
+    showFormError(err.message);
+    return;
+  }
+  submitButton.disabled = true;
+  const r = await api("POST", "/api/jobs", {type: typeSelect.value, params});
+  submitButton.disabled = false;
+  if (!r.ok) {
+    showFormError(r.error.message);
+    return;
+  }
+  const job = r.data;
+  addJob(job, {prepend: true, fresh: true});
+  announce(`Job ${job.id} (${job.type}) submitted.`);
+});
+
+// ---- the job list -----------------------------------------------------------
+
+const list = $("#jobs");
+const noJobs = $("#no-jobs");
+const template = $("#job-template");
+const rows = new Map(); // id → row
+
+function addJob(job, {prepend = false, fresh = false} = {}) {
+  if (rows.has(job.id)) return rows.get(job.id);
+  const el = template.content.firstElementChild.cloneNode(true);
+  const f = (name) => el.querySelector(`[data-field="${name}"]`);
+  const row = {
+    id: job.id, el, type: job.type, state: "", epoch: job.epoch || "", seq: 0,
+    fields: {
+      type: f("type"), id: f("id"), state: f("state"), attempt: f("attempt"), params: f("params"),
+      percent: f("percent"), stage: f("stage"), message: f("message"), rate: f("rate"), eta: f("eta"),
+      log: f("log"), error: f("error"), resultBox: f("result-box"), result: f("result"), artifact: f("artifact"),
+    },
+    bar: el.querySelector("[role=progressbar]"),
+    fill: el.querySelector(".fill"),
+    cancel: el.querySelector("[data-action=cancel]"),
+  };
+  el.dataset.jobId = job.id;
+  row.fields.type.textContent = job.type;
+  row.fields.id.textContent = job.id;
+  row.fields.params.textContent = paramsText(job.params);
+  row.bar.setAttribute("aria-label", `Progress of ${job.type} job ${job.id}`);
+  row.cancel.setAttribute("aria-label", `Cancel ${job.type} job ${job.id}`);
+  row.cancel.addEventListener("click", () => cancelJob(row));
+  rows.set(job.id, row);
+  if (prepend) list.prepend(el); else list.append(el);
+  noJobs.hidden = true;
+  applySnapshot(row, job, true);
+  if (!TERMINAL.has(row.state)) watch(row, fresh ? {} : {after: job.last_seq || 0, epoch: job.epoch || ""});
+  return row;
+}
+
+function paramsText(params) {
+  if (!params || typeof params !== "object") return "";
+  return Object.entries(params).map(([k, v]) => `${k} = ${typeof v === "string" ? v : JSON.stringify(v)}`).join(" · ");
+}
+
+function watch(row, from) {
+  ts.subscribe("job:" + row.id, {
+    onEvent: (frame) => applyEvent(row, frame),
+    onReset: () => refresh(row),
+    onEnd: () => refresh(row),
+    onError: (err) => {
+      if (!TERMINAL.has(row.state)) showRowError(row, `Live updates stopped: ${err.message}`);
+    },
+  }, from);
+}
+
+async function refresh(row) {
+  const r = await api("GET", "/api/jobs/" + encodeURIComponent(row.id));
+  if (r.ok) applySnapshot(row, r.data, false);
+}
+
+function applySnapshot(row, job, initial) {
+  // A snapshot older than the events already shown must not move the
+  // state or the bar back; its result, error and artifact still count.
+  const stale = !initial && job.epoch === row.epoch && typeof job.last_seq === "number" && job.last_seq < row.seq;
+  if (!stale) {
+    setState(row, job.state, !initial);
+    setAttempt(row, job.attempt);
+    if (job.progress) setProgress(row, job.progress);
+    row.seq = Math.max(row.seq, job.last_seq || 0);
+    if (job.epoch) row.epoch = job.epoch;
+  }
+  if (job.result !== null && job.result !== undefined) setResult(row, job.result);
+  if (job.error && (TERMINAL.has(row.state) || row.state === "retry")) showRowError(row, job.error);
+  if (typeof job.artifact === "string") setArtifact(row, job.artifact);
+  if (row.state === "completed") setPercent(row, 100);
+}
+
+function applyEvent(row, f) {
+  row.seq = f.seq;
+  if (f.epoch) row.epoch = f.epoch;
+  const d = f.data || {};
+  switch (f.event) {
+    case "state":
+      setState(row, d.state, true);
+      if (d.attempt) setAttempt(row, d.attempt);
+      if (d.state === "retry" && d.error) showRowError(row, `${d.attempt ? "Attempt " + d.attempt : "An attempt"} failed: ${d.error}`);
+      else if (d.state === "active") showRowError(row, "");
+      if (d.message) setLog(row, d.message);
+      if (d.state === "completed") setPercent(row, 100);
+      break;
+    case "progress":
+      setProgress(row, d);
+      break;
+    case "log":
+      if (typeof d.message === "string") setLog(row, d.message);
+      break;
+    case "result":
+      setResult(row, d.result);
+      break;
+    case "failed":
+      showRowError(row, typeof d.error === "string" ? d.error : "failed");
+      break;
+    default:
+  }
+}
+
+function setState(row, state, announceIt) {
+  if (typeof state !== "string" || !state || row.state === state) return;
+  row.state = state;
+  row.el.dataset.state = state;
+  row.fields.state.textContent = state;
+  const finished = TERMINAL.has(state);
+  row.cancel.hidden = finished;
+  row.cancel.disabled = finished;
+  row.el.classList.toggle("finished", finished);
+  if (finished) {
+    row.fields.eta.textContent = "";
+    row.fields.rate.textContent = "";
+  }
+  if (announceIt) announce(`${row.type} job ${row.id}: ${state}.`);
+}
+
+function setAttempt(row, attempt) {
+  row.fields.attempt.textContent = attempt ? `attempt ${attempt}` : "";
+}
+
+function setPercent(row, pct) {
+  const p = Math.max(0, Math.min(100, Number(pct) || 0));
+  const shown = Math.floor(p);
+  row.bar.setAttribute("aria-valuenow", String(shown));
+  row.bar.setAttribute("aria-valuetext", `${shown}%`);
+  row.fill.style.width = p + "%";
+  row.fields.percent.textContent = shown + "%";
+}
+
+function setProgress(row, p) {
+  if (typeof p.percent === "number") setPercent(row, p.percent);
+  const f = row.fields;
+  const count = typeof p.done === "number" && typeof p.total === "number" && p.total > 0
+    ? `${fmtNum(p.done)} / ${fmtNum(p.total)}` : "";
+  f.stage.textContent = [p.stage, count].filter(Boolean).join(" ");
+  f.message.textContent = typeof p.message === "string" ? p.message : "";
+  const live = !TERMINAL.has(row.state);
+  f.rate.textContent = live && p.rate > 0 ? `${fmtNum(p.rate)}/s` : "";
+  f.eta.textContent = live && p.eta_s > 0 ? `ETA ${fmtDuration(p.eta_s)}` : "";
+}
+
+function setLog(row, text) {
+  row.fields.log.textContent = text;
+  row.fields.log.hidden = !text;
+}
+
+function setResult(row, result) {
+  row.fields.result.textContent = JSON.stringify(result, null, 2);
+  row.fields.resultBox.hidden = false;
+}
+
+function setArtifact(row, href) {
+  // Only a link on this server: never a javascript: or foreign URL.
+  let url;
+  try { url = new URL(href, location.origin); } catch { return; }
+  if (url.origin !== location.origin) return;
+  row.fields.artifact.href = url.pathname + url.search;
+  row.fields.artifact.hidden = false;
+}
+
+function showRowError(row, text) {
+  row.fields.error.textContent = text;
+  row.fields.error.hidden = !text;
+}
+
+async function cancelJob(row) {
+  row.cancel.disabled = true;
+  const r = await api("POST", `/api/jobs/${encodeURIComponent(row.id)}/cancel`);
+  if (r.ok) {
+    applySnapshot(row, r.data, false);
+    if (!TERMINAL.has(row.state)) row.cancel.textContent = "Canceling…";
+    return;
+  }
+  if (r.status === 409) {
+    refresh(row);
+    return;
+  }
+  row.cancel.disabled = false;
+  showRowError(row, r.error.message);
+}
+
+function fmtNum(n) {
+  if (typeof n !== "number" || !Number.isFinite(n)) return "";
+  const digits = Math.abs(n) >= 100 || Number.isInteger(n) ? 0 : Math.abs(n) >= 10 ? 1 : 2;
+  return n.toLocaleString(undefined, {maximumFractionDigits: digits});
+}
+
+function fmtDuration(secs) {
+  const s = Math.ceil(secs);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+async function loadJobs() {
+  const r = await api("GET", "/api/jobs");
+  if (!r.ok || !r.data || !Array.isArray(r.data.jobs)) return;
+  // Newest first, as the API sends them; jobs submitted meanwhile are
+  // already at the top.
+  for (const job of r.data.jobs) addJob(job);
+}
+
+loadJobTypes();
+loadJobs();
