@@ -36,6 +36,9 @@ type Config struct {
 	// workers and read by the API. Both must see the same directory.
 	// Default: "taskstream-artifacts" under the OS temp directory.
 	ArtifactDir string
+	// JobLink is the link a finished job's notification carries, a format
+	// with one %s for the job id. Default "/#job-%s" (the page's anchor).
+	JobLink string
 	// Logger receives what the service and worker cannot return to a
 	// caller (a lost terminal event, a reconcile error). Default
 	// slog.Default().
@@ -55,6 +58,9 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.JobLink == "" {
+		c.JobLink = "/#job-%s"
+	}
 	return c
 }
 
@@ -62,6 +68,7 @@ func (c Config) withDefaults() Config {
 // Asynq and the job record, progress from the last progress event.
 type Job struct {
 	ID          string             `json:"id"`
+	Owner       string             `json:"owner"`
 	Type        string             `json:"type"`
 	State       string             `json:"state"`
 	Params      json.RawMessage    `json:"params"`
@@ -113,10 +120,10 @@ func (s *Service) ArtifactPath(j *Job) (string, bool) {
 	return artifactPath(s.cfg.ArtifactDir, j.ID), j.HasArtifact
 }
 
-// Submit validates params for typ, records the job, publishes its first
-// "state" event (pending) and enqueues it. Errors: ErrUnknownType,
-// *ParamError, or an infrastructure error.
-func (s *Service) Submit(ctx context.Context, typ string, params json.RawMessage) (*Job, error) {
+// Submit validates params for typ, records the job as owner's, publishes
+// its first "state" event (pending) and enqueues it. Errors:
+// ErrUnknownType, *ParamError, or an infrastructure error.
+func (s *Service) Submit(ctx context.Context, owner, typ string, params json.RawMessage) (*Job, error) {
 	t, ok := s.reg.Lookup(typ)
 	if !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownType, typ)
@@ -125,7 +132,7 @@ func (s *Service) Submit(ctx context.Context, typ string, params json.RawMessage
 	if err != nil {
 		return nil, err
 	}
-	rec := &record{ID: newJobID(), Type: t.Name, Queue: t.Queue, Params: norm, State: StatePending, CreatedAt: time.Now().UTC()}
+	rec := &record{ID: newJobID(), Owner: owner, Type: t.Name, Queue: t.Queue, Params: norm, State: StatePending, CreatedAt: time.Now().UTC()}
 	if err := s.store.create(ctx, rec); err != nil {
 		return nil, err
 	}
@@ -163,7 +170,7 @@ func (s *Service) Get(ctx context.Context, id string) (*Job, error) {
 		return nil, err
 	}
 	j := &Job{
-		ID: id, Type: rec.Type, State: rec.State, Params: rec.Params, Attempt: rec.Attempt,
+		ID: id, Owner: rec.Owner, Type: rec.Type, State: rec.State, Params: rec.Params, Attempt: rec.Attempt,
 		CreatedAt: rec.CreatedAt, UpdatedAt: rec.UpdatedAt,
 	}
 	if t, ok := s.reg.Lookup(rec.Type); ok {
@@ -246,12 +253,12 @@ func taskState(info *asynq.TaskInfo, rec *record) string {
 	}
 }
 
-// List returns up to limit jobs, newest first.
-func (s *Service) List(ctx context.Context, limit int) ([]*Job, error) {
+// List returns up to limit of owner's jobs, newest first.
+func (s *Service) List(ctx context.Context, owner string, limit int) ([]*Job, error) {
 	if limit <= 0 {
 		limit = 100
 	}
-	ids, err := s.store.list(ctx, int64(limit))
+	ids, err := s.store.list(ctx, owner, int64(limit))
 	if err != nil {
 		return nil, err
 	}
@@ -315,6 +322,7 @@ func (s *Service) finish(ctx context.Context, id, state string, result json.RawM
 		return false
 	}
 	s.publish(ctx, id, "state", stateEvent{State: state, Error: errMsg})
+	defer s.notifyOwner(ctx, id, state, errMsg)
 	switch state {
 	case StateCompleted:
 		s.publish(ctx, id, "result", map[string]json.RawMessage{"result": orNull(result)})
@@ -340,13 +348,22 @@ func (s *Service) publish(ctx context.Context, id, name string, data any) {
 	}
 }
 
-// Exists reports whether job id is known (and not yet past retention).
-func (s *Service) Exists(ctx context.Context, id string) (bool, error) {
-	n, err := s.store.rdb.Exists(ctx, s.store.jobKey(id)).Result()
-	if err != nil {
-		return false, fmt.Errorf("jobs: look up %s: %w", id, err)
+// Owner returns the id of job id's owner, or ErrNotFound.
+func (s *Service) Owner(ctx context.Context, id string) (string, error) {
+	owner, err := s.store.owner(ctx, id)
+	if errors.Is(err, errNoRecord) {
+		return "", fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
-	return n == 1, nil
+	return owner, err
+}
+
+// Transfer makes every job of owner from belong to owner to (a guest who
+// signs in keeps the jobs submitted as a guest). It returns how many moved.
+func (s *Service) Transfer(ctx context.Context, from, to string) (int, error) {
+	if from == to {
+		return 0, nil
+	}
+	return s.store.transfer(ctx, from, to)
 }
 
 // FinalEvent reports whether an event of a job's group is the job's last
@@ -361,4 +378,24 @@ func FinalEvent(name string, data json.RawMessage) bool {
 		return json.Unmarshal(data, &s) == nil && s.State == StateCanceled
 	}
 	return false
+}
+
+// notifyOwner tells the job's owner, on every tab, that it has finished.
+func (s *Service) notifyOwner(ctx context.Context, id, state, errMsg string) {
+	owner, err := s.store.owner(ctx, id)
+	if err != nil || owner == "" {
+		return
+	}
+	typ, _ := s.store.rdb.HGet(ctx, s.store.jobKey(id), "type").Result()
+	n := progress.Notification{
+		Title: fmt.Sprintf("Job %s %s", typ, state),
+		Body:  fmt.Sprintf("%s job %s has %s.", typ, id, state),
+		Link:  fmt.Sprintf(s.cfg.JobLink, id),
+	}
+	if errMsg != "" {
+		n.Body += " " + errMsg
+	}
+	if _, err := progress.Notify(ctx, s.log, progress.UserGroup(owner), n); err != nil {
+		s.cfg.Logger.Warn("job notification lost", "job", id, "owner", owner, "err", err)
+	}
 }

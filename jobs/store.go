@@ -39,13 +39,16 @@ type store struct {
 }
 
 func (s *store) jobKey(id string) string { return s.prefix + ":job:" + id }
-func (s *store) indexKey() string        { return s.prefix + ":jobs" }
-func (s *store) runningKey() string      { return s.prefix + ":running" }
-func (s *store) cancelChannel() string   { return s.prefix + ":cancel" }
+func (s *store) indexKey(owner string) string {
+	return s.prefix + ":jobs:owner:" + owner
+}
+func (s *store) runningKey() string    { return s.prefix + ":running" }
+func (s *store) cancelChannel() string { return s.prefix + ":cancel" }
 
 // record is a job's hash, decoded.
 type record struct {
 	ID        string
+	Owner     string
 	Type      string
 	Queue     string
 	Params    json.RawMessage
@@ -69,12 +72,13 @@ func (s *store) create(ctx context.Context, r *record) error {
 	now := r.CreatedAt
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.HSet(ctx, s.jobKey(r.ID), map[string]any{
-			"type": r.Type, "queue": r.Queue, "params": string(r.Params), "state": StatePending,
+			"owner": r.Owner, "type": r.Type, "queue": r.Queue, "params": string(r.Params), "state": StatePending,
 			"attempt": 0, "created_at": now.UnixMilli(), "updated_at": now.UnixMilli(),
 		})
 		p.Expire(ctx, s.jobKey(r.ID), s.retention)
 		// Microseconds keep quick successive submits in creation order.
-		p.ZAdd(ctx, s.indexKey(), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID})
+		p.ZAdd(ctx, s.indexKey(r.Owner), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID})
+		p.Expire(ctx, s.indexKey(r.Owner), s.retention)
 		return nil
 	})
 	if err != nil {
@@ -94,7 +98,7 @@ func (s *store) get(ctx context.Context, id string) (*record, error) {
 		return nil, errNoRecord
 	}
 	r := &record{
-		ID: id, Type: m["type"], Queue: m["queue"], Params: json.RawMessage(m["params"]),
+		ID: id, Owner: m["owner"], Type: m["type"], Queue: m["queue"], Params: json.RawMessage(m["params"]),
 		State: m["state"], Error: m["error"], Canceled: m["canceled"] == "1", Final: m["final"],
 		CreatedAt: millis(m["created_at"]), UpdatedAt: millis(m["updated_at"]),
 	}
@@ -181,16 +185,52 @@ func (s *store) canceled(ctx context.Context, id string) (bool, error) {
 	return v == "1", err
 }
 
-// list returns job ids, newest first, dropping index entries whose record
-// has expired.
-func (s *store) list(ctx context.Context, limit int64) ([]string, error) {
+// list returns owner's job ids, newest first, dropping index entries
+// whose record has expired.
+func (s *store) list(ctx context.Context, owner string, limit int64) ([]string, error) {
 	cutoff := time.Now().Add(-s.retention).UnixMicro()
-	if err := s.rdb.ZRemRangeByScore(ctx, s.indexKey(), "-inf", "("+strconv.FormatInt(cutoff, 10)).Err(); err != nil {
+	if err := s.rdb.ZRemRangeByScore(ctx, s.indexKey(owner), "-inf", "("+strconv.FormatInt(cutoff, 10)).Err(); err != nil {
 		return nil, fmt.Errorf("jobs: trim index: %w", err)
 	}
-	ids, err := s.rdb.ZRevRange(ctx, s.indexKey(), 0, limit-1).Result()
+	ids, err := s.rdb.ZRevRange(ctx, s.indexKey(owner), 0, limit-1).Result()
 	if err != nil {
 		return nil, fmt.Errorf("jobs: list: %w", err)
 	}
 	return ids, nil
+}
+
+// transfer gives every job of from to to: the records' owner and the
+// index. Each job moves on its own (its keys may live on different Cluster
+// slots); a crash midway leaves some jobs with each owner, and running it
+// again finishes the move.
+func (s *store) transfer(ctx context.Context, from, to string) (int, error) {
+	zs, err := s.rdb.ZRangeWithScores(ctx, s.indexKey(from), 0, -1).Result()
+	if err != nil {
+		return 0, fmt.Errorf("jobs: list jobs of %s: %w", from, err)
+	}
+	for _, z := range zs {
+		id := z.Member.(string)
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.HSet(ctx, s.jobKey(id), "owner", to)
+			p.ZAdd(ctx, s.indexKey(to), z)
+			p.Expire(ctx, s.indexKey(to), s.retention)
+			p.ZRem(ctx, s.indexKey(from), id)
+			return nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("jobs: transfer %s: %w", id, err)
+		}
+	}
+	return len(zs), nil
+}
+
+func (s *store) owner(ctx context.Context, id string) (string, error) {
+	v, err := s.rdb.HGet(ctx, s.jobKey(id), "owner").Result()
+	if errors.Is(err, redis.Nil) {
+		return "", errNoRecord
+	}
+	if err != nil {
+		return "", fmt.Errorf("jobs: owner of %s: %w", id, err)
+	}
+	return v, nil
 }

@@ -80,7 +80,7 @@ func TestWorkerShutdownHandsRunningJobBack(t *testing.T) {
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
 		e := newJobEnv(t, srv)
 		first := e.startWorker(time.Second)
-		job, err := e.svc.Submit(context.Background(), "steps", json.RawMessage(`{"steps":30,"interval_ms":50}`))
+		job, err := e.svc.Submit(context.Background(), "u1", "steps", json.RawMessage(`{"steps":30,"interval_ms":50}`))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +116,7 @@ func TestWorkerShutdownHandsRunningJobBack(t *testing.T) {
 func TestCancelQueuedJob(t *testing.T) {
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
 		e := newJobEnv(t, srv)
-		job, err := e.svc.Submit(context.Background(), "steps", json.RawMessage(`{"steps":3}`))
+		job, err := e.svc.Submit(context.Background(), "u1", "steps", json.RawMessage(`{"steps":3}`))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -147,7 +147,7 @@ func TestReconcileFinishesOrphanedJobs(t *testing.T) {
 		ctx := context.Background()
 		// A job that "ran" on a dead worker and that Asynq archived:
 		// recorded as active and running, task archived.
-		job, err := e.svc.Submit(ctx, "steps", json.RawMessage(`{"steps":3}`))
+		job, err := e.svc.Submit(ctx, "u1", "steps", json.RawMessage(`{"steps":3}`))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -27,6 +27,9 @@ type LogConfig struct {
 	MaxLen int64
 	// TTL is how long a group's log lives after its last event. Default 24h.
 	TTL time.Duration
+	// KindMaxLen overrides MaxLen for the groups of one kind, the part of
+	// the name before ":" (e.g. {"chat": 500} for room history).
+	KindMaxLen map[string]int64
 }
 
 func (c LogConfig) withDefaults() LogConfig {
@@ -58,6 +61,15 @@ type Log struct {
 // NewLog returns a Log on rdb.
 func NewLog(rdb redis.UniversalClient, cfg LogConfig) *Log {
 	return &Log{rdb: rdb, cfg: cfg.withDefaults()}
+}
+
+// maxLen is the history bound of group.
+func (l *Log) maxLen(group string) int64 {
+	kind, _, _ := strings.Cut(group, ":")
+	if n, ok := l.cfg.KindMaxLen[kind]; ok && n > 0 {
+		return n
+	}
+	return l.cfg.MaxLen
 }
 
 // Config returns the log's configuration with defaults applied.
@@ -117,7 +129,7 @@ func (l *Log) Publish(ctx context.Context, group, name string, data any) (*Event
 	ts := now.Format(time.RFC3339Nano)
 	res, err := appendScript.Run(ctx, l.rdb,
 		[]string{l.metaKey(group), l.streamKey(group)},
-		newEpoch(), name, string(raw), ts, l.cfg.MaxLen, l.cfg.TTL.Milliseconds(), l.Channel(group),
+		newEpoch(), name, string(raw), ts, l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group),
 	).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("progress: publish %s %s: %w", group, name, err)

@@ -46,7 +46,7 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(CodeBadRequest, `"type" is required`))
 		return
 	}
-	job, err := s.jobs.Submit(r.Context(), req.Type, req.Params)
+	job, err := s.jobs.Submit(r.Context(), principalOf(r).User.ID, req.Type, req.Params)
 	if err != nil {
 		s.writeError(w, r, jobError(err))
 		return
@@ -65,7 +65,7 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	list, err := s.jobs.List(r.Context(), limit)
+	list, err := s.jobs.List(r.Context(), principalOf(r).User.ID, limit)
 	if err != nil {
 		s.writeError(w, r, jobError(err))
 		return
@@ -77,8 +77,23 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"jobs": views})
 }
 
+// ownedJob returns the job in the URL when the caller owns it: 404 for an
+// unknown id, 403 for someone else's job.
+func (s *Server) ownedJob(r *http.Request) (*jobs.Job, error) {
+	id := chi.URLParam(r, "id")
+	owner, err := s.jobs.Owner(r.Context(), id)
+	if err != nil {
+		return nil, jobError(err)
+	}
+	if owner != principalOf(r).User.ID {
+		return nil, apiErr(CodeForbidden, "this job belongs to someone else")
+	}
+	job, err := s.jobs.Get(r.Context(), id)
+	return job, jobError(err)
+}
+
 func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
-	job, err := s.jobs.Get(r.Context(), chi.URLParam(r, "id"))
+	job, err := s.ownedJob(r)
 	if err != nil {
 		s.writeError(w, r, jobError(err))
 		return
@@ -87,6 +102,10 @@ func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
+	if _, err := s.ownedJob(r); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	job, err := s.jobs.Cancel(r.Context(), chi.URLParam(r, "id"))
 	if err != nil {
 		s.writeError(w, r, jobError(err))
@@ -96,9 +115,9 @@ func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
-	job, err := s.jobs.Get(r.Context(), chi.URLParam(r, "id"))
+	job, err := s.ownedJob(r)
 	if err != nil {
-		s.writeError(w, r, jobError(err))
+		s.writeError(w, r, err)
 		return
 	}
 	path, ok := s.jobs.ArtifactPath(job)
@@ -148,6 +167,8 @@ func (s *Server) jobView(j *jobs.Job) jobView {
 func jobError(err error) error {
 	var pe *jobs.ParamError
 	switch {
+	case err == nil:
+		return nil
 	case errors.As(err, &pe):
 		return apiErr(CodeBadRequest, pe.Error())
 	case errors.Is(err, jobs.ErrUnknownType):

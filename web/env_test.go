@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"taskstream/jobs"
 	"taskstream/progress"
 	"taskstream/progress/progresstest"
+	"taskstream/web/auth"
 )
 
 // testEnv is a whole taskstream on one Redis: log, job service, an
@@ -31,9 +33,18 @@ type testEnv struct {
 	jobs   *jobs.Service
 	worker *jobs.Worker
 	hub    *progress.Hub
+	auth   *auth.Store
+	pres   *progress.Presence
 	web    *Server
 	http   *httptest.Server
+	client *http.Client // with a cookie jar: one browser, one guest session
 }
+
+// testSecret signs session cookies in tests.
+var testSecret = []byte("0123456789abcdef0123456789abcdef-test")
+
+// testAdminToken is an admin bearer token in tests.
+const testAdminToken = "admin-token-for-tests"
 
 type envOption func(*envOptions)
 
@@ -41,11 +52,17 @@ type envOptions struct {
 	web       Config
 	noWorker  bool
 	logConfig progress.LogConfig
+	mailer    auth.Mailer
+	presence  progress.PresenceConfig
 }
 
 func withWebConfig(c Config) envOption       { return func(o *envOptions) { o.web = c } }
 func withoutWorker() envOption               { return func(o *envOptions) { o.noWorker = true } }
 func withLog(c progress.LogConfig) envOption { return func(o *envOptions) { o.logConfig = c } }
+func withMailer(m auth.Mailer) envOption     { return func(o *envOptions) { o.mailer = m } }
+func withPresence(c progress.PresenceConfig) envOption {
+	return func(o *envOptions) { o.presence = c }
+}
 
 func quietLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
@@ -85,22 +102,42 @@ func newEnv(t *testing.T, srv *progresstest.Server, opts ...envOption) *testEnv 
 		t.Cleanup(e.worker.Shutdown)
 	}
 	e.hub = progress.NewHub(e.rdb, e.log, progress.HubConfig{Logger: logger})
+	e.auth, err = auth.NewStore(e.rdb, auth.Config{Secret: testSecret, AdminTokens: []string{testAdminToken}, Mailer: o.mailer, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.pres = progress.NewPresence(e.rdb, e.log, o.presence)
 	o.web.Logger = logger
-	e.web = New(e.jobs, e.hub, e.log, o.web)
+	e.web = New(Deps{Jobs: e.jobs, Hub: e.hub, Log: e.log, Auth: e.auth, Presence: e.pres}, o.web)
 	e.http = httptest.NewServer(e.web)
+	e.client = e.newBrowser()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_ = e.web.Shutdown(ctx)
 		e.http.Close()
+		e.pres.Shutdown(ctx)
 		_ = e.hub.Shutdown(ctx)
 	})
 	return e
 }
 
-// do sends an HTTP request with a JSON body (nil for none) and returns
-// the status and the decoded body.
+// newBrowser returns an HTTP client with its own cookie jar: another
+// browser, so another guest.
+func (e *testEnv) newBrowser() *http.Client {
+	jar, _ := cookiejar.New(nil)
+	return &http.Client{Jar: jar}
+}
+
+// do sends an HTTP request as the env's browser, with a JSON body (nil
+// for none) and returns the status and the decoded body.
 func (e *testEnv) do(method, path string, body any, header ...string) (int, map[string]any, http.Header) {
+	e.t.Helper()
+	return e.doAs(e.client, method, path, body, header...)
+}
+
+// doAs is do from another client (another browser, or none at all).
+func (e *testEnv) doAs(client *http.Client, method, path string, body any, header ...string) (int, map[string]any, http.Header) {
 	e.t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -124,7 +161,7 @@ func (e *testEnv) do(method, path string, body any, header ...string) (int, map[
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := client.Do(req)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -151,18 +188,32 @@ type wsClient struct {
 	conn *websocket.Conn
 }
 
+// dial opens a socket as the env's browser.
 func (e *testEnv) dial(header ...string) *wsClient {
 	e.t.Helper()
-	return dialWS(e.t, "ws"+strings.TrimPrefix(e.http.URL, "http")+"/ws", header...)
+	return e.dialAs(e.client, header...)
+}
+
+// dialAs opens a socket with client's cookies.
+func (e *testEnv) dialAs(client *http.Client, header ...string) *wsClient {
+	e.t.Helper()
+	return dialWSJar(e.t, client.Jar, "ws"+strings.TrimPrefix(e.http.URL, "http")+"/ws", header...)
 }
 
 func dialWS(t testing.TB, url string, header ...string) *wsClient {
+	t.Helper()
+	return dialWSJar(t, nil, url, header...)
+}
+
+func dialWSJar(t testing.TB, jar http.CookieJar, url string, header ...string) *wsClient {
 	t.Helper()
 	h := http.Header{}
 	for i := 0; i+1 < len(header); i += 2 {
 		h.Set(header[i], header[i+1])
 	}
-	conn, res, err := websocket.DefaultDialer.Dial(url, h)
+	d := *websocket.DefaultDialer
+	d.Jar = jar
+	conn, res, err := d.Dial(url, h)
 	if err != nil {
 		status := 0
 		if res != nil {
@@ -286,4 +337,23 @@ func closeCodeOf(err error) int {
 		return ce.Code
 	}
 	return -1
+}
+
+// me returns the user id of client's session (creating its guest).
+func (e *testEnv) me(client *http.Client) string {
+	e.t.Helper()
+	status, body, _ := e.doAs(client, "GET", "/api/me", nil)
+	if status != http.StatusOK {
+		e.t.Fatalf("GET /api/me: %d %v", status, body)
+	}
+	return body["id"].(string)
+}
+
+// privateGroup returns a new browser and its user group: a group only that
+// browser may watch and nothing else publishes to (unlike chat rooms,
+// where presence adds events of its own).
+func (e *testEnv) privateGroup() (*http.Client, string) {
+	e.t.Helper()
+	client := e.newBrowser()
+	return client, "user:" + e.me(client)
 }

@@ -82,7 +82,7 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, group strin
 		s.writeError(w, r, apiErr(CodeBadRequest, fmt.Sprintf("bad group name %q", group)))
 		return
 	}
-	if err := s.authorizeGroup(r.Context(), group); err != nil {
+	if err := s.authorizeGroup(r.Context(), principalOf(r), group); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

@@ -30,7 +30,7 @@ func (e *testEnv) readSSE(path string, header ...string) (*http.Response, []sseE
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	res, err := http.DefaultClient.Do(req.WithContext(ctx))
+	res, err := e.client.Do(req.WithContext(ctx))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestLongPoll(t *testing.T) {
 func TestEventsEndpointUpgradesToSocket(t *testing.T) {
 	e := newEnv(t, progresstest.Embedded(t))
 	id := e.submit("steps", map[string]any{"steps": 3, "interval_ms": 10})
-	c := dialWS(t, "ws"+strings.TrimPrefix(e.http.URL, "http")+"/api/jobs/"+id+"/events?after=0")
+	c := dialWSJar(t, e.client.Jar, "ws"+strings.TrimPrefix(e.http.URL, "http")+"/api/jobs/"+id+"/events?after=0")
 	if f := c.read(); f.Type != "subscribed" || f.Group != "job:"+id {
 		t.Fatalf("first frame %+v", f)
 	}

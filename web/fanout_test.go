@@ -68,13 +68,13 @@ func TestManySocketsShareOneSubscription(t *testing.T) {
 func TestSlowSocketIsDroppedWithoutDelayingOthers(t *testing.T) {
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
 		e := newEnv(t, srv, withoutWorker(), withWebConfig(Config{SendQueue: 64, WriteTimeout: time.Minute}))
-		const group = "chat:slow"
-		slow := e.dial()
+		browser, group := e.privateGroup()
+		slow := e.dialAs(browser)
 		slow.send(map[string]any{"op": "subscribe", "group": group})
 		if f := slow.read(); f.Type != "subscribed" {
 			t.Fatalf("got %+v", f)
 		}
-		fast := []*wsClient{e.dial(), e.dial(), e.dial()}
+		fast := []*wsClient{e.dialAs(browser), e.dialAs(browser), e.dialAs(browser)}
 		for _, c := range fast {
 			c.send(map[string]any{"op": "subscribe", "group": group})
 			if f := c.read(); f.Type != "subscribed" {
@@ -156,7 +156,7 @@ func TestSlowSocketIsDroppedWithoutDelayingOthers(t *testing.T) {
 func TestSocketResume(t *testing.T) {
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
 		e := newEnv(t, srv, withoutWorker())
-		const group = "chat:resume"
+		browser, group := e.privateGroup()
 		var epoch string
 		for i := range 10 {
 			ev, err := e.log.Publish(context.Background(), group, "message", map[string]int{"i": i})
@@ -180,7 +180,7 @@ func TestSocketResume(t *testing.T) {
 		}
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
-				c := e.dial()
+				c := e.dialAs(browser)
 				c.send(map[string]any{"op": "subscribe", "group": group, "after": tc.after, "epoch": tc.epoch, "ref": 7})
 				f := c.read()
 				if f.Type != "subscribed" || f.Recovered != tc.recovered || f.Epoch != epoch || f.LastSeq != 10 || string(f.Ref) != "7" {
@@ -215,7 +215,7 @@ func TestSubscribeWhilePublishing(t *testing.T) {
 		e := newEnv(t, srv, withoutWorker())
 		const iterations, events, clients = 15, 60, 4
 		for it := range iterations {
-			group := fmt.Sprintf("chat:race%d", it)
+			browser, group := e.privateGroup()
 			// Seed one event so the group has an epoch before anyone joins.
 			if _, err := e.log.Publish(context.Background(), group, "message", it); err != nil {
 				t.Fatal(err)
@@ -237,7 +237,7 @@ func TestSubscribeWhilePublishing(t *testing.T) {
 					defer wg.Done()
 					time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
 					after := int64(rand.IntN(2)) // never beyond the seeded event: a position past the log is "lost"
-					c := e.dial()
+					c := e.dialAs(browser)
 					c.send(map[string]any{"op": "subscribe", "group": group, "after": after})
 					if f := c.read(); f.Type != "subscribed" {
 						t.Errorf("got %+v", f)

@@ -14,6 +14,7 @@ import (
 
 	"taskstream/jobs"
 	"taskstream/progress"
+	"taskstream/web/auth"
 )
 
 // Config configures a Server. The zero value is usable: every field has a
@@ -36,6 +37,21 @@ type Config struct {
 	// AllowedOrigins lists extra browser origins ("https://app.example.com")
 	// allowed to open sockets, besides the server's own. "*" allows any.
 	AllowedOrigins []string
+	// SessionTTL is the session cookie's lifetime (the session itself
+	// lives as long as the auth store keeps it). Default 30 days.
+	SessionTTL time.Duration
+	// SecureCookies marks the session cookie Secure even on plain HTTP
+	// requests (behind a TLS-terminating proxy). Default false; requests
+	// that arrive over TLS always get Secure cookies.
+	SecureCookies bool
+	// ChatRate and ChatBurst limit chat messages per user and replica.
+	// Defaults 5 per second, burst 10.
+	ChatRate  float64
+	ChatBurst int
+	// CredentialRecheck is how often open sockets recheck that their
+	// session or token is still valid, besides the revocation signal.
+	// Default 30s.
+	CredentialRecheck time.Duration
 	// Logger receives request and connection diagnostics. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -59,7 +75,28 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.SessionTTL <= 0 {
+		c.SessionTTL = 30 * 24 * time.Hour
+	}
+	if c.ChatRate <= 0 {
+		c.ChatRate = 5
+	}
+	if c.ChatBurst <= 0 {
+		c.ChatBurst = 10
+	}
+	if c.CredentialRecheck <= 0 {
+		c.CredentialRecheck = 30 * time.Second
+	}
 	return c
+}
+
+// Deps are the parts a Server serves.
+type Deps struct {
+	Jobs     *jobs.Service
+	Hub      *progress.Hub
+	Log      *progress.Log
+	Auth     *auth.Store
+	Presence *progress.Presence
 }
 
 // Server is taskstream's HTTP handler. Shutdown closes its sockets.
@@ -68,8 +105,14 @@ type Server struct {
 	jobs   *jobs.Service
 	hub    *progress.Hub
 	log    *progress.Log
+	auth   *auth.Store
+	pres   *progress.Presence
 	logger *slog.Logger
 	router chi.Router
+	chat   *limiters
+
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -79,12 +122,20 @@ type Server struct {
 	shutOnce sync.Once
 }
 
-// New returns a Server for svc's jobs, delivering events through hub and
-// publishing chat messages to log.
-func New(svc *jobs.Service, hub *progress.Hub, log *progress.Log, cfg Config) *Server {
+// New returns a Server for d and starts its background work (closing the
+// sockets of revoked sessions and tokens); Shutdown stops it.
+func New(d Deps, cfg Config) *Server {
 	cfg = cfg.withDefaults()
-	s := &Server{cfg: cfg, jobs: svc, hub: hub, log: log, logger: cfg.Logger, conns: map[*conn]struct{}{}, stopCh: make(chan struct{})}
+	s := &Server{
+		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, logger: cfg.Logger,
+		conns: map[*conn]struct{}{}, stopCh: make(chan struct{}), chat: newLimiters(cfg.ChatRate, cfg.ChatBurst),
+	}
 	s.router = s.routes()
+	ctx, cancel := context.WithCancel(context.Background())
+	s.bgCancel = cancel
+	s.bg.Add(2)
+	go func() { defer s.bg.Done(); s.watchRevocations(ctx, cfg.CredentialRecheck) }()
+	go func() { defer s.bg.Done(); s.chat.sweep(ctx) }()
 	return s
 }
 
@@ -97,14 +148,28 @@ func (s *Server) routes() chi.Router {
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(CodeMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path))
 	})
-	r.Get("/", s.handleIndex)
 	r.Handle("/static/*", staticHandler())
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	r.Get("/ws", s.handleSocket)
+	r.Group(func(r chi.Router) {
+		r.Use(s.authenticate)
+		r.Get("/", s.handleIndex)
+		r.Get("/chat/{room}", s.handleChatPage)
+		r.Get("/ws", s.handleSocket)
+	})
 	r.Route("/api", func(r chi.Router) {
-		r.Use(s.sameOriginWrites)
+		r.Use(s.sameOriginWrites, s.authenticate)
+		r.Post("/auth/code", s.handleRequestCode)
+		r.Post("/auth/login", s.handleLogin)
+		r.Post("/auth/logout", s.handleLogout)
+		r.Get("/me", s.handleMe)
+		r.Post("/me", s.handleSetName)
+		r.Get("/tokens", s.handleListTokens)
+		r.Post("/tokens", s.handleCreateToken)
+		r.Delete("/tokens/{id}", s.handleRevokeToken)
+		r.Post("/notify", s.handleNotify)
+		r.Post("/groups/{group}/messages", s.handlePostMessage)
 		r.Get("/job-types", s.handleJobTypes)
 		r.Get("/jobs", s.handleListJobs)
 		r.Post("/jobs", s.handleSubmit)
@@ -137,9 +202,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		for _, c := range conns {
 			c.close(closeGoingAway, "server shutting down")
 		}
+		s.bgCancel()
 	})
 	done := make(chan struct{})
-	go func() { s.connsWG.Wait(); close(done) }()
+	go func() { s.connsWG.Wait(); s.bg.Wait(); close(done) }()
 	select {
 	case <-done:
 		return nil
@@ -178,14 +244,15 @@ func (s *Server) originAllowed(r *http.Request) bool {
 }
 
 // sameOriginWrites refuses state-changing requests that a browser sent
-// from a foreign page (CSRF); requests without an Origin header come from
-// programs, which carry no ambient cookies to abuse.
+// from a foreign page (CSRF): a foreign Origin, or Sec-Fetch-Site
+// "cross-site". Requests with neither come from programs, which carry no
+// ambient cookies to abuse.
 func (s *Server) sameOriginWrites(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.Method {
 		case http.MethodGet, http.MethodHead, http.MethodOptions:
 		default:
-			if !s.originAllowed(r) {
+			if !s.originAllowed(r) || (r.Header.Get("Sec-Fetch-Site") == "cross-site" && r.Header.Get("Origin") == "") {
 				s.writeError(w, r, apiErr(CodeForbidden, "cross-origin request refused: Origin "+r.Header.Get("Origin")+" is not allowed"))
 				return
 			}

@@ -2,6 +2,8 @@ package web
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -13,6 +15,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"taskstream/progress"
+	"taskstream/web/auth"
 )
 
 // Close codes the server uses (PROTOCOL.md).
@@ -66,7 +69,7 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 		s.writeError(w, r, apiErr(CodeForbidden, "cross-origin socket refused: Origin "+r.Header.Get("Origin")+" is not allowed"))
 		return
 	}
-	c := &conn{s: s, send: make(chan []byte, s.cfg.SendQueue), closed: make(chan struct{}), subs: map[string]*progress.Subscription{}}
+	c := &conn{s: s, who: principalOf(r), id: newConnID(), send: make(chan []byte, s.cfg.SendQueue), closed: make(chan struct{}), subs: map[string]*progress.Subscription{}}
 	if !s.register(c) {
 		s.writeError(w, r, apiErr(CodeUnavailable, "server is shutting down; retry shortly"))
 		return
@@ -105,6 +108,8 @@ func (s *Server) unregister(c *conn) {
 // hub, so one slow client never delays another.
 type conn struct {
 	s    *Server
+	who  auth.Principal // the caller when the socket opened
+	id   string         // this connection, for presence
 	ws   *websocket.Conn
 	send chan []byte
 
@@ -145,8 +150,9 @@ func (c *conn) run(ctx context.Context, initial *clientFrame) {
 	writerDone := make(chan struct{})
 	go func() { defer close(writerDone); c.writePump() }()
 	defer func() {
-		for _, sub := range c.subs {
+		for group, sub := range c.subs {
 			sub.Close()
+			c.leave(group)
 		}
 		c.close(closeNormal, "")
 		<-writerDone
@@ -250,10 +256,11 @@ func (c *conn) handle(ctx context.Context, f clientFrame) {
 		if sub := c.subs[f.Group]; sub != nil {
 			sub.Close()
 			delete(c.subs, f.Group)
+			c.leave(f.Group)
 		}
 		c.reply(replyFrame{Type: "unsubscribed", Group: f.Group, Ref: f.Ref})
 	case opPublish:
-		if err := c.s.publish(ctx, f); err != nil {
+		if err := c.s.publish(ctx, c.who, f.Group, f.Data); err != nil {
 			c.replyError(f.Ref, err)
 			return
 		}
@@ -262,12 +269,14 @@ func (c *conn) handle(ctx context.Context, f clientFrame) {
 }
 
 func (c *conn) subscribe(ctx context.Context, f clientFrame) error {
-	if err := c.s.authorizeGroup(ctx, f.Group); err != nil {
+	if err := c.s.authorizeGroup(ctx, c.who, f.Group); err != nil {
 		return err
 	}
+	rejoin := false
 	if old := c.subs[f.Group]; old != nil {
 		old.Close() // a new subscribe to the same group restarts it
 		delete(c.subs, f.Group)
+		rejoin = true
 	} else if len(c.subs) >= maxSubsPerConn {
 		return apiErr(CodeBadRequest, "too many groups on one socket")
 	}
@@ -283,20 +292,49 @@ func (c *conn) subscribe(ctx context.Context, f clientFrame) error {
 		return err
 	}
 	c.subs[f.Group] = sub
+	if !rejoin && strings.HasPrefix(f.Group, "chat:") && c.s.pres != nil {
+		member := progress.Member{ID: c.who.User.ID, Name: c.who.User.Name}
+		if err := c.s.pres.Join(ctx, f.Group, member, c.id); err != nil {
+			c.s.logger.Warn("presence join failed", "group", f.Group, "err", err)
+		}
+	}
 	return nil
 }
 
-// authorizeGroup decides whether a socket may join group.
-func (s *Server) authorizeGroup(ctx context.Context, group string) error {
+// leave ends the connection's presence in a chat room.
+func (c *conn) leave(group string) {
+	if !strings.HasPrefix(group, "chat:") || c.s.pres == nil {
+		return
+	}
+	// The socket may be gone with its request context: leave regardless.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.s.pres.Leave(ctx, group, c.who.User.ID, c.id); err != nil {
+		c.s.logger.Warn("presence leave failed", "group", group, "err", err)
+	}
+}
+
+func newConnID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// authorizeGroup decides whether who may watch group: a job only its
+// owner (403 for someone else's existing job: ids are unguessable, so
+// hiding existence buys nothing and 403 is clearer to the owner's other
+// programs), a user group only that user, chat rooms anyone with a
+// session, the dashboard signed-in users.
+func (s *Server) authorizeGroup(ctx context.Context, who auth.Principal, group string) error {
 	kind, id, _ := strings.Cut(group, ":")
 	switch kind {
 	case "job":
-		ok, err := s.jobs.Exists(ctx, id)
+		owner, err := s.jobs.Owner(ctx, id)
 		if err != nil {
-			return err
+			return jobError(err)
 		}
-		if !ok {
-			return apiErr(CodeNotFound, "no such job")
+		if owner != who.User.ID {
+			return apiErr(CodeForbidden, "this job belongs to someone else")
 		}
 		return nil
 	case "chat":
@@ -308,9 +346,15 @@ func (s *Server) authorizeGroup(ctx context.Context, group string) error {
 		if id != "" {
 			return apiErr(CodeBadRequest, `the dashboard group is "dashboard"`)
 		}
+		if who.User.Guest {
+			return apiErr(CodeForbidden, "the dashboard is for signed-in users")
+		}
 		return nil
 	case "user":
-		return apiErr(CodeForbidden, "user groups are for their user only")
+		if id != who.User.ID && !who.Admin {
+			return apiErr(CodeForbidden, "a user group is for its user only")
+		}
+		return nil
 	}
 	return apiErr(CodeBadRequest, "unknown group kind "+kind)
 }

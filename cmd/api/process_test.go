@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -146,9 +147,16 @@ func waitHealthy(t *testing.T, base string, p *proc) {
 	t.Fatalf("%s not healthy at %s", p.name, base)
 }
 
-func submit(t *testing.T, base, body string) string {
+// browser is an HTTP client with a cookie jar: one guest session across
+// requests and sockets, and across API replicas that share SESSION_SECRET.
+func browser() *http.Client {
+	jar, _ := cookiejar.New(nil)
+	return &http.Client{Jar: jar}
+}
+
+func submit(t *testing.T, c *http.Client, base, body string) string {
 	t.Helper()
-	res, err := http.Post(base+"/api/jobs", "application/json", strings.NewReader(body))
+	res, err := c.Post(base+"/api/jobs", "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,10 +177,12 @@ type event struct {
 	Data  json.RawMessage `json:"data"`
 }
 
-// watch subscribes to job id and returns the socket.
-func watch(t *testing.T, base, id string) *websocket.Conn {
+// watch subscribes to job id as c's user and returns the socket.
+func watch(t *testing.T, c *http.Client, base, id string) *websocket.Conn {
 	t.Helper()
-	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(base, "http")+"/ws", nil)
+	d := *websocket.DefaultDialer
+	d.Jar = c.Jar
+	ws, _, err := d.Dial("ws"+strings.TrimPrefix(base, "http")+"/ws", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,8 +231,9 @@ func TestEmbeddedDefault(t *testing.T) {
 	if !strings.Contains(first, "running embedded") || !strings.Contains(first, "REDIS_URL") {
 		t.Fatalf("first log line %q should say it runs embedded and how to use a real Redis", first)
 	}
-	id := submit(t, base, `{"type":"steps","params":{"steps":5,"interval_ms":20}}`)
-	ws := watch(t, base, id)
+	b := browser()
+	id := submit(t, b, base, `{"type":"steps","params":{"steps":5,"interval_ms":20}}`)
+	ws := watch(t, b, base, id)
 	readEvents(t, ws, 30*time.Second, isResult)
 
 	api.signal(syscall.SIGTERM)
@@ -261,8 +272,9 @@ func TestProcfileProcessesOnRealRedis(t *testing.T) {
 	if strings.Contains(web.output(), "worker started") {
 		t.Fatal("with REDIS_URL the web process must not run a worker unless asked")
 	}
-	id := submit(t, base, `{"type":"primes","params":{"n":1000000}}`)
-	ws := watch(t, base, id)
+	b := browser()
+	id := submit(t, b, base, `{"type":"primes","params":{"n":1000000}}`)
+	ws := watch(t, b, base, id)
 	events := readEvents(t, ws, time.Minute, isResult)
 	if last := events[len(events)-1]; !strings.Contains(string(last.Data), `"count":78498`) {
 		t.Fatalf("result %s, want count 78498", last.Data)
@@ -312,8 +324,9 @@ func TestWorkerKilledMidJobIsRetried(t *testing.T) {
 	api := start(t, "api", filepath.Join(binDir, "api")+" -addr "+addr, env...)
 	doomed := start(t, "doomed-worker", filepath.Join(binDir, "worker")+" -poll-interval 100ms", env...)
 	waitHealthy(t, base, api)
-	id := submit(t, base, `{"type":"steps","params":{"steps":40,"interval_ms":100}}`)
-	ws := watch(t, base, id)
+	b := browser()
+	id := submit(t, b, base, `{"type":"steps","params":{"steps":40,"interval_ms":100}}`)
+	ws := watch(t, b, base, id)
 	readEvents(t, ws, 30*time.Second, func(e event) bool { return e.Event == "progress" })
 	doomed.signal(syscall.SIGKILL)
 	<-doomed.done
@@ -321,7 +334,7 @@ func TestWorkerKilledMidJobIsRetried(t *testing.T) {
 
 	// Resume on a fresh socket from the start, and follow to the end.
 	_ = ws.Close()
-	ws = watch(t, base, id)
+	ws = watch(t, b, base, id)
 	events := readEvents(t, ws, 4*time.Minute, isResult)
 	var states []string
 	for _, e := range events {

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"taskstream/jobs"
 	"taskstream/progress"
 	"taskstream/web"
+	"taskstream/web/auth"
 )
 
 // APIConfig configures the API process.
@@ -27,6 +29,13 @@ type APIConfig struct {
 	RunWorker      bool
 	AllowedOrigins []string
 	SendQueue      int
+	SessionSecret  string
+	SecureCookies  bool
+	AdminTokens    []string
+	ChatRate       float64
+	ChatBurst      int
+	PresenceTTL    time.Duration
+	SMTP           auth.SMTPMailer
 }
 
 // ParseAPI reads the API's configuration from args and the environment.
@@ -43,6 +52,18 @@ func ParseAPI(args []string) (APIConfig, error) {
 	fs.StringVar(&c.Addr, "addr", env.str("ADDR", defAddr), "listen address (default :8080, or :$PORT when PORT is set)")
 	fs.BoolVar(&c.RunWorker, "worker", env.str("RUN_WORKER", "") == "1", "also run a worker in this process (always on in the embedded default)")
 	fs.IntVar(&c.SendQueue, "send-queue", env.int("SEND_QUEUE", 256), "frames queued per socket before a slow client is dropped with 1013")
+	fs.StringVar(&c.SessionSecret, "session-secret", env.str("SESSION_SECRET", ""), "secret (32+ bytes) that signs session cookies; the same on every replica (default: random, sessions end on restart)")
+	fs.BoolVar(&c.SecureCookies, "secure-cookies", env.str("SECURE_COOKIES", "") == "1", "mark session cookies Secure even on plain HTTP (behind a TLS proxy)")
+	c.AdminTokens = env.strings("ADMIN_TOKENS")
+	fs.Float64Var(&c.ChatRate, "chat-rate", env.float("CHAT_RATE", 5), "chat messages per second per user")
+	fs.IntVar(&c.ChatBurst, "chat-burst", env.int("CHAT_BURST", 10), "chat message burst per user")
+	fs.DurationVar(&c.PresenceTTL, "presence-ttl", env.duration("PRESENCE_TTL", 30*time.Second), "how long a replica that died still counts its users present")
+	fs.StringVar(&c.SMTP.Host, "smtp-host", env.str("SMTP_HOST", ""), "SMTP server for sign-in codes (empty: codes are written to the log)")
+	fs.IntVar(&c.SMTP.Port, "smtp-port", env.int("SMTP_PORT", 587), "SMTP port")
+	fs.StringVar(&c.SMTP.User, "smtp-user", env.str("SMTP_USER", ""), "SMTP user (PLAIN auth, over TLS only)")
+	c.SMTP.Password = env.str("SMTP_PASSWORD", "") // env only: flags show up in ps
+	fs.StringVar(&c.SMTP.From, "smtp-from", env.str("SMTP_FROM", "taskstream@localhost"), "From address of sign-in mails")
+	fs.StringVar(&c.SMTP.TLS, "smtp-tls", env.str("SMTP_TLS", "starttls"), "starttls (when offered), tls (implicit, port 465) or none")
 	origins := env.strings("ALLOWED_ORIGINS")
 	fs.Func("allowed-origin", "extra browser origin allowed for sockets and writes (repeatable; env ALLOWED_ORIGINS, comma-separated)", func(s string) error {
 		origins = append(origins, s)
@@ -52,6 +73,14 @@ func ParseAPI(args []string) (APIConfig, error) {
 		return c, err
 	}
 	c.AllowedOrigins = origins
+	if c.SessionSecret != "" && len(c.SessionSecret) < 32 {
+		return c, errors.New("SESSION_SECRET must be at least 32 bytes")
+	}
+	switch c.SMTP.TLS {
+	case "starttls", "tls", "none":
+	default:
+		return c, fmt.Errorf("SMTP_TLS=%q: want starttls, tls or none", c.SMTP.TLS)
+	}
 	return c, env.err
 }
 
@@ -109,7 +138,9 @@ func Open(ctx context.Context, c Common, logger *slog.Logger) (*Core, error) {
 		return nil, err
 	}
 	core.Redis = rdb
-	core.Log = progress.NewLog(rdb, progress.LogConfig{Prefix: c.Prefix, MaxLen: c.LogMaxLen, TTL: c.LogTTL})
+	core.Log = progress.NewLog(rdb, progress.LogConfig{
+		Prefix: c.Prefix, MaxLen: c.LogMaxLen, TTL: c.LogTTL, KindMaxLen: map[string]int64{"chat": c.ChatHistory},
+	})
 	reg, err := jobs.NewRegistry(jobs.Builtin()...)
 	if err != nil {
 		core.Close()
@@ -151,9 +182,11 @@ func (c *Core) Close() {
 //  1. sockets get close 1001, so clients reconnect (to another replica) and
 //     resume from their last seq while this one drains;
 //  2. the HTTP server finishes in-flight requests;
-//  3. the embedded worker lets running jobs finish or hands them back to
+//  3. this replica's chat presence is removed (users who were only here
+//     leave at once instead of after PRESENCE_TTL);
+//  4. the embedded worker lets running jobs finish or hands them back to
 //     the queue (it needs Redis, so it stops before Redis);
-//  4. the hub drops its Redis subscription; Redis is closed last.
+//  5. the hub drops its Redis subscription; Redis is closed last.
 func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	core, err := Open(ctx, c.Common, logger)
 	if err != nil {
@@ -174,9 +207,29 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 			return err
 		}
 	}
+	secret := []byte(c.SessionSecret)
+	if len(secret) == 0 {
+		secret = make([]byte, 32)
+		_, _ = rand.Read(secret)
+		if !core.Embedded() {
+			logger.Warn("SESSION_SECRET is not set: using a random one, so sessions end when this process restarts and other replicas cannot read its cookies")
+		}
+	}
+	var mailer auth.Mailer = auth.LogMailer{Logger: logger}
+	if c.SMTP.Host != "" {
+		mailer = c.SMTP
+	}
+	store, err := auth.NewStore(core.Redis, auth.Config{
+		Prefix: c.Prefix, Secret: secret, AdminTokens: c.AdminTokens, Mailer: mailer, Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
 	hub := progress.NewHub(core.Redis, core.Log, progress.HubConfig{Logger: logger})
-	srv := web.New(core.Jobs, hub, core.Log, web.Config{
-		AllowedOrigins: c.AllowedOrigins, SendQueue: c.SendQueue, Logger: logger,
+	presence := progress.NewPresence(core.Redis, core.Log, progress.PresenceConfig{TTL: c.PresenceTTL, Logger: logger})
+	srv := web.New(web.Deps{Jobs: core.Jobs, Hub: hub, Log: core.Log, Auth: store, Presence: presence}, web.Config{
+		AllowedOrigins: c.AllowedOrigins, SendQueue: c.SendQueue, SecureCookies: c.SecureCookies,
+		ChatRate: c.ChatRate, ChatBurst: c.ChatBurst, Logger: logger,
 	})
 	ln, err := net.Listen("tcp", c.Addr)
 	if err != nil {
@@ -201,6 +254,7 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	if err := httpSrv.Shutdown(shutCtx); err != nil {
 		logger.Warn("stopping http server", "err", err)
 	}
+	presence.Shutdown(shutCtx)
 	if worker != nil {
 		worker.Shutdown()
 	}

@@ -27,6 +27,7 @@ type Common struct {
 	Retention   time.Duration
 	LogLevel    string
 	LogFormat   string
+	ChatHistory int64
 }
 
 // Worker is the configuration of a worker, in its own process or embedded.
@@ -102,6 +103,7 @@ func (c *Common) register(fs *flag.FlagSet, env *envParser) {
 	fs.StringVar(&c.RedisMode, "redis-mode", env.str("REDIS_MODE", "single"), "single, sentinel (REDIS_URL lists sentinels, ?master_name=) or cluster")
 	fs.StringVar(&c.Prefix, "key-prefix", env.str("KEY_PREFIX", "ts"), "prefix of every Redis key and channel taskstream uses")
 	fs.Int64Var(&c.LogMaxLen, "history", int64(env.int("HISTORY", 1000)), "events kept per group log")
+	fs.Int64Var(&c.ChatHistory, "chat-history", int64(env.int("CHAT_HISTORY", 500)), "messages (and presence events) kept per chat room")
 	fs.DurationVar(&c.LogTTL, "history-ttl", env.duration("HISTORY_TTL", 24*time.Hour), "how long a group's log lives after its last event")
 	fs.Float64Var(&c.ReportRate, "progress-rate", env.float("PROGRESS_RATE", 10), "max progress events per second per job")
 	fs.StringVar(&c.ArtifactDir, "artifact-dir", env.str("ARTIFACT_DIR", ""), "directory for job artifacts, shared by API and workers (default: OS temp dir/taskstream-artifacts)")
