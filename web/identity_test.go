@@ -453,3 +453,28 @@ func TestNotifications(t *testing.T) {
 		}
 	})
 }
+
+// A socket that floods frames gets rate_limited errors for the excess and
+// stays usable once it slows down.
+func TestSocketFrameFlood(t *testing.T) {
+	e := newEnv(t, progresstest.Embedded(t), withoutWorker(), withWebConfig(Config{FrameRate: 0.5, FrameBurst: 5}))
+	c := e.dial()
+	for i := range 8 {
+		c.send(map[string]any{"op": "ping", "ref": i})
+	}
+	var pongs, limited int
+	for range 8 {
+		switch f := c.read(); f.Type {
+		case "pong":
+			pongs++
+		case "error":
+			if f.Code != CodeRateLimited {
+				t.Fatalf("got %+v", f)
+			}
+			limited++
+		}
+	}
+	if pongs != 5 || limited != 3 {
+		t.Fatalf("%d pongs and %d rate_limited errors, want 5 and 3", pongs, limited)
+	}
+}

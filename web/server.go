@@ -37,6 +37,11 @@ type Config struct {
 	// AllowedOrigins lists extra browser origins ("https://app.example.com")
 	// allowed to open sockets, besides the server's own. "*" allows any.
 	AllowedOrigins []string
+	// FrameRate and FrameBurst limit frames from one socket; frames over
+	// the limit get a rate_limited error and are dropped. Defaults 50 per
+	// second, burst 100.
+	FrameRate  float64
+	FrameBurst int
 	// SessionTTL is the session cookie's lifetime (the session itself
 	// lives as long as the auth store keeps it). Default 30 days.
 	SessionTTL time.Duration
@@ -74,6 +79,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.FrameRate <= 0 {
+		c.FrameRate = 50
+	}
+	if c.FrameBurst <= 0 {
+		c.FrameBurst = 100
 	}
 	if c.SessionTTL <= 0 {
 		c.SessionTTL = 30 * 24 * time.Hour

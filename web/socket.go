@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"golang.org/x/time/rate"
 
 	"taskstream/progress"
 	"taskstream/web/auth"
@@ -69,7 +70,8 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 		s.writeError(w, r, apiErr(CodeForbidden, "cross-origin socket refused: Origin "+r.Header.Get("Origin")+" is not allowed"))
 		return
 	}
-	c := &conn{s: s, who: principalOf(r), id: newConnID(), send: make(chan []byte, s.cfg.SendQueue), closed: make(chan struct{}), subs: map[string]*progress.Subscription{}}
+	c := &conn{s: s, who: principalOf(r), id: newConnID(), send: make(chan []byte, s.cfg.SendQueue), closed: make(chan struct{}), subs: map[string]*progress.Subscription{},
+		frames: rate.NewLimiter(rate.Limit(s.cfg.FrameRate), s.cfg.FrameBurst)}
 	if !s.register(c) {
 		s.writeError(w, r, apiErr(CodeUnavailable, "server is shutting down; retry shortly"))
 		return
@@ -118,7 +120,8 @@ type conn struct {
 	closeCode int
 	closeText string
 
-	subs map[string]*progress.Subscription // owned by the read pump
+	subs   map[string]*progress.Subscription // owned by the read pump
+	frames *rate.Limiter                     // client frames per second
 }
 
 // close asks the write pump to send a close frame with code and end the
@@ -181,6 +184,12 @@ func (c *conn) readPump(ctx context.Context) {
 			return
 		}
 		alive()
+		if !c.frames.Allow() {
+			// A flood: answer cheaply and drop the frame, so one client
+			// cannot turn its frames into Redis work for everyone.
+			c.reply(replyFrame{Type: "error", Code: CodeRateLimited, Message: "too many frames; slow down"})
+			continue
+		}
 		if typ != websocket.TextMessage {
 			c.reply(replyFrame{Type: "error", Code: CodeBadRequest, Message: "frames must be JSON text"})
 			continue
