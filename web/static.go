@@ -17,7 +17,13 @@ func staticHandler() http.Handler {
 	if err != nil {
 		panic(err) // the embed directive guarantees the directory
 	}
-	return http.StripPrefix("/static/", http.FileServerFS(sub))
+	files := http.StripPrefix("/static/", http.FileServerFS(sub))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Embedded files carry no modification time, so a browser could
+		// keep an old app.js beside a new index.html: always revalidate.
+		w.Header().Set("Cache-Control", "no-cache")
+		files.ServeHTTP(w, r)
+	})
 }
 
 func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {

@@ -19,7 +19,7 @@ ts.onStatus(({state, transport, reason}) => {
   // data-state is one of connected | reconnecting | offline.
   conn.dataset.state = state === "connecting" ? "reconnecting" : state;
   conn.dataset.transport = transport;
-  conn.textContent = `${STATE_LABEL[state] || state} (${transport})`;
+  conn.textContent = `${STATE_LABEL[state] || state} (${transport})` + (state === "offline" && reason ? `: ${reason}` : "");
   conn.title = reason || "";
 });
 
@@ -79,7 +79,8 @@ async function loadJobTypes() {
   typeSelect.replaceChildren(...jobTypes.map((t) => {
     const o = document.createElement("option");
     o.value = t.type;
-    o.textContent = t.params && t.params.title ? `${t.params.title} (${t.type})` : t.type;
+    const title = t.params && typeof t.params.title === "string" ? t.params.title : "";
+    o.textContent = !title || title.toLowerCase() === t.type.toLowerCase() ? title || t.type : `${title} (${t.type})`;
     return o;
   }));
   typeSelect.disabled = jobTypes.length === 0;
@@ -251,6 +252,7 @@ function addJob(job, {prepend = false, fresh = false} = {}) {
     cancel: el.querySelector("[data-action=cancel]"),
   };
   el.dataset.jobId = job.id;
+  el.id = "job-" + job.id; // the anchor notifications link to
   row.fields.type.textContent = job.type;
   row.fields.id.textContent = job.id;
   row.fields.params.textContent = paramsText(job.params);
@@ -366,8 +368,9 @@ function setProgress(row, p) {
   const f = row.fields;
   const count = typeof p.done === "number" && typeof p.total === "number" && p.total > 0
     ? `${fmtNum(p.done)} / ${fmtNum(p.total)}` : "";
-  f.stage.textContent = [p.stage, count].filter(Boolean).join(" ");
-  f.message.textContent = typeof p.message === "string" ? p.message : "";
+  const message = typeof p.message === "string" ? p.message : "";
+  f.stage.textContent = p.stage || "";
+  f.message.textContent = message || count;
   const live = !TERMINAL.has(row.state);
   f.rate.textContent = live && p.rate > 0 ? `${fmtNum(p.rate)}/s` : "";
   f.eta.textContent = live && p.eta_s > 0 ? `ETA ${fmtDuration(p.eta_s)}` : "";
@@ -432,7 +435,24 @@ async function loadJobs() {
   // Newest first, as the API sends them; jobs submitted meanwhile are
   // already at the top.
   for (const job of r.data.jobs) addJob(job);
+  showLinkedJob();
 }
+
+// showLinkedJob brings the job of a "#job-ID" link into view: the rows
+// arrive after the browser looked for the anchor.
+function showLinkedJob() {
+  const m = /^#job-(.+)$/.exec(location.hash);
+  const row = m && rows.get(decodeURIComponent(m[1]));
+  if (!row) return;
+  row.el.scrollIntoView({block: "center"});
+  row.el.classList.add("linked");
+  row.el.tabIndex = -1;
+  row.el.focus({preventScroll: true});
+}
+addEventListener("hashchange", () => {
+  for (const r of rows.values()) r.el.classList.remove("linked");
+  showLinkedJob();
+});
 
 loadJobTypes();
 loadJobs();
