@@ -276,23 +276,10 @@ func (w *Worker) pollCancel(ctx context.Context, id string, cancel context.Cance
 	}
 }
 
-// cancelListener stops running jobs the API cancels. go-redis resubscribes
-// by itself after a lost connection; pollCancel covers the gap.
+// cancelListener stops running jobs the API cancels; pollCancel covers a
+// signal lost while the subscription reconnects.
 func (w *Worker) cancelListener(ctx context.Context) {
-	ps := w.rdb.Subscribe(ctx, w.svc.store.cancelChannel())
-	defer ps.Close()
-	ch := ps.Channel()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case m, ok := <-ch:
-			if !ok {
-				return
-			}
-			w.cancelRunning(m.Payload)
-		}
-	}
+	progress.Watch(ctx, w.rdb, w.svc.store.cancelChannel(), w.cancelRunning)
 }
 
 func (w *Worker) reconcileLoop(ctx context.Context) {

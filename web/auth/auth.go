@@ -24,6 +24,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
+
+	"taskstream/progress"
 )
 
 // Errors the web layer maps to protocol codes.
@@ -520,20 +522,7 @@ func (s *Store) announceRevoked(ctx context.Context, credential string) error {
 // go-redis resubscribes after a lost connection; sockets also recheck
 // their credential periodically (see web), which covers that gap.
 func (s *Store) WatchRevocations(ctx context.Context, fn func(credential string)) {
-	ps := s.rdb.Subscribe(ctx, s.revokedChannel())
-	defer ps.Close()
-	ch := ps.Channel()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case m, ok := <-ch:
-			if !ok {
-				return
-			}
-			fn(m.Payload)
-		}
-	}
+	progress.Watch(ctx, s.rdb, s.revokedChannel(), fn)
 }
 
 // Valid reports whether p's credential still works (a periodic recheck
