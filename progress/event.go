@@ -46,15 +46,18 @@ func (e *Event) Frame() []byte {
 		if len(data) == 0 {
 			data = json.RawMessage("null")
 		}
-		b, err := json.Marshal(eventFrame{
+		f := eventFrame{
 			Type: "event", Group: e.Group, Seq: e.Seq, Epoch: e.Epoch,
 			Event: e.Name, Data: data, TS: e.Time.UTC().Format(time.RFC3339Nano),
-		})
+		}
+		b, err := json.Marshal(f)
 		if err != nil {
 			// Data was validated as JSON when it was published or read, so
-			// this cannot happen; keep the frame well-formed regardless.
-			b = fmt.Appendf(nil, `{"type":"event","group":%q,"seq":%d,"epoch":%q,"event":%q,"data":null}`,
-				e.Group, e.Seq, e.Epoch, e.Name)
+			// this cannot happen; keep the frame well-formed regardless
+			// (JSON-escaped strings, unlike Go's %q, so control characters
+			// cannot break it).
+			f.Data = json.RawMessage("null")
+			b, _ = json.Marshal(f)
 		}
 		e.frame = b
 	})
@@ -95,9 +98,21 @@ func decodeMessage(group, payload string) (*Event, error) {
 	if err != nil {
 		return nil, fmt.Errorf("progress: malformed seq on %s: %w", group, err)
 	}
+	if seq < 1 {
+		return nil, fmt.Errorf("progress: malformed seq on %s: %d", group, seq)
+	}
+	if fields[1] == "" {
+		return nil, fmt.Errorf("progress: malformed message on %s: empty epoch", group)
+	}
+	if !ValidEventName(fields[2]) {
+		return nil, fmt.Errorf("progress: malformed event name on %s: %q", group, fields[2])
+	}
 	ts, err := time.Parse(time.RFC3339Nano, fields[3])
 	if err != nil {
 		return nil, fmt.Errorf("progress: malformed time on %s: %w", group, err)
+	}
+	if !json.Valid([]byte(rest)) {
+		return nil, fmt.Errorf("progress: malformed data on %s: not JSON", group)
 	}
 	return &Event{Group: group, Seq: seq, Epoch: fields[1], Name: fields[2], Data: json.RawMessage(rest), Time: ts}, nil
 }

@@ -97,6 +97,7 @@ type Hub struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	stop    sync.Once
+	stopped chan struct{} // closed when wg is done; set by the first Shutdown
 }
 
 // NewHub starts a hub that reads log's groups through rdb. Call Shutdown to
@@ -130,13 +131,18 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 		h.mu.Unlock()
 		h.cancel()
 		_ = h.ps.Close()
+		h.stopped = make(chan struct{})
+		go func() { h.wg.Wait(); close(h.stopped) }()
 	})
-	done := make(chan struct{})
-	go func() { h.wg.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-h.stopped:
 		return nil
 	case <-ctx.Done():
+		select {
+		case <-h.stopped: // already stopped: a done ctx is no failure
+			return nil
+		default:
+		}
 		return fmt.Errorf("progress: hub shutdown: %w", ctx.Err())
 	}
 }
@@ -205,13 +211,17 @@ func (h *Hub) wakeControl() {
 // its confirmation is what starts the group's first read.
 func (h *Hub) controlLoop() {
 	subscribed := make(map[string]bool)
+	var retry <-chan time.Time
+	backoff := 50 * time.Millisecond
 	for {
 		select {
 		case <-h.ctx.Done():
 			return
 		case <-h.ctlWake:
+		case <-retry:
 		}
-		var add, remove []string
+		retry = nil
+		var add, remove, added []string
 		h.mu.Lock()
 		for name := range subscribed {
 			if h.groups[name] == nil {
@@ -224,11 +234,12 @@ func (h *Hub) controlLoop() {
 				g.requested = true
 				subscribed[name] = true
 				add = append(add, h.log.Channel(name))
+				added = append(added, name)
 			}
 		}
 		h.mu.Unlock()
-		// go-redis remembers the channel set even when the command fails and
-		// resubscribes on reconnect, so an error here heals by itself.
+		// go-redis removes channels from its set before UNSUBSCRIBE, so a
+		// failed one is not restored by the reconnect: it heals by itself.
 		if len(remove) > 0 {
 			if err := h.ps.Unsubscribe(h.ctx, remove...); err != nil && h.ctx.Err() == nil {
 				h.logger.Warn("unsubscribe failed; will apply on reconnect", "channels", len(remove), "err", err)
@@ -236,9 +247,24 @@ func (h *Hub) controlLoop() {
 		}
 		if len(add) > 0 {
 			if err := h.ps.Subscribe(h.ctx, add...); err != nil && h.ctx.Err() == nil {
-				h.logger.Warn("subscribe failed; will apply on reconnect", "channels", len(add), "err", err)
+				// When the write fails, go-redis redials at once, inside
+				// Subscribe, with the channel set it had before these were
+				// added: the new connection lacks them. Issue them again
+				// (a redundant SUBSCRIBE only costs a catch-up read).
+				h.logger.Warn("subscribe failed; retrying", "channels", len(add), "err", err)
+				h.mu.Lock()
+				for _, name := range added {
+					if g := h.groups[name]; g != nil {
+						g.requested = false
+					}
+				}
+				h.mu.Unlock()
+				retry = time.After(backoff)
+				backoff = min(backoff*2, 5*time.Second)
+				continue
 			}
 		}
+		backoff = 50 * time.Millisecond
 	}
 }
 
@@ -246,20 +272,48 @@ func (h *Hub) receiveLoop() {
 	const maxBackoff = 5 * time.Second
 	backoff := 50 * time.Millisecond
 	down := false
+	pinged := false // a ping is unanswered: the next silence means a dead connection
 	for {
-		msg, err := h.ps.ReceiveTimeout(h.ctx, h.cfg.PingInterval)
+		var msg any
+		var err error
+		if pinged {
+			// A half-open connection accepts the ping and never answers.
+			// A deadline from the context (rather than a read timeout)
+			// makes go-redis treat the silence as a broken connection and
+			// redial it, resubscribing every channel.
+			ctx, cancel := context.WithTimeout(h.ctx, h.cfg.PingInterval)
+			msg, err = h.ps.Receive(ctx)
+			cancel()
+		} else {
+			msg, err = h.ps.ReceiveTimeout(h.ctx, h.cfg.PingInterval)
+		}
 		if h.ctx.Err() != nil {
 			return
 		}
 		if err != nil {
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Quiet connection: a ping either proves it alive or marks
-				// it broken so the next receive reconnects.
+			if !pinged && errors.As(err, &ne) && ne.Timeout() {
+				// Quiet connection: a ping either proves it alive (its
+				// reply arrives) or, unanswered, marks it broken.
 				_ = h.ps.Ping(h.ctx)
+				pinged = true
 				continue
 			}
-			if !down {
+			pinged = false
+			var rerr redis.Error
+			if errors.As(err, &rerr) {
+				// An error reply, e.g. to the resubscription after a reconnect:
+				// the connection is fine but some channels may not be
+				// subscribed. Issue every group's SUBSCRIBE again (a redundant
+				// one only costs a catch-up read).
+				h.logger.Warn("redis refused a subscription; resubscribing", "err", err)
+				h.mu.Lock()
+				for _, g := range h.groups {
+					g.requested = false
+				}
+				h.mu.Unlock()
+				h.wakeControl()
+			} else if !down {
 				h.logger.Warn("redis subscription lost; reconnecting", "err", err)
 				down = true
 			}
@@ -271,6 +325,7 @@ func (h *Hub) receiveLoop() {
 			backoff = min(backoff*2, maxBackoff)
 			continue
 		}
+		pinged = false
 		if down {
 			h.logger.Info("redis subscription restored")
 			down = false
@@ -400,6 +455,10 @@ func (g *group) sync(ctx context.Context) error {
 		if s.dead || !(s.syncing || catchup) {
 			continue
 		}
+		// A catch-up read must not race live delivery: buffer this
+		// subscriber's live events until the read is applied, or it
+		// would get ahead of the read and take the read for lost history.
+		s.syncing = true
 		if len(targets) == 0 || s.cursor < from {
 			from = s.cursor
 		}
@@ -556,9 +615,11 @@ func (s *Subscription) apply(snap Snapshot, from int64) {
 	pending := s.pending
 	s.pending, s.syncing = nil, false
 	for _, ev := range pending {
-		if ev.Epoch != snap.Epoch {
+		if snap.Epoch != "" && ev.Epoch != snap.Epoch {
 			continue // from a log this read has already replaced
 		}
+		// With no log at read time (snap.Epoch ""), the pending events
+		// belong to a log created after the read: offer checks their order.
 		s.offer(ev)
 	}
 }

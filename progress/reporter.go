@@ -212,8 +212,16 @@ func (r *Reporter) Flush() {
 // Close flushes the last report and stops the reporter; later reports are
 // ignored. Safe to call more than once.
 func (r *Reporter) Close() {
-	r.Flush()
+	// One critical section: a report made between the flush and the close
+	// would otherwise be coalesced and then dropped by the closed timer.
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pending != nil && !r.closed {
+		r.publishLocked(r.pending, r.now())
+	}
 	r.closed = true
-	r.mu.Unlock()
+	if r.timer != nil {
+		r.timer.Stop()
+		r.timer = nil
+	}
 }
