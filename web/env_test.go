@@ -49,20 +49,14 @@ const testAdminToken = "admin-token-for-tests"
 type envOption func(*envOptions)
 
 type envOptions struct {
-	web       Config
-	noWorker  bool
-	logConfig progress.LogConfig
-	mailer    auth.Mailer
-	presence  progress.PresenceConfig
+	web      Config
+	noWorker bool
+	mailer   auth.Mailer
 }
 
-func withWebConfig(c Config) envOption       { return func(o *envOptions) { o.web = c } }
-func withoutWorker() envOption               { return func(o *envOptions) { o.noWorker = true } }
-func withLog(c progress.LogConfig) envOption { return func(o *envOptions) { o.logConfig = c } }
-func withMailer(m auth.Mailer) envOption     { return func(o *envOptions) { o.mailer = m } }
-func withPresence(c progress.PresenceConfig) envOption {
-	return func(o *envOptions) { o.presence = c }
-}
+func withWebConfig(c Config) envOption   { return func(o *envOptions) { o.web = c } }
+func withoutWorker() envOption           { return func(o *envOptions) { o.noWorker = true } }
+func withMailer(m auth.Mailer) envOption { return func(o *envOptions) { o.mailer = m } }
 
 func quietLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
@@ -86,7 +80,7 @@ func newEnv(t *testing.T, srv *progresstest.Server, opts ...envOption) *testEnv 
 	}
 	logger := quietLogger(t)
 	e := &testEnv{t: t, redis: srv, rdb: srv.Client(t)}
-	e.log = progress.NewLog(e.rdb, o.logConfig)
+	e.log = progress.NewLog(e.rdb, progress.LogConfig{})
 	reg, err := jobs.NewRegistry(jobs.Builtin()...)
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +100,7 @@ func newEnv(t *testing.T, srv *progresstest.Server, opts ...envOption) *testEnv 
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.pres = progress.NewPresence(e.rdb, e.log, o.presence)
+	e.pres = progress.NewPresence(e.rdb, e.log, progress.PresenceConfig{})
 	o.web.Logger = logger
 	e.web = New(Deps{Jobs: e.jobs, Hub: e.hub, Log: e.log, Auth: e.auth, Presence: e.pres}, o.web)
 	e.http = httptest.NewServer(e.web)
