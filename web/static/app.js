@@ -2,26 +2,18 @@
 // Schemas, and a live list of jobs. Every string that comes from the server
 // is rendered with textContent, never as HTML.
 import {TaskStream} from "./taskstream.js";
+import {api, me, showConnection, watchNotifications} from "./common.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const TERMINAL = new Set(["completed", "failed", "canceled"]);
-const STATE_LABEL = {
-  connecting: "connecting", connected: "connected", reconnecting: "reconnecting", offline: "offline",
-};
 
 const ts = new TaskStream({url: location.origin});
 window.__ts = ts; // for tests and the curious: ts.delivered("job:ID"), ts.dropConnection()
 
-// ---- connection indicator -------------------------------------------------
+// ---- connection indicator and notifications -------------------------------
 
-const conn = $("#conn");
-ts.onStatus(({state, transport, reason}) => {
-  // data-state is one of connected | reconnecting | offline.
-  conn.dataset.state = state === "connecting" ? "reconnecting" : state;
-  conn.dataset.transport = transport;
-  conn.textContent = `${STATE_LABEL[state] || state} (${transport})` + (state === "offline" && reason ? `: ${reason}` : "");
-  conn.title = reason || "";
-});
+showConnection(ts, $("#conn"));
+watchNotifications(ts);
 
 // ---- announcements ----------------------------------------------------------
 
@@ -32,27 +24,112 @@ function announce(text) {
   setTimeout(() => { announcer.textContent = text; }, 50);
 }
 
-// ---- HTTP -------------------------------------------------------------------
+// ---- who is signed in, sign-in and sign-out ----------------------------------
 
-async function api(method, path, body) {
-  const init = {method, headers: {Accept: "application/json"}};
-  if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  let res;
-  try {
-    res = await fetch(path, init);
-  } catch {
-    return {ok: false, status: 0, error: {code: "network", message: "The server cannot be reached."}};
-  }
-  let data = null;
-  try { data = await res.json(); } catch { /* not JSON */ }
-  if (res.ok) return {ok: true, status: res.status, data};
-  const error = data && data.error && typeof data.error.message === "string"
-    ? data.error : {code: "http_" + res.status, message: `The server answered ${res.status} ${res.statusText}.`};
-  return {ok: false, status: res.status, error};
+const who = $("#who");
+const signInToggle = $("#sign-in-toggle");
+const signOutButton = $("#sign-out");
+const signInForm = $("#sign-in-form");
+const emailStep = $("#email-step");
+const codeStep = $("#code-step");
+const emailInput = $("#sign-in-email");
+const codeInput = $("#sign-in-code");
+const codeSentTo = $("#code-sent-to");
+const signInError = $("#sign-in-error");
+const signOutError = $("#sign-out-error");
+
+function showSignInError(text) {
+  signInError.textContent = text;
+  signInError.hidden = !text;
 }
+
+function showStep(step) {
+  emailStep.hidden = step !== "email";
+  codeStep.hidden = step !== "code";
+  showSignInError("");
+  (step === "email" ? emailInput : codeInput).focus();
+}
+
+async function showWho() {
+  let user;
+  try {
+    user = await me();
+  } catch {
+    who.textContent = "not connected";
+    return;
+  }
+  who.textContent = user.guest ? `${user.name} (guest)` : user.email || user.name;
+  who.title = user.guest ? "A guest session: sign in to keep your jobs on any device." : `Signed in as ${user.name}`;
+  signInToggle.hidden = !user.guest;
+  signOutButton.hidden = user.guest;
+}
+
+signInToggle.addEventListener("click", () => {
+  const open = signInForm.hidden;
+  signInForm.hidden = !open;
+  signInToggle.setAttribute("aria-expanded", String(open));
+  if (open) showStep("email");
+});
+
+$("#sign-in-cancel").addEventListener("click", () => {
+  signInForm.hidden = true;
+  signInToggle.setAttribute("aria-expanded", "false");
+  signInToggle.focus();
+});
+
+$("#other-email").addEventListener("click", () => showStep("email"));
+
+signInForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  showSignInError("");
+  const busy = signInForm.querySelectorAll("button, input");
+  const email = emailInput.value.trim();
+  if (!codeStep.hidden) {
+    const code = codeInput.value.trim();
+    if (!code) {
+      showSignInError("Enter the code from the mail.");
+      return;
+    }
+    busy.forEach((el) => { el.disabled = true; });
+    const r = await api("POST", "/api/auth/login", {email, code});
+    busy.forEach((el) => { el.disabled = false; });
+    if (!r.ok) {
+      showSignInError(r.error.message);
+      codeInput.focus();
+      return;
+    }
+    // A new identity: the socket and the user group must follow it.
+    location.reload();
+    return;
+  }
+  if (!email) {
+    showSignInError("Enter your email address.");
+    return;
+  }
+  busy.forEach((el) => { el.disabled = true; });
+  const r = await api("POST", "/api/auth/code", {email});
+  busy.forEach((el) => { el.disabled = false; });
+  if (!r.ok) {
+    showSignInError(r.error.message);
+    emailInput.focus();
+    return;
+  }
+  codeSentTo.textContent = email;
+  codeInput.value = "";
+  showStep("code");
+});
+
+signOutButton.addEventListener("click", async () => {
+  signOutButton.disabled = true;
+  const r = await api("POST", "/api/auth/logout");
+  if (!r.ok) {
+    signOutButton.disabled = false;
+    signOutError.textContent = "Could not sign out: " + r.error.message;
+    signOutError.hidden = false;
+    return;
+  }
+  location.reload();
+});
 
 // ---- the form, generated from the JSON Schemas ----------------------------
 
@@ -454,5 +531,6 @@ addEventListener("hashchange", () => {
   showLinkedJob();
 });
 
+showWho();
 loadJobTypes();
 loadJobs();

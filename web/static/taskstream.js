@@ -36,7 +36,20 @@
  *     handlers.onEnd(group)     a job group delivered its final event
  *     {after, epoch}            start after this position (e.g. a snapshot's
  *                               last_seq and epoch) instead of the full history
- *   ts.unsubscribe(group)
+ *   ts.unsubscribe(group) → Promise, resolved once the server confirmed it
+ *                     (at once when no socket is open)
+ *   ts.publish(group, data) → Promise of {group, via}: sends {"op": "publish"}
+ *                     over the socket and resolves on the server's `published`
+ *                     answer (via "websocket"); without an open socket it
+ *                     POSTs data to /api/groups/{group}/messages (via "http").
+ *                     Rejects with an Error carrying code and message (the
+ *                     server's: rate_limited, bad_request, forbidden ...;
+ *                     "network" when the answer was lost, "timeout"), and
+ *                     retryAfter in seconds when the server gave one.
+ *   ts.reconnect()    opens a new connection now and resumes every group: the
+ *                     server reads who the caller is when a socket opens, so
+ *                     call it after that changed (a new display name, sign-in).
+ *                     Also retries after the server refused the socket (1008).
  *   ts.onStatus(fn) → off function; fn({state, transport, reason}) now and on
  *     every change. state: "connecting" | "connected" | "reconnecting" |
  *     "offline"; transport: "websocket" | "sse" | "longpoll".
@@ -75,6 +88,13 @@ const KNOWN_EVENTS = ["state", "progress", "log", "result", "failed", "message",
 // Error codes after which a group is worth asking for again.
 const TRANSIENT = new Set(["unavailable", "internal", "rate_limited"]);
 
+function requestError(code, message, retryAfter) {
+  const err = new Error(message || code);
+  err.code = code;
+  if (retryAfter !== undefined) err.retryAfter = retryAfter;
+  return err;
+}
+
 /** isFinalJobEvent reports whether frame is the last event of a job group. */
 export function isFinalJobEvent(frame) {
   if (!frame || typeof frame.group !== "string" || !frame.group.startsWith("job:")) return false;
@@ -112,6 +132,7 @@ export class TaskStream {
     this._timer = null;
     this._ref = 0;
     this._refs = new Map(); // ref → group of a pending subscribe
+    this._requests = new Map(); // ref → {resolve, reject, timer} of a pending publish or unsubscribe
     this._lastRx = 0;
     this._pingAt = 0;
     this._heartbeat = null;
@@ -168,10 +189,108 @@ export class TaskStream {
 
   unsubscribe(group) {
     const g = this._groups.get(group);
-    if (!g) return;
+    if (!g) return Promise.resolve();
     this._groups.delete(group);
     this._release(g);
-    if (this._wsOpen && !g.done) this._send({op: "unsubscribe", group});
+    this._updateHTTPStatus();
+    if (this._wsOpen && !g.done) {
+      // Nobody has to wait for the answer: never reject.
+      return this._request({op: "unsubscribe", group}).catch(() => {});
+    }
+    return Promise.resolve();
+  }
+
+  publish(group, data) {
+    if (this._closed) return Promise.reject(requestError("closed", "the client is closed"));
+    if (this._status.transport === "websocket" && this._wsOpen) {
+      return this._request({op: "publish", group, data}).then(() => ({group, via: "websocket"}));
+    }
+    return this._publishHTTP(group, data);
+  }
+
+  async _publishHTTP(group, data) {
+    let res;
+    let body = null;
+    try {
+      res = await fetch(this._base + "/api/groups/" + encodeURIComponent(group) + "/messages", {
+        method: "POST", headers: {"Content-Type": "application/json", Accept: "application/json"},
+        body: JSON.stringify(data), credentials: this._crossOrigin ? "include" : "same-origin",
+      });
+      body = await res.json().catch(() => null);
+    } catch {
+      throw requestError("network", "the server cannot be reached");
+    }
+    if (res.ok) return {group, via: "http"};
+    const e = body && body.error ? body.error : {code: "http_" + res.status, message: "HTTP " + res.status};
+    const retry = Number(res.headers.get("Retry-After"));
+    throw requestError(e.code, e.message, Number.isFinite(retry) && retry > 0 ? retry : undefined);
+  }
+
+  // _request sends frame with a new ref and settles when the server answers
+  // that ref: resolved by any reply but "error", rejected by an "error".
+  _request(frame, timeout = 15000) {
+    return new Promise((resolve, reject) => {
+      const ref = "r" + (++this._ref);
+      if (!this._send({...frame, ref})) {
+        reject(requestError("network", "the connection is not open"));
+        return;
+      }
+      const timer = setTimeout(() => {
+        this._requests.delete(ref);
+        reject(requestError("timeout", "the server did not answer in time"));
+      }, timeout);
+      this._requests.set(ref, {resolve, reject, timer});
+    });
+  }
+
+  // _settle answers a pending request; it returns false for other refs.
+  _settle(f) {
+    const ref = f.ref != null ? String(f.ref) : "";
+    const req = ref ? this._requests.get(ref) : undefined;
+    if (!req) return false;
+    this._requests.delete(ref);
+    clearTimeout(req.timer);
+    if (f.type === "error") req.reject(requestError(f.code, f.message));
+    else req.resolve(f);
+    return true;
+  }
+
+  // _failRequests rejects every pending request: their answers are lost
+  // with the socket they were sent on.
+  _failRequests(message) {
+    const reqs = [...this._requests.values()];
+    this._requests.clear();
+    for (const req of reqs) {
+      clearTimeout(req.timer);
+      req.reject(requestError("network", message));
+    }
+  }
+
+  reconnect() {
+    if (this._closed) return;
+    this._stopped = false;
+    if (this._status.transport === "websocket") {
+      clearTimeout(this._timer);
+      clearInterval(this._heartbeat);
+      if (this._ws) {
+        const ws = this._ws;
+        this._detach(ws);
+        try { ws.close(1000, "reconnecting"); } catch { /* closing anyway */ }
+      }
+      this._ws = null;
+      this._wsOpen = false;
+      this._failRequests("the connection was replaced before the server answered");
+      this._attempt = 0;
+      this._connect();
+      return;
+    }
+    for (const g of this._groups.values()) {
+      if (g.slot && !g.done) {
+        this._stopHTTP(g);
+        g.attempt = 0;
+        this._startHTTP(g);
+      }
+    }
     this._updateHTTPStatus();
   }
 
@@ -200,6 +319,7 @@ export class TaskStream {
       this._ws = null;
     }
     this._wsOpen = false;
+    this._failRequests("the client was closed");
     if (typeof removeEventListener === "function") {
       removeEventListener("online", this._onOnline);
       removeEventListener("offline", this._onOffline);
@@ -369,6 +489,7 @@ export class TaskStream {
   }
 
   _onFrame(f) {
+    if (f.type !== "event" && f.type !== "subscribed" && this._settle(f)) return;
     switch (f.type) {
       case "event":
         if (this._handleEvent(f)) this._send({op: "unsubscribe", group: f.group});
@@ -388,7 +509,7 @@ export class TaskStream {
         this._call(g, "onError", err);
         break;
       }
-      default: // pong, unsubscribed, published
+      default: // pong, unsubscribed, published without a pending request
     }
   }
 
@@ -427,6 +548,7 @@ export class TaskStream {
     this._ws = null;
     this._wsOpen = false;
     clearInterval(this._heartbeat);
+    this._failRequests("the connection dropped before the server answered");
     const code = ev && ev.code;
     if (code === 1008 || code === 1000) {
       // 1008: refused (bad Origin, signed out); 1000: the server is done

@@ -1,0 +1,362 @@
+// The chat page, /chat/ROOM: the room's messages (its history arrives as
+// the replay of the group's log, then live), who is here, a form to post,
+// and the caller's display name. Every string that comes from the server
+// or another person is rendered with textContent, never as HTML.
+import {TaskStream} from "./taskstream.js";
+import {api, me, setMe, showConnection, watchNotifications} from "./common.js";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const ROOM_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+const GROUP_MINUTES = 5; // a message within this time of the previous one by the same person joins its group
+
+const room = (() => {
+  const m = /^\/chat\/([^/]+)\/?$/.exec(location.pathname);
+  let r = "";
+  try { r = m ? decodeURIComponent(m[1]) : ""; } catch { /* malformed */ }
+  return ROOM_NAME.test(r) ? r : "";
+})();
+const group = "chat:" + room;
+
+const ts = new TaskStream({url: location.origin});
+window.__ts = ts; // for tests and the curious
+
+const list = $("#messages");
+const noMessages = $("#no-messages");
+const jump = $("#jump");
+const composer = $("#composer");
+const input = $("#message-input");
+const sendButton = $("#send");
+const chatError = $("#chat-error");
+const presenceList = $("#presence");
+const presenceCount = $("#presence-count");
+const myName = $("#my-name");
+const renameToggle = $("#rename-toggle");
+const nameForm = $("#name-form");
+const nameInput = $("#name-input");
+const nameError = $("#name-error");
+
+let user = null; // {id, name, email, guest}
+let lastEvent = null; // the last join, leave or message shown: {event, userId, el, ts}
+let replayLeft = 0; // history events still to come after subscribing
+let lastPresence = [];
+
+showConnection(ts, $("#conn"));
+$("#room-name").textContent = "#" + (room || "?");
+document.title = `#${room || "?"} · taskstream chat`;
+
+// ---- helpers --------------------------------------------------------------------
+
+function showError(el, text) {
+  el.textContent = text;
+  el.hidden = !text;
+}
+
+function el(tag, className, text) {
+  const e = document.createElement(tag);
+  if (className) e.className = className;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function nearBottom() {
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+}
+
+function scrollToEnd() {
+  list.scrollTop = list.scrollHeight;
+  jump.hidden = true;
+}
+
+function timeOf(ts) {
+  const d = new Date(ts);
+  return Number.isNaN(d.getTime()) ? null : d;
+}
+
+function memberName(u) {
+  return u && typeof u.name === "string" && u.name ? u.name : u && typeof u.id === "string" ? u.id : "someone";
+}
+
+// ---- the message list -------------------------------------------------------------
+
+// append adds a row and keeps the list at its end when the reader was
+// there (or it is their own message); otherwise it offers a jump.
+function append(row, {mine = false} = {}) {
+  const stick = mine || replayLeft > 0 || nearBottom();
+  list.append(row);
+  noMessages.hidden = true;
+  if (stick) scrollToEnd();
+  else jump.hidden = false;
+}
+
+function renderMessage(f) {
+  const d = f.data || {};
+  if (typeof d.text !== "string") return;
+  const author = d.user || {};
+  const mine = !!user && author.id === user.id;
+  const when = timeOf(f.ts);
+  const row = el("li", "msg");
+  row.dataset.seq = String(f.seq);
+  if (typeof d.id === "string") row.dataset.id = d.id;
+  if (typeof author.id === "string") row.dataset.user = author.id;
+  if (mine) row.classList.add("mine");
+  // Consecutive messages by one person share a visible header; the name
+  // stays in the row for screen readers and copy-paste.
+  const prev = lastEvent;
+  if (prev && prev.event === "message" && prev.userId === author.id && when && prev.ts &&
+      when - prev.ts < GROUP_MINUTES * 60000) {
+    row.classList.add("cont");
+  }
+  const head = el("p", "msg-head");
+  head.append(el("span", "msg-author", memberName(author)));
+  if (mine) head.append(el("span", "msg-you", " (you)"));
+  if (when) {
+    const t = el("time", "msg-time", when.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"}));
+    t.dateTime = when.toISOString();
+    t.title = when.toLocaleString();
+    head.append(" ", t);
+  }
+  row.append(head, el("p", "msg-text", d.text));
+  append(row, {mine});
+  lastEvent = {event: "message", userId: author.id, el: row, ts: when};
+}
+
+// renderJoinLeave shows "NAME joined" and "NAME left" as system lines. A
+// leave directly followed by the same person's join is one person
+// reconnecting (a reload, or a new name): the pair is folded into one line
+// for a rename, or into nothing.
+function renderJoinLeave(f) {
+  const u = (f.data && f.data.user) || {};
+  const name = memberName(u);
+  if (f.event === "join" && lastEvent && lastEvent.event === "leave" && lastEvent.userId === u.id) {
+    const oldName = lastEvent.name;
+    if (oldName === name) {
+      lastEvent.el.remove();
+    } else {
+      lastEvent.el.textContent = `${oldName} is now ${name}`;
+      lastEvent.el.classList.add("rename");
+    }
+    lastEvent = {event: "rename", userId: u.id};
+    if (!list.children.length) noMessages.hidden = false;
+    return;
+  }
+  const row = el("li", "sys", f.event === "join" ? `${name} joined` : `${name} left`);
+  row.dataset.seq = String(f.seq);
+  row.dataset.event = f.event;
+  append(row);
+  lastEvent = {event: f.event, userId: u.id, name, el: row};
+}
+
+function renderPresence(users) {
+  lastPresence = Array.isArray(users) ? users.filter((u) => u && typeof u.id === "string") : [];
+  presenceList.replaceChildren(...lastPresence.map((u) => {
+    const li = el("li", "member");
+    li.dataset.user = u.id;
+    li.append(el("span", "member-name", memberName(u)));
+    if (user && u.id === user.id) {
+      li.classList.add("me");
+      li.append(el("span", "member-you", " (you)"));
+    }
+    return li;
+  }));
+  presenceCount.textContent = `(${lastPresence.length})`;
+}
+
+function onEvent(f) {
+  switch (f.event) {
+    case "message":
+      renderMessage(f);
+      break;
+    case "join":
+    case "leave":
+      renderJoinLeave(f);
+      break;
+    case "presence":
+      renderPresence(f.data && f.data.users);
+      break;
+    default:
+  }
+  if (replayLeft > 0 && --replayLeft === 0) {
+    list.removeAttribute("aria-busy");
+    scrollToEnd();
+  }
+}
+
+function subscribeRoom(from = {}) {
+  let first = true;
+  ts.subscribe(group, {
+    onEvent,
+    onSubscribed(info) {
+      if (!first) return;
+      first = false;
+      // Announce only what is new, not the history being replayed.
+      replayLeft = Number(info.replayed) || 0;
+      if (replayLeft > 0) list.setAttribute("aria-busy", "true");
+    },
+    onReset() {
+      // The room's log was lost or trimmed past what is shown: start over
+      // from the history that is replayed next.
+      list.replaceChildren();
+      lastEvent = null;
+      noMessages.hidden = false;
+    },
+    onError(err) {
+      showError(chatError, `This room cannot be shown: ${err.message}`);
+    },
+  }, from);
+}
+
+jump.addEventListener("click", () => {
+  scrollToEnd();
+  input.focus();
+});
+list.addEventListener("scroll", () => { if (nearBottom()) jump.hidden = true; }, {passive: true});
+
+// ---- posting ------------------------------------------------------------------------
+
+let sending = false;
+
+function errorText(err) {
+  switch (err.code) {
+    case "rate_limited":
+      return "You are sending messages too fast. Wait a moment" +
+        (err.retryAfter ? ` (${err.retryAfter} s)` : "") + " and try again.";
+    case "network":
+    case "timeout":
+      return "The message may not have been sent: " + err.message + ". Check the list and try again.";
+    default:
+      return err.message || "The message was not sent.";
+  }
+}
+
+async function send() {
+  if (sending) return;
+  const text = input.value.trim();
+  if (!text) {
+    showError(chatError, "Write something first.");
+    input.focus();
+    return;
+  }
+  if ([...text].length > 2000) {
+    showError(chatError, "A message is at most 2000 characters.");
+    return;
+  }
+  sending = true;
+  sendButton.disabled = true;
+  showError(chatError, "");
+  try {
+    await ts.publish(group, {text});
+    input.value = "";
+    fitInput();
+  } catch (err) {
+    showError(chatError, errorText(err));
+  } finally {
+    sending = false;
+    sendButton.disabled = false;
+    input.focus();
+  }
+}
+
+composer.addEventListener("submit", (e) => {
+  e.preventDefault();
+  send();
+});
+input.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    send();
+  }
+});
+input.addEventListener("input", () => {
+  fitInput();
+  if (!chatError.hidden && input.value.trim()) showError(chatError, "");
+});
+
+// fitInput grows the textarea with its text, up to a few lines.
+function fitInput() {
+  input.style.height = "auto";
+  input.style.height = Math.min(input.scrollHeight + 2, 160) + "px";
+}
+
+// ---- the display name ---------------------------------------------------------------
+
+function showName() {
+  myName.textContent = user ? user.name : "?";
+  if (user && user.email) myName.title = user.email;
+}
+
+function openNameForm(open) {
+  nameForm.hidden = !open;
+  renameToggle.setAttribute("aria-expanded", String(open));
+  showError(nameError, "");
+  if (open) {
+    nameInput.value = user ? user.name : "";
+    nameInput.focus();
+    nameInput.select();
+  } else {
+    renameToggle.focus();
+  }
+}
+
+renameToggle.addEventListener("click", () => openNameForm(nameForm.hidden));
+$("#name-cancel").addEventListener("click", () => openNameForm(false));
+nameForm.addEventListener("keydown", (e) => { if (e.key === "Escape") openNameForm(false); });
+
+nameForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const name = nameInput.value.trim();
+  if (!name) {
+    showError(nameError, "Enter a name.");
+    return;
+  }
+  if (user && name === user.name) {
+    openNameForm(false);
+    return;
+  }
+  const save = $("#name-save");
+  save.disabled = true;
+  const r = await api("POST", "/api/me", {name});
+  save.disabled = false;
+  if (!r.ok) {
+    showError(nameError, r.error.message);
+    nameInput.focus();
+    return;
+  }
+  user = r.data;
+  setMe(user);
+  showName();
+  renderPresence(lastPresence);
+  openNameForm(false);
+  await rejoin();
+});
+
+// rejoin comes back into the room on a new connection, so that the room
+// sees the new name: the server reads who a socket belongs to when it
+// opens. Leaving first (and waiting for the server to record it) keeps the
+// room's presence right.
+async function rejoin() {
+  if (!room) return;
+  const pos = ts.position(group) || {};
+  await ts.unsubscribe(group);
+  ts.reconnect();
+  subscribeRoom({after: pos.seq, epoch: pos.epoch});
+}
+
+// ---- start --------------------------------------------------------------------------
+
+async function start() {
+  if (!room) {
+    showError(chatError, "This is not a chat room: a room name is 1 to 64 letters, digits, _ or -.");
+    composer.querySelectorAll("textarea, button").forEach((e) => { e.disabled = true; });
+    return;
+  }
+  try {
+    user = await me();
+  } catch (err) {
+    showError(nameError, "Could not load your name: " + err.message);
+  }
+  showName();
+  subscribeRoom();
+  watchNotifications(ts);
+}
+
+start();
