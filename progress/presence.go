@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -97,11 +98,14 @@ func (p *Presence) keys(group string) []string {
 }
 
 // joinScript adds or refreshes an entry; it returns 1 when the user was
-// not present before.
+// not present before. The name is set only then: a heartbeat carrying an
+// older name must not undo a rename.
 var joinScript = redis.NewScript(`
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
 if redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) == 0 then return 0 end
-if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then return 1 end
+if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+  return 1
+end
 return 0
 `)
 
@@ -182,6 +186,52 @@ func (p *Presence) Leave(ctx context.Context, group, userID, conn string) error 
 	}
 	if left == 1 {
 		return p.announce(ctx, group, "leave", Member{ID: userID, Name: name})
+	}
+	return nil
+}
+
+// Rename changes user's display name in every group they are present in,
+// publishing "rename" {"user", "old"} and a fresh "presence" list to each.
+func (p *Presence) Rename(ctx context.Context, user Member) error {
+	p.mu.Lock()
+	for e := range p.local {
+		if e.user == user.ID {
+			p.local[e] = user.Name
+		}
+	}
+	p.mu.Unlock()
+	groups, err := p.rdb.SMembers(ctx, p.groupsKey()).Result()
+	if err != nil {
+		return fmt.Errorf("progress: presence rename: %w", err)
+	}
+	for _, g := range groups {
+		present, err := p.rdb.HExists(ctx, p.countsKey(g), user.ID).Result()
+		if err != nil {
+			return fmt.Errorf("progress: presence rename in %s: %w", g, err)
+		}
+		if !present {
+			continue
+		}
+		old, err := p.rdb.HGet(ctx, p.namesKey(g), user.ID).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("progress: presence rename in %s: %w", g, err)
+		}
+		if old == user.Name {
+			continue
+		}
+		if err := p.rdb.HSet(ctx, p.namesKey(g), user.ID, user.Name).Err(); err != nil {
+			return fmt.Errorf("progress: presence rename in %s: %w", g, err)
+		}
+		if _, err := p.log.Publish(ctx, g, "rename", map[string]any{"user": user, "old": old}); err != nil {
+			return err
+		}
+		list, err := p.List(ctx, g)
+		if err != nil {
+			return err
+		}
+		if _, err := p.log.Publish(ctx, g, "presence", map[string][]Member{"users": list}); err != nil {
+			return err
+		}
 	}
 	return nil
 }

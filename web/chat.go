@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"math"
 	"net/http"
 	"net/url"
@@ -61,11 +62,29 @@ func (s *Server) publish(ctx context.Context, who auth.Principal, group string, 
 	if wait := s.chat.reserve(who.User.ID); wait > 0 {
 		return &APIError{Code: CodeRateLimited, Message: "slow down: too many messages", RetryAfter: int(math.Ceil(wait.Seconds()))}
 	}
+	author, err := s.currentMember(ctx, who)
+	if err != nil {
+		return err
+	}
 	var id [8]byte
 	_, _ = rand.Read(id[:])
-	msg := chatMessage{ID: hex.EncodeToString(id[:]), User: progress.Member{ID: who.User.ID, Name: who.User.Name}, Text: text}
-	_, err := s.log.Publish(ctx, group, "message", msg)
+	msg := chatMessage{ID: hex.EncodeToString(id[:]), User: author, Text: text}
+	_, err = s.log.Publish(ctx, group, "message", msg)
 	return err
+}
+
+// currentMember is who as chat shows them, with their current name: a
+// socket's principal was read when it opened, and the name may have
+// changed since (on this tab or another).
+func (s *Server) currentMember(ctx context.Context, who auth.Principal) (progress.Member, error) {
+	u, err := s.auth.User(ctx, who.User.ID)
+	if errors.Is(err, auth.ErrNotFound) {
+		return progress.Member{ID: who.User.ID, Name: who.User.Name}, nil
+	}
+	if err != nil {
+		return progress.Member{}, err
+	}
+	return progress.Member{ID: u.ID, Name: u.Name}, nil
 }
 
 // handlePostMessage is the HTTP way to post to a chat room.

@@ -72,6 +72,18 @@ func decodeClientFrame(b []byte) (clientFrame, *APIError) {
 	return f, nil
 }
 
+// refOf extracts only the ref of a frame, for replies to frames that are
+// not otherwise decoded.
+func refOf(b []byte) json.RawMessage {
+	var f struct {
+		Ref json.RawMessage `json:"ref"`
+	}
+	if json.Unmarshal(b, &f) != nil || !validRef(f.Ref) {
+		return nil
+	}
+	return f.Ref
+}
+
 func validRef(r json.RawMessage) bool {
 	if len(r) == 0 || string(r) == "null" {
 		return true

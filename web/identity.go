@@ -176,6 +176,11 @@ func (s *Server) handleSetName(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, authError(err))
 		return
 	}
+	if s.pres != nil {
+		if err := s.pres.Rename(r.Context(), progress.Member{ID: u.ID, Name: u.Name}); err != nil {
+			s.logger.Warn("renaming in chat presence failed", "user", u.ID, "err", err)
+		}
+	}
 	writeJSON(w, http.StatusOK, u)
 }
 

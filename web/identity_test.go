@@ -478,3 +478,36 @@ func TestSocketFrameFlood(t *testing.T) {
 		t.Fatalf("%d pongs and %d rate_limited errors, want 5 and 3", pongs, limited)
 	}
 }
+
+// A rename reaches the room at once (a "rename" event and a fresh list),
+// and later messages from a socket opened before it carry the new name.
+func TestChatRename(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newEnv(t, srv, withoutWorker())
+		alice := e.newBrowser()
+		e.doAs(alice, "POST", "/api/me", map[string]string{"name": "alice"})
+		c := e.dialAs(alice)
+		c.send(map[string]any{"op": "subscribe", "group": "chat:names"})
+		c.readUntil(func(f frame) bool { return f.Event == "presence" })
+		if status, _, _ := e.doAs(alice, "POST", "/api/me", map[string]string{"name": "Alice Liddell"}); status != http.StatusOK {
+			t.Fatalf("rename: %d", status)
+		}
+		fs := c.readUntil(func(f frame) bool { return f.Event == "presence" })
+		var rename frame
+		for _, f := range fs {
+			if f.Event == "rename" {
+				rename = f
+			}
+		}
+		if !strings.Contains(string(rename.Data), `"old":"alice"`) || !strings.Contains(string(rename.Data), `"name":"Alice Liddell"`) {
+			t.Fatalf("rename event %s", rename.Data)
+		}
+		if got := presenceOf(fs[len(fs)-1]); strings.Join(got, ",") != "Alice Liddell" {
+			t.Fatalf("presence after rename: %v", got)
+		}
+		c.send(map[string]any{"op": "publish", "group": "chat:names", "data": map[string]string{"text": "new me"}})
+		if got := messages(readChat(c, "new me")); got[len(got)-1] != "Alice Liddell: new me" {
+			t.Fatalf("message after rename: %v", got)
+		}
+	})
+}

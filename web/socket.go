@@ -186,8 +186,9 @@ func (c *conn) readPump(ctx context.Context) {
 		alive()
 		if !c.frames.Allow() {
 			// A flood: answer cheaply and drop the frame, so one client
-			// cannot turn its frames into Redis work for everyone.
-			c.reply(replyFrame{Type: "error", Code: CodeRateLimited, Message: "too many frames; slow down"})
+			// cannot turn its frames into Redis work for everyone. The ref
+			// lets a client fail the request at once instead of timing out.
+			c.reply(replyFrame{Type: "error", Ref: refOf(data), Code: CodeRateLimited, Message: "too many frames; slow down"})
 			continue
 		}
 		if typ != websocket.TextMessage {
@@ -302,8 +303,11 @@ func (c *conn) subscribe(ctx context.Context, f clientFrame) error {
 	}
 	c.subs[f.Group] = sub
 	if !rejoin && strings.HasPrefix(f.Group, "chat:") && c.s.pres != nil {
-		member := progress.Member{ID: c.who.User.ID, Name: c.who.User.Name}
-		if err := c.s.pres.Join(ctx, f.Group, member, c.id); err != nil {
+		member, err := c.s.currentMember(ctx, c.who)
+		if err == nil {
+			err = c.s.pres.Join(ctx, f.Group, member, c.id)
+		}
+		if err != nil {
 			c.s.logger.Warn("presence join failed", "group", f.Group, "err", err)
 		}
 	}

@@ -146,6 +146,17 @@ function renderJoinLeave(f) {
   lastEvent = {event: f.event, userId: u.id, name, el: row};
 }
 
+// renderRename shows "OLD is now NEW" for a display-name change.
+function renderRename(f) {
+  const u = (f.data && f.data.user) || {};
+  const old = typeof f.data.old === "string" && f.data.old ? f.data.old : "someone";
+  const row = el("li", "sys rename", `${old} is now ${memberName(u)}`);
+  row.dataset.seq = String(f.seq);
+  row.dataset.event = f.event;
+  append(row);
+  lastEvent = {event: "rename", userId: u.id};
+}
+
 function renderPresence(users) {
   lastPresence = Array.isArray(users) ? users.filter((u) => u && typeof u.id === "string") : [];
   presenceList.replaceChildren(...lastPresence.map((u) => {
@@ -169,6 +180,9 @@ function onEvent(f) {
     case "join":
     case "leave":
       renderJoinLeave(f);
+      break;
+    case "rename":
+      renderRename(f);
       break;
     case "presence":
       renderPresence(f.data && f.data.users);
@@ -326,20 +340,9 @@ nameForm.addEventListener("submit", async (e) => {
   showName();
   renderPresence(lastPresence);
   openNameForm(false);
-  await rejoin();
+  // The server announces the new name to the room (a "rename" event and a
+  // fresh presence list) and uses it for later messages from every tab.
 });
-
-// rejoin comes back into the room on a new connection, so that the room
-// sees the new name: the server reads who a socket belongs to when it
-// opens. Leaving first (and waiting for the server to record it) keeps the
-// room's presence right.
-async function rejoin() {
-  if (!room) return;
-  const pos = ts.position(group) || {};
-  await ts.unsubscribe(group);
-  ts.reconnect();
-  subscribeRoom({after: pos.seq, epoch: pos.epoch});
-}
 
 // ---- start --------------------------------------------------------------------------
 

@@ -82,7 +82,7 @@
  */
 
 // Event names of PROTOCOL.md; SSE listeners are registered for these.
-const KNOWN_EVENTS = ["state", "progress", "log", "result", "failed", "message", "join", "leave",
+const KNOWN_EVENTS = ["state", "progress", "log", "result", "failed", "message", "join", "leave", "rename",
   "presence", "notification", "stats"];
 
 // Error codes after which a group is worth asking for again.
