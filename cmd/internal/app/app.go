@@ -211,9 +211,7 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	if len(secret) == 0 {
 		secret = make([]byte, 32)
 		_, _ = rand.Read(secret)
-		if !core.Embedded() {
-			logger.Warn("SESSION_SECRET is not set: using a random one, so sessions end when this process restarts and other replicas cannot read its cookies")
-		}
+		logger.Warn("SESSION_SECRET is not set: using a random one, so sessions end when this process restarts and other replicas cannot read its cookies; set SESSION_SECRET (32+ bytes) in production")
 	}
 	var mailer auth.Mailer = auth.LogMailer{Logger: logger}
 	if c.SMTP.Host != "" {
