@@ -66,6 +66,11 @@ type Presence struct {
 	mu    sync.Mutex
 	local map[presenceEntry]string // entry → display name
 
+	// op serializes this replica's changes to Redis: without it a
+	// heartbeat holding a stale copy of an entry could re-add it right
+	// after Leave removed it, and the user would come back as a ghost.
+	op sync.Mutex
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
@@ -148,6 +153,8 @@ func (p *Presence) Join(ctx context.Context, group string, user Member, conn str
 		return fmt.Errorf("%w: user id %q", ErrInvalid, user.ID)
 	}
 	e := presenceEntry{group, user.ID, conn}
+	p.op.Lock()
+	defer p.op.Unlock()
 	p.mu.Lock()
 	p.local[e] = user.Name
 	p.mu.Unlock()
@@ -173,6 +180,8 @@ func (p *Presence) refresh(ctx context.Context, e presenceEntry, name string) er
 // publishes "leave" and "presence".
 func (p *Presence) Leave(ctx context.Context, group, userID, conn string) error {
 	e := presenceEntry{group, userID, conn}
+	p.op.Lock()
+	defer p.op.Unlock()
 	p.mu.Lock()
 	name, ok := p.local[e]
 	delete(p.local, e)
@@ -294,8 +303,17 @@ func (p *Presence) heartbeat(ctx context.Context) {
 		entries[e] = n
 	}
 	p.mu.Unlock()
-	for e, name := range entries {
-		if err := p.refresh(ctx, e, name); err != nil && ctx.Err() == nil {
+	for e := range entries {
+		p.op.Lock()
+		p.mu.Lock()
+		name, still := p.local[e] // Leave may have removed it meanwhile
+		p.mu.Unlock()
+		var err error
+		if still {
+			err = p.refresh(ctx, e, name)
+		}
+		p.op.Unlock()
+		if err != nil && ctx.Err() == nil {
 			p.cfg.Logger.Warn("presence heartbeat failed", "group", e.group, "err", err)
 			return
 		}
