@@ -1,0 +1,143 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"sync"
+	"time"
+)
+
+// run measures one job over the four transports and writes the report.
+func run(ctx context.Context, c config, stdout io.Writer, logger *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	base, mode := c.URL, c.URL
+	var svc *service
+	if c.Embedded {
+		var err error
+		if svc, err = startService(ctx, c.RedisURL, c.ProgressRate, logger); err != nil {
+			return err
+		}
+		defer svc.Close()
+		base = svc.URL
+		mode = "in-process (app.RunAPI + app.RunWorker) on redis-server " + c.RedisURL
+		if svc.Mini {
+			mode = "in-process (app.RunAPI + app.RunWorker) on miniredis"
+		}
+		mode += fmt.Sprintf(", progress rate %g/s", c.ProgressRate)
+	}
+	rep, err := compare(ctx, c, base, svc)
+	if err != nil {
+		return err
+	}
+	rep.Mode = mode
+	rep.WriteMarkdown(stdout)
+	return nil
+}
+
+// compare submits a steps job, attaches the four watchers, lets the job
+// run (starting the in-process worker when svc is set) and analyzes what
+// each watcher saw.
+func compare(ctx context.Context, c config, base string, svc *service) (*Report, error) {
+	u, err := url.Parse(base)
+	if err != nil {
+		return nil, err
+	}
+	jar, _ := cookiejar.New(nil)
+	t := target{base: u, jar: jar}
+	if c.BrowserHeaders {
+		t.header = browserHeader(u)
+	}
+	id, err := submit(ctx, t, c.Steps, c.Interval)
+	if err != nil {
+		return nil, err
+	}
+	t.id = id
+
+	watchers := []watchFunc{watchWS, watchSSE, watchLongPoll, watchPoll(c.PollEvery)}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	obs := make([]*observation, len(watchers))
+	meters := make([]*Meter, len(watchers))
+	ready := make(chan struct{}, len(watchers))
+	var wg sync.WaitGroup
+	for i, w := range watchers {
+		meters[i] = &Meter{}
+		var once sync.Once
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o := w(wctx, t, meters[i], func() { once.Do(func() { ready <- struct{}{} }) })
+			if o.Err != nil {
+				cancel() // one failed: the comparison is off
+			}
+			obs[i] = o
+		}()
+	}
+	for range watchers {
+		select {
+		case <-ready:
+		case <-wctx.Done():
+			wg.Wait()
+			return nil, fmt.Errorf("attaching the watchers: %w", firstErr(obs, wctx.Err()))
+		}
+	}
+	armedAt := time.Now()
+	if svc != nil {
+		svc.StartWorker()
+	}
+	wg.Wait()
+	for i, o := range obs {
+		o.Traffic = meters[i].Traffic()
+	}
+	if err := firstErr(obs, nil); err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("gave up: %w", err)
+	}
+	rep := &Report{JobID: id, Steps: c.Steps, Interval: c.Interval, PollEvery: c.PollEvery}
+	rep.Published, rep.Excluded, rep.Rows = analyze(obs, armedAt)
+	return rep, nil
+}
+
+func firstErr(obs []*observation, def error) error {
+	for _, o := range obs {
+		if o != nil && o.Err != nil {
+			return fmt.Errorf("%s: %w", o.Transport, o.Err)
+		}
+	}
+	return def
+}
+
+// submit starts a steps job over the API (not metered) and returns its id.
+func submit(ctx context.Context, t target, steps int, interval time.Duration) (string, error) {
+	body, _ := json.Marshal(map[string]any{"type": "steps", "params": map[string]any{
+		"steps": steps, "interval_ms": interval.Milliseconds()}})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url("/api/jobs", nil), bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	client := &http.Client{Jar: t.jar, Timeout: 30 * time.Second}
+	res, err := client.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("submit the job: %w", err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusAccepted {
+		return "", fmt.Errorf("submit the job: %s: %s", res.Status, bytes.TrimSpace(raw))
+	}
+	var j struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(raw, &j); err != nil || j.ID == "" {
+		return "", fmt.Errorf("submit the job: no id in %s", raw)
+	}
+	return j.ID, nil
+}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"taskstream/progress"
+)
+
+// config is what the command line asks for.
+type config struct {
+	URL             string        // server under load; "" runs it in this process
+	RedisURL        string        // the publisher's Redis (and the in-process server's)
+	KeyPrefix       string        // the server's -key-prefix
+	ServerPID       int           // with -url: the server process whose RSS is reported
+	Clients         int           // sockets
+	Users           int           // distinct sessions the sockets belong to
+	Group           string        // the group they all join
+	Events          int           // events published
+	Rate            float64       // events per second
+	Payload         int           // bytes of text per event
+	DialConcurrency int           // sockets being opened at once
+	SendQueue       int           // in-process server: frames queued per socket
+	Drain           time.Duration // how long to wait for deliveries after the last publish
+	Timeout         time.Duration // bound on the whole run
+	CPUProfile      string        // write a CPU profile of the publishing phase here
+}
+
+// Limits: one process may hold about 19.9k sockets here (20k open files);
+// in-process, every socket is two of them (client and server side).
+const (
+	maxClientsExternal = 19000
+	maxClientsInProc   = 9000
+	maxDeliveries      = 50_000_000 // latency samples kept in memory
+)
+
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "loadgen opens N sockets on one group, publishes M events at rate R to it with\n"+
+			"progress.Log.Publish, and reports delivered messages/s, delivery latency and RSS per socket.\n"+
+			"Loopback only; it stops by itself.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&c.URL, "url", "", "taskstream server on loopback (needs -redis-url, the Redis it uses); empty runs the server in this process")
+	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis the events are published to; in-process, the server's Redis too (empty: in-process miniredis, about 10x slower than redis-server)")
+	fs.StringVar(&c.KeyPrefix, "key-prefix", "ts", "the server's -key-prefix")
+	fs.IntVar(&c.ServerPID, "server-pid", 0, "with -url: pid of the server process, to report its RSS (read from /proc)")
+	fs.IntVar(&c.Clients, "clients", 1000, "WebSocket clients")
+	fs.IntVar(&c.Users, "users", 1, "distinct guest sessions the sockets are spread over (in a chat room, each user's first socket publishes join and presence events to the room)")
+	fs.StringVar(&c.Group, "group", "", "the group every client subscribes to, any the server lets a client join (default: a fresh chat:load-XXXXXXXX room per run)")
+	fs.IntVar(&c.Events, "events", 1000, "events to publish")
+	fs.Float64Var(&c.Rate, "rate", 100, "events per second")
+	fs.IntVar(&c.Payload, "payload", 100, "bytes of text in each event")
+	fs.IntVar(&c.DialConcurrency, "dial-concurrency", 64, "sockets opened at once")
+	fs.IntVar(&c.SendQueue, "send-queue", 256, "in-process server: frames queued per socket before it is closed with 1013")
+	fs.DurationVar(&c.Drain, "drain", 10*time.Second, "how long to wait for deliveries after the last publish")
+	fs.DurationVar(&c.Timeout, "timeout", 3*time.Minute, "give up after this long")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process during the publishing phase to this file (in-process: server and clients)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return c, c.validate()
+}
+
+func (c config) inProcess() bool { return c.URL == "" }
+
+func (c config) validate() error {
+	maxClients := maxClientsExternal
+	if c.inProcess() {
+		maxClients = maxClientsInProc
+	}
+	switch {
+	case c.Clients < 1 || c.Clients > maxClients:
+		return fmt.Errorf("-clients must be from 1 to %d here (open-file limit)", maxClients)
+	case c.Users < 1 || c.Users > c.Clients:
+		return errors.New("-users must be from 1 to -clients")
+	case c.Events < 1 || c.Events > 1_000_000:
+		return errors.New("-events must be from 1 to 1000000")
+	case int64(c.Events)*int64(c.Clients) > maxDeliveries:
+		return fmt.Errorf("-events × -clients must be at most %d", maxDeliveries)
+	case c.Rate <= 0:
+		return errors.New("-rate must be positive")
+	case c.Payload < 0 || c.Payload > 60<<10:
+		return errors.New("-payload must be from 0 to 61440 bytes")
+	case c.DialConcurrency < 1:
+		return errors.New("-dial-concurrency must be positive")
+	case c.Drain <= 0 || c.Timeout <= 0:
+		return errors.New("-drain and -timeout must be positive")
+	case c.Group != "" && !progress.ValidGroup(c.Group):
+		return fmt.Errorf("-group %q is not a group name", c.Group)
+	}
+	if publishTime := time.Duration(float64(c.Events) / c.Rate * float64(time.Second)); publishTime+c.Drain >= c.Timeout {
+		return fmt.Errorf("publishing %d events at %g/s takes %s: raise -timeout (%s) or -rate", c.Events, c.Rate, publishTime, c.Timeout)
+	}
+	if !c.inProcess() {
+		u, err := url.Parse(c.URL)
+		if err != nil || u.Scheme != "http" || u.Host == "" {
+			return fmt.Errorf("-url %q: want http://host:port", c.URL)
+		}
+		if !loopback(u.Hostname()) {
+			return fmt.Errorf("-url %q: loopback only (localhost, 127.0.0.0/8, ::1)", c.URL)
+		}
+		if c.RedisURL == "" {
+			return errors.New("-url needs -redis-url: the Redis that server uses, to publish to")
+		}
+	} else if c.ServerPID != 0 {
+		return errors.New("-server-pid goes with -url; in-process the RSS is this process's")
+	}
+	if c.RedisURL != "" {
+		if strings.HasPrefix(c.RedisURL, "unix://") {
+			return nil
+		}
+		opt, err := redis.ParseURL(c.RedisURL)
+		if err != nil {
+			return fmt.Errorf("-redis-url: %w", err)
+		}
+		host, _, _ := net.SplitHostPort(opt.Addr)
+		if !loopback(host) {
+			return fmt.Errorf("-redis-url %q: loopback only", c.RedisURL)
+		}
+	}
+	return nil
+}
+
+// loopback reports whether host names this machine's loopback interface.
+func loopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"taskstream/progress"
+)
+
+// eventStamp reads seq and ts from the frames the server really sends.
+func TestEventStampOnRealFrames(t *testing.T) {
+	ts := time.Date(2026, 3, 4, 5, 6, 7, 891234567, time.UTC)
+	for _, data := range []string{`{"text":"hi"}`, `{"text":"\"ts\":\"1999\""}`, `null`} {
+		ev := &progress.Event{Group: "chat:x", Seq: 42, Epoch: "e1", Name: "message", Data: json.RawMessage(data), Time: ts}
+		name, seq, got, ok := eventStamp(ev.Frame())
+		if !ok || name != "message" || seq != 42 || !got.Equal(ts) {
+			t.Fatalf("data %s: eventStamp(%s) = %d %v %v", data, ev.Frame(), seq, got, ok)
+		}
+	}
+	for _, frame := range []string{`{"type":"subscribed","last_seq":3}`, `{"type":"event","seq":x,"ts":"2026"}`, `not json`} {
+		if _, _, _, ok := eventStamp([]byte(frame)); ok {
+			t.Errorf("%s taken for an event", frame)
+		}
+	}
+}
+
+func TestParseStatus(t *testing.T) {
+	status := "Name:\tloadgen\nVmPeak:\t  999 kB\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nThreads:\t5\n"
+	m, err := parseStatus(strings.NewReader(status))
+	if err != nil || m.RSS != 10<<20 || m.HWM != 20<<20 {
+		t.Fatalf("%+v %v", m, err)
+	}
+	if _, err := parseStatus(strings.NewReader("Name:\tx\n")); err == nil {
+		t.Fatal("no VmRSS accepted")
+	}
+	if m, err := readMemory(0); err != nil || m.RSS <= 0 || m.Goroutines <= 0 {
+		t.Fatalf("own memory: %+v %v", m, err)
+	}
+}
+
+func TestPacingAndSummary(t *testing.T) {
+	start := time.Unix(100, 0)
+	if got := due(start, 250, 100); !got.Equal(start.Add(2500 * time.Millisecond)) {
+		t.Fatalf("due = %v", got)
+	}
+	s := Summarize([]time.Duration{5, 1, 4, 2, 3, 100, 6, 7, 8, 9})
+	if s.N != 10 || s.P50 != 5 || s.P95 != 100 || s.P99 != 100 || s.Max != 100 || s.Mean != 14 {
+		t.Fatalf("%+v", s)
+	}
+	p := PubResult{Start: start, End: start.Add(2 * time.Second), Published: 201}
+	if p.Rate() != 100 {
+		t.Fatalf("rate %v", p.Rate())
+	}
+	var raw map[string]string
+	if err := json.Unmarshal(chatPayload(10), &raw); err != nil || len(raw["text"]) != 10 {
+		t.Fatalf("payload %v %v", raw, err)
+	}
+}
+
+func TestConfigIsLoopbackOnlyAndBounded(t *testing.T) {
+	ok := [][]string{
+		{},
+		{"-url", "http://127.0.0.1:8080", "-redis-url", "redis://localhost:6379"},
+		{"-url", "http://[::1]:8080", "-redis-url", "unix:///tmp/redis.sock"},
+	}
+	for _, args := range ok {
+		if _, err := parseFlags(args, io.Discard); err != nil {
+			t.Errorf("%q: %v", args, err)
+		}
+	}
+	bad := [][]string{
+		{"-url", "http://example.com:8080", "-redis-url", "redis://127.0.0.1:6379"},
+		{"-url", "http://127.0.0.1:8080"}, // no Redis to publish to
+		{"-redis-url", "redis://10.0.0.1:6379"},
+		{"-clients", "0"},
+		{"-clients", "50000"},
+		{"-events", "1000", "-rate", "1", "-timeout", "1m"}, // cannot finish in time
+		{"-server-pid", "1"},                                // in-process: own RSS
+		{"-group", "Not A Group"},
+		{"-clients", "10", "-users", "11"},
+	}
+	for _, args := range bad {
+		if _, err := parseFlags(args, io.Discard); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
+}
+
+// The whole tool, in-process on miniredis, small: every socket gets every
+// event and the report says so.
+func TestLoadgenEmbedded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the service")
+	}
+	c, err := parseFlags([]string{"-clients", "20", "-events", "30", "-rate", "300", "-drain", "10s", "-timeout", "1m"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), c, &out, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + out.String())
+	if !strings.Contains(out.String(), "| 30 |") || !strings.Contains(out.String(), "| 600 | 600 | 20 | 0 |") {
+		t.Fatalf("not every event reached every socket:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "RSS per socket") {
+		t.Fatalf("no memory figures:\n%s", out.String())
+	}
+}

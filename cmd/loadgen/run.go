@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"time"
+
+	"taskstream/progress"
+)
+
+// run opens the sockets, publishes, waits for delivery and reports.
+func run(ctx context.Context, c config, stdout io.Writer, logger *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	rep := &Report{Users: c.Users, Clients: c.Clients, Events: c.Events, Payload: c.Payload, Rate: c.Rate, Group: c.Group}
+	var log *progress.Log
+	base := c.URL
+	if c.inProcess() {
+		svc, err := startService(ctx, c.RedisURL, c.KeyPrefix, c.SendQueue, logger)
+		if err != nil {
+			return err
+		}
+		defer svc.Close()
+		rdb, err := progress.OpenRedis(ctx, svc.RedisURL, progress.ModeSingle)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		base, log = svc.URL, progress.NewLog(rdb, progress.LogConfig{Prefix: c.KeyPrefix})
+		rep.Mode = "in this process (app.RunAPI), on redis-server " + c.RedisURL
+		if svc.Mini {
+			rep.Mode = "in this process (app.RunAPI), on miniredis in this process"
+		}
+		rep.MemOf = "this process (server and clients together)"
+	} else {
+		rdb, err := progress.OpenRedis(ctx, c.RedisURL, progress.ModeSingle)
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		log = progress.NewLog(rdb, progress.LogConfig{Prefix: c.KeyPrefix})
+		rep.Mode = c.URL + ", publishing on " + c.RedisURL
+		if c.ServerPID != 0 {
+			rep.MemOf = fmt.Sprintf("the server process (pid %d)", c.ServerPID)
+		}
+	}
+	if rep.Group == "" {
+		// A fresh room per run: no history from an earlier run to replay.
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		rep.Group = "chat:load-" + hex.EncodeToString(b[:])
+	}
+	memPID := c.ServerPID // 0: this process
+	measure := c.inProcess() || c.ServerPID != 0
+	snap := func(i int) error {
+		if !measure {
+			return nil
+		}
+		if memPID == 0 {
+			runtime.GC()
+		}
+		m, err := readMemory(memPID)
+		rep.Mem[i] = m
+		return err
+	}
+	if err := snap(0); err != nil {
+		return err
+	}
+
+	jars := make([]http.CookieJar, c.Users)
+	for i := range jars {
+		jars[i], _ = cookiejar.New(nil)
+		fetchSession(ctx, base, jars[i])
+	}
+	t0 := time.Now()
+	f, err := dialFleet(ctx, "ws"+strings.TrimPrefix(base, "http")+"/ws", rep.Group, c.Clients, c.DialConcurrency, c.Events, jars)
+	if err != nil {
+		return fmt.Errorf("opening the sockets: %w", err)
+	}
+	defer f.Close()
+	rep.DialTime = time.Since(t0)
+	if err := snap(1); err != nil {
+		return err
+	}
+
+	stopProfile, err := startCPUProfile(c.CPUProfile)
+	if err != nil {
+		return err
+	}
+	rep.Pub = publish(ctx, log, rep.Group, c.Events, c.Rate, c.Payload)
+	f.wait(ctx, c.Drain)
+	if err := stopProfile(); err != nil {
+		return err
+	}
+	if err := snap(2); err != nil {
+		return err
+	}
+	f.Close()
+	rep.Out = f.outcome()
+	rep.MemOK = measure
+	rep.WriteMarkdown(stdout)
+	return nil
+}
+
+// startCPUProfile starts profiling this process into path ("" does
+// nothing) and returns the function that stops it.
+func startCPUProfile(path string) (stop func() error, err error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
+}
