@@ -29,7 +29,8 @@ type Config struct {
 	// full the socket is closed with 1013 and the client resumes from its
 	// last seq. Default 256.
 	SendQueue int
-	// WriteTimeout bounds one frame write to a socket. Default 10s.
+	// WriteTimeout bounds writing a frame to a socket, with the frames
+	// queued behind it when it started. Default 10s.
 	WriteTimeout time.Duration
 	// PingInterval is how often the server pings an idle socket; a socket
 	// that answers nothing for two intervals is dropped. Default 25s.
