@@ -292,6 +292,11 @@ func (w *Worker) reconcileLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		// Every worker prunes its own artifact directory (it may be a
+		// local disk); the cheap directory scan needs no coordination.
+		if err := pruneArtifacts(w.svc.cfg.ArtifactDir, time.Now().Add(-w.svc.cfg.Retention)); err != nil {
+			w.logger.Warn("pruning old artifacts failed", "dir", w.svc.cfg.ArtifactDir, "err", err)
+		}
 		// One reconciler at a time across all workers.
 		ok, err := w.rdb.SetNX(ctx, lockKey, hostID(), w.cfg.ReconcileInterval/2).Result()
 		if err != nil || !ok {
