@@ -7,50 +7,14 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/cookiejar"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"taskstream/jobs"
-	"taskstream/progress"
 	"taskstream/progress/progresstest"
-	"taskstream/web/auth"
 )
-
-// newBenchEnv builds what newEnv builds, without a worker, for a
-// benchmark: newEnv takes a *testing.T, which a benchmark does not have.
-// Once newEnv takes a testing.TB, use newEnv(b, srv, withoutWorker()).
-func newBenchEnv(b *testing.B, srv *progresstest.Server) *testEnv {
-	b.Helper()
-	logger := quietLogger(b)
-	e := &testEnv{redis: srv, rdb: srv.Client(b)}
-	e.log = progress.NewLog(e.rdb, progress.LogConfig{})
-	reg, err := jobs.NewRegistry(jobs.Builtin()...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	e.jobs = jobs.NewService(e.rdb, reg, e.log, jobs.Config{ArtifactDir: b.TempDir(), Logger: logger})
-	e.hub = progress.NewHub(e.rdb, e.log, progress.HubConfig{Logger: logger})
-	e.auth, err = auth.NewStore(e.rdb, auth.Config{Secret: testSecret, AdminTokens: []string{testAdminToken}, Logger: logger})
-	if err != nil {
-		b.Fatal(err)
-	}
-	e.pres = progress.NewPresence(e.rdb, e.log, progress.PresenceConfig{})
-	e.web = New(Deps{Jobs: e.jobs, Hub: e.hub, Log: e.log, Auth: e.auth, Presence: e.pres}, Config{Logger: logger})
-	e.http = httptest.NewServer(e.web)
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = e.web.Shutdown(ctx)
-		e.http.Close()
-		e.pres.Shutdown(ctx)
-		_ = e.hub.Shutdown(ctx)
-	})
-	return e
-}
 
 // fanoutCounter counts the benchmark's messages each socket received.
 type fanoutCounter struct {
@@ -101,7 +65,7 @@ func (c *fanoutCounter) waitFor(b *testing.B, n int64) {
 func BenchmarkSocketFanout(b *testing.B) {
 	const n = 100
 	srv := progresstest.Real(b)
-	e := newBenchEnv(b, srv)
+	e := newEnv(b, srv, withoutWorker())
 	const group = "chat:bench"
 	counter := &fanoutCounter{perSocket: make([]atomic.Int64, n), wake: make(chan struct{}, 1)}
 	var readers sync.WaitGroup

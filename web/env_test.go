@@ -26,7 +26,7 @@ import (
 // testEnv is a whole taskstream on one Redis: log, job service, an
 // in-process worker, the hub and the HTTP server on a real listener.
 type testEnv struct {
-	t      *testing.T
+	t      testing.TB
 	redis  *progresstest.Server
 	rdb    redis.UniversalClient
 	log    *progress.Log
@@ -72,7 +72,7 @@ func (w *testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func newEnv(t *testing.T, srv *progresstest.Server, opts ...envOption) *testEnv {
+func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv {
 	t.Helper()
 	var o envOptions
 	for _, f := range opts {

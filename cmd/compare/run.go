@@ -12,6 +12,8 @@ import (
 	"net/url"
 	"sync"
 	"time"
+
+	"taskstream/cmd/internal/inproc"
 )
 
 // run measures one job over the four transports and writes the report.
@@ -19,10 +21,10 @@ func run(ctx context.Context, c config, stdout io.Writer, logger *slog.Logger) e
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	base, mode := c.URL, c.URL
-	var svc *service
+	var svc *inproc.Service
 	if c.Embedded {
 		var err error
-		if svc, err = startService(ctx, c.RedisURL, c.ProgressRate, logger); err != nil {
+		if svc, err = inproc.Start(ctx, inproc.Options{RedisURL: c.RedisURL, ProgressRate: c.ProgressRate, Logger: logger}); err != nil {
 			return err
 		}
 		defer svc.Close()
@@ -45,7 +47,7 @@ func run(ctx context.Context, c config, stdout io.Writer, logger *slog.Logger) e
 // compare submits a steps job, attaches the four watchers, lets the job
 // run (starting the in-process worker when svc is set) and analyzes what
 // each watcher saw.
-func compare(ctx context.Context, c config, base string, svc *service) (*Report, error) {
+func compare(ctx context.Context, c config, base string, svc *inproc.Service) (*Report, error) {
 	u, err := url.Parse(base)
 	if err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"taskstream/cmd/internal/inproc"
 	"taskstream/progress"
 )
 
@@ -26,7 +27,7 @@ func run(ctx context.Context, c config, stdout io.Writer, logger *slog.Logger) e
 	var log *progress.Log
 	base := c.URL
 	if c.inProcess() {
-		svc, err := startService(ctx, c.RedisURL, c.KeyPrefix, c.SendQueue, logger)
+		svc, err := inproc.Start(ctx, inproc.Options{RedisURL: c.RedisURL, Prefix: c.KeyPrefix, SendQueue: c.SendQueue, Logger: logger})
 		if err != nil {
 			return err
 		}
