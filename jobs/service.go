@@ -202,33 +202,24 @@ func (s *Service) Get(ctx context.Context, id string) (*Job, error) {
 	if len(rec.Result) > 0 {
 		j.Result = rec.Result
 	}
-	last, epoch, err := s.log.Last(ctx, Group(id), 64)
+	// One read gives the epoch, the last seq and the recent events; the
+	// snapshot's progress is the newest progress among them.
+	tail, err := s.log.Tail(ctx, Group(id), 64)
 	if err != nil {
 		return nil, err
 	}
-	j.Epoch = epoch
-	if last != nil {
-		j.LastSeq = last.Seq
-		if last.Time.After(j.UpdatedAt) {
-			j.UpdatedAt = last.Time.UTC()
-		}
+	j.Epoch, j.LastSeq = tail.Epoch, tail.LastSeq
+	if last := tail.Newest(); last != nil && last.Time.After(j.UpdatedAt) {
+		j.UpdatedAt = last.Time.UTC()
 	}
-	if p, err := s.lastProgress(ctx, id); err == nil {
-		j.Progress = p
+	if ev := tail.Newest("progress"); ev != nil {
+		var p progress.Progress
+		if err := json.Unmarshal(ev.Data, &p); err != nil {
+			return nil, fmt.Errorf("jobs: decode progress of %s: %w", id, err)
+		}
+		j.Progress = &p
 	}
 	return j, nil
-}
-
-func (s *Service) lastProgress(ctx context.Context, id string) (*progress.Progress, error) {
-	ev, _, err := s.log.Last(ctx, Group(id), 64, "progress")
-	if err != nil || ev == nil {
-		return nil, err
-	}
-	var p progress.Progress
-	if err := json.Unmarshal(ev.Data, &p); err != nil {
-		return nil, fmt.Errorf("jobs: decode progress of %s: %w", id, err)
-	}
-	return &p, nil
 }
 
 // taskState maps Asynq's task state onto the job states of the protocol.

@@ -256,25 +256,47 @@ func decodeEntry(group, epoch string, m redis.XMessage) (*Event, error) {
 	return &Event{Group: group, Seq: seq, Epoch: epoch, Name: name, Data: json.RawMessage(data), Time: ts}, nil
 }
 
-// Last returns the newest retained event of group whose name is one of
-// names (any name when names is empty), or nil. It is how a job's
-// snapshot finds its last progress report.
-func (l *Log) Last(ctx context.Context, group string, scan int64, names ...string) (*Event, string, error) {
+// Tail returns the group's epoch, last seq and its newest n retained
+// events, oldest first, in one round trip.
+func (l *Log) Tail(ctx context.Context, group string, n int64) (Snapshot, error) {
 	pipe := l.rdb.TxPipeline()
 	meta := pipe.HMGet(ctx, l.metaKey(group), "seq", "epoch")
-	rng := pipe.XRevRangeN(ctx, l.streamKey(group), "+", "-", scan)
+	rng := pipe.XRevRangeN(ctx, l.streamKey(group), "+", "-", n)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, "", fmt.Errorf("progress: last %s: %w", group, err)
+		return Snapshot{}, fmt.Errorf("progress: tail %s: %w", group, err)
 	}
-	epoch, _ := parseMeta(meta.Val())
-	for _, m := range rng.Val() {
-		ev, err := decodeEntry(group, epoch, m)
+	var snap Snapshot
+	snap.Epoch, snap.LastSeq = parseMeta(meta.Val())
+	msgs := rng.Val()
+	snap.Events = make([]*Event, len(msgs))
+	for i, m := range msgs {
+		ev, err := decodeEntry(group, snap.Epoch, m)
 		if err != nil {
-			return nil, epoch, err
+			return Snapshot{}, err
 		}
-		if len(names) == 0 || slices.Contains(names, ev.Name) {
-			return ev, epoch, nil
+		snap.Events[len(msgs)-1-i] = ev
+	}
+	return snap, nil
+}
+
+// Last returns the newest of the last scan retained events of group whose
+// name is one of names (any name when names is empty), or nil, with the
+// log's epoch.
+func (l *Log) Last(ctx context.Context, group string, scan int64, names ...string) (*Event, string, error) {
+	snap, err := l.Tail(ctx, group, scan)
+	if err != nil {
+		return nil, "", err
+	}
+	return snap.Newest(names...), snap.Epoch, nil
+}
+
+// Newest returns the newest event in the snapshot named one of names (any
+// when names is empty), or nil.
+func (s Snapshot) Newest(names ...string) *Event {
+	for i := len(s.Events) - 1; i >= 0; i-- {
+		if len(names) == 0 || slices.Contains(names, s.Events[i].Name) {
+			return s.Events[i]
 		}
 	}
-	return nil, epoch, nil
+	return nil
 }
