@@ -24,7 +24,6 @@ import (
 // so they share the socket's ordering and resume guarantees.
 
 const (
-	sseHeartbeat    = 15 * time.Second
 	longPollDefault = 25 * time.Second
 	longPollMax     = 60 * time.Second
 	// streamBuffer bounds what one SSE or long-poll client may have queued,
@@ -189,7 +188,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, group string, 
 		return
 	}
 	isJob := strings.HasPrefix(group, "job:")
-	heartbeat := time.NewTicker(sseHeartbeat)
+	heartbeat := time.NewTicker(s.cfg.SSEHeartbeat)
 	defer heartbeat.Stop()
 	for {
 		select {

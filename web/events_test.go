@@ -198,3 +198,24 @@ func TestShutdownEndsSSE(t *testing.T) {
 		t.Fatal("SSE stream still open after shutdown")
 	}
 }
+
+// An idle SSE stream gets comment heartbeats.
+func TestSSEHeartbeat(t *testing.T) {
+	e := newEnv(t, progresstest.Embedded(t), withoutWorker(), withWebConfig(Config{SSEHeartbeat: 20 * time.Millisecond}))
+	req, _ := http.NewRequest("GET", e.http.URL+"/api/groups/chat%3Aquiet/events", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := e.client.Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	for sc.Scan() {
+		if sc.Text() == ": ping" {
+			return
+		}
+	}
+	t.Fatalf("no heartbeat before the stream ended: %v", sc.Err())
+}

@@ -38,6 +38,9 @@ type Config struct {
 	// AllowedOrigins lists extra browser origins ("https://app.example.com")
 	// allowed to open sockets, besides the server's own. "*" allows any.
 	AllowedOrigins []string
+	// SSEHeartbeat is how often an idle SSE stream gets a comment line, so
+	// proxies and browsers keep it open. Default 15s.
+	SSEHeartbeat time.Duration
 	// FrameRate and FrameBurst limit frames from one socket; frames over
 	// the limit get a rate_limited error and are dropped. Defaults 50 per
 	// second, burst 100.
@@ -80,6 +83,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.SSEHeartbeat <= 0 {
+		c.SSEHeartbeat = 15 * time.Second
 	}
 	if c.FrameRate <= 0 {
 		c.FrameRate = 50
