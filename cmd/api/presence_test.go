@@ -22,21 +22,6 @@ type presenceFrame struct {
 	} `json:"data"`
 }
 
-func joinRoom(t *testing.T, c *http.Client, base, room string) *websocket.Conn {
-	t.Helper()
-	d := *websocket.DefaultDialer
-	d.Jar = c.Jar
-	ws, _, err := d.Dial("ws"+strings.TrimPrefix(base, "http")+"/ws", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ws.Close() })
-	if err := ws.WriteJSON(map[string]any{"op": "subscribe", "group": "chat:" + room}); err != nil {
-		t.Fatal(err)
-	}
-	return ws
-}
-
 // nextPresence reads until the next presence event and returns its names.
 func nextPresence(t *testing.T, ws *websocket.Conn, timeout time.Duration) []string {
 	t.Helper()
@@ -110,17 +95,17 @@ func TestPresenceAcrossTwoAPIProcesses(t *testing.T) {
 
 	watcher := browser()
 	setName(t, watcher, baseA, "watcher")
-	w := joinRoom(t, watcher, baseA, "lobby")
+	w := subscribe(t, watcher, baseA, "chat:lobby")
 	if got := nextPresence(t, w, 10*time.Second); strings.Join(got, ",") != "watcher" {
 		t.Fatalf("presence %v", got)
 	}
 	ada := browser()
 	setName(t, ada, baseA, "ada") // the session cookie works on both replicas
-	onA := joinRoom(t, ada, baseA, "lobby")
+	onA := subscribe(t, ada, baseA, "chat:lobby")
 	if got := nextPresence(t, w, 10*time.Second); strings.Join(got, ",") != "ada,watcher" {
 		t.Fatalf("after ada joined on A: %v", got)
 	}
-	onB := joinRoom(t, ada, baseB, "lobby")
+	onB := subscribe(t, ada, baseB, "chat:lobby")
 	// Joining again through B publishes nothing: check B's own view of the
 	// list, which its subscribe replays from the room's history.
 	if got := replayedPresence(t, onB); strings.Join(got, ",") != "ada,watcher" {
@@ -135,7 +120,7 @@ func TestPresenceAcrossTwoAPIProcesses(t *testing.T) {
 	// Bo is connected only through B, which dies without a word.
 	bo := browser()
 	setName(t, bo, baseB, "bo")
-	joinRoom(t, bo, baseB, "lobby")
+	subscribe(t, bo, baseB, "chat:lobby")
 	if got := nextPresence(t, w, 10*time.Second); strings.Join(got, ",") != "bo,watcher" {
 		t.Fatalf("after bo joined on B: %v", got)
 	}

@@ -177,8 +177,10 @@ type event struct {
 	Data  json.RawMessage `json:"data"`
 }
 
-// watch subscribes to job id as c's user and returns the socket.
-func watch(t *testing.T, c *http.Client, base, id string) *websocket.Conn {
+// subscribe opens a socket on base's /ws as c's user (c's cookie jar),
+// subscribes it to group ("job:"+id, "chat:"+room) and returns it; the
+// socket is closed when the test ends.
+func subscribe(t *testing.T, c *http.Client, base, group string) *websocket.Conn {
 	t.Helper()
 	d := *websocket.DefaultDialer
 	d.Jar = c.Jar
@@ -187,7 +189,7 @@ func watch(t *testing.T, c *http.Client, base, id string) *websocket.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ws.Close() })
-	if err := ws.WriteJSON(map[string]any{"op": "subscribe", "group": "job:" + id}); err != nil {
+	if err := ws.WriteJSON(map[string]any{"op": "subscribe", "group": group}); err != nil {
 		t.Fatal(err)
 	}
 	return ws
@@ -233,7 +235,7 @@ func TestEmbeddedDefault(t *testing.T) {
 	}
 	b := browser()
 	id := submit(t, b, base, `{"type":"steps","params":{"steps":5,"interval_ms":20}}`)
-	ws := watch(t, b, base, id)
+	ws := subscribe(t, b, base, "job:"+id)
 	readEvents(t, ws, 30*time.Second, isResult)
 
 	api.signal(syscall.SIGTERM)
@@ -274,7 +276,7 @@ func TestProcfileProcessesOnRealRedis(t *testing.T) {
 	}
 	b := browser()
 	id := submit(t, b, base, `{"type":"primes","params":{"n":1000000}}`)
-	ws := watch(t, b, base, id)
+	ws := subscribe(t, b, base, "job:"+id)
 	events := readEvents(t, ws, time.Minute, isResult)
 	if last := events[len(events)-1]; !strings.Contains(string(last.Data), `"count":78498`) {
 		t.Fatalf("result %s, want count 78498", last.Data)
@@ -326,7 +328,7 @@ func TestWorkerKilledMidJobIsRetried(t *testing.T) {
 	waitHealthy(t, base, api)
 	b := browser()
 	id := submit(t, b, base, `{"type":"steps","params":{"steps":40,"interval_ms":100}}`)
-	ws := watch(t, b, base, id)
+	ws := subscribe(t, b, base, "job:"+id)
 	readEvents(t, ws, 30*time.Second, func(e event) bool { return e.Event == "progress" })
 	doomed.signal(syscall.SIGKILL)
 	<-doomed.done
@@ -334,7 +336,7 @@ func TestWorkerKilledMidJobIsRetried(t *testing.T) {
 
 	// Resume on a fresh socket from the start, and follow to the end.
 	_ = ws.Close()
-	ws = watch(t, b, base, id)
+	ws = subscribe(t, b, base, "job:"+id)
 	events := readEvents(t, ws, 4*time.Minute, isResult)
 	var states []string
 	for _, e := range events {

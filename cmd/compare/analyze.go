@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"taskstream/cmd/internal/latency"
 )
 
 // Row is one transport's line in the report.
@@ -19,10 +21,10 @@ type Row struct {
 	// for a stream, received − the event's ts; for polling, the receive
 	// time of the first answer showing that update or a later one − the
 	// event's ts.
-	Delay   Summary
-	Slowest int64   // seq of the update with the longest delay (0 if none)
-	Missed  int     // published updates the client never learned of
-	Age     Summary // polling only: receive time − ts of the update a snapshot shows
+	Delay   latency.Summary
+	Slowest int64           // seq of the update with the longest delay (0 if none)
+	Missed  int             // published updates the client never learned of
+	Age     latency.Summary // polling only: receive time − ts of the update a snapshot shows
 	Err     error
 }
 
@@ -102,7 +104,7 @@ func analyze(obs []*observation, armedAt time.Time) (pub, excluded int, rows []R
 					ages = append(ages, u.Received.Sub(ref))
 				}
 			}
-			r.Seen, r.Age = len(ages), Summarize(ages)
+			r.Seen, r.Age = len(ages), latency.Summarize(ages)
 			for _, p := range events {
 				if d, ok := coveredAt(o.Updates, p); ok {
 					delays, seqs = append(delays, d), append(seqs, p.seq)
@@ -119,7 +121,7 @@ func analyze(obs []*observation, armedAt time.Time) (pub, excluded int, rows []R
 			}
 			r.Seen = len(delays)
 		}
-		r.Delay, r.Missed = Summarize(delays), len(events)-len(delays)
+		r.Delay, r.Missed = latency.Summarize(delays), len(events)-len(delays)
 		for i, d := range delays {
 			if d == r.Delay.Max {
 				r.Slowest = seqs[i]
@@ -161,7 +163,7 @@ func (r *Report) WriteMarkdown(w io.Writer) {
 		t := row.Traffic
 		fmt.Fprintf(w, "| %s | %d | %d | %d | %d | %d | %.0f | %.0f | %s | %s | %s | %s |\n",
 			row.Transport, t.Conns, t.Requests, t.Read, t.Written, row.Seen, row.PerSeen, row.PerPub,
-			ms(row.Delay.Mean), ms(row.Delay.P50), ms(row.Delay.P95), ms(row.Delay.Max))
+			latency.Ms(row.Delay.Mean), latency.Ms(row.Delay.P50), latency.Ms(row.Delay.P95), latency.Ms(row.Delay.Max))
 	}
 	fmt.Fprintln(w, "\nDelay: per published update, until the client knew it (polling: until the first answer showing it or a later update).")
 	var notes []string
@@ -179,7 +181,7 @@ func (r *Report) WriteMarkdown(w io.Writer) {
 		}
 		if row.Age.N > 0 {
 			fmt.Fprintf(w, "%s snapshot age (receive − ts of the update it shows): mean %s ms, p50 %s, p95 %s, max %s.\n",
-				row.Transport, ms(row.Age.Mean), ms(row.Age.P50), ms(row.Age.P95), ms(row.Age.Max))
+				row.Transport, latency.Ms(row.Age.Mean), latency.Ms(row.Age.P50), latency.Ms(row.Age.P95), latency.Ms(row.Age.Max))
 		}
 	}
 	var errs []string

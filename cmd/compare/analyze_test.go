@@ -8,27 +8,6 @@ import (
 	"time"
 )
 
-func TestSummarize(t *testing.T) {
-	var ds []time.Duration
-	for i := 20; i >= 1; i-- { // unsorted on purpose
-		ds = append(ds, time.Duration(i)*time.Millisecond)
-	}
-	s := Summarize(ds)
-	want := Summary{N: 20, Mean: 10500 * time.Microsecond, P50: 10 * time.Millisecond, P95: 19 * time.Millisecond, Max: 20 * time.Millisecond}
-	if s != want {
-		t.Fatalf("got %+v, want %+v", s, want)
-	}
-	if ds[0] != 20*time.Millisecond {
-		t.Fatal("Summarize reordered its input")
-	}
-	if (Summarize(nil) != Summary{}) {
-		t.Fatal("empty input")
-	}
-	if s := Summarize([]time.Duration{7}); s.P50 != 7 || s.P95 != 7 || s.Max != 7 {
-		t.Fatalf("one value: %+v", s)
-	}
-}
-
 func TestAnalyze(t *testing.T) {
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }

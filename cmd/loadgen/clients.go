@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"taskstream/cmd/internal/latency"
 )
 
 // client is one socket subscribed to the group. Its fields belong to its
@@ -206,7 +208,7 @@ type Outcome struct {
 	Gaps      int
 	Other     int // live events other than the publisher's, summed over sockets
 	LastRecv  time.Time
-	Latency   Summary
+	Latency   latency.Summary
 }
 
 // outcome summarizes the fleet; call it after Close.
@@ -227,7 +229,7 @@ func (f *fleet) outcome() Outcome {
 			o.LastRecv = c.lastRecv
 		}
 	}
-	o.Latency = Summarize(all)
+	o.Latency = latency.Summarize(all)
 	return o
 }
 

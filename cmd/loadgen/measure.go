@@ -7,37 +7,10 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 )
-
-// Summary describes a set of latencies.
-type Summary struct {
-	N                        int
-	Mean, P50, P95, P99, Max time.Duration
-}
-
-// Summarize returns the mean, nearest-rank percentiles and maximum of ds,
-// sorting ds in place.
-func Summarize(ds []time.Duration) Summary {
-	if len(ds) == 0 {
-		return Summary{}
-	}
-	slices.Sort(ds)
-	var sum float64
-	for _, d := range ds {
-		sum += float64(d)
-	}
-	return Summary{N: len(ds), Mean: time.Duration(sum / float64(len(ds))),
-		P50: percentile(ds, 50), P95: percentile(ds, 95), P99: percentile(ds, 99), Max: ds[len(ds)-1]}
-}
-
-func percentile(sorted []time.Duration, p int) time.Duration {
-	rank := (p*len(sorted) + 99) / 100
-	return sorted[max(rank, 1)-1]
-}
 
 // Memory is a process's memory at one moment.
 type Memory struct {

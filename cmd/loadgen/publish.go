@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"taskstream/cmd/internal/latency"
 	"taskstream/progress"
 )
 
@@ -13,7 +14,7 @@ import (
 type PubResult struct {
 	Start, End time.Time
 	Published  int
-	Calls      Summary // duration of each Log.Publish call
+	Calls      latency.Summary // duration of each Log.Publish call
 	Err        error
 }
 
@@ -63,6 +64,6 @@ func publish(ctx context.Context, log *progress.Log, group string, n int, rate f
 		calls = append(calls, res.End.Sub(t0))
 		res.Published++
 	}
-	res.Calls = Summarize(calls)
+	res.Calls = latency.Summarize(calls)
 	return res
 }

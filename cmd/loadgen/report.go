@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"taskstream/cmd/internal/latency"
 )
 
 // Report is the outcome of one run.
@@ -37,17 +39,6 @@ func (r *Report) DeliveredPerSec() float64 {
 
 func mib(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
 
-func ms(d time.Duration) string {
-	v := float64(d) / float64(time.Millisecond)
-	switch {
-	case v < 10:
-		return fmt.Sprintf("%.2f", v)
-	case v < 100:
-		return fmt.Sprintf("%.1f", v)
-	}
-	return fmt.Sprintf("%.0f", v)
-}
-
 // WriteMarkdown prints the report as Markdown.
 func (r *Report) WriteMarkdown(w io.Writer) {
 	fmt.Fprintf(w, "%d sockets of %d user(s) on `%s` (opened in %s); %d events of %d text bytes at %g/s; server: %s.\n\n",
@@ -61,9 +52,9 @@ func (r *Report) WriteMarkdown(w io.Writer) {
 	}
 	fmt.Fprintf(w, "| %d | %.0f | %d | %d | %d | %d | %.0f | %s | %s | %s | %s | %s |\n",
 		r.Pub.Published, r.Pub.Rate(), o.Delivered, o.Expected, o.Complete, dropped, r.DeliveredPerSec(),
-		ms(o.Latency.Mean), ms(o.Latency.P50), ms(o.Latency.P95), ms(o.Latency.P99), ms(o.Latency.Max))
+		latency.Ms(o.Latency.Mean), latency.Ms(o.Latency.P50), latency.Ms(o.Latency.P95), latency.Ms(o.Latency.P99), latency.Ms(o.Latency.Max))
 	fmt.Fprintf(w, "\nLog.Publish call: mean %s ms, p50 %s ms, p99 %s ms, max %s ms.\n",
-		ms(r.Pub.Calls.Mean), ms(r.Pub.Calls.P50), ms(r.Pub.Calls.P99), ms(r.Pub.Calls.Max))
+		latency.Ms(r.Pub.Calls.Mean), latency.Ms(r.Pub.Calls.P50), latency.Ms(r.Pub.Calls.P99), latency.Ms(r.Pub.Calls.Max))
 	if len(o.Dropped) > 0 {
 		var parts []string
 		for k, n := range o.Dropped {
