@@ -29,11 +29,20 @@ type PresenceConfig struct {
 	// Heartbeat is how often this replica refreshes its connections and
 	// sweeps expired ones (any one replica at a time). Default TTL/3.
 	Heartbeat time.Duration
+	// ListInterval is how often this replica publishes the "presence" list
+	// of rooms whose membership it changed: joins and leaves in between
+	// are coalesced into one list, so a burst of N arrivals (everyone
+	// reconnecting after a restart) costs O(N) events, not O(N²) bytes.
+	// Default 250ms.
+	ListInterval time.Duration
 	// Logger for failures that cannot be returned. Default slog.Default().
 	Logger *slog.Logger
 }
 
 func (c PresenceConfig) withDefaults() PresenceConfig {
+	if c.ListInterval <= 0 {
+		c.ListInterval = 250 * time.Millisecond
+	}
 	if c.TTL <= 0 {
 		c.TTL = 30 * time.Second
 	}
@@ -50,9 +59,9 @@ func (c PresenceConfig) withDefaults() PresenceConfig {
 // connection is an entry with an expiry in Redis, refreshed by its replica's
 // heartbeat; a user counts once however many entries they have. The first
 // entry of a user publishes "join", the last one leaving (or expiring, when
-// its replica died) publishes "leave"; both are followed by a "presence"
-// event with the whole list, so a late subscriber finds the current list in
-// the group's history.
+// its replica died) publishes "leave"; within PresenceConfig.ListInterval a
+// "presence" event with the whole list follows, so a late subscriber finds
+// the current list in the group's history.
 //
 // Redis keys share the group's hash tag, so every script touches one
 // Cluster slot. A Presence is safe for concurrent use; Shutdown removes
@@ -65,6 +74,7 @@ type Presence struct {
 
 	mu    sync.Mutex
 	local map[presenceEntry]string // entry → display name
+	dirty map[string]bool          // groups whose list must be published
 
 	// op serializes this replica's changes to Redis: without it a
 	// heartbeat holding a stale copy of an entry could re-add it right
@@ -83,9 +93,10 @@ func NewPresence(rdb redis.UniversalClient, log *Log, cfg PresenceConfig) *Prese
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &Presence{rdb: rdb, log: log, cfg: cfg.withDefaults(), replica: hex.EncodeToString(b[:]), local: map[presenceEntry]string{}, cancel: cancel}
-	p.wg.Add(1)
+	p := &Presence{rdb: rdb, log: log, cfg: cfg.withDefaults(), replica: hex.EncodeToString(b[:]), local: map[presenceEntry]string{}, dirty: map[string]bool{}, cancel: cancel}
+	p.wg.Add(2)
 	go func() { defer p.wg.Done(); p.loop(ctx) }()
+	go func() { defer p.wg.Done(); p.listLoop(ctx) }()
 	return p
 }
 
@@ -200,7 +211,8 @@ func (p *Presence) Leave(ctx context.Context, group, userID, conn string) error 
 }
 
 // Rename changes user's display name in every group they are present in,
-// publishing "rename" {"user", "old"} and a fresh "presence" list to each.
+// publishing "rename" {"user", "old"} to each, and a fresh "presence"
+// list within ListInterval.
 func (p *Presence) Rename(ctx context.Context, user Member) error {
 	p.mu.Lock()
 	for e := range p.local {
@@ -234,13 +246,7 @@ func (p *Presence) Rename(ctx context.Context, user Member) error {
 		if _, err := p.log.Publish(ctx, g, "rename", map[string]any{"user": user, "old": old}); err != nil {
 			return err
 		}
-		list, err := p.List(ctx, g)
-		if err != nil {
-			return err
-		}
-		if _, err := p.log.Publish(ctx, g, "presence", map[string][]Member{"users": list}); err != nil {
-			return err
-		}
+		p.markDirty(g)
 	}
 	return nil
 }
@@ -266,16 +272,56 @@ func (p *Presence) List(ctx context.Context, group string) ([]Member, error) {
 	return out, nil
 }
 
+// announce publishes a join or leave now; the list follows within
+// ListInterval (see publishLists).
 func (p *Presence) announce(ctx context.Context, group, name string, who Member) error {
 	if _, err := p.log.Publish(ctx, group, name, map[string]Member{"user": who}); err != nil {
 		return err
 	}
-	list, err := p.List(ctx, group)
-	if err != nil {
-		return err
+	p.markDirty(group)
+	return nil
+}
+
+func (p *Presence) markDirty(group string) {
+	p.mu.Lock()
+	p.dirty[group] = true
+	p.mu.Unlock()
+}
+
+func (p *Presence) listLoop(ctx context.Context) {
+	t := time.NewTicker(p.cfg.ListInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := p.publishLists(ctx); err != nil && ctx.Err() == nil {
+			p.cfg.Logger.Warn("publishing presence lists failed", "err", err)
+		}
 	}
-	_, err = p.log.Publish(ctx, group, "presence", map[string][]Member{"users": list})
-	return err
+}
+
+// publishLists publishes the current list of every group whose
+// membership changed since the last call.
+func (p *Presence) publishLists(ctx context.Context) error {
+	p.mu.Lock()
+	groups := p.dirty
+	p.dirty = map[string]bool{}
+	p.mu.Unlock()
+	var errs []error
+	for g := range groups {
+		list, err := p.List(ctx, g)
+		if err == nil {
+			_, err = p.log.Publish(ctx, g, "presence", map[string][]Member{"users": list})
+		}
+		if err != nil {
+			p.markDirty(g) // try again next time
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (p *Presence) loop(ctx context.Context) {
@@ -364,6 +410,9 @@ func (p *Presence) Shutdown(ctx context.Context) {
 			if err := p.Leave(ctx, e.group, e.user, e.conn); err != nil {
 				p.cfg.Logger.Warn("presence leave at shutdown failed", "group", e.group, "err", err)
 			}
+		}
+		if err := p.publishLists(ctx); err != nil {
+			p.cfg.Logger.Warn("presence lists at shutdown failed", "err", err)
 		}
 	})
 }
