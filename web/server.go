@@ -25,10 +25,12 @@ type Config struct {
 	// MaxFrameBytes bounds socket frames from clients (close 1009 beyond).
 	// Default 64 KiB.
 	MaxFrameBytes int64
-	// SendQueue is how many frames may wait for one slow socket; when it is
-	// full the socket is closed with 1013 and the client resumes from its
-	// last seq. Default 256.
-	SendQueue int
+	// SendQueue and SendQueueBytes bound what may wait for one slow
+	// socket, in frames and in bytes; beyond either the socket is closed
+	// with 1013 and the client resumes from its last seq. Defaults 1024
+	// frames and 1 MiB.
+	SendQueue      int
+	SendQueueBytes int
 	// WriteTimeout bounds writing a frame to a socket, with the frames
 	// queued behind it when it started. Default 10s.
 	WriteTimeout time.Duration
@@ -73,7 +75,10 @@ func (c Config) withDefaults() Config {
 		c.MaxFrameBytes = 64 << 10
 	}
 	if c.SendQueue <= 0 {
-		c.SendQueue = 256
+		c.SendQueue = 1024
+	}
+	if c.SendQueueBytes <= 0 {
+		c.SendQueueBytes = 1 << 20
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 10 * time.Second

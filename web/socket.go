@@ -70,7 +70,7 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 		s.writeError(w, r, apiErr(CodeForbidden, "cross-origin socket refused: Origin "+r.Header.Get("Origin")+" is not allowed"))
 		return
 	}
-	c := &conn{s: s, who: principalOf(r), id: newConnID(), send: make(chan []byte, s.cfg.SendQueue), closed: make(chan struct{}), subs: map[string]*progress.Subscription{},
+	c := &conn{s: s, who: principalOf(r), id: newConnID(), send: newSendQueue(s.cfg.SendQueue, s.cfg.SendQueueBytes), closed: make(chan struct{}), subs: map[string]*progress.Subscription{},
 		frames: rate.NewLimiter(rate.Limit(s.cfg.FrameRate), s.cfg.FrameBurst)}
 	if !s.register(c) {
 		s.writeError(w, r, apiErr(CodeUnavailable, "server is shutting down; retry shortly"))
@@ -113,7 +113,7 @@ type conn struct {
 	who  auth.Principal // the caller when the socket opened
 	id   string         // this connection, for presence
 	ws   *websocket.Conn
-	send chan []byte
+	send *sendQueue
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -147,13 +147,11 @@ func (c *conn) enqueue(frame []byte) bool {
 	if c.isClosed() {
 		return false
 	}
-	select {
-	case c.send <- frame:
-		return true
-	default:
+	if !c.send.push(frame) {
 		c.close(closeTryAgain, "send queue full: reconnect and resume from your last seq")
 		return false
 	}
+	return true
 }
 
 func (c *conn) run(ctx context.Context, initial *clientFrame) {
@@ -228,16 +226,15 @@ func (c *conn) writePump() {
 		case <-c.closed:
 			c.writeClose()
 			return
-		case frame := <-c.send:
-			// One deadline for the frame and whatever queued behind it:
-			// setting it per frame costs a syscall each under fan-out.
+		case <-c.send.ready:
+			// One deadline for the whole batch: setting it per frame costs
+			// a syscall each under fan-out.
 			_ = ws.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
-			if err := ws.WriteMessage(websocket.TextMessage, frame); err != nil {
-				c.close(closeGoingAway, "")
-				return
-			}
-			for n := len(c.send); n > 0 && !c.isClosed(); n-- {
-				if err := ws.WriteMessage(websocket.TextMessage, <-c.send); err != nil {
+			for _, frame := range c.send.take() {
+				if c.isClosed() {
+					break // the close frame goes out next, not the backlog
+				}
+				if err := ws.WriteMessage(websocket.TextMessage, frame); err != nil {
 					c.close(closeGoingAway, "")
 					return
 				}
@@ -388,10 +385,13 @@ func (s *Server) authorizeGroup(ctx context.Context, who auth.Principal, group s
 }
 
 // groupSink adapts one subscription to the connection's send queue.
+// Hub calls on one sink are serialized (the group's lock), so replayLeft
+// needs no lock of its own.
 type groupSink struct {
-	c     *conn
-	group string
-	ref   json.RawMessage
+	c          *conn
+	group      string
+	ref        json.RawMessage
+	replayLeft int // events of the last SyncInfo's replay still to come
 }
 
 func (g *groupSink) Synced(info progress.SyncInfo) bool {
@@ -399,10 +399,24 @@ func (g *groupSink) Synced(info progress.SyncInfo) bool {
 	if info.Initial {
 		ref = g.ref
 	}
+	g.replayLeft = info.Replayed
 	return g.c.enqueue(subscribedJSON(g.group, ref, info))
 }
 
-func (g *groupSink) Send(ev *progress.Event) bool { return g.c.enqueue(ev.Frame()) }
+func (g *groupSink) Send(ev *progress.Event) bool {
+	if g.replayLeft > 0 {
+		g.replayLeft--
+		if g.c.isClosed() {
+			return false
+		}
+		if !g.c.send.pushReplay(ev.Frame()) {
+			g.c.close(closeTryAgain, "send queue full: reconnect and resume from your last seq")
+			return false
+		}
+		return true
+	}
+	return g.c.enqueue(ev.Frame())
+}
 
 func (g *groupSink) Lagged() {
 	g.c.close(closeTryAgain, "too slow: reconnect and resume from your last seq")

@@ -51,7 +51,7 @@ func ParseAPI(args []string) (APIConfig, error) {
 	}
 	fs.StringVar(&c.Addr, "addr", env.str("ADDR", defAddr), "listen address (default :8080, or :$PORT when PORT is set)")
 	fs.BoolVar(&c.RunWorker, "worker", env.str("RUN_WORKER", "") == "1", "also run a worker in this process (always on in the embedded default)")
-	fs.IntVar(&c.SendQueue, "send-queue", env.int("SEND_QUEUE", 256), "frames queued per socket before a slow client is dropped with 1013")
+	fs.IntVar(&c.SendQueue, "send-queue", env.int("SEND_QUEUE", 1024), "frames queued per socket (at most 1 MiB) before a slow client is dropped with 1013")
 	fs.StringVar(&c.SessionSecret, "session-secret", env.str("SESSION_SECRET", ""), "secret (32+ bytes) that signs session cookies; the same on every replica (default: random, sessions end on restart)")
 	fs.BoolVar(&c.SecureCookies, "secure-cookies", env.str("SECURE_COOKIES", "") == "1", "mark session cookies Secure even on plain HTTP (behind a TLS proxy)")
 	c.AdminTokens = env.strings("ADMIN_TOKENS")
