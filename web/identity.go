@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -78,12 +79,43 @@ func (s *Server) setSessionCookie(w http.ResponseWriter, r *http.Request, value 
 	})
 }
 
-func clientIP(r *http.Request) string {
+// clientIP is the address per-IP limits count against: the peer, or,
+// when the peer is a trusted proxy, the nearest address in
+// X-Forwarded-For that is not one (the header's earlier entries are
+// whatever the client claimed, so they are never trusted).
+func (s *Server) clientIP(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
-		return r.RemoteAddr
+		host = r.RemoteAddr
+	}
+	if !s.trusted(host) {
+		return host
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		hop := strings.TrimSpace(hops[i])
+		if hop == "" {
+			continue
+		}
+		if !s.trusted(hop) {
+			return hop
+		}
+		host = hop
 	}
 	return host
+}
+
+func (s *Server) trusted(ip string) bool {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	for _, p := range s.cfg.TrustedProxies {
+		if p.Contains(addr.Unmap()) {
+			return true
+		}
+	}
+	return false
 }
 
 // authError maps auth's errors onto protocol codes.
@@ -114,7 +146,7 @@ func (s *Server) handleRequestCode(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if err := s.auth.RequestCode(r.Context(), req.Email, clientIP(r)); err != nil {
+	if err := s.auth.RequestCode(r.Context(), req.Email, s.clientIP(r)); err != nil {
 		s.writeError(w, r, authError(err))
 		return
 	}
@@ -131,7 +163,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	from := principalOf(r)
-	p, cookie, err := s.auth.Login(r.Context(), req.Email, req.Code, clientIP(r), from)
+	p, cookie, err := s.auth.Login(r.Context(), req.Email, req.Code, s.clientIP(r), from)
 	if err != nil {
 		s.writeError(w, r, authError(err))
 		return

@@ -3,6 +3,8 @@ package web
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -510,4 +512,29 @@ func TestChatRename(t *testing.T) {
 			t.Fatalf("message after rename: %v", got)
 		}
 	})
+}
+
+func TestClientIP(t *testing.T) {
+	s := &Server{cfg: Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}
+	cases := []struct {
+		name, remote, xff, want string
+	}{
+		{"no proxy", "203.0.113.9:5000", "", "203.0.113.9"},
+		{"untrusted peer's header is ignored", "203.0.113.9:5000", "198.51.100.1", "203.0.113.9"},
+		{"trusted proxy", "10.0.0.2:80", "198.51.100.1", "198.51.100.1"},
+		{"spoofed entries before the proxy's are skipped", "10.0.0.2:80", "1.2.3.4, 198.51.100.1", "198.51.100.1"},
+		{"chain of trusted proxies", "10.0.0.2:80", "198.51.100.1, 10.0.0.7", "198.51.100.1"},
+		{"only proxies", "10.0.0.2:80", "10.0.0.7", "10.0.0.7"},
+		{"garbage hop", "10.0.0.2:80", "not-an-ip", "not-an-ip"},
+	}
+	for _, tc := range cases {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = tc.remote
+		if tc.xff != "" {
+			r.Header.Set("X-Forwarded-For", tc.xff)
+		}
+		if got := s.clientIP(r); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -40,6 +41,10 @@ type Config struct {
 	// AllowedOrigins lists extra browser origins ("https://app.example.com")
 	// allowed to open sockets, besides the server's own. "*" allows any.
 	AllowedOrigins []string
+	// TrustedProxies are the networks of reverse proxies whose
+	// X-Forwarded-For is believed when counting per-IP limits (sign-in).
+	// Default none: the peer address counts.
+	TrustedProxies []netip.Prefix
 	// SSEHeartbeat is how often an idle SSE stream gets a comment line, so
 	// proxies and browsers keep it open. Default 15s.
 	SSEHeartbeat time.Duration

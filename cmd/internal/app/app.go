@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"time"
 
@@ -36,6 +37,7 @@ type APIConfig struct {
 	ChatBurst      int
 	PresenceTTL    time.Duration
 	SMTP           auth.SMTPMailer
+	TrustedProxies []netip.Prefix
 }
 
 // ParseAPI reads the API's configuration from args and the environment.
@@ -64,6 +66,13 @@ func ParseAPI(args []string) (APIConfig, error) {
 	c.SMTP.Password = env.str("SMTP_PASSWORD", "") // env only: flags show up in ps
 	fs.StringVar(&c.SMTP.From, "smtp-from", env.str("SMTP_FROM", "taskstream@localhost"), "From address of sign-in mails")
 	fs.StringVar(&c.SMTP.TLS, "smtp-tls", env.str("SMTP_TLS", "starttls"), "starttls (when offered), tls (implicit, port 465) or none")
+	for _, cidr := range env.strings("TRUSTED_PROXIES") {
+		p, err := netip.ParsePrefix(cidr)
+		if err != nil {
+			return c, fmt.Errorf("TRUSTED_PROXIES: %q is not a network like 10.0.0.0/8: %w", cidr, err)
+		}
+		c.TrustedProxies = append(c.TrustedProxies, p)
+	}
 	origins := env.strings("ALLOWED_ORIGINS")
 	fs.Func("allowed-origin", "extra browser origin allowed for sockets and writes (repeatable; env ALLOWED_ORIGINS, comma-separated)", func(s string) error {
 		origins = append(origins, s)
@@ -227,7 +236,7 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	presence := progress.NewPresence(core.Redis, core.Log, progress.PresenceConfig{TTL: c.PresenceTTL, Logger: logger})
 	srv := web.New(web.Deps{Jobs: core.Jobs, Hub: hub, Log: core.Log, Auth: store, Presence: presence}, web.Config{
 		AllowedOrigins: c.AllowedOrigins, SendQueue: c.SendQueue, SecureCookies: c.SecureCookies,
-		ChatRate: c.ChatRate, ChatBurst: c.ChatBurst, Logger: logger,
+		ChatRate: c.ChatRate, ChatBurst: c.ChatBurst, TrustedProxies: c.TrustedProxies, Logger: logger,
 	})
 	ln, err := net.Listen("tcp", c.Addr)
 	if err != nil {

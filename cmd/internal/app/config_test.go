@@ -54,11 +54,17 @@ func TestParseAPI(t *testing.T) {
 		{name: "short secret", env: map[string]string{"SESSION_SECRET": "short"}, wantErr: "SESSION_SECRET"},
 		{name: "bad smtp tls", env: map[string]string{"SMTP_TLS": "maybe"}, wantErr: "SMTP_TLS"},
 		{name: "unknown flag", args: []string{"-nope"}, wantErr: "nope"},
+		{name: "bad trusted proxy", env: map[string]string{"TRUSTED_PROXIES": "10.0.0.1"}, wantErr: "TRUSTED_PROXIES"},
+		{name: "trusted proxies", env: map[string]string{"TRUSTED_PROXIES": "10.0.0.0/8,fd00::/8"}, check: func(t *testing.T, c APIConfig) {
+			if len(c.TrustedProxies) != 2 || c.TrustedProxies[0].String() != "10.0.0.0/8" {
+				t.Fatalf("%v", c.TrustedProxies)
+			}
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, k := range []string{"PORT", "ADDR", "REDIS_URL", "ALLOWED_ORIGINS", "ADMIN_TOKENS", "RUN_WORKER", "HISTORY_TTL", "HISTORY",
-				"WORKER_CONCURRENCY", "SESSION_SECRET", "SMTP_TLS"} {
+				"WORKER_CONCURRENCY", "SESSION_SECRET", "SMTP_TLS", "TRUSTED_PROXIES"} {
 				t.Setenv(k, "")
 			}
 			for k, v := range tc.env {
