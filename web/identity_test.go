@@ -538,3 +538,20 @@ func TestClientIP(t *testing.T) {
 		}
 	}
 }
+
+// A guest whose cookie never comes back (a script without a cookie jar)
+// is gone after a day; one that comes back keeps the full session TTL.
+func TestUnusedGuestsExpire(t *testing.T) {
+	e := newEnv(t, progresstest.Embedded(t), withoutWorker())
+	returning := e.newBrowser()
+	id := e.me(returning)                    // creates the guest
+	e.doAs(returning, "GET", "/api/me", nil) // the cookie comes back
+	oneShot := e.me(&http.Client{})          // no jar: never comes back
+	e.redis.Miniredis().FastForward(25 * time.Hour)
+	if got := e.me(returning); got != id {
+		t.Fatalf("the returning guest became %s, want %s", got, id)
+	}
+	if _, err := e.auth.User(t.Context(), oneShot); err == nil {
+		t.Fatal("a guest whose cookie never came back is still stored after a day")
+	}
+}

@@ -54,6 +54,11 @@ type Config struct {
 	Secret []byte
 	// SessionTTL is how long an unused session lives. Default 30 days.
 	SessionTTL time.Duration
+	// NewGuestTTL is how long a new guest (user and session) lives until
+	// its cookie comes back; from then on SessionTTL applies. Clients that
+	// keep no cookies (scripts, crawlers) make a guest per request, and
+	// this bounds how long those linger. Default 24 hours.
+	NewGuestTTL time.Duration
 	// CodeTTL is how long a sign-in code is valid. Default 10 minutes.
 	CodeTTL time.Duration
 	// CodeAttempts is how many wrong codes end a code. Default 5.
@@ -77,6 +82,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SessionTTL <= 0 {
 		c.SessionTTL = 30 * 24 * time.Hour
+	}
+	if c.NewGuestTTL <= 0 {
+		c.NewGuestTTL = min(24*time.Hour, c.SessionTTL)
 	}
 	if c.CodeTTL <= 0 {
 		c.CodeTTL = 10 * time.Minute
@@ -231,15 +239,15 @@ func (s *Store) verify(cookie string) (string, bool) {
 func (s *Store) NewGuest(ctx context.Context) (Principal, string, error) {
 	u := User{ID: "g" + randomID(12), Guest: true}
 	u.Name = "guest-" + u.ID[1:6]
-	if err := s.saveUser(ctx, u, s.cfg.SessionTTL); err != nil {
+	if err := s.saveUser(ctx, u, s.cfg.NewGuestTTL); err != nil {
 		return Principal{}, "", err
 	}
-	return s.newSession(ctx, u)
+	return s.newSession(ctx, u, s.cfg.NewGuestTTL)
 }
 
-func (s *Store) newSession(ctx context.Context, u User) (Principal, string, error) {
+func (s *Store) newSession(ctx context.Context, u User, ttl time.Duration) (Principal, string, error) {
 	sid := randomID(24)
-	if err := s.rdb.Set(ctx, s.key("session", sid), u.ID, s.cfg.SessionTTL).Err(); err != nil {
+	if err := s.rdb.Set(ctx, s.key("session", sid), u.ID, ttl).Err(); err != nil {
 		return Principal{}, "", fmt.Errorf("auth: create session: %w", err)
 	}
 	return Principal{User: u, SessionID: sid}, s.sign(sid), nil
@@ -391,7 +399,7 @@ func (s *Store) Login(ctx context.Context, email, code, ip string, from Principa
 			s.cfg.Logger.Warn("ending the guest session after sign-in failed", "err", err)
 		}
 	}
-	return s.newSession(ctx, u)
+	return s.newSession(ctx, u, s.cfg.SessionTTL)
 }
 
 func (s *Store) userByEmail(ctx context.Context, email string, from Principal) (User, error) {
