@@ -11,12 +11,9 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
-	"time"
 	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
-	"golang.org/x/time/rate"
 
 	"taskstream/progress"
 	"taskstream/web/auth"
@@ -59,7 +56,11 @@ func (s *Server) publish(ctx context.Context, who auth.Principal, group string, 
 	case n > maxChatRunes:
 		return apiErr(CodeBadRequest, "a message is at most 2000 characters")
 	}
-	if wait := s.chat.reserve(who.User.ID); wait > 0 {
+	wait, err := s.auth.Allow(ctx, "chat:"+who.User.ID, s.cfg.ChatRate, s.cfg.ChatBurst)
+	if err != nil {
+		return err
+	}
+	if wait > 0 {
 		return &APIError{Code: CodeRateLimited, Message: "slow down: too many messages", RetryAfter: int(math.Ceil(wait.Seconds()))}
 	}
 	author, err := s.currentMember(ctx, who)
@@ -113,60 +114,4 @@ func (s *Server) handleChatPage(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Cache-Control", "no-cache")
 	http.ServeFileFS(w, r, assets, "static/chat.html")
-}
-
-// limiters keeps one token bucket per user, forgetting idle ones.
-type limiters struct {
-	mu    sync.Mutex
-	r     rate.Limit
-	burst int
-	m     map[string]*limiterEntry
-}
-
-type limiterEntry struct {
-	l    *rate.Limiter
-	seen time.Time
-}
-
-func newLimiters(perSecond float64, burst int) *limiters {
-	return &limiters{r: rate.Limit(perSecond), burst: burst, m: map[string]*limiterEntry{}}
-}
-
-// reserve takes a token for key, or returns how long until one is free.
-func (l *limiters) reserve(key string) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	e := l.m[key]
-	if e == nil {
-		e = &limiterEntry{l: rate.NewLimiter(l.r, l.burst)}
-		l.m[key] = e
-	}
-	now := time.Now()
-	e.seen = now
-	res := e.l.ReserveN(now, 1)
-	if d := res.DelayFrom(now); d > 0 {
-		res.CancelAt(now)
-		return d
-	}
-	return 0
-}
-
-// sweep forgets buckets idle long enough to be full again.
-func (l *limiters) sweep(ctx context.Context) {
-	t := time.NewTicker(time.Minute)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			l.mu.Lock()
-			for k, e := range l.m {
-				if now.Sub(e.seen) > time.Minute {
-					delete(l.m, k)
-				}
-			}
-			l.mu.Unlock()
-		}
-	}
 }

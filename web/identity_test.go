@@ -1,10 +1,12 @@
 package web
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -347,7 +349,11 @@ func TestChatRoom(t *testing.T) {
 }
 
 func TestChatRateLimit(t *testing.T) {
-	e := newEnv(t, progresstest.Embedded(t), withoutWorker(), withWebConfig(Config{ChatRate: 0.01, ChatBurst: 3}))
+	progresstest.ForEach(t, testChatRateLimit)
+}
+
+func testChatRateLimit(t *testing.T, srv *progresstest.Server) {
+	e := newEnv(t, srv, withoutWorker(), withWebConfig(Config{ChatRate: 0.01, ChatBurst: 3}))
 	for i := range 3 {
 		if status, body, _ := e.do("POST", "/api/groups/chat%3Afast/messages", map[string]string{"text": "m"}); status != http.StatusAccepted {
 			t.Fatalf("message %d within the burst: %d %v", i, status, body)
@@ -366,6 +372,33 @@ func TestChatRateLimit(t *testing.T) {
 	if status, _, _ := e.doAs(e.newBrowser(), "POST", "/api/groups/chat%3Afast/messages", map[string]string{"text": "m"}); status != http.StatusAccepted {
 		t.Fatalf("another user: %d", status)
 	}
+	// The limit is the user's, not the replica's: a second API server on
+	// the same Redis refuses the same user too.
+	other := New(Deps{Jobs: e.jobs, Hub: e.hub, Log: e.log, Auth: e.auth, Presence: e.pres}, Config{ChatRate: 0.01, ChatBurst: 3})
+	t.Cleanup(func() { _ = other.Shutdown(context.Background()) })
+	replica := httptest.NewServer(other)
+	t.Cleanup(replica.Close)
+	req, _ := http.NewRequest("POST", replica.URL+"/api/groups/chat%3Afast/messages", strings.NewReader(`{"text":"m"}`))
+	req.Header.Set("Content-Type", "application/json")
+	for _, c := range e.client.Jar.Cookies(mustURL(t, e.http.URL)) {
+		req.AddCookie(c)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("the same user on another replica: %d, want 429", res.StatusCode)
+	}
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }
 
 // presenceOf decodes a presence event's user names.

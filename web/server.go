@@ -60,8 +60,8 @@ type Config struct {
 	// requests (behind a TLS-terminating proxy). Default false; requests
 	// that arrive over TLS always get Secure cookies.
 	SecureCookies bool
-	// ChatRate and ChatBurst limit chat messages per user and replica.
-	// Defaults 5 per second, burst 10.
+	// ChatRate and ChatBurst limit chat messages per user, across all
+	// replicas. Defaults 5 per second, burst 10.
 	ChatRate  float64
 	ChatBurst int
 	// CredentialRecheck is how often open sockets recheck that their
@@ -137,7 +137,6 @@ type Server struct {
 	pres   *progress.Presence
 	logger *slog.Logger
 	router chi.Router
-	chat   *limiters
 
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
@@ -156,14 +155,13 @@ func New(d Deps, cfg Config) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{
 		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, logger: cfg.Logger,
-		conns: map[*conn]struct{}{}, stopCh: make(chan struct{}), chat: newLimiters(cfg.ChatRate, cfg.ChatBurst),
+		conns: map[*conn]struct{}{}, stopCh: make(chan struct{}),
 	}
 	s.router = s.routes()
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
-	s.bg.Add(2)
+	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.watchRevocations(ctx, cfg.CredentialRecheck) }()
-	go func() { defer s.bg.Done(); s.chat.sweep(ctx) }()
 	return s
 }
 

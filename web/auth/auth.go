@@ -1,8 +1,9 @@
 // Package auth owns who is who in taskstream: users (guests and signed-in),
 // browser sessions in signed cookies, one-time sign-in codes sent by mail,
-// bearer tokens for programs, admin tokens, and the revocation signal that
+// bearer tokens for programs, admin tokens, the revocation signal that
 // lets every API replica close the sockets of a session or token that
-// ended. Everything lives in Redis, so any replica can serve any request.
+// ended, and the per-user rate limits. Everything lives in Redis, so any
+// replica can serve any request and limits hold across replicas.
 package auth
 
 import (
@@ -547,4 +548,35 @@ func (s *Store) Valid(ctx context.Context, p Principal) (bool, error) {
 		return n, err
 	}
 	return false, nil
+}
+
+// --- rate limits shared by all replicas ---
+
+// gcraScript is a generic cell rate limiter: one key per caller holding the
+// theoretical arrival time. It returns 0 when the request may go ahead,
+// or the milliseconds to wait.
+var gcraScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + interval
+local wait = new_tat - now - burst * interval
+if wait > 0 then return math.ceil(wait) end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(burst * interval) + 1000)
+return 0
+`)
+
+// Allow takes one request of key from a token bucket of perSecond with
+// burst, kept in Redis so every replica shares it. It returns 0 when the
+// request may go ahead, or how long to wait.
+func (s *Store) Allow(ctx context.Context, key string, perSecond float64, burst int) (time.Duration, error) {
+	interval := 1000 / perSecond
+	wait, err := gcraScript.Run(ctx, s.rdb, []string{s.key("bucket", key)},
+		time.Now().UnixMilli(), interval, burst).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("auth: rate limit %s: %w", key, err)
+	}
+	return time.Duration(wait) * time.Millisecond, nil
 }
