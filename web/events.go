@@ -148,7 +148,15 @@ func (b *bufferSink) push(it streamItem) bool {
 
 func (b *bufferSink) Synced(info progress.SyncInfo) bool { return b.push(streamItem{info: &info}) }
 func (b *bufferSink) Send(ev *progress.Event) bool       { return b.push(streamItem{ev: ev}) }
-func (b *bufferSink) Lagged()                            { b.push(streamItem{}) }
+func (b *bufferSink) Lagged() {
+	b.mu.Lock()
+	b.lagged = true
+	b.mu.Unlock()
+	select {
+	case b.notify <- struct{}{}:
+	default:
+	}
+}
 
 // take returns what has queued up, and whether the sink overflowed.
 func (b *bufferSink) take() ([]streamItem, bool) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"taskstream/progress"
 	"taskstream/progress/progresstest"
 )
 
@@ -218,4 +219,16 @@ func TestSSEHeartbeat(t *testing.T) {
 		}
 	}
 	t.Fatalf("no heartbeat before the stream ended: %v", sc.Err())
+}
+
+// A lagged stream sink reports it and queues no empty item (which the SSE
+// and long-poll loops would dereference).
+func TestBufferSinkLagged(t *testing.T) {
+	b := newBufferSink(10)
+	b.Send(&progress.Event{Seq: 1})
+	b.Lagged()
+	items, lagged := b.take()
+	if !lagged || len(items) != 1 || items[0].ev == nil {
+		t.Fatalf("items %+v lagged %v", items, lagged)
+	}
 }

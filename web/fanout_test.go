@@ -290,3 +290,37 @@ func TestShutdownClosesSocketsWithGoingAway(t *testing.T) {
 		t.Fatalf("socket during shutdown: %d %v", status, body)
 	}
 }
+
+// A socket whose writes time out is dropped even while its client keeps
+// sending frames: the server reads nothing more from it.
+func TestStuckWriterEndsConnection(t *testing.T) {
+	e := newEnv(t, progresstest.Embedded(t), withoutWorker(), withWebConfig(Config{WriteTimeout: 200 * time.Millisecond, SendQueue: 100000, SendQueueBytes: 1 << 30}))
+	browser, group := e.privateGroup()
+	c := e.dialAs(browser)
+	c.send(map[string]any{"op": "subscribe", "group": group})
+	if f := c.read(); f.Type != "subscribed" {
+		t.Fatalf("got %+v", f)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // a client that talks but never reads
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				if c.conn.WriteJSON(map[string]any{"op": "ping"}) != nil {
+					return
+				}
+			}
+		}
+	}()
+	// More than the kernel's socket buffers hold, so the writer stalls.
+	payload := map[string]string{"text": strings.Repeat("x", 64<<10)}
+	for range 300 {
+		if _, err := e.log.Publish(context.Background(), group, "message", payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the stuck socket to be dropped", func() bool { return e.web.ConnCount() == 0 })
+}

@@ -188,6 +188,11 @@ func (c *conn) readPump(ctx context.Context) {
 			}
 			return
 		}
+		if c.isClosed() {
+			// Closed by us (slow, revoked, shutting down): read nothing more,
+			// or a client that keeps talking would keep the socket alive.
+			return
+		}
 		alive()
 		if !c.frames.Allow() {
 			// A flood: answer cheaply and drop the frame, so one client
@@ -235,17 +240,24 @@ func (c *conn) writePump() {
 					break // the close frame goes out next, not the backlog
 				}
 				if err := ws.WriteMessage(websocket.TextMessage, frame); err != nil {
-					c.close(closeGoingAway, "")
+					c.abort()
 					return
 				}
 			}
 		case <-ping.C:
 			if err := ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.s.cfg.WriteTimeout)); err != nil {
-				c.close(closeGoingAway, "")
+				c.abort()
 				return
 			}
 		}
 	}
+}
+
+// abort ends a connection whose writes fail: no close frame can get
+// through, so the TCP connection is closed, which also ends the read pump.
+func (c *conn) abort() {
+	c.close(closeGoingAway, "")
+	_ = c.ws.NetConn().Close()
 }
 
 // writeClose sends the close frame and gives the client closeWait to
