@@ -172,6 +172,8 @@ func (b *bufferSink) take() ([]streamItem, bool) {
 func (s *Server) stopping() <-chan struct{} { return s.stopCh }
 
 func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, group string, q eventsQuery) {
+	ctx, done := s.trackStream(r)
+	defer done()
 	rc := http.NewResponseController(w)
 	sink := newBufferSink(streamBuffer)
 	sub, err := s.hub.Subscribe(group, q.after, q.epoch, sink)
@@ -200,7 +202,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, group string, 
 	defer heartbeat.Stop()
 	for {
 		select {
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			return
 		case <-s.stopping():
 			return
@@ -239,6 +241,8 @@ type longPollAnswer struct {
 }
 
 func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group string, q eventsQuery) {
+	ctx, done := s.trackStream(r)
+	defer done()
 	sink := newBufferSink(streamBuffer)
 	sub, err := s.hub.Subscribe(group, q.after, q.epoch, sink)
 	if err != nil {
@@ -256,7 +260,10 @@ func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group str
 	synced, waited := false, false
 	for {
 		select {
-		case <-r.Context().Done():
+		case <-ctx.Done():
+			if r.Context().Err() == nil { // revoked, not gone
+				s.writeError(w, r, apiErr(CodeUnauthenticated, "the session or token ended"))
+			}
 			return
 		case <-s.stopping():
 			s.writeError(w, r, apiErr(CodeUnavailable, "server is shutting down; poll again"))

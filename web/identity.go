@@ -286,11 +286,63 @@ func (s *Server) handleNotify(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, map[string]any{"group": group, "seq": ev.Seq})
 }
 
-// watchRevocations closes, on this replica, the sockets of every session
-// or token that ends anywhere, and rechecks all sockets' credentials every
-// recheck interval in case a revocation message was missed.
+// revocable is a live client of this replica tied to a credential: a
+// socket, or an SSE or long-poll stream.
+type revocable interface {
+	principal() auth.Principal
+	revoke() // end it: the session or token it uses is gone
+}
+
+func (c *conn) principal() auth.Principal { return c.who }
+func (c *conn) revoke()                   { c.close(closePolicy, "signed out") }
+
+// stream is an SSE or long-poll request in flight.
+type stream struct {
+	who    auth.Principal
+	cancel context.CancelFunc
+}
+
+func (st *stream) principal() auth.Principal { return st.who }
+func (st *stream) revoke()                   { st.cancel() }
+
+// trackStream registers a streaming request so a revocation can end it;
+// the returned context ends with the request or the revocation, and done
+// unregisters it.
+func (s *Server) trackStream(r *http.Request) (ctx context.Context, done func()) {
+	ctx, cancel := context.WithCancel(r.Context())
+	st := &stream{who: principalOf(r), cancel: cancel}
+	s.mu.Lock()
+	s.streams[st] = struct{}{}
+	s.mu.Unlock()
+	return ctx, func() {
+		s.mu.Lock()
+		delete(s.streams, st)
+		s.mu.Unlock()
+		cancel()
+	}
+}
+
+// revocables returns this replica's live clients.
+func (s *Server) revocables() []revocable {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]revocable, 0, len(s.conns)+len(s.streams))
+	for c := range s.conns {
+		out = append(out, c)
+	}
+	for st := range s.streams {
+		out = append(out, st)
+	}
+	return out
+}
+
+// watchRevocations ends, on this replica, the sockets and streams of every
+// session or token that ends anywhere, and rechecks all of their
+// credentials every recheck interval in case a revocation message was
+// missed.
 func (s *Server) watchRevocations(ctx context.Context, recheck time.Duration) {
-	go s.auth.WatchRevocations(ctx, s.closeCredential)
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.auth.WatchRevocations(ctx, s.closeCredential) }()
 	t := time.NewTicker(recheck)
 	defer t.Stop()
 	for {
@@ -299,30 +351,18 @@ func (s *Server) watchRevocations(ctx context.Context, recheck time.Duration) {
 			return
 		case <-t.C:
 		}
-		s.mu.Lock()
-		conns := make([]*conn, 0, len(s.conns))
-		for c := range s.conns {
-			conns = append(conns, c)
-		}
-		s.mu.Unlock()
-		for _, c := range conns {
-			if ok, err := s.auth.Valid(ctx, c.who); err == nil && !ok {
-				c.close(closePolicy, "signed out")
+		for _, c := range s.revocables() {
+			if ok, err := s.auth.Valid(ctx, c.principal()); err == nil && !ok {
+				c.revoke()
 			}
 		}
 	}
 }
 
 func (s *Server) closeCredential(credential string) {
-	s.mu.Lock()
-	var doomed []*conn
-	for c := range s.conns {
-		if c.who.Credential() == credential {
-			doomed = append(doomed, c)
+	for _, c := range s.revocables() {
+		if c.principal().Credential() == credential {
+			c.revoke()
 		}
-	}
-	s.mu.Unlock()
-	for _, c := range doomed {
-		c.close(closePolicy, "signed out")
 	}
 }

@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -586,5 +587,36 @@ func TestUnusedGuestsExpire(t *testing.T) {
 	}
 	if _, err := e.auth.User(t.Context(), oneShot); err == nil {
 		t.Fatal("a guest whose cookie never came back is still stored after a day")
+	}
+}
+
+// Revoking a token ends its SSE stream too, not only its sockets.
+func TestRevokedTokenEndsSSE(t *testing.T) {
+	e, smtp := smtpEnv(t, progresstest.Embedded(t), withoutWorker())
+	user := e.signIn(e.client, smtp, "sse@example.com")
+	_, tok, _ := e.do("POST", "/api/tokens", nil)
+	req, _ := http.NewRequest("GET", e.http.URL+"/api/groups/user%3A"+user["id"].(string)+"/events", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Authorization", "Bearer "+tok["token"].(string))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := http.DefaultClient.Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	ended := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, res.Body); ended <- err }()
+	eventually(t, "the stream to subscribe", func() bool { return e.hub.Stats().Subscribers == 1 })
+	if status, _, _ := e.do("DELETE", "/api/tokens/"+tok["id"].(string), nil); status != http.StatusNoContent {
+		t.Fatalf("revoke: %d", status)
+	}
+	select {
+	case err := <-ended:
+		if err != nil {
+			t.Fatalf("the stream ended with %v, want a clean end", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the revoked token's SSE stream is still open")
 	}
 }

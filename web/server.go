@@ -143,6 +143,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
+	streams  map[*stream]struct{} // SSE and long-poll requests in flight
 	closing  bool
 	stopCh   chan struct{} // closed by Shutdown: ends SSE and long-poll requests
 	connsWG  sync.WaitGroup
@@ -155,7 +156,7 @@ func New(d Deps, cfg Config) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{
 		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, logger: cfg.Logger,
-		conns: map[*conn]struct{}{}, stopCh: make(chan struct{}),
+		conns: map[*conn]struct{}{}, streams: map[*stream]struct{}{}, stopCh: make(chan struct{}),
 	}
 	s.router = s.routes()
 	ctx, cancel := context.WithCancel(context.Background())
