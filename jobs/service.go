@@ -139,6 +139,8 @@ func (s *Service) Submit(ctx context.Context, owner, typ string, params json.Raw
 	// The pending event comes first so the group's epoch exists before any
 	// watcher subscribes, and it precedes the worker's "active".
 	if _, err := s.log.Publish(ctx, Group(rec.ID), "state", stateEvent{State: StatePending}); err != nil {
+		// Never enqueued: end the record rather than leave it pending.
+		s.finish(context.WithoutCancel(ctx), rec.ID, StateFailed, nil, "could not record the job's first event")
 		return nil, err
 	}
 	task := asynq.NewTask(t.Name, norm,
@@ -291,8 +293,9 @@ func (s *Service) Cancel(ctx context.Context, id string) (*Job, error) {
 	}
 	switch err := s.insp.DeleteTask(rec.Queue, id); {
 	case err == nil, errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound):
-		// Not queued any more (or never): nobody else will end it.
-		s.finish(ctx, id, StateCanceled, nil, "")
+		// Not queued any more (or never): nobody else will end it, so the
+		// end must be recorded even if the caller has gone away.
+		s.finish(context.WithoutCancel(ctx), id, StateCanceled, nil, "")
 	default:
 		// Active: the worker saw the signal (or sees the flag when it
 		// polls) and ends the job itself.
