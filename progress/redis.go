@@ -2,6 +2,7 @@ package progress
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -24,19 +25,19 @@ func OpenRedis(ctx context.Context, url, mode string) (redis.UniversalClient, er
 	case "", ModeSingle:
 		opt, err := redis.ParseURL(url)
 		if err != nil {
-			return nil, fmt.Errorf("progress: REDIS_URL: %w", err)
+			return nil, fmt.Errorf("progress: REDIS_URL %s: %w", redactURL(url), redactErr(err, url))
 		}
 		rdb = redis.NewClient(opt)
 	case ModeSentinel:
 		opt, err := redis.ParseFailoverURL(url)
 		if err != nil {
-			return nil, fmt.Errorf("progress: REDIS_URL (sentinel): %w", err)
+			return nil, fmt.Errorf("progress: REDIS_URL (sentinel) %s: %w", redactURL(url), redactErr(err, url))
 		}
 		rdb = redis.NewFailoverClient(opt)
 	case ModeCluster:
 		opt, err := redis.ParseClusterURL(url)
 		if err != nil {
-			return nil, fmt.Errorf("progress: REDIS_URL (cluster): %w", err)
+			return nil, fmt.Errorf("progress: REDIS_URL (cluster) %s: %w", redactURL(url), redactErr(err, url))
 		}
 		rdb = redis.NewClusterClient(opt)
 	default:
@@ -49,6 +50,16 @@ func OpenRedis(ctx context.Context, url, mode string) (redis.UniversalClient, er
 		return nil, fmt.Errorf("progress: redis at %s does not answer: %w", redactURL(url), err)
 	}
 	return rdb, nil
+}
+
+// redactErr rewrites an error that quotes the URL, which go-redis's
+// parse errors do, so the password does not reach a log.
+func redactErr(err error, url string) error {
+	msg := err.Error()
+	if !strings.Contains(msg, url) {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(msg, url, redactURL(url)))
 }
 
 // redactURL hides a password in a Redis URL before it reaches a log.

@@ -45,6 +45,8 @@ func TestOpenRedis(t *testing.T) {
 		{"not a url", "localhost:6379", ""},
 		{"unknown mode", srv.URL(), "galaxy"},
 		{"nobody there", "redis://:s3cret@127.0.0.1:1", ""},
+		{"malformed with a password", "redis://user:s3cret@host:port", ""},
+		{"malformed sentinel with a password", "redis://user:s3cret@host:port", ModeSentinel},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {

@@ -56,12 +56,8 @@ func (s *Server) publish(ctx context.Context, who auth.Principal, group string, 
 	case n > maxChatRunes:
 		return apiErr(CodeBadRequest, "a message is at most 2000 characters")
 	}
-	wait, err := s.auth.Allow(ctx, "chat:"+who.User.ID, s.cfg.ChatRate, s.cfg.ChatBurst)
-	if err != nil {
+	if err := s.limit(ctx, "chat:"+who.User.ID, s.cfg.ChatRate, s.cfg.ChatBurst, "slow down: too many messages"); err != nil {
 		return err
-	}
-	if wait > 0 {
-		return &APIError{Code: CodeRateLimited, Message: "slow down: too many messages", RetryAfter: int(math.Ceil(wait.Seconds()))}
 	}
 	author, err := s.currentMember(ctx, who)
 	if err != nil {
@@ -72,6 +68,19 @@ func (s *Server) publish(ctx context.Context, who auth.Principal, group string, 
 	msg := chatMessage{ID: hex.EncodeToString(id[:]), User: author, Text: text}
 	_, err = s.log.Publish(ctx, group, "message", msg)
 	return err
+}
+
+// limit takes one request from key's bucket (shared by all replicas) or
+// returns a rate_limited error that says when to retry.
+func (s *Server) limit(ctx context.Context, key string, perSecond float64, burst int, msg string) error {
+	wait, err := s.auth.Allow(ctx, key, perSecond, burst)
+	if err != nil {
+		return err
+	}
+	if wait > 0 {
+		return &APIError{Code: CodeRateLimited, Message: msg, RetryAfter: int(math.Ceil(wait.Seconds()))}
+	}
+	return nil
 }
 
 // currentMember is who as chat shows them, with their current name: a

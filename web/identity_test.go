@@ -139,6 +139,25 @@ func TestSignInLimits(t *testing.T) {
 	if status, body, _ := e.do("POST", "/api/auth/code", map[string]string{"email": "not an email"}); status != 400 || errCode(body) != CodeBadRequest {
 		t.Fatalf("bad email: %d %v", status, body)
 	}
+	// Wrong guesses per email are limited across codes: after 20 in an
+	// hour even the right code is refused, with a time to retry.
+	e.redis.Miniredis().FastForward(time.Hour) // fresh windows
+	for range 4 {
+		e.do("POST", "/api/auth/code", map[string]string{"email": "dee@example.com"})
+		code := authtest.Code(t, smtp.Next(t))
+		wrong := "000000"
+		if code == wrong {
+			wrong = "111111"
+		}
+		for range 5 {
+			e.do("POST", "/api/auth/login", map[string]string{"email": "dee@example.com", "code": wrong})
+		}
+	}
+	e.do("POST", "/api/auth/code", map[string]string{"email": "dee@example.com"})
+	code = authtest.Code(t, smtp.Next(t))
+	if status, body, header := e.do("POST", "/api/auth/login", map[string]string{"email": "dee@example.com", "code": code}); status != http.StatusTooManyRequests || header.Get("Retry-After") == "" {
+		t.Fatalf("the right code after 20 wrong guesses: %d %v", status, body)
+	}
 }
 
 // Tokens work on HTTP and the socket; a revoked one stops working at once
@@ -618,5 +637,22 @@ func TestRevokedTokenEndsSSE(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("the revoked token's SSE stream is still open")
+	}
+}
+
+func TestJobSubmitRateLimit(t *testing.T) {
+	e := newEnv(t, progresstest.Embedded(t), withoutWorker(), withWebConfig(Config{JobRate: 0.01, JobBurst: 2}))
+	body := map[string]any{"type": "steps", "params": map[string]int{"steps": 1}}
+	for i := range 2 {
+		if status, resp, _ := e.do("POST", "/api/jobs", body); status != http.StatusAccepted {
+			t.Fatalf("job %d within the burst: %d %v", i, status, resp)
+		}
+	}
+	status, resp, header := e.do("POST", "/api/jobs", body)
+	if status != http.StatusTooManyRequests || errCode(resp) != CodeRateLimited || header.Get("Retry-After") == "" {
+		t.Fatalf("over the burst: %d %v %v", status, resp, header)
+	}
+	if status, _, _ := e.doAs(e.newBrowser(), "POST", "/api/jobs", body); status != http.StatusAccepted {
+		t.Fatalf("another user: %d", status)
 	}
 }

@@ -60,6 +60,11 @@ type Config struct {
 	// requests (behind a TLS-terminating proxy). Default false; requests
 	// that arrive over TLS always get Secure cookies.
 	SecureCookies bool
+	// JobRate and JobBurst limit job submissions per user, across all
+	// replicas, so one client cannot fill the queue. Defaults 1 per
+	// second, burst 20.
+	JobRate  float64
+	JobBurst int
 	// ChatRate and ChatBurst limit chat messages per user, across all
 	// replicas. Defaults 5 per second, burst 10.
 	ChatRate  float64
@@ -105,6 +110,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SessionTTL <= 0 {
 		c.SessionTTL = 30 * 24 * time.Hour
+	}
+	if c.JobRate <= 0 {
+		c.JobRate = 1
+	}
+	if c.JobBurst <= 0 {
+		c.JobBurst = 20
 	}
 	if c.ChatRate <= 0 {
 		c.ChatRate = 5

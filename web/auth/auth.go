@@ -69,6 +69,11 @@ type Config struct {
 	CodesPerEmail, CodesPerIP int
 	// LoginsPerIP limits login attempts per IP in CodeTTL. Default 30.
 	LoginsPerIP int
+	// FailedLoginsPerEmail limits wrong codes per email per hour, across
+	// all codes and IPs, so guessing cannot be spread over many codes
+	// (at most 480 guesses a day at one of a million codes). An hour, not
+	// a day, bounds how long an attacker can lock someone out. Default 20.
+	FailedLoginsPerEmail int
 	// AdminTokens are bearer tokens with admin rights (POST /api/notify).
 	AdminTokens []string
 	// Mailer sends sign-in codes. Default: LogMailer (the code goes to the log).
@@ -101,6 +106,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.LoginsPerIP <= 0 {
 		c.LoginsPerIP = 30
+	}
+	if c.FailedLoginsPerEmail <= 0 {
+		c.FailedLoginsPerEmail = 20
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -383,10 +391,20 @@ func (s *Store) Login(ctx context.Context, email, code, ip string, from Principa
 	if err := s.allow(ctx, "login-ip:"+ip, s.cfg.LoginsPerIP, s.cfg.CodeTTL); err != nil {
 		return Principal{}, "", err
 	}
+	failedKey := s.key("rl", "login-fail:"+email)
+	if n, err := s.rdb.Get(ctx, failedKey).Int(); err == nil && n >= s.cfg.FailedLoginsPerEmail {
+		ttl, _ := s.rdb.TTL(ctx, failedKey).Result()
+		return Principal{}, "", &RateLimitedError{RetryAfter: max(ttl, time.Minute)}
+	}
 	code = strings.TrimSpace(code)
 	res, err := checkCodeScript.Run(ctx, s.rdb, []string{s.key("code", email)}, hashSecret(email+":"+code), s.cfg.CodeAttempts).Int()
 	if err != nil {
 		return Principal{}, "", fmt.Errorf("auth: check code: %w", err)
+	}
+	if res == 0 { // a wrong guess at a live code
+		if n, err := s.rdb.Incr(ctx, failedKey).Result(); err == nil && n == 1 {
+			_ = s.rdb.Expire(ctx, failedKey, time.Hour).Err()
+		}
 	}
 	if res != 1 {
 		return Principal{}, "", ErrBadCode

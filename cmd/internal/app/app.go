@@ -33,6 +33,8 @@ type APIConfig struct {
 	SessionSecret  string
 	SecureCookies  bool
 	AdminTokens    []string
+	JobRate        float64
+	JobBurst       int
 	ChatRate       float64
 	ChatBurst      int
 	PresenceTTL    time.Duration
@@ -57,6 +59,8 @@ func ParseAPI(args []string) (APIConfig, error) {
 	fs.StringVar(&c.SessionSecret, "session-secret", env.str("SESSION_SECRET", ""), "secret (32+ bytes) that signs session cookies; the same on every replica (default: random, sessions end on restart)")
 	fs.BoolVar(&c.SecureCookies, "secure-cookies", env.str("SECURE_COOKIES", "") == "1", "mark session cookies Secure even on plain HTTP (behind a TLS proxy)")
 	c.AdminTokens = env.strings("ADMIN_TOKENS")
+	fs.Float64Var(&c.JobRate, "job-rate", env.float("JOB_RATE", 1), "job submissions per second per user")
+	fs.IntVar(&c.JobBurst, "job-burst", env.int("JOB_BURST", 20), "job submission burst per user")
 	fs.Float64Var(&c.ChatRate, "chat-rate", env.float("CHAT_RATE", 5), "chat messages per second per user")
 	fs.IntVar(&c.ChatBurst, "chat-burst", env.int("CHAT_BURST", 10), "chat message burst per user")
 	fs.DurationVar(&c.PresenceTTL, "presence-ttl", env.duration("PRESENCE_TTL", 30*time.Second), "how long a replica that died still counts its users present")
@@ -236,7 +240,7 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	presence := progress.NewPresence(core.Redis, core.Log, progress.PresenceConfig{TTL: c.PresenceTTL, Logger: logger})
 	srv := web.New(web.Deps{Jobs: core.Jobs, Hub: hub, Log: core.Log, Auth: store, Presence: presence}, web.Config{
 		AllowedOrigins: c.AllowedOrigins, SendQueue: c.SendQueue, SecureCookies: c.SecureCookies,
-		ChatRate: c.ChatRate, ChatBurst: c.ChatBurst, TrustedProxies: c.TrustedProxies, Logger: logger,
+		JobRate: c.JobRate, JobBurst: c.JobBurst, ChatRate: c.ChatRate, ChatBurst: c.ChatBurst, TrustedProxies: c.TrustedProxies, Logger: logger,
 	})
 	ln, err := net.Listen("tcp", c.Addr)
 	if err != nil {
