@@ -196,7 +196,7 @@ func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, er
 		after = 0
 	}
 	from := after
-	for {
+	for restarts := 0; ; {
 		var meta *redis.SliceCmd
 		var rng *redis.XMessageSliceCmd
 		_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
@@ -208,13 +208,20 @@ func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, er
 			return Snapshot{}, fmt.Errorf("progress: read %s: %w", group, err)
 		}
 		epoch, lastSeq := parseMeta(meta.Val())
-		if snap.Epoch != "" && epoch != snap.Epoch {
-			// The log was replaced between pages: start over in the new epoch.
+		msgs := rng.Val()
+		// Between pages the log may be replaced (a new epoch) or trimmed
+		// past this read (the next page does not join up): either would
+		// leave a gap that looks like complete history, so start over.
+		replaced := snap.Epoch != "" && epoch != snap.Epoch
+		trimmed := len(snap.Events) > 0 && len(msgs) > 0 && !strings.HasPrefix(msgs[0].ID, strconv.FormatInt(from+1, 10)+"-")
+		if replaced || trimmed {
+			if restarts++; restarts > 10 {
+				return Snapshot{}, fmt.Errorf("progress: read %s: the log changes faster than it can be read", group)
+			}
 			snap, from = Snapshot{}, after
 			continue
 		}
 		snap.Epoch, snap.LastSeq = epoch, lastSeq
-		msgs := rng.Val()
 		for _, m := range msgs {
 			ev, err := decodeEntry(group, epoch, m)
 			if err != nil {

@@ -304,16 +304,20 @@ func (p *browserPage) waitState(id, state string) {
 // job's group, N being the job's last seq on the server.
 func (p *browserPage) checkDelivered(id string) {
 	p.t.Helper()
-	raw := eval[[]byte](p, fmt.Sprintf(`window.__ts.delivered("job:%s")`, id))
-	var got []int64
-	if err := json.Unmarshal(raw, &got); err != nil {
-		p.t.Fatalf("delivered: %s: %v", raw, err)
-	}
 	status, job := p.api("GET", "/api/jobs/"+id, nil)
 	if status != 200 {
 		p.t.Fatalf("GET job: %d %v", status, job)
 	}
 	last := int64(job["last_seq"].(float64))
+	// The page may show "completed" before the last event (the result)
+	// has arrived: wait for the client to reach the server's last seq.
+	p.waitFor(fmt.Sprintf("job %s delivered up to seq %d", id, last),
+		fmt.Sprintf(`(window.__ts.delivered("job:%s").slice(-1)[0] || 0) >= %d`, id, last))
+	raw := eval[[]byte](p, fmt.Sprintf(`window.__ts.delivered("job:%s")`, id))
+	var got []int64
+	if err := json.Unmarshal(raw, &got); err != nil {
+		p.t.Fatalf("delivered: %s: %v", raw, err)
+	}
 	want := make([]int64, last)
 	for i := range want {
 		want[i] = int64(i + 1)
