@@ -203,6 +203,12 @@ func (s *Server) handleSetName(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	// Every rename is announced to all the user's rooms: bounded, so it
+	// cannot be used to flood them.
+	if err := s.limit(r.Context(), "rename:"+principalOf(r).User.ID, 0.2, 5, "too many renames; wait a moment"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	u, err := s.auth.SetName(r.Context(), principalOf(r).User.ID, req.Name)
 	if err != nil {
 		s.writeError(w, r, authError(err))

@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -654,5 +655,35 @@ func TestJobSubmitRateLimit(t *testing.T) {
 	}
 	if status, _, _ := e.doAs(e.newBrowser(), "POST", "/api/jobs", body); status != http.StatusAccepted {
 		t.Fatalf("another user: %d", status)
+	}
+}
+
+// Renames and room joins are announced to rooms, so they are limited per
+// user like messages.
+func TestRenameAndJoinChurnLimited(t *testing.T) {
+	e := newEnv(t, progresstest.Embedded(t), withoutWorker())
+	var status int
+	for i := range 6 {
+		status, _, _ = e.do("POST", "/api/me", map[string]string{"name": fmt.Sprint("n", i)})
+	}
+	if status != http.StatusTooManyRequests {
+		t.Fatalf("sixth rename in a row: %d, want 429", status)
+	}
+	c := e.dial()
+	var limited bool
+	for i := range 25 {
+		c.send(map[string]any{"op": "subscribe", "group": "chat:churn", "ref": i})
+		for {
+			f := c.read()
+			if f.Type == "error" && f.Code == CodeRateLimited {
+				limited = true
+			}
+			if f.Type == "subscribed" || f.Type == "error" {
+				break
+			}
+		}
+	}
+	if !limited {
+		t.Fatal("25 joins in a row were all accepted")
 	}
 }

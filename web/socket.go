@@ -306,6 +306,13 @@ func (c *conn) subscribe(ctx context.Context, f clientFrame) error {
 	if err := c.s.authorizeGroup(ctx, c.who, f.Group); err != nil {
 		return err
 	}
+	if strings.HasPrefix(f.Group, "chat:") {
+		// Joining a room is announced to it: churn is bounded per user so
+		// subscribe/unsubscribe cycles cannot wash a room's history away.
+		if err := c.s.limit(ctx, "join:"+c.who.User.ID, 1, 20, "joining rooms too often; wait a moment"); err != nil {
+			return err
+		}
+	}
 	rejoin := false
 	if old := c.subs[f.Group]; old != nil {
 		old.Close() // a new subscribe to the same group restarts it
