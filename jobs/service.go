@@ -376,11 +376,11 @@ func FinalEvent(name string, data json.RawMessage) bool {
 
 // notifyOwner tells the job's owner, on every tab, that it has finished.
 func (s *Service) notifyOwner(ctx context.Context, id, state, errMsg string) {
-	owner, err := s.store.owner(ctx, id)
-	if err != nil || owner == "" {
+	rec, err := s.store.get(ctx, id)
+	if err != nil || rec.Owner == "" {
 		return
 	}
-	typ, _ := s.store.rdb.HGet(ctx, s.store.jobKey(id), "type").Result()
+	owner, typ := rec.Owner, rec.Type
 	n := progress.Notification{
 		Title: fmt.Sprintf("Job %s %s", typ, state),
 		Body:  fmt.Sprintf("%s job %s has %s.", typ, id, state),

@@ -378,7 +378,7 @@ func (s *Server) authorizeGroup(ctx context.Context, who auth.Principal, group s
 			return jobError(err)
 		}
 		if owner != who.User.ID {
-			return apiErr(CodeForbidden, "this job belongs to someone else")
+			return errNotYourJob
 		}
 		return nil
 	case "chat":
