@@ -75,7 +75,10 @@ func (p *proc) output() string {
 func start(t *testing.T, name, command string, env ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, done: make(chan struct{})}
-	p.cmd = exec.Command("sh", "-c", "exec "+command)
+	if !strings.Contains(command, "&&") {
+		command = "exec " + command // a Procfile line with && execs by itself
+	}
+	p.cmd = exec.Command("sh", "-c", command)
 	p.cmd.Dir = filepath.Join("..", "..")
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p, p
