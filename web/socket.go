@@ -83,7 +83,11 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 		return // the upgrader has answered the client
 	}
 	c.ws = ws
+	log := s.logger.With("conn", c.id, "request_id", requestIDOf(r.Context()), "user", c.who.User.ID, "ip", s.clientIP(r))
+	log.Info("socket opened")
+	opened := time.Now()
 	c.run(r.Context(), initial)
+	log.Info("socket closed", "code", c.closeCode, "reason", c.closeText, "client_code", c.clientCode, "duration", time.Since(opened))
 }
 
 func (s *Server) register(c *conn) bool {
@@ -115,10 +119,11 @@ type conn struct {
 	ws   *websocket.Conn
 	send *sendQueue
 
-	closeOnce sync.Once
-	closed    chan struct{}
-	closeCode int
-	closeText string
+	closeOnce  sync.Once
+	closed     chan struct{}
+	closeCode  int
+	closeText  string
+	clientCode int // the close code the client sent, if it closed first
 
 	subs   map[string]*progress.Subscription // owned by the read pump
 	frames *rate.Limiter                     // client frames per second
@@ -182,6 +187,10 @@ func (c *conn) readPump(ctx context.Context) {
 	for {
 		typ, data, err := ws.ReadMessage()
 		if err != nil {
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				c.clientCode = ce.Code
+			}
 			if errors.Is(err, websocket.ErrReadLimit) {
 				// gorilla has already sent the 1009 close frame.
 				c.close(closeTooBig, "frame too large")

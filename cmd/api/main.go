@@ -24,6 +24,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "api:", err)
 		os.Exit(2)
 	}
+	app.RouteLibraryLogs(logger)
 	if cfg.RedisURL == "" {
 		logger.Info("running embedded: in-process Redis (miniredis) and worker, state is lost on exit; set REDIS_URL=redis://localhost:6379 to use a real Redis and run workers with go run ./cmd/worker")
 	} else {

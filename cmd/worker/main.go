@@ -24,6 +24,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		os.Exit(2)
 	}
+	app.RouteLibraryLogs(logger)
 	logger.Info("worker starting", "redis_mode", cfg.RedisMode, "concurrency", cfg.Concurrency)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
