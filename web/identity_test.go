@@ -568,28 +568,43 @@ func TestChatRename(t *testing.T) {
 	})
 }
 
+// The client IP that per-IP limits count: chi's ClientIPFromXFF with
+// TRUSTED_PROXIES, the peer without; where chi finds none (garbage in the
+// chain, or nothing but proxies) the peer counts.
 func TestClientIP(t *testing.T) {
-	s := &Server{cfg: Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}
+	proxied := &Server{cfg: Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}
+	direct := &Server{}
 	cases := []struct {
-		name, remote, xff, want string
+		name              string
+		s                 *Server
+		remote, xff, want string
 	}{
-		{"no proxy", "203.0.113.9:5000", "", "203.0.113.9"},
-		{"untrusted peer's header is ignored", "203.0.113.9:5000", "198.51.100.1", "203.0.113.9"},
-		{"trusted proxy", "10.0.0.2:80", "198.51.100.1", "198.51.100.1"},
-		{"spoofed entries before the proxy's are skipped", "10.0.0.2:80", "1.2.3.4, 198.51.100.1", "198.51.100.1"},
-		{"chain of trusted proxies", "10.0.0.2:80", "198.51.100.1, 10.0.0.7", "198.51.100.1"},
-		{"only proxies", "10.0.0.2:80", "10.0.0.7", "10.0.0.7"},
-		{"garbage hop", "10.0.0.2:80", "not-an-ip", "not-an-ip"},
+		{"no proxy", proxied, "203.0.113.9:5000", "", "203.0.113.9"},
+		{"untrusted peer's header is ignored", proxied, "203.0.113.9:5000", "198.51.100.1", "203.0.113.9"},
+		{"trusted proxy", proxied, "10.0.0.2:80", "198.51.100.1", "198.51.100.1"},
+		{"spoofed entries before the proxy's are skipped", proxied, "10.0.0.2:80", "1.2.3.4, 198.51.100.1", "198.51.100.1"},
+		{"chain of trusted proxies", proxied, "10.0.0.2:80", "198.51.100.1, 10.0.0.7", "198.51.100.1"},
+		{"v4-mapped entry folds to v4", proxied, "10.0.0.2:80", "::ffff:198.51.100.1", "198.51.100.1"},
+		{"mapped proxy address cannot pose as a client", proxied, "10.0.0.2:80", "198.51.100.1, ::ffff:10.0.0.7", "198.51.100.1"},
+		{"only proxies: the peer counts", proxied, "10.0.0.2:80", "10.0.0.7", "10.0.0.2"},
+		{"garbage hop: the peer counts", proxied, "10.0.0.2:80", "not-an-ip", "10.0.0.2"},
+		{"no TRUSTED_PROXIES: the header is ignored", direct, "203.0.113.9:5000", "198.51.100.1", "203.0.113.9"},
+		{"no TRUSTED_PROXIES, IPv6 peer", direct, "[2001:db8::1]:5000", "", "2001:db8::1"},
 	}
 	for _, tc := range cases {
-		r := httptest.NewRequest("GET", "/", nil)
-		r.RemoteAddr = tc.remote
-		if tc.xff != "" {
-			r.Header.Set("X-Forwarded-For", tc.xff)
-		}
-		if got := s.clientIP(r); got != tc.want {
-			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			var got string
+			h := tc.s.withClientIP(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) { got = clientIPOf(r.Context()) }))
+			r := httptest.NewRequest("GET", "/", nil)
+			r.RemoteAddr = tc.remote
+			if tc.xff != "" {
+				r.Header.Set("X-Forwarded-For", tc.xff)
+			}
+			h.ServeHTTP(httptest.NewRecorder(), r)
+			if got != tc.want {
+				t.Errorf("%q, want %q", got, tc.want)
+			}
+		})
 	}
 }
 
