@@ -72,7 +72,8 @@ func TestSignInKeepsGuestJobsAndLogoutClosesSockets(t *testing.T) {
 			t.Fatalf("mail %+v", mail)
 		}
 		code := authtest.Code(t, mail)
-		if status, body, _ := e.do("POST", "/api/auth/login", map[string]string{"email": "ada@example.com", "code": "000000x"}); status != 400 || errCode(body) != CodeBadRequest {
+		if status, body, _ := e.do("POST", "/api/auth/login", map[string]string{"email": "ada@example.com", "code": "000000x"}); status != 400 || errCode(body) != CodeBadRequest ||
+			body["error"].(map[string]any)["message"] != "wrong code: 4 tries left" {
 			t.Fatalf("wrong code: %d %v", status, body)
 		}
 		status, user, _ := e.do("POST", "/api/auth/login", map[string]string{"email": "ada@example.com", "code": code})
@@ -145,24 +146,20 @@ func TestSignInLimits(t *testing.T) {
 	if status, body, _ := e.do("POST", "/api/auth/code", map[string]string{"email": "not an email"}); status != 400 || errCode(body) != CodeBadRequest {
 		t.Fatalf("bad email: %d %v", status, body)
 	}
-	// Wrong guesses per email are limited across codes: after 20 in an
-	// hour even the right code is refused, with a time to retry.
-	e.redis.Miniredis().FastForward(time.Hour) // fresh windows
-	for range 4 {
-		e.do("POST", "/api/auth/code", map[string]string{"email": "dee@example.com"})
-		code := authtest.Code(t, smtp.Next(t))
-		wrong := "000000"
-		if code == wrong {
-			wrong = "111111"
-		}
-		for range 5 {
-			e.do("POST", "/api/auth/login", map[string]string{"email": "dee@example.com", "code": wrong})
+	// Sign-in attempts for one email are limited per client IP, and only
+	// there: the same email from another address is not refused.
+	e.redis.Miniredis().FastForward(time.Hour) // fresh buckets
+	for i := range 10 {
+		if status, body, _ := e.do("POST", "/api/auth/login", map[string]string{"email": "dee@example.com", "code": "x"}); status != http.StatusBadRequest {
+			t.Fatalf("attempt %d within the limit: %d %v", i+1, status, body)
 		}
 	}
-	e.do("POST", "/api/auth/code", map[string]string{"email": "dee@example.com"})
-	code = authtest.Code(t, smtp.Next(t))
-	if status, body, header := e.do("POST", "/api/auth/login", map[string]string{"email": "dee@example.com", "code": code}); status != http.StatusTooManyRequests || header.Get("Retry-After") == "" {
-		t.Fatalf("the right code after 20 wrong guesses: %d %v", status, body)
+	status, body, header = e.do("POST", "/api/auth/login", map[string]string{"email": "dee@example.com", "code": "x"})
+	if status != http.StatusTooManyRequests || header.Get("Retry-After") == "" || !strings.Contains(body["error"].(map[string]any)["message"].(string), "for this email from your address") {
+		t.Fatalf("the 11th attempt for one email from one IP: %d %v %v", status, body, header)
+	}
+	if status, body, _ := e.doAs(clientFrom("127.0.0.2", true), "POST", "/api/auth/login", map[string]string{"email": "dee@example.com", "code": "x"}); status != http.StatusBadRequest {
+		t.Fatalf("the same email from another IP: %d %v, want 400 (a wrong code, not a lockout)", status, body)
 	}
 }
 
@@ -613,19 +610,29 @@ func TestClientIP(t *testing.T) {
 	}
 }
 
-// A guest whose cookie never comes back (a script without a cookie jar)
-// is gone after a day; one that comes back keeps the full session TTL.
+// A guest stored by a client that never sends its cookie back (a script
+// without a cookie jar) is gone after a day; one whose cookie comes back
+// keeps the full session TTL.
 func TestUnusedGuestsExpire(t *testing.T) {
 	e := newEnv(t, progresstest.Embedded(t), withoutWorker())
+	name := map[string]string{"name": "n"}
 	returning := e.newBrowser()
-	id := e.me(returning)                    // creates the guest
-	e.doAs(returning, "GET", "/api/me", nil) // the cookie comes back
-	oneShot := e.me(&http.Client{})          // no jar: never comes back
+	_, u, _ := e.doAs(returning, "POST", "/api/me", name) // stores the guest
+	id := u["id"].(string)
+	e.doAs(returning, "GET", "/api/me", nil)                      // the cookie comes back
+	_, once, _ := e.doAs(&http.Client{}, "POST", "/api/me", name) // no jar: never comes back
+	oneShot := once["id"].(string)
+	if !e.stored(id) || !e.stored(oneShot) {
+		t.Fatal("renaming did not store the guests")
+	}
 	e.redis.Miniredis().FastForward(25 * time.Hour)
 	if got := e.me(returning); got != id {
 		t.Fatalf("the returning guest became %s, want %s", got, id)
 	}
-	if _, err := e.auth.User(t.Context(), oneShot); err == nil {
+	if !e.stored(id) {
+		t.Fatal("the returning guest is no longer stored")
+	}
+	if e.stored(oneShot) {
 		t.Fatal("a guest whose cookie never came back is still stored after a day")
 	}
 }
