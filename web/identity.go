@@ -23,6 +23,10 @@ const sessionCookie = "ts_session"
 
 type principalKey struct{}
 
+// newGuestKey marks a request whose guest was made for it: it came with
+// no valid cookie, so it has nothing to log out of.
+type newGuestKey struct{}
+
 // principalOf returns the caller of a request that went through
 // authenticate.
 func principalOf(r *http.Request) auth.Principal {
@@ -38,26 +42,32 @@ func principalOf(r *http.Request) auth.Principal {
 // cookie until it acts (see materialize).
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return s.withClientIP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := s.principal(w, r)
+		p, fresh, err := s.principal(w, r)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+		ctx := context.WithValue(r.Context(), principalKey{}, p)
+		if fresh {
+			ctx = context.WithValue(ctx, newGuestKey{}, true)
+		}
+		next.ServeHTTP(w, r.WithContext(ctx))
 	}))
 }
 
-func (s *Server) principal(w http.ResponseWriter, r *http.Request) (auth.Principal, error) {
+// principal finds the caller; fresh reports a guest made for this request
+// (it came with no valid cookie).
+func (s *Server) principal(w http.ResponseWriter, r *http.Request) (p auth.Principal, fresh bool, err error) {
 	if h := r.Header.Get("Authorization"); h != "" {
 		token, ok := strings.CutPrefix(h, "Bearer ")
 		if !ok || token == "" {
-			return auth.Principal{}, apiErr(CodeUnauthenticated, "use Authorization: Bearer TOKEN")
+			return auth.Principal{}, false, apiErr(CodeUnauthenticated, "use Authorization: Bearer TOKEN")
 		}
 		p, err := s.auth.Bearer(r.Context(), strings.TrimSpace(token))
 		if errors.Is(err, auth.ErrBadToken) {
-			return auth.Principal{}, apiErr(CodeUnauthenticated, "the token is invalid or was revoked")
+			return auth.Principal{}, false, apiErr(CodeUnauthenticated, "the token is invalid or was revoked")
 		}
-		return p, err
+		return p, false, err
 	}
 	if c, err := r.Cookie(sessionCookie); err == nil {
 		p, renew, err := s.auth.Session(r.Context(), c.Value)
@@ -65,15 +75,15 @@ func (s *Server) principal(w http.ResponseWriter, r *http.Request) (auth.Princip
 			if renew != "" {
 				s.setSessionCookie(w, r, renew)
 			}
-			return p, nil
+			return p, false, nil
 		}
 		if !errors.Is(err, auth.ErrNoSession) {
-			return auth.Principal{}, err
+			return auth.Principal{}, false, err
 		}
 	}
 	p, cookie := s.auth.NewGuest()
 	s.setSessionCookie(w, r, cookie)
-	return p, nil
+	return p, true, nil
 }
 
 // materialize stores the caller's guest before an action that needs state
@@ -225,11 +235,17 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(CodeBadRequest, "logout ends a browser session; revoke tokens with DELETE /api/tokens/{id}"))
 		return
 	}
-	if err := s.auth.Logout(r.Context(), p, clientIPOf(r.Context())); err != nil {
-		s.writeError(w, r, authError(err))
-		return
+	// A guest made for this very request (no valid cookie came) has
+	// nothing to end: nobody holds its cookie, and revoking it would be a
+	// write per cookieless request.
+	if fresh, _ := r.Context().Value(newGuestKey{}).(bool); !fresh {
+		if err := s.auth.Logout(r.Context(), p, clientIPOf(r.Context())); err != nil {
+			s.writeError(w, r, authError(err))
+			return
+		}
 	}
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode})
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode,
+		Secure: r.TLS != nil || s.cfg.SecureCookies})
 	w.WriteHeader(http.StatusNoContent)
 }
 

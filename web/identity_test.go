@@ -950,6 +950,16 @@ func TestEndedGuestCookieStaysEnded(t *testing.T) {
 				return http.StatusOK, u["id"].(string)
 			}},
 		}
+		// Logging out without a cookie ends nothing and writes nothing.
+		before, _ := e.rdb.DBSize(t.Context()).Result()
+		for range 100 {
+			if status, body, _ := e.doAs(&http.Client{}, "POST", "/api/auth/logout", nil); status != http.StatusNoContent {
+				t.Fatalf("cookieless logout: %d %v", status, body)
+			}
+		}
+		if after, _ := e.rdb.DBSize(t.Context()).Result(); after != before {
+			t.Fatalf("100 cookieless logouts added %d keys", after-before)
+		}
 		for _, tc := range cases {
 			func() {
 				c := e.newBrowser()
