@@ -802,7 +802,8 @@ func TestCookielessRequestsWriteNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("%d cookieless requests: %d keys before, %d after", total, before, after)
+		keys, _ := e.rdb.Keys(ctx, "*").Result()
+		t.Logf("%d cookieless requests: %d keys before, %d after: %v", total, before, after, keys)
 		if after-before > 50 {
 			t.Fatalf("%d cookieless requests added %d keys to Redis, want at most 50", total, after-before)
 		}
