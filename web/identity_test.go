@@ -1101,3 +1101,21 @@ func TestLoginErrorsSayWhatHappened(t *testing.T) {
 		}
 	})
 }
+
+// The guest cookie follows the session cookie's rules: HttpOnly,
+// SameSite=Lax, Secure over TLS or with SecureCookies.
+func TestGuestCookieAttributes(t *testing.T) {
+	for _, secure := range []bool{false, true} {
+		e := newEnv(t, progresstest.Embedded(t), withoutWorker(), withWebConfig(Config{SecureCookies: secure}))
+		res, err := http.Get(e.http.URL + "/api/me")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		cs := res.Cookies()
+		if len(cs) != 1 || cs[0].Name != sessionCookie || !cs[0].HttpOnly || cs[0].SameSite != http.SameSiteLaxMode ||
+			cs[0].Secure != secure || cs[0].MaxAge <= 0 || !strings.HasPrefix(cs[0].Value, "g1.") {
+			t.Fatalf("SecureCookies %v: cookie %+v", secure, cs)
+		}
+	}
+}

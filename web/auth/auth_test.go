@@ -256,3 +256,36 @@ func TestAllow(t *testing.T) {
 		}
 	})
 }
+
+// An active guest's cookie is reissued about once a day, with the same id,
+// so it never reaches its end while in use; a recent one is left alone.
+func TestGuestCookieRenewal(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		s := newTestStore(t, srv, Config{})
+		id := "g" + randomID(12)
+		cases := []struct {
+			name  string
+			age   time.Duration
+			renew bool
+		}{
+			{"an hour old", time.Hour, false},
+			{"two days old", 48 * time.Hour, true},
+			{"29 days old", 29 * 24 * time.Hour, true},
+		}
+		for _, tc := range cases {
+			p, renew, err := s.Session(t.Context(), s.guestCookie(id, time.Now().Add(-tc.age)))
+			if err != nil || p.User.ID != id || p.Stored {
+				t.Fatalf("%s: %+v %v", tc.name, p, err)
+			}
+			if (renew != "") != tc.renew {
+				t.Fatalf("%s: renew %q, want renewal %v", tc.name, renew, tc.renew)
+			}
+			if renew != "" {
+				g, ok := s.parseGuestCookie(renew, time.Now())
+				if !ok || g.ID != id || time.Since(g.Issued) > time.Minute {
+					t.Fatalf("%s: the renewed cookie %q says %+v", tc.name, renew, g)
+				}
+			}
+		}
+	})
+}
