@@ -79,8 +79,9 @@ func TestGuestCookie(t *testing.T) {
 	}
 }
 
-// FuzzGuestCookie: any cookie value is refused or is exactly what the
-// store would issue for what it claims; parsing never panics.
+// FuzzGuestCookie: any cookie value, read as a guest or a session cookie,
+// is refused or is exactly what the store would issue for what it claims;
+// parsing never panics.
 func FuzzGuestCookie(f *testing.F) {
 	s, _ := NewStore(nil, Config{Secret: testSecret})
 	now := time.Unix(1_800_000_000, 0)
@@ -89,7 +90,11 @@ func FuzzGuestCookie(f *testing.F) {
 	f.Add("g1...")
 	f.Add("abc.def")
 	f.Add("g1.gAAAAAAAAAAAAAAAA.-1." + strings.Repeat("A", 43))
+	f.Add(s.sign("sessionid"))
 	f.Fuzz(func(t *testing.T, cookie string) {
+		if sid, ok := s.verify(cookie); ok && s.sign(sid) != cookie {
+			t.Fatalf("accepted session cookie %q, which the store would not issue", cookie)
+		}
 		g, ok := s.parseGuestCookie(cookie, now)
 		if !ok {
 			return
