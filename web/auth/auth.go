@@ -81,6 +81,7 @@ type Config struct {
 	// would let anyone lock the owner out. Default 10.
 	LoginsPerEmailIP int
 	// AdminTokens are bearer tokens with admin rights (POST /api/notify).
+	// Default none.
 	AdminTokens []string
 	// Mailer sends sign-in codes. Default: LogMailer (the code goes to the log).
 	Mailer Mailer
