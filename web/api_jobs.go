@@ -46,11 +46,16 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(CodeBadRequest, `"type" is required`))
 		return
 	}
-	if err := s.limit(r.Context(), "jobs:"+principalOf(r).User.ID, s.cfg.JobRate, s.cfg.JobBurst, "too many jobs submitted; wait a moment"); err != nil {
+	who, err := s.materialize(r.Context(), principalOf(r)) // a job is state: store the guest
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	job, err := s.jobs.Submit(r.Context(), principalOf(r).User.ID, req.Type, req.Params)
+	if err := s.limit(r.Context(), "jobs:"+who.User.ID, s.cfg.JobRate, s.cfg.JobBurst, "too many jobs submitted; wait a moment"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	job, err := s.jobs.Submit(r.Context(), who.User.ID, req.Type, req.Params)
 	if err != nil {
 		s.writeError(w, r, jobError(err))
 		return

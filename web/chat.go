@@ -56,6 +56,10 @@ func (s *Server) publish(ctx context.Context, who auth.Principal, group string, 
 	case n > maxChatRunes:
 		return apiErr(CodeBadRequest, "a message is at most 2000 characters")
 	}
+	who, err := s.materialize(ctx, who) // a message is state: store the guest
+	if err != nil {
+		return err
+	}
 	if err := s.limit(ctx, "chat:"+who.User.ID, s.cfg.ChatRate, s.cfg.ChatBurst, "slow down: too many messages"); err != nil {
 		return err
 	}

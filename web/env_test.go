@@ -52,11 +52,15 @@ type envOptions struct {
 	web      Config
 	noWorker bool
 	mailer   auth.Mailer
+	authCfg  func(*auth.Config)
 }
 
 func withWebConfig(c Config) envOption   { return func(o *envOptions) { o.web = c } }
 func withoutWorker() envOption           { return func(o *envOptions) { o.noWorker = true } }
 func withMailer(m auth.Mailer) envOption { return func(o *envOptions) { o.mailer = m } }
+
+// withAuthConfig adjusts the auth store's configuration.
+func withAuthConfig(f func(*auth.Config)) envOption { return func(o *envOptions) { o.authCfg = f } }
 
 func quietLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
@@ -96,7 +100,11 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 		t.Cleanup(e.worker.Shutdown)
 	}
 	e.hub = progress.NewHub(e.rdb, e.log, progress.HubConfig{Logger: logger})
-	e.auth, err = auth.NewStore(e.rdb, auth.Config{Secret: testSecret, AdminTokens: []string{testAdminToken}, Mailer: o.mailer, Logger: logger})
+	authCfg := auth.Config{Secret: testSecret, AdminTokens: []string{testAdminToken}, Mailer: o.mailer, Logger: logger}
+	if o.authCfg != nil {
+		o.authCfg(&authCfg)
+	}
+	e.auth, err = auth.NewStore(e.rdb, authCfg)
 	if err != nil {
 		t.Fatal(err)
 	}

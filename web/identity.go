@@ -3,14 +3,16 @@ package web
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"net"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
 
 	"taskstream/progress"
 	"taskstream/web/auth"
@@ -21,6 +23,10 @@ const sessionCookie = "ts_session"
 
 type principalKey struct{}
 
+// newGuestKey marks a request whose guest was made for it: it came with
+// no valid cookie, so it has nothing to log out of.
+type newGuestKey struct{}
+
 // principalOf returns the caller of a request that went through
 // authenticate.
 func principalOf(r *http.Request) auth.Principal {
@@ -28,47 +34,68 @@ func principalOf(r *http.Request) auth.Principal {
 	return p
 }
 
-// authenticate puts the caller into the request context: the owner of a
-// bearer token (an invalid one is 401, never silently a guest), else the
-// session cookie's user, else a new guest whose session cookie is set on
-// the response, so trying the service needs no sign-up.
+// authenticate puts the client IP and the caller into the request
+// context: the owner of a bearer token (an invalid one is 401, never
+// silently a guest), else the session or guest cookie's user, else a new
+// guest whose cookie is set on the response, so trying the service needs
+// no sign-up. A new guest writes nothing to Redis: it lives in its signed
+// cookie until it acts (see materialize).
 func (s *Server) authenticate(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := s.principal(w, r)
+	return s.withClientIP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, fresh, err := s.principal(w, r)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
-	})
+		ctx := context.WithValue(r.Context(), principalKey{}, p)
+		if fresh {
+			ctx = context.WithValue(ctx, newGuestKey{}, true)
+		}
+		next.ServeHTTP(w, r.WithContext(ctx))
+	}))
 }
 
-func (s *Server) principal(w http.ResponseWriter, r *http.Request) (auth.Principal, error) {
+// principal finds the caller; fresh reports a guest made for this request
+// (it came with no valid cookie).
+func (s *Server) principal(w http.ResponseWriter, r *http.Request) (p auth.Principal, fresh bool, err error) {
 	if h := r.Header.Get("Authorization"); h != "" {
 		token, ok := strings.CutPrefix(h, "Bearer ")
 		if !ok || token == "" {
-			return auth.Principal{}, apiErr(CodeUnauthenticated, "use Authorization: Bearer TOKEN")
+			return auth.Principal{}, false, apiErr(CodeUnauthenticated, "use Authorization: Bearer TOKEN")
 		}
 		p, err := s.auth.Bearer(r.Context(), strings.TrimSpace(token))
 		if errors.Is(err, auth.ErrBadToken) {
-			return auth.Principal{}, apiErr(CodeUnauthenticated, "the token is invalid or was revoked")
+			return auth.Principal{}, false, apiErr(CodeUnauthenticated, "the token is invalid or was revoked")
 		}
-		return p, err
+		return p, false, err
 	}
 	if c, err := r.Cookie(sessionCookie); err == nil {
-		p, err := s.auth.Session(r.Context(), c.Value)
+		p, renew, err := s.auth.Session(r.Context(), c.Value)
 		if err == nil {
-			return p, nil
+			if renew != "" {
+				s.setSessionCookie(w, r, renew)
+			}
+			return p, false, nil
 		}
 		if !errors.Is(err, auth.ErrNoSession) {
-			return auth.Principal{}, err
+			return auth.Principal{}, false, err
 		}
 	}
-	p, cookie, err := s.auth.NewGuest(r.Context())
-	if err != nil {
-		return auth.Principal{}, err
-	}
+	p, cookie := s.auth.NewGuest()
 	s.setSessionCookie(w, r, cookie)
+	return p, true, nil
+}
+
+// materialize stores the caller's guest before an action that needs state
+// (a job, a chat message, a room join, a name); everyone else passes
+// through untouched. Storing a new guest counts against the client IP's
+// new-guest limit (429 rate_limited). ctx is a request's context, or a
+// socket's, which is its upgrade request's.
+func (s *Server) materialize(ctx context.Context, who auth.Principal) (auth.Principal, error) {
+	p, err := s.auth.Materialize(ctx, who, clientIPOf(ctx))
+	if err != nil {
+		return who, authError(err)
+	}
 	return p, nil
 }
 
@@ -79,63 +106,88 @@ func (s *Server) setSessionCookie(w http.ResponseWriter, r *http.Request, value 
 	})
 }
 
-// clientIP is the address per-IP limits count against: the peer, or,
-// when the peer is a trusted proxy, the nearest address in
-// X-Forwarded-For that is not one (the header's earlier entries are
-// whatever the client claimed, so they are never trusted).
-func (s *Server) clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	if !s.trusted(host) {
-		return host
-	}
-	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
-	for i := len(hops) - 1; i >= 0; i-- {
-		hop := strings.TrimSpace(hops[i])
-		if hop == "" {
-			continue
+type clientIPKey struct{}
+
+// withClientIP puts the address that per-IP limits count against into the
+// request context (read it with clientIPOf). chi's middleware decides:
+// without TrustedProxies the peer address; with them, the nearest
+// X-Forwarded-For entry that is not a trusted proxy, the peer itself when
+// it is not one (the header's earlier entries are whatever the client
+// claimed, so they are never believed). Where chi finds none (a trusted
+// peer with no usable header: all hops trusted, or garbage in the chain,
+// which chi refuses to walk past) the peer counts, so such requests share
+// the proxy's budget rather than escape every limit.
+func (s *Server) withClientIP(next http.Handler) http.Handler {
+	mw := middleware.ClientIPFromRemoteAddr
+	if len(s.cfg.TrustedProxies) > 0 {
+		prefixes := make([]string, len(s.cfg.TrustedProxies))
+		for i, p := range s.cfg.TrustedProxies {
+			prefixes[i] = p.String()
 		}
-		if !s.trusted(hop) {
-			return hop
-		}
-		host = hop
+		mw = middleware.ClientIPFromXFF(prefixes...)
 	}
-	return host
+	return mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ip := middleware.GetClientIP(r.Context())
+		if ip == "" {
+			ip = r.RemoteAddr
+			if host, _, err := net.SplitHostPort(ip); err == nil {
+				ip = host
+			}
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), clientIPKey{}, ip)))
+	}))
 }
 
-func (s *Server) trusted(ip string) bool {
-	addr, err := netip.ParseAddr(ip)
-	if err != nil {
-		return false
-	}
-	for _, p := range s.cfg.TrustedProxies {
-		if p.Contains(addr.Unmap()) {
-			return true
-		}
-	}
-	return false
+// clientIPOf returns the client IP that withClientIP put into ctx.
+func clientIPOf(ctx context.Context) string {
+	ip, _ := ctx.Value(clientIPKey{}).(string)
+	return ip
 }
 
-// authError maps auth's errors onto protocol codes.
+// authError maps auth's errors onto protocol codes, with messages that
+// say what happened and what to do.
 func authError(err error) error {
 	var rl *auth.RateLimitedError
+	var ce *auth.CodeError
 	switch {
 	case errors.As(err, &rl):
-		return &APIError{Code: CodeRateLimited, Message: "too many attempts; try again later", RetryAfter: int(rl.RetryAfter.Seconds()) + 1}
+		secs := int(math.Ceil(rl.RetryAfter.Seconds()))
+		return &APIError{Code: CodeRateLimited, Message: fmt.Sprintf("too many %s; try again in %d s", rl.What, secs), RetryAfter: secs}
+	case errors.As(err, &ce):
+		return apiErr(CodeBadRequest, codeMessage(ce))
 	case errors.Is(err, auth.ErrBadEmail):
 		return apiErr(CodeBadRequest, "that is not an email address")
-	case errors.Is(err, auth.ErrBadCode):
-		return apiErr(CodeBadRequest, "the code is wrong or has expired; request a new one")
 	case errors.Is(err, auth.ErrBadName):
 		return apiErr(CodeBadRequest, "a name is 1-40 printable characters")
 	case errors.Is(err, auth.ErrSignInRequired):
 		return apiErr(CodeForbidden, "sign in with your email first")
+	case errors.Is(err, auth.ErrNoSession):
+		return apiErr(CodeUnauthenticated, "your session has ended; reload to continue as a new guest")
 	case errors.Is(err, auth.ErrNotFound):
 		return apiErr(CodeNotFound, "not found")
 	}
 	return err
+}
+
+// codeMessage tells a person why their sign-in code was refused.
+func codeMessage(e *auth.CodeError) string {
+	switch e.Reason {
+	case auth.CodeWrong:
+		switch e.TriesLeft {
+		case 0:
+			return "wrong code, and that was the last try: this code no longer works; request a new one"
+		case 1:
+			return "wrong code: 1 try left"
+		}
+		return fmt.Sprintf("wrong code: %d tries left", e.TriesLeft)
+	case auth.CodeTooManyTries:
+		return "too many wrong tries: this code no longer works; request a new one"
+	case auth.CodeExpired:
+		return "the code has expired; request a new one"
+	case auth.CodeUsed:
+		return "the code was already used; request a new one"
+	}
+	return "no code was requested for this email, or it expired long ago; request one"
 }
 
 func (s *Server) handleRequestCode(w http.ResponseWriter, r *http.Request) {
@@ -146,7 +198,7 @@ func (s *Server) handleRequestCode(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if err := s.auth.RequestCode(r.Context(), req.Email, s.clientIP(r)); err != nil {
+	if err := s.auth.RequestCode(r.Context(), req.Email, clientIPOf(r.Context())); err != nil {
 		s.writeError(w, r, authError(err))
 		return
 	}
@@ -163,7 +215,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	from := principalOf(r)
-	p, cookie, err := s.auth.Login(r.Context(), req.Email, req.Code, s.clientIP(r), from)
+	p, cookie, err := s.auth.Login(r.Context(), req.Email, req.Code, clientIPOf(r.Context()), from)
 	if err != nil {
 		s.writeError(w, r, authError(err))
 		return
@@ -179,15 +231,21 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 	p := principalOf(r)
-	if p.SessionID == "" {
+	if p.TokenID != "" {
 		s.writeError(w, r, apiErr(CodeBadRequest, "logout ends a browser session; revoke tokens with DELETE /api/tokens/{id}"))
 		return
 	}
-	if err := s.auth.Logout(r.Context(), p.SessionID); err != nil {
-		s.writeError(w, r, err)
-		return
+	// A guest made for this very request (no valid cookie came) has
+	// nothing to end: nobody holds its cookie, and revoking it would be a
+	// write per cookieless request.
+	if fresh, _ := r.Context().Value(newGuestKey{}).(bool); !fresh {
+		if err := s.auth.Logout(r.Context(), p, clientIPOf(r.Context())); err != nil {
+			s.writeError(w, r, authError(err))
+			return
+		}
 	}
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode})
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode,
+		Secure: r.TLS != nil || s.cfg.SecureCookies})
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -203,13 +261,18 @@ func (s *Server) handleSetName(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	// Every rename is announced to all the user's rooms: bounded, so it
-	// cannot be used to flood them.
-	if err := s.limit(r.Context(), "rename:"+principalOf(r).User.ID, 0.2, 5, "too many renames; wait a moment"); err != nil {
+	who, err := s.materialize(r.Context(), principalOf(r))
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	u, err := s.auth.SetName(r.Context(), principalOf(r).User.ID, req.Name)
+	// Every rename is announced to all the user's rooms: bounded, so it
+	// cannot be used to flood them.
+	if err := s.limit(r.Context(), "rename:"+who.User.ID, 0.2, 5, "too many renames; wait a moment"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	u, err := s.auth.SetName(r.Context(), who.User.ID, req.Name)
 	if err != nil {
 		s.writeError(w, r, authError(err))
 		return

@@ -3,13 +3,18 @@ package web
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -67,7 +72,8 @@ func TestSignInKeepsGuestJobsAndLogoutClosesSockets(t *testing.T) {
 			t.Fatalf("mail %+v", mail)
 		}
 		code := authtest.Code(t, mail)
-		if status, body, _ := e.do("POST", "/api/auth/login", map[string]string{"email": "ada@example.com", "code": "000000x"}); status != 400 || errCode(body) != CodeBadRequest {
+		if status, body, _ := e.do("POST", "/api/auth/login", map[string]string{"email": "ada@example.com", "code": "000000x"}); status != 400 || errCode(body) != CodeBadRequest ||
+			body["error"].(map[string]any)["message"] != "wrong code: 4 tries left" {
 			t.Fatalf("wrong code: %d %v", status, body)
 		}
 		status, user, _ := e.do("POST", "/api/auth/login", map[string]string{"email": "ada@example.com", "code": code})
@@ -140,24 +146,20 @@ func TestSignInLimits(t *testing.T) {
 	if status, body, _ := e.do("POST", "/api/auth/code", map[string]string{"email": "not an email"}); status != 400 || errCode(body) != CodeBadRequest {
 		t.Fatalf("bad email: %d %v", status, body)
 	}
-	// Wrong guesses per email are limited across codes: after 20 in an
-	// hour even the right code is refused, with a time to retry.
-	e.redis.Miniredis().FastForward(time.Hour) // fresh windows
-	for range 4 {
-		e.do("POST", "/api/auth/code", map[string]string{"email": "dee@example.com"})
-		code := authtest.Code(t, smtp.Next(t))
-		wrong := "000000"
-		if code == wrong {
-			wrong = "111111"
-		}
-		for range 5 {
-			e.do("POST", "/api/auth/login", map[string]string{"email": "dee@example.com", "code": wrong})
+	// Sign-in attempts for one email are limited per client IP, and only
+	// there: the same email from another address is not refused.
+	e.redis.Miniredis().FastForward(time.Hour) // fresh buckets
+	for i := range 10 {
+		if status, body, _ := e.do("POST", "/api/auth/login", map[string]string{"email": "dee@example.com", "code": "x"}); status != http.StatusBadRequest {
+			t.Fatalf("attempt %d within the limit: %d %v", i+1, status, body)
 		}
 	}
-	e.do("POST", "/api/auth/code", map[string]string{"email": "dee@example.com"})
-	code = authtest.Code(t, smtp.Next(t))
-	if status, body, header := e.do("POST", "/api/auth/login", map[string]string{"email": "dee@example.com", "code": code}); status != http.StatusTooManyRequests || header.Get("Retry-After") == "" {
-		t.Fatalf("the right code after 20 wrong guesses: %d %v", status, body)
+	status, body, header = e.do("POST", "/api/auth/login", map[string]string{"email": "dee@example.com", "code": "x"})
+	if status != http.StatusTooManyRequests || header.Get("Retry-After") == "" || !strings.Contains(body["error"].(map[string]any)["message"].(string), "for this email from your address") {
+		t.Fatalf("the 11th attempt for one email from one IP: %d %v %v", status, body, header)
+	}
+	if status, body, _ := e.doAs(clientFrom("127.0.0.2", true), "POST", "/api/auth/login", map[string]string{"email": "dee@example.com", "code": "x"}); status != http.StatusBadRequest {
+		t.Fatalf("the same email from another IP: %d %v, want 400 (a wrong code, not a lockout)", status, body)
 	}
 }
 
@@ -568,44 +570,69 @@ func TestChatRename(t *testing.T) {
 	})
 }
 
+// The client IP that per-IP limits count: chi's ClientIPFromXFF with
+// TRUSTED_PROXIES, the peer without; where chi finds none (garbage in the
+// chain, or nothing but proxies) the peer counts.
 func TestClientIP(t *testing.T) {
-	s := &Server{cfg: Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}
+	proxied := &Server{cfg: Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}
+	direct := &Server{}
 	cases := []struct {
-		name, remote, xff, want string
+		name              string
+		s                 *Server
+		remote, xff, want string
 	}{
-		{"no proxy", "203.0.113.9:5000", "", "203.0.113.9"},
-		{"untrusted peer's header is ignored", "203.0.113.9:5000", "198.51.100.1", "203.0.113.9"},
-		{"trusted proxy", "10.0.0.2:80", "198.51.100.1", "198.51.100.1"},
-		{"spoofed entries before the proxy's are skipped", "10.0.0.2:80", "1.2.3.4, 198.51.100.1", "198.51.100.1"},
-		{"chain of trusted proxies", "10.0.0.2:80", "198.51.100.1, 10.0.0.7", "198.51.100.1"},
-		{"only proxies", "10.0.0.2:80", "10.0.0.7", "10.0.0.7"},
-		{"garbage hop", "10.0.0.2:80", "not-an-ip", "not-an-ip"},
+		{"no proxy", proxied, "203.0.113.9:5000", "", "203.0.113.9"},
+		{"untrusted peer's header is ignored", proxied, "203.0.113.9:5000", "198.51.100.1", "203.0.113.9"},
+		{"trusted proxy", proxied, "10.0.0.2:80", "198.51.100.1", "198.51.100.1"},
+		{"spoofed entries before the proxy's are skipped", proxied, "10.0.0.2:80", "1.2.3.4, 198.51.100.1", "198.51.100.1"},
+		{"chain of trusted proxies", proxied, "10.0.0.2:80", "198.51.100.1, 10.0.0.7", "198.51.100.1"},
+		{"v4-mapped entry folds to v4", proxied, "10.0.0.2:80", "::ffff:198.51.100.1", "198.51.100.1"},
+		{"mapped proxy address cannot pose as a client", proxied, "10.0.0.2:80", "198.51.100.1, ::ffff:10.0.0.7", "198.51.100.1"},
+		{"only proxies: the peer counts", proxied, "10.0.0.2:80", "10.0.0.7", "10.0.0.2"},
+		{"garbage hop: the peer counts", proxied, "10.0.0.2:80", "not-an-ip", "10.0.0.2"},
+		{"no TRUSTED_PROXIES: the header is ignored", direct, "203.0.113.9:5000", "198.51.100.1", "203.0.113.9"},
+		{"no TRUSTED_PROXIES, IPv6 peer", direct, "[2001:db8::1]:5000", "", "2001:db8::1"},
 	}
 	for _, tc := range cases {
-		r := httptest.NewRequest("GET", "/", nil)
-		r.RemoteAddr = tc.remote
-		if tc.xff != "" {
-			r.Header.Set("X-Forwarded-For", tc.xff)
-		}
-		if got := s.clientIP(r); got != tc.want {
-			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			var got string
+			h := tc.s.withClientIP(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) { got = clientIPOf(r.Context()) }))
+			r := httptest.NewRequest("GET", "/", nil)
+			r.RemoteAddr = tc.remote
+			if tc.xff != "" {
+				r.Header.Set("X-Forwarded-For", tc.xff)
+			}
+			h.ServeHTTP(httptest.NewRecorder(), r)
+			if got != tc.want {
+				t.Errorf("%q, want %q", got, tc.want)
+			}
+		})
 	}
 }
 
-// A guest whose cookie never comes back (a script without a cookie jar)
-// is gone after a day; one that comes back keeps the full session TTL.
+// A guest stored by a client that never sends its cookie back (a script
+// without a cookie jar) is gone after a day; one whose cookie comes back
+// keeps the full session TTL.
 func TestUnusedGuestsExpire(t *testing.T) {
 	e := newEnv(t, progresstest.Embedded(t), withoutWorker())
+	name := map[string]string{"name": "n"}
 	returning := e.newBrowser()
-	id := e.me(returning)                    // creates the guest
-	e.doAs(returning, "GET", "/api/me", nil) // the cookie comes back
-	oneShot := e.me(&http.Client{})          // no jar: never comes back
+	_, u, _ := e.doAs(returning, "POST", "/api/me", name) // stores the guest
+	id := u["id"].(string)
+	e.doAs(returning, "GET", "/api/me", nil)                      // the cookie comes back
+	_, once, _ := e.doAs(&http.Client{}, "POST", "/api/me", name) // no jar: never comes back
+	oneShot := once["id"].(string)
+	if !e.stored(id) || !e.stored(oneShot) {
+		t.Fatal("renaming did not store the guests")
+	}
 	e.redis.Miniredis().FastForward(25 * time.Hour)
 	if got := e.me(returning); got != id {
 		t.Fatalf("the returning guest became %s, want %s", got, id)
 	}
-	if _, err := e.auth.User(t.Context(), oneShot); err == nil {
+	if !e.stored(id) {
+		t.Fatal("the returning guest is no longer stored")
+	}
+	if e.stored(oneShot) {
 		t.Fatal("a guest whose cookie never came back is still stored after a day")
 	}
 }
@@ -685,5 +712,410 @@ func TestRenameAndJoinChurnLimited(t *testing.T) {
 	}
 	if !limited {
 		t.Fatal("25 joins in a row were all accepted")
+	}
+}
+
+// clientFrom returns a browser (with a cookie jar when jar is set) whose
+// connections come from ip: loopback holds all of 127.0.0.0/8, so tests
+// can be several client addresses against a server on 127.0.0.1.
+func clientFrom(ip string, jar bool) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	c := &http.Client{Transport: &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 16}}
+	if jar {
+		c.Jar, _ = cookiejar.New(nil)
+	}
+	return c
+}
+
+// cookieOf returns client's current session cookie value.
+func (e *testEnv) cookieOf(client *http.Client) string {
+	e.t.Helper()
+	u, _ := url.Parse(e.http.URL)
+	for _, c := range client.Jar.Cookies(u) {
+		if c.Name == sessionCookie {
+			return c.Value
+		}
+	}
+	e.t.Fatal("no session cookie")
+	return ""
+}
+
+// stored reports whether user id is kept in Redis.
+func (e *testEnv) stored(id string) bool {
+	e.t.Helper()
+	_, err := e.auth.User(context.Background(), id)
+	if err != nil && !errors.Is(err, auth.ErrNotFound) {
+		e.t.Fatal(err)
+	}
+	return err == nil
+}
+
+// Guests cost nothing until they act: 20,000 requests without a cookie,
+// over pages, the API and static files, add (almost) no key to Redis.
+func TestCookielessRequestsWriteNothing(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newEnv(t, srv, withoutWorker())
+		ctx := t.Context()
+		before, err := e.rdb.DBSize(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths := []string{"/", "/api/me", "/api/job-types", "/static/app.js"}
+		const total, workers = 20000, 8
+		client := clientFrom("127.0.0.1", false) // no jar: every request is a new guest
+		var wg sync.WaitGroup
+		var bad atomic.Int64
+		var guests sync.Map
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < total; i += workers {
+					res, err := client.Get(e.http.URL + paths[i%len(paths)])
+					if err != nil {
+						bad.Add(1)
+						continue
+					}
+					_, _ = io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+					if res.StatusCode != http.StatusOK {
+						bad.Add(1)
+					}
+					for _, c := range res.Cookies() {
+						if c.Name == sessionCookie {
+							guests.Store(c.Value, true)
+						}
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if n := bad.Load(); n > 0 {
+			t.Fatalf("%d of %d requests failed", n, total)
+		}
+		var n int
+		guests.Range(func(any, any) bool { n++; return true })
+		if n != total/len(paths)*3 { // every request but the static ones made a guest
+			t.Fatalf("%d distinct guest cookies, want %d", n, total/len(paths)*3)
+		}
+		after, err := e.rdb.DBSize(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys, _ := e.rdb.Keys(ctx, "*").Result()
+		t.Logf("%d cookieless requests: %d keys before, %d after: %v", total, before, after, keys)
+		if after-before > 50 {
+			t.Fatalf("%d cookieless requests added %d keys to Redis, want at most 50", total, after-before)
+		}
+	})
+}
+
+// A guest is stored at its first action that needs state, and not before.
+func TestGuestStoredWhenItActs(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newEnv(t, srv, withoutWorker())
+		cases := []struct {
+			name   string
+			act    func(c *http.Client, id string)
+			stores bool
+		}{
+			{"list jobs", func(c *http.Client, _ string) { e.doAs(c, "GET", "/api/jobs", nil) }, false},
+			{"watch its user group", func(c *http.Client, id string) {
+				ws := e.dialAs(c)
+				ws.send(map[string]any{"op": "subscribe", "group": "user:" + id})
+				if f := ws.read(); f.Type != "subscribed" {
+					t.Fatalf("subscribe: %+v", f)
+				}
+			}, false},
+			{"submit a job", func(c *http.Client, _ string) {
+				if status, body, _ := e.doAs(c, "POST", "/api/jobs", map[string]any{"type": "steps", "params": map[string]int{"steps": 1}}); status != http.StatusAccepted {
+					t.Fatalf("submit: %d %v", status, body)
+				}
+			}, true},
+			{"post to chat", func(c *http.Client, _ string) {
+				if status, body, _ := e.doAs(c, "POST", "/api/groups/chat%3Ag/messages", map[string]string{"text": "hi"}); status != http.StatusAccepted {
+					t.Fatalf("post: %d %v", status, body)
+				}
+			}, true},
+			{"set a name", func(c *http.Client, _ string) {
+				if status, body, _ := e.doAs(c, "POST", "/api/me", map[string]string{"name": "zoe"}); status != http.StatusOK {
+					t.Fatalf("rename: %d %v", status, body)
+				}
+			}, true},
+			{"join a room on the socket", func(c *http.Client, _ string) {
+				ws := e.dialAs(c)
+				ws.send(map[string]any{"op": "subscribe", "group": "chat:g"})
+				ws.readUntil(func(f frame) bool { return f.Type == "subscribed" })
+			}, true},
+			{"publish on the socket", func(c *http.Client, _ string) {
+				ws := e.dialAs(c)
+				ws.send(map[string]any{"op": "publish", "group": "chat:g", "data": map[string]string{"text": "hi"}})
+				ws.readUntil(func(f frame) bool { return f.Type == "published" })
+			}, true},
+		}
+		for _, tc := range cases {
+			func() {
+				c := e.newBrowser()
+				id := e.me(c)
+				if e.stored(id) {
+					t.Fatalf("%s: a guest that only looked is stored", tc.name)
+				}
+				tc.act(c, id)
+				if got := e.stored(id); got != tc.stores {
+					t.Fatalf("stored after %s: %v, want %v", tc.name, got, tc.stores)
+				}
+				if tc.stores {
+					ttl, err := e.rdb.PTTL(t.Context(), "ts:user:"+id).Result()
+					if err != nil || ttl <= 0 {
+						t.Fatalf("%s: a stored guest's TTL: %v %v", tc.name, ttl, err)
+					}
+				}
+				if got := e.me(c); got != id {
+					t.Fatalf("%s: the guest became %s, want %s", tc.name, got, id)
+				}
+			}()
+		}
+	})
+}
+
+// Storing new guests is limited per client IP: a client that keeps no
+// cookies cannot turn each request into a new user (and a fresh job
+// budget). Other addresses, and guests already stored, are not affected.
+func TestNewGuestsLimitedPerIP(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newEnv(t, srv, withoutWorker(), withAuthConfig(func(c *auth.Config) { c.NewGuestsPerIP = 3 }))
+		job := map[string]any{"type": "steps", "params": map[string]int{"steps": 1}}
+		known := clientFrom("127.0.0.1", true)
+		if status, body, _ := e.doAs(known, "POST", "/api/jobs", job); status != http.StatusAccepted {
+			t.Fatalf("first guest: %d %v", status, body)
+		}
+		script := clientFrom("127.0.0.1", false)
+		for i := range 2 {
+			if status, body, _ := e.doAs(script, "POST", "/api/jobs", job); status != http.StatusAccepted {
+				t.Fatalf("new guest %d: %d %v", i+2, status, body)
+			}
+		}
+		status, body, header := e.doAs(script, "POST", "/api/jobs", job)
+		if status != http.StatusTooManyRequests || errCode(body) != CodeRateLimited || header.Get("Retry-After") == "" {
+			t.Fatalf("fourth new guest from one IP: %d %v %v", status, body, header)
+		}
+		if msg := body["error"].(map[string]any)["message"].(string); !strings.Contains(msg, "new guests") {
+			t.Fatalf("message %q does not say what was limited", msg)
+		}
+		// Looking around is still free.
+		if status, _, _ := e.doAs(script, "GET", "/api/me", nil); status != http.StatusOK {
+			t.Fatalf("GET /api/me over the limit: %d", status)
+		}
+		if status, _, _ := e.doAs(known, "POST", "/api/jobs", job); status != http.StatusAccepted {
+			t.Fatalf("a guest stored before: %d", status)
+		}
+		if status, body, _ := e.doAs(clientFrom("127.0.0.2", false), "POST", "/api/jobs", job); status != http.StatusAccepted {
+			t.Fatalf("a new guest from another IP: %d %v", status, body)
+		}
+		keys, err := e.rdb.Keys(t.Context(), "ts:bucket:guest-ip:*").Result()
+		if err != nil || len(keys) != 2 {
+			t.Fatalf("limit keys %v %v, want one per IP", keys, err)
+		}
+	})
+}
+
+// A guest that logs out, stored or not, is gone for good: its cookie does
+// not come back, neither as that guest nor as a fresh one with its id.
+// Sign-in ends the guest cookie the same way.
+func TestEndedGuestCookieStaysEnded(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e, smtp := smtpEnv(t, srv, withoutWorker())
+		replay := func(cookie string) string {
+			t.Helper()
+			status, body, header := e.doAs(&http.Client{}, "GET", "/api/me", nil, "Cookie", sessionCookie+"="+cookie)
+			if status != http.StatusOK || header.Get("Set-Cookie") == "" {
+				t.Fatalf("replayed cookie: %d %v, want 200 with a new guest cookie", status, body)
+			}
+			return body["id"].(string)
+		}
+		cases := []struct {
+			name string
+			act  func(c *http.Client)               // before the guest ends
+			end  func(c *http.Client) (int, string) // ends it
+		}{
+			{"stateless guest logs out", func(*http.Client) {}, func(c *http.Client) (int, string) {
+				status, _, _ := e.doAs(c, "POST", "/api/auth/logout", nil)
+				return status, ""
+			}},
+			{"stored guest logs out", func(c *http.Client) { e.doAs(c, "POST", "/api/me", map[string]string{"name": "x"}) }, func(c *http.Client) (int, string) {
+				status, _, _ := e.doAs(c, "POST", "/api/auth/logout", nil)
+				return status, ""
+			}},
+			{"guest signs in", func(c *http.Client) { e.doAs(c, "POST", "/api/me", map[string]string{"name": "y"}) }, func(c *http.Client) (int, string) {
+				u := e.signIn(c, smtp, "ended@example.com")
+				return http.StatusOK, u["id"].(string)
+			}},
+		}
+		// Logging out without a cookie ends nothing and writes nothing.
+		before, _ := e.rdb.DBSize(t.Context()).Result()
+		for range 100 {
+			if status, body, _ := e.doAs(&http.Client{}, "POST", "/api/auth/logout", nil); status != http.StatusNoContent {
+				t.Fatalf("cookieless logout: %d %v", status, body)
+			}
+		}
+		if after, _ := e.rdb.DBSize(t.Context()).Result(); after != before {
+			t.Fatalf("100 cookieless logouts added %d keys", after-before)
+		}
+		for _, tc := range cases {
+			func() {
+				c := e.newBrowser()
+				id := e.me(c)
+				cookie := e.cookieOf(c)
+				tc.act(c)
+				ws := e.dialAs(c)
+				ws.send(map[string]any{"op": "subscribe", "group": "user:" + id})
+				if f := ws.read(); f.Type != "subscribed" {
+					t.Fatalf("subscribe: %+v", f)
+				}
+				status, _ := tc.end(c)
+				if status != http.StatusNoContent && status != http.StatusOK {
+					t.Fatalf("%s: ending the guest: %d", tc.name, status)
+				}
+				if code := ws.closeCode(); code != closePolicy {
+					t.Fatalf("%s: the ended guest's socket closed with %d, want 1008", tc.name, code)
+				}
+				if got := replay(cookie); got == id {
+					t.Fatalf("%s: the ended guest's cookie came back as %s", tc.name, got)
+				}
+				// Not even as a stored guest that acts.
+				status, body, _ := e.doAs(&http.Client{}, "POST", "/api/me", map[string]string{"name": "back"}, "Cookie", sessionCookie+"="+cookie)
+				if status != http.StatusOK || body["id"] == id {
+					t.Fatalf("%s: acting with the ended cookie: %d %v", tc.name, status, body)
+				}
+			}()
+		}
+	})
+}
+
+// Nobody can lock somebody else out: wrong codes for an email from one
+// address do not stop its owner, at another address, from asking for a
+// code and signing in with it.
+func TestNobodyCanLockOutTheOwner(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e, smtp := smtpEnv(t, srv, withoutWorker())
+		attacker := clientFrom("127.0.0.2", true)
+		const victim = "victim@example.com"
+		for round := range 4 {
+			if status, body, _ := e.doAs(attacker, "POST", "/api/auth/code", map[string]string{"email": victim}); status != http.StatusAccepted {
+				t.Fatalf("round %d: code request %d %v", round, status, body)
+			}
+			code := authtest.Code(t, smtp.Next(t))
+			wrong := "000000"
+			if code == wrong {
+				wrong = "111111"
+			}
+			for range 5 {
+				status, body, _ := e.doAs(attacker, "POST", "/api/auth/login", map[string]string{"email": victim, "code": wrong})
+				if status != http.StatusBadRequest && status != http.StatusTooManyRequests {
+					t.Fatalf("round %d: a wrong code: %d %v", round, status, body)
+				}
+			}
+		}
+		owner := clientFrom("127.0.0.3", true)
+		if status, body, _ := e.doAs(owner, "POST", "/api/auth/code", map[string]string{"email": victim}); status != http.StatusAccepted {
+			t.Fatalf("the owner's code request after the attack: %d %v", status, body)
+		}
+		code := authtest.Code(t, smtp.Next(t))
+		status, user, _ := e.doAs(owner, "POST", "/api/auth/login", map[string]string{"email": victim, "code": code})
+		if status != http.StatusOK || user["email"] != victim {
+			t.Fatalf("the owner's sign-in after the attack: %d %v", status, user)
+		}
+		// The attacker's own address is the one that is limited.
+		status, body, header := e.doAs(attacker, "POST", "/api/auth/login", map[string]string{"email": victim, "code": "123456"})
+		if status != http.StatusTooManyRequests || header.Get("Retry-After") == "" {
+			t.Fatalf("the attacker after 20 wrong codes: %d %v", status, body)
+		}
+	})
+}
+
+// Login errors say what happened, so a person knows what to do.
+func TestLoginErrorsSayWhatHappened(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e, smtp := smtpEnv(t, srv, withoutWorker(), withAuthConfig(func(c *auth.Config) { c.LoginsPerEmailIP = 100 }))
+		login := func(email, code string) (int, string) {
+			t.Helper()
+			status, body, _ := e.doAs(e.client, "POST", "/api/auth/login", map[string]string{"email": email, "code": code})
+			if status == http.StatusOK {
+				return status, ""
+			}
+			msg, _ := body["error"].(map[string]any)["message"].(string)
+			return status, msg
+		}
+		requestCode := func(email string) string {
+			t.Helper()
+			if status, body, _ := e.do("POST", "/api/auth/code", map[string]string{"email": email}); status != http.StatusAccepted {
+				t.Fatalf("request code: %d %v", status, body)
+			}
+			return authtest.Code(t, smtp.Next(t))
+		}
+		code := requestCode("tries@example.com")
+		wrong := "000000"
+		if code == wrong {
+			wrong = "111111"
+		}
+		steps := []struct {
+			code   string
+			status int
+			msg    string
+		}{
+			{wrong, 400, "wrong code: 4 tries left"},
+			{wrong, 400, "wrong code: 3 tries left"},
+			{wrong, 400, "wrong code: 2 tries left"},
+			{wrong, 400, "wrong code: 1 try left"},
+			{wrong, 400, "wrong code, and that was the last try"},
+			{code, 400, "too many wrong tries"},
+		}
+		for i, st := range steps {
+			if status, msg := login("tries@example.com", st.code); status != st.status || !strings.HasPrefix(msg, st.msg) {
+				t.Fatalf("try %d: %d %q, want %d %q", i+1, status, msg, st.status, st.msg)
+			}
+		}
+		code = requestCode("used@example.com")
+		if status, msg := login("used@example.com", code); status != http.StatusOK {
+			t.Fatalf("sign-in: %d %q", status, msg)
+		}
+		if status, msg := login("used@example.com", code); status != 400 || !strings.Contains(msg, "already used") {
+			t.Fatalf("a used code: %d %q", status, msg)
+		}
+		if status, msg := login("never@example.com", "123456"); status != 400 || !strings.Contains(msg, "no code was requested") {
+			t.Fatalf("no code requested: %d %q", status, msg)
+		}
+		code = requestCode("late@example.com")
+		if m := srv.Miniredis(); m != nil {
+			m.FastForward(11 * time.Minute)
+		} else {
+			// A real server's clock cannot be moved: shorten what is left of
+			// this code's life (the code lives while more than CodeTTL of its
+			// key's TTL remains).
+			if err := e.rdb.PExpire(t.Context(), "ts:code:late@example.com", 10*time.Minute-time.Millisecond).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if status, msg := login("late@example.com", code); status != 400 || !strings.Contains(msg, "expired") {
+			t.Fatalf("an expired code: %d %q", status, msg)
+		}
+	})
+}
+
+// The guest cookie follows the session cookie's rules: HttpOnly,
+// SameSite=Lax, Secure over TLS or with SecureCookies.
+func TestGuestCookieAttributes(t *testing.T) {
+	for _, secure := range []bool{false, true} {
+		e := newEnv(t, progresstest.Embedded(t), withoutWorker(), withWebConfig(Config{SecureCookies: secure}))
+		res, err := http.Get(e.http.URL + "/api/me")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		cs := res.Cookies()
+		if len(cs) != 1 || cs[0].Name != sessionCookie || !cs[0].HttpOnly || cs[0].SameSite != http.SameSiteLaxMode ||
+			cs[0].Secure != secure || cs[0].MaxAge <= 0 || !strings.HasPrefix(cs[0].Value, "g1.") {
+			t.Fatalf("SecureCookies %v: cookie %+v", secure, cs)
+		}
 	}
 }

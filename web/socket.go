@@ -316,6 +316,10 @@ func (c *conn) subscribe(ctx context.Context, f clientFrame) error {
 		return err
 	}
 	if strings.HasPrefix(f.Group, "chat:") {
+		// Presence is state: store the guest first.
+		if _, err := c.s.materialize(ctx, c.who); err != nil {
+			return err
+		}
 		// Joining a room is announced to it: churn is bounded per user so
 		// subscribe/unsubscribe cycles cannot wash a room's history away.
 		if err := c.s.limit(ctx, "join:"+c.who.User.ID, 1, 20, "joining rooms too often; wait a moment"); err != nil {

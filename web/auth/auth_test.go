@@ -1,0 +1,296 @@
+package auth
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"taskstream/progress/progresstest"
+	"taskstream/web/auth/authtest"
+)
+
+var testSecret = []byte("0123456789abcdef0123456789abcdef-auth-test")
+
+func newTestStore(t *testing.T, srv *progresstest.Server, cfg Config) *Store {
+	t.Helper()
+	if cfg.Secret == nil {
+		cfg.Secret = testSecret
+	}
+	s, err := NewStore(srv.Client(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestIPKey(t *testing.T) {
+	cases := []struct{ in, want string }{
+		{"203.0.113.9", "203.0.113.9"},
+		{"::ffff:203.0.113.9", "203.0.113.9"},
+		{"2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"},
+		{"2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"},
+		{"fe80::1%eth0", "fe80::/64"},
+		{"not-an-ip", "not-an-ip"},
+	}
+	for _, tc := range cases {
+		if got := ipKey(tc.in); got != tc.want {
+			t.Errorf("ipKey(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// Guest cookies: only what the store signed, within its lifetime, passes.
+func TestGuestCookie(t *testing.T) {
+	s, _ := NewStore(nil, Config{Secret: testSecret, SessionTTL: time.Hour})
+	other, _ := NewStore(nil, Config{Secret: []byte(strings.Repeat("x", 32)), SessionTTL: time.Hour})
+	now := time.Now()
+	id := "g" + randomID(12)
+	good := s.guestCookie(id, now)
+	flip := []byte(good)
+	flip[len(flip)-1] ^= 1
+	cases := []struct {
+		name   string
+		cookie string
+		ok     bool
+	}{
+		{"as issued", good, true},
+		{"issued a little in the future (clock skew)", s.guestCookie(id, now.Add(time.Minute)), true},
+		{"tampered signature", string(flip), false},
+		{"another secret", other.guestCookie(id, now), false},
+		{"other id, same signature", strings.Replace(good, id, "g"+randomID(12), 1), false},
+		{"older than the session TTL", s.guestCookie(id, now.Add(-time.Hour-time.Second)), false},
+		{"far in the future", s.guestCookie(id, now.Add(time.Hour)), false},
+		{"a session cookie", s.sign(randomID(24)), false},
+		{"bad id", s.guestCookie("g!!!!!!!!!!!!!!!!", now), false},
+		{"empty", "", false},
+	}
+	for _, tc := range cases {
+		g, ok := s.parseGuestCookie(tc.cookie, now)
+		if ok != tc.ok {
+			t.Errorf("%s: ok = %v, want %v", tc.name, ok, tc.ok)
+		}
+		if ok && g.ID != id {
+			t.Errorf("%s: id %q, want %q", tc.name, g.ID, id)
+		}
+	}
+}
+
+// FuzzGuestCookie: any cookie value, read as a guest or a session cookie,
+// is refused or is exactly what the store would issue for what it claims;
+// parsing never panics.
+func FuzzGuestCookie(f *testing.F) {
+	s, _ := NewStore(nil, Config{Secret: testSecret})
+	now := time.Unix(1_800_000_000, 0)
+	f.Add(s.guestCookie("gAAAAAAAAAAAAAAAA", now))
+	f.Add("g1.gAAAAAAAAAAAAAAAA.1800000000.xyz")
+	f.Add("g1...")
+	f.Add("abc.def")
+	f.Add("g1.gAAAAAAAAAAAAAAAA.-1." + strings.Repeat("A", 43))
+	f.Add(s.sign("sessionid"))
+	f.Fuzz(func(t *testing.T, cookie string) {
+		if sid, ok := s.verify(cookie); ok && s.sign(sid) != cookie {
+			t.Fatalf("accepted session cookie %q, which the store would not issue", cookie)
+		}
+		g, ok := s.parseGuestCookie(cookie, now)
+		if !ok {
+			return
+		}
+		if s.guestCookie(g.ID, g.Issued) != cookie {
+			t.Fatalf("accepted %q, which the store would not issue", cookie)
+		}
+	})
+}
+
+// Codes are stored as an HMAC keyed by the server secret: not a bare hash
+// that a reader of Redis could reverse in a million tries.
+func TestCodesStoredAsKeyedHMAC(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		smtp := authtest.NewSMTPServer(t)
+		s := newTestStore(t, srv, Config{Mailer: SMTPMailer{Host: smtp.Host, Port: smtp.Port, From: "t@test", TLS: "none"}})
+		const email = "hmac@example.com"
+		if err := s.RequestCode(t.Context(), email, "127.0.0.1"); err != nil {
+			t.Fatal(err)
+		}
+		code := authtest.Code(t, smtp.Next(t))
+		stored, err := s.rdb.HGet(t.Context(), "ts:code:"+email, "hash").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		bare := func(v string) string { sum := sha256.Sum256([]byte(v)); return hex.EncodeToString(sum[:]) }
+		for _, v := range []string{code, email + ":" + code, email + "\x00" + code} {
+			if stored == bare(v) {
+				t.Fatalf("the stored code is the bare SHA-256 of %q", v)
+			}
+		}
+		if stored != s.codeHash(email, code) {
+			t.Fatal("the stored code is not the store's HMAC")
+		}
+		other, _ := NewStore(nil, Config{Secret: []byte(strings.Repeat("y", 32))})
+		if other.codeHash(email, code) == stored {
+			t.Fatal("another secret gives the same stored value: the HMAC is not keyed by the secret")
+		}
+		if strings.Contains(stored, code) {
+			t.Fatal("the code appears in what is stored")
+		}
+	})
+}
+
+// Materialize charges the client IP once per new guest, and not again for
+// a guest already stored (another tab, or a socket opened before).
+func TestMaterializeChargesOncePerGuest(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		s := newTestStore(t, srv, Config{NewGuestsPerIP: 1})
+		ctx := t.Context()
+		p, _ := s.NewGuest()
+		stored, err := s.Materialize(ctx, p, "192.0.2.1")
+		if err != nil || !stored.Stored || stored.User.ID != p.User.ID {
+			t.Fatalf("first: %+v %v", stored, err)
+		}
+		for range 3 { // the stale, unstored principal again
+			if again, err := s.Materialize(ctx, p, "192.0.2.1"); err != nil || !again.Stored {
+				t.Fatalf("again: %+v %v", again, err)
+			}
+		}
+		q, _ := s.NewGuest()
+		var rl *RateLimitedError
+		if _, err := s.Materialize(ctx, q, "192.0.2.1"); !errors.As(err, &rl) || rl.RetryAfter <= 0 {
+			t.Fatalf("a second new guest from the IP: %v", err)
+		}
+		if _, err := s.Materialize(ctx, q, "192.0.2.2"); err != nil {
+			t.Fatalf("from another IP: %v", err)
+		}
+		if err := s.Logout(ctx, stored, "192.0.2.1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Materialize(ctx, p, "192.0.2.3"); !errors.Is(err, ErrNoSession) {
+			t.Fatalf("materializing a logged-out guest: %v, want ErrNoSession", err)
+		}
+		if ok, err := s.Valid(ctx, p); err != nil || ok {
+			t.Fatalf("a logged-out guest is valid: %v %v", ok, err)
+		}
+	})
+}
+
+// Every key the store writes has a TTL, except signed-in users, their
+// email index and their tokens; limiter keys always do.
+func TestEveryKeyHasTTL(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		smtp := authtest.NewSMTPServer(t)
+		s := newTestStore(t, srv, Config{Mailer: SMTPMailer{Host: smtp.Host, Port: smtp.Port, From: "t@test", TLS: "none"}})
+		ctx := t.Context()
+		ip := "198.51.100.7"
+		g, _ := s.NewGuest()
+		g, err := s.Materialize(ctx, g, ip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		loose, _ := s.NewGuest()
+		if err := s.Logout(ctx, loose, ip); err != nil {
+			t.Fatal(err)
+		}
+		for _, email := range []string{"a@example.com", "b@example.com"} {
+			if err := s.RequestCode(ctx, email, ip); err != nil {
+				t.Fatal(err)
+			}
+		}
+		codeA := authtest.Code(t, smtp.Next(t))
+		smtp.Next(t)
+		if _, _, err := s.Login(ctx, "b@example.com", "x", ip, Principal{}); !errors.Is(err, ErrBadCode) {
+			t.Fatalf("wrong code: %v", err)
+		}
+		user, _, err := s.Login(ctx, "a@example.com", codeA, ip, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.CreateToken(ctx, user.User); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Allow(ctx, "chat:"+user.User.ID, 1, 5); err != nil {
+			t.Fatal(err)
+		}
+		permanent := []string{"ts:user:u", "ts:email:", "ts:token:", "ts:tokens:"}
+		keys, err := s.rdb.Keys(ctx, "*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buckets int
+		for _, k := range keys {
+			if strings.HasPrefix(k, "ts:bucket:") {
+				buckets++
+			}
+			keep := false
+			for _, p := range permanent {
+				keep = keep || strings.HasPrefix(k, p)
+			}
+			ttl, err := s.rdb.PTTL(ctx, k).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if keep != (ttl < 0) {
+				t.Errorf("key %s: TTL %v", k, ttl)
+			}
+		}
+		if buckets < 6 {
+			t.Fatalf("only %d limiter keys among %v", buckets, keys)
+		}
+	})
+}
+
+// The limiter refuses over the burst, says how long to wait, and a
+// refused request writes nothing (the key's TTL does not move).
+func TestAllow(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		s := newTestStore(t, srv, Config{})
+		ctx := context.Background()
+		for i := range 3 {
+			if wait, err := s.Allow(ctx, "k", 0.01, 3); err != nil || wait != 0 {
+				t.Fatalf("request %d within the burst: %v %v", i, wait, err)
+			}
+		}
+		ttl, _ := s.rdb.PTTL(ctx, "ts:bucket:k").Result()
+		wait, err := s.Allow(ctx, "k", 0.01, 3)
+		if err != nil || wait <= 0 || wait > 100*time.Second {
+			t.Fatalf("over the burst: %v %v, want a wait of at most one interval", wait, err)
+		}
+		if after, _ := s.rdb.PTTL(ctx, "ts:bucket:k").Result(); after > ttl || after <= 0 {
+			t.Fatalf("a refused request changed the TTL from %v to %v", ttl, after)
+		}
+	})
+}
+
+// An active guest's cookie is reissued about once a day, with the same id,
+// so it never reaches its end while in use; a recent one is left alone.
+func TestGuestCookieRenewal(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		s := newTestStore(t, srv, Config{})
+		id := "g" + randomID(12)
+		cases := []struct {
+			name  string
+			age   time.Duration
+			renew bool
+		}{
+			{"an hour old", time.Hour, false},
+			{"two days old", 48 * time.Hour, true},
+			{"29 days old", 29 * 24 * time.Hour, true},
+		}
+		for _, tc := range cases {
+			p, renew, err := s.Session(t.Context(), s.guestCookie(id, time.Now().Add(-tc.age)))
+			if err != nil || p.User.ID != id || p.Stored {
+				t.Fatalf("%s: %+v %v", tc.name, p, err)
+			}
+			if (renew != "") != tc.renew {
+				t.Fatalf("%s: renew %q, want renewal %v", tc.name, renew, tc.renew)
+			}
+			if renew != "" {
+				g, ok := s.parseGuestCookie(renew, time.Now())
+				if !ok || g.ID != id || time.Since(g.Issued) > time.Minute {
+					t.Fatalf("%s: the renewed cookie %q says %+v", tc.name, renew, g)
+				}
+			}
+		}
+	})
+}

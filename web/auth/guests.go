@@ -1,0 +1,235 @@
+package auth
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// A guest is an identity in a signed cookie: "g1.ID.ISSUED.MAC", where ID
+// is the guest's user id, ISSUED the Unix second the cookie was made and
+// MAC the HMAC-SHA256 of the rest under a key derived from the secret.
+// Serving a guest that only looks (pages, job types, its empty job list)
+// writes nothing to Redis; only Materialize, at the first action that
+// needs state, stores the user. A stored guest is the same cookie and the
+// same id: what changes is that Redis knows it.
+//
+// Ending a guest (logout, sign-in) marks its user "revoked" in Redis for
+// the rest of the cookie's life, so a copy of the cookie never comes back,
+// neither as the stored guest nor as a fresh stateless one.
+
+const (
+	guestCookieVersion = "g1"
+	guestIDLen         = 17 // "g" and 16 base64url characters (12 random bytes)
+	// maxClockSkew tolerates replicas whose clocks disagree a little when
+	// one reads a cookie that another issued.
+	maxClockSkew = 5 * time.Minute
+)
+
+// guestClaim is what a valid guest cookie says.
+type guestClaim struct {
+	ID     string
+	Issued time.Time
+}
+
+func (s *Store) guestMAC(payload string) string {
+	mac := hmac.New(sha256.New, s.guestKey)
+	mac.Write([]byte(payload))
+	return base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+}
+
+func (s *Store) guestCookie(id string, issued time.Time) string {
+	payload := guestCookieVersion + "." + id + "." + strconv.FormatInt(issued.Unix(), 10)
+	return payload + "." + s.guestMAC(payload)
+}
+
+// parseGuestCookie checks a guest cookie's shape, signature and age.
+func (s *Store) parseGuestCookie(cookie string, now time.Time) (guestClaim, bool) {
+	if len(cookie) > 200 {
+		return guestClaim{}, false
+	}
+	parts := strings.Split(cookie, ".")
+	if len(parts) != 4 || parts[0] != guestCookieVersion || !validGuestID(parts[1]) {
+		return guestClaim{}, false
+	}
+	if len(parts[2]) == 0 || len(parts[2]) > 12 || strings.TrimLeft(parts[2], "0123456789") != "" {
+		return guestClaim{}, false
+	}
+	payload := cookie[:len(cookie)-len(parts[3])-1]
+	if !hmac.Equal([]byte(s.guestMAC(payload)), []byte(parts[3])) {
+		return guestClaim{}, false
+	}
+	sec, err := strconv.ParseInt(parts[2], 10, 64)
+	if err != nil {
+		return guestClaim{}, false
+	}
+	issued := time.Unix(sec, 0)
+	if issued.After(now.Add(maxClockSkew)) || !now.Before(issued.Add(s.cfg.SessionTTL)) {
+		return guestClaim{}, false
+	}
+	return guestClaim{ID: parts[1], Issued: issued}, true
+}
+
+func validGuestID(id string) bool {
+	if len(id) != guestIDLen || id[0] != 'g' {
+		return false
+	}
+	for _, c := range id[1:] {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func guestUser(id string) User { return User{ID: id, Name: "guest-" + id[1:6], Guest: true} }
+
+// renewAfter is the age at which a guest cookie is reissued: often enough
+// that an active guest never reaches SessionTTL, rarely enough that most
+// answers carry no Set-Cookie.
+func (s *Store) renewAfter() time.Duration { return min(24*time.Hour, s.cfg.SessionTTL/2) }
+
+// NewGuest returns a new guest and its cookie value. It writes nothing:
+// the guest lives in the cookie until Materialize stores it.
+func (s *Store) NewGuest() (Principal, string) {
+	id := "g" + randomID(12)
+	return Principal{User: guestUser(id)}, s.guestCookie(id, time.Now())
+}
+
+// guestSession is Session for a valid guest cookie: one read, plus a TTL
+// extension for a guest that is stored.
+func (s *Store) guestSession(ctx context.Context, g guestClaim) (Principal, string, error) {
+	u, stored, err := s.lookupGuest(ctx, g.ID, s.cfg.SessionTTL)
+	if err != nil {
+		return Principal{}, "", err
+	}
+	var renew string
+	if now := time.Now(); now.Sub(g.Issued) > s.renewAfter() {
+		renew = s.guestCookie(g.ID, now)
+	}
+	return Principal{User: u, Stored: stored}, renew, nil
+}
+
+// lookupGuestScript returns a guest's stored fields (none when it was
+// never stored) and, unless it was revoked, extends its TTL by ARGV[1]
+// milliseconds (0: leave it).
+var lookupGuestScript = redis.NewScript(`
+local u = redis.call('HGETALL', KEYS[1])
+if #u == 0 then return u end
+for i = 1, #u, 2 do
+  if u[i] == 'revoked' and u[i+1] == '1' then return u end
+end
+if tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return u
+`)
+
+// lookupGuest reads guest id: ErrNoSession when it was revoked, stored
+// false when it lives in its cookie alone.
+func (s *Store) lookupGuest(ctx context.Context, id string, extend time.Duration) (User, bool, error) {
+	var ms int64
+	if extend > 0 {
+		ms = ttlMillis(extend)
+	}
+	res, err := lookupGuestScript.Run(ctx, s.rdb, []string{s.userKey(id)}, ms).StringSlice()
+	if err != nil {
+		return User{}, false, fmt.Errorf("auth: read guest: %w", err)
+	}
+	if len(res) == 0 {
+		return guestUser(id), false, nil
+	}
+	m := make(map[string]string, len(res)/2)
+	for i := 0; i+1 < len(res); i += 2 {
+		m[res[i]] = res[i+1]
+	}
+	if m["revoked"] == "1" {
+		return User{}, false, ErrNoSession
+	}
+	u := userFrom(id, m)
+	u.Guest = true
+	if u.Name == "" {
+		u.Name = guestUser(id).Name
+	}
+	return u, true, nil
+}
+
+// createGuestScript stores a guest unless it exists or was revoked:
+// 1 created, 0 already there, -1 revoked.
+var createGuestScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'revoked') == '1' then return -1 end
+if redis.call('HSETNX', KEYS[1], 'guest', '1') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'name', ARGV[1], 'email', '')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
+// Materialize stores p's guest before an action that needs state (a job,
+// a chat message or presence, a name), and returns p as stored. Storing a
+// new guest counts against ip's new-guest limit (*RateLimitedError).
+// Everyone else (signed-in users, tokens, guests already stored) is
+// returned as is, with no Redis call. ErrNoSession means the guest was
+// revoked meanwhile (logged out in another tab).
+func (s *Store) Materialize(ctx context.Context, p Principal, ip string) (Principal, error) {
+	if !p.isGuestCookie() || p.Stored {
+		return p, nil
+	}
+	// The guest may have been stored since p was read (another request of
+	// the same browser, or a socket that was opened before): no charge.
+	u, stored, err := s.lookupGuest(ctx, p.User.ID, 0)
+	if err != nil {
+		return p, err
+	}
+	if stored {
+		return Principal{User: u, Stored: true}, nil
+	}
+	if err := s.allowNewGuest(ctx, ip); err != nil {
+		return p, err
+	}
+	u = guestUser(p.User.ID)
+	res, err := createGuestScript.Run(ctx, s.rdb, []string{s.userKey(u.ID)}, u.Name, ttlMillis(s.cfg.NewGuestTTL)).Int()
+	if err != nil {
+		return p, fmt.Errorf("auth: store guest: %w", err)
+	}
+	switch res {
+	case -1:
+		return p, ErrNoSession
+	case 0: // stored concurrently
+		if u, _, err = s.lookupGuest(ctx, u.ID, 0); err != nil {
+			return p, err
+		}
+	}
+	return Principal{User: u, Stored: true}, nil
+}
+
+// allowNewGuest takes one new guest from ip's budget.
+func (s *Store) allowNewGuest(ctx context.Context, ip string) error {
+	return s.allowN(ctx, "guest-ip:"+ipKey(ip), s.cfg.NewGuestsPerIP, time.Hour, "new guests from your address")
+}
+
+// revokeGuestScript marks a guest revoked for ARGV[2] milliseconds: the
+// longest a cookie issued before now can stay valid.
+var revokeGuestScript = redis.NewScript(`
+redis.call('HSET', KEYS[1], 'revoked', '1')
+redis.call('HSETNX', KEYS[1], 'guest', '1')
+redis.call('HSETNX', KEYS[1], 'name', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
+func (s *Store) revokeGuest(ctx context.Context, u User) error {
+	name := u.Name
+	if name == "" {
+		name = guestUser(u.ID).Name
+	}
+	err := revokeGuestScript.Run(ctx, s.rdb, []string{s.userKey(u.ID)}, name, ttlMillis(s.cfg.SessionTTL+maxClockSkew)).Err()
+	if err != nil {
+		return fmt.Errorf("auth: end guest: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,83 @@
+package auth
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RateLimitedError says which limit was hit and how long to wait.
+type RateLimitedError struct {
+	What       string // what there were too many of, e.g. "code requests for this email"
+	RetryAfter time.Duration
+}
+
+func (e *RateLimitedError) Error() string {
+	return fmt.Sprintf("auth: too many %s; retry in %s", e.What, e.RetryAfter.Round(time.Second))
+}
+
+// gcraScript is a generic cell rate limiter (GCRA, the token bucket
+// without a refill process): one key per caller holding the theoretical
+// arrival time, always written with a TTL, so no key outlives its use and
+// none can lose its expiry (unlike INCR then EXPIRE). It returns 0 when
+// the request may go ahead, or the milliseconds to wait; a refused
+// request writes nothing.
+var gcraScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + interval
+local wait = new_tat - now - burst * interval
+if wait > 0 then return math.ceil(wait) end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+return 0
+`)
+
+// Allow takes one request of key from a token bucket of perSecond with
+// burst, kept in Redis so every replica shares it. It returns 0 when the
+// request may go ahead, or how long to wait. It is the one limiter of
+// taskstream: the sign-in limits below and the web layer's per-user
+// limits (jobs, chat, joins, renames) all use it.
+func (s *Store) Allow(ctx context.Context, key string, perSecond float64, burst int) (time.Duration, error) {
+	interval := 1000 / perSecond
+	wait, err := gcraScript.Run(ctx, s.rdb, []string{s.key("bucket", key)},
+		time.Now().UnixMilli(), interval, burst).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("auth: rate limit %s: %w", key, err)
+	}
+	return time.Duration(wait) * time.Millisecond, nil
+}
+
+// allowN allows n requests of key per window (a burst of n, refilled
+// evenly over the window), or returns a *RateLimitedError about what.
+func (s *Store) allowN(ctx context.Context, key string, n int, window time.Duration, what string) error {
+	wait, err := s.Allow(ctx, key, float64(n)/window.Seconds(), n)
+	if err != nil {
+		return err
+	}
+	if wait > 0 {
+		return &RateLimitedError{What: what, RetryAfter: wait}
+	}
+	return nil
+}
+
+// ipKey is the part of a limit key that names a client address: the
+// address itself for IPv4, its /64 for IPv6, since one subscriber
+// usually holds a whole /64 and could otherwise rotate through it.
+func ipKey(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.WithZone("").Prefix(64)
+		return p.String()
+	}
+	return a.String()
+}
