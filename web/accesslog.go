@@ -77,7 +77,7 @@ func (s *Server) accessLog(next http.Handler) http.Handler {
 				slog.Int("status", status),
 				slog.Int("bytes", ww.BytesWritten()),
 				slog.Duration("duration", time.Since(start)),
-				slog.String("ip", s.clientIP(r)),
+				slog.String("ip", clientIPOf(r.Context())),
 			)
 		}()
 		next.ServeHTTP(ww, r)

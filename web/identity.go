@@ -34,14 +34,14 @@ func principalOf(r *http.Request) auth.Principal {
 	return p
 }
 
-// authenticate puts the client IP and the caller into the request
-// context: the owner of a bearer token (an invalid one is 401, never
+// authenticate puts the caller into the request context (the router's
+// withClientIP has already put the client IP there): the owner of a bearer token (an invalid one is 401, never
 // silently a guest), else the session or guest cookie's user, else a new
 // guest whose cookie is set on the response, so trying the service needs
 // no sign-up. A new guest writes nothing to Redis: it lives in its signed
 // cookie until it acts (see materialize).
 func (s *Server) authenticate(next http.Handler) http.Handler {
-	return s.withClientIP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, fresh, err := s.principal(w, r)
 		if err != nil {
 			s.writeError(w, r, err)
@@ -52,7 +52,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			ctx = context.WithValue(ctx, newGuestKey{}, true)
 		}
 		next.ServeHTTP(w, r.WithContext(ctx))
-	}))
+	})
 }
 
 // principal finds the caller; fresh reports a guest made for this request

@@ -179,7 +179,7 @@ func New(d Deps, cfg Config) *Server {
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(s.accessLog, middleware.Recoverer)
+	r.Use(s.withClientIP, s.accessLog, middleware.Recoverer)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(CodeNotFound, "no such endpoint: "+r.URL.Path))
 	})

@@ -83,7 +83,7 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 		return // the upgrader has answered the client
 	}
 	c.ws = ws
-	log := s.logger.With("conn", c.id, "request_id", requestIDOf(r.Context()), "user", c.who.User.ID, "ip", s.clientIP(r))
+	log := s.logger.With("conn", c.id, "request_id", requestIDOf(r.Context()), "user", c.who.User.ID, "ip", clientIPOf(r.Context()))
 	log.Info("socket opened")
 	opened := time.Now()
 	c.run(r.Context(), initial)
