@@ -52,11 +52,16 @@ type envOptions struct {
 	web      Config
 	noWorker bool
 	mailer   auth.Mailer
+	prodRdb  bool
 }
 
 func withWebConfig(c Config) envOption   { return func(o *envOptions) { o.web = c } }
 func withoutWorker() envOption           { return func(o *envOptions) { o.noWorker = true } }
 func withMailer(m auth.Mailer) envOption { return func(o *envOptions) { o.mailer = m } }
+
+// withProductionRedis connects as cmd/api does (progress.OpenRedis, with
+// its short timeouts) instead of with go-redis's defaults.
+func withProductionRedis() envOption { return func(o *envOptions) { o.prodRdb = true } }
 
 func quietLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
@@ -80,6 +85,14 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 	}
 	logger := quietLogger(t)
 	e := &testEnv{t: t, redis: srv, rdb: srv.Client(t)}
+	if o.prodRdb {
+		rdb, err := progress.OpenRedis(context.Background(), srv.URL(), progress.ModeSingle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = rdb.Close() })
+		e.rdb = rdb
+	}
 	e.log = progress.NewLog(e.rdb, progress.LogConfig{})
 	reg, err := jobs.NewRegistry(jobs.Builtin()...)
 	if err != nil {

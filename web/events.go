@@ -309,6 +309,12 @@ func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group str
 	wait := time.NewTimer(q.wait)
 	defer wait.Stop()
 	synced, waited := false, false
+	// replayLeft counts the events the last SyncInfo announced that have
+	// not arrived yet: the hub delivers them right behind it, but this
+	// goroutine may take the SyncInfo alone, and an answer cut there would
+	// report a last_seq the client never got events up to.
+	replayLeft := 0
+	cut := false // the sink overflowed: answer with what it holds
 	for {
 		select {
 		case <-ctx.Done():
@@ -339,16 +345,18 @@ func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group str
 					if it.info.Replayed == 0 {
 						ans.LastSeq = it.info.LastSeq
 					}
+					replayLeft = it.info.Replayed
 					continue
 				}
+				replayLeft = max(replayLeft-1, 0)
 				ans.Events = append(ans.Events, it.ev.Frame())
 				ans.LastSeq, ans.Epoch = it.ev.Seq, it.ev.Epoch
 			}
 			if lagged {
-				waited = true
+				waited, cut = true, true
 			}
 		}
-		if synced && (waited || len(ans.Events) > 0) {
+		if synced && (replayLeft == 0 || cut) && (waited || len(ans.Events) > 0) {
 			writeJSON(w, http.StatusOK, ans)
 			return
 		}
