@@ -61,8 +61,8 @@ type SyncInfo struct {
 // the group's lock held, in order: one Synced (Initial), then events in
 // seq order; later a Synced with Recovered false when the log was lost or
 // trimmed past the subscriber's position, followed by the retained history.
-// Every subscription gets a first answer within HubConfig.AnswerTimeout:
-// its initial Synced, or Failed.
+// Until Shutdown, every subscription gets a first answer within
+// HubConfig.AnswerTimeout: its initial Synced, or Failed.
 //
 // Methods must not block: a sink whose peer is slow returns false, and the
 // hub stops delivering to that subscription (the caller is expected to
@@ -454,9 +454,10 @@ func (h *Hub) receiveLoop() {
 				} else {
 					h.connBroken(err)
 				}
+				wasUp := up
 				up = false
 				probe = true
-				if !probeFailed {
+				if !probeFailed && wasUp {
 					continue // reconnect at once: a dropped connection is no outage
 				}
 			}
@@ -466,6 +467,11 @@ func (h *Hub) receiveLoop() {
 			case <-time.After(backoff):
 			}
 			backoff = min(backoff*2, maxBackoff)
+			if probeFailed {
+				// Redis is down: a dial a second is cheap, and it bounds how
+				// long subscribers are refused after Redis is back.
+				backoff = min(backoff, time.Second)
+			}
 			continue
 		}
 		pinged = false
