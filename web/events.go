@@ -226,6 +226,9 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, group string, 
 	// that cannot start (Redis unavailable) is a 503 with Retry-After, not
 	// a stream that ends at once and that EventSource retries blindly.
 	if ok, err := s.firstAnswer(ctx, sink); !ok {
+		if r.Context().Err() == nil { // revoked, not gone
+			s.writeError(w, r, apiErr(CodeUnauthenticated, "the session or token ended"))
+		}
 		return
 	} else if err != nil {
 		s.writeError(w, r, hubError(err))
