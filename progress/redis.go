@@ -27,14 +27,19 @@ const (
 // timeouts, 3 retries, 5 dial attempts each) make a request wait seconds
 // on a Redis that is down before it can say so; Redis answers in well
 // under a millisecond when it is up, so one second is already a generous
-// bound, and one retry is enough to replace a connection Redis dropped.
+// bound. Commands are not retried by the client: go-redis retries a
+// command whose reply timed out, which doubles the wait on a frozen Redis
+// and can apply a write twice (an event appended twice); a connection
+// Redis dropped is caught by the pool's health check before it is used,
+// and every caller that must persist (the hub, the worker, asynq) has its
+// own retry loop.
 const (
 	DefaultDialTimeout     = time.Second            // connecting to Redis
 	DefaultReadTimeout     = time.Second            // one reply (writes follow it)
 	DefaultPoolTimeout     = time.Second            // waiting for a free pooled connection
-	DefaultMaxRetries      = 1                      // retries of a failed command
+	DefaultMaxRetries      = -1                     // retries of a failed command: none (go-redis's -1)
 	DefaultDialerRetries   = 1                      // dial attempts per connection
-	DefaultMaxRetryBackoff = 100 * time.Millisecond // the longest pause before a retry
+	DefaultMaxRetryBackoff = 100 * time.Millisecond // the longest pause before a retry, where one is set
 )
 
 // OpenRedis connects to the Redis that url names, in mode (ModeSingle when

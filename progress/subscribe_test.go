@@ -373,9 +373,9 @@ func TestOpenRedisTimeouts(t *testing.T) {
 		retries     int
 		poolTimeout time.Duration
 	}{
-		{"", DefaultDialTimeout, DefaultReadTimeout, DefaultMaxRetries, DefaultPoolTimeout},
+		{"", DefaultDialTimeout, DefaultReadTimeout, 0, DefaultPoolTimeout}, // go-redis stores "none" (-1) as 0
 		{"?dial_timeout=3s&read_timeout=2s&max_retries=4&pool_timeout=5s", 3 * time.Second, 2 * time.Second, 4, 5 * time.Second},
-		{"?read_timeout=250ms", DefaultDialTimeout, 250 * time.Millisecond, DefaultMaxRetries, DefaultPoolTimeout},
+		{"?read_timeout=250ms", DefaultDialTimeout, 250 * time.Millisecond, 0, DefaultPoolTimeout},
 	}
 	for _, tc := range tests {
 		rdb, err := OpenRedis(context.Background(), srv.URL()+tc.query, ModeSingle)

@@ -314,3 +314,37 @@ func TestToAPIError(t *testing.T) {
 		}
 	}
 }
+
+// A frozen Redis (SIGSTOP: connections accepted, nothing answered) is
+// told like a stopped one: 503 unavailable with Retry-After once the
+// client's read timeout runs out, and /readyz 503 until it runs again.
+func TestRedisFrozen(t *testing.T) {
+	srv := progresstest.Real(t)
+	e := newEnv(t, srv, withoutWorker(), withProductionRedis())
+	e.submit("steps", map[string]any{"steps": 2})
+	eventually(t, "/readyz to say ready", func() bool {
+		status, _, _ := e.do("GET", "/readyz", nil)
+		return status == http.StatusOK
+	})
+	srv.Pause(t)
+	start := time.Now()
+	status, body, h := e.do("GET", "/api/jobs", nil)
+	t.Logf("GET /api/jobs on a frozen Redis answered %d after %v", status, time.Since(start))
+	if status != http.StatusServiceUnavailable || errorCode(body) != CodeUnavailable || h.Get("Retry-After") == "" {
+		t.Fatalf("GET /api/jobs on a frozen Redis: %d %v Retry-After %q", status, body, h.Get("Retry-After"))
+	}
+	start = time.Now()
+	status, body, _ = e.do("GET", "/readyz", nil)
+	t.Logf("/readyz on a frozen Redis answered %d after %v: %v", status, time.Since(start), body)
+	if status != http.StatusServiceUnavailable || errorCode(body) != CodeUnavailable {
+		t.Fatalf("/readyz on a frozen Redis: %d %v", status, body)
+	}
+	srv.Resume()
+	eventually(t, "/readyz after the resume", func() bool {
+		status, _, _ := e.do("GET", "/readyz", nil)
+		return status == http.StatusOK
+	})
+	if status, body, _ := e.do("GET", "/api/jobs", nil); status != http.StatusOK {
+		t.Fatalf("after the resume: %d %v", status, body)
+	}
+}
