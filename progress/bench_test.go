@@ -114,6 +114,7 @@ type benchSink struct{ c *benchCounter }
 
 func (s benchSink) Synced(SyncInfo) bool { s.c.synced.Add(1); return true }
 func (s benchSink) Lagged()              { panic("benchmark sink lagged") }
+func (s benchSink) Failed(err error)     { panic("benchmark subscription failed: " + err.Error()) }
 func (s benchSink) Send(*Event) bool {
 	if s.c.delivered.Add(1)%s.c.k == 0 {
 		select {

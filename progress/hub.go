@@ -21,6 +21,13 @@ type HubConfig struct {
 	// PingInterval is how long the subscription connection may stay silent
 	// before the hub pings Redis to check it. Default 15s.
 	PingInterval time.Duration
+	// AnswerTimeout bounds how long a new subscriber waits for its first
+	// answer (Synced, or Failed). A Redis that is down is noticed at once
+	// (a refused connection, a lost pub/sub connection, a failed read);
+	// this bound covers one that accepts connections but does not answer
+	// (paused, overloaded), whose subscribers then get Failed with
+	// ErrUnavailable. Default 5s.
+	AnswerTimeout time.Duration
 	// Logger receives the hub's own diagnostics. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -31,6 +38,9 @@ func (c HubConfig) withDefaults() HubConfig {
 	}
 	if c.PingInterval <= 0 {
 		c.PingInterval = 15 * time.Second
+	}
+	if c.AnswerTimeout <= 0 {
+		c.AnswerTimeout = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -51,6 +61,8 @@ type SyncInfo struct {
 // the group's lock held, in order: one Synced (Initial), then events in
 // seq order; later a Synced with Recovered false when the log was lost or
 // trimmed past the subscriber's position, followed by the retained history.
+// Until Shutdown, every subscription gets a first answer within
+// HubConfig.AnswerTimeout: its initial Synced, or Failed.
 //
 // Methods must not block: a sink whose peer is slow returns false, and the
 // hub stops delivering to that subscription (the caller is expected to
@@ -62,6 +74,12 @@ type Sink interface {
 	// more than HubConfig.PendingLimit live events queued up while its
 	// history was being read.
 	Lagged()
+	// Failed is called once when the hub gives up on the subscription:
+	// before its initial Synced when Redis is unavailable (err wraps
+	// ErrUnavailable: subscribe again later), or at any time when the
+	// group's log cannot be read (a permanent error, logged by the hub).
+	// Nothing follows it; the caller should Close the subscription.
+	Failed(err error)
 }
 
 // ErrClosed is returned by Subscribe after Shutdown.
@@ -84,13 +102,16 @@ var ErrClosed = errors.New("progress: hub is shut down")
 // A Hub is safe for concurrent use. Shutdown stops it; it is idempotent.
 type Hub struct {
 	log    *Log
+	rdb    redis.UniversalClient
 	ps     *redis.PubSub
 	cfg    HubConfig
 	logger *slog.Logger
 
-	mu     sync.Mutex
-	groups map[string]*group
-	closed bool
+	mu      sync.Mutex
+	groups  map[string]*group
+	closed  bool
+	conn    connState // of the pub/sub connection
+	connErr error     // why it is down
 
 	ctlWake chan struct{}
 	ctx     context.Context
@@ -107,6 +128,7 @@ func NewHub(rdb redis.UniversalClient, log *Log, cfg HubConfig) *Hub {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Hub{
 		log:     log,
+		rdb:     rdb,
 		ps:      rdb.Subscribe(ctx),
 		cfg:     cfg,
 		logger:  cfg.Logger.With("component", "hub"),
@@ -167,10 +189,13 @@ func (h *Hub) Stats() HubStats {
 }
 
 // Subscribe adds sink as a local subscriber of group, starting after seq
-// after (0: the whole retained history). epoch is the epoch the subscriber
-// last saw ("" if none); when it no longer matches the log, the subscriber
-// gets the full retained history with Recovered false. Events reach sink
-// asynchronously, starting with a Synced(Initial) call.
+// after (0 or less: the whole retained history). epoch is the epoch the
+// subscriber last saw ("" if none); when it no longer matches the log, or
+// after is beyond the log's last seq (a position this log never had, up to
+// math.MaxInt64), the subscriber gets the full retained history with
+// Recovered false. Events reach sink asynchronously, starting with a
+// Synced(Initial) call, or Failed. Subscribe fails at once, with an error
+// wrapping ErrUnavailable, while the hub's Redis connection is down.
 func (h *Hub) Subscribe(group string, after int64, epoch string, sink Sink) (*Subscription, error) {
 	if !ValidGroup(group) {
 		return nil, fmt.Errorf("%w: group %q", ErrInvalid, group)
@@ -180,6 +205,11 @@ func (h *Hub) Subscribe(group string, after int64, epoch string, sink Sink) (*Su
 	if h.closed {
 		return nil, ErrClosed
 	}
+	if h.conn == connDown {
+		// Nothing can be read or confirmed until the connection is back:
+		// say so now rather than after AnswerTimeout.
+		return nil, fmt.Errorf("%w: the pub/sub connection is down (%s)", ErrUnavailable, Cause(h.connErr))
+	}
 	g := h.groups[group]
 	if g == nil {
 		g = h.newGroup(group)
@@ -188,6 +218,7 @@ func (h *Hub) Subscribe(group string, after int64, epoch string, sink Sink) (*Su
 	}
 	s := &Subscription{hub: h, group: g, sink: sink, cursor: max(after, 0), epoch: epoch, syncing: true, initial: true}
 	g.mu.Lock()
+	s.answer = time.AfterFunc(h.cfg.AnswerTimeout, s.answerTimedOut)
 	g.subs[s] = struct{}{}
 	ready := g.ready
 	g.mu.Unlock()
@@ -268,31 +299,126 @@ func (h *Hub) controlLoop() {
 	}
 }
 
+// connState is the state of the hub's pub/sub connection.
+type connState int
+
+const (
+	connPending connState = iota // no reply on the current connection yet (starting, or reconnecting)
+	connUp                       // the last read from it succeeded
+	connDown                     // reconnecting failed: Redis is unavailable
+)
+
+// Ready reports whether the hub can serve subscribers: Redis answers a
+// PING (within ctx and the client's timeouts) and the hub's pub/sub
+// connection is up. Its errors wrap ErrUnavailable (or ErrClosed after
+// Shutdown) and say why in a few address-free words.
+func (h *Hub) Ready(ctx context.Context) error {
+	h.mu.Lock()
+	closed, conn, connErr := h.closed, h.conn, h.connErr
+	h.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	if err := h.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("%w: redis does not answer PING (%s)", ErrUnavailable, Cause(err))
+	}
+	switch conn {
+	case connPending:
+		return fmt.Errorf("%w: the pub/sub connection is not up yet", ErrUnavailable)
+	case connDown:
+		return fmt.Errorf("%w: the pub/sub connection is down (%s)", ErrUnavailable, Cause(connErr))
+	}
+	return nil
+}
+
+// connBroken records that the pub/sub connection broke. The hub
+// reconnects at once; only when that fails is Redis unavailable
+// (connDown), so a dropped connection alone (a killed client, a network
+// blip) fails no subscriber.
+func (h *Hub) connBroken(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.conn == connUp {
+		h.logger.Warn("redis subscription lost; reconnecting", "err", err)
+		h.conn, h.connErr = connPending, err
+	}
+}
+
+// connLost records that the pub/sub connection failed and could not be
+// reestablished. On the first failure it tells every subscriber still
+// waiting for its first answer that Redis is unavailable: none can get
+// one before the connection is back. Established subscribers stay: the
+// hub resubscribes and catches them up when it returns.
+func (h *Hub) connLost(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.connErr = err
+	if h.conn == connDown {
+		return
+	}
+	h.conn = connDown
+	h.logger.Warn("redis is unavailable; retrying", "err", err)
+	failErr := fmt.Errorf("%w: the pub/sub connection was lost (%s)", ErrUnavailable, Cause(err))
+	for _, g := range h.groups {
+		g.mu.Lock()
+		for s := range g.subs {
+			if s.initial {
+				s.fail(failErr)
+			}
+		}
+		g.mu.Unlock()
+	}
+}
+
+// connOK records a successful read from the pub/sub connection.
+func (h *Hub) connOK() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.conn != connUp && h.connErr != nil {
+		h.logger.Info("redis subscription restored")
+	}
+	h.conn, h.connErr = connUp, nil
+}
+
 func (h *Hub) receiveLoop() {
 	const maxBackoff = 5 * time.Second
 	backoff := 50 * time.Millisecond
-	down := false
+	// probe: send a PING before the next read. At start and after a
+	// failure it (re)connects at once, and its reply proves the connection
+	// even when no group is subscribed and nothing else would arrive.
+	probe := true
 	pinged := false // a ping is unanswered: the next silence means a dead connection
+	var up bool     // this loop's view of h.conn == connUp, to skip the lock on every message
 	for {
 		var msg any
 		var err error
-		if pinged {
-			// A half-open connection accepts the ping and never answers.
-			// A deadline from the context (rather than a read timeout)
-			// makes go-redis treat the silence as a broken connection and
-			// redial it, resubscribing every channel.
-			ctx, cancel := context.WithTimeout(h.ctx, h.cfg.PingInterval)
-			msg, err = h.ps.Receive(ctx)
-			cancel()
-		} else {
-			msg, err = h.ps.ReceiveTimeout(h.ctx, h.cfg.PingInterval)
+		probeFailed := false
+		if probe {
+			probe = false
+			if err = h.ps.Ping(h.ctx); err == nil {
+				pinged = true
+			}
+			probeFailed = err != nil
+		}
+		if err == nil {
+			if pinged {
+				// A half-open connection accepts the ping and never answers.
+				// A deadline from the context (rather than a read timeout)
+				// makes go-redis treat the silence as a broken connection and
+				// redial it, resubscribing every channel.
+				ctx, cancel := context.WithTimeout(h.ctx, h.cfg.PingInterval)
+				msg, err = h.ps.Receive(ctx)
+				cancel()
+			} else {
+				msg, err = h.ps.ReceiveTimeout(h.ctx, h.cfg.PingInterval)
+			}
 		}
 		if h.ctx.Err() != nil {
 			return
 		}
 		if err != nil {
 			var ne net.Error
-			if !pinged && errors.As(err, &ne) && ne.Timeout() {
+			if !probeFailed && !pinged && errors.As(err, &ne) && ne.Timeout() {
 				// Quiet connection: a ping either proves it alive (its
 				// reply arrives) or, unanswered, marks it broken.
 				_ = h.ps.Ping(h.ctx)
@@ -313,9 +439,27 @@ func (h *Hub) receiveLoop() {
 				}
 				h.mu.Unlock()
 				h.wakeControl()
-			} else if !down {
-				h.logger.Warn("redis subscription lost; reconnecting", "err", err)
-				down = true
+				if IsUnavailable(err) {
+					// LOADING and the like: connected, but not serving yet.
+					h.connLost(err)
+					up = false
+				}
+			} else {
+				// Only a failed dial says Redis is unavailable: a connection
+				// that breaks (a killed client, a network blip), even a new
+				// one, is redialed.
+				var op *net.OpError
+				if probeFailed && errors.As(err, &op) && op.Op == "dial" {
+					h.connLost(err)
+				} else {
+					h.connBroken(err)
+				}
+				wasUp := up
+				up = false
+				probe = true
+				if !probeFailed && wasUp {
+					continue // reconnect at once: a dropped connection is no outage
+				}
 			}
 			select {
 			case <-h.ctx.Done():
@@ -323,12 +467,17 @@ func (h *Hub) receiveLoop() {
 			case <-time.After(backoff):
 			}
 			backoff = min(backoff*2, maxBackoff)
+			if probeFailed {
+				// Redis is down: a dial a second is cheap, and it bounds how
+				// long subscribers are refused after Redis is back.
+				backoff = min(backoff, time.Second)
+			}
 			continue
 		}
 		pinged = false
-		if down {
-			h.logger.Info("redis subscription restored")
-			down = false
+		if !up {
+			h.connOK()
+			up = true
 		}
 		backoff = 50 * time.Millisecond
 		switch m := msg.(type) {
@@ -422,15 +571,34 @@ func (g *group) syncLoop(ctx context.Context) {
 		case <-g.wake:
 		}
 		backoff := 50 * time.Millisecond
+		failing := false
 		for {
 			err := g.sync(ctx)
-			if err == nil || ctx.Err() != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if err == nil {
+				if failing {
+					g.hub.logger.Info("reading group history works again", "group", g.name)
+				}
 				break
 			}
-			g.hub.logger.Warn("reading group history failed; retrying", "group", g.name, "err", err)
+			// Only transient errors come back here (sync has already
+			// failed the subscribers a permanent error concerns), and
+			// only established subscribers are left waiting: those keep
+			// their place and are caught up once Redis answers. Warn once
+			// per episode, and not at all while the hub already says that
+			// its connection is down.
+			if !failing && g.hub.connState() != connDown {
+				g.hub.logger.Warn("reading group history failed; retrying", "group", g.name, "err", err)
+			} else {
+				g.hub.logger.Debug("reading group history failed; retrying", "group", g.name, "err", err)
+			}
+			failing = true
 			select {
 			case <-ctx.Done():
 				return
+			case <-g.wake: // a new subscriber or a resubscription: try now
 			case <-time.After(backoff):
 			}
 			backoff = min(backoff*2, 5*time.Second)
@@ -438,9 +606,16 @@ func (g *group) syncLoop(ctx context.Context) {
 	}
 }
 
+func (h *Hub) connState() connState {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.conn
+}
+
 // sync reads the log once, from the lowest position any subscriber that
 // needs it holds, and applies it to those subscribers under the lock, so
-// live events that arrived meanwhile are deduplicated against it.
+// live events that arrived meanwhile are deduplicated against it. It
+// returns only transient errors, for the caller to retry.
 func (g *group) sync(ctx context.Context) error {
 	g.mu.Lock()
 	if !g.ready {
@@ -450,7 +625,6 @@ func (g *group) sync(ctx context.Context) error {
 	catchup := g.catchup
 	g.catchup = false
 	var targets []*Subscription
-	var from int64
 	for s := range g.subs {
 		if s.dead || !(s.syncing || catchup) {
 			continue
@@ -459,30 +633,83 @@ func (g *group) sync(ctx context.Context) error {
 		// subscriber's live events until the read is applied, or it
 		// would get ahead of the read and take the read for lost history.
 		s.syncing = true
-		if len(targets) == 0 || s.cursor < from {
-			from = s.cursor
-		}
 		targets = append(targets, s)
 	}
 	g.mu.Unlock()
 	if len(targets) == 0 {
 		return nil
 	}
+	err := g.readFor(ctx, targets, true)
+	if err != nil && catchup {
+		g.mu.Lock()
+		g.catchup = true
+		g.mu.Unlock()
+	}
+	return err
+}
+
+// readFor reads the log from the lowest cursor of targets and applies it
+// to them. On a permanent error with targets at several positions, it
+// reads each position on its own (when split), so the error reaches only
+// the subscribers whose read fails and never holds the others back.
+// Transient errors are returned; those that mean Redis is unavailable
+// first fail the targets still waiting for their first answer.
+func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool) error {
+	g.mu.Lock()
+	from := targets[0].cursor
+	positions := map[int64]bool{}
+	for _, s := range targets {
+		from = min(from, s.cursor)
+		positions[s.cursor] = true
+	}
+	g.mu.Unlock()
 	snap, err := g.hub.log.Read(ctx, g.name, from)
-	if err != nil {
-		if catchup {
-			g.mu.Lock()
-			g.catchup = true
-			g.mu.Unlock()
+	if err == nil {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		for _, s := range targets {
+			if _, ok := g.subs[s]; ok && !s.dead {
+				s.apply(snap, from)
+			}
 		}
+		return nil
+	}
+	if ctx.Err() != nil {
+		return err // the group is gone
+	}
+	if IsUnavailable(err) {
+		g.mu.Lock()
+		for _, s := range targets {
+			if s.initial {
+				s.fail(err)
+			}
+		}
+		g.mu.Unlock()
 		return err
 	}
+	if errors.Is(err, errLogChurn) {
+		return err
+	}
+	if split && len(positions) > 1 {
+		byPos := map[int64][]*Subscription{}
+		g.mu.Lock()
+		for _, s := range targets {
+			byPos[s.cursor] = append(byPos[s.cursor], s)
+		}
+		g.mu.Unlock()
+		var retry error
+		for _, subs := range byPos {
+			if err := g.readFor(ctx, subs, false); err != nil && retry == nil {
+				retry = err
+			}
+		}
+		return retry
+	}
+	g.hub.logger.Error("reading group history failed; dropping its subscribers", "group", g.name, "after", from, "subscribers", len(targets), "err", err)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, s := range targets {
-		if _, ok := g.subs[s]; ok && !s.dead {
-			s.apply(snap, from)
-		}
+		s.fail(err)
 	}
 	return nil
 }
@@ -499,9 +726,10 @@ type Subscription struct {
 	syncing bool   // waiting for a log read; live events go to pending
 	initial bool   // no SyncInfo sent yet
 	lost    bool   // the position it held is gone: the next SyncInfo says Recovered false
-	dead    bool   // the sink refused an event or lagged: deliver nothing more
+	dead    bool   // the sink refused an event, lagged or failed: deliver nothing more
 	pending []*Event
 	closed  bool
+	answer  *time.Timer // fails the subscription when its first answer is late
 }
 
 // Group returns the subscription's group name.
@@ -521,6 +749,7 @@ func (s *Subscription) Close() {
 	}
 	s.closed = true
 	s.dead = true
+	s.answer.Stop()
 	delete(g.subs, s)
 	empty := len(g.subs) == 0
 	g.mu.Unlock()
@@ -529,6 +758,29 @@ func (s *Subscription) Close() {
 		g.cancel()
 		h.wakeControl()
 	}
+}
+
+// fail ends the subscription with err: Sink.Failed and nothing more.
+// Called with group.mu held.
+func (s *Subscription) fail(err error) {
+	if s.dead {
+		return
+	}
+	s.dead, s.pending = true, nil
+	s.answer.Stop()
+	s.sink.Failed(err)
+}
+
+// answerTimedOut fails a subscription that got no first answer within
+// HubConfig.AnswerTimeout: Redis accepted the request but did not answer.
+func (s *Subscription) answerTimedOut() {
+	g := s.group
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !s.initial || s.hub.ctx.Err() != nil {
+		return
+	}
+	s.fail(fmt.Errorf("%w: no answer within %v", ErrUnavailable, s.hub.cfg.AnswerTimeout))
 }
 
 // offer delivers a live event, or queues it while the subscriber syncs.
@@ -601,6 +853,9 @@ func (s *Subscription) apply(snap Snapshot, from int64) {
 			s.dead, s.pending = true, nil
 			return
 		}
+	}
+	if s.initial {
+		s.answer.Stop()
 	}
 	s.initial, s.lost = false, false
 	s.epoch = snap.Epoch

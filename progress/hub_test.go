@@ -46,6 +46,7 @@ type recSink struct {
 	refusals int // Send/Synced calls that returned false
 	calls    int // every Synced/Send call, refused ones included
 	lagged   int
+	failed   []error // Failed calls
 }
 
 func (s *recSink) Synced(info SyncInfo) bool {
@@ -77,6 +78,19 @@ func (s *recSink) Lagged() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.lagged++
+}
+
+func (s *recSink) Failed(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failed = append(s.failed, err)
+}
+
+// Failures returns the errors the sink was failed with.
+func (s *recSink) Failures() []error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]error(nil), s.failed...)
 }
 
 func (s *recSink) Items() []item {

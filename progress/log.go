@@ -87,7 +87,7 @@ func (l *Log) groupOf(channel string) (string, bool) {
 
 // appendScript does seq+1, XADD (bounded) and PUBLISH in one atomic step.
 // The stream id of an event is "SEQ-0", so reading "after seq N" is an
-// XRANGE from "N+1-0". When the meta hash is new (first event, or the log
+// XRANGE from "N-1" (see afterID). When the meta hash is new (first event, or the log
 // was lost) a fresh epoch is stored and any stale stream is dropped so the
 // ids can start again at 1.
 var appendScript = redis.NewScript(`
@@ -132,7 +132,7 @@ func (l *Log) Publish(ctx context.Context, group, name string, data any) (*Event
 		newEpoch(), name, string(raw), ts, l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group),
 	).Slice()
 	if err != nil {
-		return nil, fmt.Errorf("progress: publish %s %s: %w", group, name, err)
+		return nil, fmt.Errorf("progress: publish %s %s: %w", group, name, unavailable(err))
 	}
 	if len(res) != 2 {
 		return nil, fmt.Errorf("progress: publish %s: unexpected reply %v", group, res)
@@ -187,9 +187,20 @@ type Snapshot struct {
 // readPage bounds one XRANGE; Read loops until it has everything.
 const readPage = 500
 
+// errLogChurn is returned by Read when the log kept changing under it
+// (replaced or trimmed between pages) more often than it retries: a
+// transient condition, worth another read later.
+var errLogChurn = errors.New("the log changes faster than it can be read")
+
 // Read returns the group's epoch, last seq and the retained events with
 // seq > after. It reads the meta and the stream in one MULTI so the three
 // agree with each other.
+//
+// Every after is valid: a negative one reads from the start, and one at
+// or beyond the last seq (up to math.MaxInt64) reads no events, so the
+// caller sees LastSeq < after. Errors that mean Redis is unavailable wrap
+// ErrUnavailable (see IsUnavailable); the caller may retry those. Any
+// other error is permanent for this group.
 func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, error) {
 	var snap Snapshot
 	if after < 0 {
@@ -201,11 +212,11 @@ func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, er
 		var rng *redis.XMessageSliceCmd
 		_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			meta = p.HMGet(ctx, l.metaKey(group), "seq", "epoch")
-			rng = p.XRangeN(ctx, l.streamKey(group), strconv.FormatInt(from+1, 10)+"-0", "+", readPage)
+			rng = p.XRangeN(ctx, l.streamKey(group), afterID(from), "+", readPage)
 			return nil
 		})
 		if err != nil && !errors.Is(err, redis.Nil) {
-			return Snapshot{}, fmt.Errorf("progress: read %s: %w", group, err)
+			return Snapshot{}, fmt.Errorf("progress: read %s: %w", group, unavailable(err))
 		}
 		epoch, lastSeq := parseMeta(meta.Val())
 		msgs := rng.Val()
@@ -216,7 +227,7 @@ func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, er
 		trimmed := len(snap.Events) > 0 && len(msgs) > 0 && !strings.HasPrefix(msgs[0].ID, strconv.FormatInt(from+1, 10)+"-")
 		if replaced || trimmed {
 			if restarts++; restarts > 10 {
-				return Snapshot{}, fmt.Errorf("progress: read %s: the log changes faster than it can be read", group)
+				return Snapshot{}, fmt.Errorf("progress: read %s: %w", group, errLogChurn)
 			}
 			snap, from = Snapshot{}, after
 			continue
@@ -235,6 +246,11 @@ func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, er
 		}
 	}
 }
+
+// afterID is the first stream id after the event with seq: events have
+// the ids "SEQ-0", so "SEQ-1" sorts after seq's own entry and before the
+// next one. Unlike "SEQ+1-0" it cannot overflow at math.MaxInt64.
+func afterID(seq int64) string { return strconv.FormatInt(seq, 10) + "-1" }
 
 func parseMeta(vals []any) (epoch string, lastSeq int64) {
 	if len(vals) != 2 {
@@ -270,7 +286,7 @@ func (l *Log) Tail(ctx context.Context, group string, n int64) (Snapshot, error)
 	meta := pipe.HMGet(ctx, l.metaKey(group), "seq", "epoch")
 	rng := pipe.XRevRangeN(ctx, l.streamKey(group), "+", "-", n)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return Snapshot{}, fmt.Errorf("progress: tail %s: %w", group, err)
+		return Snapshot{}, fmt.Errorf("progress: tail %s: %w", group, unavailable(err))
 	}
 	var snap Snapshot
 	snap.Epoch, snap.LastSeq = parseMeta(meta.Val())

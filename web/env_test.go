@@ -53,6 +53,7 @@ type envOptions struct {
 	noWorker bool
 	mailer   auth.Mailer
 	authCfg  func(*auth.Config)
+	prodRdb  bool
 }
 
 func withWebConfig(c Config) envOption   { return func(o *envOptions) { o.web = c } }
@@ -61,6 +62,10 @@ func withMailer(m auth.Mailer) envOption { return func(o *envOptions) { o.mailer
 
 // withAuthConfig adjusts the auth store's configuration.
 func withAuthConfig(f func(*auth.Config)) envOption { return func(o *envOptions) { o.authCfg = f } }
+
+// withProductionRedis connects as cmd/api does (progress.OpenRedis, with
+// its short timeouts) instead of with go-redis's defaults.
+func withProductionRedis() envOption { return func(o *envOptions) { o.prodRdb = true } }
 
 func quietLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
@@ -84,6 +89,14 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 	}
 	logger := quietLogger(t)
 	e := &testEnv{t: t, redis: srv, rdb: srv.Client(t)}
+	if o.prodRdb {
+		rdb, err := progress.OpenRedis(context.Background(), srv.URL(), progress.ModeSingle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = rdb.Close() })
+		e.rdb = rdb
+	}
 	e.log = progress.NewLog(e.rdb, progress.LogConfig{})
 	reg, err := jobs.NewRegistry(jobs.Builtin()...)
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+
+	"taskstream/progress"
 )
 
 // Error codes of PROTOCOL.md, used in HTTP error bodies and socket error
@@ -42,8 +44,13 @@ var statusOf = map[string]int{
 type APIError struct {
 	Code       string
 	Message    string
-	RetryAfter int // seconds, for rate_limited
+	RetryAfter int // seconds, for rate_limited and unavailable
 }
+
+// unavailableRetryAfter is the Retry-After, in seconds, of every 503
+// unavailable answer: Redis restarts and Sentinel failovers take seconds,
+// so clients come back soon without hammering a Redis that is down.
+const unavailableRetryAfter = 2
 
 func (e *APIError) Error() string { return e.Code + ": " + e.Message }
 
@@ -64,15 +71,36 @@ type errorBody struct {
 	} `json:"error"`
 }
 
-// writeError answers with err as the protocol's error body. Errors that are
-// not *APIError are internal: logged with the request, shown as a generic
-// message so no internals leak.
-func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+// toAPIError is the one place where an error becomes what the client is
+// told, on HTTP and on the socket alike. An *APIError is shown as it is.
+// An error that means Redis is unavailable (progress.IsUnavailable:
+// down, unreachable, too slow, loading, failing over) is 503 unavailable
+// with Retry-After: the request may well succeed shortly. Anything else is
+// internal: shown as a generic message so no internals leak. Both kinds
+// are logged here, with what, so each is logged once.
+func (s *Server) toAPIError(err error, what ...any) *APIError {
 	var ae *APIError
-	if !errors.As(err, &ae) {
-		s.logger.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		ae = apiErr(CodeInternal, "internal error")
+	switch {
+	case errors.As(err, &ae):
+		if ae.Code == CodeUnavailable && ae.RetryAfter == 0 {
+			cp := *ae
+			cp.RetryAfter = unavailableRetryAfter
+			return &cp
+		}
+		return ae
+	case progress.IsUnavailable(err):
+		s.logger.Warn("redis unavailable", append(what, "err", err)...)
+		return &APIError{Code: CodeUnavailable, Message: "temporarily unavailable (" + progress.Cause(err) + "); retry shortly",
+			RetryAfter: unavailableRetryAfter}
 	}
+	s.logger.Error("request failed", append(what, "err", err)...)
+	return apiErr(CodeInternal, "internal error")
+}
+
+// writeError answers with err as the protocol's error body (see
+// toAPIError), with Retry-After when the error has one.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	ae := s.toAPIError(err, "method", r.Method, "path", r.URL.Path)
 	if ae.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(ae.RetryAfter))
 	}

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,9 +61,9 @@ func parseEventsQuery(r *http.Request) (eventsQuery, error) {
 		after = id // an EventSource reconnecting by itself
 	}
 	if after != "" {
-		n, err := strconv.ParseInt(after, 10, 64)
-		if err != nil || n < 0 {
-			return q, apiErr(CodeBadRequest, "after (or Last-Event-ID) must be a seq: an integer, 0 or more")
+		n, err := parseSeq(after)
+		if err != nil {
+			return q, err
 		}
 		q.after = n
 	}
@@ -124,6 +125,7 @@ type bufferSink struct {
 	items  []streamItem
 	limit  int
 	lagged bool
+	failed error // from Sink.Failed: the subscription is over
 	notify chan struct{}
 }
 
@@ -152,19 +154,57 @@ func (b *bufferSink) Lagged() {
 	b.mu.Lock()
 	b.lagged = true
 	b.mu.Unlock()
+	b.wake()
+}
+
+func (b *bufferSink) Failed(err error) {
+	b.mu.Lock()
+	b.failed = err
+	b.mu.Unlock()
+	b.wake()
+}
+
+func (b *bufferSink) wake() {
 	select {
 	case b.notify <- struct{}{}:
 	default:
 	}
 }
 
-// take returns what has queued up, and whether the sink overflowed.
-func (b *bufferSink) take() ([]streamItem, bool) {
+// take returns what has queued up, whether the sink overflowed, and the
+// error that ended the subscription, if one did.
+func (b *bufferSink) take() ([]streamItem, bool, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	items := b.items
 	b.items = nil
-	return items, b.lagged
+	return items, b.lagged, b.failed
+}
+
+// firstAnswer waits for the subscription's first answer: its initial
+// SyncInfo (left in the sink for the caller to take) or the error that
+// ended it. The hub gives every subscription an answer within its
+// AnswerTimeout, so this ends; ok is false when the request ended first.
+func (s *Server) firstAnswer(ctx context.Context, sink *bufferSink) (ok bool, err error) {
+	for {
+		sink.mu.Lock()
+		ready, failed := len(sink.items) > 0 || sink.lagged, sink.failed
+		sink.mu.Unlock()
+		if failed != nil {
+			return true, failed
+		}
+		if ready {
+			sink.wake() // what is queued is the caller's to take
+			return true, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, nil
+		case <-s.stopping():
+			return true, apiErr(CodeUnavailable, "server is shutting down; retry shortly")
+		case <-sink.notify:
+		}
+	}
 }
 
 // stopping is closed when the server shuts down, so streams end and
@@ -182,6 +222,18 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, group string, 
 		return
 	}
 	defer sub.Close()
+	// The status line waits for the hub's first answer, so a subscription
+	// that cannot start (Redis unavailable) is a 503 with Retry-After, not
+	// a stream that ends at once and that EventSource retries blindly.
+	if ok, err := s.firstAnswer(ctx, sink); !ok {
+		if r.Context().Err() == nil { // revoked, not gone
+			s.writeError(w, r, apiErr(CodeUnauthenticated, "the session or token ended"))
+		}
+		return
+	} else if err != nil {
+		s.writeError(w, r, hubError(err))
+		return
+	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -211,7 +263,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, group string, 
 				return
 			}
 		case <-sink.notify:
-			items, lagged := sink.take()
+			items, lagged, failed := sink.take()
 			var b strings.Builder
 			final := false
 			for _, it := range items {
@@ -225,8 +277,11 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, group string, 
 					break
 				}
 			}
-			if !write(b.String()) || final || lagged {
-				return // lagged: the client reconnects with Last-Event-ID
+			// lagged: the client reconnects with Last-Event-ID. failed: the
+			// log cannot be read any more (the hub logged why); the
+			// reconnection gets the error as its status.
+			if !write(b.String()) || final || lagged || failed != nil {
+				return
 			}
 		}
 	}
@@ -251,13 +306,18 @@ func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group str
 	}
 	defer sub.Close()
 	ans := longPollAnswer{Events: []json.RawMessage{}, LastSeq: q.after, Epoch: q.epoch, Recovered: true}
+	// wait starts now, but an answer always waits for the hub's first
+	// one (bounded by its AnswerTimeout), so wait=0 still answers with
+	// what the log holds instead of nothing.
 	wait := time.NewTimer(q.wait)
 	defer wait.Stop()
-	// Reading the history gets its own bound, so wait=0 still answers with
-	// what the log holds instead of nothing.
-	syncTimeout := time.NewTimer(max(q.wait, 10*time.Second))
-	defer syncTimeout.Stop()
 	synced, waited := false, false
+	// replayLeft counts the events the last SyncInfo announced that have
+	// not arrived yet: the hub delivers them right behind it, but this
+	// goroutine may take the SyncInfo alone, and an answer cut there would
+	// report a last_seq the client never got events up to.
+	replayLeft := 0
+	cut := false // the sink overflowed: answer with what it holds
 	for {
 		select {
 		case <-ctx.Done():
@@ -268,15 +328,14 @@ func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group str
 		case <-s.stopping():
 			s.writeError(w, r, apiErr(CodeUnavailable, "server is shutting down; poll again"))
 			return
-		case <-syncTimeout.C:
-			if !synced {
-				s.writeError(w, r, apiErr(CodeUnavailable, "the event log did not answer in time; poll again"))
-				return
-			}
 		case <-wait.C:
 			waited = true
 		case <-sink.notify:
-			items, lagged := sink.take()
+			items, lagged, failed := sink.take()
+			if failed != nil {
+				s.writeError(w, r, hubError(failed))
+				return
+			}
 			for _, it := range items {
 				if it.info != nil {
 					synced = true
@@ -289,16 +348,18 @@ func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group str
 					if it.info.Replayed == 0 {
 						ans.LastSeq = it.info.LastSeq
 					}
+					replayLeft = it.info.Replayed
 					continue
 				}
+				replayLeft = max(replayLeft-1, 0)
 				ans.Events = append(ans.Events, it.ev.Frame())
 				ans.LastSeq, ans.Epoch = it.ev.Seq, it.ev.Epoch
 			}
 			if lagged {
-				waited = true
+				waited, cut = true, true
 			}
 		}
-		if synced && (waited || len(ans.Events) > 0) {
+		if synced && (replayLeft == 0 || cut) && (waited || len(ans.Events) > 0) {
 			writeJSON(w, http.StatusOK, ans)
 			return
 		}
@@ -310,6 +371,9 @@ func subscribedJSON(group string, ref json.RawMessage, info progress.SyncInfo) [
 		LastSeq: info.LastSeq, Replayed: info.Replayed, Recovered: info.Recovered})
 }
 
+// hubError maps an error from the hub (Subscribe, or Sink.Failed) to
+// what the client is told: shutting down and Redis unavailable are 503
+// (the latter through writeError's mapping), anything else is internal.
 func hubError(err error) error {
 	if errors.Is(err, progress.ErrClosed) {
 		return apiErr(CodeUnavailable, "server is shutting down")

@@ -227,8 +227,8 @@ func TestBufferSinkLagged(t *testing.T) {
 	b := newBufferSink(10)
 	b.Send(&progress.Event{Seq: 1})
 	b.Lagged()
-	items, lagged := b.take()
-	if !lagged || len(items) != 1 || items[0].ev == nil {
+	items, lagged, failed := b.take()
+	if !lagged || len(items) != 1 || items[0].ev == nil || failed != nil {
 		t.Fatalf("items %+v lagged %v", items, lagged)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strconv"
 
 	"taskstream/progress"
 )
@@ -20,10 +21,34 @@ const (
 type clientFrame struct {
 	Op    string          `json:"op"`
 	Group string          `json:"group"`
-	After *int64          `json:"after"`
+	After *int64          `json:"-"` // parsed from RawAfter by decodeClientFrame
 	Epoch string          `json:"epoch"`
 	Data  json.RawMessage `json:"data"`
 	Ref   json.RawMessage `json:"ref"`
+
+	// RawAfter is "after" as sent: decoded by parseSeq, so every bad
+	// value (a fraction, an exponent, a string, beyond int64) gets the
+	// same clear message instead of encoding/json's.
+	RawAfter json.RawMessage `json:"after"`
+}
+
+// errBadSeq is the answer to an "after" (or Last-Event-ID) that is not a
+// seq.
+var errBadSeq = apiErr(CodeBadRequest, `"after" (or Last-Event-ID) must be a seq: an integer from 0 to 9223372036854775807`)
+
+// parseSeq parses a position in a group: a decimal integer from 0 to
+// math.MaxInt64, written without a fraction or an exponent. Any value in
+// that range is a valid position, whether or not the group's log ever
+// reached it (beyond it, the subscriber is told recovered:false).
+func parseSeq(s string) (int64, *APIError) {
+	if s == "" || s[0] == '+' {
+		return 0, errBadSeq
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, errBadSeq
+	}
+	return n, nil
 }
 
 // decodeClientFrame parses and checks one client frame. On error it still
@@ -63,8 +88,12 @@ func decodeClientFrame(b []byte) (clientFrame, *APIError) {
 	if !progress.ValidGroup(f.Group) {
 		return f, apiErr(CodeBadRequest, fmt.Sprintf("bad group name %q", f.Group))
 	}
-	if f.After != nil && *f.After < 0 {
-		return f, apiErr(CodeBadRequest, `"after" must be 0 or more`)
+	if len(f.RawAfter) > 0 && string(f.RawAfter) != "null" {
+		n, aerr := parseSeq(string(f.RawAfter))
+		if aerr != nil {
+			return f, aerr
+		}
+		f.After = &n
 	}
 	if f.Op == opPublish && len(f.Data) == 0 {
 		return f, apiErr(CodeBadRequest, `"data" is required to publish`)

@@ -190,6 +190,7 @@ func (s *Server) routes() chi.Router {
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
+	r.Get("/readyz", s.handleReady)
 	r.Group(func(r chi.Router) {
 		r.Use(s.authenticate)
 		r.Get("/", s.handleIndex)

@@ -25,7 +25,7 @@ const (
 	closeGoingAway = websocket.CloseGoingAway       // 1001: restart, reconnect and resume
 	closePolicy    = websocket.ClosePolicyViolation // 1008: bad Origin, not allowed
 	closeTooBig    = websocket.CloseMessageTooBig   // 1009: frame over the limit
-	closeTryAgain  = websocket.CloseTryAgainLater   // 1013: too slow, resume from last seq
+	closeTryAgain  = websocket.CloseTryAgainLater   // 1013: too slow, or Redis unavailable: reconnect later and resume from last seq
 	maxSubsPerConn = 200                            // groups one socket may watch
 	closeWait      = time.Second                    // how long a close handshake may take
 )
@@ -278,13 +278,29 @@ func (c *conn) writeClose() {
 
 func (c *conn) reply(f replyFrame) { c.enqueue(mustJSON(f)) }
 
-func (c *conn) replyError(ref json.RawMessage, err error) {
-	var ae *APIError
-	if !errors.As(err, &ae) {
-		c.s.logger.Error("socket request failed", "err", err)
-		ae = apiErr(CodeInternal, "internal error")
+// replyError answers a frame that failed with an error frame carrying its
+// ref; the socket stays open. When Redis is unavailable the socket is
+// closed with 1013 instead (reconnect later and resume), as a send queue
+// overflow is: its subscriptions cannot be trusted to be served, and one
+// clear signal beats an error frame for every frame the client sends
+// until Redis is back.
+func (c *conn) replyError(ref json.RawMessage, group string, err error) {
+	ae := c.s.toAPIError(err, "socket", c.id, "group", group)
+	if ae.Code == CodeUnavailable {
+		c.close(closeTryAgain, tryAgainText(ae))
+		return
 	}
-	c.reply(replyFrame{Type: "error", Ref: ref, Code: ae.Code, Message: ae.Message})
+	c.reply(replyFrame{Type: "error", Group: group, Ref: ref, Code: ae.Code, Message: ae.Message})
+}
+
+// tryAgainText is the reason of a 1013 close for ae: close reasons are at
+// most 123 bytes.
+func tryAgainText(ae *APIError) string {
+	msg := ae.Message
+	if len(msg) > 123 {
+		msg = msg[:123]
+	}
+	return msg
 }
 
 func (c *conn) handle(ctx context.Context, f clientFrame) {
@@ -293,7 +309,7 @@ func (c *conn) handle(ctx context.Context, f clientFrame) {
 		c.reply(replyFrame{Type: "pong", Ref: f.Ref})
 	case opSubscribe:
 		if err := c.subscribe(ctx, f); err != nil {
-			c.replyError(f.Ref, err)
+			c.replyError(f.Ref, f.Group, err)
 		}
 	case opUnsubscribe:
 		if sub := c.subs[f.Group]; sub != nil {
@@ -304,7 +320,7 @@ func (c *conn) handle(ctx context.Context, f clientFrame) {
 		c.reply(replyFrame{Type: "unsubscribed", Group: f.Group, Ref: f.Ref})
 	case opPublish:
 		if err := c.s.publish(ctx, c.who, f.Group, f.Data); err != nil {
-			c.replyError(f.Ref, err)
+			c.replyError(f.Ref, f.Group, err)
 			return
 		}
 		c.reply(replyFrame{Type: "published", Group: f.Group, Ref: f.Ref})
@@ -339,11 +355,8 @@ func (c *conn) subscribe(ctx context.Context, f clientFrame) error {
 		after = *f.After
 	}
 	sub, err := c.s.hub.Subscribe(f.Group, after, f.Epoch, &groupSink{c: c, group: f.Group, ref: f.Ref})
-	if errors.Is(err, progress.ErrClosed) {
-		return apiErr(CodeUnavailable, "server is shutting down")
-	}
 	if err != nil {
-		return err
+		return hubError(err)
 	}
 	c.subs[f.Group] = sub
 	if !rejoin && strings.HasPrefix(f.Group, "chat:") && c.s.pres != nil {
@@ -423,7 +436,8 @@ type groupSink struct {
 	c          *conn
 	group      string
 	ref        json.RawMessage
-	replayLeft int // events of the last SyncInfo's replay still to come
+	replayLeft int  // events of the last SyncInfo's replay still to come
+	synced     bool // the initial SyncInfo was sent
 }
 
 func (g *groupSink) Synced(info progress.SyncInfo) bool {
@@ -431,6 +445,7 @@ func (g *groupSink) Synced(info progress.SyncInfo) bool {
 	if info.Initial {
 		ref = g.ref
 	}
+	g.synced = true
 	g.replayLeft = info.Replayed
 	return g.c.enqueue(subscribedJSON(g.group, ref, info))
 }
@@ -452,4 +467,16 @@ func (g *groupSink) Send(ev *progress.Event) bool {
 
 func (g *groupSink) Lagged() {
 	g.c.close(closeTryAgain, "too slow: reconnect and resume from your last seq")
+}
+
+// Failed answers a subscription the hub gave up on: 1013 when Redis is
+// unavailable (reconnect later and resume), else an error frame for the
+// group, with the subscribe's ref when it never got its subscribed frame.
+// The hub calls it with the group's lock held: it only queues.
+func (g *groupSink) Failed(err error) {
+	var ref json.RawMessage
+	if !g.synced {
+		ref = g.ref
+	}
+	g.c.replyError(ref, g.group, err)
 }

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -140,8 +141,33 @@ func (s *Server) Stop() {
 	}
 }
 
+// Pause freezes a real server with SIGSTOP, as a stalled machine or a
+// long fork would: connections are accepted by the kernel but nothing is
+// answered until Resume. It skips the test on miniredis, which cannot be
+// frozen. Resume is also registered as a cleanup, so a failed test does
+// not leave a stopped process behind.
+func (s *Server) Pause(tb testing.TB) {
+	tb.Helper()
+	if s.mini != nil || s.cmd == nil {
+		tb.Skip("only a real redis-server can be paused")
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		tb.Fatalf("pause redis-server: %v", err)
+	}
+	tb.Cleanup(s.Resume)
+}
+
+// Resume lets a paused server run again. Safe to call when it is not
+// paused.
+func (s *Server) Resume() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Signal(syscall.SIGCONT)
+	}
+}
+
 // Restart stops the server and starts a fresh, empty one on the same
-// address, as a Redis restart without persistence does.
+// address, as a Redis restart without persistence does. After Stop it
+// brings the stopped server back (empty).
 func (s *Server) Restart(tb testing.TB) {
 	tb.Helper()
 	if s.mini != nil {
