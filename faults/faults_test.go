@@ -183,15 +183,15 @@ func runScenario(t *testing.T, sc scenario) {
 		rec = "not recovered"
 	}
 	addRow(row{scenario: sc.name, jobs: len(r.jobs), watchers: len(r.watchers), tally: tl, recover: rec, took: time.Since(began)})
-	t.Logf("%s: %d jobs, %d watchers, %d events checked, %d lost, %d duplicated, recovered in %s (scenario took %.1f s)",
-		sc.name, len(r.jobs), len(r.watchers), tl.events, tl.lost, tl.dups, rec, time.Since(began).Seconds())
-	if len(tl.problems) > 0 {
+	t.Logf("%s: %d jobs, %d watchers, %d events checked, %d lost, %d duplicated, %d told recovered:false, recovered in %s (scenario took %.1f s)",
+		sc.name, len(r.jobs), len(r.watchers), tl.events, tl.lost, tl.dups, tl.told, rec, time.Since(began).Seconds())
+	if problems := tl.report(); len(problems) > 0 {
 		const maxShown = 40
-		shown := tl.problems
+		shown := problems
 		if len(shown) > maxShown {
-			shown = append(shown[:maxShown:maxShown], fmt.Sprintf("… and %d more", len(tl.problems)-maxShown))
+			shown = append(shown[:maxShown:maxShown], fmt.Sprintf("… and %d more", len(problems)-maxShown))
 		}
-		t.Errorf("ledger of %q: %d problems:\n  %s", sc.name, len(tl.problems), strings.Join(shown, "\n  "))
+		t.Errorf("ledger of %q: %d problems:\n  %s", sc.name, len(problems), strings.Join(shown, "\n  "))
 	}
 }
 
@@ -374,7 +374,7 @@ func retriedAfterKill(r *run, t *tally) {
 				case "active":
 					actives++
 					if actives > 1 && !retried {
-						t.problem("%v job %s: attempt %d began with no state retry after the kill", w, j.id, actives)
+						t.about("job "+j.id, w, "attempt %d began with no state retry after the kill", actives)
 					}
 					retried = false
 				case "retry":

@@ -36,14 +36,42 @@ func stateOf(e received) string {
 
 // tally is a ledger's outcome for one scenario.
 type tally struct {
-	events   int // event frames checked
-	lost     int64
-	dups     int
+	events   int   // event frames checked
+	lost     int64 // seqs a watcher should hold and does not
+	dups     int   // event frames whose seq a watcher already had
+	told     int   // (watcher, group) pairs told recovered:false
 	problems []string
+
+	// Problems of one subject (a job, a room) with the same text are
+	// reported once, with the watchers that have them.
+	keys  []string
+	whoOf map[string][]string
 }
 
 func (t *tally) problem(format string, args ...any) {
 	t.problems = append(t.problems, fmt.Sprintf(format, args...))
+}
+
+// about records problem msg of subject as seen by watcher w.
+func (t *tally) about(subject string, w *watcher, format string, args ...any) {
+	key := subject + ": " + fmt.Sprintf(format, args...)
+	if t.whoOf == nil {
+		t.whoOf = map[string][]string{}
+	}
+	if _, ok := t.whoOf[key]; !ok {
+		t.keys = append(t.keys, key)
+	}
+	t.whoOf[key] = append(t.whoOf[key], w.String())
+}
+
+// report lists every problem, grouped.
+func (t *tally) report() []string {
+	out := append([]string(nil), t.problems...)
+	for _, k := range t.keys {
+		subject, msg, _ := strings.Cut(k, ": ")
+		out = append(out, fmt.Sprintf("%s [%s]: %s", subject, strings.Join(t.whoOf[k], " "), msg))
+	}
+	return out
 }
 
 // checkJob checks one watcher's view of one job against the API's: the
@@ -53,24 +81,27 @@ func (t *tally) problem(format string, args ...any) {
 // only when the server said recovered:false after them.
 func checkJob(t *tally, w *watcher, id string, api *jobView, apiErr error) {
 	g := w.snapshot("job:" + id)
-	who := fmt.Sprintf("%v job %s", w, id)
+	subject := "job " + id
 	for i, s := range g.segs {
+		if s.toldLost {
+			t.told++
+		}
 		t.events += len(s.events)
 		t.dups += s.dups
 		if s.dups > 0 {
-			t.problem("%s: %d duplicate event frames (epoch %s)", who, s.dups, s.epoch)
+			t.about(subject, w, "%d duplicate event frames (epoch %s)", s.dups, s.epoch)
 		}
 		if s.untold {
-			t.problem("%s: events of a new epoch %s arrived without a recovered:false", who, s.epoch)
+			t.about(subject, w, "events of a new epoch %s arrived without a recovered:false", s.epoch)
 		}
 		if i < len(g.segs)-1 && s.gaps > 0 && !g.segs[i+1].toldLost {
 			t.lost += s.gaps
-			t.problem("%s: %d seqs missing in epoch %s, never told", who, s.gaps, s.epoch)
+			t.about(subject, w, "%d seqs missing in epoch %s, never told", s.gaps, s.epoch)
 		}
 	}
 	last := g.current()
 	if last == nil || len(last.events) == 0 {
-		t.problem("%s: no event at all (subscribe errors: %v)", who, g.errors)
+		t.about(subject, w, "no event at all (subscribe errors: %v)", g.errors)
 		if api != nil {
 			t.lost += api.LastSeq
 		}
@@ -85,9 +116,9 @@ func checkJob(t *tally, w *watcher, id string, api *jobView, apiErr error) {
 	}
 	switch {
 	case finals == 0:
-		t.problem("%s: no final event; the last one is %s seq %d (%s)", who, describe(tailEv), tailEv.seq, tailEv.at.Format("15:04:05.000"))
+		t.about(subject, w, "no final event; the last one is %s seq %d (%s)", describe(tailEv), tailEv.seq, tailEv.at.Format("15:04:05.000"))
 	case finals > 1 || finalState(tailEv) == "":
-		t.problem("%s: %d final events, the last event is %s seq %d", who, finals, describe(tailEv), tailEv.seq)
+		t.about(subject, w, "%d final events, the last event is %s seq %d", finals, describe(tailEv), tailEv.seq)
 	}
 	// A job that runs again says why first: retry (failed or worker
 	// lost) or pending (handed back by a stopping worker).
@@ -100,7 +131,7 @@ func checkJob(t *tally, w *watcher, id string, api *jobView, apiErr error) {
 		case "active":
 			actives++
 			if actives > 1 && !why {
-				t.problem("%s: attempt %d started (seq %d) with no retry or pending event since the last one", who, actives, e.seq)
+				t.about(subject, w, "attempt %d started (seq %d) with no retry or pending event since the last one", actives, e.seq)
 			}
 			why = false
 		case "retry", "pending":
@@ -108,18 +139,19 @@ func checkJob(t *tally, w *watcher, id string, api *jobView, apiErr error) {
 		}
 	}
 	if apiErr != nil {
-		t.problem("%s: GET /api/jobs/%s: %v", who, id, apiErr)
-		t.lost += int64(len(last.events)) // nothing to check them against: count them as not accounted for
+		// Without the API's last seq and epoch, what is missing cannot be
+		// counted; the problem stands.
+		t.about(subject, w, "GET /api/jobs/%s: %v", id, apiErr)
 		return
 	}
 	if last.epoch != api.Epoch {
-		t.problem("%s: its history is epoch %q, the API's is %q", who, last.epoch, api.Epoch)
+		t.about(subject, w, "its history is epoch %q, the API's is %q", last.epoch, api.Epoch)
 	}
 	seen := map[int64]bool{}
 	for _, e := range last.events {
 		seen[e.seq] = true
 		if e.seq > api.LastSeq {
-			t.problem("%s: saw seq %d beyond the API's last_seq %d", who, e.seq, api.LastSeq)
+			t.about(subject, w, "saw seq %d beyond the API's last_seq %d", e.seq, api.LastSeq)
 		}
 	}
 	var missing []int64
@@ -130,10 +162,10 @@ func checkJob(t *tally, w *watcher, id string, api *jobView, apiErr error) {
 	}
 	if len(missing) > 0 {
 		t.lost += int64(len(missing))
-		t.problem("%s: missing seqs %s of 1..%d", who, ranges(missing), api.LastSeq)
+		t.about(subject, w, "missing seqs %s of 1..%d", ranges(missing), api.LastSeq)
 	}
 	if want := finalState(tailEv); want != "" && api.State != want {
-		t.problem("%s: last event %s but the API says state %q", who, describe(tailEv), api.State)
+		t.about(subject, w, "last event %s but the API says state %q", describe(tailEv), api.State)
 	}
 }
 
@@ -142,27 +174,30 @@ func checkJob(t *tally, w *watcher, id string, api *jobView, apiErr error) {
 // and holds the marker.
 func checkRoom(t *tally, w *watcher, group, marker string, mustNotBeTold bool) {
 	g := w.snapshot(group)
-	who := fmt.Sprintf("%v %s", w, group)
+	subject := group
 	for i, s := range g.segs {
+		if s.toldLost {
+			t.told++
+		}
 		t.events += len(s.events)
 		t.dups += s.dups
 		if s.dups > 0 {
-			t.problem("%s: %d duplicate event frames", who, s.dups)
+			t.about(subject, w, "%d duplicate event frames", s.dups)
 		}
 		if s.untold {
-			t.problem("%s: a new epoch without recovered:false", who)
+			t.about(subject, w, "a new epoch without recovered:false")
 		}
 		if s.toldLost && mustNotBeTold {
-			t.problem("%s: told recovered:false, but this watcher kept reading", who)
+			t.about(subject, w, "told recovered:false, but this watcher kept reading")
 		}
 		if s.gaps > 0 && (i == len(g.segs)-1 || !g.segs[i+1].toldLost) {
 			t.lost += s.gaps
-			t.problem("%s: %d seqs missing, never told", who, s.gaps)
+			t.about(subject, w, "%d seqs missing, never told", s.gaps)
 		}
 	}
 	last := g.current()
 	if last == nil || !hasMessage(last.events, marker) {
-		t.problem("%s: never saw the end marker", who)
+		t.about(subject, w, "never saw the end marker")
 	}
 }
 
@@ -227,15 +262,15 @@ func table() string {
 	rowsMu.Lock()
 	defer rowsMu.Unlock()
 	var b strings.Builder
-	b.WriteString("| scenario | jobs | watchers | events checked | lost | duplicated | time to recover | ledger |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---|\n")
+	b.WriteString("| scenario | jobs | watchers | events checked | lost | duplicated | told recovered:false | time to recover | ledger |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, r := range rows {
 		verdict := "ok"
-		if n := len(r.problems); n > 0 {
+		if n := len(r.report()); n > 0 {
 			verdict = fmt.Sprintf("FAIL (%d problems)", n)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %s | %s |\n",
-			r.scenario, r.jobs, r.watchers, r.events, r.lost, r.dups, r.recover, verdict)
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %d | %s | %s |\n",
+			r.scenario, r.jobs, r.watchers, r.events, r.lost, r.dups, r.told, r.recover, verdict)
 	}
 	return b.String()
 }

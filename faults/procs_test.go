@@ -84,6 +84,10 @@ func (h *harness) cleanup() {
 		procs[i].kill()
 	}
 	if !h.t.Failed() {
+		if os.Getenv("FAULTS_KEEP_LOGS") == "1" {
+			h.t.Logf("logs of the child processes kept in %s (FAULTS_KEEP_LOGS=1)", h.logDir)
+			return
+		}
 		_ = os.RemoveAll(h.logDir)
 		return
 	}
