@@ -220,11 +220,21 @@ func (r *run) allSeen(ok func(received) bool) bool {
 	return true
 }
 
-// progressReport says where each job stands at each watcher, for a
-// failure message.
+// progressReport says where each unfinished job stands at each of its
+// watchers, for a failure message.
 func (r *run) progressReport() string {
 	var b strings.Builder
 	for _, j := range r.jobs {
+		finished := true
+		for _, w := range j.watchers {
+			s := w.snapshot("job:" + j.id).current()
+			if s == nil || len(s.events) == 0 || finalState(s.events[len(s.events)-1]) == "" {
+				finished = false
+			}
+		}
+		if finished {
+			continue
+		}
 		fmt.Fprintf(&b, "    job %s:", j.id)
 		for _, w := range j.watchers {
 			g := w.snapshot("job:" + j.id)

@@ -101,7 +101,7 @@ func checkJob(t *tally, w *watcher, id string, api *jobView, apiErr error) {
 	}
 	last := g.current()
 	if last == nil || len(last.events) == 0 {
-		t.about(subject, w, "no event at all (subscribe errors: %v)", g.errors)
+		t.about(subject, w, "no event at all%s", lastError(g))
 		if api != nil {
 			t.lost += api.LastSeq
 		}
@@ -116,7 +116,7 @@ func checkJob(t *tally, w *watcher, id string, api *jobView, apiErr error) {
 	}
 	switch {
 	case finals == 0:
-		t.about(subject, w, "no final event; the last one is %s seq %d (%s)", describe(tailEv), tailEv.seq, tailEv.at.Format("15:04:05.000"))
+		t.about(subject, w, "no final event; the last one is %s seq %d%s", describe(tailEv), tailEv.seq, lastError(g))
 	case finals > 1 || finalState(tailEv) == "":
 		t.about(subject, w, "%d final events, the last event is %s seq %d", finals, describe(tailEv), tailEv.seq)
 	}
@@ -208,6 +208,14 @@ func hasMessage(evs []received, text string) bool {
 		}
 	}
 	return false
+}
+
+// lastError names the last error frame that answered a subscribe of g.
+func lastError(g *groupState) string {
+	if len(g.errors) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d subscribes refused, the last with %s)", len(g.errors), g.errors[len(g.errors)-1])
 }
 
 func describe(e received) string {

@@ -230,17 +230,6 @@ func (p *proc) kill() {
 	p.wait(10 * time.Second)
 }
 
-// stop sends SIGTERM and waits up to d; a process still running then is
-// killed, and stop reports it.
-func (p *proc) stop(d time.Duration) error {
-	p.signal(syscall.SIGTERM)
-	if p.wait(d) {
-		return nil
-	}
-	p.kill()
-	return fmt.Errorf("%s did not exit within %v of SIGTERM", p.name, d)
-}
-
 func (p *proc) log() string {
 	b, _ := os.ReadFile(p.logPath)
 	return string(b)
