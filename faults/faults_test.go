@@ -31,7 +31,7 @@ const (
 	runningWithin = 20 * time.Second // all jobs running and reporting
 	finishWithin  = 45 * time.Second // after the fault: every watcher has every job's final event
 	settle        = time.Second      // after that, for late (duplicate) frames to show
-	apiAnswer     = 15 * time.Second // GET /api/jobs/ID retried while it errs
+	apiAnswer     = 15 * time.Second // GET /api/jobs/ID of every job, retried while they err
 	movedWithin   = 15 * time.Second // watchers of a dead API reconnected elsewhere
 )
 
@@ -167,8 +167,9 @@ func runScenario(t *testing.T, sc scenario) {
 		tl.problem("not every watcher saw every job end within %v of the fault:\n%s", finishWithin, r.progressReport())
 	}
 	tl.problems = append(tl.problems, r.notes...)
+	apiDeadline := time.Now().Add(apiAnswer)
 	for _, j := range r.jobs {
-		view, err := r.getJob(j)
+		view, err := r.getJob(j, apiDeadline)
 		for _, w := range j.watchers {
 			checkJob(&tl, w, j.id, view, err)
 		}
@@ -253,11 +254,10 @@ func (r *run) progressReport() string {
 }
 
 // getJob asks the API (either replica) for the job as its owner, retrying
-// errors for a while: Redis may still be coming back.
-func (r *run) getJob(j jobRef) (*jobView, error) {
+// server errors until deadline: Redis may still be coming back.
+func (r *run) getJob(j jobRef, deadline time.Time) (*jobView, error) {
 	var view jobView
 	var err error
-	deadline := time.Now().Add(apiAnswer)
 	for i := 0; ; i++ {
 		err = j.owner.do("GET", r.c.base(i%2)+"/api/jobs/"+j.id, nil, &view)
 		var ae *apiError
