@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"strconv"
 	"strings"
 	"syscall"
@@ -33,6 +35,7 @@ const (
 	settle        = time.Second      // after that, for late (duplicate) frames to show
 	apiAnswer     = 15 * time.Second // GET /api/jobs/ID of every job, retried while they err
 	movedWithin   = 15 * time.Second // watchers of a dead API reconnected elsewhere
+	redisDowntime = 3 * time.Second  // how long a killed Redis stays down before its restart
 )
 
 // scenario is one fault and what it must not break.
@@ -395,7 +398,8 @@ func retriedAfterKill(r *run, t *tally) {
 	}
 }
 
-// redisRestart kills Redis mid-job and starts it again on the same port:
+// redisRestart kills Redis mid-job and, after redisDowntime (clients
+// meanwhile must be told 503, see probeAPI), starts it again on the same port:
 // with its AOF (fsync always: nothing acknowledged is lost), or on an
 // empty data directory (everything is lost).
 func redisRestart(wipe bool) func(r *run) {
@@ -408,10 +412,13 @@ func redisRestart(wipe bool) func(r *run) {
 				r.t.Fatal(err)
 			}
 		}
+		finish := r.probeAPI("down")
+		time.Sleep(redisDowntime)
 		if err := rd.restart(); err != nil {
 			r.t.Fatalf("restart redis: %v", err)
 		}
 		r.faultEnd = time.Now()
+		finish()
 	}
 }
 
@@ -422,9 +429,85 @@ func redisPause(d time.Duration) func(r *run) {
 		rd := r.c.redis
 		r.faultStart = time.Now()
 		rd.proc.signal(syscall.SIGSTOP)
+		finish := r.probeAPI("stopped")
 		time.Sleep(d)
 		rd.proc.signal(syscall.SIGCONT)
 		r.faultEnd = time.Now()
+		finish()
+	}
+}
+
+// probeAPI starts asking both APIs for a job, as a client would while
+// Redis is down; the returned func, called once Redis is back, stops and
+// checks the answers: one given while Redis was still down must be 503
+// unavailable with Retry-After (issue 7, item 5), and none may be a 500.
+func (r *run) probeAPI(how string) (finish func()) {
+	j := r.jobs[0]
+	stop := make(chan struct{})
+	probed := make(chan []probe, 1)
+	go func() { probed <- probeWhile(r.c, j, stop) }()
+	return func() {
+		back := time.Now()
+		close(stop)
+		probes := <-probed
+		var seen []string
+		for _, p := range probes {
+			seen = append(seen, fmt.Sprintf("api%d %d in %.1f s", p.api, p.status, p.answered.Sub(p.asked).Seconds()))
+		}
+		r.t.Logf("requests while Redis was %s: %s", how, strings.Join(seen, ", "))
+		for _, p := range probes {
+			during := p.answered.Before(back)
+			switch {
+			case p.err != nil:
+				r.note("GET /api/jobs/%s on api%d while Redis was %s: %v", j.id, p.api, how, p.err)
+			case p.status == 500 || (during && p.status != 503):
+				r.note("GET /api/jobs/%s on api%d answered %d %s after %.1f s, while Redis was %s; want 503 unavailable with Retry-After",
+					j.id, p.api, p.status, p.body, p.answered.Sub(p.asked).Seconds(), how)
+			case p.status == 503 && p.retryAfter == "":
+				r.note("GET /api/jobs/%s on api%d answered 503 without Retry-After", j.id, p.api)
+			}
+		}
+	}
+}
+
+// probe is one HTTP request made while Redis was stopped.
+type probe struct {
+	api             int
+	asked, answered time.Time
+	status          int
+	body            string
+	retryAfter      string
+	err             error
+}
+
+// probeWhile asks both APIs in turn for job j until stop is closed, and
+// returns every answer. Each request ends with the client's timeout.
+func probeWhile(c *cluster, j jobRef, stop <-chan struct{}) []probe {
+	var out []probe
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return out
+		default:
+		}
+		p := probe{api: i % 2, asked: time.Now()}
+		req, _ := http.NewRequest("GET", c.base(p.api)+"/api/jobs/"+j.id, nil)
+		if j.owner.bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+j.owner.bearer)
+		}
+		res, err := j.owner.client.Do(req)
+		p.answered, p.err = time.Now(), err
+		if err == nil {
+			b, _ := io.ReadAll(io.LimitReader(res.Body, 300))
+			res.Body.Close()
+			p.status, p.body, p.retryAfter = res.StatusCode, strings.TrimSpace(string(b)), res.Header.Get("Retry-After")
+		}
+		out = append(out, p)
+		select {
+		case <-stop:
+			return out
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }
 
