@@ -88,9 +88,10 @@ func TestFaults(t *testing.T) {
 		{name: "Redis restart, data lost", inject: redisRestart(true), cookieOnly: true},
 		{name: "Redis paused 5 s", inject: redisPause(5 * time.Second)},
 		{name: "one watcher stops reading", inject: slowReader, check: onlySlowCut, slowReader: true},
-		{name: "Sentinel failover", sentinel: true, inject: sentinelFailover},
+		{name: "Sentinel failover", sentinel: true, inject: sentinelFailover(false)},
+		{name: "Sentinel: primary kill -9", sentinel: true, inject: sentinelFailover(true)},
 	} {
-		t.Run(strings.NewReplacer(" ", "_", "+", "", ",", "").Replace(sc.name), func(t *testing.T) { runScenario(t, sc) })
+		t.Run(strings.NewReplacer(" ", "_", "+", "", ",", "", ":", "").Replace(sc.name), func(t *testing.T) { runScenario(t, sc) })
 	}
 	tbl := table()
 	t.Logf("fault suite ledger (%s):\n%s", time.Now().UTC().Format("2006-01-02"), tbl)
@@ -646,19 +647,29 @@ func onlySlowCut(r *run, t *tally) {
 	}
 }
 
-// sentinelFailover asks the sentinel to fail over to the replica mid-job
-// and waits until it names the new primary.
-func sentinelFailover(r *run) {
-	s := r.c.sentinel
-	sc := s.client()
-	defer sc.Close()
-	r.faultStart = time.Now()
-	if err := sc.Failover(context.Background(), "mymaster").Err(); err != nil {
-		r.t.Fatalf("SENTINEL FAILOVER: %v", err)
+// sentinelFailover moves the primary role to the replica mid-job: by
+// asking the sentinel (SENTINEL FAILOVER: the replica is caught up first,
+// nothing acknowledged is lost), or by killing the primary (the sentinel
+// notices after down-after-milliseconds, 1 s here, and promotes the
+// replica; writes not yet replicated would be lost). It waits until the
+// sentinel names the new primary.
+func sentinelFailover(kill bool) func(r *run) {
+	return func(r *run) {
+		s := r.c.sentinel
+		r.faultStart = time.Now()
+		if kill {
+			r.c.primary.proc.kill()
+		} else {
+			sc := s.client()
+			defer sc.Close()
+			if err := sc.Failover(context.Background(), "mymaster").Err(); err != nil {
+				r.t.Fatalf("SENTINEL FAILOVER: %v", err)
+			}
+		}
+		want := r.c.replica.addr()
+		if !waitFor(30*time.Second, func() bool { a, err := s.masterAddr(); return err == nil && a == want }) {
+			r.note("the sentinel did not promote %s within 30 s", want)
+		}
+		r.faultEnd = time.Now()
 	}
-	want := r.c.replica.addr()
-	if !waitFor(30*time.Second, func() bool { a, err := s.masterAddr(); return err == nil && a == want }) {
-		r.note("the sentinel did not promote %s within 30 s", want)
-	}
-	r.faultEnd = time.Now()
 }
