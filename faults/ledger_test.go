@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"time"
 )
 
 // finalState maps a job's last event to the state GET /api/jobs/ID must
@@ -251,7 +250,7 @@ type row struct {
 	watchers int
 	tally
 	recover string
-	took    time.Duration
+	aborted bool // the scenario stopped before its ledger (see its log)
 }
 
 var (
@@ -276,6 +275,10 @@ func table() string {
 		verdict := "ok"
 		if n := len(r.report()); n > 0 {
 			verdict = fmt.Sprintf("FAIL (%d problems)", n)
+		}
+		if r.aborted {
+			fmt.Fprintf(&b, "| %s | | | | | | | | FAIL (stopped before its ledger) |\n", r.scenario)
+			continue
 		}
 		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %d | %s | %s |\n",
 			r.scenario, r.jobs, r.watchers, r.events, r.lost, r.dups, r.told, r.recover, verdict)
