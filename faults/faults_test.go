@@ -420,11 +420,12 @@ func redisRestart(wipe bool) func(r *run) {
 		}
 		finish := r.probeAPI("down")
 		time.Sleep(redisDowntime)
+		downUntil := time.Now()
 		if err := rd.restart(); err != nil {
 			r.t.Fatalf("restart redis: %v", err)
 		}
 		r.faultEnd = time.Now()
-		finish()
+		finish(downUntil)
 	}
 }
 
@@ -437,17 +438,19 @@ func redisPause(d time.Duration) func(r *run) {
 		rd.proc.signal(syscall.SIGSTOP)
 		finish := r.probeAPI("stopped")
 		time.Sleep(d)
+		downUntil := time.Now()
 		rd.proc.signal(syscall.SIGCONT)
 		r.faultEnd = time.Now()
-		finish()
+		finish(downUntil)
 	}
 }
 
 // probeAPI starts asking both APIs for a job, as a client would while
 // Redis is down; the returned func, called once Redis is back, stops and
-// checks the answers: one given while Redis was still down must be 503
-// unavailable with Retry-After (issue 7, item 5), and none may be a 500.
-func (r *run) probeAPI(how string) (finish func()) {
+// checks the answers: one given before downUntil (when Redis was started
+// or continued again) must be 503 unavailable with Retry-After (issue 7,
+// item 5), and none may be a 500.
+func (r *run) probeAPI(how string) (finish func(downUntil time.Time)) {
 	j := r.jobs[0]
 	stop := make(chan struct{})
 	var once sync.Once
@@ -455,8 +458,7 @@ func (r *run) probeAPI(how string) (finish func()) {
 	r.t.Cleanup(halt) // the probe ends even when the scenario stops early
 	probed := make(chan []probe, 1)
 	go func() { probed <- probeWhile(r.c, j, stop) }()
-	return func() {
-		back := time.Now()
+	return func(downUntil time.Time) {
 		halt()
 		probes := <-probed
 		var seen []string
@@ -465,7 +467,7 @@ func (r *run) probeAPI(how string) (finish func()) {
 		}
 		r.t.Logf("requests while Redis was %s: %s", how, strings.Join(seen, ", "))
 		for _, p := range probes {
-			during := p.answered.Before(back)
+			during := p.answered.Before(downUntil)
 			switch {
 			case p.err != nil:
 				r.note("GET /api/jobs/%s on api%d while Redis was %s: %v", j.id, p.api, how, p.err)
