@@ -613,7 +613,7 @@ func slowReader(r *run) {
 			return 0, false
 		}
 		var at time.Time
-		for _, g := range slow.order {
+		for _, g := range slow.groupNames() {
 			for _, s := range slow.snapshot(g).segs {
 				for _, e := range s.events {
 					if e.conn >= first && (at.IsZero() || e.at.Before(at)) {

@@ -505,6 +505,13 @@ func (w *watcher) snapshot(group string) *groupState {
 	return &cp
 }
 
+// groupNames returns the watched groups in the order they were added.
+func (w *watcher) groupNames() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.order...)
+}
+
 func (w *watcher) connections() []connRecord {
 	w.mu.Lock()
 	defer w.mu.Unlock()
