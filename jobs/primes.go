@@ -32,6 +32,7 @@ const primesSchema = `{
       "type": "integer",
       "title": "Up to n",
       "description": "Count the primes less than or equal to this number (2 to 10,000,000,000).",
+      "examples": [1000000],
       "minimum": 2,
       "maximum": 10000000000
     }

@@ -42,6 +42,7 @@ const reportSchema = `{
       "type": "integer",
       "title": "Rows",
       "description": "How many sales rows the CSV file has.",
+      "examples": [1000],
       "minimum": 1,
       "maximum": 10000000
     },

@@ -36,6 +36,7 @@ const stepsSchema = `{
       "type": "integer",
       "title": "Steps",
       "description": "How many steps to run.",
+      "examples": [20],
       "minimum": 1,
       "maximum": 100000
     },

@@ -39,8 +39,16 @@ const signInError = $("#sign-in-error");
 const signOutError = $("#sign-out-error");
 
 function showSignInError(text) {
-  signInError.textContent = text;
+  signInError.textContent = sentence(text);
   signInError.hidden = !text;
+}
+
+// sentence starts the server's message with a capital and ends it with a
+// full stop, leaving its words as they are.
+function sentence(text) {
+  const t = String(text || "").trim();
+  if (!t) return "";
+  return t[0].toUpperCase() + t.slice(1) + (/[.!?]$/.test(t) ? "" : ".");
 }
 
 function showStep(step) {
@@ -106,17 +114,29 @@ signInForm.addEventListener("submit", async (e) => {
     showSignInError("Enter your email address.");
     return;
   }
+  await requestCode(email);
+});
+
+// requestCode mails a code to email and moves to the code step; the code
+// step's "Send a new code" calls it again after a code stopped working.
+async function requestCode(email) {
+  const busy = signInForm.querySelectorAll("button, input");
   busy.forEach((el) => { el.disabled = true; });
   const r = await api("POST", "/api/auth/code", {email});
   busy.forEach((el) => { el.disabled = false; });
   if (!r.ok) {
     showSignInError(r.error.message);
-    emailInput.focus();
+    (codeStep.hidden ? emailInput : codeInput).focus();
     return;
   }
   codeSentTo.textContent = email;
   codeInput.value = "";
   showStep("code");
+}
+
+$("#resend-code").addEventListener("click", () => {
+  showSignInError("");
+  requestCode(emailInput.value.trim());
 });
 
 signOutButton.addEventListener("click", async () => {
@@ -160,9 +180,35 @@ async function loadJobTypes() {
     o.textContent = !title || title.toLowerCase() === t.type.toLowerCase() ? title || t.type : `${title} (${t.type})`;
     return o;
   }));
+  const first = initialType();
+  if (first) typeSelect.value = first.type;
   typeSelect.disabled = jobTypes.length === 0;
   submitButton.disabled = jobTypes.length === 0;
   renderParams();
+}
+
+// The form opens on a type that runs as it stands, so a first "Run job"
+// starts a job instead of stopping at "Please fill out this field": the
+// type last run from this browser, else the first whose required params
+// all have defaults, else the first whose required params all have a
+// default or an example (the form fills in the example), else the first.
+const LAST_TYPE_KEY = "taskstream.jobType";
+
+function initialType() {
+  let last = "";
+  try { last = localStorage.getItem(LAST_TYPE_KEY) || ""; } catch { /* storage disabled */ }
+  const byName = jobTypes.find((t) => t.type === last);
+  const requiredProps = (t) => {
+    const schema = (t && t.params) || {};
+    const props = schema.properties || {};
+    return (schema.required || []).map((name) => props[name] || {});
+  };
+  const hasDefault = (p) => p.default !== undefined;
+  const hasExample = (p) => Array.isArray(p.examples) && p.examples.length > 0;
+  return byName ||
+    jobTypes.find((t) => requiredProps(t).every(hasDefault)) ||
+    jobTypes.find((t) => requiredProps(t).every((p) => hasDefault(p) || hasExample(p))) ||
+    jobTypes[0];
 }
 
 function currentType() {
@@ -233,6 +279,17 @@ function paramField(name, prop, isRequired) {
     if (typeof prop.pattern === "string") input.pattern = prop.pattern;
     if (prop.default !== undefined) input.value = String(prop.default);
   }
+  // A required field without a default starts with the schema's first
+  // example, so the form is ready to run; an optional one only shows it.
+  if (prop.default === undefined && Array.isArray(prop.examples) && prop.examples.length > 0 && input.type !== "checkbox") {
+    const example = typeof prop.examples[0] === "string" ? prop.examples[0] : JSON.stringify(prop.examples[0]);
+    if (!Array.isArray(prop.enum)) {
+      if (isRequired) input.value = example;
+      else input.placeholder = "e.g. " + example;
+    } else if (isRequired) {
+      input.value = JSON.stringify(prop.examples[0]);
+    }
+  }
   input.id = id;
   input.name = name;
   input.dataset.param = name;
@@ -302,6 +359,7 @@ form.addEventListener("submit", async (e) => {
     return;
   }
   const job = r.data;
+  try { localStorage.setItem(LAST_TYPE_KEY, job.type); } catch { /* storage disabled */ }
   addJob(job, {prepend: true, fresh: true});
   announce(`Job ${job.id} (${job.type}) submitted.`);
 });
