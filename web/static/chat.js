@@ -25,7 +25,6 @@ const noMessages = $("#no-messages");
 const jump = $("#jump");
 const composer = $("#composer");
 const input = $("#message-input");
-const sendButton = $("#send");
 const chatError = $("#chat-error");
 const presenceList = $("#presence");
 const presenceCount = $("#presence-count");
@@ -116,6 +115,9 @@ function renderMessage(f) {
     head.append(" ", t);
   }
   row.append(head, el("p", "msg-text", d.text));
+  // The room's copy of the message in flight may come before its
+  // acknowledgement: show it once.
+  if (mine && outbox.length > 0 && outbox[0].text === d.text) outbox[0].row.hidden = true;
   append(row, {mine});
   lastEvent = {event: "message", userId: author.id, el: row, ts: when};
 }
@@ -227,6 +229,14 @@ list.addEventListener("scroll", () => { if (nearBottom()) jump.hidden = true; },
 
 // ---- posting ------------------------------------------------------------------------
 
+// The outbox: Enter takes the composer's text out at once and queues it,
+// so what is typed next is never touched, and an Enter pressed while a
+// message is on its way queues the next one. The queue is sent one
+// message at a time, in order; a refused message and the ones queued
+// after it go back into the composer, ahead of what was typed since.
+const OUTBOX_MAX = 20; // a bound on unsent messages; beyond it Enter says to wait
+const outbox = []; // {text, row} in sending order; the first is in flight
+const outboxList = $("#outbox");
 let sending = false;
 
 function errorText(err) {
@@ -242,8 +252,7 @@ function errorText(err) {
   }
 }
 
-async function send() {
-  if (sending) return;
+function send() {
   const text = input.value.trim();
   if (!text) {
     showError(chatError, "Write something first.");
@@ -254,20 +263,55 @@ async function send() {
     showError(chatError, "A message is at most 2000 characters.");
     return;
   }
-  sending = true;
-  sendButton.disabled = true;
+  if (outbox.length >= OUTBOX_MAX) {
+    showError(chatError, "Wait a moment: the messages above are still being sent.");
+    return;
+  }
+  input.value = "";
+  fitInput();
   showError(chatError, "");
+  const row = el("li", "pending");
+  row.append(el("span", "pending-text", text), el("span", "pending-state", " sending…"));
+  outboxList.append(row);
+  outboxList.hidden = false;
+  outbox.push({text, row});
+  pump();
+}
+
+// pump sends the outbox in order; one runs at a time.
+async function pump() {
+  if (sending) return;
+  sending = true;
   try {
-    await ts.publish(group, {text});
-    input.value = "";
-    fitInput();
-  } catch (err) {
-    showError(chatError, errorText(err));
+    while (outbox.length > 0) {
+      const m = outbox[0];
+      try {
+        await ts.publish(group, {text: m.text});
+      } catch (err) {
+        giveBack();
+        showError(chatError, errorText(err));
+        return;
+      }
+      outbox.shift();
+      m.row.remove();
+    }
   } finally {
     sending = false;
-    sendButton.disabled = false;
-    input.focus();
+    outboxList.hidden = outbox.length === 0;
   }
+}
+
+// giveBack empties the outbox into the composer: the unsent messages, one
+// a line, before whatever was typed meanwhile, so nothing typed is lost.
+function giveBack() {
+  const unsent = outbox.splice(0).map((m) => {
+    m.row.remove();
+    return m.text;
+  });
+  const typed = input.value.trim() ? [input.value] : [];
+  input.value = [...unsent, ...typed].join("\n");
+  fitInput();
+  input.focus();
 }
 
 composer.addEventListener("submit", (e) => {
