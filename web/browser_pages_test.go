@@ -261,3 +261,133 @@ func TestBrowserSignInErrorsTellTheTruth(t *testing.T) {
 	}
 	p.checkNoExceptions()
 }
+
+// toastLayout says how many toasts there are, how many are shown, and
+// which of the elements they must never cover a shown one intersects.
+type toastLayout struct {
+	Total int      `json:"total"`
+	Shown int      `json:"shown"`
+	Hits  []string `json:"hits"`
+}
+
+func (p *browserPage) toastLayout() toastLayout {
+	p.t.Helper()
+	// Two frames: the toasts are placed in the next animation frame after
+	// a change.
+	p.do(chromedp.Evaluate[chromedp.Void](`new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))`, chromedp.EvalAwaitPromise))
+	raw := eval[[]byte](p, `(() => {
+		const region = document.querySelector("#toasts");
+		const toasts = region ? [...region.querySelectorAll(".toast")] : [];
+		const boxes = toasts.filter((t) => !region.hidden && !t.hidden).map((t) => t.getBoundingClientRect());
+		const keep = {header: document.querySelector("header.top"), form: document.querySelector("#job-form"),
+			submit: document.querySelector("#submit"), "first row": document.querySelector("#jobs > li")};
+		const hits = [];
+		for (const b of boxes) {
+			if (b.width === 0 || b.height === 0) continue;
+			for (const [name, el] of Object.entries(keep)) {
+				const r = el && el.getBoundingClientRect();
+				if (r && b.left < r.right && b.right > r.left && b.top < r.bottom && b.bottom > r.top) hits.push(name);
+			}
+		}
+		return {total: toasts.length, shown: boxes.length, hits};
+	})()`)
+	var l toastLayout
+	if err := json.Unmarshal(raw, &l); err != nil {
+		p.t.Fatalf("toast layout: %s: %v", raw, err)
+	}
+	return l
+}
+
+// TestBrowserToastsStayOutOfTheWay: a notification about a job whose row
+// is on screen flashes the row instead of a toast; other notifications are
+// toasts in a bottom corner, at most 3, that never cover the header, the
+// Run job button or the newest row (wherever the page is scrolled), pause
+// while hovered or focused, and can be reached and dismissed by keyboard.
+// On a desktop they cover no part of the form; on a phone, whose form
+// fills the screen, they may cover the form but never its button.
+func TestBrowserToastsStayOutOfTheWay(t *testing.T) {
+	for _, size := range []struct{ width, height int64 }{{1280, 900}, {375, 812}} {
+		t.Run(fmt.Sprintf("%dpx", size.width), func(t *testing.T) {
+			e := newEnv(t, progresstest.Embedded(t))
+			p := openPage(t, e, pageOptions{width: size.width, height: size.height})
+
+			// A job with its row on screen: canceled, its row flashes.
+			id := p.submitSteps(map[string]string{"steps": "1000", "interval_ms": "100"})
+			p.waitState(id, "active")
+			p.do(chromedp.Evaluate[chromedp.Void](row(id, "") + `.scrollIntoView({block: "center"})`))
+			p.do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`li[data-job-id=%q] button[data-action=cancel]`, id))))
+			p.waitState(id, "canceled")
+			p.waitFor("the row to flash", row(id, "")+`.classList.contains("notified")`)
+			if n := eval[int](p, `document.querySelectorAll("#toasts .toast").length`); n != 0 {
+				t.Errorf("%d toasts for a job whose row is on screen", n)
+			}
+
+			// Four jobs submitted by a program (no row here): four
+			// notifications, the three newest kept.
+			p.do(chromedp.Evaluate[chromedp.Void](`window.scrollTo(0, 0)`))
+			for range 4 {
+				if status, job := p.api("POST", "/api/jobs", map[string]any{"type": "steps", "params": map[string]any{"steps": 1, "interval_ms": 0}}); status != 202 {
+					t.Fatalf("submit: %d %v", status, job)
+				}
+			}
+			// The canceled job's notification and these four: five seqs in
+			// the user's group; the three newest are toasts.
+			_, meBody := p.api("GET", "/api/me", nil)
+			p.waitFor("the five notifications", fmt.Sprintf(`window.__ts.delivered("user:%s").length >= 5 &&
+				document.querySelectorAll("#toasts .toast").length === 3`, meBody["id"]))
+			for _, where := range []string{"top", "newest row at the bottom", "newest row at the top", "Run job at the bottom"} {
+				switch where {
+				case "newest row at the bottom":
+					p.do(chromedp.Evaluate[chromedp.Void](`document.querySelector("#jobs > li").scrollIntoView({block: "end"})`))
+				case "newest row at the top":
+					p.do(chromedp.Evaluate[chromedp.Void](`document.querySelector("#jobs > li").scrollIntoView({block: "start"})`))
+				case "Run job at the bottom":
+					p.do(chromedp.Evaluate[chromedp.Void](`document.querySelector("#submit").scrollIntoView({block: "end"})`))
+				}
+				l := p.toastLayout()
+				if size.width < 800 {
+					// A phone's form can fill the screen: the toasts may
+					// cover it, never its button.
+					l.Hits = slices.DeleteFunc(l.Hits, func(h string) bool { return h == "form" })
+				}
+				if l.Total != 3 || len(l.Hits) > 0 {
+					t.Errorf("%s: %d toasts, %d shown, covering %v; want 3, covering nothing", where, l.Total, l.Shown, l.Hits)
+				}
+				if l.Shown == 0 && where == "top" {
+					t.Errorf("%s: no toast shown", where)
+				}
+			}
+			p.do(chromedp.Evaluate[chromedp.Void](`document.querySelector("#jobs > li").scrollIntoView({block: "start"})`))
+			if l := p.toastLayout(); l.Shown == 0 {
+				t.Fatalf("no toast shown below the newest row: %+v", l)
+			}
+
+			// Hovering pauses the toasts; leaving starts them again.
+			center := eval[[]float64](p, `(() => { const b = [...document.querySelectorAll("#toasts .toast")].findLast((t) => !t.hidden).getBoundingClientRect();
+				return [b.left + b.width / 2, b.top + b.height / 2]; })()`)
+			move := func(x, y float64) chromedp.Action[chromedp.Void] {
+				return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+					_, err := cdp.Call(ctx, tg, input.DispatchMouseEvent, input.DispatchMouseEventParams{Type: input.DispatchMouseEventTypeMouseMoved, X: x, Y: y})
+					return err
+				})
+			}
+			p.do(move(center[0], center[1]))
+			p.waitFor("the toasts to pause", `[...document.querySelectorAll("#toasts .toast")].every((t) => t.dataset.paused === "true")`)
+			p.do(move(1, 1))
+			p.waitFor("the toasts to run again", `[...document.querySelectorAll("#toasts .toast:not([hidden])")].every((t) => t.dataset.paused === "false")`)
+
+			// Keyboard: Tab reaches the newest toast's controls (the toasts
+			// come last on the page); focus pauses it, Escape dismisses it.
+			reachable := eval[bool](p, `[...document.querySelectorAll("#toasts .toast:not([hidden])")].every((t) =>
+				[...t.querySelectorAll("a, button")].every((c) => c.tabIndex >= 0 && !c.disabled && !c.closest("[inert]")))`)
+			if !reachable {
+				t.Error("a shown toast's link or button cannot be reached by keyboard")
+			}
+			p.do(chromedp.Evaluate[chromedp.Void](`[...document.querySelectorAll("#toasts .toast")].findLast((t) => !t.hidden).querySelector(".toast-close").focus()`))
+			p.waitFor("the focused toast to pause", `document.activeElement.closest(".toast")?.dataset.paused === "true"`)
+			p.do(chromedp.KeyEvent(kb.Escape))
+			p.waitFor("the toast to go", `document.querySelectorAll("#toasts .toast").length === 2`)
+			p.checkNoExceptions()
+		})
+	}
+}

@@ -2,7 +2,7 @@
 // Schemas, and a live list of jobs. Every string that comes from the server
 // is rendered with textContent, never as HTML.
 import {TaskStream} from "./taskstream.js";
-import {api, me, showConnection, watchNotifications} from "./common.js";
+import {api, avoidToasts, me, safeLink, showConnection, watchNotifications} from "./common.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const TERMINAL = new Set(["completed", "failed", "canceled"]);
@@ -13,7 +13,29 @@ window.__ts = ts; // for tests and the curious: ts.delivered("job:ID"), ts.dropC
 // ---- connection indicator and notifications -------------------------------
 
 showConnection(ts, $("#conn"));
-watchNotifications(ts);
+watchNotifications(ts, {shown: showOnRow});
+// Toasts never cover the header, the Run job button or the newest job,
+// nor the rest of the form unless it leaves no room (a phone).
+avoidToasts(() => [$("header.top"), $("#submit"), $("#jobs > li")], () => [$("#job-form")]);
+
+// showOnRow flashes the row of a notification's job ("/#job-ID") when the
+// row is on screen, instead of a toast repeating it; it says whether it did.
+function showOnRow(n) {
+  const href = safeLink(n && n.link);
+  const m = /^\/#job-(.+)$/.exec(href);
+  if (!m) return false;
+  let id;
+  try { id = decodeURIComponent(m[1]); } catch { return false; }
+  const row = rows.get(id);
+  if (!row) return false;
+  const r = row.el.getBoundingClientRect();
+  const visible = Math.min(r.bottom, document.documentElement.clientHeight) - Math.max(r.top, 0);
+  if (visible < Math.min(r.height, 48)) return false;
+  row.el.classList.remove("notified");
+  void row.el.offsetWidth; // restart the animation
+  row.el.classList.add("notified");
+  return true;
+}
 
 // ---- announcements ----------------------------------------------------------
 

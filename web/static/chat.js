@@ -3,7 +3,7 @@
 // and the caller's display name. Every string that comes from the server
 // or another person is rendered with textContent, never as HTML.
 import {TaskStream} from "./taskstream.js";
-import {api, me, setMe, showConnection, watchNotifications} from "./common.js";
+import {api, avoidToasts, me, setMe, showConnection, watchNotifications} from "./common.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const ROOM_NAME = /^[A-Za-z0-9_-]{1,64}$/;
@@ -40,6 +40,8 @@ let replayLeft = 0; // history events still to come after subscribing
 let lastPresence = [];
 
 showConnection(ts, $("#conn"));
+// Toasts never cover the header, the composer or the messages being sent.
+avoidToasts(() => [$("header.top"), composer, $("#outbox")]);
 $("#room-name").textContent = "#" + (room || "?");
 document.title = `#${room || "?"} · taskstream chat`;
 

@@ -74,8 +74,32 @@ export function showConnection(ts, el) {
 
 // ---- toasts -------------------------------------------------------------------
 
-const TOAST_MS = 8000;
-const MAX_TOASTS = 4;
+const TOAST_MS = 8000; // how long a toast stays while nobody looks at it
+const MAX_TOASTS = 3; // a fourth pushes out the oldest
+const TOAST_GAP = 12; // px kept free around what toasts avoid and the window's edges
+
+// Toasts sit in a bottom corner (the whole bottom on a phone) and never
+// cover what the page says to avoid (its header, its main button, its
+// newest row...): placeToasts puts them in the free band of the window
+// nearest its bottom, and shows only the newest ones that fit there. The
+// others wait, paused, until scrolling frees room or a toast goes.
+let avoided = () => []; // never covered
+let avoidedIfRoom = () => []; // covered only when nothing else leaves room for a toast
+let placing = 0; // the requested animation frame, or 0
+let watcher = null; // a MutationObserver while toasts are shown
+const controls = new WeakMap(); // toast element → {hold(reason, on)}
+
+/**
+ * avoidToasts tells the toasts which elements never to cover (never()
+ * returns them, nulls skipped, each time the toasts are placed), and which
+ * to cover only when the window has no other room for one toast (ifRoom():
+ * on a phone a form can fill the whole screen).
+ */
+export function avoidToasts(never, ifRoom = () => []) {
+  avoided = never;
+  avoidedIfRoom = ifRoom;
+  placeSoon();
+}
 
 function toastRegion() {
   let region = document.getElementById("toasts");
@@ -84,9 +108,101 @@ function toastRegion() {
     region.id = "toasts";
     region.className = "toasts";
     region.setAttribute("aria-label", "Notifications");
+    // Hovering any toast keeps them all, so the pointer can move between them.
+    region.addEventListener("mouseenter", () => holdAll(region, "hover", true));
+    region.addEventListener("mouseleave", () => holdAll(region, "hover", false));
     document.body.append(region);
+    addEventListener("resize", placeSoon);
+    document.addEventListener("scroll", placeSoon, {capture: true, passive: true});
   }
   return region;
+}
+
+function holdAll(region, reason, on) {
+  for (const el of region.children) controls.get(el)?.hold(reason, on);
+}
+
+function placeSoon() {
+  if (!placing) placing = requestAnimationFrame(() => { placing = 0; placeToasts(); });
+}
+
+function placeToasts() {
+  const region = document.getElementById("toasts");
+  if (!region) return;
+  const toasts = [...region.children];
+  if (toasts.length === 0) {
+    watcher?.disconnect();
+    watcher = null;
+    return;
+  }
+  if (!watcher) {
+    // The page changing under the toasts (a new row, a form growing) may
+    // move what they avoid. Changes inside the region are their own.
+    watcher = new MutationObserver((records) => {
+      if (records.some((r) => !region.contains(r.target))) placeSoon();
+    });
+    watcher.observe(document.body, {childList: true, subtree: true, attributes: true, attributeFilter: ["hidden", "class"]});
+  }
+  // Measure every toast at the default place, the bottom corner.
+  region.hidden = false;
+  region.style.bottom = "";
+  for (const el of toasts) el.hidden = false;
+  const box = region.getBoundingClientRect();
+  const heights = toasts.map((el) => el.getBoundingClientRect().height);
+  const vh = document.documentElement.clientHeight;
+  let [best, shown] = bestBand([...avoided(), ...avoidedIfRoom()], box, vh, heights);
+  if (shown === 0) [best, shown] = bestBand(avoided(), box, vh, heights);
+  toasts.forEach((el, i) => {
+    const waits = i < toasts.length - shown;
+    el.hidden = waits;
+    controls.get(el)?.hold("waiting", waits);
+  });
+  if (!best) {
+    region.hidden = true;
+    return;
+  }
+  region.style.bottom = `${vh - best[1]}px`;
+}
+
+// bestBand returns the free band of the window (top and bottom, px) that
+// holds the most of the newest toasts, the lowest of equals, and how many
+// it holds: [null, 0] when none fits. box is the toasts' column.
+function bestBand(elements, box, vh, heights) {
+  // The bands of the window's height taken by what the toasts avoid, where
+  // it is across from the toasts' column.
+  const taken = elements.filter(Boolean).map((el) => el.getBoundingClientRect())
+    .filter((b) => b.width > 0 && b.height > 0 && b.left < box.right + TOAST_GAP && b.right > box.left - TOAST_GAP &&
+      b.bottom > 0 && b.top < vh)
+    .map((b) => [b.top - TOAST_GAP, b.bottom + TOAST_GAP])
+    .sort((a, b) => a[0] - b[0]);
+  const free = [];
+  let top = TOAST_GAP;
+  for (const [from, to] of taken) {
+    if (from > top) free.push([top, from]);
+    top = Math.max(top, to);
+  }
+  if (vh - TOAST_GAP > top) free.push([top, vh - TOAST_GAP]);
+  // How many of the newest fit in each band; the lowest band with the most.
+  const fits = ([a, b]) => {
+    let n = 0;
+    let h = 0;
+    for (let i = heights.length - 1; i >= 0; i--) {
+      h += heights[i] + (n > 0 ? 8 : 0);
+      if (h > b - a) break;
+      n++;
+    }
+    return n;
+  };
+  let best = null;
+  let shown = 0;
+  for (const band of free) {
+    const n = fits(band);
+    if (n > 0 && n >= shown) {
+      best = band;
+      shown = n;
+    }
+  }
+  return [best, shown];
 }
 
 /**
@@ -138,26 +254,36 @@ export function toast({title, body, link} = {}) {
   close.textContent = "×";
   el.append(text, close);
 
+  // The toast goes after TOAST_MS without a hold: a pointer over the
+  // toasts, focus in one, or waiting for room. A hold restarts the time.
   let timer = null;
+  const holds = new Set(["new"]);
   const dismiss = () => {
     clearTimeout(timer);
+    const hadFocus = el.contains(document.activeElement);
     el.remove();
+    if (hadFocus) region.querySelector(".toast:not([hidden]) .toast-close")?.focus();
+    placeSoon();
   };
-  const arm = () => {
+  const hold = (reason, on) => {
+    if (on === holds.has(reason)) return; // placing again must not restart the time
+    if (on) holds.add(reason); else holds.delete(reason);
     clearTimeout(timer);
-    timer = setTimeout(dismiss, TOAST_MS);
+    timer = holds.size === 0 ? setTimeout(dismiss, TOAST_MS) : null;
+    el.dataset.paused = String(holds.size > 0);
   };
+  controls.set(el, {hold});
   close.addEventListener("click", dismiss);
-  el.addEventListener("mouseenter", () => clearTimeout(timer));
-  el.addEventListener("mouseleave", arm);
-  el.addEventListener("focusin", () => clearTimeout(timer));
-  el.addEventListener("focusout", (e) => { if (!el.contains(e.relatedTarget)) arm(); });
+  el.addEventListener("focusin", () => hold("focus", true));
+  el.addEventListener("focusout", (e) => { if (!el.contains(e.relatedTarget)) hold("focus", false); });
   el.addEventListener("keydown", (e) => { if (e.key === "Escape") dismiss(); });
   if (href) el.querySelector(".toast-link").addEventListener("click", () => setTimeout(dismiss, 0));
 
   region.append(el);
   while (region.children.length > MAX_TOASTS) region.firstElementChild.remove();
-  arm();
+  hold("new", false);
+  if (region.matches(":hover")) hold("hover", true);
+  placeToasts();
   return el;
 }
 
@@ -165,10 +291,12 @@ export function toast({title, body, link} = {}) {
  * watchNotifications subscribes to the caller's user group and shows each
  * notification that arrives after the page loaded as a toast. The group's
  * history (replayed first on subscribing) is skipped: the `subscribed`
- * answer gives the last seq it holds. Transports without that answer
+ * answer gives the last seq it holds. shown(notification), when given,
+ * returns true when the page shows the news already: no toast then.
+ * Transports without that answer
  * (long-poll) compare the event's time with the page's load instead.
  */
-export async function watchNotifications(ts) {
+export async function watchNotifications(ts, {shown} = {}) {
   let user;
   try {
     user = await me();
@@ -193,6 +321,7 @@ export async function watchNotifications(ts) {
     onEvent(f) {
       if (f.event !== "notification" || !f.data || typeof f.data !== "object") return;
       if (historyEnd !== null ? f.seq <= historyEnd : Date.parse(f.ts) < loadedAt) return;
+      if (shown && shown(f.data)) return; // the page shows it already (a job's row on screen)
       toast(f.data);
     },
     onError(err) {
