@@ -1,6 +1,7 @@
 package web
 
 import (
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -32,7 +33,11 @@ func setSecurityHeaders(h http.Header) {
 type originPolicy struct {
 	any     bool                // AllowedOrigins has "*"
 	allowed map[string]struct{} // normalized "scheme://host:port"
-	csrf    *http.CrossOriginProtection
+	// csrf is the standard library's check of Sec-Fetch-Site (and of
+	// Origin against Host for browsers too old to send it). Allowed
+	// origins are let through before it, compared normalized, so it needs
+	// no trusted origins of its own.
+	csrf *http.CrossOriginProtection
 }
 
 func newOriginPolicy(allowed []string) (*originPolicy, []string) {
@@ -49,11 +54,6 @@ func newOriginPolicy(allowed []string) (*originPolicy, []string) {
 			continue
 		}
 		p.allowed[norm] = struct{}{}
-		// The standard library's check trusts the same origins when a
-		// browser says Sec-Fetch-Site: cross-site (or same-site).
-		if err := p.csrf.AddTrustedOrigin(strings.TrimSuffix(a, "/")); err != nil {
-			bad = append(bad, a)
-		}
 	}
 	return p, bad
 }
@@ -87,7 +87,7 @@ func normalizeOrigin(origin string) (string, bool) {
 	case scheme != "http" && scheme != "https":
 		return "", false
 	}
-	return scheme + "://" + strings.ToLower(u.Hostname()) + ":" + port, true
+	return scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port), true
 }
 
 // ownOrigin is the origin a browser sees for r: its scheme comes from the
@@ -107,31 +107,40 @@ func (s *Server) ownOrigin(r *http.Request) string {
 	return norm
 }
 
-// checkOrigin is the one Origin policy of writes and sockets: no Origin
-// (not a browser, or a same-origin GET), the server's own origin or an
-// allowed one. It compares scheme, host and port.
+// checkOrigin is the one Origin policy of writes and sockets. An Origin
+// must be an allowed one, or the server's own: scheme, host and port all
+// equal. Then http.CrossOriginProtection refuses what a browser marks
+// Sec-Fetch-Site cross-site or same-site (a request with no Origin
+// included); requests with neither header come from programs, which
+// carry no ambient cookies to abuse.
 func (s *Server) checkOrigin(r *http.Request) *APIError {
-	origin := r.Header.Get("Origin")
-	if origin == "" || s.origins.any {
+	if s.origins.any {
 		return nil
 	}
-	norm, ok := normalizeOrigin(origin)
-	if ok {
-		if norm == s.ownOrigin(r) {
+	origin := r.Header.Get("Origin")
+	if origin != "" {
+		norm, ok := normalizeOrigin(origin)
+		if _, allowed := s.origins.allowed[norm]; ok && allowed {
 			return nil
 		}
-		if _, allowed := s.origins.allowed[norm]; allowed {
-			return nil
+		if !ok || norm != s.ownOrigin(r) {
+			return apiErr(CodeForbidden, "cross-origin request refused: Origin "+origin+" is not allowed")
 		}
 	}
-	return apiErr(CodeForbidden, "cross-origin request refused: Origin "+origin+" is not allowed")
+	check := r
+	if r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions {
+		// Opening a socket is a GET, but it acts with the caller's
+		// cookies: check it as the state-changing request it is.
+		check = r.WithContext(r.Context())
+		check.Method = http.MethodPost
+	}
+	if err := s.origins.csrf.Check(check); err != nil {
+		return apiErr(CodeForbidden, "cross-origin request refused: "+err.Error())
+	}
+	return nil
 }
 
-// sameOriginWrites refuses state-changing requests that a browser sent
-// from a foreign page (CSRF): an Origin the policy does not allow, or a
-// request http.CrossOriginProtection refuses (Sec-Fetch-Site cross-site or
-// same-site from an origin not in AllowedOrigins). Requests with neither
-// header come from programs, which carry no ambient cookies to abuse.
+// sameOriginWrites applies checkOrigin to state-changing requests (CSRF).
 func (s *Server) sameOriginWrites(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.Method {
@@ -140,12 +149,6 @@ func (s *Server) sameOriginWrites(next http.Handler) http.Handler {
 			if ae := s.checkOrigin(r); ae != nil {
 				s.writeError(w, r, ae)
 				return
-			}
-			if !s.origins.any {
-				if err := s.origins.csrf.Check(r); err != nil {
-					s.writeError(w, r, apiErr(CodeForbidden, "cross-origin request refused: "+err.Error()))
-					return
-				}
 			}
 		}
 		next.ServeHTTP(w, r)

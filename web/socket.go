@@ -70,7 +70,7 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 	// The same Origin policy as writes (scheme, host and port): a socket
 	// carries the session cookie, so a foreign page must not open one.
 	if ae := s.checkOrigin(r); ae != nil {
-		s.writeError(w, r, apiErr(CodeForbidden, "cross-origin socket refused: Origin "+r.Header.Get("Origin")+" is not allowed"))
+		s.writeError(w, r, apiErr(CodeForbidden, "cross-origin socket refused: "+strings.TrimPrefix(ae.Message, "cross-origin request refused: ")))
 		return
 	}
 	release, slot := s.socketSlot(s.clientIP(r))
