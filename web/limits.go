@@ -56,6 +56,9 @@ type Limits struct {
 	MaxSocketsPerIP int
 }
 
+// DefaultLimits returns Limits with every default filled in.
+func DefaultLimits() Limits { return Limits{}.withDefaults() }
+
 func (l Limits) withDefaults() Limits {
 	if l.ReadHeaderTimeout <= 0 {
 		l.ReadHeaderTimeout = 10 * time.Second
