@@ -27,6 +27,7 @@ func main() {
 		os.Exit(2)
 	}
 	logger, _ := app.NewLogger(cfg.LogLevel, cfg.LogFormat) // checked by ParseAPI
+	app.RouteLibraryLogs(logger)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := app.RunAPI(ctx, cfg, logger); err != nil {

@@ -26,6 +26,7 @@ func main() {
 		os.Exit(2)
 	}
 	logger, _ := app.NewLogger(cfg.LogLevel, cfg.LogFormat) // checked by ParseWorker
+	app.RouteLibraryLogs(logger)
 	logger.Info("worker starting", "redis_mode", cfg.RedisMode, "concurrency", cfg.Concurrency)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

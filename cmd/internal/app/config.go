@@ -5,6 +5,7 @@
 package app
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -310,4 +311,18 @@ func NewLogger(level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
 	}
 	return nil, fmt.Errorf("log format %q: want text or json", format)
+}
+
+// RouteLibraryLogs sends go-redis's own log lines (connection pool
+// retries, which it prints to stderr unformatted) to logger at debug
+// level: the errors that matter reach callers and are logged there, with
+// context, so start-up failures stay one line.
+func RouteLibraryLogs(logger *slog.Logger) {
+	redis.SetLogger(redisLogger{logger})
+}
+
+type redisLogger struct{ l *slog.Logger }
+
+func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	r.l.DebugContext(ctx, fmt.Sprintf(format, v...), "component", "go-redis")
 }
