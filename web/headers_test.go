@@ -2,8 +2,10 @@ package web
 
 import (
 	"bufio"
+	"encoding/json"
 	"io/fs"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -222,4 +224,16 @@ func FuzzNormalizeOrigin(f *testing.F) {
 			t.Fatalf("normalizeOrigin(%q) = %q: not http(s)", s, norm)
 		}
 	})
+}
+
+// A handler's panic is the JSON 500, not an empty body.
+func TestPanicIsJSONInternal(t *testing.T) {
+	s := &Server{logger: quietLogger(t)}
+	h := s.recoverer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { panic("boom") }))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/api/me", nil))
+	var body errorBody
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || rec.Code != 500 || body.Error.Code != CodeInternal {
+		t.Fatalf("%d %q (%v)", rec.Code, rec.Body.String(), err)
+	}
 }

@@ -299,8 +299,8 @@ func rewriteServerError(p []byte) ([]byte, bool) {
 	return b.Bytes(), true
 }
 
-// limitConns answers a request on a connection over a cap with 429 and
-// closes the connection.
+// rejectOverCap answers a request on a connection over a cap with 429
+// and closes the connection; it reports whether it did.
 func (s *Server) rejectOverCap(w http.ResponseWriter, r *http.Request) bool {
 	reason, _ := r.Context().Value(rejectedKey{}).(string)
 	if reason == "" {

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/go-chi/chi/v5/middleware"
 
 	"taskstream/jobs"
 	"taskstream/progress"
@@ -189,7 +188,7 @@ func New(d Deps, cfg Config) *Server {
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(middleware.Recoverer)
+	r.Use(s.recoverer)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(CodeNotFound, "no such endpoint: "+r.URL.Path))
 	})
