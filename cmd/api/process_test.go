@@ -414,6 +414,29 @@ func TestBadSettingsExitWithOneLine(t *testing.T) {
 	}
 }
 
+// The worker refuses bad settings the same way.
+func TestWorkerBadSettingsExitWithOneLine(t *testing.T) {
+	t.Parallel()
+	for _, env := range [][]string{
+		{}, // no REDIS_URL
+		{"REDIS_URL=redis://127.0.0.1:1", "WORKER_CONCURRENCY=-1"},
+		{"REDIS_URL=redis://127.0.0.1:1", "WORKER_QUEUES=a=0"},
+		{"REDIS_URL=redis://127.0.0.1:1", "REDIS_MODE=bogus"},
+	} {
+		cmd := exec.Command(filepath.Join(binDir, "worker"))
+		cmd.Env = append(cleanEnv(), env...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var exit *exec.ExitError
+		out := stderr.String()
+		if !errors.As(err, &exit) || exit.ExitCode() <= 0 || strings.Count(strings.TrimRight(out, "\n"), "\n") != 0 ||
+			strings.Contains(out, "panic") {
+			t.Fatalf("worker with %v: %v, stderr:\n%s", env, err, out)
+		}
+	}
+}
+
 // -h lists every flag with its environment variable, and exits 0.
 func TestHelpListsEnvironment(t *testing.T) {
 	t.Parallel()
