@@ -141,27 +141,29 @@ type Deps struct {
 
 // Server is taskstream's HTTP handler. Shutdown closes its sockets.
 type Server struct {
-	cfg     Config
-	jobs    *jobs.Service
-	hub     *progress.Hub
-	log     *progress.Log
-	auth    *auth.Store
-	pres    *progress.Presence
-	logger  *slog.Logger
-	router  chi.Router
-	origins *originPolicy
+	cfg    Config
+	jobs   *jobs.Service
+	hub    *progress.Hub
+	log    *progress.Log
+	auth   *auth.Store
+	pres   *progress.Presence
+	logger *slog.Logger
+	router chi.Router
+
+	origins *originPolicy // who may write and open sockets (headers.go)
 
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
 
-	mu           sync.Mutex
-	conns        map[*conn]struct{}
-	streams      map[*stream]struct{} // SSE and long-poll requests in flight
-	socketsPerIP map[string]int       // open sockets by client address (Limits.MaxSocketsPerIP)
-	closing      bool
-	stopCh       chan struct{} // closed by Shutdown: ends SSE and long-poll requests
-	connsWG      sync.WaitGroup
-	shutOnce     sync.Once
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	streams  map[*stream]struct{} // SSE and long-poll requests in flight
+	closing  bool
+	stopCh   chan struct{} // closed by Shutdown: ends SSE and long-poll requests
+	connsWG  sync.WaitGroup
+	shutOnce sync.Once
+
+	socketsPerIP map[string]int // open sockets by client address, under mu (Limits.MaxSocketsPerIP)
 }
 
 // New returns a Server for d and starts its background work (closing the
