@@ -234,10 +234,13 @@ func (l *lifecycle) beat(ctx context.Context, a *attempt) (beatOutcome, error) {
 	case "stale":
 		return beatStale, nil
 	case "gone":
-		if err := l.restore(ctx, a, StateActive, nil, ""); err != nil {
+		created, err := l.restore(ctx, a, StateActive, nil, "")
+		if err != nil {
 			return beatGone, err
 		}
-		l.publish(ctx, a.job(), "state", stateEvent{State: StateActive, Attempt: a.n, Message: msgRestored})
+		if created {
+			l.publish(ctx, a.job(), "state", stateEvent{State: StateActive, Attempt: a.n, Message: msgRestored})
+		}
 	}
 	if err := l.st.rdb.ZAdd(ctx, l.st.runningKey(), redis.Z{Score: float64(now), Member: a.job()}).Err(); err != nil {
 		return beatOK, fmt.Errorf("jobs: heartbeat of %s: %w", a.job(), err)
@@ -263,18 +266,22 @@ return 1
 // restore recreates a run's job record after Redis lost it (a restart
 // without persistence), in state, with the owner's index entry, so the job
 // keeps its owner and GET /api/jobs/ID agrees with the events published in
-// the log's new epoch.
-func (l *lifecycle) restore(ctx context.Context, a *attempt, state string, result json.RawMessage, errMsg string) error {
+// the log's new epoch. It reports false when the record exists already
+// (someone else restored it).
+func (l *lifecycle) restore(ctx context.Context, a *attempt, state string, result json.RawMessage, errMsg string) (bool, error) {
 	final := "0"
 	if Terminal(state) {
 		final = "1"
 	}
 	r := a.rec
-	err := restoreScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(r.ID)},
+	n, err := restoreScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(r.ID)},
 		r.Owner, r.Type, r.Queue, string(r.Params), r.CreatedAt.UnixMilli(), state, a.n, a.task, final,
-		string(result), errMsg, l.cfg.Retention.Milliseconds()).Err()
+		string(result), errMsg, l.cfg.Retention.Milliseconds()).Int()
 	if err != nil {
-		return fmt.Errorf("jobs: restore %s: %w", r.ID, err)
+		return false, fmt.Errorf("jobs: restore %s: %w", r.ID, err)
+	}
+	if n != 1 {
+		return false, nil
 	}
 	_, err = l.st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.ZAdd(ctx, l.st.indexKey(r.Owner), redis.Z{Score: float64(r.CreatedAt.UnixMicro()), Member: r.ID})
@@ -285,10 +292,10 @@ func (l *lifecycle) restore(ctx context.Context, a *attempt, state string, resul
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("jobs: restore %s: %w", r.ID, err)
+		return true, fmt.Errorf("jobs: restore %s: %w", r.ID, err)
 	}
 	l.cfg.Logger.Warn("job record was lost (Redis restarted without persistence?) and restored", "job", r.ID, "state", state)
-	return nil
+	return true, nil
 }
 
 // transitionScript changes the state of the job if task (and, when given,
@@ -381,10 +388,18 @@ func (l *lifecycle) finishRun(ctx context.Context, a *attempt, state string, res
 		return false
 	}
 	if n == -1 {
-		if err := l.restore(ctx, a, state, result, errMsg); err != nil {
+		created, err := l.restore(ctx, a, state, result, errMsg)
+		if err != nil {
 			l.cfg.Logger.Error("restoring a lost job record failed", "job", a.job(), "err", err)
 		}
-		n = 1
+		if !created { // restored meanwhile (by our heartbeat): end it as usual
+			n, err = l.transition(ctx, a.job(), a.task, strconv.Itoa(a.n), state, true, errMsg, result, true)
+			if err != nil {
+				l.cfg.Logger.Error("recording the end of a job failed", "job", a.job(), "state", state, "err", err)
+			}
+		} else {
+			n = 1
+		}
 	}
 	if n != 1 {
 		return false

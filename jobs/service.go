@@ -158,6 +158,9 @@ func (s *Service) Get(ctx context.Context, id string) (*Job, error) {
 	if rec.Final != "" {
 		j.State = rec.Final
 	}
+	if j.Attempt == 0 {
+		j.Attempt = 1 // not run yet: waiting for its first attempt
+	}
 	if rec.Error != "" {
 		j.Error = &rec.Error
 	}
