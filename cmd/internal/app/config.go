@@ -31,11 +31,21 @@ type Common struct {
 }
 
 // Worker is the configuration of a worker, in its own process or embedded.
+// Defaults are those of jobs.WorkerConfig.
 type Worker struct {
 	Concurrency     int
 	Queues          string
 	ShutdownTimeout time.Duration
 	PollInterval    time.Duration
+	// Heartbeat (JOB_HEARTBEAT, default 5s) is how often a worker
+	// refreshes its running jobs; LostAfter (JOB_LOST_AFTER, default 15s)
+	// is how old a running job's heartbeat may get before its worker
+	// counts as lost and the job runs again; ReconcileInterval
+	// (RECONCILE_INTERVAL, default 15s) is how often jobs are compared
+	// with Asynq (operator actions from its CLI or asynqmon).
+	Heartbeat         time.Duration
+	LostAfter         time.Duration
+	ReconcileInterval time.Duration
 }
 
 // envParser reads typed defaults from the environment and remembers the
@@ -117,6 +127,31 @@ func (w *Worker) register(fs *flag.FlagSet, env *envParser) {
 	fs.StringVar(&w.Queues, "queues", env.str("WORKER_QUEUES", ""), "queues and priorities, e.g. critical=6,default=3 (default: every job type's queue)")
 	fs.DurationVar(&w.ShutdownTimeout, "shutdown-timeout", env.duration("WORKER_SHUTDOWN_TIMEOUT", 8*time.Second), "time running jobs get to finish on shutdown before they go back to the queue")
 	fs.DurationVar(&w.PollInterval, "poll-interval", env.duration("WORKER_POLL_INTERVAL", time.Second), "how often an idle worker looks for new jobs")
+	fs.DurationVar(&w.Heartbeat, "heartbeat", env.duration("JOB_HEARTBEAT", 5*time.Second), "how often a worker refreshes the heartbeat of its running jobs")
+	fs.DurationVar(&w.LostAfter, "lost-after", env.duration("JOB_LOST_AFTER", 15*time.Second), "a running job whose heartbeat is older is lost: watchers are told, and it runs again")
+	fs.DurationVar(&w.ReconcileInterval, "reconcile-interval", env.duration("RECONCILE_INTERVAL", 15*time.Second), "how often jobs are compared with Asynq (deletes, archives, runs from Asynq's own tools)")
+}
+
+// validate rejects worker settings that can not work.
+func (w *Worker) validate() error {
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"WORKER_SHUTDOWN_TIMEOUT", w.ShutdownTimeout}, {"WORKER_POLL_INTERVAL", w.PollInterval},
+		{"JOB_HEARTBEAT", w.Heartbeat}, {"JOB_LOST_AFTER", w.LostAfter}, {"RECONCILE_INTERVAL", w.ReconcileInterval},
+	} {
+		if d.v <= 0 {
+			return fmt.Errorf("%s=%v: must be positive", d.name, d.v)
+		}
+	}
+	if w.LostAfter <= w.Heartbeat {
+		return fmt.Errorf("JOB_LOST_AFTER=%v must be longer than JOB_HEARTBEAT=%v (a few heartbeats: a job is lost after missing them)", w.LostAfter, w.Heartbeat)
+	}
+	if w.Concurrency <= 0 {
+		return fmt.Errorf("WORKER_CONCURRENCY=%d: must be positive", w.Concurrency)
+	}
+	return nil
 }
 
 // queues parses "name=priority,name" into a map (priority 1 by default).
