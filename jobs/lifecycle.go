@@ -66,6 +66,15 @@ func jobOfTask(task string) string {
 	return id
 }
 
+// genOfTask returns the generation of a task id: 1 for "ID", N for "ID.N".
+func genOfTask(task string) int {
+	_, g, ok := strings.Cut(task, ".")
+	if n, err := strconv.Atoi(g); ok && err == nil && n > 1 {
+		return n
+	}
+	return 1
+}
+
 // stateEvent is the payload of a "state" event.
 type stateEvent struct {
 	State   string `json:"state"`
@@ -255,7 +264,7 @@ func (l *lifecycle) beat(ctx context.Context, a *attempt) (beatOutcome, error) {
 var restoreScript = redis.NewScript(redisNow + `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'type', ARGV[2], 'queue', ARGV[3], 'params', ARGV[4],
-  'created_at', ARGV[5], 'updated_at', now, 'state', ARGV[6], 'attempt', ARGV[7], 'task', ARGV[8], 'gen', 1)
+  'created_at', ARGV[5], 'updated_at', now, 'state', ARGV[6], 'attempt', ARGV[7], 'task', ARGV[8], 'gen', ARGV[13])
 if ARGV[9] == '1' then redis.call('HSET', KEYS[1], 'final', ARGV[6]) else redis.call('HSET', KEYS[1], 'hb', now) end
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[10]) end
 if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[11]) end
@@ -276,7 +285,7 @@ func (l *lifecycle) restore(ctx context.Context, a *attempt, state string, resul
 	r := a.rec
 	n, err := restoreScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(r.ID)},
 		r.Owner, r.Type, r.Queue, string(r.Params), r.CreatedAt.UnixMilli(), state, a.n, a.task, final,
-		string(result), errMsg, l.cfg.Retention.Milliseconds()).Int()
+		string(result), errMsg, l.cfg.Retention.Milliseconds(), genOfTask(a.task)).Int()
 	if err != nil {
 		return false, fmt.Errorf("jobs: restore %s: %w", r.ID, err)
 	}

@@ -61,12 +61,19 @@ func (e *jobEnv) events(id string) progress.Snapshot {
 // the log.
 func (e *jobEnv) waitFinal(id string) progress.Snapshot {
 	e.t.Helper()
+	return e.waitEvent(id, "")
+}
+
+// waitEvent waits until the job's log holds an event named name (a final
+// event when name is "") and returns the log.
+func (e *jobEnv) waitEvent(id, name string) progress.Snapshot {
+	e.t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		snap, err := e.log.Read(context.Background(), Group(id), 0)
 		if err == nil {
 			for _, ev := range snap.Events {
-				if FinalEvent(ev.Name, ev.Data) {
+				if name == "" && FinalEvent(ev.Name, ev.Data) || ev.Name == name {
 					return snap
 				}
 			}
@@ -260,6 +267,7 @@ func TestRunFromArchiveIsANewAttempt(t *testing.T) {
 		if err := e.svc.insp.RunTask("default", taskOf(t, e.svc, job.ID)); err != nil {
 			t.Fatal(err)
 		}
+		e.waitEvent(job.ID, "result")
 		j := e.waitState(job.ID, StateCompleted)
 		if j.Attempt != 5 || string(j.Result) != `{"steps":2}` {
 			t.Fatalf("after the run from the archive: attempt %d result %s", j.Attempt, j.Result)

@@ -142,6 +142,9 @@ type run struct {
 	a      *attempt
 	cancel context.CancelCauseFunc
 	stale  atomic.Bool // the job moved on to another run: drop everything
+	// beat is when this run last refreshed its claim (unix ns): a run
+	// whose claim has gone stale may have been taken for lost.
+	beat atomic.Int64
 }
 
 var (
@@ -239,6 +242,7 @@ func (w *Worker) handler(t Type) asynq.HandlerFunc {
 		runCtx, cancel := context.WithCancelCause(ctx)
 		defer cancel(nil)
 		r := &run{a: a, cancel: cancel}
+		r.beat.Store(time.Now().UnixNano())
 		w.track(r)
 		defer w.untrack(r)
 		defer context.AfterFunc(w.stopJobs, func() { cancel(errWorkerStopping) })()
@@ -280,11 +284,16 @@ func (w *Worker) handler(t Type) asynq.HandlerFunc {
 			<-ctx.Done()
 			lc.release(pubCtx, a)
 			return ctx.Err()
+		case errors.Is(ctx.Err(), context.Canceled) && time.Since(time.Unix(0, r.beat.Load())) > w.cfg.LostAfter:
+			// Asynq canceled the run because its lease expired: this
+			// worker lost Redis for longer than LostAfter, and the
+			// lost-job sweep ends or reruns the job.
+			return ctx.Err()
 		case errors.Is(ctx.Err(), context.Canceled):
-			// Asynq itself canceled the run: an operator's
-			// Inspector.CancelProcessing (asynq CLI, asynqmon). End it
-			// canceled; Asynq may still retry the task, and that run is
-			// dropped because the job is over.
+			// Asynq itself canceled the run while this worker's heartbeat
+			// was fine: an operator's Inspector.CancelProcessing (asynq
+			// CLI, asynqmon). End it canceled; Asynq may still retry the
+			// task, and that run is dropped because the job is over.
 			lc.finishRun(pubCtx, a, StateCanceled, nil, reasonOpCanceled)
 			return fmt.Errorf("job %s: %s: %w", id, reasonOpCanceled, asynq.SkipRetry)
 		}
@@ -410,6 +419,7 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 				}
 				continue
 			}
+			r.beat.Store(time.Now().UnixNano())
 			switch out {
 			case beatStale:
 				w.logger.Warn("this run's job moved on (it was taken for lost); stopping it and dropping its results", "job", r.a.job(), "attempt", r.a.n)

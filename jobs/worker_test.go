@@ -89,6 +89,7 @@ func TestWorkerShutdownHandsRunningJobBack(t *testing.T) {
 			t.Fatalf("after shutdown the last state is %+v, want pending with a reason", last)
 		}
 		e.startWorker(time.Second)
+		e.waitFinal(job.ID) // the record changes a moment before its events
 		done := e.waitState(job.ID, StateCompleted)
 		if string(done.Result) != `{"steps":30}` {
 			t.Fatalf("result %s", done.Result)
