@@ -311,6 +311,7 @@ func TestSlowWorkerTakenForLostEndsOnce(t *testing.T) {
 		slow := quick()
 		slow.Heartbeat = time.Hour // never beats: looks dead to the others
 		slow.LostAfter = 2 * time.Hour
+		slow.Concurrency = 1 // busy with the job: the new run goes elsewhere
 		e.startWorkerWith(slow)
 		job := e.submit(`{"steps":20,"interval_ms":50}`)
 		e.waitState(job.ID, StateActive)
