@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -19,12 +20,33 @@ import (
 	"taskstream/progress/progresstest"
 )
 
+// gateType is a job type whose first attempt runs until the test opens
+// the gate (or its context ends); later attempts end at once. Its result
+// is the attempt that produced it.
+func gateType(gate <-chan struct{}) Type {
+	return Define(Spec[struct{}]{
+		Name: "gate", Schema: `{"type":"object"}`, Validate: func(*struct{}) error { return nil },
+		Run: func(ctx context.Context, _ struct{}, env Env, r Reporter) (any, error) {
+			if env.Attempt == 1 {
+				r.Progress(0, 1, "waiting", "")
+				select {
+				case <-gate:
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
+			r.Progress(1, 1, "done", "")
+			return map[string]int{"attempt": env.Attempt}, nil
+		},
+	})
+}
+
 // quick is a worker configuration whose every wait is short, so lost jobs
 // and operator actions are handled in a fraction of a second.
 func quick() WorkerConfig {
 	return WorkerConfig{
 		PollInterval: 50 * time.Millisecond, ShutdownTimeout: time.Second, CancelPoll: 100 * time.Millisecond,
-		Heartbeat: 100 * time.Millisecond, LostAfter: 500 * time.Millisecond, ReconcileInterval: 200 * time.Millisecond,
+		Heartbeat: 100 * time.Millisecond, LostAfter: time.Second, ReconcileInterval: 200 * time.Millisecond,
 		RetryDelay: time.Millisecond,
 	}
 }
@@ -40,7 +62,12 @@ func (e *jobEnv) startWorkerWith(cfg WorkerConfig) *Worker {
 
 func (e *jobEnv) submit(params string) *Job {
 	e.t.Helper()
-	j, err := e.svc.Submit(context.Background(), "u1", "steps", json.RawMessage(params))
+	return e.submitType("steps", params)
+}
+
+func (e *jobEnv) submitType(typ, params string) *Job {
+	e.t.Helper()
+	j, err := e.svc.Submit(context.Background(), "u1", typ, json.RawMessage(params))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -242,7 +269,7 @@ func TestOperatorActionsThroughAsynqInspector(t *testing.T) {
 						return errors.Is(err, asynq.ErrTaskNotFound) || err == nil && info.State == asynq.TaskStateArchived
 					})
 					if after := e.events(job.ID); len(after.Events) != len(snap.Events) {
-						t.Fatalf("events after the end: %s", describe(after))
+						t.Fatalf("events after the end (%d, was %d, epoch %q): %s", len(after.Events), len(snap.Events), after.Epoch, describe(after))
 					}
 				}
 			})
@@ -302,27 +329,55 @@ func TestReconcilerFinishesAnInterruptedEnqueue(t *testing.T) {
 	})
 }
 
-// A worker that is only slow (it stops beating, then wakes up) and is
-// taken for lost: the job runs again elsewhere, and the slow run's result
-// is dropped, so the job ends once.
+// freezer fails every command of the Redis client it limits while frozen,
+// as if the worker using that client were stopped or cut off.
+type freezer struct{ frozen atomic.Bool }
+
+func (f *freezer) Allow() error {
+	if f.frozen.Load() {
+		return errors.New("frozen by the test")
+	}
+	return nil
+}
+
+func (f *freezer) ReportResult(error) {}
+
+// A worker that is only slow (frozen, then it wakes up) and is taken for
+// lost: the job runs again elsewhere, and when the slow worker wakes up its
+// run is stopped and dropped, so the job ends once.
 func TestSlowWorkerTakenForLostEndsOnce(t *testing.T) {
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
-		e := newJobEnv(t, srv)
-		slow := quick()
-		slow.Heartbeat = time.Hour // never beats: looks dead to the others
-		slow.LostAfter = 2 * time.Hour
-		slow.Concurrency = 1 // busy with the job: the new run goes elsewhere
-		e.startWorkerWith(slow)
-		job := e.submit(`{"steps":20,"interval_ms":50}`)
+		gate := make(chan struct{})
+		defer close(gate)
+		e := newJobEnv(t, srv, gateType(gate))
+		fr := &freezer{}
+		slowRedis := redis.NewClient(&redis.Options{Addr: srv.Addr, Limiter: fr})
+		t.Cleanup(func() { _ = slowRedis.Close() })
+		slowSvc := NewService(slowRedis, e.svc.reg, progress.NewLog(slowRedis, progress.LogConfig{}), e.svc.cfg)
+		cfg := quick()
+		cfg.Concurrency = 1 // busy with the job: the new run goes elsewhere
+		slow := NewWorker(slowSvc, slowRedis, cfg)
+		if err := slow.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(slow.Shutdown)
+
+		job := e.submitType("gate", `{}`)
 		e.waitState(job.ID, StateActive)
 		first := taskOf(t, e.svc, job.ID)
+		fr.frozen.Store(true)
 		e.startWorkerWith(quick())
 		snap := e.waitFinal(job.ID)
-		e.checkEnd(job.ID, snap, StateCompleted, "")
+		j := e.checkEnd(job.ID, snap, StateCompleted, "")
 		if got, want := stateNames(snap), "pending/0 active/1 retry/1 (worker lost) active/2 completed/0"; got != want {
 			t.Fatalf("states %q, want %q", got, want)
 		}
-		// The slow run finishes too; its task is deleted, nothing published.
+		if string(j.Result) != `{"attempt":2}` {
+			t.Fatalf("result %s, want the second run's", j.Result)
+		}
+		// The slow worker wakes up: its next heartbeat finds the job moved
+		// on, its run stops, its task is deleted, nothing is published.
+		fr.frozen.Store(false)
 		e.waitTaskID(first, "deleted", func(_ *asynq.TaskInfo, err error) bool { return errors.Is(err, asynq.ErrTaskNotFound) })
 		if after := e.events(job.ID); len(after.Events) != len(snap.Events) {
 			t.Fatalf("events after the end: %s", describe(after))
@@ -356,20 +411,25 @@ func TestRedisLostMidJobStillEnds(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
-				e := newJobEnv(t, srv)
+				gate := make(chan struct{})
+				e := newJobEnv(t, srv, gateType(gate))
 				cfg := quick()
-				cfg.Heartbeat, cfg.LostAfter = c.heartbeat, 2*c.heartbeat+time.Second
+				cfg.Heartbeat, cfg.LostAfter = c.heartbeat, 10*c.heartbeat
 				e.startWorkerWith(cfg)
-				job := e.submit(`{"steps":30,"interval_ms":50}`)
+				job := e.submitType("gate", `{}`)
 				e.waitState(job.ID, StateActive)
 				before := e.events(job.ID).Epoch
 				srv.Restart(t)
+				if c.heartbeat < time.Hour {
+					e.waitEvent(job.ID, "state") // the restored record's "active"
+				}
+				close(gate)
 				snap := e.waitFinal(job.ID)
 				if snap.Epoch == before {
 					t.Fatalf("the log kept its epoch %s across a restart without persistence", before)
 				}
 				j := e.checkEnd(job.ID, snap, StateCompleted, "")
-				if string(j.Result) != `{"steps":30}` || j.Owner != "u1" || j.Attempt != 1 {
+				if string(j.Result) != `{"attempt":1}` || j.Owner != "u1" || j.Type != "gate" || j.Attempt != 1 {
 					t.Fatalf("restored job %+v", j)
 				}
 				if got := stateNames(snap); got != c.states {
@@ -430,7 +490,7 @@ func TestWorkerKilledMidJob(t *testing.T) {
 				t.Logf("helper worker output:\n%s", out.String())
 			}
 		})
-		job := e.submit(`{"steps":40,"interval_ms":50}`)
+		job := e.submit(`{"steps":100,"interval_ms":30}`)
 		e.waitState(job.ID, StateActive) // only the helper runs jobs yet
 		if err := child.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)

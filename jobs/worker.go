@@ -164,7 +164,9 @@ func NewWorker(svc *Service, rdb redis.UniversalClient, cfg WorkerConfig) *Worke
 		Queues:                   cfg.Queues,
 		ShutdownTimeout:          cfg.ShutdownTimeout,
 		TaskCheckInterval:        cfg.PollInterval,
-		DelayedTaskCheckInterval: max(cfg.PollInterval, time.Second),
+		// Retries wait in Asynq's retry set until its forwarder moves them
+		// to the queue: every second, or sooner when retries are sooner.
+		DelayedTaskCheckInterval: max(cfg.PollInterval, min(cfg.RetryDelay, time.Second)),
 		Logger:                   asynqLogger{w.logger},
 		LogLevel:                 asynq.WarnLevel,
 		RetryDelayFunc: func(n int, err error, t *asynq.Task) time.Duration {

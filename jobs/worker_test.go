@@ -18,10 +18,10 @@ type jobEnv struct {
 	svc *Service
 }
 
-func newJobEnv(t *testing.T, srv *progresstest.Server) *jobEnv {
+func newJobEnv(t *testing.T, srv *progresstest.Server, extra ...Type) *jobEnv {
 	rdb := srv.Client(t)
 	log := progress.NewLog(rdb, progress.LogConfig{})
-	reg, err := NewRegistry(Builtin()...)
+	reg, err := NewRegistry(append(Builtin(), extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
