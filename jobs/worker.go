@@ -160,10 +160,10 @@ func NewWorker(svc *Service, rdb redis.UniversalClient, cfg WorkerConfig) *Worke
 	w.stopJobs, w.stop = context.WithCancel(context.Background())
 	w.bgCtx, w.bgCancel = context.WithCancel(context.Background())
 	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
-		Concurrency:              cfg.Concurrency,
-		Queues:                   cfg.Queues,
-		ShutdownTimeout:          cfg.ShutdownTimeout,
-		TaskCheckInterval:        cfg.PollInterval,
+		Concurrency:       cfg.Concurrency,
+		Queues:            cfg.Queues,
+		ShutdownTimeout:   cfg.ShutdownTimeout,
+		TaskCheckInterval: cfg.PollInterval,
 		// Retries wait in Asynq's retry set until its forwarder moves them
 		// to the queue: every second, or sooner when retries are sooner.
 		DelayedTaskCheckInterval: max(cfg.PollInterval, min(cfg.RetryDelay, time.Second)),
