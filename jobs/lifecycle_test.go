@@ -23,9 +23,12 @@ import (
 // gateType is a job type whose first attempt runs until the test opens
 // the gate (or its context ends); later attempts end at once. Its result
 // is the attempt that produced it.
-func gateType(gate <-chan struct{}) Type {
+func gateType(gate <-chan struct{}) Type { return gateTypeNamed("gate", 0, gate) }
+
+// gateTypeNamed is gateType with a name and Spec.MaxRetry.
+func gateTypeNamed(name string, maxRetry int, gate <-chan struct{}) Type {
 	return Define(Spec[struct{}]{
-		Name: "gate", Schema: `{"type":"object"}`, Validate: func(*struct{}) error { return nil },
+		Name: name, MaxRetry: maxRetry, Schema: `{"type":"object"}`, Validate: func(*struct{}) error { return nil },
 		Run: func(ctx context.Context, _ struct{}, env Env, r Reporter) (any, error) {
 			if env.Attempt == 1 {
 				r.Progress(0, 1, "waiting", "")
@@ -342,6 +345,66 @@ func (f *freezer) Allow() error {
 
 func (f *freezer) ReportResult(error) {}
 
+// startFreezableWorker starts a worker, busy with one job at a time, on
+// its own Redis client, and returns the freezer of that client.
+func (e *jobEnv) startFreezableWorker() *freezer {
+	fr := &freezer{}
+	rdb := redis.NewClient(&redis.Options{Addr: e.srv.Addr, Limiter: fr})
+	e.t.Cleanup(func() { _ = rdb.Close() })
+	svc := NewService(rdb, e.svc.reg, progress.NewLog(rdb, progress.LogConfig{}), e.svc.cfg)
+	cfg := quick()
+	cfg.Concurrency = 1 // busy with the job: a new run goes elsewhere
+	w := NewWorker(svc, rdb, cfg)
+	if err := w.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(w.Shutdown)
+	return fr
+}
+
+// A worker that stops beating (frozen: as far as others can tell, dead)
+// mid-job: after LostAfter the job runs again elsewhere if it has retries
+// left, fails "worker lost" on its last attempt, and ends canceled if its
+// owner canceled it meanwhile. Each ends once; GET agrees.
+func TestLostWorker(t *testing.T) {
+	cases := []struct {
+		name     string
+		maxRetry int
+		cancel   bool
+		state    string
+		err      string
+		states   string
+	}{
+		{"retries left", 0, false, StateCompleted, "", "pending/0 active/1 retry/1 (worker lost) active/2 completed/0"},
+		{"last attempt", NoRetry, false, StateFailed, reasonWorkerLost, "pending/0 active/1 failed/0 (worker lost)"},
+		{"canceled meanwhile", 0, true, StateCanceled, "", "pending/0 active/1 canceled/0"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+				gate := make(chan struct{})
+				defer close(gate)
+				e := newJobEnv(t, srv, gateTypeNamed("gate", c.maxRetry, gate))
+				fr := e.startFreezableWorker()
+				job := e.submitType("gate", `{}`)
+				e.waitEvent(job.ID, "progress") // it runs, and said so
+				fr.frozen.Store(true)
+				if c.cancel {
+					if _, err := e.svc.Cancel(context.Background(), job.ID); err != nil {
+						t.Fatal(err)
+					}
+				}
+				e.startWorkerWith(quick())
+				snap := e.waitFinal(job.ID)
+				e.checkEnd(job.ID, snap, c.state, c.err)
+				if got := stateNames(snap); got != c.states {
+					t.Fatalf("states %q, want %q", got, c.states)
+				}
+			})
+		})
+	}
+}
+
 // A worker that is only slow (frozen, then it wakes up) and is taken for
 // lost: the job runs again elsewhere, and when the slow worker wakes up its
 // run is stopped and dropped, so the job ends once.
@@ -350,20 +413,10 @@ func TestSlowWorkerTakenForLostEndsOnce(t *testing.T) {
 		gate := make(chan struct{})
 		defer close(gate)
 		e := newJobEnv(t, srv, gateType(gate))
-		fr := &freezer{}
-		slowRedis := redis.NewClient(&redis.Options{Addr: srv.Addr, Limiter: fr})
-		t.Cleanup(func() { _ = slowRedis.Close() })
-		slowSvc := NewService(slowRedis, e.svc.reg, progress.NewLog(slowRedis, progress.LogConfig{}), e.svc.cfg)
-		cfg := quick()
-		cfg.Concurrency = 1 // busy with the job: the new run goes elsewhere
-		slow := NewWorker(slowSvc, slowRedis, cfg)
-		if err := slow.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(slow.Shutdown)
+		fr := e.startFreezableWorker()
 
 		job := e.submitType("gate", `{}`)
-		e.waitState(job.ID, StateActive)
+		e.waitEvent(job.ID, "progress") // it runs, and said so
 		first := taskOf(t, e.svc, job.ID)
 		fr.frozen.Store(true)
 		e.startWorkerWith(quick())
@@ -491,7 +544,7 @@ func TestWorkerKilledMidJob(t *testing.T) {
 			}
 		})
 		job := e.submit(`{"steps":100,"interval_ms":30}`)
-		e.waitState(job.ID, StateActive) // only the helper runs jobs yet
+		e.waitEvent(job.ID, "progress") // the helper runs it (only it runs jobs yet)
 		if err := child.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
