@@ -470,7 +470,8 @@ func TestRedisLostMidJobStillEnds(t *testing.T) {
 				cfg.Heartbeat, cfg.LostAfter = c.heartbeat, 10*c.heartbeat
 				e.startWorkerWith(cfg)
 				job := e.submitType("gate", `{}`)
-				e.waitState(job.ID, StateActive)
+				w := e.watch(job.ID)
+				e.waitEvent(job.ID, "progress")
 				before := e.events(job.ID).Epoch
 				srv.Restart(t)
 				if c.heartbeat < time.Hour {
@@ -488,11 +489,61 @@ func TestRedisLostMidJobStillEnds(t *testing.T) {
 				if got := stateNames(snap); got != c.states {
 					t.Fatalf("states in the new epoch %q, want %q", got, c.states)
 				}
+				if !w.untilFinal(t) {
+					t.Fatal("the watcher saw the end but was not told that history was lost")
+				}
 				if jobs, err := e.svc.List(context.Background(), "u1", 10); err != nil || len(jobs) != 1 {
 					t.Fatalf("owner's list after the restore: %v, %v", jobs, err)
 				}
 			})
 		})
+	}
+}
+
+// watcher is a hub subscriber that records what it is told.
+type watcher struct{ ch chan any }
+
+func (w *watcher) Synced(s progress.SyncInfo) bool { w.ch <- s; return true }
+func (w *watcher) Send(ev *progress.Event) bool    { w.ch <- ev; return true }
+func (w *watcher) Lagged()                         { w.ch <- "lagged" }
+
+// watch subscribes a watcher to the job's group through a hub, as an API
+// process does for its sockets.
+func (e *jobEnv) watch(id string) *watcher {
+	hub := progress.NewHub(e.srv.Client(e.t), e.log, progress.HubConfig{})
+	e.t.Cleanup(func() { _ = hub.Shutdown(context.Background()) })
+	w := &watcher{ch: make(chan any, 10000)}
+	sub, err := hub.Subscribe(Group(id), 0, "", w)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(sub.Close)
+	return w
+}
+
+// untilFinal reads what the watcher is told until the job's final event,
+// and reports whether it was told that history was lost on the way.
+func (w *watcher) untilFinal(t *testing.T) (told bool) {
+	t.Helper()
+	timeout := time.After(60 * time.Second)
+	for {
+		select {
+		case m := <-w.ch:
+			switch m := m.(type) {
+			case progress.SyncInfo:
+				if !m.Initial && !m.Recovered {
+					told = true
+				}
+			case *progress.Event:
+				if FinalEvent(m.Name, m.Data) {
+					return told
+				}
+			case string:
+				t.Fatalf("watcher %s", m)
+			}
+		case <-timeout:
+			t.Fatal("the watcher never saw the job's final event")
+		}
 	}
 }
 
