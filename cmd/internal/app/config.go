@@ -5,6 +5,7 @@
 package app
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -132,7 +133,9 @@ func (w *Worker) register(fs *flag.FlagSet, env *envParser) {
 	fs.DurationVar(&w.ReconcileInterval, "reconcile-interval", env.duration("RECONCILE_INTERVAL", 15*time.Second), "how often jobs are compared with Asynq (deletes, archives, runs from Asynq's own tools)")
 }
 
-// validate rejects worker settings that can not work.
+// validate rejects worker settings that can not work. Zero durations
+// (and a zero concurrency) mean the default of jobs.WorkerConfig, so a
+// Worker built in code may leave them out.
 func (w *Worker) validate() error {
 	for _, d := range []struct {
 		name string
@@ -141,15 +144,16 @@ func (w *Worker) validate() error {
 		{"WORKER_SHUTDOWN_TIMEOUT", w.ShutdownTimeout}, {"WORKER_POLL_INTERVAL", w.PollInterval},
 		{"JOB_HEARTBEAT", w.Heartbeat}, {"JOB_LOST_AFTER", w.LostAfter}, {"RECONCILE_INTERVAL", w.ReconcileInterval},
 	} {
-		if d.v <= 0 {
-			return fmt.Errorf("%s=%v: must be positive", d.name, d.v)
+		if d.v < 0 {
+			return fmt.Errorf("%s=%v: must not be negative", d.name, d.v)
 		}
 	}
-	if w.LostAfter <= w.Heartbeat {
-		return fmt.Errorf("JOB_LOST_AFTER=%v must be longer than JOB_HEARTBEAT=%v (a few heartbeats: a job is lost after missing them)", w.LostAfter, w.Heartbeat)
+	if w.Concurrency < 0 {
+		return fmt.Errorf("WORKER_CONCURRENCY=%d: must not be negative", w.Concurrency)
 	}
-	if w.Concurrency <= 0 {
-		return fmt.Errorf("WORKER_CONCURRENCY=%d: must be positive", w.Concurrency)
+	heartbeat, lostAfter := cmp.Or(w.Heartbeat, 5*time.Second), cmp.Or(w.LostAfter, 15*time.Second)
+	if lostAfter <= heartbeat {
+		return fmt.Errorf("JOB_LOST_AFTER=%v must be longer than JOB_HEARTBEAT=%v (a few heartbeats: a job is lost after missing them)", lostAfter, heartbeat)
 	}
 	return nil
 }

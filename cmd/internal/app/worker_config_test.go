@@ -22,7 +22,8 @@ func TestWorkerLostJobSettings(t *testing.T) {
 		{name: "flags", args: []string{"-heartbeat", "2s", "-lost-after", "7s", "-reconcile-interval", "4s"},
 			want: [3]time.Duration{2 * time.Second, 7 * time.Second, 4 * time.Second}},
 		{name: "lost before a heartbeat", env: map[string]string{"JOB_HEARTBEAT": "5s", "JOB_LOST_AFTER": "5s"}, wantErr: "JOB_LOST_AFTER"},
-		{name: "zero reconcile", env: map[string]string{"RECONCILE_INTERVAL": "0s"}, wantErr: "RECONCILE_INTERVAL"},
+		{name: "negative reconcile", env: map[string]string{"RECONCILE_INTERVAL": "-1s"}, wantErr: "RECONCILE_INTERVAL"},
+		{name: "lost before the default heartbeat", env: map[string]string{"JOB_LOST_AFTER": "2s"}, wantErr: "JOB_LOST_AFTER"},
 		{name: "negative heartbeat", args: []string{"-heartbeat", "-1s"}, wantErr: "JOB_HEARTBEAT"},
 		{name: "malformed", env: map[string]string{"JOB_LOST_AFTER": "soon"}, wantErr: "JOB_LOST_AFTER"},
 	}
