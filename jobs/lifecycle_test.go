@@ -405,6 +405,56 @@ func TestLostWorker(t *testing.T) {
 	}
 }
 
+// claimAge returns how old the job's claim is by the server's clock.
+func (e *jobEnv) claimAge(id string) time.Duration {
+	e.t.Helper()
+	rdb := e.srv.Client(e.t)
+	now, err := rdb.Time(context.Background()).Result()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	hb, err := rdb.HGet(context.Background(), e.svc.store.jobKey(id), "hb").Int64()
+	if errors.Is(err, redis.Nil) {
+		e.t.Fatalf("job %s lost its claim (taken for lost); events %s", id, describe(e.events(id)))
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return now.Sub(time.UnixMilli(hb))
+}
+
+// When Redis is out of reach for every worker (paused, partitioned) for
+// longer than LostAfter, the running jobs are not taken for lost once it
+// is back: their workers beat again before any sweeper judges.
+func TestRedisPauseLosesNoWorker(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		gate := make(chan struct{})
+		defer close(gate)
+		e := newJobEnv(t, srv, gateType(gate))
+		runner := e.startFreezableWorker()
+		job := e.submitType("gate", `{}`)
+		e.waitEvent(job.ID, "progress")
+		sweeper := e.startFreezableWorker()
+		runner.frozen.Store(true)
+		sweeper.frozen.Store(true)
+		lostAfter := quick().LostAfter
+		for e.claimAge(job.ID) <= lostAfter+quick().Heartbeat {
+			time.Sleep(20 * time.Millisecond)
+		}
+		runner.frozen.Store(false)
+		sweeper.frozen.Store(false)
+		for e.claimAge(job.ID) > lostAfter { // until the runner beats again
+			time.Sleep(20 * time.Millisecond)
+		}
+		gate <- struct{}{}
+		snap := e.waitFinal(job.ID)
+		e.checkEnd(job.ID, snap, StateCompleted, "")
+		if got, want := stateNames(snap), "pending/0 active/1 completed/0"; got != want {
+			t.Fatalf("states %q, want %q", got, want)
+		}
+	})
+}
+
 // A worker that is only slow (frozen, then it wakes up) and is taken for
 // lost: the job runs again elsewhere, and when the slow worker wakes up its
 // run is stopped and dropped, so the job ends once.

@@ -442,18 +442,37 @@ const sweepPage = 100
 // atomic, so two sweepers can not both act): at least every Heartbeat,
 // and exactly when the oldest claim becomes older than LostAfter, so a
 // killed worker's job is noticed LostAfter after its last heartbeat.
+//
+// A sweeper judges only after it has itself reached Redis without a gap
+// for LostAfter: when Redis was paused or unreachable (or this process was
+// stopped), every worker's heartbeats stopped too, and their claims are
+// old without their runs being lost; live workers beat again within that
+// time.
 func (w *Worker) sweepLoop(ctx context.Context) {
 	t := time.NewTimer(w.cfg.Heartbeat)
 	defer t.Stop()
+	var lastOK, healthySince time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		next, err := w.sweep(ctx)
-		if err != nil && ctx.Err() == nil {
-			w.logger.Warn("lost-job sweep failed", "err", err)
+		judge := false
+		if err := w.rdb.Ping(ctx).Err(); err == nil {
+			now := time.Now()
+			if now.Sub(lastOK) > 2*w.cfg.Heartbeat {
+				healthySince = now // the first contact after a gap
+			}
+			lastOK = now
+			judge = now.Sub(healthySince) >= w.cfg.LostAfter
+		}
+		next := w.cfg.Heartbeat
+		if judge {
+			var err error
+			if next, err = w.sweep(ctx); err != nil && ctx.Err() == nil {
+				w.logger.Warn("lost-job sweep failed", "err", err)
+			}
 		}
 		t.Reset(next)
 	}
