@@ -44,12 +44,13 @@ func gateTypeNamed(name string, maxRetry int, gate <-chan struct{}) Type {
 	})
 }
 
-// quick is a worker configuration whose every wait is short, so lost jobs
-// and operator actions are handled in a fraction of a second.
+// quick is a worker configuration whose every wait is short, so operator
+// actions are handled in a fraction of a second and lost jobs in about
+// two (20 heartbeats: a loaded CI machine may stall a beat or two).
 func quick() WorkerConfig {
 	return WorkerConfig{
 		PollInterval: 50 * time.Millisecond, ShutdownTimeout: time.Second, CancelPoll: 100 * time.Millisecond,
-		Heartbeat: 100 * time.Millisecond, LostAfter: time.Second, ReconcileInterval: 200 * time.Millisecond,
+		Heartbeat: 100 * time.Millisecond, LostAfter: 2 * time.Second, ReconcileInterval: 200 * time.Millisecond,
 		RetryDelay: time.Millisecond,
 	}
 }
@@ -252,6 +253,11 @@ func TestOperatorActionsThroughAsynqInspector(t *testing.T) {
 				job := e.submit(c.params)
 				if c.before != StatePending {
 					e.waitState(job.ID, c.before)
+				}
+				if c.before == StateRetry { // the record goes first, then Asynq
+					e.waitTask(job.ID, "in retry", func(info *asynq.TaskInfo, err error) bool {
+						return err == nil && info.State == asynq.TaskStateRetry
+					})
 				}
 				task := taskOf(t, e.svc, job.ID)
 				if err := c.act(e.svc.insp, "default", task); err != nil {
