@@ -471,7 +471,8 @@ func (l *lifecycle) cancel(ctx context.Context, id string) (bool, error) {
 		return false, nil
 	}
 	if err := l.st.rdb.Publish(ctx, l.st.cancelChannel(), id).Err(); err != nil {
-		return true, fmt.Errorf("jobs: signal cancel of %s: %w", id, err)
+		// A running job's worker still sees the flag at its next poll.
+		l.cfg.Logger.Warn("cancel signal not sent", "job", id, "err", err)
 	}
 	rec, err := l.st.get(ctx, id)
 	if err != nil {
