@@ -194,7 +194,7 @@ func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt,
 	}
 	_ = l.st.rdb.ZAdd(ctx, l.st.runningKey(), redis.Z{Score: float64(now), Member: id}).Err()
 	if reopened {
-		_ = l.st.rdb.ZAdd(ctx, l.st.openKey(), redis.Z{Score: float64(now), Member: id}).Err()
+		_ = l.st.rdb.ZAdd(ctx, l.st.openKey(), redis.Z{Score: float64(time.Now().UnixMicro()), Member: id}).Err()
 	}
 	if lost {
 		l.publish(ctx, id, "state", stateEvent{State: StateRetry, Attempt: prev, Error: reasonWorkerLost})
@@ -296,7 +296,7 @@ func (l *lifecycle) restore(ctx context.Context, a *attempt, state string, resul
 		p.ZAdd(ctx, l.st.indexKey(r.Owner), redis.Z{Score: float64(r.CreatedAt.UnixMicro()), Member: r.ID})
 		p.Expire(ctx, l.st.indexKey(r.Owner), l.cfg.Retention)
 		if final == "0" {
-			p.ZAdd(ctx, l.st.openKey(), redis.Z{Score: float64(time.Now().UnixMilli()), Member: r.ID})
+			p.ZAdd(ctx, l.st.openKey(), redis.Z{Score: float64(time.Now().UnixMicro()), Member: r.ID})
 		}
 		return nil
 	})

@@ -667,3 +667,42 @@ func TestWorkerKilledMidJob(t *testing.T) {
 		}
 	})
 }
+
+// The reconciler's cost per pass is bounded: it checks ReconcileBatch
+// open jobs, those checked longest ago first, and reaches the rest in the
+// next passes; a job it checked goes to the back of the line.
+func TestReconcilerChecksOnePagePerPass(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newJobEnv(t, srv)
+		cfg := quick()
+		cfg.ReconcileBatch = 2
+		w := NewWorker(e.svc, srv.Client(t), cfg) // not started: passes run by hand
+		var ids []string
+		for range 5 {
+			ids = append(ids, e.submit(`{"steps":1}`).ID)
+		}
+		// The newest job is deleted by an operator; the others wait.
+		deleted := ids[4]
+		if err := e.svc.insp.DeleteTask("default", deleted); err != nil {
+			t.Fatal(err)
+		}
+		for pass, want := range []string{StatePending, StatePending, StateCanceled} {
+			if err := w.reconcile(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			j, err := e.svc.Get(context.Background(), deleted)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if j.State != want {
+				t.Fatalf("after pass %d the deleted job is %s, want %s", pass+1, j.State, want)
+			}
+		}
+		e.checkEnd(deleted, e.events(deleted), StateCanceled, reasonDeleted)
+		for _, id := range ids[:4] {
+			if j, err := e.svc.Get(context.Background(), id); err != nil || j.State != StatePending {
+				t.Fatalf("job %s: %+v, %v; want pending", id, j, err)
+			}
+		}
+	})
+}

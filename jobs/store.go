@@ -46,7 +46,7 @@ func (s *store) indexKey(owner string) string {
 	return s.prefix + ":jobs:owner:" + owner
 }
 func (s *store) runningKey() string    { return s.prefix + ":running" }
-func (s *store) openKey() string       { return s.prefix + ":jobs:open" }
+func (s *store) openKey() string       { return s.prefix + ":jobs:open" } // score: when to check next (µs)
 func (s *store) cancelChannel() string { return s.prefix + ":cancel" }
 
 // record is a job's hash, decoded.
@@ -99,7 +99,7 @@ func (s *store) create(ctx context.Context, r *record) error {
 		// Microseconds keep quick successive submits in creation order.
 		p.ZAdd(ctx, s.indexKey(r.Owner), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID})
 		p.Expire(ctx, s.indexKey(r.Owner), s.retention)
-		p.ZAdd(ctx, s.openKey(), redis.Z{Score: float64(now.UnixMilli()), Member: r.ID})
+		p.ZAdd(ctx, s.openKey(), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID})
 		return nil
 	})
 	if err != nil {

@@ -544,12 +544,12 @@ func (w *Worker) reconcile(ctx context.Context) error {
 	st := w.svc.store
 	now := time.Now()
 	ids, err := w.rdb.ZRangeByScore(ctx, st.openKey(), &redis.ZRangeBy{
-		Min: "-inf", Max: strconv.FormatInt(now.UnixMilli(), 10), Count: int64(w.cfg.ReconcileBatch),
+		Min: "-inf", Max: strconv.FormatInt(now.UnixMicro(), 10), Count: int64(w.cfg.ReconcileBatch),
 	}).Result()
 	if err != nil {
 		return fmt.Errorf("list open jobs: %w", err)
 	}
-	next := float64(now.Add(w.cfg.ReconcileInterval).UnixMilli())
+	next := float64(now.Add(w.cfg.ReconcileInterval).UnixMicro())
 	var errs []error
 	for _, id := range ids {
 		open, err := w.svc.lc.reconcile(ctx, id)
