@@ -706,3 +706,27 @@ func TestReconcilerChecksOnePagePerPass(t *testing.T) {
 		}
 	})
 }
+
+// Task ids come back from Asynq, where operators' tools can put anything:
+// parsing one never fails, and the ids the lifecycle makes round-trip.
+func FuzzTaskID(f *testing.F) {
+	for _, s := range []string{"", "abc", "abc.2", "abc.0", "abc.-1", "abc.x", "a.b.c", ".", "abc.99999999999999999999"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, task string) {
+		id := jobOfTask(task)
+		if !strings.HasPrefix(task, id) || strings.Contains(id, ".") {
+			t.Fatalf("job of %q is %q", task, id)
+		}
+		g := genOfTask(task)
+		if g < 1 {
+			t.Fatalf("generation of %q is %d", task, g)
+		}
+		if id != "" && !strings.Contains(task, ".") {
+			next := fmt.Sprintf("%s.%d", id, g+1)
+			if jobOfTask(next) != id || genOfTask(next) != g+1 {
+				t.Fatalf("%q does not round-trip", next)
+			}
+		}
+	})
+}
