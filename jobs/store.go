@@ -13,7 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Job states (PROTOCOL.md).
+// Job states (docs/protocol.md).
 const (
 	StatePending   = "pending"
 	StateActive    = "active"
