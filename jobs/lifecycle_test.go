@@ -562,6 +562,7 @@ type watcher struct{ ch chan any }
 func (w *watcher) Synced(s progress.SyncInfo) bool { w.ch <- s; return true }
 func (w *watcher) Send(ev *progress.Event) bool    { w.ch <- ev; return true }
 func (w *watcher) Lagged()                         { w.ch <- "lagged" }
+func (w *watcher) Failed(err error)                { w.ch <- "failed: " + err.Error() }
 
 // watch subscribes a watcher to the job's group through a hub, as an API
 // process does for its sockets.
