@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/input"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
@@ -22,6 +24,26 @@ import (
 // first "Run job", a chat composer that keeps what is typed, and sign-in
 // errors that say what happened.
 
+// watchCSP collects the page's Content-Security-Policy violations from the
+// next document on (reload after it); checkCSP fails the test on any.
+func (p *browserPage) watchCSP() {
+	p.t.Helper()
+	p.do(chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: `
+			window.__csp = [];
+			document.addEventListener("securitypolicyviolation",
+				(e) => window.__csp.push(e.violatedDirective + " " + e.blockedURI));`})
+		return err
+	}))
+}
+
+func (p *browserPage) checkCSP() {
+	p.t.Helper()
+	if v := eval[[]string](p, `window.__csp || ["the CSP watch was not installed"]`); len(v) > 0 {
+		p.t.Errorf("CSP violations: %s", strings.Join(v, "; "))
+	}
+}
+
 // TestBrowserFirstRunWorks opens the page and presses "Run job" at once:
 // the form opens on a type whose required params are filled in, so a job
 // starts and its row gets its events, at desktop and phone width.
@@ -30,6 +52,8 @@ func TestBrowserFirstRunWorks(t *testing.T) {
 		t.Run(fmt.Sprintf("%dpx", size.width), func(t *testing.T) {
 			e := newEnv(t, progresstest.Embedded(t))
 			p := openPage(t, e, pageOptions{width: size.width, height: size.height})
+			p.watchCSP()
+			p.do(chromedp.Reload(), chromedp.WaitReady(chromedp.CSS(`#job-type option[value="steps"]`)))
 			typ := p.eval0(`document.querySelector("#job-type").value`)
 			p.do(chromedp.Click(chromedp.ID("submit")))
 			p.waitFor("the first job's row", `document.querySelector("#jobs li[data-job-id]") !== null ||
@@ -59,6 +83,7 @@ func TestBrowserFirstRunWorks(t *testing.T) {
 			if got := p.eval0(`document.querySelector("#job-type").value`); got != other {
 				t.Errorf("after a reload the form opens on %q, want the last run %q", got, other)
 			}
+			p.checkCSP()
 			p.checkNoExceptions()
 		})
 	}
@@ -130,6 +155,9 @@ func TestBrowserChatKeepsEveryKeystroke(t *testing.T) {
 	e := newEnv(t, progresstest.Embedded(t))
 	a := openChat(t, e, "lobby", pageOptions{})
 	b := openChat(t, e, "lobby", pageOptions{})
+	a.watchCSP()
+	a.do(chromedp.Reload())
+	a.waitForRoom()
 
 	// Typed in one go, key by key, with Enter between them.
 	a.do(typeKeys("#message-input", "spam 1\rspam 2\rspam 3\r"))
@@ -179,6 +207,7 @@ func TestBrowserChatKeepsEveryKeystroke(t *testing.T) {
 	if c := a.composer(); c.Value != "" || len(c.Pending) != 0 {
 		t.Errorf("at the end the composer holds %+v, want it empty", c)
 	}
+	a.checkCSP()
 	a.checkNoExceptions()
 	b.checkNoExceptions()
 }
@@ -189,6 +218,8 @@ func TestBrowserChatKeepsEveryKeystroke(t *testing.T) {
 func TestBrowserSignInErrorsTellTheTruth(t *testing.T) {
 	e, smtp := smtpEnv(t, progresstest.Embedded(t), withAuthConfig(func(c *auth.Config) { c.LoginsPerEmailIP = 100 }))
 	p := openPage(t, e, pageOptions{})
+	p.watchCSP()
+	p.do(chromedp.Reload(), chromedp.WaitReady(chromedp.CSS(`#job-type option[value="steps"]`)))
 	const email = "grace@example.com"
 	p.do(
 		chromedp.Click(chromedp.ID("sign-in-toggle")),
@@ -259,6 +290,7 @@ func TestBrowserSignInErrorsTellTheTruth(t *testing.T) {
 	if try0 != "hidden" {
 		t.Errorf("after signing in the sign-in form is %s", try0)
 	}
+	p.checkCSP()
 	p.checkNoExceptions()
 }
 
@@ -310,6 +342,8 @@ func TestBrowserToastsStayOutOfTheWay(t *testing.T) {
 		t.Run(fmt.Sprintf("%dpx", size.width), func(t *testing.T) {
 			e := newEnv(t, progresstest.Embedded(t))
 			p := openPage(t, e, pageOptions{width: size.width, height: size.height})
+			p.watchCSP()
+			p.do(chromedp.Reload(), chromedp.WaitReady(chromedp.CSS(`#job-type option[value="steps"]`)))
 
 			// A job with its row on screen: canceled, its row flashes.
 			id := p.submitSteps(map[string]string{"steps": "1000", "interval_ms": "100"})
@@ -387,6 +421,7 @@ func TestBrowserToastsStayOutOfTheWay(t *testing.T) {
 			p.waitFor("the focused toast to pause", `document.activeElement.closest(".toast")?.dataset.paused === "true"`)
 			p.do(chromedp.KeyEvent(kb.Escape))
 			p.waitFor("the toast to go", `document.querySelectorAll("#toasts .toast").length === 2`)
+			p.checkCSP()
 			p.checkNoExceptions()
 		})
 	}
