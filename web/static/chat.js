@@ -277,6 +277,7 @@ function send() {
   outboxList.append(row);
   outboxList.hidden = false;
   outbox.push({text, row});
+  input.focus(); // after a click on Send, typing goes on in the composer
   pump();
 }
 
