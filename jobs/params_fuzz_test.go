@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -49,14 +50,13 @@ func (r *builtinTestReporter) calls() []builtinTestProgress {
 }
 
 // decodeCase is one row of a table-driven Decode test: either want (the
-// normalized params) or errField (the field the *ParamError must name; ""
-// for the whole object) is checked.
+// normalized params) or err (the exact message of the *ParamError, whose
+// "params.FIELD:" prefix must also be its Field) is checked.
 type decodeCase struct {
-	name     string
-	in       string
-	want     string
-	errField string
-	wantErr  bool
+	name string
+	in   string
+	want string
+	err  string
 }
 
 func testDecode(t *testing.T, typ Type, cases []decodeCase) {
@@ -64,16 +64,16 @@ func testDecode(t *testing.T, typ Type, cases []decodeCase) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := typ.Decode(json.RawMessage(tc.in))
-			if tc.wantErr {
+			if tc.err != "" {
 				var pe *ParamError
 				if !errors.As(err, &pe) {
-					t.Fatalf("Decode(%s) = %s, %v; want a *ParamError", tc.in, out, err)
+					t.Fatalf("Decode(%s) = %s, %v; want a *ParamError %q", tc.in, out, err, tc.err)
 				}
-				if pe.Field != tc.errField {
-					t.Fatalf("Decode(%s): error %q names field %q, want %q", tc.in, pe, pe.Field, tc.errField)
+				if pe.Error() != tc.err {
+					t.Fatalf("Decode(%s): error %q, want %q", tc.in, pe, tc.err)
 				}
-				if pe.Reason == "" {
-					t.Fatalf("Decode(%s): error has no reason", tc.in)
+				if want := messageField(tc.err); pe.Field != want {
+					t.Fatalf("Decode(%s): error %q has Field %q, want %q", tc.in, pe, pe.Field, want)
 				}
 				return
 			}
@@ -85,6 +85,14 @@ func testDecode(t *testing.T, typ Type, cases []decodeCase) {
 			}
 		})
 	}
+}
+
+// messageField returns the field a ParamError message names: "x" for
+// "params.x: ...", "" for "params: ...".
+func messageField(msg string) string {
+	head, _, _ := strings.Cut(msg, ": ")
+	field, _ := strings.CutPrefix(head, "params")
+	return strings.TrimPrefix(field, ".")
 }
 
 func jsonEqual(t *testing.T, a, b []byte) bool {
@@ -99,32 +107,28 @@ func jsonEqual(t *testing.T, a, b []byte) bool {
 	return fmt.Sprint(x) == fmt.Sprint(y)
 }
 
-// commonDecodeErrors are the malformed inputs every type must turn into a
-// *ParamError about the whole object.
+// commonDecodeErrors are the malformed inputs every type must refuse with
+// the same message.
 var commonDecodeErrors = []decodeCase{
-	{name: "malformed", in: `{"x":`, wantErr: true},
-	{name: "array", in: `[1,2]`, wantErr: true},
-	{name: "string", in: `"abc"`, wantErr: true},
-	{name: "number", in: `42`, wantErr: true},
-	{name: "true", in: `true`, wantErr: true},
-	{name: "unknown field", in: `{"bogus":1}`, wantErr: true},
-	{name: "trailing data", in: `{} {}`, wantErr: true},
-	{name: "missing required", in: `{}`, wantErr: true, errField: "?"},
+	{name: "malformed", in: `{"x":`, err: "params: malformed JSON: unexpected EOF"},
+	{name: "array", in: `[1,2]`, err: "params: must be a JSON object"},
+	{name: "string", in: `"abc"`, err: "params: must be a JSON object"},
+	{name: "number", in: `42`, err: "params: must be a JSON object"},
+	{name: "true", in: `true`, err: "params: must be a JSON object"},
+	{name: "unknown field", in: `{"bogus":1}`, err: "params.bogus: unknown field"},
+	{name: "trailing data", in: `{} {}`, err: "params: malformed JSON: invalid character after top-level value"},
+	{name: "trailing bracket", in: `{}]`, err: "params: malformed JSON: invalid character after top-level value"},
 }
 
-// withCommon adapts commonDecodeErrors to a type whose required field is
-// field: an empty object must name it.
+// withCommon adds commonDecodeErrors to the cases of a type whose required
+// field is field: an empty object, null and nothing must name it.
 func withCommon(field string, cases []decodeCase) []decodeCase {
-	var out []decodeCase
-	for _, c := range commonDecodeErrors {
-		if c.errField == "?" {
-			c.errField = field
-		}
-		out = append(out, c)
-	}
+	out := slices.Clone(commonDecodeErrors)
 	out = append(out,
-		decodeCase{name: "null is empty", in: `null`, wantErr: true, errField: field},
-		decodeCase{name: "empty is empty", in: ``, wantErr: true, errField: field},
+		decodeCase{name: "missing required", in: `{}`, err: "params." + field + ": is required"},
+		decodeCase{name: "null is empty", in: `null`, err: "params." + field + ": is required"},
+		decodeCase{name: "empty is empty", in: ``, err: "params." + field + ": is required"},
+		decodeCase{name: "required null", in: `{"` + field + `":null}`, err: "params." + field + ": is required"},
 	)
 	return append(out, cases...)
 }
