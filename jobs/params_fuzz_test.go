@@ -178,10 +178,10 @@ type schemaDoc struct {
 	AdditionalProperties *bool                 `json:"additionalProperties"`
 }
 
-// TestSchemasMatchValidation checks each schema against Decode, since the
-// page validates with the schema and the server with Validate: bounds,
-// defaults and required fields must agree or the form accepts what the
-// server refuses.
+// TestSchemasMatchValidation reads each schema as plain JSON, apart from
+// the validator, and checks Decode against what it says: the page builds
+// its form from the schema and the server decides with Decode, so bounds,
+// defaults and required fields must agree, each refusal naming the field.
 func TestSchemasMatchValidation(t *testing.T) {
 	for _, typ := range Builtin() {
 		t.Run(typ.Name, func(t *testing.T) {
@@ -284,24 +284,69 @@ func runType(ctx context.Context, t *testing.T, typ Type, params string, env Env
 	return typ.run(ctx, norm, env, r)
 }
 
+// handlerParams decodes normalized params strictly into the Go type each
+// built-in handler runs with.
+var handlerParams = map[string]func(raw []byte) error{
+	"steps": func(raw []byte) error {
+		var p stepsParams
+		if err := decodeStrictBytes(raw, &p); err != nil {
+			return err
+		}
+		if p.FailAt != nil && *p.FailAt > p.Steps {
+			return fmt.Errorf("fail_at %d beyond steps %d", *p.FailAt, p.Steps)
+		}
+		if p.FailTimes != nil && p.FailAt == nil {
+			return errors.New("fail_times without fail_at")
+		}
+		return nil
+	},
+	"primes": func(raw []byte) error { return decodeStrictBytes(raw, new(primesParams)) },
+	"report": func(raw []byte) error { return decodeStrictBytes(raw, new(reportParams)) },
+}
+
+func decodeStrictBytes(raw []byte, dst any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	return dec.Decode(dst)
+}
+
+// schemaLimits reads each built-in schema as plain JSON (not through the
+// validator) for the fuzz test to check accepted params against.
+func schemaLimits(f *testing.F, typ Type) schemaDoc {
+	var s schemaDoc
+	dec := json.NewDecoder(bytes.NewReader(typ.Schema))
+	dec.UseNumber()
+	if err := dec.Decode(&s); err != nil {
+		f.Fatal(err)
+	}
+	return s
+}
+
 // FuzzJobParams feeds arbitrary bytes to every built-in type's Decode: it
-// must not panic, must fail only with *ParamError, and what it accepts must
-// be a fixed point, since stored params are decoded again when a job is
-// retried or shown.
+// must not panic and must fail only with *ParamError. What it accepts must
+// hold every required property, only properties the schema lists, each
+// within the schema's bounds as written (read apart from the validator),
+// must decode into the handler's params and pass its cross-field rules, and
+// must be a fixed point, since stored params are decoded again when a job
+// is retried or shown.
 func FuzzJobParams(f *testing.F) {
 	for _, s := range []string{
-		``, `null`, `{}`, `[]`, `"x"`, `1`, `{"x":`, `{} {}`,
+		``, `null`, `{}`, `[]`, `"x"`, `1`, `{"x":`, `{} {}`, `{}]`,
 		`{"steps":3}`, `{"steps":3,"interval_ms":0}`, `{"steps":5,"fail_at":2,"fail_times":1}`,
 		`{"steps":0}`, `{"steps":100001}`, `{"steps":"3"}`, `{"steps":1.5}`, `{"steps":1e3}`,
 		`{"steps":2,"fail_at":3}`, `{"steps":2,"fail_times":1}`, `{"steps":2,"fail_at":null}`,
-		`{"STEPS":2}`, `{"steps":2,"steps":3}`,
+		`{"STEPS":2}`, `{"steps":2,"steps":3}`, `{"steps":2,"Steps":200000}`, `{"steps":3,"interval_ms":null}`,
 		`{"n":2}`, `{"n":10000000000}`, `{"n":10000000001}`, `{"n":-1}`, `{"n":99999999999999999999}`,
 		`{"rows":1}`, `{"rows":10,"seed":-7}`, `{"rows":10,"seed":9007199254740992}`, `{"rows":0,"seed":1}`,
-		` {"rows":10} `, `{"rows":10,"extra":true}`,
+		` {"rows":10} `, `{"rows":10,"extra":true}`, `{"rows":10,"seed":null}`,
 	} {
 		f.Add([]byte(s))
 	}
 	types := Builtin()
+	docs := make(map[string]schemaDoc, len(types))
+	for _, typ := range types {
+		docs[typ.Name] = schemaLimits(f, typ)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, typ := range types {
 			out, err := typ.Decode(data)
@@ -312,6 +357,10 @@ func FuzzJobParams(f *testing.F) {
 				}
 				continue
 			}
+			checkWithinSchema(t, docs[typ.Name], typ.Name, data, out)
+			if err := handlerParams[typ.Name](out); err != nil {
+				t.Fatalf("%s: Decode(%q) = %s, which the handler would refuse: %v", typ.Name, data, out, err)
+			}
 			again, err := typ.Decode(out)
 			if err != nil {
 				t.Fatalf("%s: Decode(%q) = %s, which does not decode again: %v", typ.Name, data, out, err)
@@ -321,4 +370,42 @@ func FuzzJobParams(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkWithinSchema fails t unless out, the normalized params of in, has
+// every required property, no property the schema does not list, and
+// integer values within each property's minimum and maximum.
+func checkWithinSchema(t *testing.T, s schemaDoc, name string, in, out []byte) {
+	t.Helper()
+	var m map[string]json.Number
+	dec := json.NewDecoder(bytes.NewReader(out))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		t.Fatalf("%s: Decode(%q) = %s, not an object of numbers: %v", name, in, out, err)
+	}
+	for _, k := range s.Required {
+		if _, ok := m[k]; !ok {
+			t.Fatalf("%s: Decode(%q) = %s, without required %q", name, in, out, k)
+		}
+	}
+	for k, v := range m {
+		p, ok := s.Properties[k]
+		if !ok {
+			t.Fatalf("%s: Decode(%q) = %s, with %q the schema does not list", name, in, out, k)
+		}
+		n, err := v.Int64()
+		if err != nil {
+			t.Fatalf("%s: Decode(%q) = %s: %q is not an integer: %v", name, in, out, k, err)
+		}
+		if p.Minimum != nil {
+			if lo, _ := p.Minimum.Int64(); n < lo {
+				t.Fatalf("%s: Decode(%q) = %s: %s=%d below the minimum %d", name, in, out, k, n, lo)
+			}
+		}
+		if p.Maximum != nil {
+			if hi, _ := p.Maximum.Int64(); n > hi {
+				t.Fatalf("%s: Decode(%q) = %s: %s=%d above the maximum %d", name, in, out, k, n, hi)
+			}
+		}
+	}
 }
