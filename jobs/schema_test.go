@@ -28,14 +28,14 @@ func TestDefineRefusesBadSpecs(t *testing.T) {
 	}{
 		{"no name", Spec[schemaTestParams]{Schema: `{}`, Run: schemaTestRun}, "Define needs Name and Run"},
 		{"no run", Spec[schemaTestParams]{Name: "x", Schema: `{}`}, "Define needs Name and Run"},
-		{"not JSON", Spec[schemaTestParams]{Name: "x", Schema: `{"type":`, Run: schemaTestRun}, "x: Schema is not valid JSON"},
-		{"not a schema", Spec[schemaTestParams]{Name: "x", Schema: `{"type":5}`, Run: schemaTestRun}, "x: Schema does not compile"},
-		{"bad bound", Spec[schemaTestParams]{Name: "x", Schema: `{"properties":{"count":{"minimum":"1"}}}`, Run: schemaTestRun}, "x: Schema does not compile"},
-		{"ref to a file", Spec[schemaTestParams]{Name: "x", Schema: `{"$ref":"file:///etc/passwd"}`, Run: schemaTestRun}, "x: Schema does not compile"},
-		{"ref to the network", Spec[schemaTestParams]{Name: "x", Schema: `{"$ref":"https://example.com/s.json"}`, Run: schemaTestRun}, "x: Schema does not compile"},
-		{"default out of bounds", Spec[schemaTestParams]{Name: "x", Schema: `{"properties":{"count":{"type":"integer","maximum":5,"default":6}}}`, Run: schemaTestRun}, `x: Schema: the default of "count" fails its own schema`},
-		{"default does not fit P", Spec[schemaTestParams]{Name: "x", Schema: `{"properties":{"mode":{"default":3}}}`, Run: schemaTestRun}, "x: Schema: a default does not fit jobs.schemaTestParams"},
-		{"default of a field P lacks", Spec[schemaTestParams]{Name: "x", Schema: `{"properties":{"other":{"default":3}}}`, Run: schemaTestRun}, "x: Schema: a default does not fit jobs.schemaTestParams"},
+		{"not JSON", Spec[schemaTestParams]{Name: "x", Schema: `{"type":`, Run: schemaTestRun}, "x: schema is not valid JSON"},
+		{"not a schema", Spec[schemaTestParams]{Name: "x", Schema: `{"type":5}`, Run: schemaTestRun}, "x: schema does not compile"},
+		{"bad bound", Spec[schemaTestParams]{Name: "x", Schema: `{"properties":{"count":{"minimum":"1"}}}`, Run: schemaTestRun}, "x: schema does not compile"},
+		{"ref to a file", Spec[schemaTestParams]{Name: "x", Schema: `{"$ref":"file:///etc/passwd"}`, Run: schemaTestRun}, "x: schema does not compile"},
+		{"ref to the network", Spec[schemaTestParams]{Name: "x", Schema: `{"$ref":"https://example.com/s.json"}`, Run: schemaTestRun}, "x: schema does not compile"},
+		{"default out of bounds", Spec[schemaTestParams]{Name: "x", Schema: `{"properties":{"count":{"type":"integer","maximum":5,"default":6}}}`, Run: schemaTestRun}, `x: schema: the default of "count" fails its own schema`},
+		{"default does not fit P", Spec[schemaTestParams]{Name: "x", Schema: `{"properties":{"mode":{"default":3}}}`, Run: schemaTestRun}, "x: schema: a default does not fit jobs.schemaTestParams"},
+		{"default of a field P lacks", Spec[schemaTestParams]{Name: "x", Schema: `{"properties":{"other":{"default":3}}}`, Run: schemaTestRun}, "x: schema: a default does not fit jobs.schemaTestParams"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			defer func() {

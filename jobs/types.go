@@ -178,17 +178,17 @@ var noLoader = jsonschema.SchemeURLLoader{}
 func compileSchema[P any](name, src string) (*jsonschema.Schema, error) {
 	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(src))
 	if err != nil {
-		return nil, fmt.Errorf("Schema is not valid JSON: %w", err)
+		return nil, fmt.Errorf("schema is not valid JSON: %w", err)
 	}
 	c := jsonschema.NewCompiler()
 	c.UseLoader(noLoader)
 	loc := "taskstream:///job-types/" + url.PathEscape(name) + ".json"
 	if err := c.AddResource(loc, doc); err != nil {
-		return nil, fmt.Errorf("Schema: %w", err)
+		return nil, fmt.Errorf("schema: %w", err)
 	}
 	sch, err := c.Compile(loc)
 	if err != nil {
-		return nil, fmt.Errorf("Schema does not compile: %w", err)
+		return nil, fmt.Errorf("schema does not compile: %w", err)
 	}
 	defaults := map[string]any{}
 	for prop, ps := range sch.Properties {
@@ -196,12 +196,12 @@ func compileSchema[P any](name, src string) (*jsonschema.Schema, error) {
 			continue
 		}
 		if err := ps.Validate(*ps.Default); err != nil {
-			return nil, fmt.Errorf("Schema: the default of %q fails its own schema: %w", prop, err)
+			return nil, fmt.Errorf("schema: the default of %q fails its own schema: %w", prop, err)
 		}
 		defaults[prop] = *ps.Default
 	}
 	if err := decodeStrict(defaults, new(P)); err != nil {
-		return nil, fmt.Errorf("Schema: a default does not fit %T: %w", *new(P), err)
+		return nil, fmt.Errorf("schema: a default does not fit %T: %w", *new(P), err)
 	}
 	return sch, nil
 }
