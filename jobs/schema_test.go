@@ -3,9 +3,12 @@ package jobs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
+
+	"taskstream/progress/progresstest"
 )
 
 type schemaTestParams struct {
@@ -131,4 +134,55 @@ func TestSchemaMaximum(t *testing.T) {
 	if got, want := Steps().Timeout.Hours(), 100000.0*60/3600+1; got < want {
 		t.Fatalf("steps timeout %v h, want at least %v h", got, want)
 	}
+}
+
+// TestSubmitChecksParamsAgainstSchema: Submit, on both Redis backends,
+// refuses params the schema refuses with the *ParamError the API turns
+// into 400 bad_request (recording no job), and stores accepted params
+// with the schema's defaults filled.
+func TestSubmitChecksParamsAgainstSchema(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newJobEnv(t, srv)
+		ctx := t.Context()
+		for _, tc := range []struct {
+			typ, params string
+			want        string // stored params, or
+			err         string // the refusal
+		}{
+			{typ: "steps", params: `{"steps":3}`, want: `{"steps":3,"interval_ms":100}`},
+			{typ: "report", params: `{"rows":2}`, want: `{"rows":2,"seed":0}`},
+			{typ: "primes", params: `{"n":7}`, want: `{"n":7}`},
+			{typ: "steps", params: `{"steps":0}`, err: "params.steps: must be >= 1"},
+			{typ: "steps", params: `{"steps":2,"fail_at":3}`, err: "params.fail_at: must be <= steps (2), got 3"},
+			{typ: "steps", params: `{"steps":2,"fail_times":1}`, err: "params.fail_times: needs fail_at"},
+			{typ: "primes", params: `{"n":10000000001}`, err: "params.n: must be <= 10000000000"},
+			{typ: "report", params: `{"seed":1}`, err: "params.rows: is required"},
+		} {
+			job, err := e.svc.Submit(ctx, "schema-owner", tc.typ, json.RawMessage(tc.params))
+			if tc.err != "" {
+				var pe *ParamError
+				if !errors.As(err, &pe) || pe.Error() != tc.err {
+					t.Errorf("Submit(%s, %s) = %v, %v; want *ParamError %q", tc.typ, tc.params, job, err, tc.err)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("Submit(%s, %s): %v", tc.typ, tc.params, err)
+			}
+			got, err := e.svc.Get(ctx, job.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !jsonEqual(t, got.Params, []byte(tc.want)) {
+				t.Errorf("Submit(%s, %s) stored %s, want %s", tc.typ, tc.params, got.Params, tc.want)
+			}
+		}
+		jobs, err := e.svc.List(ctx, "schema-owner", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(jobs) != 3 {
+			t.Errorf("%d jobs recorded, want the 3 accepted ones", len(jobs))
+		}
+	})
 }
