@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 
 	"taskstream/progress/progresstest"
@@ -185,4 +186,35 @@ func TestSubmitChecksParamsAgainstSchema(t *testing.T) {
 			t.Errorf("%d jobs recorded, want the 3 accepted ones", len(jobs))
 		}
 	})
+}
+
+// TestDecodeConcurrent: a Type's compiled schema is shared by every
+// request; run with -race, this shows Decode keeps no state between calls.
+func TestDecodeConcurrent(t *testing.T) {
+	typ := Steps()
+	inputs := []string{`{"steps":3}`, `{"steps":0}`, `{"steps":2,"fail_at":3}`, `{"steps":4,"fail_at":2,"fail_times":1}`, `{"bogus":1}`}
+	want := make([]string, len(inputs))
+	for i, in := range inputs {
+		out, err := typ.Decode(json.RawMessage(in))
+		want[i] = fmt.Sprint(string(out), err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, 8)
+	for g := range 8 {
+		wg.Go(func() {
+			for n := range 200 {
+				i := (g + n) % len(inputs)
+				out, err := typ.Decode(json.RawMessage(inputs[i]))
+				if got := fmt.Sprint(string(out), err); got != want[i] {
+					errs <- fmt.Sprintf("Decode(%s) = %s, alone it gave %s", inputs[i], got, want[i])
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
 }

@@ -173,8 +173,8 @@ func asParamError(err error) error {
 var noLoader = jsonschema.SchemeURLLoader{}
 
 // compileSchema compiles a type's schema and checks its defaults: each must
-// pass its own property's schema and decode into P, since Decode fills them
-// in without validating them again.
+// pass its own property's schema and decode into P, so that a bad default
+// is found at start-up rather than by every submit that omits the field.
 func compileSchema[P any](name, src string) (*jsonschema.Schema, error) {
 	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(src))
 	if err != nil {
