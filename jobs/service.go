@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"taskstream/progress"
+	"taskstream/wire"
 )
 
 // Errors returned by Service; the web layer maps them to HTTP statuses.
@@ -22,7 +23,7 @@ var (
 )
 
 // Group returns the progress group that carries job id's events.
-func Group(id string) string { return "job:" + id }
+func Group(id string) string { return wire.JobGroup(id).String() }
 
 // Config configures a Service and a Worker. The zero value is usable.
 type Config struct {

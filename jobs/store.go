@@ -11,22 +11,22 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"taskstream/wire"
 )
 
-// Job states (docs/protocol.md).
+// Job states, as the protocol names them (package wire).
 const (
-	StatePending   = "pending"
-	StateActive    = "active"
-	StateRetry     = "retry"
-	StateCompleted = "completed"
-	StateFailed    = "failed"
-	StateCanceled  = "canceled"
+	StatePending   = wire.StatePending
+	StateActive    = wire.StateActive
+	StateRetry     = wire.StateRetry
+	StateCompleted = wire.StateCompleted
+	StateFailed    = wire.StateFailed
+	StateCanceled  = wire.StateCanceled
 )
 
 // Terminal reports whether state is one a job never leaves.
-func Terminal(state string) bool {
-	return state == StateCompleted || state == StateFailed || state == StateCanceled
-}
+func Terminal(state string) bool { return wire.Terminal(state) }
 
 // store keeps the job records that Asynq does not: type, params, queue,
 // creation time, state, attempt, the current Asynq task, the cancel flag
