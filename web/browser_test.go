@@ -282,6 +282,9 @@ func (p *browserPage) submit(typ string, params map[string]string) string {
 
 func (p *browserPage) selectType(typ string) {
 	p.t.Helper()
+	// The types load after the page: a caller that waited for something
+	// else (the socket) may come first.
+	p.waitFor("the job type "+typ, fmt.Sprintf(`document.querySelector('#job-type option[value=%q]') !== null`, typ))
 	p.do(chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => {
 		const s = document.querySelector("#job-type");
 		s.value = %q;
