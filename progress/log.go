@@ -30,6 +30,12 @@ type LogConfig struct {
 	// KindMaxLen overrides MaxLen for the groups of one kind, the part of
 	// the name before ":" (e.g. {"chat": 500} for room history).
 	KindMaxLen map[string]int64
+	// OnPublish, when set, is called after every Publish with the group,
+	// how long the Redis step took and its error (nil on success), so a
+	// metrics layer outside this package can count and time publishes
+	// without progress importing it. It must be fast and must not block.
+	// Default nil (nothing observed).
+	OnPublish func(group string, took time.Duration, err error)
 }
 
 func (c LogConfig) withDefaults() LogConfig {
@@ -65,7 +71,7 @@ func NewLog(rdb redis.UniversalClient, cfg LogConfig) *Log {
 
 // maxLen is the history bound of group.
 func (l *Log) maxLen(group string) int64 {
-	kind, _, _ := strings.Cut(group, ":")
+	kind := GroupKind(group)
 	if n, ok := l.cfg.KindMaxLen[kind]; ok && n > 0 {
 		return n
 	}
@@ -131,6 +137,9 @@ func (l *Log) Publish(ctx context.Context, group, name string, data any) (*Event
 		[]string{l.metaKey(group), l.streamKey(group)},
 		newEpoch(), name, string(raw), ts, l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group),
 	).Slice()
+	if l.cfg.OnPublish != nil {
+		l.cfg.OnPublish(group, time.Since(now), err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("progress: publish %s %s: %w", group, name, unavailable(err))
 	}
