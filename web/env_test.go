@@ -123,8 +123,20 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 	}
 	e.pres = progress.NewPresence(e.rdb, e.log, progress.PresenceConfig{})
 	o.web.Logger = logger
+	// Tests dial every socket from 127.0.0.1: per-address caps are
+	// tested on their own (limits_test.go).
+	if o.web.Limits.MaxConnsPerIP == 0 {
+		o.web.Limits.MaxConnsPerIP = 1 << 20
+	}
+	if o.web.Limits.MaxSocketsPerIP == 0 {
+		o.web.Limits.MaxSocketsPerIP = 1 << 20
+	}
 	e.web = New(Deps{Jobs: e.jobs, Hub: e.hub, Log: e.log, Auth: e.auth, Presence: e.pres}, o.web)
-	e.http = httptest.NewServer(e.web)
+	// Served as cmd/api serves it: its http.Server and listener.
+	e.http = httptest.NewUnstartedServer(nil)
+	e.http.Config = e.web.HTTPServer()
+	e.http.Listener = e.web.Listener(e.http.Listener)
+	e.http.Start()
 	e.client = e.newBrowser()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

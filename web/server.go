@@ -5,13 +5,10 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"net/url"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/go-chi/chi/v5/middleware"
 
 	"taskstream/jobs"
 	"taskstream/progress"
@@ -74,6 +71,9 @@ type Config struct {
 	// session or token is still valid, besides the revocation signal.
 	// Default 30s.
 	CredentialRecheck time.Duration
+	// Limits bound connections, header and body reads, and sockets per
+	// client address; see Limits for each default.
+	Limits Limits
 	// Logger receives request and connection diagnostics. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -127,6 +127,7 @@ func (c Config) withDefaults() Config {
 	if c.CredentialRecheck <= 0 {
 		c.CredentialRecheck = 30 * time.Second
 	}
+	c.Limits = c.Limits.withDefaults()
 	return c
 }
 
@@ -155,6 +156,8 @@ type Server struct {
 	logger *slog.Logger
 	router chi.Router
 
+	origins *originPolicy // who may write and open sockets (headers.go)
+
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
 
@@ -165,6 +168,8 @@ type Server struct {
 	stopCh   chan struct{} // closed by Shutdown: ends SSE and long-poll requests
 	connsWG  sync.WaitGroup
 	shutOnce sync.Once
+
+	socketsPerIP map[string]int // open sockets by client address, under mu (Limits.MaxSocketsPerIP)
 }
 
 // New returns a Server for d and starts its background work (closing the
@@ -176,7 +181,13 @@ func New(d Deps, cfg Config) *Server {
 	}
 	s := &Server{
 		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, mx: d.Metrics, logger: cfg.Logger,
-		conns: map[*conn]struct{}{}, streams: map[*stream]struct{}{}, stopCh: make(chan struct{}),
+		conns: map[*conn]struct{}{}, streams: map[*stream]struct{}{}, socketsPerIP: map[string]int{}, stopCh: make(chan struct{}),
+	}
+	var bad []string
+	s.origins, bad = newOriginPolicy(cfg.AllowedOrigins)
+	if len(bad) > 0 {
+		// cmd/api refuses these at start-up; a library caller is told here.
+		s.logger.Warn("ignoring malformed allowed origins (want scheme://host[:port])", "origins", bad)
 	}
 	s.mx.WatchHub(d.Hub)
 	s.mx.WatchSockets(s.openByTransport)
@@ -190,14 +201,16 @@ func New(d Deps, cfg Config) *Server {
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(s.withClientIP, s.accessLog, middleware.Recoverer)
+	r.Use(s.withClientIP, s.accessLog, s.recoverer)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(CodeNotFound, "no such endpoint: "+r.URL.Path))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(CodeMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path))
 	})
-	r.Handle("/static/*", staticHandler())
+	static := s.staticHandler()
+	r.Get("/static/*", static)
+	r.Head("/static/*", static)
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -234,8 +247,16 @@ func (s *Server) routes() chi.Router {
 	return r
 }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler: every response gets the security
+// headers; a connection over a cap gets 429; a body gets its deadline.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	setSecurityHeaders(w.Header())
+	if s.rejectOverCap(w, r) {
+		return
+	}
+	s.limitBody(w, r)
+	s.router.ServeHTTP(w, r)
+}
 
 // Shutdown closes every socket with 1001 (going away: reconnect and
 // resume) and waits for their goroutines, or for ctx. New sockets are
@@ -283,44 +304,4 @@ func (s *Server) openByTransport() map[string]int {
 		out[st.transport]++
 	}
 	return out
-}
-
-// originAllowed implements the Origin policy: no Origin (not a browser),
-// the server's own origin, or one of Config.AllowedOrigins.
-func (s *Server) originAllowed(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
-	}
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
-		return false
-	}
-	if strings.EqualFold(u.Host, r.Host) {
-		return true
-	}
-	for _, a := range s.cfg.AllowedOrigins {
-		if a == "*" || strings.EqualFold(strings.TrimSuffix(a, "/"), origin) {
-			return true
-		}
-	}
-	return false
-}
-
-// sameOriginWrites refuses state-changing requests that a browser sent
-// from a foreign page (CSRF): a foreign Origin, or Sec-Fetch-Site
-// "cross-site". Requests with neither come from programs, which carry no
-// ambient cookies to abuse.
-func (s *Server) sameOriginWrites(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.Method {
-		case http.MethodGet, http.MethodHead, http.MethodOptions:
-		default:
-			if !s.originAllowed(r) || (r.Header.Get("Sec-Fetch-Site") == "cross-site" && r.Header.Get("Origin") == "") {
-				s.writeError(w, r, apiErr(CodeForbidden, "cross-origin request refused: Origin "+r.Header.Get("Origin")+" is not allowed"))
-				return
-			}
-		}
-		next.ServeHTTP(w, r)
-	})
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"regexp"
 	"strings"
@@ -71,9 +72,15 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 // serveSocket upgrades the request and runs the connection until it ends.
 // initial, when set, is subscribed before any client frame is read.
 func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *clientFrame) {
-	if !s.originAllowed(r) {
-		s.writeError(w, r, apiErr(CodeForbidden, "cross-origin socket refused: Origin "+r.Header.Get("Origin")+" is not allowed"))
+	// The same Origin policy as writes (scheme, host and port): a socket
+	// carries the session cookie, so a foreign page must not open one.
+	if ae := s.checkOrigin(r); ae != nil {
+		s.writeError(w, r, apiErr(CodeForbidden, "cross-origin socket refused: "+strings.TrimPrefix(ae.Message, "cross-origin request refused: ")))
 		return
+	}
+	release, slot := s.socketSlot(clientIPOf(r.Context()))
+	if slot {
+		defer release()
 	}
 	c := &conn{s: s, who: principalOf(r), id: newConnID(), send: newSendQueue(s.cfg.SendQueue, s.cfg.SendQueueBytes), closed: make(chan struct{}), subs: map[string]*progress.Subscription{},
 		frames: rate.NewLimiter(rate.Limit(s.cfg.FrameRate), s.cfg.FrameBurst)}
@@ -88,6 +95,12 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 		return // the upgrader has answered the client
 	}
 	c.ws = ws
+	if !slot {
+		// Refused after the upgrade so that a browser's socket sees the
+		// reason: a failed handshake only reports a generic error to it.
+		c.refuse(closePolicy, fmt.Sprintf("too many sockets from your address (at most %d); close some and retry", s.cfg.Limits.MaxSocketsPerIP))
+		return
+	}
 	log := s.logger.With("conn", c.id, "request_id", requestIDOf(r.Context()), "user", c.who.User.ID, "ip", clientIPOf(r.Context()))
 	log.Info("socket opened")
 	opened := time.Now()
@@ -274,6 +287,20 @@ func (c *conn) writePump() {
 				c.abort()
 				return
 			}
+		}
+	}
+}
+
+// refuse closes a socket that was never run with code and text, and
+// waits up to closeWait for the client's close frame.
+func (c *conn) refuse(code int, text string) {
+	defer c.s.unregister(c)
+	defer c.ws.Close()
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(closeWait))
+	_ = c.ws.SetReadDeadline(time.Now().Add(closeWait))
+	for {
+		if _, _, err := c.ws.NextReader(); err != nil {
+			return
 		}
 	}
 }

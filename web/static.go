@@ -4,6 +4,8 @@ import (
 	"embed"
 	"io/fs"
 	"net/http"
+	"path"
+	"strings"
 )
 
 // assets is the front-end, embedded so the binary serves it with no build
@@ -12,18 +14,28 @@ import (
 //go:embed static
 var assets embed.FS
 
-func staticHandler() http.Handler {
+// staticHandler serves the embedded files under /static/. Anything else
+// (a missing file, a directory) is the protocol's JSON 404, not
+// http.FileServer's plain text.
+func (s *Server) staticHandler() http.HandlerFunc {
 	sub, err := fs.Sub(assets, "static")
 	if err != nil {
 		panic(err) // the embed directive guarantees the directory
 	}
-	files := http.StripPrefix("/static/", http.FileServerFS(sub))
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := strings.TrimPrefix(path.Clean("/"+strings.TrimPrefix(r.URL.Path, "/static/")), "/")
+		if st, err := fs.Stat(sub, name); err != nil || st.IsDir() {
+			s.writeError(w, r, apiErr(CodeNotFound, "no such file: "+r.URL.Path))
+			return
+		}
+		// The files are small: serve them whole. A Range the file cannot
+		// satisfy would otherwise get http.ServeContent's plain-text 416.
+		r.Header.Del("Range")
 		// Embedded files carry no modification time, so a browser could
 		// keep an old app.js beside a new index.html: always revalidate.
 		w.Header().Set("Cache-Control", "no-cache")
-		files.ServeHTTP(w, r)
-	})
+		http.ServeFileFS(w, r, sub, name)
+	}
 }
 
 func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {

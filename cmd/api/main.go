@@ -1,10 +1,12 @@
 // Command api serves taskstream's HTTP API, WebSocket and pages. Without
 // REDIS_URL it runs everything in one process: an embedded Redis and a
-// worker. See README.md for its flags and environment variables.
+// worker. See README.md (or api -h) for its flags and environment
+// variables.
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -15,25 +17,22 @@ import (
 
 func main() {
 	cfg, err := app.ParseAPI(os.Args[1:])
+	if help := (*app.HelpError)(nil); errors.As(err, &help) {
+		fmt.Print(help.Usage)
+		return
+	}
 	if err != nil {
+		// One line: the setting, its value and what it should be.
 		fmt.Fprintln(os.Stderr, "api:", err)
 		os.Exit(2)
 	}
-	logger, err := app.NewLogger(cfg.LogLevel, cfg.LogFormat)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "api:", err)
-		os.Exit(2)
-	}
+	logger, _ := app.NewLogger(cfg.LogLevel, cfg.LogFormat) // checked by ParseAPI
 	app.RouteLibraryLogs(logger)
-	if cfg.RedisURL == "" {
-		logger.Info("running embedded: in-process Redis (miniredis) and worker, state is lost on exit; set REDIS_URL=redis://localhost:6379 to use a real Redis and run workers with go run ./cmd/worker")
-	} else {
-		logger.Info("running with Redis", "mode", cfg.RedisMode, "worker", cfg.RunWorker)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := app.RunAPI(ctx, cfg, logger); err != nil {
 		logger.Error("api failed", "err", err)
+		stop()
 		os.Exit(1)
 	}
 }

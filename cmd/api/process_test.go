@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -354,4 +355,121 @@ func TestWorkerKilledMidJobIsRetried(t *testing.T) {
 		t.Fatalf("states %v: want a second active run after the kill, then completed", states)
 	}
 	api.stop()
+}
+
+// A bad setting stops the binary before it starts anything: exit code
+// non-zero, one line on stderr naming the setting, never a panic. A busy
+// address and an unreachable Redis fail the same way, after the listener
+// is bound, with nothing left running.
+func TestBadSettingsExitWithOneLine(t *testing.T) {
+	t.Parallel()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { busy.Close() }) // after the parallel subtests, unlike defer
+	closedPort := freeAddr(t)          // nothing listens there
+	cases := []struct {
+		env     []string
+		args    []string
+		mention string
+	}{
+		{env: []string{"PORT=abc"}, mention: "PORT"},
+		{args: []string{"-addr", "127.0.0.1:abc"}, mention: "ADDR"},
+		{env: []string{"REDIS_MODE=bogus"}, mention: "REDIS_MODE"},
+		{env: []string{"REDIS_URL=redis://u:hunter2@h:x/0"}, mention: "REDIS_URL"},
+		{env: []string{"JOB_RATE=-1"}, mention: "JOB_RATE"},
+		{env: []string{"JOB_BURST=-1"}, mention: "JOB_BURST"},
+		{env: []string{"CHAT_RATE=-1"}, mention: "CHAT_RATE"},
+		{env: []string{"HISTORY=-5"}, mention: "HISTORY"},
+		{env: []string{"SEND_QUEUE=0"}, mention: "SEND_QUEUE"},
+		{env: []string{"WORKER_CONCURRENCY=-2"}, mention: "WORKER_CONCURRENCY"},
+		{env: []string{"HISTORY_TTL=0s"}, mention: "HISTORY_TTL"},
+		{env: []string{"PRESENCE_TTL=-1s"}, mention: "PRESENCE_TTL"},
+		{env: []string{"BODY_TIMEOUT=soon"}, mention: "BODY_TIMEOUT"},
+		{env: []string{"MAX_CONNS=0"}, mention: "MAX_CONNS"},
+		{env: []string{"LOG_LEVEL=loud"}, mention: "LOG_LEVEL"},
+		{args: []string{"-history", "x"}, mention: "history"},
+		{args: []string{"-nope"}, mention: "nope"},
+		{args: []string{"-addr", busy.Addr().String()}, mention: "address already in use"},
+		{env: []string{"REDIS_URL=redis://" + closedPort}, args: []string{"-addr", "127.0.0.1:0"}, mention: "does not answer"},
+	}
+	for _, tc := range cases {
+		t.Run(strings.Join(append(tc.env, tc.args...), " "), func(t *testing.T) {
+			t.Parallel()
+			cmd := exec.Command(filepath.Join(binDir, "api"), tc.args...)
+			cmd.Env = append(cleanEnv(), tc.env...)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() <= 0 {
+				t.Fatalf("exit: %v, want a non-zero exit code\nstderr: %s", err, stderr.String())
+			}
+			out := stderr.String()
+			if lines := strings.Count(strings.TrimRight(out, "\n"), "\n") + 1; lines != 1 || !strings.Contains(out, tc.mention) {
+				t.Fatalf("stderr has %d lines, want one naming %q:\n%s", lines, tc.mention, out)
+			}
+			if strings.Contains(out, "panic") || strings.Contains(out, "goroutine") || strings.Contains(out, "hunter2") {
+				t.Fatalf("stderr: %s", out)
+			}
+		})
+	}
+}
+
+// The worker refuses bad settings the same way.
+func TestWorkerBadSettingsExitWithOneLine(t *testing.T) {
+	t.Parallel()
+	for _, env := range [][]string{
+		{}, // no REDIS_URL
+		{"REDIS_URL=redis://127.0.0.1:1", "WORKER_CONCURRENCY=-1"},
+		{"REDIS_URL=redis://127.0.0.1:1", "WORKER_QUEUES=a=0"},
+		{"REDIS_URL=redis://127.0.0.1:1", "REDIS_MODE=bogus"},
+	} {
+		cmd := exec.Command(filepath.Join(binDir, "worker"))
+		cmd.Env = append(cleanEnv(), env...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var exit *exec.ExitError
+		out := stderr.String()
+		if !errors.As(err, &exit) || exit.ExitCode() <= 0 || strings.Count(strings.TrimRight(out, "\n"), "\n") != 0 ||
+			strings.Contains(out, "panic") {
+			t.Fatalf("worker with %v: %v, stderr:\n%s", env, err, out)
+		}
+	}
+}
+
+// -h lists every flag with its environment variable, and exits 0.
+func TestHelpListsEnvironment(t *testing.T) {
+	t.Parallel()
+	for _, bin := range []string{"api", "worker"} {
+		out, err := exec.Command(filepath.Join(binDir, bin), "-h").Output()
+		if err != nil {
+			t.Fatalf("%s -h: %v", bin, err)
+		}
+		for _, want := range []string{"(env REDIS_URL)", "(env WORKER_CONCURRENCY)"} {
+			if !strings.Contains(string(out), want) {
+				t.Fatalf("%s -h lacks %s:\n%s", bin, want, out)
+			}
+		}
+		if bin == "api" && (!strings.Contains(string(out), "(env ADDR, or PORT)") || !strings.Contains(string(out), "(env MAX_SOCKETS_PER_IP)")) {
+			t.Fatalf("api -h lacks ADDR/PORT or the limits:\n%s", out)
+		}
+	}
+}
+
+// cleanEnv is the test's environment without any taskstream setting, so
+// each case sets only what it tests.
+func cleanEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "PORT", "ADDR", "REDIS_URL", "REDIS_MODE", "RUN_WORKER":
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
 }

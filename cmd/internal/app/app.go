@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
+	"net/mail"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -40,9 +42,32 @@ type APIConfig struct {
 	PresenceTTL    time.Duration
 	SMTP           auth.SMTPMailer
 	TrustedProxies []netip.Prefix
+	Limits         web.Limits
 }
 
-// ParseAPI reads the API's configuration from args and the environment.
+// HelpError is what ParseAPI and ParseWorker return for -h or -help:
+// Usage is the text to print (every flag with its environment variable).
+type HelpError struct{ Usage string }
+
+func (e *HelpError) Error() string { return "help requested" }
+
+// Unwrap makes errors.Is(err, flag.ErrHelp) hold.
+func (e *HelpError) Unwrap() error { return flag.ErrHelp }
+
+// parseFlags parses args into fs with the flag package's own output
+// silenced: a bad flag becomes one error line, -h a *HelpError.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	var out strings.Builder
+	fs.SetOutput(&out)
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return &HelpError{Usage: out.String()}
+	}
+	return err
+}
+
+// ParseAPI reads the API's configuration from args and the environment,
+// and checks every setting: an error names the setting and what it wants.
 func ParseAPI(args []string) (APIConfig, error) {
 	var c APIConfig
 	env := &envParser{}
@@ -50,51 +75,85 @@ func ParseAPI(args []string) (APIConfig, error) {
 	c.Common.register(fs, env)
 	c.Worker.register(fs, env)
 	defAddr := ":8080"
-	if p := os.Getenv("PORT"); p != "" {
-		defAddr = ":" + p
+	port, portSet := os.LookupEnv("PORT")
+	if portSet && port != "" {
+		defAddr = ":" + port
 	}
-	fs.StringVar(&c.Addr, "addr", env.str("ADDR", defAddr), "listen address (default :8080, or :$PORT when PORT is set)")
-	fs.BoolVar(&c.RunWorker, "worker", env.str("RUN_WORKER", "") == "1", "also run a worker in this process (always on in the embedded default)")
-	fs.IntVar(&c.SendQueue, "send-queue", env.int("SEND_QUEUE", 1024), "frames queued per socket (at most 1 MiB) before a slow client is dropped with 1013")
-	fs.StringVar(&c.SessionSecret, "session-secret", env.str("SESSION_SECRET", ""), "secret (32+ bytes) that signs session cookies; the same on every replica (default: random, sessions end on restart)")
-	fs.BoolVar(&c.SecureCookies, "secure-cookies", env.str("SECURE_COOKIES", "") == "1", "mark session cookies Secure even on plain HTTP (behind a TLS proxy)")
+	fs.StringVar(&c.Addr, "addr", env.str("ADDR", defAddr), "listen address (default :8080, or :$PORT when PORT is set) (env ADDR, or PORT)")
+	fs.BoolVar(&c.RunWorker, "worker", env.bool("RUN_WORKER", false), "also run a worker in this process (always on in the embedded default) (env RUN_WORKER=1)")
+	fs.IntVar(&c.SendQueue, "send-queue", env.int("SEND_QUEUE", 1024), "frames queued per socket (at most 1 MiB) before a slow client is dropped with 1013 (env SEND_QUEUE)")
+	fs.StringVar(&c.SessionSecret, "session-secret", env.str("SESSION_SECRET", ""), "secret (32+ bytes) that signs session cookies; the same on every replica (default: random, sessions end on restart) (env SESSION_SECRET)")
+	fs.BoolVar(&c.SecureCookies, "secure-cookies", env.bool("SECURE_COOKIES", false), "mark session cookies Secure even on plain HTTP (behind a TLS proxy) (env SECURE_COOKIES=1)")
 	c.AdminTokens = env.strings("ADMIN_TOKENS")
-	fs.Float64Var(&c.JobRate, "job-rate", env.float("JOB_RATE", 1), "job submissions per second per user")
-	fs.IntVar(&c.JobBurst, "job-burst", env.int("JOB_BURST", 20), "job submission burst per user")
-	fs.Float64Var(&c.ChatRate, "chat-rate", env.float("CHAT_RATE", 5), "chat messages per second per user")
-	fs.IntVar(&c.ChatBurst, "chat-burst", env.int("CHAT_BURST", 10), "chat message burst per user")
-	fs.DurationVar(&c.PresenceTTL, "presence-ttl", env.duration("PRESENCE_TTL", 30*time.Second), "how long a replica that died still counts its users present")
-	fs.StringVar(&c.SMTP.Host, "smtp-host", env.str("SMTP_HOST", ""), "SMTP server for sign-in codes (empty: codes are written to the log)")
-	fs.IntVar(&c.SMTP.Port, "smtp-port", env.int("SMTP_PORT", 587), "SMTP port")
-	fs.StringVar(&c.SMTP.User, "smtp-user", env.str("SMTP_USER", ""), "SMTP user (PLAIN auth, over TLS only)")
+	fs.Float64Var(&c.JobRate, "job-rate", env.float("JOB_RATE", 1), "job submissions per second per user (env JOB_RATE)")
+	fs.IntVar(&c.JobBurst, "job-burst", env.int("JOB_BURST", 20), "job submission burst per user (env JOB_BURST)")
+	fs.Float64Var(&c.ChatRate, "chat-rate", env.float("CHAT_RATE", 5), "chat messages per second per user (env CHAT_RATE)")
+	fs.IntVar(&c.ChatBurst, "chat-burst", env.int("CHAT_BURST", 10), "chat message burst per user (env CHAT_BURST)")
+	fs.DurationVar(&c.PresenceTTL, "presence-ttl", env.duration("PRESENCE_TTL", 30*time.Second), "how long a replica that died still counts its users present (env PRESENCE_TTL)")
+	fs.StringVar(&c.SMTP.Host, "smtp-host", env.str("SMTP_HOST", ""), "SMTP server for sign-in codes (empty: codes are written to the log) (env SMTP_HOST)")
+	fs.IntVar(&c.SMTP.Port, "smtp-port", env.int("SMTP_PORT", 587), "SMTP port (env SMTP_PORT)")
+	fs.StringVar(&c.SMTP.User, "smtp-user", env.str("SMTP_USER", ""), "SMTP user (PLAIN auth, over TLS only; the password comes from env SMTP_PASSWORD) (env SMTP_USER)")
 	c.SMTP.Password = env.str("SMTP_PASSWORD", "") // env only: flags show up in ps
-	fs.StringVar(&c.SMTP.From, "smtp-from", env.str("SMTP_FROM", "taskstream@localhost"), "From address of sign-in mails")
-	fs.StringVar(&c.SMTP.TLS, "smtp-tls", env.str("SMTP_TLS", "starttls"), "starttls (when offered), tls (implicit, port 465) or none")
+	fs.StringVar(&c.SMTP.From, "smtp-from", env.str("SMTP_FROM", "taskstream@localhost"), "From address of sign-in mails (env SMTP_FROM)")
+	fs.StringVar(&c.SMTP.TLS, "smtp-tls", env.str("SMTP_TLS", "starttls"), "starttls (when offered), tls (implicit, port 465) or none (env SMTP_TLS)")
+	registerLimits(fs, env, &c.Limits)
+	var proxyErr error
 	for _, cidr := range env.strings("TRUSTED_PROXIES") {
 		p, err := netip.ParsePrefix(cidr)
-		if err != nil {
-			return c, fmt.Errorf("TRUSTED_PROXIES: %q is not a network like 10.0.0.0/8: %w", cidr, err)
+		if err != nil && proxyErr == nil {
+			proxyErr = fmt.Errorf("TRUSTED_PROXIES: %q is not a network like 10.0.0.0/8", cidr)
 		}
 		c.TrustedProxies = append(c.TrustedProxies, p)
 	}
 	origins := env.strings("ALLOWED_ORIGINS")
-	fs.Func("allowed-origin", "extra browser origin allowed for sockets and writes (repeatable; env ALLOWED_ORIGINS, comma-separated)", func(s string) error {
+	fs.Func("allowed-origin", "extra browser origin allowed for sockets and writes, like https://app.example.com; * allows any (repeatable) (env ALLOWED_ORIGINS, comma-separated)", func(s string) error {
 		origins = append(origins, s)
 		return nil
 	})
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return c, err
 	}
 	c.AllowedOrigins = origins
+	if env.err != nil {
+		return c, env.err
+	}
+	if proxyErr != nil {
+		return c, proxyErr
+	}
+	v := &validator{}
+	if _, err := strconv.ParseUint(port, 10, 16); portSet && port != "" && err != nil {
+		v.fail("PORT=%q: want a port number from 0 to 65535", port)
+	}
+	v.check(checkAddr("ADDR (-addr)", c.Addr))
+	c.Common.validate(v)
+	c.Worker.validate(v)
+	v.atLeast("SEND_QUEUE", "send-queue", int64(c.SendQueue), 1)
 	if c.SessionSecret != "" && len(c.SessionSecret) < 32 {
-		return c, errors.New("SESSION_SECRET must be at least 32 bytes")
+		v.fail("SESSION_SECRET must be at least 32 bytes")
+	}
+	v.positiveRate("JOB_RATE", "job-rate", c.JobRate)
+	v.atLeast("JOB_BURST", "job-burst", int64(c.JobBurst), 1)
+	v.positiveRate("CHAT_RATE", "chat-rate", c.ChatRate)
+	v.atLeast("CHAT_BURST", "chat-burst", int64(c.ChatBurst), 1)
+	v.positiveDuration("PRESENCE_TTL", "presence-ttl", c.PresenceTTL)
+	if c.SMTP.Port < 1 || c.SMTP.Port > 65535 {
+		v.fail("SMTP_PORT (-smtp-port) is %d: want 1 to 65535", c.SMTP.Port)
+	}
+	if _, err := mail.ParseAddress(c.SMTP.From); err != nil {
+		v.fail("SMTP_FROM (-smtp-from) %q: want a mail address", c.SMTP.From)
 	}
 	switch c.SMTP.TLS {
 	case "starttls", "tls", "none":
 	default:
-		return c, fmt.Errorf("SMTP_TLS=%q: want starttls, tls or none", c.SMTP.TLS)
+		v.fail("SMTP_TLS=%q: want starttls, tls or none", c.SMTP.TLS)
 	}
-	return c, env.err
+	for _, o := range c.AllowedOrigins {
+		if !web.ValidOrigin(o) {
+			v.fail("ALLOWED_ORIGINS (-allowed-origin) %q: want scheme://host[:port] with http or https, or *", o)
+		}
+	}
+	validateLimits(v, c.Limits)
+	return c, v.err
 }
 
 // WorkerConfig configures the worker process.
@@ -103,20 +162,27 @@ type WorkerConfig struct {
 	Worker
 }
 
-// ParseWorker reads the worker's configuration from args and the environment.
+// ParseWorker reads the worker's configuration from args and the
+// environment, and checks every setting.
 func ParseWorker(args []string) (WorkerConfig, error) {
 	var c WorkerConfig
 	env := &envParser{}
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	c.Common.register(fs, env)
 	c.Worker.register(fs, env)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return c, err
+	}
+	if env.err != nil {
+		return c, env.err
 	}
 	if c.RedisURL == "" {
 		return c, errors.New("REDIS_URL (or -redis-url) is required: a worker must share Redis with the API")
 	}
-	return c, env.err
+	v := &validator{}
+	c.Common.validate(v)
+	c.Worker.validate(v)
+	return c, v.err
 }
 
 // Core is the set of components every process builds on one Redis.
@@ -191,21 +257,63 @@ func (c *Core) Close() {
 	}
 }
 
-// RunAPI serves the API until ctx ends, then shuts down in order:
+// stops is what a process has started, to stop in reverse order: on the
+// way out of Run*, whether it ends normally or on an error part-way
+// through start-up (a worker must stop before Redis closes under it).
+type stops []func(context.Context)
+
+func (s *stops) push(f func(context.Context)) { *s = append(*s, f) }
+
+// run stops everything, last started first, within 30 s in all.
+func (s stops) run() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := len(s) - 1; i >= 0; i-- {
+		s[i](ctx)
+	}
+}
+
+// RunAPI serves the API until ctx ends. It binds the listener before
+// anything else, so a bad or busy address fails with nothing to undo; a
+// failure later in start-up stops what was started. Shutdown goes in
+// order:
 //  1. sockets get close 1001, so clients reconnect (to another replica) and
-//     resume from their last seq while this one drains;
+//     resume from their last seq while this one drains; SSE and long-poll
+//     end;
 //  2. the HTTP server finishes in-flight requests;
-//  3. this replica's chat presence is removed (users who were only here
-//     leave at once instead of after PRESENCE_TTL);
-//  4. the embedded worker lets running jobs finish or hands them back to
+//  3. the embedded worker lets running jobs finish or hands them back to
 //     the queue (it needs Redis, so it stops before Redis);
+//  4. this replica's chat presence is removed (users who were only here
+//     leave at once instead of after PRESENCE_TTL);
 //  5. the hub drops its Redis subscription; Redis is closed last.
 func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
+	ln, err := net.Listen("tcp", c.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", c.Addr, err)
+	}
+	var started stops
+	defer func() { started.run() }()
+	started.push(func(context.Context) { _ = ln.Close() }) // Serve closes it too; a second Close is harmless
+
 	core, err := Open(ctx, c.Common, logger)
 	if err != nil {
 		return err
 	}
-	defer core.Close()
+	started.push(func(context.Context) { core.Close() })
+	if core.Embedded() {
+		logger.Info("running embedded: in-process Redis (miniredis) and worker, state is lost on exit; set REDIS_URL=redis://localhost:6379 to use a real Redis and run workers with go run ./cmd/worker")
+	} else {
+		logger.Info("running with Redis", "mode", c.RedisMode, "worker", c.RunWorker)
+	}
+
+	hub := progress.NewHub(core.Redis, core.Log, progress.HubConfig{Logger: logger})
+	started.push(func(ctx context.Context) {
+		if err := hub.Shutdown(ctx); err != nil {
+			logger.Warn("stopping hub", "err", err)
+		}
+	})
+	presence := progress.NewPresence(core.Redis, core.Log, progress.PresenceConfig{TTL: c.PresenceTTL, Logger: logger})
+	started.push(presence.Shutdown)
 
 	var worker *jobs.Worker
 	if c.RunWorker || core.Embedded() {
@@ -219,6 +327,7 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 		if err := worker.Start(); err != nil {
 			return err
 		}
+		started.push(func(context.Context) { worker.Shutdown() })
 	}
 	secret := []byte(c.SessionSecret)
 	if len(secret) == 0 {
@@ -236,48 +345,43 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	hub := progress.NewHub(core.Redis, core.Log, progress.HubConfig{Logger: logger})
-	presence := progress.NewPresence(core.Redis, core.Log, progress.PresenceConfig{TTL: c.PresenceTTL, Logger: logger})
 	srv := web.New(web.Deps{Jobs: core.Jobs, Hub: hub, Log: core.Log, Auth: store, Presence: presence}, web.Config{
 		AllowedOrigins: c.AllowedOrigins, SendQueue: c.SendQueue, SecureCookies: c.SecureCookies,
-		JobRate: c.JobRate, JobBurst: c.JobBurst, ChatRate: c.ChatRate, ChatBurst: c.ChatBurst, TrustedProxies: c.TrustedProxies, Logger: logger,
+		JobRate: c.JobRate, JobBurst: c.JobBurst, ChatRate: c.ChatRate, ChatBurst: c.ChatBurst, TrustedProxies: c.TrustedProxies,
+		Limits: c.Limits, Logger: logger,
 	})
-	ln, err := net.Listen("tcp", c.Addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", c.Addr, err)
-	}
-	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	httpSrv := srv.HTTPServer()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- httpSrv.Serve(ln) }()
+	go func() { serveErr <- httpSrv.Serve(srv.Listener(ln)) }()
+	started.push(func(ctx context.Context) {
+		// Sockets first: http.Server.Shutdown does not see hijacked
+		// connections, and waits for SSE and long-poll, which this ends.
+		if err := srv.Shutdown(ctx); err != nil {
+			logger.Warn("closing sockets", "err", err)
+		}
+		if err := httpSrv.Shutdown(ctx); err != nil {
+			logger.Warn("stopping http server", "err", err)
+		}
+		<-serveErr // Serve has returned: nothing accepts any more
+	})
 	logger.Info("listening", "addr", ln.Addr().String(), "url", "http://"+displayAddr(ln.Addr()), "worker", worker != nil)
 
 	select {
 	case <-ctx.Done():
 	case err := <-serveErr:
+		serveErr <- err // for the stop above
 		return fmt.Errorf("http server: %w", err)
 	}
 	logger.Info("shutting down")
-	shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutCtx); err != nil {
-		logger.Warn("closing sockets", "err", err)
-	}
-	if err := httpSrv.Shutdown(shutCtx); err != nil {
-		logger.Warn("stopping http server", "err", err)
-	}
-	presence.Shutdown(shutCtx)
-	if worker != nil {
-		worker.Shutdown()
-	}
-	if err := hub.Shutdown(shutCtx); err != nil {
-		logger.Warn("stopping hub", "err", err)
-	}
+	started.run()
+	started = nil
 	logger.Info("stopped")
 	return nil
 }
 
 // RunWorker runs a worker until ctx ends, then lets running jobs finish or
-// hands them back to the queue.
+// hands them back to the queue. A failure part-way through start-up stops
+// what was started.
 func RunWorker(ctx context.Context, c WorkerConfig, logger *slog.Logger) error {
 	core, err := Open(ctx, c.Common, logger)
 	if err != nil {
@@ -294,6 +398,7 @@ func RunWorker(ctx context.Context, c WorkerConfig, logger *slog.Logger) error {
 	<-ctx.Done()
 	logger.Info("shutting down")
 	worker.Shutdown()
+	logger.Info("stopped")
 	return nil
 }
 

@@ -8,10 +8,16 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
+	"net"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"taskstream/web"
 )
 
 // Common is the configuration shared by the API and the worker. Every field
@@ -86,6 +92,20 @@ func (p *envParser) duration(key string, def time.Duration) time.Duration {
 	return d
 }
 
+// bool reads 1/0, true/false (and the other spellings of
+// strconv.ParseBool); empty is def.
+func (p *envParser) bool(key string, def bool) bool {
+	v := p.str(key, "")
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil && p.err == nil {
+		p.err = fmt.Errorf("%s=%q: want 1 or 0 (true or false)", key, v)
+	}
+	return b
+}
+
 func (p *envParser) strings(key string) []string {
 	v := p.str(key, "")
 	var out []string
@@ -97,26 +117,159 @@ func (p *envParser) strings(key string) []string {
 	return out
 }
 
-// register adds the common flags to fs.
+// register adds the common flags to fs. Every usage text names its
+// environment variable, so -h documents both.
 func (c *Common) register(fs *flag.FlagSet, env *envParser) {
-	fs.StringVar(&c.RedisURL, "redis-url", env.str("REDIS_URL", ""), "Redis URL (redis://, rediss://, unix://); empty runs an embedded in-process Redis")
-	fs.StringVar(&c.RedisMode, "redis-mode", env.str("REDIS_MODE", "single"), "single, sentinel (REDIS_URL lists sentinels, ?master_name=) or cluster")
-	fs.StringVar(&c.Prefix, "key-prefix", env.str("KEY_PREFIX", "ts"), "prefix of every Redis key and channel taskstream uses")
-	fs.Int64Var(&c.LogMaxLen, "history", int64(env.int("HISTORY", 1000)), "events kept per group log")
-	fs.Int64Var(&c.ChatHistory, "chat-history", int64(env.int("CHAT_HISTORY", 500)), "messages (and presence events) kept per chat room")
-	fs.DurationVar(&c.LogTTL, "history-ttl", env.duration("HISTORY_TTL", 24*time.Hour), "how long a group's log lives after its last event")
-	fs.Float64Var(&c.ReportRate, "progress-rate", env.float("PROGRESS_RATE", 10), "max progress events per second per job")
-	fs.StringVar(&c.ArtifactDir, "artifact-dir", env.str("ARTIFACT_DIR", ""), "directory for job artifacts, shared by API and workers (default: OS temp dir/taskstream-artifacts)")
-	fs.DurationVar(&c.Retention, "retention", env.duration("JOB_RETENTION", 7*24*time.Hour), "how long finished jobs are kept")
-	fs.StringVar(&c.LogLevel, "log-level", env.str("LOG_LEVEL", "info"), "debug, info, warn or error")
-	fs.StringVar(&c.LogFormat, "log-format", env.str("LOG_FORMAT", "text"), "text or json")
+	fs.StringVar(&c.RedisURL, "redis-url", env.str("REDIS_URL", ""), "Redis URL (redis://, rediss://, unix://); empty runs an embedded in-process Redis (env REDIS_URL)")
+	fs.StringVar(&c.RedisMode, "redis-mode", env.str("REDIS_MODE", "single"), "single, sentinel (REDIS_URL lists sentinels, ?master_name=) or cluster (env REDIS_MODE)")
+	fs.StringVar(&c.Prefix, "key-prefix", env.str("KEY_PREFIX", "ts"), "prefix of every Redis key and channel taskstream uses (env KEY_PREFIX)")
+	fs.Int64Var(&c.LogMaxLen, "history", int64(env.int("HISTORY", 1000)), "events kept per group log (env HISTORY)")
+	fs.Int64Var(&c.ChatHistory, "chat-history", int64(env.int("CHAT_HISTORY", 500)), "messages (and presence events) kept per chat room (env CHAT_HISTORY)")
+	fs.DurationVar(&c.LogTTL, "history-ttl", env.duration("HISTORY_TTL", 24*time.Hour), "how long a group's log lives after its last event (env HISTORY_TTL)")
+	fs.Float64Var(&c.ReportRate, "progress-rate", env.float("PROGRESS_RATE", 10), "max progress events per second per job (env PROGRESS_RATE)")
+	fs.StringVar(&c.ArtifactDir, "artifact-dir", env.str("ARTIFACT_DIR", ""), "directory for job artifacts, shared by API and workers (default: OS temp dir/taskstream-artifacts) (env ARTIFACT_DIR)")
+	fs.DurationVar(&c.Retention, "retention", env.duration("JOB_RETENTION", 7*24*time.Hour), "how long finished jobs are kept (env JOB_RETENTION)")
+	fs.StringVar(&c.LogLevel, "log-level", env.str("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
+	fs.StringVar(&c.LogFormat, "log-format", env.str("LOG_FORMAT", "text"), "text or json (env LOG_FORMAT)")
 }
 
 func (w *Worker) register(fs *flag.FlagSet, env *envParser) {
-	fs.IntVar(&w.Concurrency, "concurrency", env.int("WORKER_CONCURRENCY", 10), "jobs run at once by this worker")
-	fs.StringVar(&w.Queues, "queues", env.str("WORKER_QUEUES", ""), "queues and priorities, e.g. critical=6,default=3 (default: every job type's queue)")
-	fs.DurationVar(&w.ShutdownTimeout, "shutdown-timeout", env.duration("WORKER_SHUTDOWN_TIMEOUT", 8*time.Second), "time running jobs get to finish on shutdown before they go back to the queue")
-	fs.DurationVar(&w.PollInterval, "poll-interval", env.duration("WORKER_POLL_INTERVAL", time.Second), "how often an idle worker looks for new jobs")
+	fs.IntVar(&w.Concurrency, "concurrency", env.int("WORKER_CONCURRENCY", 10), "jobs run at once by this worker (env WORKER_CONCURRENCY)")
+	fs.StringVar(&w.Queues, "queues", env.str("WORKER_QUEUES", ""), "queues and priorities, e.g. critical=6,default=3 (default: every job type's queue) (env WORKER_QUEUES)")
+	fs.DurationVar(&w.ShutdownTimeout, "shutdown-timeout", env.duration("WORKER_SHUTDOWN_TIMEOUT", 8*time.Second), "time running jobs get to finish on shutdown before they go back to the queue (env WORKER_SHUTDOWN_TIMEOUT)")
+	fs.DurationVar(&w.PollInterval, "poll-interval", env.duration("WORKER_POLL_INTERVAL", time.Second), "how often an idle worker looks for new jobs (env WORKER_POLL_INTERVAL)")
+}
+
+// validate checks the common settings once parsed, flags and environment
+// alike, so a bad one stops start-up with one clear line.
+func (c *Common) validate(v *validator) {
+	if _, ok := redisModes[strings.ToLower(c.RedisMode)]; !ok {
+		v.fail("REDIS_MODE (-redis-mode) %q: want single, sentinel or cluster", c.RedisMode)
+	} else if c.RedisURL != "" {
+		v.check(checkRedisURL(c.RedisURL, strings.ToLower(c.RedisMode)))
+	}
+	if strings.TrimSpace(c.Prefix) == "" || strings.ContainsAny(c.Prefix, " \t\r\n") {
+		v.fail("KEY_PREFIX (-key-prefix) %q: want a non-empty word without spaces", c.Prefix)
+	}
+	v.atLeast("HISTORY", "history", c.LogMaxLen, 1)
+	v.atLeast("CHAT_HISTORY", "chat-history", c.ChatHistory, 1)
+	v.positiveDuration("HISTORY_TTL", "history-ttl", c.LogTTL)
+	v.positiveRate("PROGRESS_RATE", "progress-rate", c.ReportRate)
+	v.positiveDuration("JOB_RETENTION", "retention", c.Retention)
+	if _, err := NewLogger(c.LogLevel, c.LogFormat); err != nil {
+		v.fail("LOG_LEVEL/LOG_FORMAT: %v", err)
+	}
+}
+
+func (w *Worker) validate(v *validator) {
+	v.atLeast("WORKER_CONCURRENCY", "concurrency", int64(w.Concurrency), 1)
+	if _, err := w.queues(); err != nil {
+		v.fail("WORKER_QUEUES (%v)", err)
+	}
+	v.positiveDuration("WORKER_SHUTDOWN_TIMEOUT", "shutdown-timeout", w.ShutdownTimeout)
+	v.positiveDuration("WORKER_POLL_INTERVAL", "poll-interval", w.PollInterval)
+}
+
+// registerLimits adds the API's connection and request limits to fs,
+// with web's defaults.
+func registerLimits(fs *flag.FlagSet, env *envParser, l *web.Limits) {
+	d := web.DefaultLimits()
+	fs.DurationVar(&l.ReadHeaderTimeout, "read-header-timeout", env.duration("READ_HEADER_TIMEOUT", d.ReadHeaderTimeout), "time a client gets to send a request's headers (env READ_HEADER_TIMEOUT)")
+	fs.DurationVar(&l.BodyTimeout, "body-timeout", env.duration("BODY_TIMEOUT", d.BodyTimeout), "time a client gets to send a request's body; sockets and streams have their own deadlines (env BODY_TIMEOUT)")
+	fs.DurationVar(&l.IdleTimeout, "idle-timeout", env.duration("IDLE_TIMEOUT", d.IdleTimeout), "an idle keep-alive connection is closed after this long (env IDLE_TIMEOUT)")
+	fs.IntVar(&l.MaxHeaderBytes, "max-header-bytes", env.int("MAX_HEADER_BYTES", d.MaxHeaderBytes), "most bytes of request line and headers; 431 beyond (env MAX_HEADER_BYTES)")
+	fs.IntVar(&l.MaxConns, "max-conns", env.int("MAX_CONNS", d.MaxConns), "most open connections of this process, sockets included; 429 beyond (env MAX_CONNS)")
+	fs.IntVar(&l.MaxConnsPerIP, "max-conns-per-ip", env.int("MAX_CONNS_PER_IP", d.MaxConnsPerIP), "most open connections from one peer address (trusted proxies exempt); 429 beyond (env MAX_CONNS_PER_IP)")
+	fs.IntVar(&l.MaxSocketsPerIP, "max-sockets-per-ip", env.int("MAX_SOCKETS_PER_IP", d.MaxSocketsPerIP), "most open sockets from one client address; close 1008 beyond (env MAX_SOCKETS_PER_IP)")
+}
+
+func validateLimits(v *validator, l web.Limits) {
+	v.positiveDuration("READ_HEADER_TIMEOUT", "read-header-timeout", l.ReadHeaderTimeout)
+	v.positiveDuration("BODY_TIMEOUT", "body-timeout", l.BodyTimeout)
+	v.positiveDuration("IDLE_TIMEOUT", "idle-timeout", l.IdleTimeout)
+	v.atLeast("MAX_HEADER_BYTES", "max-header-bytes", int64(l.MaxHeaderBytes), 1024)
+	v.atLeast("MAX_CONNS", "max-conns", int64(l.MaxConns), 1)
+	v.atLeast("MAX_CONNS_PER_IP", "max-conns-per-ip", int64(l.MaxConnsPerIP), 1)
+	v.atLeast("MAX_SOCKETS_PER_IP", "max-sockets-per-ip", int64(l.MaxSocketsPerIP), 1)
+}
+
+var redisModes = map[string]struct{}{"single": {}, "sentinel": {}, "cluster": {}}
+
+// checkRedisURL parses url as OpenRedis will in mode, so a malformed one
+// fails at start-up. Errors never quote a password.
+func checkRedisURL(raw, mode string) error {
+	var err error
+	switch mode {
+	case "single":
+		_, err = redis.ParseURL(raw)
+	case "sentinel":
+		var opt *redis.FailoverOptions
+		if opt, err = redis.ParseFailoverURL(raw); err == nil && opt.MasterName == "" {
+			return fmt.Errorf("REDIS_URL (-redis-url) %s: sentinel mode needs ?master_name=NAME", redactURL(raw))
+		}
+	case "cluster":
+		_, err = redis.ParseClusterURL(raw)
+	}
+	if err == nil {
+		return nil
+	}
+	shown := redactURL(raw)
+	msg := strings.ReplaceAll(err.Error(), raw, shown)
+	return fmt.Errorf("REDIS_URL (-redis-url) %s is not a %s Redis URL: %s", shown, mode, msg)
+}
+
+// redactURL hides the password of a Redis URL: scheme://***@host...
+func redactURL(u string) string {
+	scheme, rest, ok := strings.Cut(u, "://")
+	if at := strings.LastIndex(rest, "@"); ok && at >= 0 {
+		return scheme + "://***@" + rest[at+1:]
+	}
+	return u
+}
+
+// validator keeps the first failed check.
+type validator struct{ err error }
+
+func (v *validator) fail(format string, args ...any) {
+	if v.err == nil {
+		v.err = fmt.Errorf(format, args...)
+	}
+}
+
+func (v *validator) check(err error) {
+	if err != nil && v.err == nil {
+		v.err = err
+	}
+}
+
+func (v *validator) atLeast(env, flagName string, n, min int64) {
+	if n < min {
+		v.fail("%s (-%s) is %d: want %d or more", env, flagName, n, min)
+	}
+}
+
+func (v *validator) positiveDuration(env, flagName string, d time.Duration) {
+	if d <= 0 {
+		v.fail("%s (-%s) is %v: want a duration above zero, like 30s", env, flagName, d)
+	}
+}
+
+func (v *validator) positiveRate(env, flagName string, f float64) {
+	if !(f > 0) || math.IsInf(f, 0) {
+		v.fail("%s (-%s) is %v: want a number above 0", env, flagName, f)
+	}
+}
+
+// checkAddr accepts host:port with a numeric port (0 picks a free one).
+func checkAddr(what, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%s %q: want host:port or :port, like :8080", what, addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%s %q: the port must be a number from 0 to 65535", what, addr)
+	}
+	return nil
 }
 
 // queues parses "name=priority,name" into a map (priority 1 by default).

@@ -1,6 +1,9 @@
 package app
 
 import (
+	"errors"
+	"flag"
+	"fmt"
 	"os"
 	"reflect"
 	"strings"
@@ -55,6 +58,16 @@ func TestParseAPI(t *testing.T) {
 		{name: "bad smtp tls", env: map[string]string{"SMTP_TLS": "maybe"}, wantErr: "SMTP_TLS"},
 		{name: "unknown flag", args: []string{"-nope"}, wantErr: "nope"},
 		{name: "bad trusted proxy", env: map[string]string{"TRUSTED_PROXIES": "10.0.0.1"}, wantErr: "TRUSTED_PROXIES"},
+		{name: "bool spelled true", env: map[string]string{"RUN_WORKER": "true", "SECURE_COOKIES": "0"}, check: func(t *testing.T, c APIConfig) {
+			if !c.RunWorker || c.SecureCookies {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "limits", env: map[string]string{"BODY_TIMEOUT": "5s", "MAX_SOCKETS_PER_IP": "3"}, args: []string{"-max-conns", "7"}, check: func(t *testing.T, c APIConfig) {
+			if c.Limits.BodyTimeout != 5*time.Second || c.Limits.MaxSocketsPerIP != 3 || c.Limits.MaxConns != 7 || c.Limits.IdleTimeout != 75*time.Second {
+				t.Fatalf("%+v", c.Limits)
+			}
+		}},
 		{name: "trusted proxies", env: map[string]string{"TRUSTED_PROXIES": "10.0.0.0/8,fd00::/8"}, check: func(t *testing.T, c APIConfig) {
 			if len(c.TrustedProxies) != 2 || c.TrustedProxies[0].String() != "10.0.0.0/8" {
 				t.Fatalf("%v", c.TrustedProxies)
@@ -63,14 +76,7 @@ func TestParseAPI(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, k := range []string{"PORT", "ADDR", "REDIS_URL", "ALLOWED_ORIGINS", "ADMIN_TOKENS", "RUN_WORKER", "HISTORY_TTL", "HISTORY",
-				"WORKER_CONCURRENCY", "SESSION_SECRET", "SMTP_TLS", "TRUSTED_PROXIES"} {
-				t.Setenv(k, "")
-			}
-			for k, v := range tc.env {
-				t.Setenv(k, v)
-			}
-			unsetEmpty(t)
+			clearEnv(t, tc.env)
 			c, err := ParseAPI(tc.args)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
@@ -86,9 +92,130 @@ func TestParseAPI(t *testing.T) {
 	}
 }
 
-func TestParseWorker(t *testing.T) {
-	t.Setenv("REDIS_URL", "")
+// settings lists every environment variable the processes read.
+var settings = []string{"PORT", "ADDR", "REDIS_URL", "REDIS_MODE", "KEY_PREFIX", "HISTORY", "CHAT_HISTORY", "HISTORY_TTL",
+	"PROGRESS_RATE", "ARTIFACT_DIR", "JOB_RETENTION", "LOG_LEVEL", "LOG_FORMAT", "WORKER_CONCURRENCY", "WORKER_QUEUES",
+	"WORKER_SHUTDOWN_TIMEOUT", "WORKER_POLL_INTERVAL", "RUN_WORKER", "SEND_QUEUE", "SESSION_SECRET", "SECURE_COOKIES",
+	"ADMIN_TOKENS", "JOB_RATE", "JOB_BURST", "CHAT_RATE", "CHAT_BURST", "PRESENCE_TTL", "SMTP_HOST", "SMTP_PORT", "SMTP_USER",
+	"SMTP_PASSWORD", "SMTP_FROM", "SMTP_TLS", "TRUSTED_PROXIES", "ALLOWED_ORIGINS", "READ_HEADER_TIMEOUT", "BODY_TIMEOUT",
+	"IDLE_TIMEOUT", "MAX_HEADER_BYTES", "MAX_CONNS", "MAX_CONNS_PER_IP", "MAX_SOCKETS_PER_IP"}
+
+// clearEnv unsets every setting, then sets env, for the test's duration.
+func clearEnv(t *testing.T, env map[string]string) {
+	t.Helper()
+	for _, k := range settings {
+		t.Setenv(k, "")
+	}
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
 	unsetEmpty(t)
+}
+
+// Every malformed setting, from the environment or a flag, is refused at
+// parse time with one line that names it.
+func TestParseRefusesBadSettings(t *testing.T) {
+	cases := []struct {
+		env     map[string]string
+		args    []string
+		mention string
+	}{
+		{env: map[string]string{"PORT": "abc"}, mention: "PORT"},
+		{env: map[string]string{"PORT": "70000"}, mention: "PORT"},
+		{env: map[string]string{"PORT": "-1"}, mention: "PORT"},
+		{args: []string{"-addr", "127.0.0.1:abc"}, mention: "ADDR"},
+		{env: map[string]string{"ADDR": "localhost"}, mention: "ADDR"},
+		{env: map[string]string{"REDIS_MODE": "bogus"}, mention: "REDIS_MODE"},
+		{env: map[string]string{"REDIS_URL": "http://x:6379"}, mention: "REDIS_URL"},
+		{env: map[string]string{"REDIS_URL": "redis://user:hunter2@h:x/0"}, mention: "REDIS_URL"},
+		{env: map[string]string{"REDIS_URL": "redis://h:6379", "REDIS_MODE": "sentinel"}, mention: "REDIS_URL"},
+		{env: map[string]string{"KEY_PREFIX": " "}, mention: "KEY_PREFIX"},
+		{env: map[string]string{"HISTORY": "-5"}, mention: "HISTORY"},
+		{env: map[string]string{"HISTORY": "0"}, mention: "HISTORY"},
+		{env: map[string]string{"HISTORY": "many"}, mention: "HISTORY"},
+		{args: []string{"-chat-history", "-1"}, mention: "CHAT_HISTORY"},
+		{env: map[string]string{"HISTORY_TTL": "0s"}, mention: "HISTORY_TTL"},
+		{env: map[string]string{"HISTORY_TTL": "-1h"}, mention: "HISTORY_TTL"},
+		{env: map[string]string{"PROGRESS_RATE": "0"}, mention: "PROGRESS_RATE"},
+		{env: map[string]string{"JOB_RETENTION": "0"}, mention: "JOB_RETENTION"},
+		{env: map[string]string{"LOG_LEVEL": "loud"}, mention: "LOG_LEVEL"},
+		{env: map[string]string{"LOG_FORMAT": "xml"}, mention: "LOG_FORMAT"},
+		{env: map[string]string{"WORKER_CONCURRENCY": "-3"}, mention: "WORKER_CONCURRENCY"},
+		{args: []string{"-concurrency", "0"}, mention: "WORKER_CONCURRENCY"},
+		{env: map[string]string{"WORKER_QUEUES": "a=0"}, mention: "WORKER_QUEUES"},
+		{env: map[string]string{"WORKER_SHUTDOWN_TIMEOUT": "0s"}, mention: "WORKER_SHUTDOWN_TIMEOUT"},
+		{env: map[string]string{"WORKER_POLL_INTERVAL": "-1s"}, mention: "WORKER_POLL_INTERVAL"},
+		{env: map[string]string{"RUN_WORKER": "yes please"}, mention: "RUN_WORKER"},
+		{env: map[string]string{"SECURE_COOKIES": "maybe"}, mention: "SECURE_COOKIES"},
+		{env: map[string]string{"SEND_QUEUE": "0"}, mention: "SEND_QUEUE"},
+		{env: map[string]string{"JOB_RATE": "-1"}, mention: "JOB_RATE"},
+		{env: map[string]string{"JOB_RATE": "NaN"}, mention: "JOB_RATE"},
+		{env: map[string]string{"JOB_RATE": "+Inf"}, mention: "JOB_RATE"},
+		{args: []string{"-job-burst", "-2"}, mention: "JOB_BURST"},
+		{env: map[string]string{"CHAT_RATE": "0"}, mention: "CHAT_RATE"},
+		{env: map[string]string{"CHAT_BURST": "-1"}, mention: "CHAT_BURST"},
+		{env: map[string]string{"PRESENCE_TTL": "0s"}, mention: "PRESENCE_TTL"},
+		{env: map[string]string{"SMTP_PORT": "0"}, mention: "SMTP_PORT"},
+		{env: map[string]string{"SMTP_FROM": "not an address"}, mention: "SMTP_FROM"},
+		{env: map[string]string{"SMTP_TLS": "maybe"}, mention: "SMTP_TLS"},
+		{env: map[string]string{"ALLOWED_ORIGINS": "app.example.com"}, mention: "ALLOWED_ORIGINS"},
+		{args: []string{"-allowed-origin", "https://a.example/path"}, mention: "ALLOWED_ORIGINS"},
+		{env: map[string]string{"TRUSTED_PROXIES": "10.0.0.1"}, mention: "TRUSTED_PROXIES"},
+		{env: map[string]string{"SESSION_SECRET": "short"}, mention: "SESSION_SECRET"},
+		{env: map[string]string{"READ_HEADER_TIMEOUT": "0s"}, mention: "READ_HEADER_TIMEOUT"},
+		{env: map[string]string{"BODY_TIMEOUT": "-5s"}, mention: "BODY_TIMEOUT"},
+		{env: map[string]string{"IDLE_TIMEOUT": "soon"}, mention: "IDLE_TIMEOUT"},
+		{env: map[string]string{"MAX_HEADER_BYTES": "10"}, mention: "MAX_HEADER_BYTES"},
+		{env: map[string]string{"MAX_CONNS": "0"}, mention: "MAX_CONNS"},
+		{env: map[string]string{"MAX_CONNS_PER_IP": "-1"}, mention: "MAX_CONNS_PER_IP"},
+		{args: []string{"-max-sockets-per-ip", "0"}, mention: "MAX_SOCKETS_PER_IP"},
+		{args: []string{"-history", "x"}, mention: "-history"},
+		{args: []string{"-nope"}, mention: "nope"},
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprint(tc.env, tc.args), func(t *testing.T) {
+			clearEnv(t, tc.env)
+			_, err := ParseAPI(tc.args)
+			if err == nil || !strings.Contains(err.Error(), tc.mention) {
+				t.Fatalf("err %v, want one naming %s", err, tc.mention)
+			}
+			if msg := err.Error(); strings.Contains(msg, "\n") || strings.Contains(msg, "hunter2") {
+				t.Fatalf("error %q: want one line without secrets", msg)
+			}
+		})
+	}
+}
+
+// -h prints every flag with its environment variable.
+func TestHelpNamesEnvironmentVariables(t *testing.T) {
+	clearEnv(t, nil)
+	for name, parse := range map[string]func([]string) error{
+		"api":    func(a []string) error { _, err := ParseAPI(a); return err },
+		"worker": func(a []string) error { _, err := ParseWorker(a); return err },
+	} {
+		err := parse([]string{"-h"})
+		var help *HelpError
+		if !errors.As(err, &help) || !errors.Is(err, flag.ErrHelp) {
+			t.Fatalf("%s -h: %v", name, err)
+		}
+		flags := 0
+		for _, line := range strings.Split(help.Usage, "\n") {
+			if trimmed := strings.TrimSpace(line); strings.HasPrefix(trimmed, "-") {
+				flags++
+				continue
+			}
+			if strings.HasPrefix(line, "    \t") && !strings.Contains(line, "(env ") {
+				t.Errorf("%s -h: %q does not name its environment variable", name, line)
+			}
+		}
+		if flags < 10 {
+			t.Fatalf("%s -h lists %d flags:\n%s", name, flags, help.Usage)
+		}
+	}
+}
+
+func TestParseWorker(t *testing.T) {
+	clearEnv(t, nil)
 	if _, err := ParseWorker(nil); err == nil || !strings.Contains(err.Error(), "REDIS_URL") {
 		t.Fatalf("a worker without Redis: %v", err)
 	}

@@ -16,14 +16,16 @@ import (
 // Asynq's logs already go through the worker's slog adapter.
 func RouteLibraryLogs(logger *slog.Logger) {
 	slog.SetDefault(logger) // also redirects the log package to logger's handler
-	redis.SetLogger(redisLogger{logger.With("component", "redis")})
+	redis.SetLogger(redisLogger{logger.With("component", "go-redis")})
 }
 
-// redisLogger adapts go-redis's Printf logger to slog. go-redis only logs
-// trouble (failed dials, bad connections returned to the pool), so every
-// line is a warning.
+// redisLogger adapts go-redis's Printf logger to slog. go-redis logs pool
+// retries (a failed dial, a bad connection) at every attempt; the errors
+// that matter reach our callers and are logged there with context, so
+// these lines are debug: a start-up against an unreachable Redis stays one
+// line.
 type redisLogger struct{ l *slog.Logger }
 
 func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
-	r.l.WarnContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)))
+	r.l.DebugContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)))
 }
