@@ -11,7 +11,7 @@ import (
 )
 
 // finalState maps a job's last event to the state GET /api/jobs/ID must
-// show, or "" when the event does not end a job (PROTOCOL.md: "result",
+// show, or "" when the event does not end a job (docs/protocol.md: "result",
 // "failed", or "state" canceled is a job's last event).
 func finalState(e received) string {
 	switch e.name {

@@ -64,8 +64,10 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Job is a job's snapshot as the API shows it: state and attempt from
-// Asynq and the job record, progress from the last progress event.
+// Job is a job's snapshot as the API shows it: state, attempt, result and
+// error from the job record (which every transition updates together with
+// the events it publishes, and the reconciler keeps in line with Asynq),
+// progress from the last progress event.
 type Job struct {
 	ID          string             `json:"id"`
 	Owner       string             `json:"owner"`
@@ -86,25 +88,23 @@ type Job struct {
 // Service submits, inspects and cancels jobs. It is what the API uses; it
 // runs no handlers (see Worker). Safe for concurrent use.
 type Service struct {
-	reg    *Registry
-	log    *progress.Log
-	store  *store
-	client *asynq.Client
-	insp   *asynq.Inspector
-	cfg    Config
+	reg   *Registry
+	log   *progress.Log
+	store *store
+	insp  *asynq.Inspector
+	lc    *lifecycle
+	cfg   Config
 }
 
 // NewService returns a Service on rdb. It holds no resources of its own:
 // closing rdb ends it.
 func NewService(rdb redis.UniversalClient, reg *Registry, log *progress.Log, cfg Config) *Service {
 	cfg = cfg.withDefaults()
+	st := &store{rdb: rdb, prefix: cfg.Prefix, retention: cfg.Retention}
+	insp := asynq.NewInspectorFromRedisClient(rdb)
 	return &Service{
-		reg:    reg,
-		log:    log,
-		store:  &store{rdb: rdb, prefix: cfg.Prefix, retention: cfg.Retention},
-		client: asynq.NewClientFromRedisClient(rdb),
-		insp:   asynq.NewInspectorFromRedisClient(rdb),
-		cfg:    cfg,
+		reg: reg, log: log, store: st, insp: insp, cfg: cfg,
+		lc: &lifecycle{st: st, log: log, reg: reg, client: asynq.NewClientFromRedisClient(rdb), insp: insp, cfg: cfg},
 	}
 }
 
@@ -133,33 +133,10 @@ func (s *Service) Submit(ctx context.Context, owner, typ string, params json.Raw
 		return nil, err
 	}
 	rec := &record{ID: newJobID(), Owner: owner, Type: t.Name, Queue: t.Queue, Params: norm, State: StatePending, CreatedAt: time.Now().UTC()}
-	if err := s.store.create(ctx, rec); err != nil {
+	if err := s.lc.submit(ctx, rec, t); err != nil {
 		return nil, err
-	}
-	// The pending event comes first so the group's epoch exists before any
-	// watcher subscribes, and it precedes the worker's "active".
-	if _, err := s.log.Publish(ctx, Group(rec.ID), "state", stateEvent{State: StatePending}); err != nil {
-		// Never enqueued: end the record rather than leave it pending.
-		s.finish(context.WithoutCancel(ctx), rec.ID, StateFailed, nil, "could not record the job's first event")
-		return nil, err
-	}
-	task := asynq.NewTask(t.Name, norm,
-		asynq.TaskID(rec.ID), asynq.Queue(t.Queue), asynq.MaxRetry(t.MaxRetry),
-		asynq.Timeout(t.Timeout), asynq.Retention(s.cfg.Retention))
-	if _, err := s.client.EnqueueContext(ctx, task); err != nil {
-		msg := "could not enqueue: " + err.Error()
-		s.finish(context.WithoutCancel(ctx), rec.ID, StateFailed, nil, msg)
-		return nil, fmt.Errorf("jobs: enqueue %s: %w", rec.ID, err)
 	}
 	return s.Get(ctx, rec.ID)
-}
-
-// stateEvent is the payload of a "state" event.
-type stateEvent struct {
-	State   string `json:"state"`
-	Attempt int    `json:"attempt,omitempty"`
-	Error   string `json:"error,omitempty"`
-	Message string `json:"message,omitempty"`
 }
 
 // Get returns job id, or ErrNotFound.
@@ -178,25 +155,11 @@ func (s *Service) Get(ctx context.Context, id string) (*Job, error) {
 	if t, ok := s.reg.Lookup(rec.Type); ok {
 		j.HasArtifact = t.HasArtifact
 	}
-	if rec.Final == "" {
-		// Not finished by our own record: Asynq knows best where it is.
-		info, err := s.insp.GetTaskInfo(rec.Queue, id)
-		switch {
-		case err == nil:
-			j.State = taskState(info, rec)
-			if info.State == asynq.TaskStateActive || info.Retried+1 > j.Attempt {
-				j.Attempt = max(j.Attempt, info.Retried+1)
-			}
-			if info.LastErr != "" {
-				j.Error = &info.LastErr
-			}
-		case errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound):
-			// Deleted by a cancel, or past Asynq's retention: the record stands.
-		default:
-			return nil, fmt.Errorf("jobs: inspect %s: %w", id, err)
-		}
-	} else {
+	if rec.Final != "" {
 		j.State = rec.Final
+	}
+	if j.Attempt == 0 {
+		j.Attempt = 1 // not run yet: waiting for its first attempt
 	}
 	if rec.Error != "" {
 		j.Error = &rec.Error
@@ -222,28 +185,6 @@ func (s *Service) Get(ctx context.Context, id string) (*Job, error) {
 		j.Progress = &p
 	}
 	return j, nil
-}
-
-// taskState maps Asynq's task state onto the job states of the protocol.
-func taskState(info *asynq.TaskInfo, rec *record) string {
-	switch info.State {
-	case asynq.TaskStateActive:
-		return StateActive
-	case asynq.TaskStateRetry:
-		return StateRetry
-	case asynq.TaskStateCompleted:
-		return StateCompleted
-	case asynq.TaskStateArchived:
-		if rec.Canceled {
-			return StateCanceled
-		}
-		return StateFailed
-	default: // pending, scheduled, aggregating
-		if rec.State == StateRetry {
-			return StateRetry
-		}
-		return StatePending
-	}
 }
 
 // List returns up to limit of owner's jobs, newest first.
@@ -280,66 +221,14 @@ func (s *Service) Cancel(ctx context.Context, id string) (*Job, error) {
 	if Terminal(j.State) {
 		return nil, fmt.Errorf("%w: %s is %s", ErrConflict, id, j.State)
 	}
-	ok, err := s.store.markCanceled(ctx, id)
+	ok, err := s.lc.cancel(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrConflict, id)
 	}
-	rec, err := s.store.get(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	switch err := s.insp.DeleteTask(rec.Queue, id); {
-	case err == nil, errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound):
-		// Not queued any more (or never): nobody else will end it, so the
-		// end must be recorded even if the caller has gone away.
-		s.finish(context.WithoutCancel(ctx), id, StateCanceled, nil, "")
-	default:
-		// Active: the worker saw the signal (or sees the flag when it
-		// polls) and ends the job itself.
-	}
 	return s.Get(ctx, id)
-}
-
-// finish records a terminal state once and publishes its events: "state",
-// then "result" or "failed" as the job's last event. Publishing errors are
-// returned to no one: the state is recorded, and a watcher that missed the
-// events sees the state in the job snapshot.
-func (s *Service) finish(ctx context.Context, id, state string, result json.RawMessage, errMsg string) bool {
-	first, err := s.store.finish(ctx, id, state, result, errMsg)
-	if err != nil {
-		s.cfg.Logger.Error("recording terminal state failed", "job", id, "state", state, "err", err)
-	}
-	if !first {
-		return false
-	}
-	s.publish(ctx, id, "state", stateEvent{State: state, Error: errMsg})
-	defer s.notifyOwner(ctx, id, state, errMsg)
-	switch state {
-	case StateCompleted:
-		s.publish(ctx, id, "result", map[string]json.RawMessage{"result": orNull(result)})
-	case StateFailed:
-		s.publish(ctx, id, "failed", map[string]string{"error": errMsg})
-	}
-	return true
-}
-
-func orNull(b json.RawMessage) json.RawMessage {
-	if len(b) == 0 {
-		return json.RawMessage("null")
-	}
-	return b
-}
-
-// publish sends a lifecycle event to the job's group. A lost event is
-// logged, not returned: the job record already holds the state, so
-// watchers that missed it still see it in the job snapshot.
-func (s *Service) publish(ctx context.Context, id, name string, data any) {
-	if _, err := s.log.Publish(ctx, Group(id), name, data); err != nil {
-		s.cfg.Logger.Error("lifecycle event lost", "job", id, "event", name, "err", err)
-	}
 }
 
 // Owner returns the id of job id's owner, or ErrNotFound.
@@ -372,24 +261,4 @@ func FinalEvent(name string, data json.RawMessage) bool {
 		return json.Unmarshal(data, &s) == nil && s.State == StateCanceled
 	}
 	return false
-}
-
-// notifyOwner tells the job's owner, on every tab, that it has finished.
-func (s *Service) notifyOwner(ctx context.Context, id, state, errMsg string) {
-	rec, err := s.store.get(ctx, id)
-	if err != nil || rec.Owner == "" {
-		return
-	}
-	owner, typ := rec.Owner, rec.Type
-	n := progress.Notification{
-		Title: fmt.Sprintf("Job %s %s", typ, state),
-		Body:  fmt.Sprintf("%s job %s has %s.", typ, id, state),
-		Link:  fmt.Sprintf(s.cfg.JobLink, id),
-	}
-	if errMsg != "" {
-		n.Body += " " + errMsg
-	}
-	if _, err := progress.Notify(ctx, s.log, progress.UserGroup(owner), n); err != nil {
-		s.cfg.Logger.Warn("job notification lost", "job", id, "owner", owner, "err", err)
-	}
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Job states (PROTOCOL.md).
+// Job states (docs/protocol.md).
 const (
 	StatePending   = "pending"
 	StateActive    = "active"
@@ -29,9 +29,12 @@ func Terminal(state string) bool {
 }
 
 // store keeps the job records that Asynq does not: type, params, queue,
-// creation time, the cancel flag and the terminal state, plus the index
-// that lists jobs newest first. One hash per job, each its own key, so the
-// store works on Redis Cluster.
+// creation time, state, attempt, the current Asynq task, the cancel flag
+// and the terminal state, plus the indexes: each owner's jobs newest first,
+// the open (not final) jobs the reconciler checks, and the running jobs by
+// last heartbeat. One hash per job, each its own key, so the store works on
+// Redis Cluster; every state change is a script on that one hash (see
+// lifecycle), the indexes follow it and are repaired by the reconciler.
 type store struct {
 	rdb       redis.UniversalClient
 	prefix    string
@@ -43,6 +46,7 @@ func (s *store) indexKey(owner string) string {
 	return s.prefix + ":jobs:owner:" + owner
 }
 func (s *store) runningKey() string    { return s.prefix + ":running" }
+func (s *store) openKey() string       { return s.prefix + ":jobs:open" } // score: when to check next (µs)
 func (s *store) cancelChannel() string { return s.prefix + ":cancel" }
 
 // record is a job's hash, decoded.
@@ -60,6 +64,21 @@ type record struct {
 	Final     string
 	CreatedAt time.Time
 	UpdatedAt time.Time
+
+	// Task is the Asynq task id of the job's current run: the job id for
+	// the first, "ID.N" for the N-th task made after a lost worker. Only
+	// that task may change the job's state.
+	Task string
+	// Handoff is set to Task while the task is being enqueued, so the
+	// reconciler can finish an enqueue cut short by a crash; HandoffRetry
+	// is that task's MaxRetry.
+	Handoff      string
+	HandoffRetry int
+	// Claim is the Redis time (ms) of the last heartbeat of the run that
+	// holds the job, 0 when no run holds it.
+	Claim int64
+	// Left is how many retries Asynq has left for the current task.
+	Left int
 }
 
 func newJobID() string {
@@ -74,11 +93,13 @@ func (s *store) create(ctx context.Context, r *record) error {
 		p.HSet(ctx, s.jobKey(r.ID), map[string]any{
 			"owner": r.Owner, "type": r.Type, "queue": r.Queue, "params": string(r.Params), "state": StatePending,
 			"attempt": 0, "created_at": now.UnixMilli(), "updated_at": now.UnixMilli(),
+			"task": r.Task, "gen": 1, "handoff": r.Handoff, "handoff_retry": r.HandoffRetry,
 		})
 		p.Expire(ctx, s.jobKey(r.ID), s.retention)
 		// Microseconds keep quick successive submits in creation order.
 		p.ZAdd(ctx, s.indexKey(r.Owner), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID})
 		p.Expire(ctx, s.indexKey(r.Owner), s.retention)
+		p.ZAdd(ctx, s.openKey(), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID})
 		return nil
 	})
 	if err != nil {
@@ -103,6 +124,14 @@ func (s *store) get(ctx context.Context, id string) (*record, error) {
 		CreatedAt: millis(m["created_at"]), UpdatedAt: millis(m["updated_at"]),
 	}
 	r.Attempt, _ = strconv.Atoi(m["attempt"])
+	r.Task = m["task"]
+	if r.Task == "" {
+		r.Task = id // records from before per-run tasks
+	}
+	r.Handoff = m["handoff"]
+	r.HandoffRetry, _ = strconv.Atoi(m["handoff_retry"])
+	r.Claim, _ = strconv.ParseInt(m["hb"], 10, 64)
+	r.Left, _ = strconv.Atoi(m["left"])
 	if v, ok := m["result"]; ok {
 		r.Result = json.RawMessage(v)
 	}
@@ -112,77 +141,6 @@ func (s *store) get(ctx context.Context, id string) (*record, error) {
 func millis(s string) time.Time {
 	n, _ := strconv.ParseInt(s, 10, 64)
 	return time.UnixMilli(n).UTC()
-}
-
-// setState records a non-terminal state change.
-func (s *store) setState(ctx context.Context, id, state string, attempt int, errMsg string) error {
-	fields := map[string]any{"state": state, "updated_at": time.Now().UnixMilli()}
-	if attempt > 0 {
-		fields["attempt"] = attempt
-	}
-	if errMsg != "" {
-		fields["error"] = errMsg
-	}
-	if err := s.rdb.HSet(ctx, s.jobKey(id), fields).Err(); err != nil {
-		return fmt.Errorf("jobs: record state of %s: %w", id, err)
-	}
-	return nil
-}
-
-// finishScript sets the terminal state once: the first caller wins and
-// gets 1; everyone after gets 0 and must not publish terminal events again.
-var finishScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HSETNX', KEYS[1], 'final', ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[2])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
-return 1
-`)
-
-// finish records a terminal state; it reports whether this call was the
-// one that did (false when the job was already final or is unknown).
-func (s *store) finish(ctx context.Context, id, state string, result json.RawMessage, errMsg string) (bool, error) {
-	n, err := finishScript.Run(ctx, s.rdb, []string{s.jobKey(id)},
-		state, time.Now().UnixMilli(), string(result), errMsg).Int()
-	if err != nil {
-		return false, fmt.Errorf("jobs: finish %s: %w", id, err)
-	}
-	if err := s.rdb.ZRem(ctx, s.runningKey(), id).Err(); err != nil {
-		return n == 1, fmt.Errorf("jobs: finish %s: %w", id, err)
-	}
-	return n == 1, nil
-}
-
-// markCanceled sets the cancel flag and tells every worker, so an active
-// run stops; it reports false when the job is already final.
-func (s *store) markCanceled(ctx context.Context, id string) (bool, error) {
-	n, err := markCanceledScript.Run(ctx, s.rdb, []string{s.jobKey(id)}).Int()
-	if err != nil {
-		return false, fmt.Errorf("jobs: cancel %s: %w", id, err)
-	}
-	if n != 1 {
-		return false, nil
-	}
-	if err := s.rdb.Publish(ctx, s.cancelChannel(), id).Err(); err != nil {
-		return true, fmt.Errorf("jobs: signal cancel of %s: %w", id, err)
-	}
-	return true, nil
-}
-
-var markCanceledScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HEXISTS', KEYS[1], 'final') == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'canceled', '1')
-return 1
-`)
-
-func (s *store) canceled(ctx context.Context, id string) (bool, error) {
-	v, err := s.rdb.HGet(ctx, s.jobKey(id), "canceled").Result()
-	if errors.Is(err, redis.Nil) {
-		return false, nil
-	}
-	return v == "1", err
 }
 
 // list returns owner's job ids, newest first, dropping index entries

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -35,10 +37,29 @@ type WorkerConfig struct {
 	// CancelPoll is how often a running job checks its cancel flag, in
 	// case the cancel signal on pub/sub was missed. Default 2s.
 	CancelPoll time.Duration
-	// ReconcileInterval is how often one worker checks jobs whose worker
-	// died (kill -9) and publishes their retry or failure, once Asynq has
-	// recovered them. Default 15s.
+	// Heartbeat is how often a worker refreshes its claim on each job it
+	// runs, and how often it looks for jobs whose worker stopped doing so.
+	// Default 5s.
+	Heartbeat time.Duration
+	// LostAfter is how old a running job's last heartbeat may be before
+	// its worker counts as lost (killed, frozen, cut off from Redis):
+	// watchers are told "state retry" ("worker lost") and the job runs
+	// again at once on another worker, or fails when it has no retries
+	// left. Must exceed Heartbeat (it is raised to 3×Heartbeat when not).
+	// Default 15s.
+	LostAfter time.Duration
+	// ReconcileInterval is how often one worker (at a time) compares the
+	// open jobs with Asynq, to end the jobs an operator deleted, archived
+	// or ran from Asynq's own tools, and to finish enqueues cut short by a
+	// crash. Default 15s.
 	ReconcileInterval time.Duration
+	// ReconcileBatch bounds how many open jobs one reconcile pass checks
+	// (those checked longest ago first), so its cost stays bounded however
+	// long the queue is. Default 200.
+	ReconcileBatch int
+	// RetryDelay is the wait before a failed run's first retry; each
+	// further retry waits twice as long, up to 5 minutes. Default 1s.
+	RetryDelay time.Duration
 	// Reporter configures each job's progress reporter (rate limits).
 	Reporter progress.ReporterConfig
 }
@@ -62,23 +83,41 @@ func (c WorkerConfig) withDefaults(reg *Registry) WorkerConfig {
 	if c.CancelPoll <= 0 {
 		c.CancelPoll = 2 * time.Second
 	}
+	if c.RetryDelay <= 0 {
+		c.RetryDelay = time.Second
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 5 * time.Second
+	}
+	if c.LostAfter <= 0 {
+		c.LostAfter = 15 * time.Second
+	}
+	if c.LostAfter <= c.Heartbeat {
+		c.LostAfter = 3 * c.Heartbeat
+	}
 	if c.ReconcileInterval <= 0 {
 		c.ReconcileInterval = 15 * time.Second
+	}
+	if c.ReconcileBatch <= 0 {
+		c.ReconcileBatch = 200
 	}
 	return c
 }
 
 // Worker runs job handlers from Asynq queues and emits each job's lifecycle
-// events, so handlers only do their work and report progress:
-// "state" active / retry / completed / failed / canceled, then "result" or
-// "failed" as the job's last event.
+// events (through the lifecycle), so handlers only do their work and
+// report progress: "state" active / retry / completed / failed / canceled,
+// then "result" or "failed" as the job's last event.
 //
 // Background components, each started by Start and stopped by Shutdown:
 // the Asynq server (runs handlers), the cancel listener (stops a running
-// job when the API cancels it) and the reconciler (finishes jobs whose
-// worker died). Shutdown order: stop taking jobs, let running jobs finish
-// or hand them back, and only then stop the cancel listener and the
-// reconciler, so a cancel that arrives while jobs drain still works.
+// job when the API cancels it), the heartbeat (refreshes the claim of each
+// running job every Heartbeat), the lost-job sweep (runs again the jobs
+// whose worker stopped beating for LostAfter) and the reconciler (ends the
+// jobs that Asynq's own tools moved). Shutdown order: stop taking jobs,
+// let running jobs finish or hand them back, and only then stop the
+// others, so a cancel that arrives while jobs drain still works and
+// draining jobs keep beating.
 type Worker struct {
 	svc    *Service
 	rdb    redis.UniversalClient
@@ -90,7 +129,7 @@ type Worker struct {
 	stop     context.CancelFunc
 
 	mu      sync.Mutex
-	running map[string]context.CancelCauseFunc
+	running map[*run]struct{}
 
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
@@ -98,27 +137,40 @@ type Worker struct {
 	once     sync.Once
 }
 
+// run is a job running in this process.
+type run struct {
+	a      *attempt
+	cancel context.CancelCauseFunc
+	stale  atomic.Bool // the job moved on to another run: drop everything
+	// beat is when this run last refreshed its claim (unix ns): a run
+	// whose claim has gone stale may have been taken for lost.
+	beat atomic.Int64
+}
+
 var (
 	errCanceledByUser = errors.New("canceled by request")
 	errWorkerStopping = errors.New("worker shutting down")
+	errStale          = errors.New("the job moved on to another run (this worker was taken for lost)")
 )
 
 // NewWorker returns a worker for svc's job types on rdb. Call Start.
 func NewWorker(svc *Service, rdb redis.UniversalClient, cfg WorkerConfig) *Worker {
 	cfg = cfg.withDefaults(svc.reg)
-	w := &Worker{svc: svc, rdb: rdb, cfg: cfg, logger: svc.cfg.Logger.With("component", "worker"), running: map[string]context.CancelCauseFunc{}}
+	w := &Worker{svc: svc, rdb: rdb, cfg: cfg, logger: svc.cfg.Logger.With("component", "worker"), running: map[*run]struct{}{}}
 	w.stopJobs, w.stop = context.WithCancel(context.Background())
 	w.bgCtx, w.bgCancel = context.WithCancel(context.Background())
 	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
-		Concurrency:              cfg.Concurrency,
-		Queues:                   cfg.Queues,
-		ShutdownTimeout:          cfg.ShutdownTimeout,
-		TaskCheckInterval:        cfg.PollInterval,
-		DelayedTaskCheckInterval: max(cfg.PollInterval, time.Second),
+		Concurrency:       cfg.Concurrency,
+		Queues:            cfg.Queues,
+		ShutdownTimeout:   cfg.ShutdownTimeout,
+		TaskCheckInterval: cfg.PollInterval,
+		// Retries wait in Asynq's retry set until its forwarder moves them
+		// to the queue: every second, or sooner when retries are sooner.
+		DelayedTaskCheckInterval: max(cfg.PollInterval, min(cfg.RetryDelay, time.Second)),
 		Logger:                   asynqLogger{w.logger},
 		LogLevel:                 asynq.WarnLevel,
 		RetryDelayFunc: func(n int, err error, t *asynq.Task) time.Duration {
-			return min(time.Duration(1<<min(n, 10))*time.Second, 5*time.Minute)
+			return min(cfg.RetryDelay<<min(n, 10), max(5*time.Minute, cfg.RetryDelay))
 		},
 	})
 	return w
@@ -133,10 +185,12 @@ func (w *Worker) Start() error {
 	if err := w.srv.Start(mux); err != nil {
 		return fmt.Errorf("jobs: start worker: %w", err)
 	}
-	w.bg.Add(2)
-	go func() { defer w.bg.Done(); w.cancelListener(w.bgCtx) }()
-	go func() { defer w.bg.Done(); w.reconcileLoop(w.bgCtx) }()
-	w.logger.Info("worker started", "concurrency", w.cfg.Concurrency, "queues", w.cfg.Queues)
+	for _, loop := range []func(context.Context){w.cancelListener, w.heartbeatLoop, w.sweepLoop, w.reconcileLoop} {
+		w.bg.Add(1)
+		go func() { defer w.bg.Done(); loop(w.bgCtx) }()
+	}
+	w.logger.Info("worker started", "concurrency", w.cfg.Concurrency, "queues", w.cfg.Queues,
+		"heartbeat", w.cfg.Heartbeat, "lost_after", w.cfg.LostAfter, "reconcile_interval", w.cfg.ReconcileInterval)
 	return nil
 }
 
@@ -156,75 +210,129 @@ func (w *Worker) Shutdown() {
 	})
 }
 
+// dropped is what a run returns when its job moved on without it (or was
+// over before it started): Asynq deletes the task instead of retrying or
+// archiving it, and nothing is published.
+func dropped(task string, why string) error {
+	return fmt.Errorf("task %s: %s: %w", task, why, asynq.RevokeTask)
+}
+
 func (w *Worker) handler(t Type) asynq.HandlerFunc {
 	return func(ctx context.Context, task *asynq.Task) error {
-		id, _ := asynq.GetTaskID(ctx)
+		taskID, _ := asynq.GetTaskID(ctx)
 		retried, _ := asynq.GetRetryCount(ctx)
 		maxRetry, _ := asynq.GetMaxRetry(ctx)
-		attempt := retried + 1
 		// Lifecycle events must go out even when the job's context ends.
 		pubCtx := context.WithoutCancel(ctx)
-		st := w.svc.store
+		lc := w.svc.lc
 
-		if canceled, err := st.canceled(ctx, id); err == nil && canceled {
-			w.svc.finish(pubCtx, id, StateCanceled, nil, "")
-			return fmt.Errorf("job %s canceled before it started: %w", id, asynq.SkipRetry)
+		a, outcome, err := lc.start(pubCtx, taskID, maxRetry-retried)
+		switch {
+		case err != nil:
+			return err
+		case outcome == startDrop:
+			return dropped(taskID, "not its job's current run, or the job is over")
+		case outcome == startGone:
+			w.logger.Warn("a dequeued task has no job record (Redis lost it): the job ends failed", "task", taskID)
+			lc.stateLost(pubCtx, jobOfTask(taskID))
+			return dropped(taskID, reasonStateLost)
+		case outcome == startCanceled:
+			lc.end(pubCtx, jobOfTask(taskID), taskID, "", StateCanceled, nil, "")
+			return fmt.Errorf("job %s canceled before it started: %w", jobOfTask(taskID), asynq.SkipRetry)
 		}
+		id := a.job()
 		runCtx, cancel := context.WithCancelCause(ctx)
 		defer cancel(nil)
-		w.track(id, cancel)
-		defer w.untrack(id)
+		r := &run{a: a, cancel: cancel}
+		r.beat.Store(time.Now().UnixNano())
+		w.track(r)
+		defer w.untrack(r)
 		defer context.AfterFunc(w.stopJobs, func() { cancel(errWorkerStopping) })()
-		go w.pollCancel(runCtx, id, cancel)
+		go w.pollCancel(runCtx, r)
 
-		if err := w.rdb.ZAdd(ctx, st.runningKey(), redis.Z{Score: float64(time.Now().UnixMilli()), Member: id}).Err(); err != nil {
-			return fmt.Errorf("jobs: record running %s: %w", id, err)
-		}
-		if err := st.setState(ctx, id, StateActive, attempt, ""); err != nil {
-			return err
-		}
-		w.svc.publish(pubCtx, id, "state", stateEvent{State: StateActive, Attempt: attempt})
-
-		rep := progress.NewReporter(pubCtx, w.svc.log, Group(id), w.cfg.Reporter)
-		env := Env{JobID: id, Attempt: attempt, ArtifactDir: w.svc.cfg.ArtifactDir}
+		rep := &runReporter{r: progress.NewReporter(pubCtx, w.svc.log, Group(id), w.cfg.Reporter), run: r}
+		env := Env{JobID: id, Attempt: a.n, ArtifactDir: w.svc.cfg.ArtifactDir}
 		result, err := runSafely(runCtx, t, task.Payload(), env, rep)
 		rep.Close()
+		if r.stale.Load() {
+			return dropped(taskID, errStale.Error())
+		}
 		if err == nil {
 			b, merr := json.Marshal(result)
 			if merr == nil {
 				if _, werr := task.ResultWriter().Write(b); werr != nil {
 					w.logger.Warn("storing result in asynq failed; the job record has it", "job", id, "err", werr)
 				}
-				w.svc.finish(pubCtx, id, StateCompleted, b, "")
+				if !lc.finishRun(pubCtx, a, StateCompleted, b, "") {
+					return dropped(taskID, errStale.Error())
+				}
 				return nil
 			}
 			err = fmt.Errorf("encode result: %w", merr)
 		}
 
 		cause := context.Cause(runCtx)
-		canceled, _ := st.canceled(pubCtx, id)
+		canceled, _ := lc.canceled(pubCtx, id)
 		switch {
+		case errors.Is(cause, errStale):
+			return dropped(taskID, errStale.Error())
 		case errors.Is(cause, errCanceledByUser) || canceled:
-			w.svc.finish(pubCtx, id, StateCanceled, nil, "")
+			lc.finishRun(pubCtx, a, StateCanceled, nil, "")
 			return fmt.Errorf("job %s: %w: %w", id, errCanceledByUser, asynq.SkipRetry)
 		case errors.Is(cause, errWorkerStopping):
-			_ = st.setState(pubCtx, id, StatePending, 0, "")
-			_ = w.rdb.ZRem(pubCtx, st.runningKey(), id).Err()
-			w.svc.publish(pubCtx, id, "state", stateEvent{State: StatePending, Attempt: attempt, Message: "worker shutting down; the job goes back to the queue"})
+			lc.handBack(pubCtx, a)
 			// Asynq hands the job back when its shutdown timeout ends and
 			// then cancels ctx; returning earlier would count as a failure.
 			<-ctx.Done()
+			lc.release(pubCtx, a)
 			return ctx.Err()
+		case errors.Is(ctx.Err(), context.Canceled) && time.Since(time.Unix(0, r.beat.Load())) > w.cfg.LostAfter:
+			// Asynq canceled the run because its lease expired: this
+			// worker lost Redis for longer than LostAfter, and the
+			// lost-job sweep ends or reruns the job.
+			return ctx.Err()
+		case errors.Is(ctx.Err(), context.Canceled):
+			// Asynq itself canceled the run while this worker's heartbeat
+			// was fine: an operator's Inspector.CancelProcessing (asynq
+			// CLI, asynqmon). End it canceled; Asynq may still retry the
+			// task, and that run is dropped because the job is over.
+			lc.finishRun(pubCtx, a, StateCanceled, nil, reasonOpCanceled)
+			return fmt.Errorf("job %s: %s: %w", id, reasonOpCanceled, asynq.SkipRetry)
 		}
 		if retried < maxRetry && !errors.Is(err, asynq.SkipRetry) {
-			_ = st.setState(pubCtx, id, StateRetry, attempt, err.Error())
-			w.svc.publish(pubCtx, id, "state", stateEvent{State: StateRetry, Attempt: attempt, Error: err.Error()})
+			if !lc.retry(pubCtx, a, err.Error()) {
+				return dropped(taskID, errStale.Error())
+			}
 			return err
 		}
-		w.svc.finish(pubCtx, id, StateFailed, nil, err.Error())
+		if !lc.finishRun(pubCtx, a, StateFailed, nil, err.Error()) {
+			return dropped(taskID, errStale.Error())
+		}
 		return err
 	}
 }
+
+// runReporter drops the reports of a run that was taken for lost, so a
+// slow worker's progress does not mix with the new run's once its
+// heartbeat has learned that.
+type runReporter struct {
+	r   *progress.Reporter
+	run *run
+}
+
+func (p *runReporter) Progress(done, total int64, stage, message string) {
+	if !p.run.stale.Load() {
+		p.r.Progress(done, total, stage, message)
+	}
+}
+
+func (p *runReporter) Log(level, message string) {
+	if !p.run.stale.Load() {
+		p.r.Log(level, message)
+	}
+}
+
+func (p *runReporter) Close() { p.r.Close() }
 
 // runSafely runs a handler, turning a panic into the job's failure so the
 // lifecycle events still go out.
@@ -238,29 +346,39 @@ func runSafely(ctx context.Context, t Type, payload []byte, env Env, r Reporter)
 	return t.run(ctx, payload, env, r)
 }
 
-func (w *Worker) track(id string, cancel context.CancelCauseFunc) {
+func (w *Worker) track(r *run) {
 	w.mu.Lock()
-	w.running[id] = cancel
+	w.running[r] = struct{}{}
 	w.mu.Unlock()
 }
 
-func (w *Worker) untrack(id string) {
+func (w *Worker) untrack(r *run) {
 	w.mu.Lock()
-	delete(w.running, id)
+	delete(w.running, r)
 	w.mu.Unlock()
+}
+
+// runs returns the runs of this process.
+func (w *Worker) runs() []*run {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]*run, 0, len(w.running))
+	for r := range w.running {
+		out = append(out, r)
+	}
+	return out
 }
 
 func (w *Worker) cancelRunning(id string) {
-	w.mu.Lock()
-	cancel := w.running[id]
-	w.mu.Unlock()
-	if cancel != nil {
-		cancel(errCanceledByUser)
+	for _, r := range w.runs() {
+		if r.a.job() == id {
+			r.cancel(errCanceledByUser)
+		}
 	}
 }
 
 // pollCancel is the fallback for a cancel signal lost on pub/sub.
-func (w *Worker) pollCancel(ctx context.Context, id string, cancel context.CancelCauseFunc) {
+func (w *Worker) pollCancel(ctx context.Context, r *run) {
 	t := time.NewTicker(w.cfg.CancelPoll)
 	defer t.Stop()
 	for {
@@ -268,8 +386,8 @@ func (w *Worker) pollCancel(ctx context.Context, id string, cancel context.Cance
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if c, err := w.svc.store.canceled(ctx, id); err == nil && c {
-				cancel(errCanceledByUser)
+			if c, err := w.svc.lc.canceled(ctx, r.a.job()); err == nil && c {
+				r.cancel(errCanceledByUser)
 				return
 			}
 		}
@@ -280,6 +398,118 @@ func (w *Worker) pollCancel(ctx context.Context, id string, cancel context.Cance
 // signal lost while the subscription reconnects.
 func (w *Worker) cancelListener(ctx context.Context) {
 	progress.Watch(ctx, w.rdb, w.svc.store.cancelChannel(), w.cancelRunning)
+}
+
+// heartbeatLoop refreshes, every Heartbeat, the claim of each job this
+// process runs. A run whose job moved on is stopped and its results
+// dropped; a canceled one is stopped; a job whose record Redis lost is
+// restored.
+func (w *Worker) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(w.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, r := range w.runs() {
+			out, err := w.svc.lc.beat(ctx, r.a)
+			if err != nil {
+				if ctx.Err() == nil {
+					w.logger.Warn("heartbeat failed", "job", r.a.job(), "err", err)
+				}
+				continue
+			}
+			r.beat.Store(time.Now().UnixNano())
+			switch out {
+			case beatStale:
+				w.logger.Warn("this run's job moved on (it was taken for lost); stopping it and dropping its results", "job", r.a.job(), "attempt", r.a.n)
+				r.stale.Store(true)
+				r.cancel(errStale)
+			case beatCanceled:
+				r.cancel(errCanceledByUser)
+			}
+		}
+	}
+}
+
+// sweepPage bounds the lost jobs one sweep handles; the rest wait for the
+// next sweep, which comes at once.
+const sweepPage = 100
+
+// sweepLoop looks for lost jobs. Every worker sweeps (the transition is
+// atomic, so two sweepers can not both act): at least every Heartbeat,
+// and exactly when the oldest claim becomes older than LostAfter, so a
+// killed worker's job is noticed LostAfter after its last heartbeat.
+//
+// A sweeper judges only after it has itself reached Redis without a gap
+// for LostAfter: when Redis was paused or unreachable (or this process was
+// stopped), every worker's heartbeats stopped too, and their claims are
+// old without their runs being lost; live workers beat again within that
+// time.
+func (w *Worker) sweepLoop(ctx context.Context) {
+	t := time.NewTimer(w.cfg.Heartbeat)
+	defer t.Stop()
+	var lastOK, healthySince time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		judge := false
+		if err := w.rdb.Ping(ctx).Err(); err == nil {
+			now := time.Now()
+			if now.Sub(lastOK) > 2*w.cfg.Heartbeat {
+				healthySince = now // the first contact after a gap
+			}
+			lastOK = now
+			judge = now.Sub(healthySince) >= w.cfg.LostAfter
+		}
+		next := w.cfg.Heartbeat
+		if judge {
+			var err error
+			if next, err = w.sweep(ctx); err != nil && ctx.Err() == nil {
+				w.logger.Warn("lost-job sweep failed", "err", err)
+			}
+		}
+		t.Reset(next)
+	}
+}
+
+// sweep handles the jobs whose last heartbeat is older than LostAfter and
+// returns when to sweep next.
+func (w *Worker) sweep(ctx context.Context) (time.Duration, error) {
+	st := w.svc.store
+	now, err := w.rdb.Time(ctx).Result()
+	if err != nil {
+		return w.cfg.Heartbeat, fmt.Errorf("read the server's clock: %w", err)
+	}
+	cutoff := now.Add(-w.cfg.LostAfter).UnixMilli()
+	ids, err := w.rdb.ZRangeByScore(ctx, st.runningKey(), &redis.ZRangeBy{
+		Min: "-inf", Max: strconv.FormatInt(cutoff, 10), Count: sweepPage,
+	}).Result()
+	if err != nil {
+		return w.cfg.Heartbeat, fmt.Errorf("list running jobs: %w", err)
+	}
+	var errs []error
+	for _, id := range ids {
+		if err := w.svc.lc.lost(ctx, id, w.cfg.LostAfter); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	next := w.cfg.Heartbeat
+	if len(ids) == sweepPage && len(errs) == 0 {
+		next = time.Millisecond // more lost jobs wait
+	} else if oldest, err := w.rdb.ZRangeWithScores(ctx, st.runningKey(), 0, 0).Result(); err == nil && len(oldest) == 1 {
+		// Wake when the oldest claim goes stale (its beat is late).
+		due := time.UnixMilli(int64(oldest[0].Score)).Add(w.cfg.LostAfter).Sub(now) + time.Millisecond
+		if due > 0 && due < next {
+			next = due
+		}
+	}
+	return next, errors.Join(errs...)
 }
 
 func (w *Worker) reconcileLoop(ctx context.Context) {
@@ -308,57 +538,31 @@ func (w *Worker) reconcileLoop(ctx context.Context) {
 	}
 }
 
-// reconcile finishes the jobs whose worker died mid-run. Asynq's recoverer
-// moves such a task to retry or to the archive after its lease expires,
-// without calling any handler; this publishes the matching events.
+// reconcile checks one page of open jobs, those checked longest ago, and
+// moves each checked one that stays open to the back of the line.
 func (w *Worker) reconcile(ctx context.Context) error {
 	st := w.svc.store
-	cutoff := time.Now().Add(-45 * time.Second).UnixMilli()
-	ids, err := w.rdb.ZRangeByScore(ctx, st.runningKey(), &redis.ZRangeBy{Min: "-inf", Max: fmt.Sprint(cutoff)}).Result()
+	now := time.Now()
+	ids, err := w.rdb.ZRangeByScore(ctx, st.openKey(), &redis.ZRangeBy{
+		Min: "-inf", Max: strconv.FormatInt(now.UnixMicro(), 10), Count: int64(w.cfg.ReconcileBatch),
+	}).Result()
 	if err != nil {
-		return fmt.Errorf("list running jobs: %w", err)
+		return fmt.Errorf("list open jobs: %w", err)
 	}
+	next := float64(now.Add(w.cfg.ReconcileInterval).UnixMicro())
+	var errs []error
 	for _, id := range ids {
-		rec, err := st.get(ctx, id)
-		if errors.Is(err, errNoRecord) || (err == nil && rec.Final != "") {
-			_ = w.rdb.ZRem(ctx, st.runningKey(), id).Err()
-			continue
-		}
+		open, err := w.svc.lc.reconcile(ctx, id)
 		if err != nil {
-			return err
+			errs = append(errs, err)
 		}
-		info, err := w.svc.insp.GetTaskInfo(rec.Queue, id)
-		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
-			_ = w.rdb.ZRem(ctx, st.runningKey(), id).Err()
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("inspect %s: %w", id, err)
-		}
-		switch info.State {
-		case asynq.TaskStateActive:
-			// still running somewhere (or not yet recovered by Asynq)
-		case asynq.TaskStateArchived:
-			w.svc.finish(ctx, id, StateFailed, nil, orDefault(info.LastErr, "worker lost"))
-		case asynq.TaskStateCompleted:
-			_ = w.rdb.ZRem(ctx, st.runningKey(), id).Err()
-		default: // retry, pending, scheduled: it will run again
-			if rec.State == StateActive {
-				msg := orDefault(info.LastErr, "worker lost")
-				_ = st.setState(ctx, id, StateRetry, rec.Attempt, msg)
-				w.svc.publish(ctx, id, "state", stateEvent{State: StateRetry, Attempt: rec.Attempt, Error: msg})
+		if open {
+			if err := w.rdb.ZAddXX(ctx, st.openKey(), redis.Z{Score: next, Member: id}).Err(); err != nil {
+				errs = append(errs, err)
 			}
-			_ = w.rdb.ZRem(ctx, st.runningKey(), id).Err()
 		}
 	}
-	return nil
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
+	return errors.Join(errs...)
 }
 
 func hostID() string {

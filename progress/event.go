@@ -26,7 +26,7 @@ type Event struct {
 	frame     []byte
 }
 
-// eventFrame is the wire form of an event (PROTOCOL.md, "event" frame).
+// eventFrame is the wire form of an event (docs/protocol.md, "event" frame).
 type eventFrame struct {
 	Type  string          `json:"type"`
 	Group string          `json:"group"`

@@ -11,7 +11,7 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Progress is the payload of a "progress" event (PROTOCOL.md).
+// Progress is the payload of a "progress" event (docs/protocol.md).
 type Progress struct {
 	Done    int64   `json:"done"`
 	Total   int64   `json:"total"`

@@ -9,7 +9,7 @@ import (
 	"taskstream/progress"
 )
 
-// Error codes of PROTOCOL.md, used in HTTP error bodies and socket error
+// Error codes of docs/protocol.md, used in HTTP error bodies and socket error
 // frames alike.
 const (
 	CodeBadRequest       = "bad_request"

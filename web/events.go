@@ -19,7 +19,7 @@ import (
 	"taskstream/progress"
 )
 
-// Fallbacks on the same log (PROTOCOL.md): a group's events over a socket
+// Fallbacks on the same log (docs/protocol.md): a group's events over a socket
 // already subscribed, Server-Sent Events, or JSON long-poll. All three go
 // through Hub.Subscribe, the one place that decides what comes after seq N,
 // so they share the socket's ordering and resume guarantees.

@@ -9,7 +9,7 @@ import (
 	"taskstream/progress"
 )
 
-// Socket operations a client may send (PROTOCOL.md, "The socket").
+// Socket operations a client may send (docs/protocol.md, "The socket").
 const (
 	opSubscribe   = "subscribe"
 	opUnsubscribe = "unsubscribe"

@@ -20,7 +20,7 @@ import (
 	"taskstream/web/auth"
 )
 
-// Close codes the server uses (PROTOCOL.md).
+// Close codes the server uses (docs/protocol.md).
 const (
 	closeNormal    = websocket.CloseNormalClosure   // 1000
 	closeGoingAway = websocket.CloseGoingAway       // 1001: restart, reconnect and resume

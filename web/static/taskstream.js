@@ -17,7 +17,7 @@
  *     minDelay, maxDelay  reconnect backoff in ms: minDelay doubling up to
  *                     maxDelay, each delay jittered by ±50% (250, 10000)
  *     eventNames      extra SSE event names to listen to, besides the ones of
- *                     PROTOCOL.md (EventSource only reports named events that
+ *                     docs/protocol.md (EventSource only reports named events that
  *                     it was told about)
  *     wait            long-poll wait in seconds (default 25)
  *     maxStreams      HTTP fallbacks only: groups streamed at once (default
@@ -81,7 +81,7 @@
  *   });
  */
 
-// Event names of PROTOCOL.md; SSE listeners are registered for these.
+// Event names of docs/protocol.md; SSE listeners are registered for these.
 const KNOWN_EVENTS = ["state", "progress", "log", "result", "failed", "message", "join", "leave", "rename",
   "presence", "notification", "stats"];
 

@@ -264,13 +264,17 @@ func (c *Core) Embedded() bool { return c.embedded != nil }
 
 // NewWorker builds a worker on the core.
 func (c *Core) NewWorker(w Worker, reportRate float64) (*jobs.Worker, error) {
+	if err := w.check(); err != nil {
+		return nil, err
+	}
 	queues, err := w.queues()
 	if err != nil {
 		return nil, err
 	}
 	return jobs.NewWorker(c.Jobs, c.Redis, jobs.WorkerConfig{
 		Concurrency: w.Concurrency, Queues: queues, ShutdownTimeout: w.ShutdownTimeout,
-		PollInterval: w.PollInterval, Reporter: progress.ReporterConfig{MaxRate: reportRate, Logger: c.logger},
+		PollInterval: w.PollInterval, Heartbeat: w.Heartbeat, LostAfter: w.LostAfter, ReconcileInterval: w.ReconcileInterval,
+		Reporter: progress.ReporterConfig{MaxRate: reportRate, Logger: c.logger},
 	}), nil
 }
 

@@ -5,6 +5,7 @@
 package app
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -40,11 +41,21 @@ type Common struct {
 }
 
 // Worker is the configuration of a worker, in its own process or embedded.
+// Defaults are those of jobs.WorkerConfig.
 type Worker struct {
 	Concurrency     int
 	Queues          string
 	ShutdownTimeout time.Duration
 	PollInterval    time.Duration
+	// Heartbeat (JOB_HEARTBEAT, default 5s) is how often a worker
+	// refreshes its running jobs; LostAfter (JOB_LOST_AFTER, default 15s)
+	// is how old a running job's heartbeat may get before its worker
+	// counts as lost and the job runs again; ReconcileInterval
+	// (RECONCILE_INTERVAL, default 15s) is how often jobs are compared
+	// with Asynq (operator actions from its CLI or asynqmon).
+	Heartbeat         time.Duration
+	LostAfter         time.Duration
+	ReconcileInterval time.Duration
 }
 
 // envParser reads typed defaults from the environment and remembers the
@@ -142,6 +153,9 @@ func (w *Worker) register(fs *flag.FlagSet, env *envParser) {
 	fs.StringVar(&w.Queues, "queues", env.str("WORKER_QUEUES", ""), "queues and priorities, e.g. critical=6,default=3 (default: every job type's queue) (env WORKER_QUEUES)")
 	fs.DurationVar(&w.ShutdownTimeout, "shutdown-timeout", env.duration("WORKER_SHUTDOWN_TIMEOUT", 8*time.Second), "time running jobs get to finish on shutdown before they go back to the queue (env WORKER_SHUTDOWN_TIMEOUT)")
 	fs.DurationVar(&w.PollInterval, "poll-interval", env.duration("WORKER_POLL_INTERVAL", time.Second), "how often an idle worker looks for new jobs (env WORKER_POLL_INTERVAL)")
+	fs.DurationVar(&w.Heartbeat, "heartbeat", env.duration("JOB_HEARTBEAT", 5*time.Second), "how often a worker refreshes the heartbeat of its running jobs (env JOB_HEARTBEAT)")
+	fs.DurationVar(&w.LostAfter, "lost-after", env.duration("JOB_LOST_AFTER", 15*time.Second), "a running job whose heartbeat is older is lost: watchers are told, and it runs again (env JOB_LOST_AFTER)")
+	fs.DurationVar(&w.ReconcileInterval, "reconcile-interval", env.duration("RECONCILE_INTERVAL", 15*time.Second), "how often jobs are compared with Asynq: deletes, archives, runs from Asynq's own tools (env RECONCILE_INTERVAL)")
 }
 
 // validate checks the common settings once parsed, flags and environment
@@ -173,6 +187,10 @@ func (w *Worker) validate(v *validator) {
 	}
 	v.positiveDuration("WORKER_SHUTDOWN_TIMEOUT", "shutdown-timeout", w.ShutdownTimeout)
 	v.positiveDuration("WORKER_POLL_INTERVAL", "poll-interval", w.PollInterval)
+	v.positiveDuration("JOB_HEARTBEAT", "heartbeat", w.Heartbeat)
+	v.positiveDuration("JOB_LOST_AFTER", "lost-after", w.LostAfter)
+	v.positiveDuration("RECONCILE_INTERVAL", "reconcile-interval", w.ReconcileInterval)
+	v.check(w.check())
 }
 
 // registerLimits adds the API's connection and request limits to fs,
@@ -273,6 +291,32 @@ func checkAddr(what, addr string) error {
 	}
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		return fmt.Errorf("%s %q: the port must be a number from 0 to 65535", what, addr)
+	}
+	return nil
+}
+
+// check rejects worker settings that can not work, for callers that build
+// a Worker in code (validate covers flags and environment). Zero durations
+// (and a zero concurrency) mean the default of jobs.WorkerConfig, so a
+// Worker built in code may leave them out.
+func (w *Worker) check() error {
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"WORKER_SHUTDOWN_TIMEOUT", w.ShutdownTimeout}, {"WORKER_POLL_INTERVAL", w.PollInterval},
+		{"JOB_HEARTBEAT", w.Heartbeat}, {"JOB_LOST_AFTER", w.LostAfter}, {"RECONCILE_INTERVAL", w.ReconcileInterval},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("%s=%v: must not be negative", d.name, d.v)
+		}
+	}
+	if w.Concurrency < 0 {
+		return fmt.Errorf("WORKER_CONCURRENCY=%d: must not be negative", w.Concurrency)
+	}
+	heartbeat, lostAfter := cmp.Or(w.Heartbeat, 5*time.Second), cmp.Or(w.LostAfter, 15*time.Second)
+	if lostAfter <= heartbeat {
+		return fmt.Errorf("JOB_LOST_AFTER=%v must be longer than JOB_HEARTBEAT=%v (a few heartbeats: a job is lost after missing them)", lostAfter, heartbeat)
 	}
 	return nil
 }
