@@ -53,9 +53,10 @@ type lifecycle struct {
 // attempt is one run of a job: the task it runs and its number, plus what
 // the worker needs to restore the record if Redis loses it.
 type attempt struct {
-	rec  record // the record as the run started (owner, type, params, …)
-	task string
-	n    int
+	rec     record // the record as the run started (owner, type, params, …)
+	task    string
+	n       int
+	started time.Time // when this run started, for Observer.JobFinished
 }
 
 func (a *attempt) job() string { return a.rec.ID }
@@ -108,6 +109,9 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) error {
 	if err := l.enqueue(ctx, rec, rec.Task, t.MaxRetry); err != nil {
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not enqueue: "+err.Error())
 		return fmt.Errorf("jobs: enqueue %s: %w", rec.ID, err)
+	}
+	if l.cfg.Observer != nil {
+		l.cfg.Observer.JobSubmitted(t.Name)
 	}
 	return nil
 }
@@ -203,8 +207,11 @@ func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt,
 	if reopened {
 		ev.Message = msgRunAgain
 	}
+	if l.cfg.Observer != nil && n == 1 {
+		l.cfg.Observer.JobStarted(rec.Type, time.Since(rec.CreatedAt))
+	}
 	l.publish(ctx, id, "state", ev)
-	return &attempt{rec: *rec, task: task, n: n}, startRun, nil
+	return &attempt{rec: *rec, task: task, n: n, started: time.Now()}, startRun, nil
 }
 
 func toInt(v any) int64 {
@@ -413,6 +420,11 @@ func (l *lifecycle) finishRun(ctx context.Context, a *attempt, state string, res
 	if n != 1 {
 		return false
 	}
+	// Counted before the events go out: a watcher that saw the end finds
+	// it in the metrics of this process.
+	if l.cfg.Observer != nil {
+		l.cfg.Observer.JobFinished(a.rec.Type, state, time.Since(a.started), true)
+	}
 	l.announceEnd(ctx, a.job(), state, result, errMsg)
 	return true
 }
@@ -428,6 +440,16 @@ func (l *lifecycle) end(ctx context.Context, id, task, attemptN, state string, r
 	}
 	if n != 1 {
 		return false
+	}
+	if l.cfg.Observer != nil {
+		// The type is in the record (which the end keeps); one read, on
+		// this rare path only. Counted before the events go out, as in
+		// finishRun.
+		if rec, err := l.st.get(ctx, id); err == nil {
+			l.cfg.Observer.JobFinished(rec.Type, state, 0, false)
+		} else {
+			l.cfg.Logger.Warn("job end not counted in metrics: record unreadable", "job", id, "err", err)
+		}
 	}
 	l.announceEnd(ctx, id, state, result, errMsg)
 	return true

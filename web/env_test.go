@@ -113,7 +113,7 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 		QueueRefresh: time.Nanosecond, // every scrape reads the queues: tests see fresh figures
 	})
 	e.log = progress.NewLog(e.rdb, progress.LogConfig{OnPublish: e.mx.ObservePublish})
-	e.jobs = jobs.NewService(e.rdb, reg, e.log, jobs.Config{ArtifactDir: t.TempDir(), Logger: logger})
+	e.jobs = jobs.NewService(e.rdb, reg, e.log, jobs.Config{ArtifactDir: t.TempDir(), Logger: logger, Observer: e.mx})
 	if !o.noWorker {
 		e.worker = jobs.NewWorker(e.jobs, e.rdb, jobs.WorkerConfig{
 			PollInterval: 50 * time.Millisecond, CancelPoll: 200 * time.Millisecond, ShutdownTimeout: 2 * time.Second,

@@ -201,6 +201,24 @@ func TestMetricsCountAWorkload(t *testing.T) {
 			t.Fatalf("SSE replayed %d events, the socket saw %d", replayed, events)
 		}
 
+		// A second job, canceled while it runs, watched on the same socket.
+		long := e.submit("steps", map[string]any{"steps": 100000, "interval_ms": 20})
+		ws.send(map[string]any{"op": "subscribe", "group": "job:" + long, "ref": "2"})
+		var longEvents int
+		for _, f := range ws.readUntil(func(f frame) bool { return f.Event == "progress" }) {
+			if f.Type == "event" {
+				longEvents++
+			}
+		}
+		if status, body, _ := e.do("POST", "/api/jobs/"+long+"/cancel", nil); status != http.StatusAccepted {
+			t.Fatalf("cancel: %d %v", status, body)
+		}
+		for _, f := range ws.readUntil(func(f frame) bool { return f.Group == "job:"+long && isTerminalEvent(f) }) {
+			if f.Type == "event" {
+				longEvents++
+			}
+		}
+
 		// A stream that stays open (the user's notifications) counts as sse.
 		me := e.me(e.client)
 		ctx, cancel := context.WithCancel(context.Background())
@@ -229,13 +247,15 @@ func TestMetricsCountAWorkload(t *testing.T) {
 		if code := big.closeCode(); code != websocket.CloseMessageTooBig {
 			t.Fatalf("oversized frame: close %d, want 1009", code)
 		}
-		eventually(t, "both closes counted and every connection gone", func() bool {
+		steps, _ := e.jobs.Registry().Lookup("steps")
+		eventually(t, "both closes counted, every connection gone, asynq done with both tasks", func() bool {
 			s := e.scrape()
 			return s.value(t, "taskstream_socket_closes_total", "code", "1009") == 1 &&
 				s.value(t, "taskstream_socket_closes_total", "code", "1000") == 1 &&
 				s.value(t, "taskstream_sockets", "transport", "websocket") == 0 &&
 				s.value(t, "taskstream_sockets", "transport", "sse") == 0 &&
-				s.value(t, "taskstream_hub_groups") == 0
+				s.value(t, "taskstream_hub_groups") == 0 &&
+				s.value(t, "asynq_queue_size", "queue", steps.Queue, "state", "active") == 0
 		})
 
 		s = e.scrape()
@@ -246,7 +266,14 @@ func TestMetricsCountAWorkload(t *testing.T) {
 		if int(jobLog.LastSeq) != events {
 			t.Fatalf("the job's log has %d events, the socket saw %d", jobLog.LastSeq, events)
 		}
-		n := float64(events)
+		longLog, err := e.log.Read(context.Background(), "job:"+long, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int(longLog.LastSeq) != longEvents {
+			t.Fatalf("the canceled job's log has %d events, the socket saw %d", longLog.LastSeq, longEvents)
+		}
+		n, n2 := float64(events), float64(longEvents)
 		published := 0.0
 		for _, k := range metrics.Kinds {
 			published += s.value(t, "taskstream_events_published_total", "kind", k)
@@ -257,10 +284,11 @@ func TestMetricsCountAWorkload(t *testing.T) {
 			want   float64
 		}{
 			// Every job event was published once by this process's log.
-			{"taskstream_events_published_total", []string{"kind", "job"}, n},
+			{"taskstream_events_published_total", []string{"kind", "job"}, n + n2},
 			{"taskstream_events_published_total", []string{"kind", "chat"}, 0},
-			// Each event reached the socket once and the SSE stream once.
-			{"taskstream_events_delivered_total", []string{"kind", "job"}, 2 * n},
+			// Each event of the first job reached the socket once and the
+			// SSE stream once; the canceled job's, the socket only.
+			{"taskstream_events_delivered_total", []string{"kind", "job"}, 2*n + n2},
 			{"taskstream_events_delivered_total", []string{"kind", "chat"}, 0},
 			// Every publish is timed, none failed.
 			{"taskstream_publish_seconds", nil, published},
@@ -269,6 +297,21 @@ func TestMetricsCountAWorkload(t *testing.T) {
 			{"taskstream_send_queue_overflows_total", nil, 0},
 			{"taskstream_subscriptions", []string{"kind", "job"}, 0},
 			{"taskstream_subscriptions", []string{"kind", "user"}, 0},
+			// The jobs: two submitted, one completed, one canceled while it
+			// ran; both waited in the queue once and ran once.
+			{"taskstream_jobs_submitted_total", []string{"type", "steps"}, 2},
+			{"taskstream_jobs_submitted_total", []string{"type", "report"}, 0},
+			{"taskstream_jobs_finished_total", []string{"type", "steps", "outcome", "completed"}, 1},
+			{"taskstream_jobs_finished_total", []string{"type", "steps", "outcome", "canceled"}, 1},
+			{"taskstream_jobs_finished_total", []string{"type", "steps", "outcome", "failed"}, 0},
+			{"taskstream_job_duration_seconds", []string{"type", "steps"}, 2},
+			{"taskstream_job_queue_wait_seconds", nil, 2},
+			// Asynq keeps the completed task; the canceled one is archived
+			// (the worker ends it with SkipRetry).
+			{"asynq_queue_size", []string{"queue", steps.Queue, "state", "completed"}, 1},
+			{"asynq_queue_size", []string{"queue", steps.Queue, "state", "archived"}, 1},
+			{"asynq_queue_size", []string{"queue", steps.Queue, "state", "pending"}, 0},
+			{"asynq_queue_size", []string{"queue", steps.Queue, "state", "active"}, 0},
 		} {
 			if got := s.value(t, c.name, c.labels...); got != c.want {
 				t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -276,8 +319,8 @@ func TestMetricsCountAWorkload(t *testing.T) {
 		}
 		// SSE replayed the whole history; the socket some part of it
 		// (whatever was published before it subscribed).
-		if got := s.value(t, "taskstream_replay_events_total"); got < n || got > 2*n {
-			t.Errorf("taskstream_replay_events_total = %v, want between %v and %v", got, n, 2*n)
+		if got := s.value(t, "taskstream_replay_events_total"); got < n || got > 2*n+n2 {
+			t.Errorf("taskstream_replay_events_total = %v, want between %v and %v", got, n, 2*n+n2)
 		}
 	})
 }

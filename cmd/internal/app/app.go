@@ -254,7 +254,7 @@ func Open(ctx context.Context, c Common, w Worker, logger *slog.Logger) (*Core, 
 		OnPublish: core.Metrics.ObservePublish,
 	})
 	core.Jobs = jobs.NewService(rdb, reg, core.Log, jobs.Config{
-		Prefix: c.Prefix, Retention: c.Retention, ArtifactDir: c.ArtifactDir, Logger: logger,
+		Prefix: c.Prefix, Retention: c.Retention, ArtifactDir: c.ArtifactDir, Logger: logger, Observer: core.Metrics,
 	})
 	return core, nil
 }
