@@ -189,6 +189,9 @@ func ParseWorker(args []string) (WorkerConfig, error) {
 	v := &validator{}
 	c.Common.validate(v)
 	c.Worker.validate(v)
+	if c.MetricsAddr != "" {
+		v.check(checkAddr("METRICS_ADDR (-metrics-addr)", c.MetricsAddr))
+	}
 	return c, v.err
 }
 
