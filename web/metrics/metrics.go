@@ -5,10 +5,10 @@
 // Each process builds one Metrics (tests build many: the registry is per
 // instance, never the global default) and wires it into the parts it runs:
 //   - progress.LogConfig.OnPublish = m.ObservePublish (publishes, timed);
-//   - m.WatchHub(hub) (sockets' subscriptions, shared Redis subscriptions,
-//     deliveries and replays, read from Hub.Counters at scrape time);
-//   - web.Deps.Metrics = m (open sockets by transport, close codes, send
-//     queue overflows, and the GET /metrics route);
+//   - web.Deps.Metrics = m: web.New calls m.WatchHub (subscriptions, shared
+//     Redis subscriptions, deliveries and replays, read from Hub.Counters
+//     at scrape time) and m.WatchSockets (open connections by transport),
+//     counts close codes and send queue overflows, and serves GET /metrics;
 //   - jobs.Config.Observer = m (submitted, started, finished jobs);
 //   - Config.Inspector (asynq queue sizes and latency, cached).
 //
