@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -49,14 +50,13 @@ func (r *builtinTestReporter) calls() []builtinTestProgress {
 }
 
 // decodeCase is one row of a table-driven Decode test: either want (the
-// normalized params) or errField (the field the *ParamError must name; ""
-// for the whole object) is checked.
+// normalized params) or err (the exact message of the *ParamError, whose
+// "params.FIELD:" prefix must also be its Field) is checked.
 type decodeCase struct {
-	name     string
-	in       string
-	want     string
-	errField string
-	wantErr  bool
+	name string
+	in   string
+	want string
+	err  string
 }
 
 func testDecode(t *testing.T, typ Type, cases []decodeCase) {
@@ -64,16 +64,16 @@ func testDecode(t *testing.T, typ Type, cases []decodeCase) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := typ.Decode(json.RawMessage(tc.in))
-			if tc.wantErr {
+			if tc.err != "" {
 				var pe *ParamError
 				if !errors.As(err, &pe) {
-					t.Fatalf("Decode(%s) = %s, %v; want a *ParamError", tc.in, out, err)
+					t.Fatalf("Decode(%s) = %s, %v; want a *ParamError %q", tc.in, out, err, tc.err)
 				}
-				if pe.Field != tc.errField {
-					t.Fatalf("Decode(%s): error %q names field %q, want %q", tc.in, pe, pe.Field, tc.errField)
+				if pe.Error() != tc.err {
+					t.Fatalf("Decode(%s): error %q, want %q", tc.in, pe, tc.err)
 				}
-				if pe.Reason == "" {
-					t.Fatalf("Decode(%s): error has no reason", tc.in)
+				if want := messageField(tc.err); pe.Field != want {
+					t.Fatalf("Decode(%s): error %q has Field %q, want %q", tc.in, pe, pe.Field, want)
 				}
 				return
 			}
@@ -85,6 +85,14 @@ func testDecode(t *testing.T, typ Type, cases []decodeCase) {
 			}
 		})
 	}
+}
+
+// messageField returns the field a ParamError message names: "x" for
+// "params.x: ...", "" for "params: ...".
+func messageField(msg string) string {
+	head, _, _ := strings.Cut(msg, ": ")
+	field, _ := strings.CutPrefix(head, "params")
+	return strings.TrimPrefix(field, ".")
 }
 
 func jsonEqual(t *testing.T, a, b []byte) bool {
@@ -99,32 +107,28 @@ func jsonEqual(t *testing.T, a, b []byte) bool {
 	return fmt.Sprint(x) == fmt.Sprint(y)
 }
 
-// commonDecodeErrors are the malformed inputs every type must turn into a
-// *ParamError about the whole object.
+// commonDecodeErrors are the malformed inputs every type must refuse with
+// the same message.
 var commonDecodeErrors = []decodeCase{
-	{name: "malformed", in: `{"x":`, wantErr: true},
-	{name: "array", in: `[1,2]`, wantErr: true},
-	{name: "string", in: `"abc"`, wantErr: true},
-	{name: "number", in: `42`, wantErr: true},
-	{name: "true", in: `true`, wantErr: true},
-	{name: "unknown field", in: `{"bogus":1}`, wantErr: true},
-	{name: "trailing data", in: `{} {}`, wantErr: true},
-	{name: "missing required", in: `{}`, wantErr: true, errField: "?"},
+	{name: "malformed", in: `{"x":`, err: "params: malformed JSON: unexpected EOF"},
+	{name: "array", in: `[1,2]`, err: "params: must be a JSON object"},
+	{name: "string", in: `"abc"`, err: "params: must be a JSON object"},
+	{name: "number", in: `42`, err: "params: must be a JSON object"},
+	{name: "true", in: `true`, err: "params: must be a JSON object"},
+	{name: "unknown field", in: `{"bogus":1}`, err: "params.bogus: unknown field"},
+	{name: "trailing data", in: `{} {}`, err: "params: malformed JSON: invalid character after top-level value"},
+	{name: "trailing bracket", in: `{}]`, err: "params: malformed JSON: invalid character after top-level value"},
 }
 
-// withCommon adapts commonDecodeErrors to a type whose required field is
-// field: an empty object must name it.
+// withCommon adds commonDecodeErrors to the cases of a type whose required
+// field is field: an empty object, null and nothing must name it.
 func withCommon(field string, cases []decodeCase) []decodeCase {
-	var out []decodeCase
-	for _, c := range commonDecodeErrors {
-		if c.errField == "?" {
-			c.errField = field
-		}
-		out = append(out, c)
-	}
+	out := slices.Clone(commonDecodeErrors)
 	out = append(out,
-		decodeCase{name: "null is empty", in: `null`, wantErr: true, errField: field},
-		decodeCase{name: "empty is empty", in: ``, wantErr: true, errField: field},
+		decodeCase{name: "missing required", in: `{}`, err: "params." + field + ": is required"},
+		decodeCase{name: "null is empty", in: `null`, err: "params." + field + ": is required"},
+		decodeCase{name: "empty is empty", in: ``, err: "params." + field + ": is required"},
+		decodeCase{name: "required null", in: `{"` + field + `":null}`, err: "params." + field + ": is required"},
 	)
 	return append(out, cases...)
 }
@@ -174,10 +178,10 @@ type schemaDoc struct {
 	AdditionalProperties *bool                 `json:"additionalProperties"`
 }
 
-// TestSchemasMatchValidation checks each schema against Decode, since the
-// page validates with the schema and the server with Validate: bounds,
-// defaults and required fields must agree or the form accepts what the
-// server refuses.
+// TestSchemasMatchValidation reads each schema as plain JSON, apart from
+// the validator, and checks Decode against what it says: the page builds
+// its form from the schema and the server decides with Decode, so bounds,
+// defaults and required fields must agree, each refusal naming the field.
 func TestSchemasMatchValidation(t *testing.T) {
 	for _, typ := range Builtin() {
 		t.Run(typ.Name, func(t *testing.T) {
@@ -280,24 +284,69 @@ func runType(ctx context.Context, t *testing.T, typ Type, params string, env Env
 	return typ.run(ctx, norm, env, r)
 }
 
+// handlerParams decodes normalized params strictly into the Go type each
+// built-in handler runs with.
+var handlerParams = map[string]func(raw []byte) error{
+	"steps": func(raw []byte) error {
+		var p stepsParams
+		if err := decodeStrictBytes(raw, &p); err != nil {
+			return err
+		}
+		if p.FailAt != nil && *p.FailAt > p.Steps {
+			return fmt.Errorf("fail_at %d beyond steps %d", *p.FailAt, p.Steps)
+		}
+		if p.FailTimes != nil && p.FailAt == nil {
+			return errors.New("fail_times without fail_at")
+		}
+		return nil
+	},
+	"primes": func(raw []byte) error { return decodeStrictBytes(raw, new(primesParams)) },
+	"report": func(raw []byte) error { return decodeStrictBytes(raw, new(reportParams)) },
+}
+
+func decodeStrictBytes(raw []byte, dst any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	return dec.Decode(dst)
+}
+
+// schemaLimits reads each built-in schema as plain JSON (not through the
+// validator) for the fuzz test to check accepted params against.
+func schemaLimits(f *testing.F, typ Type) schemaDoc {
+	var s schemaDoc
+	dec := json.NewDecoder(bytes.NewReader(typ.Schema))
+	dec.UseNumber()
+	if err := dec.Decode(&s); err != nil {
+		f.Fatal(err)
+	}
+	return s
+}
+
 // FuzzJobParams feeds arbitrary bytes to every built-in type's Decode: it
-// must not panic, must fail only with *ParamError, and what it accepts must
-// be a fixed point, since stored params are decoded again when a job is
-// retried or shown.
+// must not panic and must fail only with *ParamError. What it accepts must
+// hold every required property, only properties the schema lists, each
+// within the schema's bounds as written (read apart from the validator),
+// must decode into the handler's params and pass its cross-field rules, and
+// must be a fixed point, since stored params are decoded again when a job
+// is retried or shown.
 func FuzzJobParams(f *testing.F) {
 	for _, s := range []string{
-		``, `null`, `{}`, `[]`, `"x"`, `1`, `{"x":`, `{} {}`,
+		``, `null`, `{}`, `[]`, `"x"`, `1`, `{"x":`, `{} {}`, `{}]`,
 		`{"steps":3}`, `{"steps":3,"interval_ms":0}`, `{"steps":5,"fail_at":2,"fail_times":1}`,
 		`{"steps":0}`, `{"steps":100001}`, `{"steps":"3"}`, `{"steps":1.5}`, `{"steps":1e3}`,
 		`{"steps":2,"fail_at":3}`, `{"steps":2,"fail_times":1}`, `{"steps":2,"fail_at":null}`,
-		`{"STEPS":2}`, `{"steps":2,"steps":3}`,
+		`{"STEPS":2}`, `{"steps":2,"steps":3}`, `{"steps":2,"Steps":200000}`, `{"steps":3,"interval_ms":null}`,
 		`{"n":2}`, `{"n":10000000000}`, `{"n":10000000001}`, `{"n":-1}`, `{"n":99999999999999999999}`,
 		`{"rows":1}`, `{"rows":10,"seed":-7}`, `{"rows":10,"seed":9007199254740992}`, `{"rows":0,"seed":1}`,
-		` {"rows":10} `, `{"rows":10,"extra":true}`,
+		` {"rows":10} `, `{"rows":10,"extra":true}`, `{"rows":10,"seed":null}`,
 	} {
 		f.Add([]byte(s))
 	}
 	types := Builtin()
+	docs := make(map[string]schemaDoc, len(types))
+	for _, typ := range types {
+		docs[typ.Name] = schemaLimits(f, typ)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, typ := range types {
 			out, err := typ.Decode(data)
@@ -308,6 +357,10 @@ func FuzzJobParams(f *testing.F) {
 				}
 				continue
 			}
+			checkWithinSchema(t, docs[typ.Name], typ.Name, data, out)
+			if err := handlerParams[typ.Name](out); err != nil {
+				t.Fatalf("%s: Decode(%q) = %s, which the handler would refuse: %v", typ.Name, data, out, err)
+			}
 			again, err := typ.Decode(out)
 			if err != nil {
 				t.Fatalf("%s: Decode(%q) = %s, which does not decode again: %v", typ.Name, data, out, err)
@@ -317,4 +370,42 @@ func FuzzJobParams(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkWithinSchema fails t unless out, the normalized params of in, has
+// every required property, no property the schema does not list, and
+// integer values within each property's minimum and maximum.
+func checkWithinSchema(t *testing.T, s schemaDoc, name string, in, out []byte) {
+	t.Helper()
+	var m map[string]json.Number
+	dec := json.NewDecoder(bytes.NewReader(out))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		t.Fatalf("%s: Decode(%q) = %s, not an object of numbers: %v", name, in, out, err)
+	}
+	for _, k := range s.Required {
+		if _, ok := m[k]; !ok {
+			t.Fatalf("%s: Decode(%q) = %s, without required %q", name, in, out, k)
+		}
+	}
+	for k, v := range m {
+		p, ok := s.Properties[k]
+		if !ok {
+			t.Fatalf("%s: Decode(%q) = %s, with %q the schema does not list", name, in, out, k)
+		}
+		n, err := v.Int64()
+		if err != nil {
+			t.Fatalf("%s: Decode(%q) = %s: %q is not an integer: %v", name, in, out, k, err)
+		}
+		if p.Minimum != nil {
+			if lo, _ := p.Minimum.Int64(); n < lo {
+				t.Fatalf("%s: Decode(%q) = %s: %s=%d below the minimum %d", name, in, out, k, n, lo)
+			}
+		}
+		if p.Maximum != nil {
+			if hi, _ := p.Maximum.Int64(); n > hi {
+				t.Fatalf("%s: Decode(%q) = %s: %s=%d above the maximum %d", name, in, out, k, n, hi)
+			}
+		}
+	}
 }

@@ -6,18 +6,14 @@ import (
 	"math"
 )
 
-// Limits of the primes type, repeated in primesSchema.
-const (
-	primesMinN int64 = 2
-	primesMaxN int64 = 10_000_000_000
-)
-
 // primesSegment is how many odd numbers one sieve segment covers. 1<<18
 // bytes fits in a typical L2 cache, which is what makes a segmented sieve
 // fast, and gives a progress report and a cancellation check every ~half
 // million numbers.
 const primesSegment = 1 << 18
 
+// primesParams are the params of a primes job; the bounds of n are in
+// primesSchema.
 type primesParams struct {
 	N int64 `json:"n"`
 }
@@ -47,19 +43,8 @@ func Primes() Type {
 		Name:        "primes",
 		Description: "Counts the prime numbers up to n with a segmented sieve of Eratosthenes.",
 		Schema:      primesSchema,
-		Validate:    validatePrimes,
 		Run:         runPrimes,
 	})
-}
-
-func validatePrimes(p *primesParams) error {
-	switch {
-	case p.N == 0:
-		return Invalid("n", "is required (an integer from %d to %d)", primesMinN, primesMaxN)
-	case p.N < primesMinN || p.N > primesMaxN:
-		return Invalid("n", "must be from %d to %d, got %d", primesMinN, primesMaxN, p.N)
-	}
-	return nil
 }
 
 type primesResult struct {

@@ -12,15 +12,15 @@ func TestPrimesDecode(t *testing.T) {
 	testDecode(t, Primes(), withCommon("n", []decodeCase{
 		{name: "min", in: `{"n":2}`, want: `{"n":2}`},
 		{name: "max", in: `{"n":10000000000}`, want: `{"n":10000000000}`},
-		{name: "zero", in: `{"n":0}`, wantErr: true, errField: "n"},
-		{name: "one", in: `{"n":1}`, wantErr: true, errField: "n"},
-		{name: "negative", in: `{"n":-5}`, wantErr: true, errField: "n"},
-		{name: "too big", in: `{"n":10000000001}`, wantErr: true, errField: "n"},
-		{name: "overflow", in: `{"n":99999999999999999999}`, wantErr: true},
-		{name: "string", in: `{"n":"100"}`, wantErr: true},
-		{name: "fraction", in: `{"n":10.5}`, wantErr: true},
-		{name: "object", in: `{"n":{}}`, wantErr: true},
-		{name: "unknown", in: `{"n":10,"m":1}`, wantErr: true},
+		{name: "zero", in: `{"n":0}`, err: "params.n: must be >= 2"},
+		{name: "one", in: `{"n":1}`, err: "params.n: must be >= 2"},
+		{name: "negative", in: `{"n":-5}`, err: "params.n: must be >= 2"},
+		{name: "too big", in: `{"n":10000000001}`, err: "params.n: must be <= 10000000000"},
+		{name: "overflow", in: `{"n":99999999999999999999}`, err: "params.n: must be <= 10000000000"},
+		{name: "string", in: `{"n":"100"}`, err: "params.n: must be integer, not string"},
+		{name: "fraction", in: `{"n":10.5}`, err: "params.n: must be integer, not number"},
+		{name: "object", in: `{"n":{}}`, err: "params.n: must be integer, not object"},
+		{name: "unknown", in: `{"n":10,"m":1}`, err: "params.m: unknown field"},
 	}))
 }
 

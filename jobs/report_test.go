@@ -18,17 +18,19 @@ import (
 func TestReportDecode(t *testing.T) {
 	testDecode(t, Report(), withCommon("rows", []decodeCase{
 		{name: "minimal", in: `{"rows":1}`, want: `{"rows":1,"seed":0}`},
+		{name: "seed null is the default", in: `{"rows":1,"seed":null}`, want: `{"rows":1,"seed":0}`},
 		{name: "seed", in: `{"rows":10,"seed":-42}`, want: `{"rows":10,"seed":-42}`},
 		{name: "max", in: `{"rows":10000000,"seed":9007199254740991}`, want: `{"rows":10000000,"seed":9007199254740991}`},
-		{name: "rows zero", in: `{"rows":0}`, wantErr: true, errField: "rows"},
-		{name: "rows negative", in: `{"rows":-3}`, wantErr: true, errField: "rows"},
-		{name: "rows too many", in: `{"rows":10000001}`, wantErr: true, errField: "rows"},
-		{name: "seed only", in: `{"seed":5}`, wantErr: true, errField: "rows"},
-		{name: "seed beyond JS", in: `{"rows":1,"seed":9007199254740992}`, wantErr: true, errField: "seed"},
-		{name: "seed beyond JS negative", in: `{"rows":1,"seed":-9007199254740992}`, wantErr: true, errField: "seed"},
-		{name: "seed string", in: `{"rows":1,"seed":"7"}`, wantErr: true},
-		{name: "rows fraction", in: `{"rows":1.25}`, wantErr: true},
-		{name: "unknown", in: `{"rows":1,"format":"csv"}`, wantErr: true},
+		{name: "min seed", in: `{"rows":1,"seed":-9007199254740991}`, want: `{"rows":1,"seed":-9007199254740991}`},
+		{name: "rows zero", in: `{"rows":0}`, err: "params.rows: must be >= 1"},
+		{name: "rows negative", in: `{"rows":-3}`, err: "params.rows: must be >= 1"},
+		{name: "rows too many", in: `{"rows":10000001}`, err: "params.rows: must be <= 10000000"},
+		{name: "seed only", in: `{"seed":5}`, err: "params.rows: is required"},
+		{name: "seed beyond JS", in: `{"rows":1,"seed":9007199254740992}`, err: "params.seed: must be <= 9007199254740991"},
+		{name: "seed beyond JS negative", in: `{"rows":1,"seed":-9007199254740992}`, err: "params.seed: must be >= -9007199254740991"},
+		{name: "seed string", in: `{"rows":1,"seed":"7"}`, err: "params.seed: must be integer, not string"},
+		{name: "rows fraction", in: `{"rows":1.25}`, err: "params.rows: must be integer, not number"},
+		{name: "unknown", in: `{"rows":1,"format":"csv"}`, err: "params.format: unknown field"},
 	}))
 }
 

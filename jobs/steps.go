@@ -6,22 +6,15 @@ import (
 	"time"
 )
 
-// Limits of the steps type. They are repeated in stepsSchema, which must
-// stay in step with them because the page builds its form from the schema.
-const (
-	stepsMax           = 100000
-	stepsIntervalMax   = 60000
-	stepsIntervalDef   = 100
-	stepsFailTimesMax  = 1000
-	stepsProgressStage = "steps"
-)
+// stepsProgressStage is the stage name of every progress report.
+const stepsProgressStage = "steps"
 
-// stepsParams are the params of a steps job. The optional fields are
-// pointers so that an absent value (use the default, never fail) differs
-// from an explicit 0.
+// stepsParams are the params of a steps job. Their limits and defaults are
+// in stepsSchema. The optional fields without a default are pointers so
+// that absent (never fail) differs from any value.
 type stepsParams struct {
 	Steps      int  `json:"steps"`
-	IntervalMS *int `json:"interval_ms"`
+	IntervalMS int  `json:"interval_ms"`
 	FailAt     *int `json:"fail_at,omitempty"`
 	FailTimes  *int `json:"fail_times,omitempty"`
 }
@@ -77,47 +70,25 @@ func Steps() Type {
 		Validate:    validateSteps,
 		Run:         runSteps,
 		// The longest valid run (every step at the longest pause) must not
-		// hit the default one-hour timeout.
-		Timeout: time.Duration(stepsMax)*time.Duration(stepsIntervalMax)*time.Millisecond + time.Hour,
+		// hit the default one-hour timeout. The bounds are read from the
+		// schema so that they are written once.
+		Timeout: time.Duration(schemaMaximum(stepsSchema, "steps"))*
+			time.Duration(schemaMaximum(stepsSchema, "interval_ms"))*time.Millisecond + time.Hour,
 	})
 }
 
+// validateSteps checks the one rule the schema can not say: fail_at is a
+// step of this run. Everything else (bounds, fail_times needing fail_at)
+// is in stepsSchema.
 func validateSteps(p *stepsParams) error {
-	switch {
-	case p.Steps == 0:
-		return Invalid("steps", "is required (an integer from 1 to %d)", stepsMax)
-	case p.Steps < 1 || p.Steps > stepsMax:
-		return Invalid("steps", "must be from 1 to %d, got %d", stepsMax, p.Steps)
-	}
-	if p.IntervalMS == nil {
-		d := stepsIntervalDef
-		p.IntervalMS = &d
-	} else if v := *p.IntervalMS; v < 0 || v > stepsIntervalMax {
-		return Invalid("interval_ms", "must be from 0 to %d, got %d", stepsIntervalMax, v)
-	}
-	if p.FailAt != nil {
-		if v := *p.FailAt; v < 1 || v > p.Steps {
-			return Invalid("fail_at", "must be from 1 to steps (%d), got %d", p.Steps, v)
-		}
-	}
-	if p.FailTimes != nil {
-		if p.FailAt == nil {
-			// Accepting it would silently do nothing, which hides a typo'd
-			// or forgotten fail_at.
-			return Invalid("fail_times", "needs fail_at")
-		}
-		if v := *p.FailTimes; v < 1 || v > stepsFailTimesMax {
-			return Invalid("fail_times", "must be from 1 to %d, got %d", stepsFailTimesMax, v)
-		}
+	if p.FailAt != nil && *p.FailAt > p.Steps {
+		return Invalid("fail_at", "must be <= steps (%d), got %d", p.Steps, *p.FailAt)
 	}
 	return nil
 }
 
 func runSteps(ctx context.Context, p stepsParams, env Env, r Reporter) (any, error) {
-	interval := time.Duration(stepsIntervalDef) * time.Millisecond
-	if p.IntervalMS != nil {
-		interval = time.Duration(*p.IntervalMS) * time.Millisecond
-	}
+	interval := time.Duration(p.IntervalMS) * time.Millisecond
 	total := int64(p.Steps)
 	// Report the total up front so watchers see the size of the job before
 	// the first pause ends.

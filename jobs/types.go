@@ -6,9 +6,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
+	"net/url"
+	"reflect"
+	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+	"github.com/santhosh-tekuri/jsonschema/v6/kind"
+	"golang.org/x/text/language"
+	"golang.org/x/text/message"
 )
 
 // Reporter is how a handler reports progress. *progress.Reporter implements
@@ -38,12 +49,19 @@ type Spec[P any] struct {
 	Name string
 	// Description is one sentence shown in /api/job-types and the page.
 	Description string
-	// Schema is the JSON Schema of P, shown in /api/job-types; the page
-	// builds its form from it.
+	// Schema is the JSON Schema of the params object (draft 2020-12 unless
+	// its "$schema" says otherwise) and the one place their shape, limits
+	// and defaults are written. Define compiles it; Decode validates params
+	// against it (errors name the field) and fills the "default" of every
+	// absent top-level property. /api/job-types serves it as written and the
+	// page builds its form from it. P must be able to hold every value the
+	// schema accepts.
 	Schema string
-	// Validate checks decoded params and fills defaults. Return an error
-	// made with Invalid to name the bad field; any error becomes a
-	// bad_request for the submitter.
+	// Validate, optional, checks what a schema can not say, such as a rule
+	// between two fields (fail_at <= steps). It sees params that already
+	// passed the schema, with defaults filled. Return an error made with
+	// Invalid to name the bad field; any error becomes a bad_request for the
+	// submitter.
 	Validate func(p *P) error
 	// Run does the work. It returns the result (any JSON value) or an
 	// error; it must return promptly when ctx is canceled.
@@ -76,14 +94,17 @@ type Type struct {
 	run    func(ctx context.Context, params json.RawMessage, env Env, r Reporter) (any, error)
 }
 
-// Define turns a Spec into a Type. It panics when the spec is incomplete
-// or its schema is not JSON: both are programming errors found at start-up.
+// Define turns a Spec into a Type. It panics when the spec is incomplete,
+// its schema does not compile, or a default in it does not pass its own
+// property's schema or does not fit P: all are programming errors, found
+// when the type is built at start-up rather than at the first submit.
 func Define[P any](s Spec[P]) Type {
-	if s.Name == "" || s.Run == nil || s.Validate == nil {
-		panic("jobs: Define needs Name, Validate and Run")
+	if s.Name == "" || s.Run == nil {
+		panic("jobs: Define needs Name and Run")
 	}
-	if !json.Valid([]byte(s.Schema)) {
-		panic(fmt.Sprintf("jobs: %s: Schema is not valid JSON", s.Name))
+	sch, err := compileSchema[P](s.Name, s.Schema)
+	if err != nil {
+		panic(fmt.Sprintf("jobs: %s: %v", s.Name, err))
 	}
 	t := Type{
 		Name: s.Name, Description: s.Description, Schema: json.RawMessage(s.Schema),
@@ -102,14 +123,7 @@ func Define[P any](s Spec[P]) Type {
 		t.Queue = "default"
 	}
 	t.decode = func(raw json.RawMessage) (json.RawMessage, error) {
-		p, err := decodeParams[P](raw)
-		if err != nil {
-			return nil, err
-		}
-		if err := s.Validate(&p); err != nil {
-			return nil, asParamError(err)
-		}
-		return json.Marshal(p)
+		return decodeParams(sch, s.Validate, raw)
 	}
 	t.run = func(ctx context.Context, raw json.RawMessage, env Env, r Reporter) (any, error) {
 		var p P
@@ -152,35 +166,253 @@ func asParamError(err error) error {
 	return &ParamError{Reason: err.Error()}
 }
 
-// decodeParams decodes a JSON object strictly: unknown fields, trailing
-// data and non-objects are rejected, so typos do not silently become
-// defaults.
-func decodeParams[P any](raw json.RawMessage) (P, error) {
-	var p P
+// noLoader refuses every URL: a job type's schema is self-contained, so a
+// $ref to anything outside it is a mistake to report at Define, not a file
+// or network read on the server. The draft meta-schemas are built into the
+// validator and need no loader.
+var noLoader = jsonschema.SchemeURLLoader{}
+
+// compileSchema compiles a type's schema and checks its defaults: each must
+// pass its own property's schema and decode into P, so that a bad default
+// is found at start-up rather than by every submit that omits the field.
+func compileSchema[P any](name, src string) (*jsonschema.Schema, error) {
+	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(src))
+	if err != nil {
+		return nil, fmt.Errorf("schema is not valid JSON: %w", err)
+	}
+	c := jsonschema.NewCompiler()
+	c.UseLoader(noLoader)
+	loc := "taskstream:///job-types/" + url.PathEscape(name) + ".json"
+	if err := c.AddResource(loc, doc); err != nil {
+		return nil, fmt.Errorf("schema: %w", err)
+	}
+	sch, err := c.Compile(loc)
+	if err != nil {
+		return nil, fmt.Errorf("schema does not compile: %w", err)
+	}
+	defaults := map[string]any{}
+	for prop, ps := range sch.Properties {
+		if ps.Default == nil {
+			continue
+		}
+		if err := ps.Validate(*ps.Default); err != nil {
+			return nil, fmt.Errorf("schema: the default of %q fails its own schema: %w", prop, err)
+		}
+		defaults[prop] = *ps.Default
+	}
+	if err := decodeStrict(defaults, new(P)); err != nil {
+		return nil, fmt.Errorf("schema: a default does not fit %T: %w", *new(P), err)
+	}
+	return sch, nil
+}
+
+// schemaMaximum returns the integer "maximum" of a top-level property of
+// a schema, for Go code that derives a setting from a limit (a timeout
+// from the longest valid run) without writing the limit a second time. It
+// panics when the schema has none: a type built on it is wrong at start-up.
+func schemaMaximum(schema, prop string) int64 {
+	var doc struct {
+		Properties map[string]struct {
+			Maximum *json.Number `json:"maximum"`
+		} `json:"properties"`
+	}
+	if err := json.Unmarshal([]byte(schema), &doc); err != nil {
+		panic(fmt.Sprintf("jobs: schemaMaximum: %v", err))
+	}
+	m := doc.Properties[prop].Maximum
+	if m == nil {
+		panic(fmt.Sprintf("jobs: schemaMaximum: property %q has no maximum", prop))
+	}
+	n, err := m.Int64()
+	if err != nil {
+		panic(fmt.Sprintf("jobs: schemaMaximum: %q: %v", prop, err))
+	}
+	return n
+}
+
+// decodeParams is Decode: raw must be one JSON object (empty and null mean
+// {}); a null property means the property is absent, as a nil pointer
+// does in encoding/json. The object is checked against the schema, absent
+// properties get the schema's defaults, the result is decoded strictly
+// into P, and validate (when set) checks the rules between fields. The
+// normalized params are checked against the schema once more, so nothing
+// stored ever breaks it, whatever P's JSON tags make of the input.
+func decodeParams[P any](sch *jsonschema.Schema, validate func(*P) error, raw json.RawMessage) (json.RawMessage, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
 		raw = json.RawMessage("{}")
 	}
 	if raw[0] != '{' {
-		return p, &ParamError{Reason: "must be a JSON object"}
+		return nil, &ParamError{Reason: "must be a JSON object"}
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
-		return p, &ParamError{Reason: describeJSONError(err)}
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
+	if err != nil {
+		return nil, &ParamError{Reason: "malformed JSON: " + err.Error()}
 	}
-	if dec.More() {
-		return p, &ParamError{Reason: "unexpected data after the object"}
+	obj, ok := doc.(map[string]any)
+	if !ok { // unreachable after the '{' check; kept so a change there can not panic
+		return nil, &ParamError{Reason: "must be a JSON object"}
 	}
-	return p, nil
+	dropNulls(obj)
+	if err := sch.Validate(obj); err != nil {
+		return nil, schemaError(err)
+	}
+	for prop, ps := range sch.Properties {
+		if _, set := obj[prop]; !set && ps.Default != nil {
+			obj[prop] = *ps.Default
+		}
+	}
+	var p P
+	if err := decodeStrict(obj, &p); err != nil {
+		return nil, jsonParamError(err)
+	}
+	if validate != nil {
+		if err := validate(&p); err != nil {
+			return nil, asParamError(err)
+		}
+	}
+	out, err := json.Marshal(p)
+	if err != nil {
+		return nil, &ParamError{Reason: err.Error()}
+	}
+	norm, err := jsonschema.UnmarshalJSON(bytes.NewReader(out))
+	if err != nil {
+		return nil, &ParamError{Reason: err.Error()}
+	}
+	if m, ok := norm.(map[string]any); ok {
+		dropNulls(m)
+	}
+	if err := sch.Validate(norm); err != nil {
+		return nil, schemaError(err)
+	}
+	return out, nil
 }
 
-func describeJSONError(err error) string {
+func dropNulls(obj map[string]any) {
+	for k, v := range obj {
+		if v == nil {
+			delete(obj, k)
+		}
+	}
+}
+
+// decodeStrict decodes the JSON value v (as UnmarshalJSON returns it) into
+// dst, refusing fields dst does not have.
+func decodeStrict(v any, dst any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	return dec.Decode(dst)
+}
+
+// jsonParamError names the field when encoding/json refuses a value the
+// schema allowed, such as 1e3 for an int field.
+func jsonParamError(err error) error {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) && te.Field != "" {
-		return fmt.Sprintf("field %q must be %s, not %s", te.Field, te.Type, te.Value)
+		reason := fmt.Sprintf("must be %s, not %s", te.Type, te.Value)
+		if te.Type != nil && strings.HasPrefix(te.Value, "number ") {
+			switch te.Type.Kind() {
+			case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+				reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+				reason = "must be an integer written without a fraction or exponent, not " + strings.TrimPrefix(te.Value, "number ")
+			}
+		}
+		return &ParamError{Field: te.Field, Reason: reason}
 	}
-	return err.Error()
+	return &ParamError{Reason: err.Error()}
+}
+
+// schemaError turns a validation failure into one *ParamError naming a
+// field. The validator reports every failing keyword as a tree; the leaves
+// are the specific ones. The first by field name is reported so that the
+// same params always get the same message.
+func schemaError(err error) error {
+	var ve *jsonschema.ValidationError
+	if !errors.As(err, &ve) {
+		return &ParamError{Reason: err.Error()}
+	}
+	var leaves []*ParamError
+	collectLeaves(ve, &leaves)
+	if len(leaves) == 0 {
+		return &ParamError{Reason: ve.ErrorKind.LocalizedString(schemaPrinter)}
+	}
+	sort.Slice(leaves, func(i, j int) bool {
+		if leaves[i].Field != leaves[j].Field {
+			return leaves[i].Field < leaves[j].Field
+		}
+		return leaves[i].Reason < leaves[j].Reason
+	})
+	return leaves[0]
+}
+
+func collectLeaves(e *jsonschema.ValidationError, out *[]*ParamError) {
+	if len(e.Causes) > 0 {
+		for _, c := range e.Causes {
+			collectLeaves(c, out)
+		}
+		return
+	}
+	*out = append(*out, describeSchemaError(e)...)
+}
+
+// schemaPrinter renders the validator's own messages for the keywords
+// describeSchemaError does not word itself.
+var schemaPrinter = message.NewPrinter(language.English)
+
+// describeSchemaError words one failing keyword for the submitter. Errors
+// about an object's properties (required, unknown, dependent) name the
+// property rather than the object.
+func describeSchemaError(e *jsonschema.ValidationError) []*ParamError {
+	at := func(extra ...string) string {
+		return strings.Join(append(slices.Clone(e.InstanceLocation), extra...), ".")
+	}
+	one := func(reason string) []*ParamError { return []*ParamError{{Field: at(), Reason: reason}} }
+	switch k := e.ErrorKind.(type) {
+	case *kind.Required:
+		var out []*ParamError
+		for _, m := range k.Missing {
+			out = append(out, &ParamError{Field: at(m), Reason: "is required"})
+		}
+		return out
+	case *kind.AdditionalProperties:
+		var out []*ParamError
+		for _, p := range k.Properties {
+			out = append(out, &ParamError{Field: at(p), Reason: "unknown field"})
+		}
+		return out
+	case *kind.DependentRequired:
+		return []*ParamError{{Field: at(k.Prop), Reason: "needs " + strings.Join(k.Missing, ", ")}}
+	case *kind.Type:
+		return one(fmt.Sprintf("must be %s, not %s", strings.Join(k.Want, " or "), k.Got))
+	case *kind.Minimum:
+		return one("must be >= " + ratText(k.Want))
+	case *kind.Maximum:
+		return one("must be <= " + ratText(k.Want))
+	case *kind.ExclusiveMinimum:
+		return one("must be > " + ratText(k.Want))
+	case *kind.ExclusiveMaximum:
+		return one("must be < " + ratText(k.Want))
+	case *kind.MultipleOf:
+		return one("must be a multiple of " + ratText(k.Want))
+	case *kind.MinLength:
+		return one(fmt.Sprintf("must be at least %d characters long", k.Want))
+	case *kind.MaxLength:
+		return one(fmt.Sprintf("must be at most %d characters long", k.Want))
+	}
+	return one(e.ErrorKind.LocalizedString(schemaPrinter))
+}
+
+// ratText writes a schema bound the way it would be written in JSON.
+func ratText(r *big.Rat) string {
+	if r.IsInt() {
+		return r.Num().String()
+	}
+	f, _ := r.Float64()
+	return strconv.FormatFloat(f, 'g', -1, 64)
 }
 
 // Registry holds the job types a process knows. Register types at start-up;
