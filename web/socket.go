@@ -99,6 +99,7 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 		// Refused after the upgrade so that a browser's socket sees the
 		// reason: a failed handshake only reports a generic error to it.
 		c.refuse(closePolicy, fmt.Sprintf("too many sockets from your address (at most %d); close some and retry", s.cfg.Limits.MaxSocketsPerIP))
+		s.mx.SocketClosed(closePolicy)
 		return
 	}
 	log := s.logger.With("conn", c.id, "request_id", requestIDOf(r.Context()), "user", c.who.User.ID, "ip", clientIPOf(r.Context()))
