@@ -324,3 +324,37 @@ func TestMetricsCountAWorkload(t *testing.T) {
 		}
 	})
 }
+
+// A long-poll waiting for events counts as a longpoll connection until it
+// is answered.
+func TestMetricsLongPollGauge(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newEnv(t, srv, withoutWorker())
+		me := e.me(e.client)
+		answered := make(chan int, 1)
+		go func() {
+			res, err := e.client.Get(e.http.URL + "/api/groups/user:" + me + "/events?after=0&wait=60")
+			if err != nil {
+				answered <- -1
+				return
+			}
+			_ = res.Body.Close()
+			answered <- res.StatusCode
+		}()
+		eventually(t, "taskstream_sockets{transport=longpoll} = 1", func() bool {
+			return e.scrape().value(t, "taskstream_sockets", "transport", "longpoll") == 1
+		})
+		if _, err := e.log.Publish(context.Background(), "user:"+me, "notification", map[string]string{"title": "hi"}); err != nil {
+			t.Fatal(err)
+		}
+		if status := <-answered; status != http.StatusOK {
+			t.Fatalf("long-poll answered %d", status)
+		}
+		eventually(t, "taskstream_sockets{transport=longpoll} = 0", func() bool {
+			return e.scrape().value(t, "taskstream_sockets", "transport", "longpoll") == 0
+		})
+		if got := e.scrape().value(t, "taskstream_events_delivered_total", "kind", "user"); got != 1 {
+			t.Errorf("delivered user events %v, want 1", got)
+		}
+	})
+}
