@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"taskstream/wire"
 )
 
 // user is one identity: a guest with a session cookie, or a signed-in
@@ -139,20 +141,7 @@ type jobView struct {
 }
 
 // frame is any server frame of the socket.
-type frame struct {
-	Type      string          `json:"type"`
-	Group     string          `json:"group"`
-	Ref       string          `json:"ref"`
-	Seq       int64           `json:"seq"`
-	Epoch     string          `json:"epoch"`
-	Event     string          `json:"event"`
-	Data      json.RawMessage `json:"data"`
-	LastSeq   int64           `json:"last_seq"`
-	Replayed  int             `json:"replayed"`
-	Recovered bool            `json:"recovered"`
-	Code      string          `json:"code"`
-	Message   string          `json:"message"`
-}
+type frame = wire.ServerFrame
 
 // received is one event frame as a watcher got it.
 type received struct {
@@ -272,9 +261,11 @@ func (w *watcher) subscribe(ws *websocket.Conn, group string) {
 	w.mu.Lock()
 	g := w.groups[group]
 	w.refN++
-	f := map[string]any{"op": "subscribe", "group": group, "ref": "s" + strconv.Itoa(w.refN) + ":" + group}
+	ref, _ := json.Marshal("s" + strconv.Itoa(w.refN) + ":" + group)
+	f := wire.ClientFrame{Op: wire.OpSubscribe, Group: group, Ref: ref}
 	if g.last > 0 {
-		f["after"], f["epoch"] = g.last, g.epoch
+		after := g.last
+		f.After, f.Epoch = &after, g.epoch
 	}
 	w.mu.Unlock()
 	w.wmu.Lock()
@@ -460,7 +451,9 @@ func (w *watcher) handle(ws *websocket.Conn, conn int, f frame) {
 		g.epoch = f.Epoch
 		s.events = append(s.events, received{seq: f.Seq, epoch: f.Epoch, name: f.Event, data: f.Data, at: now, conn: conn})
 	case "error":
-		group, ok := strings.CutPrefix(f.Ref, "s")
+		var ref string
+		_ = json.Unmarshal(f.Ref, &ref) // our refs are strings; anything else is not ours
+		group, ok := strings.CutPrefix(ref, "s")
 		if !ok {
 			return
 		}

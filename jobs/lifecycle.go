@@ -35,6 +35,21 @@ const (
 // so every event goes out once and the record (what GET /api/jobs/ID
 // shows) always agrees with them.
 //
+// A Redis call can fail after Redis applied it (the reply timed out, the
+// connection dropped), and the job's record and its log live in different
+// slots, so a change and its events are two steps. Three rules keep every
+// job's end published exactly once anyway:
+//   - each transition carries an op id, stored on the record: the same
+//     caller retrying the same transition after an unknown outcome is told
+//     "already done by you" (and publishes) instead of "moved on";
+//   - a final transition also records a debt ("owed": the op id) in the
+//     same script, cleared only after its events are in the log, and the
+//     job stays in the open index until then, so the reconciler pays a
+//     debt older than Config.DebtAge;
+//   - the events of a transition are appended with Log.PublishOnce under
+//     the op id, so the worker's retries and the reconciler paying the
+//     same debt append them once.
+//
 // Every run of a job is an attempt of one Asynq task, and the record names
 // the current task and attempt. Transitions made by a run are conditional
 // on both still being current: a run that was declared lost (its worker
@@ -57,6 +72,9 @@ type attempt struct {
 	task    string
 	n       int
 	started time.Time // when this run started, for Observer.JobFinished
+	// stop ends the run's retries of a Redis call that failed (the
+	// worker is stopping); nil: retry for Config.EndRetryFor.
+	stop <-chan struct{}
 }
 
 func (a *attempt) job() string { return a.rec.ID }
@@ -250,7 +268,7 @@ func (l *lifecycle) beat(ctx context.Context, a *attempt) (beatOutcome, error) {
 	case "stale":
 		return beatStale, nil
 	case "gone":
-		created, err := l.restore(ctx, a, StateActive, nil, "")
+		created, err := l.restore(ctx, "", a, StateActive, nil, "")
 		if err != nil {
 			return beatGone, err
 		}
@@ -272,7 +290,11 @@ var restoreScript = redis.NewScript(redisNow + `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'type', ARGV[2], 'queue', ARGV[3], 'params', ARGV[4],
   'created_at', ARGV[5], 'updated_at', now, 'state', ARGV[6], 'attempt', ARGV[7], 'task', ARGV[8], 'gen', ARGV[13])
-if ARGV[9] == '1' then redis.call('HSET', KEYS[1], 'final', ARGV[6]) else redis.call('HSET', KEYS[1], 'hb', now) end
+if ARGV[9] == '1' then
+  redis.call('HSET', KEYS[1], 'final', ARGV[6], 'op', ARGV[14], 'owed', ARGV[14], 'owed_at', now, 'owed_err', ARGV[11])
+else
+  redis.call('HSET', KEYS[1], 'hb', now)
+end
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[10]) end
 if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[11]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[12])
@@ -283,8 +305,9 @@ return 1
 // without persistence), in state, with the owner's index entry, so the job
 // keeps its owner and GET /api/jobs/ID agrees with the events published in
 // the log's new epoch. It reports false when the record exists already
-// (someone else restored it).
-func (l *lifecycle) restore(ctx context.Context, a *attempt, state string, result json.RawMessage, errMsg string) (bool, error) {
+// (someone else restored it). A final restore records op and the debt of
+// its events, as a final transition does.
+func (l *lifecycle) restore(ctx context.Context, op string, a *attempt, state string, result json.RawMessage, errMsg string) (bool, error) {
 	final := "0"
 	if Terminal(state) {
 		final = "1"
@@ -292,7 +315,7 @@ func (l *lifecycle) restore(ctx context.Context, a *attempt, state string, resul
 	r := a.rec
 	n, err := restoreScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(r.ID)},
 		r.Owner, r.Type, r.Queue, string(r.Params), r.CreatedAt.UnixMilli(), state, a.n, a.task, final,
-		string(result), errMsg, l.cfg.Retention.Milliseconds(), genOfTask(a.task)).Int()
+		string(result), errMsg, l.cfg.Retention.Milliseconds(), genOfTask(a.task), op).Int()
 	if err != nil {
 		return false, fmt.Errorf("jobs: restore %s: %w", r.ID, err)
 	}
@@ -302,9 +325,8 @@ func (l *lifecycle) restore(ctx context.Context, a *attempt, state string, resul
 	_, err = l.st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.ZAdd(ctx, l.st.indexKey(r.Owner), redis.Z{Score: float64(r.CreatedAt.UnixMicro()), Member: r.ID})
 		p.Expire(ctx, l.st.indexKey(r.Owner), l.cfg.Retention)
-		if final == "0" {
-			p.ZAdd(ctx, l.st.openKey(), redis.Z{Score: float64(time.Now().UnixMicro()), Member: r.ID})
-		}
+		// A final one too: it owes its events until they are published.
+		p.ZAdd(ctx, l.st.openKey(), redis.Z{Score: float64(time.Now().UnixMicro()), Member: r.ID})
 		return nil
 	})
 	if err != nil {
@@ -314,28 +336,38 @@ func (l *lifecycle) restore(ctx context.Context, a *attempt, state string, resul
 	return true, nil
 }
 
+// Results of transitionScript.
+const (
+	trGone    = -1 // the record is gone
+	trMovedOn = 0  // the job moved on (another run, or over)
+	trDone    = 1  // this call made the change
+	trDoneBy  = 2  // an earlier call with the same op made it (its reply was lost)
+)
+
 // transitionScript changes the state of the job if task (and, when given,
 // attempt) is still its current run and it is not final. ARGV: task,
 // attempt or "", job id, state, final flag, error, result, release the
-// run's claim. It returns 1 when it made the change, 0 when the job
-// moved on, -1 when the record is gone.
+// run's claim, op id. The op id is stored with the change, and a final
+// change also records the debt of its events (owed, owed_at, owed_err)
+// until announceEnd clears it. It returns one of the tr constants.
 var transitionScript = redis.NewScript(redisNow + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local f = redis.call('HMGET', KEYS[1], 'task', 'attempt', 'final')
+local f = redis.call('HMGET', KEYS[1], 'task', 'attempt', 'final', 'op')
+if f[4] and f[4] == ARGV[9] then return 2 end
 if (f[1] or ARGV[3]) ~= ARGV[1] then return 0 end
 if ARGV[2] ~= '' and f[2] ~= ARGV[2] then return 0 end
 if f[3] then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_at', now)
-if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'final', ARGV[4]) end
+redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_at', now, 'op', ARGV[9])
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'final', ARGV[4], 'owed', ARGV[9], 'owed_at', now, 'owed_err', ARGV[6]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
 if ARGV[8] == '1' then redis.call('HDEL', KEYS[1], 'hb') end
 return 1
 `)
 
-func (l *lifecycle) transition(ctx context.Context, id, task, attemptN, state string, final bool, errMsg string, result json.RawMessage, release bool) (int, error) {
+func (l *lifecycle) transition(ctx context.Context, op, id, task, attemptN, state string, final bool, errMsg string, result json.RawMessage, release bool) (int, error) {
 	n, err := transitionScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(id)},
-		task, attemptN, id, state, flag(final), errMsg, string(result), flag(release)).Int()
+		task, attemptN, id, state, flag(final), errMsg, string(result), flag(release), op).Int()
 	if err != nil {
 		return 0, fmt.Errorf("jobs: %s %s: %w", state, id, err)
 	}
@@ -349,18 +381,91 @@ func flag(b bool) string {
 	return "0"
 }
 
+// newOp returns the id of one transition: a caller keeps it across its
+// retries of that transition, so a retry is recognized as the same one.
+func newOp() string { return newJobID() }
+
+// persist calls f until it succeeds, waiting EndRetryDelay (doubling up to
+// EndRetryMaxDelay) between calls, for at most EndRetryFor or until stop
+// is closed: a run's end must outlast a Redis that is paused, failing
+// over or slow, because only the run knows its result. It returns f's
+// last error.
+func (l *lifecycle) persist(ctx context.Context, stop <-chan struct{}, what, id string, f func() error) error {
+	deadline := time.Now().Add(l.cfg.EndRetryFor)
+	delay := l.cfg.EndRetryDelay
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if time.Now().Add(delay).After(deadline) {
+			return err
+		}
+		l.cfg.Logger.Warn(what+" failed; retrying", "job", id, "in", delay, "err", err)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-stop:
+			t.Stop()
+			return err
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+		delay = min(2*delay, l.cfg.EndRetryMaxDelay)
+	}
+}
+
+// runTransition makes a's transition op, retrying while its outcome is
+// unknown (see persist). It returns a tr constant; trDoneBy counts as
+// done.
+func (l *lifecycle) runTransition(ctx context.Context, op string, a *attempt, state string, final bool, errMsg string, result json.RawMessage, release bool) (int, error) {
+	var n int
+	err := l.persist(ctx, a.stop, "recording "+state, a.job(), func() error {
+		var err error
+		n, err = l.transition(ctx, op, a.job(), a.task, strconv.Itoa(a.n), state, final, errMsg, result, release)
+		return err
+	})
+	if n == trDoneBy {
+		n = trDone
+	}
+	return n, err
+}
+
+// publishOnce publishes the events of transition op, retrying for a run
+// (stop not nil) while Redis is unavailable. It reports whether this call
+// appended them (false: an earlier call with op did).
+func (l *lifecycle) publishOnce(ctx context.Context, stop <-chan struct{}, op, id string, events ...progress.Draft) (bool, error) {
+	var fresh bool
+	call := func() error {
+		var err error
+		_, fresh, err = l.log.PublishOnce(ctx, Group(id), op, events...)
+		return err
+	}
+	if stop == nil {
+		return fresh, call()
+	}
+	return fresh, l.persist(ctx, stop, "publishing lifecycle events", id, call)
+}
+
 // retry records that a's run failed and Asynq will run the task again,
 // and tells watchers. It reports false when a was no longer current.
 func (l *lifecycle) retry(ctx context.Context, a *attempt, errMsg string) bool {
-	n, err := l.transition(ctx, a.job(), a.task, strconv.Itoa(a.n), StateRetry, false, errMsg, nil, true)
+	op := newOp()
+	n, err := l.runTransition(ctx, op, a, StateRetry, false, errMsg, nil, true)
 	if err != nil {
+		// Unknown outcome: if it was applied, the next run's start or the
+		// lost-job sweep moves the job on; either way Asynq retries.
 		l.cfg.Logger.Error("recording retry failed", "job", a.job(), "err", err)
+		return true
 	}
-	if n != 1 {
+	if n != trDone {
 		return false
 	}
 	_ = l.st.rdb.ZRem(ctx, l.st.runningKey(), a.job()).Err()
-	l.publish(ctx, a.job(), "state", stateEvent{State: StateRetry, Attempt: a.n, Error: errMsg})
+	if _, err := l.publishOnce(ctx, a.stop, op, a.job(), progress.Draft{Name: "state", Data: stateEvent{State: StateRetry, Attempt: a.n, Error: errMsg}}); err != nil {
+		l.cfg.Logger.Error("lifecycle event lost", "job", a.job(), "event", "state retry", "err", err)
+	}
 	return true
 }
 
@@ -369,12 +474,15 @@ func (l *lifecycle) retry(ctx context.Context, a *attempt, errMsg string) bool {
 // until Asynq has done so, so a worker killed while draining is still
 // noticed as lost.
 func (l *lifecycle) handBack(ctx context.Context, a *attempt) {
-	n, err := l.transition(ctx, a.job(), a.task, strconv.Itoa(a.n), StatePending, false, "", nil, false)
+	op := newOp()
+	n, err := l.runTransition(ctx, op, a, StatePending, false, "", nil, false)
 	if err != nil {
 		l.cfg.Logger.Error("recording hand-back failed", "job", a.job(), "err", err)
 	}
-	if n == 1 {
-		l.publish(ctx, a.job(), "state", stateEvent{State: StatePending, Attempt: a.n, Message: msgHandBack})
+	if n == trDone {
+		if _, err := l.publishOnce(ctx, a.stop, op, a.job(), progress.Draft{Name: "state", Data: stateEvent{State: StatePending, Attempt: a.n, Message: msgHandBack}}); err != nil {
+			l.cfg.Logger.Error("lifecycle event lost", "job", a.job(), "event", "state pending", "err", err)
+		}
 	}
 }
 
@@ -395,29 +503,38 @@ func (l *lifecycle) release(ctx context.Context, a *attempt) {
 // finishRun ends the job from its run a: state is completed, failed or
 // canceled. When Redis lost the record while the job ran, the record is
 // restored with the end, so the end still reaches watchers (in the log's
-// new epoch). It reports whether a's end was recorded (false: a was no
-// longer current, and its results are dropped).
+// new epoch). It reports false only when a was no longer current (its
+// results are dropped); when Redis stayed unavailable for EndRetryFor it
+// reports true, and the outcome is settled by the reconciler (a recorded
+// end's debt) or the lost-job sweep (an unrecorded one).
 func (l *lifecycle) finishRun(ctx context.Context, a *attempt, state string, result json.RawMessage, errMsg string) bool {
-	n, err := l.transition(ctx, a.job(), a.task, strconv.Itoa(a.n), state, true, errMsg, result, true)
+	return l.finishRunOp(ctx, newOp(), a, state, result, errMsg)
+}
+
+// finishRunOp is finishRun as transition op: calling it again with the
+// same op (the reply of the first call was lost) publishes the end once.
+func (l *lifecycle) finishRunOp(ctx context.Context, op string, a *attempt, state string, result json.RawMessage, errMsg string) bool {
+	n, err := l.runTransition(ctx, op, a, state, true, errMsg, result, true)
 	if err != nil {
-		l.cfg.Logger.Error("recording the end of a job failed", "job", a.job(), "state", state, "err", err)
-		return false
+		l.cfg.Logger.Error("recording the end of a job failed; the reconciler or the lost-job sweep settles it", "job", a.job(), "state", state, "err", err)
+		return true
 	}
-	if n == -1 {
-		created, err := l.restore(ctx, a, state, result, errMsg)
+	if n == trGone {
+		created, err := l.restore(ctx, op, a, state, result, errMsg)
 		if err != nil {
 			l.cfg.Logger.Error("restoring a lost job record failed", "job", a.job(), "err", err)
 		}
-		if !created { // restored meanwhile (by our heartbeat): end it as usual
-			n, err = l.transition(ctx, a.job(), a.task, strconv.Itoa(a.n), state, true, errMsg, result, true)
+		if !created { // restored meanwhile (by our heartbeat, or our own reply was lost): end it as usual
+			n, err = l.runTransition(ctx, op, a, state, true, errMsg, result, true)
 			if err != nil {
 				l.cfg.Logger.Error("recording the end of a job failed", "job", a.job(), "state", state, "err", err)
+				return true
 			}
 		} else {
-			n = 1
+			n = trDone
 		}
 	}
-	if n != 1 {
+	if n != trDone {
 		return false
 	}
 	// Counted before the events go out: a watcher that saw the end finds
@@ -425,20 +542,23 @@ func (l *lifecycle) finishRun(ctx context.Context, a *attempt, state string, res
 	if l.cfg.Observer != nil {
 		l.cfg.Observer.JobFinished(a.rec.Type, state, time.Since(a.started), true)
 	}
-	l.announceEnd(ctx, a.job(), state, result, errMsg)
+	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg)
 	return true
 }
 
 // end ends the job from outside a run (the submitter, a cancel, the
 // reconciler), if task is still its current task and attemptN (when not
-// "") its current attempt.
+// "") its current attempt. One try: when its outcome is unknown, the
+// reconciler settles it (it pays a recorded end's debt, or ends the job
+// again).
 func (l *lifecycle) end(ctx context.Context, id, task, attemptN, state string, result json.RawMessage, errMsg string) bool {
-	n, err := l.transition(ctx, id, task, attemptN, state, true, errMsg, result, true)
+	op := newOp()
+	n, err := l.transition(ctx, op, id, task, attemptN, state, true, errMsg, result, true)
 	if err != nil {
-		l.cfg.Logger.Error("recording the end of a job failed", "job", id, "state", state, "err", err)
+		l.cfg.Logger.Error("recording the end of a job failed; the reconciler settles it", "job", id, "state", state, "err", err)
 		return false
 	}
-	if n != 1 {
+	if n != trDone && n != trDoneBy {
 		return false
 	}
 	if l.cfg.Observer != nil {
@@ -451,27 +571,72 @@ func (l *lifecycle) end(ctx context.Context, id, task, attemptN, state string, r
 			l.cfg.Logger.Warn("job end not counted in metrics: record unreadable", "job", id, "err", err)
 		}
 	}
-	l.announceEnd(ctx, id, state, result, errMsg)
+	l.announceEnd(ctx, nil, op, id, state, result, errMsg)
 	return true
 }
 
-// announceEnd publishes a recorded end: "state", then "result" or
-// "failed" as the job's last event, and notifies the owner; the job leaves
-// the open and running indexes.
-func (l *lifecycle) announceEnd(ctx context.Context, id, state string, result json.RawMessage, errMsg string) {
+// clearDebtScript clears a recorded end's debt once its events are in the
+// log (ARGV: the op that owes them).
+var clearDebtScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'owed') == ARGV[1] then redis.call('HDEL', KEYS[1], 'owed', 'owed_at', 'owed_err') end
+return 1
+`)
+
+// announceEnd publishes the recorded end op, once however often it is
+// called: "state", then "result" or "failed" as the job's last event, in
+// one atomic append; then clears the record's debt, takes the job out of
+// the open and running indexes and notifies the owner (when this call
+// appended the events). Until the debt is cleared the job stays open, so
+// the reconciler pays it if this fails (Redis unavailable for a run's
+// EndRetryFor, or stop nil: one try).
+func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id, state string, result json.RawMessage, errMsg string) {
+	events := []progress.Draft{{Name: "state", Data: stateEvent{State: state, Error: errMsg}}}
+	switch state {
+	case StateCompleted:
+		events = append(events, progress.Draft{Name: "result", Data: map[string]json.RawMessage{"result": orNull(result)}})
+	case StateFailed:
+		events = append(events, progress.Draft{Name: "failed", Data: map[string]string{"error": errMsg}})
+	}
+	fresh, err := l.publishOnce(ctx, stop, op, id, events...)
+	if err != nil {
+		l.cfg.Logger.Error("publishing a job's end failed; the reconciler publishes it", "job", id, "state", state, "err", err)
+		return
+	}
+	if err := clearDebtScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(id)}, op).Err(); err != nil {
+		// Published: the reconciler's second try appends nothing.
+		l.cfg.Logger.Warn("clearing a job's event debt failed; the reconciler does", "job", id, "err", err)
+		return
+	}
 	_, _ = l.st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.ZRem(ctx, l.st.openKey(), id)
 		p.ZRem(ctx, l.st.runningKey(), id)
 		return nil
 	})
-	l.publish(ctx, id, "state", stateEvent{State: state, Error: errMsg})
-	switch state {
-	case StateCompleted:
-		l.publish(ctx, id, "result", map[string]json.RawMessage{"result": orNull(result)})
-	case StateFailed:
-		l.publish(ctx, id, "failed", map[string]string{"error": errMsg})
+	if fresh {
+		l.notifyOwner(ctx, id, state, errMsg)
 	}
-	l.notifyOwner(ctx, id, state, errMsg)
+}
+
+// payDebt publishes the end of a final job whose events were not
+// confirmed published (its announcer failed or died), once the debt is
+// older than DebtAge by the server's clock, so a live announcer usually
+// finishes first (and if not, PublishOnce keeps it to one end). It
+// reports whether the job stays open (the debt is not paid yet).
+func (l *lifecycle) payDebt(ctx context.Context, rec *record) (bool, error) {
+	now, err := l.st.rdb.Time(ctx).Result()
+	if err != nil {
+		return true, fmt.Errorf("jobs: read the server's clock: %w", err)
+	}
+	if now.Sub(time.UnixMilli(rec.OwedAt)) < l.cfg.DebtAge {
+		return true, nil
+	}
+	l.cfg.Logger.Warn("publishing the end of a job whose events were owed", "job", rec.ID, "state", rec.Final)
+	l.announceEnd(ctx, nil, rec.Owed, rec.ID, rec.Final, rec.Result, rec.OwedErr)
+	after, err := l.st.get(ctx, rec.ID)
+	if err != nil {
+		return true, err
+	}
+	return after.Owed != "", nil
 }
 
 // stateLost tells the watchers of a job whose record is gone, and can not
@@ -532,7 +697,8 @@ func (l *lifecycle) canceled(ctx context.Context, id string) (bool, error) {
 // asked), failed (no retries left) or given a new task: a new task id, so
 // Asynq can run it now although it still holds the old task as active
 // under the dead worker's lease, and so a late run of the old task is
-// told it is stale.
+// told it is stale. A final end records op (ARGV[6]) and the debt of its
+// events, as a final transition does.
 var lostScript = redis.NewScript(redisNow + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
 local f = redis.call('HMGET', KEYS[1], 'task', 'attempt', 'final', 'hb', 'left', 'gen', 'canceled')
@@ -540,12 +706,14 @@ if (f[1] or ARGV[1]) ~= ARGV[3] or f[2] ~= ARGV[4] or f[3] or not f[4] then retu
 if tonumber(f[4]) > now - tonumber(ARGV[2]) then return {'alive'} end
 redis.call('HDEL', KEYS[1], 'hb')
 if f[7] == '1' then
-  redis.call('HSET', KEYS[1], 'state', 'canceled', 'final', 'canceled', 'updated_at', now)
+  redis.call('HSET', KEYS[1], 'state', 'canceled', 'final', 'canceled', 'updated_at', now,
+    'op', ARGV[6], 'owed', ARGV[6], 'owed_at', now, 'owed_err', '')
   return {'canceled'}
 end
 local left = tonumber(f[5] or '0')
 if left <= 0 then
-  redis.call('HSET', KEYS[1], 'state', 'failed', 'final', 'failed', 'error', ARGV[5], 'updated_at', now)
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'final', 'failed', 'error', ARGV[5], 'updated_at', now,
+    'op', ARGV[6], 'owed', ARGV[6], 'owed_at', now, 'owed_err', ARGV[5])
   return {'failed'}
 end
 local gen = tonumber(f[6] or '1') + 1
@@ -575,8 +743,9 @@ func (l *lifecycle) lost(ctx context.Context, id string, lostAfter time.Duration
 		l.end(ctx, id, rec.Task, strconv.Itoa(rec.Attempt), StateCompleted, info.Result, "")
 		return nil
 	}
+	op := newOp()
 	res, err := lostScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(id)},
-		id, lostAfter.Milliseconds(), rec.Task, rec.Attempt, reasonWorkerLost).Slice()
+		id, lostAfter.Milliseconds(), rec.Task, rec.Attempt, reasonWorkerLost, op).Slice()
 	if err != nil {
 		return fmt.Errorf("jobs: lost %s: %w", id, err)
 	}
@@ -587,11 +756,11 @@ func (l *lifecycle) lost(ctx context.Context, id string, lostAfter time.Duration
 		return l.st.rdb.ZRem(ctx, l.st.runningKey(), id).Err()
 	case "canceled":
 		l.cfg.Logger.Warn("worker lost while a canceled job ran", "job", id, "attempt", rec.Attempt)
-		l.announceEnd(ctx, id, StateCanceled, nil, "")
+		l.announceEnd(ctx, nil, op, id, StateCanceled, nil, "")
 		return nil
 	case "failed":
 		l.cfg.Logger.Warn("worker lost on the job's last attempt", "job", id, "attempt", rec.Attempt)
-		l.announceEnd(ctx, id, StateFailed, nil, reasonWorkerLost)
+		l.announceEnd(ctx, nil, op, id, StateFailed, nil, reasonWorkerLost)
 		return nil
 	}
 	task, _ := res[1].(string)
@@ -608,7 +777,8 @@ func (l *lifecycle) lost(ctx context.Context, id string, lostAfter time.Duration
 // reconcile brings job id's record in line with Asynq when something
 // other than our own code moved its task: an operator's delete (ends
 // canceled), archive (failed), a run whose end was not recorded
-// (completed), or an enqueue cut short (enqueued now). A job a run holds
+// (completed), or an enqueue cut short (enqueued now). It also publishes
+// the end of a final job that still owes its events (see payDebt). A job a run holds
 // is left to its heartbeat and the lost-job sweep. It reports whether the
 // job is still open.
 func (l *lifecycle) reconcile(ctx context.Context, id string) (bool, error) {
@@ -620,6 +790,9 @@ func (l *lifecycle) reconcile(ctx context.Context, id string) (bool, error) {
 		return true, err
 	}
 	if rec.Final != "" {
+		if rec.Owed != "" { // its end's events may not have been published
+			return l.payDebt(ctx, rec)
+		}
 		return false, l.st.rdb.ZRem(ctx, l.st.openKey(), id).Err()
 	}
 	if rec.Claim != 0 {

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"taskstream/progress"
+	"taskstream/wire"
 )
 
 // Errors returned by Service; the web layer maps them to HTTP statuses.
@@ -22,7 +23,7 @@ var (
 )
 
 // Group returns the progress group that carries job id's events.
-func Group(id string) string { return "job:" + id }
+func Group(id string) string { return wire.JobGroup(id).String() }
 
 // Config configures a Service and a Worker. The zero value is usable.
 type Config struct {
@@ -36,6 +37,22 @@ type Config struct {
 	// workers and read by the API. Both must see the same directory.
 	// Default: "taskstream-artifacts" under the OS temp directory.
 	ArtifactDir string
+	// EndRetryDelay is how long a run waits before it retries recording
+	// or publishing its job's state change after a Redis call failed (a
+	// timeout leaves the outcome unknown; the retry is recognized as the
+	// same change). Each further wait doubles, up to EndRetryMaxDelay.
+	// Default 200ms.
+	EndRetryDelay time.Duration
+	// EndRetryMaxDelay caps the wait between such retries. Default 5s.
+	EndRetryMaxDelay time.Duration
+	// EndRetryFor bounds how long a run keeps retrying; after it, the
+	// reconciler or the lost-job sweep settles the job. Default 1m.
+	EndRetryFor time.Duration
+	// DebtAge is how old a recorded end whose events are not known to be
+	// published must be before the reconciler publishes them (its
+	// announcer failed or died); younger ones are left to their announcer.
+	// Default 5s.
+	DebtAge time.Duration
 	// JobLink is the link a finished job's notification carries, a format
 	// with one %s for the job id. Default "/#job-%s" (the page's anchor).
 	JobLink string
@@ -60,6 +77,18 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.EndRetryDelay <= 0 {
+		c.EndRetryDelay = 200 * time.Millisecond
+	}
+	if c.EndRetryMaxDelay <= 0 {
+		c.EndRetryMaxDelay = 5 * time.Second
+	}
+	if c.EndRetryFor <= 0 {
+		c.EndRetryFor = time.Minute
+	}
+	if c.DebtAge <= 0 {
+		c.DebtAge = 5 * time.Second
 	}
 	if c.JobLink == "" {
 		c.JobLink = "/#job-%s"

@@ -11,22 +11,22 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"taskstream/wire"
 )
 
-// Job states (docs/protocol.md).
+// Job states, as the protocol names them (package wire).
 const (
-	StatePending   = "pending"
-	StateActive    = "active"
-	StateRetry     = "retry"
-	StateCompleted = "completed"
-	StateFailed    = "failed"
-	StateCanceled  = "canceled"
+	StatePending   = wire.StatePending
+	StateActive    = wire.StateActive
+	StateRetry     = wire.StateRetry
+	StateCompleted = wire.StateCompleted
+	StateFailed    = wire.StateFailed
+	StateCanceled  = wire.StateCanceled
 )
 
 // Terminal reports whether state is one a job never leaves.
-func Terminal(state string) bool {
-	return state == StateCompleted || state == StateFailed || state == StateCanceled
-}
+func Terminal(state string) bool { return wire.Terminal(state) }
 
 // store keeps the job records that Asynq does not: type, params, queue,
 // creation time, state, attempt, the current Asynq task, the cancel flag
@@ -79,6 +79,12 @@ type record struct {
 	Claim int64
 	// Left is how many retries Asynq has left for the current task.
 	Left int
+	// Owed is the op id of a recorded end whose events are not yet known
+	// to be in the log ("" when none is owed); OwedAt is when that end was
+	// recorded (Redis time, ms) and OwedErr the error its events carry.
+	Owed    string
+	OwedAt  int64
+	OwedErr string
 }
 
 func newJobID() string {
@@ -132,6 +138,8 @@ func (s *store) get(ctx context.Context, id string) (*record, error) {
 	r.HandoffRetry, _ = strconv.Atoi(m["handoff_retry"])
 	r.Claim, _ = strconv.ParseInt(m["hb"], 10, 64)
 	r.Left, _ = strconv.Atoi(m["left"])
+	r.Owed, r.OwedErr = m["owed"], m["owed_err"]
+	r.OwedAt, _ = strconv.ParseInt(m["owed_at"], 10, 64)
 	if v, ok := m["result"]; ok {
 		r.Result = json.RawMessage(v)
 	}

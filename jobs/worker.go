@@ -240,6 +240,9 @@ func (w *Worker) handler(t Type) asynq.HandlerFunc {
 			lc.end(pubCtx, jobOfTask(taskID), taskID, "", StateCanceled, nil, "")
 			return fmt.Errorf("job %s canceled before it started: %w", jobOfTask(taskID), asynq.SkipRetry)
 		}
+		// The run's end outlasts a Redis outage (see Config.EndRetryFor),
+		// but not the worker's own shutdown.
+		a.stop = w.bgCtx.Done()
 		id := a.job()
 		runCtx, cancel := context.WithCancelCause(ctx)
 		defer cancel(nil)

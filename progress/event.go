@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"taskstream/wire"
 )
 
 // Event is one entry of a group's log, as delivered to subscribers.
@@ -26,17 +28,6 @@ type Event struct {
 	frame     []byte
 }
 
-// eventFrame is the wire form of an event (docs/protocol.md, "event" frame).
-type eventFrame struct {
-	Type  string          `json:"type"`
-	Group string          `json:"group"`
-	Seq   int64           `json:"seq"`
-	Epoch string          `json:"epoch"`
-	Event string          `json:"event"`
-	Data  json.RawMessage `json:"data"`
-	TS    string          `json:"ts"`
-}
-
 // Frame returns the event encoded as the protocol's "event" frame. It is
 // encoded once and shared: fan-out to many sockets costs one encoding per
 // process, not one per socket. Callers must not modify the returned slice.
@@ -46,8 +37,8 @@ func (e *Event) Frame() []byte {
 		if len(data) == 0 {
 			data = json.RawMessage("null")
 		}
-		f := eventFrame{
-			Type: "event", Group: e.Group, Seq: e.Seq, Epoch: e.Epoch,
+		f := wire.EventFrame{
+			Type: wire.TypeEvent, Group: e.Group, Seq: e.Seq, Epoch: e.Epoch,
 			Event: e.Name, Data: data, TS: e.Time.UTC().Format(time.RFC3339Nano),
 		}
 		b, err := json.Marshal(f)
@@ -68,15 +59,13 @@ func (e *Event) Frame() []byte {
 func (e *Event) MarshalJSON() ([]byte, error) { return e.Frame(), nil }
 
 var (
-	groupPattern = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}(:[A-Za-z0-9_.@-]{1,128})?$`)
-	namePattern  = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,63}$`)
+	namePattern = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,63}$`)
 )
 
-// ValidGroup reports whether name is a well-formed group name: a kind
-// ("job", "chat", "user", "dashboard", …) optionally followed by ":" and an
-// id of 1–128 characters from [A-Za-z0-9_.@-]. Which groups a caller may
-// join is decided by the caller's layer, not here.
-func ValidGroup(name string) bool { return groupPattern.MatchString(name) }
+// ValidGroup reports whether name is a well-formed group name
+// (wire.ParseGroup: a kind, optionally ":" and an id). Which groups a
+// caller may join is decided by the caller's layer, not here.
+func ValidGroup(name string) bool { return wire.ValidGroup(name) }
 
 // GroupKind returns the kind of a group name: the part before ":", or the
 // whole name when it has no id ("dashboard").

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"taskstream/wire"
 )
 
 // encodeMessage builds a pub/sub payload exactly as appendScript does:
@@ -92,7 +94,7 @@ func mustMarshal(t testing.TB, v any) string {
 // decodeMessage, but constructible) still gets a well-formed frame.
 func TestEventFrameInvalidDataStaysJSON(t *testing.T) {
 	ev := &Event{Group: "job:1", Seq: 3, Epoch: "\x00\"ep", Name: "bad\x04name", Data: json.RawMessage("{oops"), Time: time.Unix(0, 0)}
-	var f eventFrame
+	var f wire.EventFrame
 	if err := json.Unmarshal(ev.Frame(), &f); err != nil {
 		t.Fatalf("frame is not JSON: %v: %s", err, ev.Frame())
 	}
@@ -138,7 +140,7 @@ func TestDecodeMessageRoundTrip(t *testing.T) {
 				string(ev.Data) != tc.data || !ev.Time.Equal(ts) {
 				t.Fatalf("decoded %+v", ev)
 			}
-			var f eventFrame
+			var f wire.EventFrame
 			if err := json.Unmarshal(ev.Frame(), &f); err != nil {
 				t.Fatalf("frame %s: %v", ev.Frame(), err)
 			}
@@ -194,7 +196,7 @@ func FuzzDecodeMessage(f *testing.F) {
 		// Any payload: no panic, and whatever decodes yields a valid frame.
 		if ev, err := decodeMessage("job:fuzz", payload); err == nil {
 			frame := ev.Frame()
-			var fr eventFrame
+			var fr wire.EventFrame
 			if err := json.Unmarshal(frame, &fr); err != nil {
 				t.Fatalf("decodeMessage(%q) accepted an event whose frame is not JSON: %v: %s", payload, err, frame)
 			}
@@ -219,7 +221,7 @@ func FuzzDecodeMessage(f *testing.F) {
 		if ev.Seq != seq || ev.Epoch != epoch || ev.Name != name || !bytes.Equal(ev.Data, raw) || !ev.Time.Equal(when) {
 			t.Fatalf("round trip changed the event: got %+v", ev)
 		}
-		var fr eventFrame
+		var fr wire.EventFrame
 		if err := json.Unmarshal(ev.Frame(), &fr); err != nil {
 			t.Fatalf("frame of a valid event is not JSON: %v: %s", err, ev.Frame())
 		}

@@ -332,3 +332,96 @@ func (s Snapshot) Newest(names ...string) *Event {
 	}
 	return nil
 }
+
+// Draft is an event to append with PublishOnce: a name and its payload
+// (as Publish takes them).
+type Draft struct {
+	Name string
+	Data any
+}
+
+// publishOnceScript appends a batch of events (and publishes each) in one
+// atomic step, unless the batch's key is the last one the group recorded:
+// then it appends nothing and returns the seqs the batch got before. ARGV:
+// new epoch, key, time, max length, TTL ms, channel, then name and data of
+// each event. Only the last key is kept: a caller retries its own batch
+// before it makes another.
+var publishOnceScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'op') == ARGV[2] then
+  return {0, redis.call('HGET', KEYS[1], 'epoch') or '', redis.call('HGET', KEYS[1], 'op_seqs') or ''}
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local seqs = {}
+for i = 7, #ARGV, 2 do
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  if seq == 1 then
+    epoch = ARGV[1]
+    redis.call('HSET', KEYS[1], 'epoch', epoch)
+    redis.call('DEL', KEYS[2])
+  end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'e', ARGV[i], 'd', ARGV[i+1], 't', ARGV[3])
+  redis.call('PUBLISH', ARGV[6], seq .. '\n' .. epoch .. '\n' .. ARGV[i] .. '\n' .. ARGV[3] .. '\n' .. ARGV[i+1])
+  seqs[#seqs+1] = seq
+end
+redis.call('HSET', KEYS[1], 'op', ARGV[2], 'op_seqs', table.concat(seqs, ','))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return {1, epoch, table.concat(seqs, ',')}
+`)
+
+// PublishOnce appends events to group's log, and publishes them to its
+// live subscribers, as one atomic Redis step that happens at most once
+// for key: calling it again with the same key (after an error whose
+// outcome is unknown, such as a timeout, or from another process paying
+// the same debt) appends nothing and returns the events with the seqs they
+// got the first time, and fresh false. The group remembers only its last
+// key, so a caller must finish one batch (retry it until it succeeds)
+// before it starts another under a new key. Errors that mean Redis is
+// unavailable wrap ErrUnavailable.
+func (l *Log) PublishOnce(ctx context.Context, group, key string, events ...Draft) (evs []*Event, fresh bool, err error) {
+	if !ValidGroup(group) {
+		return nil, false, fmt.Errorf("%w: group %q", ErrInvalid, group)
+	}
+	if key == "" || len(events) == 0 {
+		return nil, false, fmt.Errorf("%w: PublishOnce needs a key and events", ErrInvalid)
+	}
+	now := time.Now().UTC()
+	args := []any{newEpoch(), key, now.Format(time.RFC3339Nano), l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group)}
+	evs = make([]*Event, len(events))
+	for i, d := range events {
+		if !ValidEventName(d.Name) {
+			return nil, false, fmt.Errorf("%w: event name %q", ErrInvalid, d.Name)
+		}
+		raw, err := encodeData(d.Data)
+		if err != nil {
+			return nil, false, err
+		}
+		args = append(args, d.Name, string(raw))
+		evs[i] = &Event{Group: group, Name: d.Name, Data: raw, Time: now}
+	}
+	res, err := publishOnceScript.Run(ctx, l.rdb, []string{l.metaKey(group), l.streamKey(group)}, args...).Slice()
+	if err != nil {
+		return nil, false, fmt.Errorf("progress: publish %s batch %s: %w", group, key, unavailable(err))
+	}
+	if len(res) != 3 {
+		return nil, false, fmt.Errorf("progress: publish %s: unexpected reply %v", group, res)
+	}
+	epoch, _ := res[1].(string)
+	list, _ := res[2].(string)
+	seqs := strings.Split(list, ",")
+	if len(seqs) != len(evs) {
+		// A replay whose batch differs in size is the caller's bug: say so
+		// rather than pair the wrong seqs with the events.
+		return nil, false, fmt.Errorf("%w: batch %s of %s was published with %d events, not %d", ErrInvalid, key, group, len(seqs), len(evs))
+	}
+	for i, s := range seqs {
+		evs[i].Seq, _ = strconv.ParseInt(s, 10, 64)
+		evs[i].Epoch = epoch
+	}
+	return evs, toInt64(res[0]) == 1, nil
+}
+
+func toInt64(v any) int64 {
+	n, _ := v.(int64)
+	return n
+}

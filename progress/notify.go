@@ -3,6 +3,8 @@ package progress
 import (
 	"context"
 	"fmt"
+
+	"taskstream/wire"
 )
 
 // Notification is the payload of a "notification" event: a short message
@@ -14,7 +16,7 @@ type Notification struct {
 }
 
 // UserGroup is the group that reaches every open tab of user id.
-func UserGroup(id string) string { return "user:" + id }
+func UserGroup(id string) string { return wire.UserGroup(id).String() }
 
 // Notify pushes n to group (a user's group from UserGroup, or any other)
 // from any Go process that shares the Redis: the same fan-out as
@@ -24,5 +26,5 @@ func Notify(ctx context.Context, log *Log, group string, n Notification) (*Event
 	if n.Title == "" {
 		return nil, fmt.Errorf("%w: a notification needs a title", ErrInvalid)
 	}
-	return log.Publish(ctx, group, "notification", n)
+	return log.Publish(ctx, group, wire.EventNotification, n)
 }

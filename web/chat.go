@@ -17,6 +17,7 @@ import (
 
 	"taskstream/progress"
 	"taskstream/web/auth"
+	"taskstream/wire"
 )
 
 // maxChatRunes bounds one chat message.
@@ -40,7 +41,7 @@ func (s *Server) publish(ctx context.Context, who auth.Principal, group string, 
 	if kind != "chat" {
 		return apiErr(CodeForbidden, "clients may publish to chat rooms only")
 	}
-	if !chatRoom.MatchString(room) {
+	if !wire.ValidRoom(room) {
 		return apiErr(CodeBadRequest, "a chat room name is 1-64 of A-Z a-z 0-9 _ -")
 	}
 	var in chatInput
@@ -121,7 +122,7 @@ func (s *Server) handlePostMessage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleChatPage(w http.ResponseWriter, r *http.Request) {
-	if !chatRoom.MatchString(chi.URLParam(r, "room")) {
+	if !wire.ValidRoom(chi.URLParam(r, "room")) {
 		s.writeError(w, r, apiErr(CodeNotFound, "a chat room name is 1-64 of A-Z a-z 0-9 _ -"))
 		return
 	}

@@ -23,6 +23,7 @@ import (
 	"taskstream/progress/progresstest"
 	"taskstream/web/auth"
 	"taskstream/web/metrics"
+	"taskstream/wire"
 )
 
 // testEnv is a whole taskstream on one Redis: log, job service, an
@@ -272,21 +273,7 @@ func (c *wsClient) send(v any) {
 }
 
 // frame is a decoded server frame; fields cover every frame type.
-type frame struct {
-	Type      string          `json:"type"`
-	Group     string          `json:"group"`
-	Ref       json.RawMessage `json:"ref"`
-	Seq       int64           `json:"seq"`
-	Epoch     string          `json:"epoch"`
-	Event     string          `json:"event"`
-	Data      json.RawMessage `json:"data"`
-	TS        string          `json:"ts"`
-	LastSeq   int64           `json:"last_seq"`
-	Replayed  int             `json:"replayed"`
-	Recovered bool            `json:"recovered"`
-	Code      string          `json:"code"`
-	Message   string          `json:"message"`
-}
+type frame = wire.ServerFrame
 
 // read returns the next frame, failing the test after 10 s.
 func (c *wsClient) read() frame {

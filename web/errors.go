@@ -7,37 +7,24 @@ import (
 	"strconv"
 
 	"taskstream/progress"
+	"taskstream/wire"
 )
 
-// Error codes of docs/protocol.md, used in HTTP error bodies and socket error
+// Error codes (package wire), used in HTTP error bodies and socket error
 // frames alike.
 const (
-	CodeBadRequest       = "bad_request"
-	CodeUnauthenticated  = "unauthenticated"
-	CodeForbidden        = "forbidden"
-	CodeNotFound         = "not_found"
-	CodeConflict         = "conflict"
-	CodeTooLarge         = "too_large"
-	CodeUnsupportedMedia = "unsupported_media_type"
-	CodeRateLimited      = "rate_limited"
-	CodeUnavailable      = "unavailable"
-	CodeInternal         = "internal"
-	CodeMethodNotAllowed = "method_not_allowed"
+	CodeBadRequest       = wire.CodeBadRequest
+	CodeUnauthenticated  = wire.CodeUnauthenticated
+	CodeForbidden        = wire.CodeForbidden
+	CodeNotFound         = wire.CodeNotFound
+	CodeConflict         = wire.CodeConflict
+	CodeTooLarge         = wire.CodeTooLarge
+	CodeUnsupportedMedia = wire.CodeUnsupportedMedia
+	CodeRateLimited      = wire.CodeRateLimited
+	CodeUnavailable      = wire.CodeUnavailable
+	CodeInternal         = wire.CodeInternal
+	CodeMethodNotAllowed = wire.CodeMethodNotAllowed
 )
-
-var statusOf = map[string]int{
-	CodeBadRequest:       http.StatusBadRequest,
-	CodeUnauthenticated:  http.StatusUnauthorized,
-	CodeForbidden:        http.StatusForbidden,
-	CodeNotFound:         http.StatusNotFound,
-	CodeConflict:         http.StatusConflict,
-	CodeTooLarge:         http.StatusRequestEntityTooLarge,
-	CodeUnsupportedMedia: http.StatusUnsupportedMediaType,
-	CodeRateLimited:      http.StatusTooManyRequests,
-	CodeUnavailable:      http.StatusServiceUnavailable,
-	CodeInternal:         http.StatusInternalServerError,
-	CodeMethodNotAllowed: http.StatusMethodNotAllowed,
-}
 
 // APIError is a failure the client can act on: a protocol code and a
 // message safe to show.
@@ -55,21 +42,11 @@ const unavailableRetryAfter = 2
 func (e *APIError) Error() string { return e.Code + ": " + e.Message }
 
 // Status is the HTTP status of the error's code.
-func (e *APIError) Status() int {
-	if s, ok := statusOf[e.Code]; ok {
-		return s
-	}
-	return http.StatusInternalServerError
-}
+func (e *APIError) Status() int { return wire.HTTPStatus(e.Code) }
 
 func apiErr(code, msg string) *APIError { return &APIError{Code: code, Message: msg} }
 
-type errorBody struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
+type errorBody = wire.ErrorBody
 
 // toAPIError is the one place where an error becomes what the client is
 // told, on HTTP and on the socket alike. An *APIError is shown as it is.

@@ -17,6 +17,7 @@ import (
 
 	"taskstream/jobs"
 	"taskstream/progress"
+	"taskstream/wire"
 )
 
 // Fallbacks on the same log (docs/protocol.md): a group's events over a socket
@@ -94,7 +95,7 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, group strin
 	switch {
 	case websocket.IsWebSocketUpgrade(r):
 		after := q.after
-		s.serveSocket(w, r, &clientFrame{Op: opSubscribe, Group: group, After: &after, Epoch: q.epoch})
+		s.serveSocket(w, r, &clientFrame{ClientFrame: wire.ClientFrame{Op: opSubscribe, Group: group, After: &after, Epoch: q.epoch}})
 	case acceptsEventStream(r):
 		s.serveSSE(w, r, group, q)
 	default:
@@ -249,7 +250,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, group string, 
 	if !write("retry: 2000\n\n") {
 		return
 	}
-	isJob := strings.HasPrefix(group, "job:")
+	isJob := strings.HasPrefix(group, wire.KindJob+":")
 	heartbeat := time.NewTicker(s.cfg.SSEHeartbeat)
 	defer heartbeat.Stop()
 	for {
@@ -367,7 +368,7 @@ func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group str
 }
 
 func subscribedJSON(group string, ref json.RawMessage, info progress.SyncInfo) []byte {
-	return mustJSON(subscribedFrame{Type: "subscribed", Group: group, Ref: ref, Epoch: info.Epoch,
+	return mustJSON(subscribedFrame{Type: wire.TypeSubscribed, Group: group, Ref: ref, Epoch: info.Epoch,
 		LastSeq: info.LastSeq, Replayed: info.Replayed, Recovered: info.Recovered})
 }
 

@@ -7,28 +7,26 @@ import (
 	"strconv"
 
 	"taskstream/progress"
+	"taskstream/wire"
 )
 
-// Socket operations a client may send (docs/protocol.md, "The socket").
+// Socket operations a client may send (package wire).
 const (
-	opSubscribe   = "subscribe"
-	opUnsubscribe = "unsubscribe"
-	opPublish     = "publish"
-	opPing        = "ping"
+	opSubscribe   = wire.OpSubscribe
+	opUnsubscribe = wire.OpUnsubscribe
+	opPublish     = wire.OpPublish
+	opPing        = wire.OpPing
 )
 
-// clientFrame is one decoded client frame.
+// clientFrame is one decoded client frame: wire.ClientFrame, whose After
+// decodeClientFrame parses from RawAfter.
 type clientFrame struct {
-	Op    string          `json:"op"`
-	Group string          `json:"group"`
-	After *int64          `json:"-"` // parsed from RawAfter by decodeClientFrame
-	Epoch string          `json:"epoch"`
-	Data  json.RawMessage `json:"data"`
-	Ref   json.RawMessage `json:"ref"`
+	wire.ClientFrame
 
-	// RawAfter is "after" as sent: decoded by parseSeq, so every bad
-	// value (a fraction, an exponent, a string, beyond int64) gets the
-	// same clear message instead of encoding/json's.
+	// RawAfter is "after" as sent (it shadows ClientFrame.After when
+	// decoding): decoded by parseSeq, so every bad value (a fraction, an
+	// exponent, a string, beyond int64) gets the same clear message
+	// instead of encoding/json's.
 	RawAfter json.RawMessage `json:"after"`
 }
 
@@ -66,7 +64,7 @@ func decodeClientFrame(b []byte) (clientFrame, *APIError) {
 			Ref json.RawMessage `json:"ref"`
 		}
 		if json.Unmarshal(b, &refOnly) == nil && validRef(refOnly.Ref) {
-			f = clientFrame{Ref: refOnly.Ref}
+			f = clientFrame{ClientFrame: wire.ClientFrame{Ref: refOnly.Ref}}
 		} else {
 			f = clientFrame{}
 		}
@@ -121,24 +119,11 @@ func validRef(r json.RawMessage) bool {
 	return c == '"' || c == '-' || (c >= '0' && c <= '9')
 }
 
-// Server frames.
-type subscribedFrame struct {
-	Type      string          `json:"type"`
-	Group     string          `json:"group"`
-	Ref       json.RawMessage `json:"ref,omitempty"`
-	Epoch     string          `json:"epoch"`
-	LastSeq   int64           `json:"last_seq"`
-	Replayed  int             `json:"replayed"`
-	Recovered bool            `json:"recovered"`
-}
-
-type replyFrame struct {
-	Type    string          `json:"type"`
-	Group   string          `json:"group,omitempty"`
-	Ref     json.RawMessage `json:"ref,omitempty"`
-	Code    string          `json:"code,omitempty"`
-	Message string          `json:"message,omitempty"`
-}
+// Server frames (package wire).
+type (
+	subscribedFrame = wire.SubscribedFrame
+	replyFrame      = wire.ReplyFrame
+)
 
 func mustJSON(v any) []byte {
 	b, err := json.Marshal(v)

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -18,25 +17,24 @@ import (
 
 	"taskstream/progress"
 	"taskstream/web/auth"
+	"taskstream/wire"
 )
 
 // Close codes the server uses (docs/protocol.md).
 const (
-	closeNormal    = websocket.CloseNormalClosure   // 1000
-	closeGoingAway = websocket.CloseGoingAway       // 1001: restart, reconnect and resume
-	closePolicy    = websocket.ClosePolicyViolation // 1008: bad Origin, not allowed
-	closeTooBig    = websocket.CloseMessageTooBig   // 1009: frame over the limit
-	closeTryAgain  = websocket.CloseTryAgainLater   // 1013: too slow, or Redis unavailable: reconnect later and resume from last seq
-	maxSubsPerConn = 200                            // groups one socket may watch
-	closeWait      = time.Second                    // how long a close handshake may take
+	closeNormal    = wire.CloseNormal    // 1000
+	closeGoingAway = wire.CloseGoingAway // 1001: restart, reconnect and resume
+	closePolicy    = wire.ClosePolicy    // 1008: bad Origin, not allowed
+	closeTooBig    = wire.CloseTooBig    // 1009: frame over the limit
+	closeTryAgain  = wire.CloseTryAgain  // 1013: too slow, or Redis unavailable: reconnect later and resume from last seq
+	maxSubsPerConn = 200                 // groups one socket may watch
+	closeWait      = time.Second         // how long a close handshake may take
 
 	// Transports, the label values of the taskstream_sockets gauge.
 	transportWebSocket = "websocket"
 	transportSSE       = "sse"
 	transportLongPoll  = "longpoll"
 )
-
-var chatRoom = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 var upgrader = websocket.Upgrader{
 	ReadBufferSize:  4096,
@@ -237,16 +235,16 @@ func (c *conn) readPump(ctx context.Context) {
 			// A flood: answer cheaply and drop the frame, so one client
 			// cannot turn its frames into Redis work for everyone. The ref
 			// lets a client fail the request at once instead of timing out.
-			c.reply(replyFrame{Type: "error", Ref: refOf(data), Code: CodeRateLimited, Message: "too many frames; slow down"})
+			c.reply(replyFrame{Type: wire.TypeError, Ref: refOf(data), Code: CodeRateLimited, Message: "too many frames; slow down"})
 			continue
 		}
 		if typ != websocket.TextMessage {
-			c.reply(replyFrame{Type: "error", Code: CodeBadRequest, Message: "frames must be JSON text"})
+			c.reply(replyFrame{Type: wire.TypeError, Code: CodeBadRequest, Message: "frames must be JSON text"})
 			continue
 		}
 		f, aerr := decodeClientFrame(data)
 		if aerr != nil {
-			c.reply(replyFrame{Type: "error", Ref: f.Ref, Code: aerr.Code, Message: aerr.Message})
+			c.reply(replyFrame{Type: wire.TypeError, Ref: f.Ref, Code: aerr.Code, Message: aerr.Message})
 			continue
 		}
 		c.handle(ctx, f)
@@ -334,7 +332,7 @@ func (c *conn) replyError(ref json.RawMessage, group string, err error) {
 		c.close(closeTryAgain, tryAgainText(ae))
 		return
 	}
-	c.reply(replyFrame{Type: "error", Group: group, Ref: ref, Code: ae.Code, Message: ae.Message})
+	c.reply(replyFrame{Type: wire.TypeError, Group: group, Ref: ref, Code: ae.Code, Message: ae.Message})
 }
 
 // tryAgainText is the reason of a 1013 close for ae: close reasons are at
@@ -350,7 +348,7 @@ func tryAgainText(ae *APIError) string {
 func (c *conn) handle(ctx context.Context, f clientFrame) {
 	switch f.Op {
 	case opPing:
-		c.reply(replyFrame{Type: "pong", Ref: f.Ref})
+		c.reply(replyFrame{Type: wire.TypePong, Ref: f.Ref})
 	case opSubscribe:
 		if err := c.subscribe(ctx, f); err != nil {
 			c.replyError(f.Ref, f.Group, err)
@@ -361,13 +359,13 @@ func (c *conn) handle(ctx context.Context, f clientFrame) {
 			delete(c.subs, f.Group)
 			c.leave(f.Group)
 		}
-		c.reply(replyFrame{Type: "unsubscribed", Group: f.Group, Ref: f.Ref})
+		c.reply(replyFrame{Type: wire.TypeUnsubscribed, Group: f.Group, Ref: f.Ref})
 	case opPublish:
 		if err := c.s.publish(ctx, c.who, f.Group, f.Data); err != nil {
 			c.replyError(f.Ref, f.Group, err)
 			return
 		}
-		c.reply(replyFrame{Type: "published", Group: f.Group, Ref: f.Ref})
+		c.reply(replyFrame{Type: wire.TypePublished, Group: f.Group, Ref: f.Ref})
 	}
 }
 
@@ -375,7 +373,7 @@ func (c *conn) subscribe(ctx context.Context, f clientFrame) error {
 	if err := c.s.authorizeGroup(ctx, c.who, f.Group); err != nil {
 		return err
 	}
-	if strings.HasPrefix(f.Group, "chat:") {
+	if isChat(f.Group) {
 		// Presence is state: store the guest first.
 		if _, err := c.s.materialize(ctx, c.who); err != nil {
 			return err
@@ -403,7 +401,7 @@ func (c *conn) subscribe(ctx context.Context, f clientFrame) error {
 		return hubError(err)
 	}
 	c.subs[f.Group] = sub
-	if !rejoin && strings.HasPrefix(f.Group, "chat:") && c.s.pres != nil {
+	if !rejoin && isChat(f.Group) && c.s.pres != nil {
 		member, err := c.s.currentMember(ctx, c.who)
 		if err == nil {
 			err = c.s.pres.Join(ctx, f.Group, member, c.id)
@@ -417,7 +415,7 @@ func (c *conn) subscribe(ctx context.Context, f clientFrame) error {
 
 // leave ends the connection's presence in a chat room.
 func (c *conn) leave(group string) {
-	if !strings.HasPrefix(group, "chat:") || c.s.pres == nil {
+	if !isChat(group) || c.s.pres == nil {
 		return
 	}
 	// The socket may be gone with its request context: leave regardless.
@@ -440,10 +438,13 @@ func newConnID() string {
 // programs), a user group only that user, chat rooms anyone with a
 // session, the dashboard signed-in users.
 func (s *Server) authorizeGroup(ctx context.Context, who auth.Principal, group string) error {
-	kind, id, _ := strings.Cut(group, ":")
-	switch kind {
-	case "job":
-		owner, err := s.jobs.Owner(ctx, id)
+	g, err := wire.ParseGroup(group)
+	if err != nil {
+		return apiErr(CodeBadRequest, err.Error())
+	}
+	switch g.Kind {
+	case wire.KindJob:
+		owner, err := s.jobs.Owner(ctx, g.ID)
 		if err != nil {
 			return jobError(err)
 		}
@@ -451,26 +452,26 @@ func (s *Server) authorizeGroup(ctx context.Context, who auth.Principal, group s
 			return errNotYourJob
 		}
 		return nil
-	case "chat":
-		if !chatRoom.MatchString(id) {
-			return apiErr(CodeBadRequest, "a chat room name is 1-64 of A-Z a-z 0-9 _ -")
-		}
+	case wire.KindChat:
 		return nil
-	case "dashboard":
-		if id != "" {
-			return apiErr(CodeBadRequest, `the dashboard group is "dashboard"`)
-		}
+	case wire.KindDashboard:
 		if who.User.Guest {
 			return apiErr(CodeForbidden, "the dashboard is for signed-in users")
 		}
 		return nil
-	case "user":
-		if id != who.User.ID && !who.Admin {
+	case wire.KindUser:
+		if g.ID != who.User.ID && !who.Admin {
 			return apiErr(CodeForbidden, "a user group is for its user only")
 		}
 		return nil
 	}
-	return apiErr(CodeBadRequest, "unknown group kind "+kind)
+	return apiErr(CodeBadRequest, "unknown group kind "+g.Kind)
+}
+
+// isChat reports whether group is a chat room's.
+func isChat(group string) bool {
+	g, err := wire.ParseGroup(group)
+	return err == nil && g.Kind == wire.KindChat
 }
 
 // groupSink adapts one subscription to the connection's send queue.

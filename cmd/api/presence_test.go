@@ -11,6 +11,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"taskstream/progress/progresstest"
+	"taskstream/wire"
 )
 
 type presenceFrame struct {
@@ -46,11 +47,8 @@ func nextPresence(t *testing.T, ws *websocket.Conn, timeout time.Duration) []str
 func replayedPresence(t *testing.T, ws *websocket.Conn) []string {
 	t.Helper()
 	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
-	var sub struct {
-		Type     string `json:"type"`
-		Replayed int    `json:"replayed"`
-	}
-	if err := ws.ReadJSON(&sub); err != nil || sub.Type != "subscribed" {
+	var sub wire.SubscribedFrame
+	if err := ws.ReadJSON(&sub); err != nil || sub.Type != wire.TypeSubscribed {
 		t.Fatalf("subscribe: %v %+v", err, sub)
 	}
 	var last []string

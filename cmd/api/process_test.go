@@ -22,6 +22,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"taskstream/progress/progresstest"
+	"taskstream/wire"
 )
 
 // These tests run the real binaries as separate processes, as an operator
@@ -174,12 +175,7 @@ func submit(t *testing.T, c *http.Client, base, body string) string {
 	return job.ID
 }
 
-type event struct {
-	Type  string          `json:"type"`
-	Seq   int64           `json:"seq"`
-	Event string          `json:"event"`
-	Data  json.RawMessage `json:"data"`
-}
+type event = wire.ServerFrame
 
 // subscribe opens a socket on base's /ws as c's user (c's cookie jar),
 // subscribes it to group ("job:"+id, "chat:"+room) and returns it; the

@@ -18,6 +18,7 @@ import (
 
 	"taskstream/jobs"
 	"taskstream/progress"
+	"taskstream/wire"
 )
 
 // Transport names, in the order the report lists them.
@@ -64,15 +65,7 @@ type observation struct {
 }
 
 // wireFrame is a server frame (an event frame, or a socket reply).
-type wireFrame struct {
-	Type    string          `json:"type"`
-	Seq     int64           `json:"seq"`
-	Event   string          `json:"event"`
-	Data    json.RawMessage `json:"data"`
-	TS      string          `json:"ts"`
-	Code    string          `json:"code"`
-	Message string          `json:"message"`
-}
+type wireFrame = wire.ServerFrame
 
 // add records an event frame received at t. It reports whether the frame
 // is the job's last event.
@@ -123,7 +116,7 @@ func watchWS(ctx context.Context, t target, m *Meter, ready func()) *observation
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
 	defer conn.Close()
-	if err := conn.WriteJSON(map[string]any{"op": "subscribe", "group": t.group(), "after": 0, "ref": "1"}); err != nil {
+	if err := conn.WriteJSON(wire.ClientFrame{Op: wire.OpSubscribe, Group: t.group(), After: new(int64), Ref: json.RawMessage(`"1"`)}); err != nil {
 		o.Err = err
 		return o
 	}
@@ -140,12 +133,12 @@ func watchWS(ctx context.Context, t target, m *Meter, ready func()) *observation
 			return o
 		}
 		switch f.Type {
-		case "subscribed":
+		case wire.TypeSubscribed:
 			ready()
 		case "error":
 			o.Err = fmt.Errorf("socket error %s: %s", f.Code, f.Message)
 			return o
-		case "event":
+		case wire.TypeEvent:
 			final, err := o.add(f, now)
 			if err != nil {
 				o.Err = err
@@ -278,13 +271,6 @@ func readSSE(r io.Reader, fn func(sseEvent) (stop bool, err error)) error {
 	}
 }
 
-// longPollAnswer is the JSON long-poll body.
-type longPollAnswer struct {
-	Events  []wireFrame `json:"events"`
-	LastSeq int64       `json:"last_seq"`
-	Epoch   string      `json:"epoch"`
-}
-
 // watchLongPoll asks GET /api/jobs/{id}/events?after=N&wait=25 again and
 // again until the job's last event. The first request (wait=0) attaches.
 func watchLongPoll(ctx context.Context, t target, m *Meter, ready func()) *observation {
@@ -301,7 +287,7 @@ func watchLongPoll(ctx context.Context, t target, m *Meter, ready func()) *obser
 		if epoch != "" {
 			q.Set("epoch", epoch)
 		}
-		var ans longPollAnswer
+		var ans wire.LongPoll
 		now, err := getJSON(ctx, client, t, "/api/jobs/"+t.id+"/events", q, &ans)
 		if err != nil {
 			o.Err = err
@@ -310,7 +296,12 @@ func watchLongPoll(ctx context.Context, t target, m *Meter, ready func()) *obser
 		if first {
 			ready()
 		}
-		for _, f := range ans.Events {
+		for _, raw := range ans.Events {
+			var f wireFrame
+			if err := json.Unmarshal(raw, &f); err != nil {
+				o.Err = fmt.Errorf("long-poll event: %w", err)
+				return o
+			}
 			final, err := o.add(f, now)
 			if err != nil || final {
 				o.Err = err

@@ -14,6 +14,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"taskstream/cmd/internal/latency"
+	"taskstream/wire"
 )
 
 // client is one socket subscribed to the group. Its fields belong to its
@@ -101,28 +102,23 @@ func dialOne(ctx context.Context, d websocket.Dialer, wsURL, group string) (*cli
 		return nil, err
 	}
 	c := &client{conn: conn}
-	if err := conn.WriteJSON(map[string]any{"op": "subscribe", "group": group, "ref": "1"}); err != nil {
+	if err := conn.WriteJSON(wire.ClientFrame{Op: wire.OpSubscribe, Group: group, Ref: json.RawMessage(`"1"`)}); err != nil {
 		_ = conn.Close()
 		return nil, err
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
 	for {
-		var fr struct {
-			Type    string `json:"type"`
-			LastSeq int64  `json:"last_seq"`
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		}
+		var fr wire.ServerFrame
 		if err := conn.ReadJSON(&fr); err != nil {
 			_ = conn.Close()
 			return nil, fmt.Errorf("waiting for subscribed: %w", err)
 		}
 		switch fr.Type {
-		case "subscribed":
+		case wire.TypeSubscribed:
 			c.base = fr.LastSeq
 			_ = conn.SetReadDeadline(time.Time{})
 			return c, nil
-		case "error":
+		case wire.TypeError:
 			_ = conn.Close()
 			return nil, fmt.Errorf("subscribe refused: %s: %s", fr.Code, fr.Message)
 		}

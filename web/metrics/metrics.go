@@ -34,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"taskstream/progress"
+	"taskstream/wire"
 )
 
 // Label values known in advance, exported as zeros from start-up.
@@ -41,9 +42,9 @@ var (
 	// Transports are the ways a client receives events.
 	Transports = []string{"websocket", "sse", "longpoll"}
 	// Kinds are the group kinds of the protocol.
-	Kinds = []string{"job", "chat", "user", "dashboard"}
+	Kinds = []string{wire.KindJob, wire.KindChat, wire.KindUser, wire.KindDashboard}
 	// CloseCodes are the socket close codes the server sends.
-	CloseCodes = []int{1000, 1001, 1008, 1009, 1013}
+	CloseCodes = []int{wire.CloseNormal, wire.CloseGoingAway, wire.ClosePolicy, wire.CloseTooBig, wire.CloseTryAgain}
 	// Outcomes are the terminal states of a job.
 	Outcomes = []string{"completed", "failed", "canceled"}
 	// QueueStates are the task states asynq counts per queue.

@@ -1,0 +1,87 @@
+package wire
+
+import "encoding/json"
+
+// ClientFrame is a frame a client sends on the socket. Ref is optional, a
+// JSON string or number, and is echoed on the reply. After and Epoch are
+// a subscribe's position: without After the whole retained history is
+// replayed.
+type ClientFrame struct {
+	Op    string          `json:"op"`
+	Group string          `json:"group,omitempty"`
+	After *int64          `json:"after,omitempty"`
+	Epoch string          `json:"epoch,omitempty"`
+	Data  json.RawMessage `json:"data,omitempty"`
+	Ref   json.RawMessage `json:"ref,omitempty"`
+}
+
+// EventFrame is an event as the socket, SSE (its data line) and long-poll
+// carry it.
+type EventFrame struct {
+	Type  string          `json:"type"` // TypeEvent
+	Group string          `json:"group"`
+	Seq   int64           `json:"seq"`
+	Epoch string          `json:"epoch"`
+	Event string          `json:"event"`
+	Data  json.RawMessage `json:"data"`
+	TS    string          `json:"ts"`
+}
+
+// SubscribedFrame answers a subscribe (and starts an SSE stream).
+// Recovered false means the position could not be resumed: the replay
+// that follows is the whole retained history.
+type SubscribedFrame struct {
+	Type      string          `json:"type"` // TypeSubscribed
+	Group     string          `json:"group"`
+	Ref       json.RawMessage `json:"ref,omitempty"`
+	Epoch     string          `json:"epoch"`
+	LastSeq   int64           `json:"last_seq"`
+	Replayed  int             `json:"replayed"`
+	Recovered bool            `json:"recovered"`
+}
+
+// ReplyFrame is every other server frame: unsubscribed, published, pong
+// and error (with Code and Message).
+type ReplyFrame struct {
+	Type    string          `json:"type"`
+	Group   string          `json:"group,omitempty"`
+	Ref     json.RawMessage `json:"ref,omitempty"`
+	Code    string          `json:"code,omitempty"`
+	Message string          `json:"message,omitempty"`
+}
+
+// ServerFrame is any frame the server sends, for clients that read them
+// into one type and switch on Type.
+type ServerFrame struct {
+	Type      string          `json:"type"`
+	Group     string          `json:"group,omitempty"`
+	Ref       json.RawMessage `json:"ref,omitempty"`
+	Seq       int64           `json:"seq,omitempty"`
+	Epoch     string          `json:"epoch,omitempty"`
+	Event     string          `json:"event,omitempty"`
+	Data      json.RawMessage `json:"data,omitempty"`
+	TS        string          `json:"ts,omitempty"`
+	LastSeq   int64           `json:"last_seq,omitempty"`
+	Replayed  int             `json:"replayed,omitempty"`
+	Recovered bool            `json:"recovered,omitempty"`
+	Code      string          `json:"code,omitempty"`
+	Message   string          `json:"message,omitempty"`
+}
+
+// LongPoll is the answer of a long-poll request on a group's events. Each
+// of Events is an EventFrame; they stay raw so a server can send frames it
+// encoded once for all its subscribers.
+type LongPoll struct {
+	Events    []json.RawMessage `json:"events"`
+	LastSeq   int64             `json:"last_seq"`
+	Epoch     string            `json:"epoch"`
+	Recovered bool              `json:"recovered"`
+}
+
+// ErrorBody is the body of every non-2xx HTTP answer.
+type ErrorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
