@@ -112,7 +112,7 @@ func New(cfg Config) *Metrics {
 		}, []string{"kind"}),
 		publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "taskstream_publish_seconds",
-			Help:    "Time of one Log.Publish (the atomic append + PUBLISH in Redis), failures included.",
+			Help:    "Time of one Log.Publish or PublishOnce (the atomic append + PUBLISH in Redis, one step for a batch), failures included.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}),
 		socketCloses: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -176,12 +176,13 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
-// ObservePublish counts and times one Log.Publish; it has the signature
-// of progress.LogConfig.OnPublish.
-func (m *Metrics) ObservePublish(group string, took time.Duration, err error) {
+// ObservePublish times one Log.Publish or Log.PublishOnce and counts the
+// events it appended; it has the signature of
+// progress.LogConfig.OnPublish.
+func (m *Metrics) ObservePublish(group string, appended int, took time.Duration, err error) {
 	m.publishSeconds.Observe(took.Seconds())
-	if err == nil {
-		m.published.WithLabelValues(progress.GroupKind(group)).Inc()
+	if appended > 0 {
+		m.published.WithLabelValues(progress.GroupKind(group)).Add(float64(appended))
 	}
 }
 
