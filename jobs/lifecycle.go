@@ -68,9 +68,10 @@ type lifecycle struct {
 // attempt is one run of a job: the task it runs and its number, plus what
 // the worker needs to restore the record if Redis loses it.
 type attempt struct {
-	rec  record // the record as the run started (owner, type, params, …)
-	task string
-	n    int
+	rec     record // the record as the run started (owner, type, params, …)
+	task    string
+	n       int
+	started time.Time // when this run started, for Observer.JobFinished
 	// stop ends the run's retries of a Redis call that failed (the
 	// worker is stopping); nil: retry for Config.EndRetryFor.
 	stop <-chan struct{}
@@ -126,6 +127,9 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) error {
 	if err := l.enqueue(ctx, rec, rec.Task, t.MaxRetry); err != nil {
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not enqueue: "+err.Error())
 		return fmt.Errorf("jobs: enqueue %s: %w", rec.ID, err)
+	}
+	if l.cfg.Observer != nil {
+		l.cfg.Observer.JobSubmitted(t.Name)
 	}
 	return nil
 }
@@ -221,8 +225,11 @@ func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt,
 	if reopened {
 		ev.Message = msgRunAgain
 	}
+	if l.cfg.Observer != nil && n == 1 {
+		l.cfg.Observer.JobStarted(rec.Type, time.Since(rec.CreatedAt))
+	}
 	l.publish(ctx, id, "state", ev)
-	return &attempt{rec: *rec, task: task, n: n}, startRun, nil
+	return &attempt{rec: *rec, task: task, n: n, started: time.Now()}, startRun, nil
 }
 
 func toInt(v any) int64 {
@@ -530,6 +537,11 @@ func (l *lifecycle) finishRunOp(ctx context.Context, op string, a *attempt, stat
 	if n != trDone {
 		return false
 	}
+	// Counted before the events go out: a watcher that saw the end finds
+	// it in the metrics of this process.
+	if l.cfg.Observer != nil {
+		l.cfg.Observer.JobFinished(a.rec.Type, state, time.Since(a.started), true)
+	}
 	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg)
 	return true
 }
@@ -548,6 +560,16 @@ func (l *lifecycle) end(ctx context.Context, id, task, attemptN, state string, r
 	}
 	if n != trDone && n != trDoneBy {
 		return false
+	}
+	if l.cfg.Observer != nil {
+		// The type is in the record (which the end keeps); one read, on
+		// this rare path only. Counted before the events go out, as in
+		// finishRun.
+		if rec, err := l.st.get(ctx, id); err == nil {
+			l.cfg.Observer.JobFinished(rec.Type, state, 0, false)
+		} else {
+			l.cfg.Logger.Warn("job end not counted in metrics: record unreadable", "job", id, "err", err)
+		}
 	}
 	l.announceEnd(ctx, nil, op, id, state, result, errMsg)
 	return true

@@ -60,6 +60,9 @@ type Config struct {
 	// caller (a lost terminal event, a reconcile error). Default
 	// slog.Default().
 	Logger *slog.Logger
+	// Observer is told of submissions, starts and ends (metrics). Default
+	// nil: nothing is told.
+	Observer Observer
 }
 
 func (c Config) withDefaults() Config {
