@@ -13,6 +13,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"taskstream/progress"
+
+	"taskstream/wire"
 )
 
 // Reasons given to watchers (the state event's error, the job's error)
@@ -68,9 +70,10 @@ type lifecycle struct {
 // attempt is one run of a job: the task it runs and its number, plus what
 // the worker needs to restore the record if Redis loses it.
 type attempt struct {
-	rec  record // the record as the run started (owner, type, params, …)
-	task string
-	n    int
+	rec     record // the record as the run started (owner, type, params, …)
+	task    string
+	n       int
+	started time.Time // when this run started, for Observer.JobFinished
 	// stop ends the run's retries of a Redis call that failed (the
 	// worker is stopping); nil: retry for Config.EndRetryFor.
 	stop <-chan struct{}
@@ -118,7 +121,7 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) error {
 	}
 	// The pending event comes first so the group's epoch exists before any
 	// watcher subscribes, and it precedes the worker's "active".
-	if _, err := l.log.Publish(ctx, Group(rec.ID), "state", stateEvent{State: StatePending}); err != nil {
+	if _, err := l.log.Publish(ctx, Group(rec.ID), wire.EventState, stateEvent{State: StatePending}); err != nil {
 		// Never enqueued: end the record rather than leave it pending.
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not record the job's first event")
 		return err
@@ -126,6 +129,9 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) error {
 	if err := l.enqueue(ctx, rec, rec.Task, t.MaxRetry); err != nil {
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not enqueue: "+err.Error())
 		return fmt.Errorf("jobs: enqueue %s: %w", rec.ID, err)
+	}
+	if l.cfg.Observer != nil {
+		l.cfg.Observer.JobSubmitted(t.Name)
 	}
 	return nil
 }
@@ -215,14 +221,17 @@ func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt,
 		_ = l.st.rdb.ZAdd(ctx, l.st.openKey(), redis.Z{Score: float64(time.Now().UnixMicro()), Member: id}).Err()
 	}
 	if lost {
-		l.publish(ctx, id, "state", stateEvent{State: StateRetry, Attempt: prev, Error: reasonWorkerLost})
+		l.publish(ctx, id, wire.EventState, stateEvent{State: StateRetry, Attempt: prev, Error: reasonWorkerLost})
 	}
 	ev := stateEvent{State: StateActive, Attempt: n}
 	if reopened {
 		ev.Message = msgRunAgain
 	}
-	l.publish(ctx, id, "state", ev)
-	return &attempt{rec: *rec, task: task, n: n}, startRun, nil
+	if l.cfg.Observer != nil && n == 1 {
+		l.cfg.Observer.JobStarted(rec.Type, time.Since(rec.CreatedAt))
+	}
+	l.publish(ctx, id, wire.EventState, ev)
+	return &attempt{rec: *rec, task: task, n: n, started: time.Now()}, startRun, nil
 }
 
 func toInt(v any) int64 {
@@ -266,7 +275,7 @@ func (l *lifecycle) beat(ctx context.Context, a *attempt) (beatOutcome, error) {
 			return beatGone, err
 		}
 		if created {
-			l.publish(ctx, a.job(), "state", stateEvent{State: StateActive, Attempt: a.n, Message: msgRestored})
+			l.publish(ctx, a.job(), wire.EventState, stateEvent{State: StateActive, Attempt: a.n, Message: msgRestored})
 		}
 	}
 	if err := l.st.rdb.ZAdd(ctx, l.st.runningKey(), redis.Z{Score: float64(now), Member: a.job()}).Err(); err != nil {
@@ -456,7 +465,7 @@ func (l *lifecycle) retry(ctx context.Context, a *attempt, errMsg string) bool {
 		return false
 	}
 	_ = l.st.rdb.ZRem(ctx, l.st.runningKey(), a.job()).Err()
-	if _, err := l.publishOnce(ctx, a.stop, op, a.job(), progress.Draft{Name: "state", Data: stateEvent{State: StateRetry, Attempt: a.n, Error: errMsg}}); err != nil {
+	if _, err := l.publishOnce(ctx, a.stop, op, a.job(), progress.Draft{Name: wire.EventState, Data: stateEvent{State: StateRetry, Attempt: a.n, Error: errMsg}}); err != nil {
 		l.cfg.Logger.Error("lifecycle event lost", "job", a.job(), "event", "state retry", "err", err)
 	}
 	return true
@@ -473,7 +482,7 @@ func (l *lifecycle) handBack(ctx context.Context, a *attempt) {
 		l.cfg.Logger.Error("recording hand-back failed", "job", a.job(), "err", err)
 	}
 	if n == trDone {
-		if _, err := l.publishOnce(ctx, a.stop, op, a.job(), progress.Draft{Name: "state", Data: stateEvent{State: StatePending, Attempt: a.n, Message: msgHandBack}}); err != nil {
+		if _, err := l.publishOnce(ctx, a.stop, op, a.job(), progress.Draft{Name: wire.EventState, Data: stateEvent{State: StatePending, Attempt: a.n, Message: msgHandBack}}); err != nil {
 			l.cfg.Logger.Error("lifecycle event lost", "job", a.job(), "event", "state pending", "err", err)
 		}
 	}
@@ -530,6 +539,11 @@ func (l *lifecycle) finishRunOp(ctx context.Context, op string, a *attempt, stat
 	if n != trDone {
 		return false
 	}
+	// Counted before the events go out: a watcher that saw the end finds
+	// it in the metrics of this process.
+	if l.cfg.Observer != nil {
+		l.cfg.Observer.JobFinished(a.rec.Type, state, time.Since(a.started), true)
+	}
 	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg)
 	return true
 }
@@ -548,6 +562,16 @@ func (l *lifecycle) end(ctx context.Context, id, task, attemptN, state string, r
 	}
 	if n != trDone && n != trDoneBy {
 		return false
+	}
+	if l.cfg.Observer != nil {
+		// The type is in the record (which the end keeps); one read, on
+		// this rare path only. Counted before the events go out, as in
+		// finishRun.
+		if rec, err := l.st.get(ctx, id); err == nil {
+			l.cfg.Observer.JobFinished(rec.Type, state, 0, false)
+		} else {
+			l.cfg.Logger.Warn("job end not counted in metrics: record unreadable", "job", id, "err", err)
+		}
 	}
 	l.announceEnd(ctx, nil, op, id, state, result, errMsg)
 	return true
@@ -571,9 +595,9 @@ func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, i
 	events := []progress.Draft{{Name: "state", Data: stateEvent{State: state, Error: errMsg}}}
 	switch state {
 	case StateCompleted:
-		events = append(events, progress.Draft{Name: "result", Data: map[string]json.RawMessage{"result": orNull(result)}})
+		events = append(events, progress.Draft{Name: wire.EventResult, Data: map[string]json.RawMessage{"result": orNull(result)}})
 	case StateFailed:
-		events = append(events, progress.Draft{Name: "failed", Data: map[string]string{"error": errMsg}})
+		events = append(events, progress.Draft{Name: wire.EventFailed, Data: map[string]string{"error": errMsg}})
 	}
 	fresh, err := l.publishOnce(ctx, stop, op, id, events...)
 	if err != nil {
@@ -620,8 +644,8 @@ func (l *lifecycle) payDebt(ctx context.Context, rec *record) (bool, error) {
 // stateLost tells the watchers of a job whose record is gone, and can not
 // be restored, that it ended: nothing will run it again.
 func (l *lifecycle) stateLost(ctx context.Context, id string) {
-	l.publish(ctx, id, "state", stateEvent{State: StateFailed, Error: reasonStateLost})
-	l.publish(ctx, id, "failed", map[string]string{"error": reasonStateLost})
+	l.publish(ctx, id, wire.EventState, stateEvent{State: StateFailed, Error: reasonStateLost})
+	l.publish(ctx, id, wire.EventFailed, map[string]string{"error": reasonStateLost})
 }
 
 // cancel marks job id canceled and tells every worker, so a running job
@@ -745,7 +769,7 @@ func (l *lifecycle) lost(ctx context.Context, id string, lostAfter time.Duration
 	left := int(toInt(res[2]))
 	l.cfg.Logger.Warn("worker lost; the job runs again", "job", id, "attempt", rec.Attempt, "task", task)
 	_ = l.st.rdb.ZRem(ctx, l.st.runningKey(), id).Err()
-	l.publish(ctx, id, "state", stateEvent{State: StateRetry, Attempt: rec.Attempt, Error: reasonWorkerLost})
+	l.publish(ctx, id, wire.EventState, stateEvent{State: StateRetry, Attempt: rec.Attempt, Error: reasonWorkerLost})
 	if err := l.enqueue(ctx, rec, task, left); err != nil {
 		return fmt.Errorf("jobs: enqueue the next run of %s (the reconciler retries): %w", id, err)
 	}

@@ -60,6 +60,9 @@ type Config struct {
 	// caller (a lost terminal event, a reconcile error). Default
 	// slog.Default().
 	Logger *slog.Logger
+	// Observer is told of submissions, starts and ends (metrics). Default
+	// nil: nothing is told.
+	Observer Observer
 }
 
 func (c Config) withDefaults() Config {
@@ -206,7 +209,7 @@ func (s *Service) Get(ctx context.Context, id string) (*Job, error) {
 	if last := tail.Newest(); last != nil && last.Time.After(j.UpdatedAt) {
 		j.UpdatedAt = last.Time.UTC()
 	}
-	if ev := tail.Newest("progress"); ev != nil {
+	if ev := tail.Newest(wire.EventProgress); ev != nil {
 		var p progress.Progress
 		if err := json.Unmarshal(ev.Data, &p); err != nil {
 			return nil, fmt.Errorf("jobs: decode progress of %s: %w", id, err)
@@ -283,9 +286,9 @@ func (s *Service) Transfer(ctx context.Context, from, to string) (int, error) {
 // Streams that follow one job end after it.
 func FinalEvent(name string, data json.RawMessage) bool {
 	switch name {
-	case "result", "failed":
+	case wire.EventResult, wire.EventFailed:
 		return true
-	case "state":
+	case wire.EventState:
 		var s stateEvent
 		return json.Unmarshal(data, &s) == nil && s.State == StateCanceled
 	}

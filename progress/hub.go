@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -113,6 +114,12 @@ type Hub struct {
 	conn    connState // of the pub/sub connection
 	connErr error     // why it is down
 
+	// delivered counts events handed to subscribers, by group kind, since
+	// NewHub; a group holds its kind's counter so delivery costs one
+	// atomic add. Guarded by mu (the map, not the counters).
+	delivered map[string]*atomic.Uint64
+	replayed  atomic.Uint64 // events delivered from the log rather than live
+
 	ctlWake chan struct{}
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -134,8 +141,10 @@ func NewHub(rdb redis.UniversalClient, log *Log, cfg HubConfig) *Hub {
 		logger:  cfg.Logger.With("component", "hub"),
 		groups:  make(map[string]*group),
 		ctlWake: make(chan struct{}, 1),
-		ctx:     ctx,
-		cancel:  cancel,
+
+		delivered: make(map[string]*atomic.Uint64),
+		ctx:       ctx,
+		cancel:    cancel,
 	}
 	h.wg.Add(2)
 	go func() { defer h.wg.Done(); h.receiveLoop() }()
@@ -186,6 +195,55 @@ func (h *Hub) Stats() HubStats {
 		g.mu.Unlock()
 	}
 	return st
+}
+
+// HubCounters is what a hub holds, by group kind, and has done since
+// NewHub, for metrics: the hub keeps the counters, a collector elsewhere
+// reads them (progress does not depend on a metrics library).
+type HubCounters struct {
+	HubStats
+	// SubscribersByKind splits Subscribers by group kind (GroupKind).
+	SubscribersByKind map[string]int
+	// Delivered counts events handed to subscribers, by group kind,
+	// replayed ones included: one per event per subscriber.
+	Delivered map[string]uint64
+	// Replayed counts the events among Delivered that came from the log
+	// (a subscriber catching up) rather than from live pub/sub.
+	Replayed uint64
+}
+
+// Counters returns the hub's current counts and counters.
+func (h *Hub) Counters() HubCounters {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c := HubCounters{
+		HubStats:          HubStats{Groups: len(h.groups)},
+		SubscribersByKind: make(map[string]int),
+		Delivered:         make(map[string]uint64, len(h.delivered)),
+		Replayed:          h.replayed.Load(),
+	}
+	for _, g := range h.groups {
+		g.mu.Lock()
+		c.Subscribers += len(g.subs)
+		c.SubscribersByKind[GroupKind(g.name)] += len(g.subs)
+		g.mu.Unlock()
+	}
+	for kind, n := range h.delivered {
+		c.Delivered[kind] = n.Load()
+	}
+	return c
+}
+
+// deliveredCounter returns the delivery counter of group's kind. Called
+// with h.mu held.
+func (h *Hub) deliveredCounter(group string) *atomic.Uint64 {
+	kind := GroupKind(group)
+	n := h.delivered[kind]
+	if n == nil {
+		n = new(atomic.Uint64)
+		h.delivered[kind] = n
+	}
+	return n
 }
 
 // Subscribe adds sink as a local subscriber of group, starting after seq
@@ -539,6 +597,8 @@ type group struct {
 
 	requested bool // guarded by hub.mu: a SUBSCRIBE was issued for this group
 
+	delivered *atomic.Uint64 // the hub's counter for this group's kind
+
 	mu      sync.Mutex
 	subs    map[*Subscription]struct{}
 	ready   bool // Redis confirmed the subscription at least once
@@ -548,9 +608,11 @@ type group struct {
 	cancel context.CancelFunc
 }
 
+// newGroup starts a group. Called with h.mu held.
 func (h *Hub) newGroup(name string) *group {
 	ctx, cancel := context.WithCancel(h.ctx)
-	g := &group{name: name, hub: h, subs: make(map[*Subscription]struct{}), wake: make(chan struct{}, 1), cancel: cancel}
+	g := &group{name: name, hub: h, subs: make(map[*Subscription]struct{}), wake: make(chan struct{}, 1), cancel: cancel,
+		delivered: h.deliveredCounter(name)}
 	h.wg.Add(1)
 	go func() { defer h.wg.Done(); g.syncLoop(ctx) }()
 	return g
@@ -818,6 +880,7 @@ func (s *Subscription) send(ev *Event) {
 		s.pending = nil
 		return
 	}
+	s.group.delivered.Add(1)
 	s.cursor, s.epoch = ev.Seq, ev.Epoch
 }
 
@@ -863,6 +926,7 @@ func (s *Subscription) apply(snap Snapshot, from int64) {
 		if s.send(ev); s.dead {
 			return
 		}
+		s.hub.replayed.Add(1)
 	}
 	if snap.LastSeq > s.cursor {
 		s.cursor = snap.LastSeq

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"taskstream/wire"
 )
 
 // Member is one user present in a group.
@@ -182,7 +184,7 @@ func (p *Presence) refresh(ctx context.Context, e presenceEntry, name string) er
 		if err := p.rdb.SAdd(ctx, p.groupsKey(), e.group).Err(); err != nil {
 			return fmt.Errorf("progress: presence join %s: %w", e.group, err)
 		}
-		return p.announce(ctx, e.group, "join", Member{ID: e.user, Name: name})
+		return p.announce(ctx, e.group, wire.EventJoin, Member{ID: e.user, Name: name})
 	}
 	return nil
 }
@@ -205,7 +207,7 @@ func (p *Presence) Leave(ctx context.Context, group, userID, conn string) error 
 		return fmt.Errorf("progress: presence leave %s: %w", group, err)
 	}
 	if left == 1 {
-		return p.announce(ctx, group, "leave", Member{ID: userID, Name: name})
+		return p.announce(ctx, group, wire.EventLeave, Member{ID: userID, Name: name})
 	}
 	return nil
 }
@@ -243,7 +245,7 @@ func (p *Presence) Rename(ctx context.Context, user Member) error {
 		if err := p.rdb.HSet(ctx, p.namesKey(g), user.ID, user.Name).Err(); err != nil {
 			return fmt.Errorf("progress: presence rename in %s: %w", g, err)
 		}
-		if _, err := p.log.Publish(ctx, g, "rename", map[string]any{"user": user, "old": old}); err != nil {
+		if _, err := p.log.Publish(ctx, g, wire.EventRename, map[string]any{"user": user, "old": old}); err != nil {
 			return err
 		}
 		p.markDirty(g)
@@ -314,7 +316,7 @@ func (p *Presence) publishLists(ctx context.Context) error {
 	for g := range groups {
 		list, err := p.List(ctx, g)
 		if err == nil {
-			_, err = p.log.Publish(ctx, g, "presence", map[string][]Member{"users": list})
+			_, err = p.log.Publish(ctx, g, wire.EventPresence, map[string][]Member{"users": list})
 		}
 		if err != nil {
 			p.markDirty(g) // try again next time
@@ -383,7 +385,7 @@ func (p *Presence) sweep(ctx context.Context) error {
 			return fmt.Errorf("sweep %s: %w", g, err)
 		}
 		for i := 0; i+1 < len(left); i += 2 {
-			if err := p.announce(ctx, g, "leave", Member{ID: left[i], Name: left[i+1]}); err != nil {
+			if err := p.announce(ctx, g, wire.EventLeave, Member{ID: left[i], Name: left[i+1]}); err != nil {
 				return err
 			}
 		}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"taskstream/wire"
 )
 
 // Progress is the payload of a "progress" event (docs/protocol.md).
@@ -175,7 +177,7 @@ func (r *Reporter) publishLocked(p *Progress, now time.Time) {
 		r.timer = nil
 	}
 	r.lastSent = now
-	if _, err := r.log.Publish(r.ctx, r.group, "progress", p); err != nil {
+	if _, err := r.log.Publish(r.ctx, r.group, wire.EventProgress, p); err != nil {
 		r.logger.Warn("progress report lost", "group", r.group, "err", err)
 	}
 }
@@ -195,7 +197,7 @@ func (r *Reporter) Log(level, message string) {
 		r.dropped = 0
 	}
 	r.mu.Unlock()
-	if _, err := r.log.Publish(r.ctx, r.group, "log", LogEntry{Level: level, Message: message}); err != nil {
+	if _, err := r.log.Publish(r.ctx, r.group, wire.EventLog, LogEntry{Level: level, Message: message}); err != nil {
 		r.logger.Warn("log event lost", "group", r.group, "err", err)
 	}
 }

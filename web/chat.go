@@ -71,7 +71,7 @@ func (s *Server) publish(ctx context.Context, who auth.Principal, group string, 
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	msg := chatMessage{ID: hex.EncodeToString(id[:]), User: author, Text: text}
-	_, err = s.log.Publish(ctx, group, "message", msg)
+	_, err = s.log.Publish(ctx, group, wire.EventMessage, msg)
 	return err
 }
 

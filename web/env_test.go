@@ -15,12 +15,14 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"taskstream/jobs"
 	"taskstream/progress"
 	"taskstream/progress/progresstest"
 	"taskstream/web/auth"
+	"taskstream/web/metrics"
 	"taskstream/wire"
 )
 
@@ -36,6 +38,7 @@ type testEnv struct {
 	hub    *progress.Hub
 	auth   *auth.Store
 	pres   *progress.Presence
+	mx     *metrics.Metrics
 	web    *Server
 	http   *httptest.Server
 	client *http.Client // with a cookie jar: one browser, one guest session
@@ -98,12 +101,20 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 		t.Cleanup(func() { _ = rdb.Close() })
 		e.rdb = rdb
 	}
-	e.log = progress.NewLog(e.rdb, progress.LogConfig{})
 	reg, err := jobs.NewRegistry(jobs.Builtin()...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.jobs = jobs.NewService(e.rdb, reg, e.log, jobs.Config{ArtifactDir: t.TempDir(), Logger: logger})
+	var types []string
+	for _, typ := range reg.Types() {
+		types = append(types, typ.Name)
+	}
+	e.mx = metrics.New(metrics.Config{
+		JobTypes: types, Queues: reg.Queues(), Inspector: asynq.NewInspectorFromRedisClient(e.rdb), Logger: logger,
+		QueueRefresh: time.Nanosecond, // every scrape reads the queues: tests see fresh figures
+	})
+	e.log = progress.NewLog(e.rdb, progress.LogConfig{OnPublish: e.mx.ObservePublish})
+	e.jobs = jobs.NewService(e.rdb, reg, e.log, jobs.Config{ArtifactDir: t.TempDir(), Logger: logger, Observer: e.mx})
 	if !o.noWorker {
 		e.worker = jobs.NewWorker(e.jobs, e.rdb, jobs.WorkerConfig{
 			PollInterval: 50 * time.Millisecond, CancelPoll: 200 * time.Millisecond, ShutdownTimeout: 2 * time.Second,
@@ -132,7 +143,7 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 	if o.web.Limits.MaxSocketsPerIP == 0 {
 		o.web.Limits.MaxSocketsPerIP = 1 << 20
 	}
-	e.web = New(Deps{Jobs: e.jobs, Hub: e.hub, Log: e.log, Auth: e.auth, Presence: e.pres}, o.web)
+	e.web = New(Deps{Jobs: e.jobs, Hub: e.hub, Log: e.log, Auth: e.auth, Presence: e.pres, Metrics: e.mx}, o.web)
 	// Served as cmd/api serves it: its http.Server and listener.
 	e.http = httptest.NewUnstartedServer(nil)
 	e.http.Config = e.web.HTTPServer()

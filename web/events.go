@@ -213,7 +213,7 @@ func (s *Server) firstAnswer(ctx context.Context, sink *bufferSink) (ok bool, er
 func (s *Server) stopping() <-chan struct{} { return s.stopCh }
 
 func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, group string, q eventsQuery) {
-	ctx, done := s.trackStream(r)
+	ctx, done := s.trackStream(r, transportSSE)
 	defer done()
 	rc := http.NewResponseController(w)
 	sink := newBufferSink(streamBuffer)
@@ -297,7 +297,7 @@ type longPollAnswer struct {
 }
 
 func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group string, q eventsQuery) {
-	ctx, done := s.trackStream(r)
+	ctx, done := s.trackStream(r, transportLongPoll)
 	defer done()
 	sink := newBufferSink(streamBuffer)
 	sub, err := s.hub.Subscribe(group, q.after, q.epoch, sink)

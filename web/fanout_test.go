@@ -148,6 +148,16 @@ func TestSlowSocketIsDroppedWithoutDelayingOthers(t *testing.T) {
 		if last >= events {
 			t.Fatalf("slow socket received all %d events; the test did not make it slow", events)
 		}
+		// The metrics say so: one overflow, one 1013 close (the fast
+		// sockets are still open).
+		eventually(t, "the overflow and its 1013 close counted", func() bool {
+			s := e.scrape()
+			return s.value(t, "taskstream_send_queue_overflows_total") == 1 &&
+				s.value(t, "taskstream_socket_closes_total", "code", "1013") == 1
+		})
+		if s := e.scrape(); s.value(t, "taskstream_sockets", "transport", "websocket") != float64(len(fast)) {
+			t.Errorf("open sockets %v, want the %d fast ones", s.value(t, "taskstream_sockets", "transport", "websocket"), len(fast))
+		}
 	})
 }
 

@@ -367,8 +367,9 @@ func (c *conn) revoke()                   { c.close(closePolicy, "signed out") }
 
 // stream is an SSE or long-poll request in flight.
 type stream struct {
-	who    auth.Principal
-	cancel context.CancelFunc
+	who       auth.Principal
+	cancel    context.CancelFunc
+	transport string // transportSSE or transportLongPoll, for metrics
 }
 
 func (st *stream) principal() auth.Principal { return st.who }
@@ -377,9 +378,9 @@ func (st *stream) revoke()                   { st.cancel() }
 // trackStream registers a streaming request so a revocation can end it;
 // the returned context ends with the request or the revocation, and done
 // unregisters it.
-func (s *Server) trackStream(r *http.Request) (ctx context.Context, done func()) {
+func (s *Server) trackStream(r *http.Request, transport string) (ctx context.Context, done func()) {
 	ctx, cancel := context.WithCancel(r.Context())
-	st := &stream{who: principalOf(r), cancel: cancel}
+	st := &stream{who: principalOf(r), cancel: cancel, transport: transport}
 	s.mu.Lock()
 	s.streams[st] = struct{}{}
 	s.mu.Unlock()

@@ -374,6 +374,9 @@ func TestSocketsPerAddressCap(t *testing.T) {
 		if !errors.As(err, &ce) || ce.Code != websocket.ClosePolicyViolation || !strings.Contains(ce.Text, "too many sockets") {
 			t.Fatalf("third socket from one address: %v, want close 1008 naming too many sockets", err)
 		}
+		eventually(t, "the refused socket counted as a 1008 close", func() bool {
+			return e.scrape().value(t, "taskstream_socket_closes_total", "code", "1008") == 1
+		})
 		_ = first.Close()
 		eventually(t, "a closed socket to free its slot", func() bool { return ping(dial(6)) == nil })
 	})

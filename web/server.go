@@ -13,6 +13,7 @@ import (
 	"taskstream/jobs"
 	"taskstream/progress"
 	"taskstream/web/auth"
+	"taskstream/web/metrics"
 )
 
 // Config configures a Server. The zero value is usable: every field has a
@@ -137,6 +138,10 @@ type Deps struct {
 	Log      *progress.Log
 	Auth     *auth.Store
 	Presence *progress.Presence
+	// Metrics receives the server's counts and is served at GET /metrics;
+	// the server also makes Hub's counts part of it. Default: a fresh
+	// metrics.Metrics of the server's own, without job types or queues.
+	Metrics *metrics.Metrics
 }
 
 // Server is taskstream's HTTP handler. Shutdown closes its sockets.
@@ -147,6 +152,7 @@ type Server struct {
 	log    *progress.Log
 	auth   *auth.Store
 	pres   *progress.Presence
+	mx     *metrics.Metrics
 	logger *slog.Logger
 	router chi.Router
 
@@ -170,8 +176,11 @@ type Server struct {
 // sockets of revoked sessions and tokens); Shutdown stops it.
 func New(d Deps, cfg Config) *Server {
 	cfg = cfg.withDefaults()
+	if d.Metrics == nil {
+		d.Metrics = metrics.New(metrics.Config{Logger: cfg.Logger})
+	}
 	s := &Server{
-		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, logger: cfg.Logger,
+		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, mx: d.Metrics, logger: cfg.Logger,
 		conns: map[*conn]struct{}{}, streams: map[*stream]struct{}{}, socketsPerIP: map[string]int{}, stopCh: make(chan struct{}),
 	}
 	var bad []string
@@ -180,6 +189,8 @@ func New(d Deps, cfg Config) *Server {
 		// cmd/api refuses these at start-up; a library caller is told here.
 		s.logger.Warn("ignoring malformed allowed origins (want scheme://host[:port])", "origins", bad)
 	}
+	s.mx.WatchHub(d.Hub)
+	s.mx.WatchSockets(s.openByTransport)
 	s.router = s.routes()
 	ctx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
@@ -204,6 +215,8 @@ func (s *Server) routes() chi.Router {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Get("/readyz", s.handleReady)
+	// Outside authenticate: a scraper gets no guest session.
+	r.Method(http.MethodGet, "/metrics", s.mx.Handler())
 	r.Group(func(r chi.Router) {
 		r.Use(s.authenticate)
 		r.Get("/", s.handleIndex)
@@ -279,4 +292,16 @@ func (s *Server) ConnCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.conns)
+}
+
+// openByTransport counts the open sockets and streams by transport, for
+// the taskstream_sockets gauge.
+func (s *Server) openByTransport() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int{transportWebSocket: len(s.conns)}
+	for st := range s.streams {
+		out[st.transport]++
+	}
+	return out
 }

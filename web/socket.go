@@ -29,6 +29,11 @@ const (
 	closeTryAgain  = wire.CloseTryAgain  // 1013: too slow, or Redis unavailable: reconnect later and resume from last seq
 	maxSubsPerConn = 200                 // groups one socket may watch
 	closeWait      = time.Second         // how long a close handshake may take
+
+	// Transports, the label values of the taskstream_sockets gauge.
+	transportWebSocket = "websocket"
+	transportSSE       = "sse"
+	transportLongPoll  = "longpoll"
 )
 
 var upgrader = websocket.Upgrader{
@@ -92,12 +97,14 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 		// Refused after the upgrade so that a browser's socket sees the
 		// reason: a failed handshake only reports a generic error to it.
 		c.refuse(closePolicy, fmt.Sprintf("too many sockets from your address (at most %d); close some and retry", s.cfg.Limits.MaxSocketsPerIP))
+		s.mx.SocketClosed(closePolicy)
 		return
 	}
 	log := s.logger.With("conn", c.id, "request_id", requestIDOf(r.Context()), "user", c.who.User.ID, "ip", clientIPOf(r.Context()))
 	log.Info("socket opened")
 	opened := time.Now()
 	c.run(r.Context(), initial)
+	s.mx.SocketClosed(c.closeCode)
 	log.Info("socket closed", "code", c.closeCode, "reason", c.closeText, "client_code", c.clientCode, "duration", time.Since(opened))
 }
 
@@ -149,6 +156,16 @@ func (c *conn) close(code int, text string) {
 	})
 }
 
+// overflowed closes a socket that cannot keep up (1013: reconnect and
+// resume), counted once per socket in taskstream_send_queue_overflows_total.
+func (c *conn) overflowed(text string) {
+	c.closeOnce.Do(func() {
+		c.closeCode, c.closeText = closeTryAgain, text
+		close(c.closed)
+		c.s.mx.SendQueueOverflow()
+	})
+}
+
 func (c *conn) isClosed() bool {
 	select {
 	case <-c.closed:
@@ -164,7 +181,7 @@ func (c *conn) enqueue(frame []byte) bool {
 		return false
 	}
 	if !c.send.push(frame) {
-		c.close(closeTryAgain, "send queue full: reconnect and resume from your last seq")
+		c.overflowed("send queue full: reconnect and resume from your last seq")
 		return false
 	}
 	return true
@@ -485,7 +502,7 @@ func (g *groupSink) Send(ev *progress.Event) bool {
 			return false
 		}
 		if !g.c.send.pushReplay(ev.Frame()) {
-			g.c.close(closeTryAgain, "send queue full: reconnect and resume from your last seq")
+			g.c.overflowed("send queue full: reconnect and resume from your last seq")
 			return false
 		}
 		return true
@@ -494,7 +511,7 @@ func (g *groupSink) Send(ev *progress.Event) bool {
 }
 
 func (g *groupSink) Lagged() {
-	g.c.close(closeTryAgain, "too slow: reconnect and resume from your last seq")
+	g.c.overflowed("too slow: reconnect and resume from your last seq")
 }
 
 // Failed answers a subscription the hub gave up on: 1013 when Redis is

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/mail"
 	"net/netip"
 	"os"
@@ -16,12 +17,14 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"taskstream/jobs"
 	"taskstream/progress"
 	"taskstream/web"
 	"taskstream/web/auth"
+	"taskstream/web/metrics"
 )
 
 // APIConfig configures the API process.
@@ -160,6 +163,9 @@ func ParseAPI(args []string) (APIConfig, error) {
 type WorkerConfig struct {
 	Common
 	Worker
+	// MetricsAddr is where the worker serves GET /metrics; empty (the
+	// default) serves none.
+	MetricsAddr string
 }
 
 // ParseWorker reads the worker's configuration from args and the
@@ -170,6 +176,7 @@ func ParseWorker(args []string) (WorkerConfig, error) {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	c.Common.register(fs, env)
 	c.Worker.register(fs, env)
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", env.str("METRICS_ADDR", ""), "address of the worker's Prometheus endpoint GET /metrics, e.g. :9100 (default: none) (env METRICS_ADDR)")
 	if err := parseFlags(fs, args); err != nil {
 		return c, err
 	}
@@ -182,6 +189,9 @@ func ParseWorker(args []string) (WorkerConfig, error) {
 	v := &validator{}
 	c.Common.validate(v)
 	c.Worker.validate(v)
+	if c.MetricsAddr != "" {
+		v.check(checkAddr("METRICS_ADDR (-metrics-addr)", c.MetricsAddr))
+	}
 	return c, v.err
 }
 
@@ -191,13 +201,19 @@ type Core struct {
 	Log      *progress.Log
 	Registry *jobs.Registry
 	Jobs     *jobs.Service
+	// Metrics is the process's metrics: the log, the job service and the
+	// worker report to it; RunAPI serves it on the API's listener, RunWorker
+	// on WorkerConfig.MetricsAddr.
+	Metrics  *metrics.Metrics
 	logger   *slog.Logger
 	embedded *miniredis.Miniredis
 }
 
 // Open connects to Redis (or starts the embedded one when c.RedisURL is
-// empty) and builds the log, the registry and the job service.
-func Open(ctx context.Context, c Common, logger *slog.Logger) (*Core, error) {
+// empty) and builds the metrics, the log, the registry and the job
+// service. w names the queues (besides the job types' own) whose state the
+// metrics export.
+func Open(ctx context.Context, c Common, w Worker, logger *slog.Logger) (*Core, error) {
 	core := &Core{logger: logger}
 	url, mode := c.RedisURL, c.RedisMode
 	if url == "" {
@@ -217,17 +233,31 @@ func Open(ctx context.Context, c Common, logger *slog.Logger) (*Core, error) {
 		return nil, err
 	}
 	core.Redis = rdb
-	core.Log = progress.NewLog(rdb, progress.LogConfig{
-		Prefix: c.Prefix, MaxLen: c.LogMaxLen, TTL: c.LogTTL, KindMaxLen: map[string]int64{"chat": c.ChatHistory},
-	})
 	reg, err := jobs.NewRegistry(jobs.Builtin()...)
 	if err != nil {
 		core.Close()
 		return nil, err
 	}
 	core.Registry = reg
+	var typeNames []string
+	for _, t := range reg.Types() {
+		typeNames = append(typeNames, t.Name)
+	}
+	queues := reg.Queues()
+	extra, _ := w.queues() // validated by ParseAPI and ParseWorker
+	for q := range extra {
+		queues = append(queues, q)
+	}
+	core.Metrics = metrics.New(metrics.Config{
+		JobTypes: typeNames, Queues: queues, Inspector: asynq.NewInspectorFromRedisClient(rdb),
+		QueueRefresh: c.QueueMetricsRefresh, Logger: logger,
+	})
+	core.Log = progress.NewLog(rdb, progress.LogConfig{
+		Prefix: c.Prefix, MaxLen: c.LogMaxLen, TTL: c.LogTTL, KindMaxLen: map[string]int64{"chat": c.ChatHistory},
+		OnPublish: core.Metrics.ObservePublish,
+	})
 	core.Jobs = jobs.NewService(rdb, reg, core.Log, jobs.Config{
-		Prefix: c.Prefix, Retention: c.Retention, ArtifactDir: c.ArtifactDir, Logger: logger,
+		Prefix: c.Prefix, Retention: c.Retention, ArtifactDir: c.ArtifactDir, Logger: logger, Observer: core.Metrics,
 	})
 	return core, nil
 }
@@ -299,7 +329,7 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	defer func() { started.run() }()
 	started.push(func(context.Context) { _ = ln.Close() }) // Serve closes it too; a second Close is harmless
 
-	core, err := Open(ctx, c.Common, logger)
+	core, err := Open(ctx, c.Common, c.Worker, logger)
 	if err != nil {
 		return err
 	}
@@ -349,7 +379,7 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv := web.New(web.Deps{Jobs: core.Jobs, Hub: hub, Log: core.Log, Auth: store, Presence: presence}, web.Config{
+	srv := web.New(web.Deps{Jobs: core.Jobs, Hub: hub, Log: core.Log, Auth: store, Presence: presence, Metrics: core.Metrics}, web.Config{
 		AllowedOrigins: c.AllowedOrigins, SendQueue: c.SendQueue, SecureCookies: c.SecureCookies,
 		JobRate: c.JobRate, JobBurst: c.JobBurst, ChatRate: c.ChatRate, ChatBurst: c.ChatBurst, TrustedProxies: c.TrustedProxies,
 		Limits: c.Limits, Logger: logger,
@@ -384,14 +414,32 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 }
 
 // RunWorker runs a worker until ctx ends, then lets running jobs finish or
-// hands them back to the queue. A failure part-way through start-up stops
-// what was started.
+// hands them back to the queue. With c.MetricsAddr it serves GET /metrics
+// there: the address is bound before anything else starts (a busy port
+// fails with nothing to undo), and the endpoint stays up while the worker
+// drains, so the last counts can still be scraped. A failure part-way
+// through start-up stops what was started.
 func RunWorker(ctx context.Context, c WorkerConfig, logger *slog.Logger) error {
-	core, err := Open(ctx, c.Common, logger)
+	var started stops
+	defer func() { started.run() }()
+	var metricsLn net.Listener
+	if c.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", c.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics: listen on %s: %w", c.MetricsAddr, err)
+		}
+		metricsLn = ln
+		started.push(func(context.Context) { _ = ln.Close() }) // Serve closes it too; a second Close is harmless
+	}
+	core, err := Open(ctx, c.Common, c.Worker, logger)
 	if err != nil {
 		return err
 	}
-	defer core.Close()
+	started.push(func(context.Context) { core.Close() })
+	if metricsLn != nil {
+		stop := serveMetrics(metricsLn, core.Metrics, logger)
+		started.push(stop)
+	}
 	worker, err := core.NewWorker(c.Worker, c.ReportRate)
 	if err != nil {
 		return err
@@ -399,11 +447,35 @@ func RunWorker(ctx context.Context, c WorkerConfig, logger *slog.Logger) error {
 	if err := worker.Start(); err != nil {
 		return err
 	}
+	started.push(func(context.Context) { worker.Shutdown() })
 	<-ctx.Done()
 	logger.Info("shutting down")
-	worker.Shutdown()
+	started.run()
+	started = nil
 	logger.Info("stopped")
 	return nil
+}
+
+// serveMetrics serves m's GET /metrics on ln (and 404 elsewhere) until
+// the returned stop is called.
+func serveMetrics(ln net.Listener, m *metrics.Metrics, logger *slog.Logger) (stop func(context.Context)) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("metrics server failed", "err", err)
+		}
+	}()
+	logger.Info("serving metrics", "url", "http://"+displayAddr(ln.Addr())+"/metrics")
+	return func(ctx context.Context) {
+		if err := srv.Shutdown(ctx); err != nil {
+			logger.Warn("stopping metrics server", "err", err)
+		}
+		<-done
+	}
 }
 
 func displayAddr(a net.Addr) string {

@@ -35,6 +35,9 @@ type Common struct {
 	LogLevel    string
 	LogFormat   string
 	ChatHistory int64
+	// QueueMetricsRefresh is the most often the asynq queue metrics are
+	// read from Redis, whatever the scrape rate.
+	QueueMetricsRefresh time.Duration
 }
 
 // Worker is the configuration of a worker, in its own process or embedded.
@@ -142,6 +145,7 @@ func (c *Common) register(fs *flag.FlagSet, env *envParser) {
 	fs.DurationVar(&c.Retention, "retention", env.duration("JOB_RETENTION", 7*24*time.Hour), "how long finished jobs are kept (env JOB_RETENTION)")
 	fs.StringVar(&c.LogLevel, "log-level", env.str("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
 	fs.StringVar(&c.LogFormat, "log-format", env.str("LOG_FORMAT", "text"), "text or json (env LOG_FORMAT)")
+	fs.DurationVar(&c.QueueMetricsRefresh, "queue-metrics-refresh", env.duration("QUEUE_METRICS_REFRESH", 5*time.Second), "the asynq queue figures in /metrics are read from Redis at most this often, whatever the scrape rate (env QUEUE_METRICS_REFRESH)")
 }
 
 func (w *Worker) register(fs *flag.FlagSet, env *envParser) {
@@ -170,6 +174,7 @@ func (c *Common) validate(v *validator) {
 	v.positiveDuration("HISTORY_TTL", "history-ttl", c.LogTTL)
 	v.positiveRate("PROGRESS_RATE", "progress-rate", c.ReportRate)
 	v.positiveDuration("JOB_RETENTION", "retention", c.Retention)
+	v.positiveDuration("QUEUE_METRICS_REFRESH", "queue-metrics-refresh", c.QueueMetricsRefresh)
 	if _, err := NewLogger(c.LogLevel, c.LogFormat); err != nil {
 		v.fail("LOG_LEVEL/LOG_FORMAT: %v", err)
 	}

@@ -98,7 +98,7 @@ var settings = []string{"PORT", "ADDR", "REDIS_URL", "REDIS_MODE", "KEY_PREFIX",
 	"WORKER_SHUTDOWN_TIMEOUT", "WORKER_POLL_INTERVAL", "RUN_WORKER", "SEND_QUEUE", "SESSION_SECRET", "SECURE_COOKIES",
 	"ADMIN_TOKENS", "JOB_RATE", "JOB_BURST", "CHAT_RATE", "CHAT_BURST", "PRESENCE_TTL", "SMTP_HOST", "SMTP_PORT", "SMTP_USER",
 	"SMTP_PASSWORD", "SMTP_FROM", "SMTP_TLS", "TRUSTED_PROXIES", "ALLOWED_ORIGINS", "READ_HEADER_TIMEOUT", "BODY_TIMEOUT",
-	"IDLE_TIMEOUT", "MAX_HEADER_BYTES", "MAX_CONNS", "MAX_CONNS_PER_IP", "MAX_SOCKETS_PER_IP"}
+	"IDLE_TIMEOUT", "MAX_HEADER_BYTES", "MAX_CONNS", "MAX_CONNS_PER_IP", "MAX_SOCKETS_PER_IP", "QUEUE_METRICS_REFRESH", "METRICS_ADDR"}
 
 // clearEnv unsets every setting, then sets env, for the test's duration.
 func clearEnv(t *testing.T, env map[string]string) {
@@ -145,6 +145,8 @@ func TestParseRefusesBadSettings(t *testing.T) {
 		{env: map[string]string{"WORKER_QUEUES": "a=0"}, mention: "WORKER_QUEUES"},
 		{env: map[string]string{"WORKER_SHUTDOWN_TIMEOUT": "0s"}, mention: "WORKER_SHUTDOWN_TIMEOUT"},
 		{env: map[string]string{"WORKER_POLL_INTERVAL": "-1s"}, mention: "WORKER_POLL_INTERVAL"},
+		{env: map[string]string{"QUEUE_METRICS_REFRESH": "0s"}, mention: "QUEUE_METRICS_REFRESH"},
+		{args: []string{"-queue-metrics-refresh", "often"}, mention: "-queue-metrics-refresh"},
 		{env: map[string]string{"RUN_WORKER": "yes please"}, mention: "RUN_WORKER"},
 		{env: map[string]string{"SECURE_COOKIES": "maybe"}, mention: "SECURE_COOKIES"},
 		{env: map[string]string{"SEND_QUEUE": "0"}, mention: "SEND_QUEUE"},
@@ -226,6 +228,19 @@ func TestParseWorker(t *testing.T) {
 	q, err := c.queues()
 	if err != nil || !reflect.DeepEqual(q, map[string]int{"critical": 6, "default": 1}) {
 		t.Fatalf("queues %v %v", q, err)
+	}
+	if c.MetricsAddr != "" || c.QueueMetricsRefresh != 5*time.Second {
+		t.Fatalf("metrics defaults: addr %q (want none), refresh %v (want 5s)", c.MetricsAddr, c.QueueMetricsRefresh)
+	}
+	t.Setenv("METRICS_ADDR", ":9100")
+	if c, err := ParseWorker([]string{"-redis-url", "redis://x:6379"}); err != nil || c.MetricsAddr != ":9100" {
+		t.Fatalf("METRICS_ADDR=:9100: addr %q, err %v", c.MetricsAddr, err)
+	}
+	for _, bad := range []string{"localhost", ":x", "1.2.3.4:70000"} {
+		t.Setenv("METRICS_ADDR", bad)
+		if _, err := ParseWorker([]string{"-redis-url", "redis://x:6379"}); err == nil || !strings.Contains(err.Error(), "METRICS_ADDR") {
+			t.Errorf("METRICS_ADDR=%q: err %v, want one naming METRICS_ADDR", bad, err)
+		}
 	}
 	for _, bad := range []string{"=3", "a=0", "a=x"} {
 		w := Worker{Queues: bad}
