@@ -3,6 +3,7 @@ package web
 import (
 	"bufio"
 	"encoding/json"
+	"io"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
@@ -235,5 +236,22 @@ func TestPanicIsJSONInternal(t *testing.T) {
 	var body errorBody
 	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || rec.Code != 500 || body.Error.Code != CodeInternal {
 		t.Fatalf("%d %q (%v)", rec.Code, rec.Body.String(), err)
+	}
+}
+
+// Load balancers and uptime checks probe with HEAD: it answers like GET,
+// with no body, on pages, probes and the API alike.
+func TestHeadAnswersLikeGet(t *testing.T) {
+	e := newEnv(t, progresstest.Embedded(t), withoutWorker())
+	for _, path := range []string{"/", "/healthz", "/api/job-types", "/static/app.js"} {
+		res, err := e.client.Head(e.http.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK || len(body) != 0 {
+			t.Errorf("HEAD %s: %d with %d body bytes, want 200 and none", path, res.StatusCode, len(body))
+		}
 	}
 }

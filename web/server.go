@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
 
 	"taskstream/jobs"
 	"taskstream/progress"
@@ -201,7 +202,9 @@ func New(d Deps, cfg Config) *Server {
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(s.withClientIP, s.accessLog, s.recoverer)
+	// GetHead: load balancers and uptime checks probe with HEAD; answer it
+	// like GET (net/http drops the body) instead of 405.
+	r.Use(s.withClientIP, s.accessLog, s.recoverer, middleware.GetHead)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(CodeNotFound, "no such endpoint: "+r.URL.Path))
 	})
