@@ -67,13 +67,6 @@ var (
 // caller may join is decided by the caller's layer, not here.
 func ValidGroup(name string) bool { return wire.ValidGroup(name) }
 
-// GroupKind returns the kind of a group name: the part before ":", or the
-// whole name when it has no id ("dashboard").
-func GroupKind(group string) string {
-	kind, _, _ := strings.Cut(group, ":")
-	return kind
-}
-
 // ValidEventName reports whether name can be used as an event name.
 func ValidEventName(name string) bool { return namePattern.MatchString(name) }
 

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"taskstream/wire"
 )
 
 // HubConfig configures a Hub. The zero value is usable.
@@ -202,7 +204,7 @@ func (h *Hub) Stats() HubStats {
 // reads them (progress does not depend on a metrics library).
 type HubCounters struct {
 	HubStats
-	// SubscribersByKind splits Subscribers by group kind (GroupKind).
+	// SubscribersByKind splits Subscribers by group kind (wire.KindOf).
 	SubscribersByKind map[string]int
 	// Delivered counts events handed to subscribers, by group kind,
 	// replayed ones included: one per event per subscriber.
@@ -225,7 +227,7 @@ func (h *Hub) Counters() HubCounters {
 	for _, g := range h.groups {
 		g.mu.Lock()
 		c.Subscribers += len(g.subs)
-		c.SubscribersByKind[GroupKind(g.name)] += len(g.subs)
+		c.SubscribersByKind[wire.KindOf(g.name)] += len(g.subs)
 		g.mu.Unlock()
 	}
 	for kind, n := range h.delivered {
@@ -237,7 +239,7 @@ func (h *Hub) Counters() HubCounters {
 // deliveredCounter returns the delivery counter of group's kind. Called
 // with h.mu held.
 func (h *Hub) deliveredCounter(group string) *atomic.Uint64 {
-	kind := GroupKind(group)
+	kind := wire.KindOf(group)
 	n := h.delivered[kind]
 	if n == nil {
 		n = new(atomic.Uint64)

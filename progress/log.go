@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"taskstream/wire"
 )
 
 // LogConfig configures a Log. The zero value is usable: every field has a
@@ -73,7 +75,7 @@ func NewLog(rdb redis.UniversalClient, cfg LogConfig) *Log {
 
 // maxLen is the history bound of group.
 func (l *Log) maxLen(group string) int64 {
-	kind := GroupKind(group)
+	kind := wire.KindOf(group)
 	if n, ok := l.cfg.KindMaxLen[kind]; ok && n > 0 {
 		return n
 	}

@@ -250,7 +250,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, group string, 
 	if !write("retry: 2000\n\n") {
 		return
 	}
-	isJob := strings.HasPrefix(group, wire.KindJob+":")
+	isJob := wire.KindOf(group) == wire.KindJob
 	heartbeat := time.NewTicker(s.cfg.SSEHeartbeat)
 	defer heartbeat.Stop()
 	for {

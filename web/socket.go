@@ -468,11 +468,8 @@ func (s *Server) authorizeGroup(ctx context.Context, who auth.Principal, group s
 	return apiErr(CodeBadRequest, "unknown group kind "+g.Kind)
 }
 
-// isChat reports whether group is a chat room's.
-func isChat(group string) bool {
-	g, err := wire.ParseGroup(group)
-	return err == nil && g.Kind == wire.KindChat
-}
+// isChat reports whether group, already validated, is a chat room's.
+func isChat(group string) bool { return wire.KindOf(group) == wire.KindChat }
 
 // groupSink adapts one subscription to the connection's send queue.
 // Hub calls on one sink are serialized (the group's lock), so replayLeft

@@ -67,6 +67,13 @@ func ParseGroup(name string) (Group, error) {
 	return g, nil
 }
 
+// KindOf returns the kind of a group name that is already known to be
+// valid ("job" of "job:42"), without parsing it again.
+func KindOf(name string) string {
+	kind, _, _ := strings.Cut(name, ":")
+	return kind
+}
+
 // ValidGroup reports whether name parses as a group.
 func ValidGroup(name string) bool {
 	_, err := ParseGroup(name)

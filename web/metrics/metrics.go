@@ -182,7 +182,7 @@ func (m *Metrics) Handler() http.Handler {
 func (m *Metrics) ObservePublish(group string, appended int, took time.Duration, err error) {
 	m.publishSeconds.Observe(took.Seconds())
 	if appended > 0 {
-		m.published.WithLabelValues(progress.GroupKind(group)).Add(float64(appended))
+		m.published.WithLabelValues(wire.KindOf(group)).Add(float64(appended))
 	}
 }
 
