@@ -64,6 +64,13 @@ type WorkerConfig struct {
 	Reporter progress.ReporterConfig
 }
 
+// Defaults of WorkerConfig.Heartbeat and LostAfter, for callers that check
+// a configuration before building a worker.
+const (
+	DefaultHeartbeat = 5 * time.Second
+	DefaultLostAfter = 15 * time.Second
+)
+
 func (c WorkerConfig) withDefaults(reg *Registry) WorkerConfig {
 	if c.Concurrency <= 0 {
 		c.Concurrency = 10
@@ -87,10 +94,10 @@ func (c WorkerConfig) withDefaults(reg *Registry) WorkerConfig {
 		c.RetryDelay = time.Second
 	}
 	if c.Heartbeat <= 0 {
-		c.Heartbeat = 5 * time.Second
+		c.Heartbeat = DefaultHeartbeat
 	}
 	if c.LostAfter <= 0 {
-		c.LostAfter = 15 * time.Second
+		c.LostAfter = DefaultLostAfter
 	}
 	if c.LostAfter <= c.Heartbeat {
 		c.LostAfter = 3 * c.Heartbeat

@@ -46,32 +46,9 @@ const (
 // empty), with the client defaults above, and checks it answers a PING
 // within 5 seconds.
 func OpenRedis(ctx context.Context, url, mode string) (redis.UniversalClient, error) {
-	q := urlQuery(url)
-	var rdb redis.UniversalClient
-	switch strings.ToLower(mode) {
-	case "", ModeSingle:
-		opt, err := redis.ParseURL(url)
-		if err != nil {
-			return nil, fmt.Errorf("progress: REDIS_URL %s: %w", redactURL(url), redactErr(err, url))
-		}
-		tune(q, &opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.MaxRetries, &opt.DialerRetries, &opt.MaxRetryBackoff)
-		rdb = redis.NewClient(opt)
-	case ModeSentinel:
-		opt, err := redis.ParseFailoverURL(url)
-		if err != nil {
-			return nil, fmt.Errorf("progress: REDIS_URL (sentinel) %s: %w", redactURL(url), redactErr(err, url))
-		}
-		tune(q, &opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.MaxRetries, &opt.DialerRetries, &opt.MaxRetryBackoff)
-		rdb = redis.NewFailoverClient(opt)
-	case ModeCluster:
-		opt, err := redis.ParseClusterURL(url)
-		if err != nil {
-			return nil, fmt.Errorf("progress: REDIS_URL (cluster) %s: %w", redactURL(url), redactErr(err, url))
-		}
-		tune(q, &opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.MaxRetries, &opt.DialerRetries, &opt.MaxRetryBackoff)
-		rdb = redis.NewClusterClient(opt)
-	default:
-		return nil, fmt.Errorf("progress: unknown Redis mode %q (want %s, %s or %s)", mode, ModeSingle, ModeSentinel, ModeCluster)
+	rdb, err := NewRedis(url, mode)
+	if err != nil {
+		return nil, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -80,6 +57,41 @@ func OpenRedis(ctx context.Context, url, mode string) (redis.UniversalClient, er
 		return nil, fmt.Errorf("progress: redis at %s does not answer: %w", redactURL(url), err)
 	}
 	return rdb, nil
+}
+
+// NewRedis returns a client for the Redis that url names, in mode
+// (ModeSingle when empty), with the client defaults above, without
+// connecting: a malformed url or mode is its only error. Errors never
+// quote a password.
+func NewRedis(url, mode string) (redis.UniversalClient, error) {
+	q := urlQuery(url)
+	switch strings.ToLower(mode) {
+	case "", ModeSingle:
+		opt, err := redis.ParseURL(url)
+		if err != nil {
+			return nil, fmt.Errorf("progress: REDIS_URL %s: %w", redactURL(url), redactErr(err, url))
+		}
+		tune(q, &opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.MaxRetries, &opt.DialerRetries, &opt.MaxRetryBackoff)
+		return redis.NewClient(opt), nil
+	case ModeSentinel:
+		opt, err := redis.ParseFailoverURL(url)
+		if err != nil {
+			return nil, fmt.Errorf("progress: REDIS_URL (sentinel) %s: %w", redactURL(url), redactErr(err, url))
+		}
+		if opt.MasterName == "" {
+			return nil, fmt.Errorf("progress: REDIS_URL (sentinel) %s: sentinel mode needs ?master_name=NAME", redactURL(url))
+		}
+		tune(q, &opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.MaxRetries, &opt.DialerRetries, &opt.MaxRetryBackoff)
+		return redis.NewFailoverClient(opt), nil
+	case ModeCluster:
+		opt, err := redis.ParseClusterURL(url)
+		if err != nil {
+			return nil, fmt.Errorf("progress: REDIS_URL (cluster) %s: %w", redactURL(url), redactErr(err, url))
+		}
+		tune(q, &opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.MaxRetries, &opt.DialerRetries, &opt.MaxRetryBackoff)
+		return redis.NewClusterClient(opt), nil
+	}
+	return nil, fmt.Errorf("progress: unknown Redis mode %q (want %s, %s or %s)", mode, ModeSingle, ModeSentinel, ModeCluster)
 }
 
 // urlQuery returns the query of a Redis URL (empty when it has none or
@@ -96,7 +108,7 @@ func urlQuery(raw string) neturl.Values {
 // unset. The three option types of go-redis share these fields but no
 // interface, hence the pointers.
 func tune(q neturl.Values, dial, read, write, pool *time.Duration, retries, dialerRetries *int, maxBackoff *time.Duration) {
-	set := func(key string) bool { return q.Has(key) }
+	set := q.Has
 	if !set("dial_timeout") {
 		*dial = DefaultDialTimeout
 	}

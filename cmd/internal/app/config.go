@@ -16,8 +16,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"taskstream/jobs"
+	"taskstream/progress"
 	"taskstream/web"
 )
 
@@ -153,18 +153,21 @@ func (w *Worker) register(fs *flag.FlagSet, env *envParser) {
 	fs.StringVar(&w.Queues, "queues", env.str("WORKER_QUEUES", ""), "queues and priorities, e.g. critical=6,default=3 (default: every job type's queue) (env WORKER_QUEUES)")
 	fs.DurationVar(&w.ShutdownTimeout, "shutdown-timeout", env.duration("WORKER_SHUTDOWN_TIMEOUT", 8*time.Second), "time running jobs get to finish on shutdown before they go back to the queue (env WORKER_SHUTDOWN_TIMEOUT)")
 	fs.DurationVar(&w.PollInterval, "poll-interval", env.duration("WORKER_POLL_INTERVAL", time.Second), "how often an idle worker looks for new jobs (env WORKER_POLL_INTERVAL)")
-	fs.DurationVar(&w.Heartbeat, "heartbeat", env.duration("JOB_HEARTBEAT", 5*time.Second), "how often a worker refreshes the heartbeat of its running jobs (env JOB_HEARTBEAT)")
-	fs.DurationVar(&w.LostAfter, "lost-after", env.duration("JOB_LOST_AFTER", 15*time.Second), "a running job whose heartbeat is older is lost: watchers are told, and it runs again (env JOB_LOST_AFTER)")
+	fs.DurationVar(&w.Heartbeat, "heartbeat", env.duration("JOB_HEARTBEAT", jobs.DefaultHeartbeat), "how often a worker refreshes the heartbeat of its running jobs (env JOB_HEARTBEAT)")
+	fs.DurationVar(&w.LostAfter, "lost-after", env.duration("JOB_LOST_AFTER", jobs.DefaultLostAfter), "a running job whose heartbeat is older is lost: watchers are told, and it runs again (env JOB_LOST_AFTER)")
 	fs.DurationVar(&w.ReconcileInterval, "reconcile-interval", env.duration("RECONCILE_INTERVAL", 15*time.Second), "how often jobs are compared with Asynq: deletes, archives, runs from Asynq's own tools (env RECONCILE_INTERVAL)")
 }
 
 // validate checks the common settings once parsed, flags and environment
 // alike, so a bad one stops start-up with one clear line.
 func (c *Common) validate(v *validator) {
-	if _, ok := redisModes[strings.ToLower(c.RedisMode)]; !ok {
+	switch strings.ToLower(c.RedisMode) {
+	case progress.ModeSingle, progress.ModeSentinel, progress.ModeCluster:
+		if c.RedisURL != "" {
+			v.check(checkRedisURL(c.RedisURL, c.RedisMode))
+		}
+	default:
 		v.fail("REDIS_MODE (-redis-mode) %q: want single, sentinel or cluster", c.RedisMode)
-	} else if c.RedisURL != "" {
-		v.check(checkRedisURL(c.RedisURL, strings.ToLower(c.RedisMode)))
 	}
 	if strings.TrimSpace(c.Prefix) == "" || strings.ContainsAny(c.Prefix, " \t\r\n") {
 		v.fail("KEY_PREFIX (-key-prefix) %q: want a non-empty word without spaces", c.Prefix)
@@ -216,38 +219,14 @@ func validateLimits(v *validator, l web.Limits) {
 	v.atLeast("MAX_SOCKETS_PER_IP", "max-sockets-per-ip", int64(l.MaxSocketsPerIP), 1)
 }
 
-var redisModes = map[string]struct{}{"single": {}, "sentinel": {}, "cluster": {}}
-
-// checkRedisURL parses url as OpenRedis will in mode, so a malformed one
-// fails at start-up. Errors never quote a password.
+// checkRedisURL parses url as OpenRedis will in mode, without connecting,
+// so a malformed one fails at start-up. Errors never quote a password.
 func checkRedisURL(raw, mode string) error {
-	var err error
-	switch mode {
-	case "single":
-		_, err = redis.ParseURL(raw)
-	case "sentinel":
-		var opt *redis.FailoverOptions
-		if opt, err = redis.ParseFailoverURL(raw); err == nil && opt.MasterName == "" {
-			return fmt.Errorf("REDIS_URL (-redis-url) %s: sentinel mode needs ?master_name=NAME", redactURL(raw))
-		}
-	case "cluster":
-		_, err = redis.ParseClusterURL(raw)
+	rdb, err := progress.NewRedis(raw, mode)
+	if err != nil {
+		return fmt.Errorf("REDIS_URL (-redis-url): %w", err)
 	}
-	if err == nil {
-		return nil
-	}
-	shown := redactURL(raw)
-	msg := strings.ReplaceAll(err.Error(), raw, shown)
-	return fmt.Errorf("REDIS_URL (-redis-url) %s is not a %s Redis URL: %s", shown, mode, msg)
-}
-
-// redactURL hides the password of a Redis URL: scheme://***@host...
-func redactURL(u string) string {
-	scheme, rest, ok := strings.Cut(u, "://")
-	if at := strings.LastIndex(rest, "@"); ok && at >= 0 {
-		return scheme + "://***@" + rest[at+1:]
-	}
-	return u
+	return rdb.Close()
 }
 
 // validator keeps the first failed check.
@@ -314,7 +293,7 @@ func (w *Worker) check() error {
 	if w.Concurrency < 0 {
 		return fmt.Errorf("WORKER_CONCURRENCY=%d: must not be negative", w.Concurrency)
 	}
-	heartbeat, lostAfter := cmp.Or(w.Heartbeat, 5*time.Second), cmp.Or(w.LostAfter, 15*time.Second)
+	heartbeat, lostAfter := cmp.Or(w.Heartbeat, jobs.DefaultHeartbeat), cmp.Or(w.LostAfter, jobs.DefaultLostAfter)
 	if lostAfter <= heartbeat {
 		return fmt.Errorf("JOB_LOST_AFTER=%v must be longer than JOB_HEARTBEAT=%v (a few heartbeats: a job is lost after missing them)", lostAfter, heartbeat)
 	}
