@@ -259,32 +259,39 @@ return {'ok', now}
 `)
 
 // beat refreshes a run's claim on its job, and restores the job's record
-// (and tells watchers) when Redis lost it while the job ran.
-func (l *lifecycle) beat(ctx context.Context, a *attempt) (beatOutcome, error) {
+// (and tells watchers) when Redis lost it while the job ran. It returns
+// Redis's time of the beat, for claimRunning: the running index is another
+// key (slot), so the caller refreshes it for all its runs in one call.
+func (l *lifecycle) beat(ctx context.Context, a *attempt) (beatOutcome, int64, error) {
 	res, err := beatScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(a.job())}, a.task, a.n, a.job()).Slice()
 	if err != nil {
-		return beatOK, fmt.Errorf("jobs: heartbeat of %s: %w", a.job(), err)
+		return beatOK, 0, fmt.Errorf("jobs: heartbeat of %s: %w", a.job(), err)
 	}
 	now := toInt(res[1])
 	switch res[0] {
 	case "stale":
-		return beatStale, nil
+		return beatStale, now, nil
 	case "gone":
 		created, err := l.restore(ctx, "", a, StateActive, nil, "")
 		if err != nil {
-			return beatGone, err
+			return beatGone, now, err
 		}
 		if created {
 			l.publish(ctx, a.job(), wire.EventState, stateEvent{State: StateActive, Attempt: a.n, Message: msgRestored})
 		}
+	case "canceled":
+		return beatCanceled, now, nil
 	}
-	if err := l.st.rdb.ZAdd(ctx, l.st.runningKey(), redis.Z{Score: float64(now), Member: a.job()}).Err(); err != nil {
-		return beatOK, fmt.Errorf("jobs: heartbeat of %s: %w", a.job(), err)
+	return beatOK, now, nil
+}
+
+// claimRunning records in the running index, in one call, the beats of
+// jobs that beat confirmed (each a redis.Z of beat's time and job id).
+func (l *lifecycle) claimRunning(ctx context.Context, beats []redis.Z) error {
+	if err := l.st.rdb.ZAdd(ctx, l.st.runningKey(), beats...).Err(); err != nil {
+		return fmt.Errorf("jobs: heartbeat of %d running jobs: %w", len(beats), err)
 	}
-	if res[0] == "canceled" {
-		return beatCanceled, nil
-	}
-	return beatOK, nil
+	return nil
 }
 
 // restoreScript writes a record that Redis lost, from what the run knows.
@@ -592,7 +599,7 @@ return 1
 // the reconciler pays it if this fails (Redis unavailable for a run's
 // EndRetryFor, or stop nil: one try).
 func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id, state string, result json.RawMessage, errMsg string) {
-	events := []progress.Draft{{Name: "state", Data: stateEvent{State: state, Error: errMsg}}}
+	events := []progress.Draft{{Name: wire.EventState, Data: stateEvent{State: state, Error: errMsg}}}
 	switch state {
 	case StateCompleted:
 		events = append(events, progress.Draft{Name: wire.EventResult, Data: map[string]json.RawMessage{"result": orNull(result)}})

@@ -423,23 +423,41 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		var beats []redis.Z
+		var claimed []*run
 		for _, r := range w.runs() {
-			out, err := w.svc.lc.beat(ctx, r.a)
+			out, now, err := w.svc.lc.beat(ctx, r.a)
 			if err != nil {
 				if ctx.Err() == nil {
 					w.logger.Warn("heartbeat failed", "job", r.a.job(), "err", err)
 				}
 				continue
 			}
-			r.beat.Store(time.Now().UnixNano())
-			switch out {
-			case beatStale:
+			if out == beatStale {
+				r.beat.Store(time.Now().UnixNano())
 				w.logger.Warn("this run's job moved on (it was taken for lost); stopping it and dropping its results", "job", r.a.job(), "attempt", r.a.n)
 				r.stale.Store(true)
 				r.cancel(errStale)
-			case beatCanceled:
+				continue
+			}
+			beats = append(beats, redis.Z{Score: float64(now), Member: r.a.job()})
+			claimed = append(claimed, r)
+			if out == beatCanceled {
 				r.cancel(errCanceledByUser)
 			}
+		}
+		if len(beats) == 0 {
+			continue
+		}
+		if err := w.svc.lc.claimRunning(ctx, beats); err != nil {
+			if ctx.Err() == nil {
+				w.logger.Warn("heartbeat failed", "err", err)
+			}
+			continue
+		}
+		at := time.Now().UnixNano()
+		for _, r := range claimed {
+			r.beat.Store(at)
 		}
 	}
 }

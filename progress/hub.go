@@ -720,11 +720,10 @@ func (g *group) sync(ctx context.Context) error {
 // first fail the targets still waiting for their first answer.
 func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool) error {
 	g.mu.Lock()
-	from := targets[0].cursor
-	positions := map[int64]bool{}
+	from, mixed := targets[0].cursor, false
 	for _, s := range targets {
 		from = min(from, s.cursor)
-		positions[s.cursor] = true
+		mixed = mixed || s.cursor != targets[0].cursor
 	}
 	g.mu.Unlock()
 	snap, err := g.hub.log.Read(ctx, g.name, from)
@@ -754,7 +753,7 @@ func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool
 	if errors.Is(err, errLogChurn) {
 		return err
 	}
-	if split && len(positions) > 1 {
+	if split && mixed {
 		byPos := map[int64][]*Subscription{}
 		g.mu.Lock()
 		for _, s := range targets {
