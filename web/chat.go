@@ -3,8 +3,6 @@ package web
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"math"
@@ -34,45 +32,41 @@ type chatMessage struct {
 	Text string          `json:"text"`
 }
 
-// publish handles a client's publish (socket op or HTTP): only chat rooms
-// take messages from clients; everything else is written by the server.
-func (s *Server) publish(ctx context.Context, who auth.Principal, group string, data json.RawMessage) error {
-	kind, room, _ := strings.Cut(group, ":")
-	if kind != "chat" {
-		return apiErr(CodeForbidden, "clients may publish to chat rooms only")
-	}
-	if !wire.ValidRoom(room) {
-		return apiErr(CodeBadRequest, "a chat room name is 1-64 of A-Z a-z 0-9 _ -")
+// publish handles a client's publish (socket op or HTTP) of a valid group
+// name: only chat rooms take messages from clients; everything else is
+// written by the server. It returns who acted: who, stored if it was a
+// guest that had not acted before.
+func (s *Server) publish(ctx context.Context, who auth.Principal, group string, data json.RawMessage) (auth.Principal, error) {
+	if !isChat(group) {
+		return who, apiErr(CodeForbidden, "clients may publish to chat rooms only")
 	}
 	var in chatInput
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&in); err != nil {
-		return apiErr(CodeBadRequest, `chat data must be {"text": "..."}`)
+		return who, apiErr(CodeBadRequest, `chat data must be {"text": "..."}`)
 	}
 	text := strings.TrimSpace(in.Text)
 	switch n := utf8.RuneCountInString(text); {
 	case n == 0:
-		return apiErr(CodeBadRequest, "a message needs text")
+		return who, apiErr(CodeBadRequest, "a message needs text")
 	case n > maxChatRunes:
-		return apiErr(CodeBadRequest, "a message is at most 2000 characters")
+		return who, apiErr(CodeBadRequest, "a message is at most 2000 characters")
 	}
 	who, err := s.materialize(ctx, who) // a message is state: store the guest
 	if err != nil {
-		return err
+		return who, err
 	}
 	if err := s.limit(ctx, "chat:"+who.User.ID, s.cfg.ChatRate, s.cfg.ChatBurst, "slow down: too many messages"); err != nil {
-		return err
+		return who, err
 	}
 	author, err := s.currentMember(ctx, who)
 	if err != nil {
-		return err
+		return who, err
 	}
-	var id [8]byte
-	_, _ = rand.Read(id[:])
-	msg := chatMessage{ID: hex.EncodeToString(id[:]), User: author, Text: text}
+	msg := chatMessage{ID: newID(), User: author, Text: text}
 	_, err = s.log.Publish(ctx, group, wire.EventMessage, msg)
-	return err
+	return who, err
 }
 
 // limit takes one request from key's bucket (shared by all replicas) or
@@ -114,7 +108,7 @@ func (s *Server) handlePostMessage(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if err := s.publish(r.Context(), principalOf(r), group, body); err != nil {
+	if _, err := s.publish(r.Context(), principalOf(r), group, body); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

@@ -81,9 +81,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if ae.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(ae.RetryAfter))
 	}
-	var body errorBody
-	body.Error.Code, body.Error.Message = ae.Code, ae.Message
-	writeJSON(w, ae.Status(), body)
+	writeJSON(w, ae.Status(), wire.NewErrorBody(ae.Code, ae.Message))
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"taskstream/wire"
 )
 
 // Limits bound what one client, and all clients together, may hold open,
@@ -194,9 +196,12 @@ func (l *limitListener) release(c *limitedConn) {
 		return
 	}
 	l.total--
-	if c.ip.IsValid() && !l.s.isTrustedProxy(c.ip) {
-		if l.perIP[c.ip]--; l.perIP[c.ip] <= 0 {
+	// Only addresses admit counted are in perIP (never a trusted proxy).
+	if n, ok := l.perIP[c.ip]; ok {
+		if n <= 1 {
 			delete(l.perIP, c.ip)
+		} else {
+			l.perIP[c.ip] = n - 1
 		}
 	}
 }
@@ -288,9 +293,7 @@ func rewriteServerError(p []byte) ([]byte, bool) {
 	case status == http.StatusNotImplemented:
 		msg = "unsupported transfer encoding"
 	}
-	var body errorBody
-	body.Error.Code, body.Error.Message = code, msg
-	raw, _ := json.Marshal(body)
+	raw, _ := json.Marshal(wire.NewErrorBody(code, msg))
 	raw = append(raw, '\n')
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "HTTP/1.1 %s\r\nContent-Type: application/json; charset=utf-8\r\nCache-Control: no-store\r\n"+

@@ -211,9 +211,7 @@ func (s *Server) routes() chi.Router {
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(CodeMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path))
 	})
-	static := s.staticHandler()
-	r.Get("/static/*", static)
-	r.Head("/static/*", static)
+	r.Get("/static/*", s.staticHandler())
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

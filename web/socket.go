@@ -58,9 +58,7 @@ func upgradeError(w http.ResponseWriter, _ *http.Request, status int, reason err
 	case http.StatusForbidden:
 		ae = apiErr(CodeForbidden, reason.Error())
 	}
-	var body errorBody
-	body.Error.Code, body.Error.Message = ae.Code, ae.Message
-	writeJSON(w, ae.Status(), body)
+	writeJSON(w, ae.Status(), wire.NewErrorBody(ae.Code, ae.Message))
 }
 
 func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
@@ -80,7 +78,7 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 	if slot {
 		defer release()
 	}
-	c := &conn{s: s, who: principalOf(r), id: newConnID(), send: newSendQueue(s.cfg.SendQueue, s.cfg.SendQueueBytes), closed: make(chan struct{}), subs: map[string]*progress.Subscription{},
+	c := &conn{s: s, who: principalOf(r), acting: principalOf(r), id: newID(), send: newSendQueue(s.cfg.SendQueue, s.cfg.SendQueueBytes), closed: make(chan struct{}), subs: map[string]*progress.Subscription{},
 		frames: rate.NewLimiter(rate.Limit(s.cfg.FrameRate), s.cfg.FrameBurst)}
 	if !s.register(c) {
 		s.writeError(w, r, apiErr(CodeUnavailable, "server is shutting down; retry shortly"))
@@ -131,11 +129,15 @@ func (s *Server) unregister(c *conn) {
 // when it is full the socket is closed with 1013 instead of slowing the
 // hub, so one slow client never delays another.
 type conn struct {
-	s    *Server
-	who  auth.Principal // the caller when the socket opened
-	id   string         // this connection, for presence
-	ws   *websocket.Conn
-	send *sendQueue
+	s   *Server
+	who auth.Principal // the caller when the socket opened (read by revocation checks)
+	// acting is who, once stored if it was a guest that had not acted
+	// yet: owned by the read pump, so a guest is stored (and looked up)
+	// once per socket, not on every chat frame.
+	acting auth.Principal
+	id     string // this connection, for presence
+	ws     *websocket.Conn
+	send   *sendQueue
 
 	closeOnce  sync.Once
 	closed     chan struct{}
@@ -361,7 +363,9 @@ func (c *conn) handle(ctx context.Context, f clientFrame) {
 		}
 		c.reply(replyFrame{Type: wire.TypeUnsubscribed, Group: f.Group, Ref: f.Ref})
 	case opPublish:
-		if err := c.s.publish(ctx, c.who, f.Group, f.Data); err != nil {
+		who, err := c.s.publish(ctx, c.acting, f.Group, f.Data)
+		c.acting = who
+		if err != nil {
 			c.replyError(f.Ref, f.Group, err)
 			return
 		}
@@ -375,9 +379,11 @@ func (c *conn) subscribe(ctx context.Context, f clientFrame) error {
 	}
 	if isChat(f.Group) {
 		// Presence is state: store the guest first.
-		if _, err := c.s.materialize(ctx, c.who); err != nil {
+		who, err := c.s.materialize(ctx, c.acting)
+		if err != nil {
 			return err
 		}
+		c.acting = who
 		// Joining a room is announced to it: churn is bounded per user so
 		// subscribe/unsubscribe cycles cannot wash a room's history away.
 		if err := c.s.limit(ctx, "join:"+c.who.User.ID, 1, 20, "joining rooms too often; wait a moment"); err != nil {
@@ -426,7 +432,9 @@ func (c *conn) leave(group string) {
 	}
 }
 
-func newConnID() string {
+// newID returns 16 random hex digits: ids of sockets, requests and chat
+// messages.
+func newID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])

@@ -85,3 +85,10 @@ type ErrorBody struct {
 		Message string `json:"message"`
 	} `json:"error"`
 }
+
+// NewErrorBody returns the error body for code and message.
+func NewErrorBody(code, message string) ErrorBody {
+	var b ErrorBody
+	b.Error.Code, b.Error.Message = code, message
+	return b
+}
