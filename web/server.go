@@ -143,6 +143,9 @@ type Deps struct {
 	// the server also makes Hub's counts part of it. Default: a fresh
 	// metrics.Metrics of the server's own, without job types or queues.
 	Metrics *metrics.Metrics
+	// Schedules lists the periodic jobs for GET /api/schedules. Default
+	// nil: the list is empty.
+	Schedules *jobs.Scheduler
 }
 
 // Server is taskstream's HTTP handler. Shutdown closes its sockets.
@@ -154,6 +157,7 @@ type Server struct {
 	auth   *auth.Store
 	pres   *progress.Presence
 	mx     *metrics.Metrics
+	sched  *jobs.Scheduler
 	logger *slog.Logger
 	router chi.Router
 
@@ -181,7 +185,7 @@ func New(d Deps, cfg Config) *Server {
 		d.Metrics = metrics.New(metrics.Config{Logger: cfg.Logger})
 	}
 	s := &Server{
-		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, mx: d.Metrics, logger: cfg.Logger,
+		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, mx: d.Metrics, sched: d.Schedules, logger: cfg.Logger,
 		conns: map[*conn]struct{}{}, streams: map[*stream]struct{}{}, socketsPerIP: map[string]int{}, stopCh: make(chan struct{}),
 	}
 	var bad []string
@@ -243,6 +247,7 @@ func (s *Server) routes() chi.Router {
 		r.Post("/jobs/{id}/cancel", s.handleCancel)
 		r.Get("/jobs/{id}/artifact", s.handleArtifact)
 		r.Get("/jobs/{id}/events", s.handleJobEvents)
+		r.Get("/schedules", s.handleSchedules)
 		r.Get("/groups/{group}/events", s.handleGroupEvents)
 	})
 	return r

@@ -74,12 +74,17 @@ func (s *Store) RevokeToken(ctx context.Context, userID, tokenID string) error {
 	return s.announceRevoked(ctx, "t:"+tokenID)
 }
 
+// AdminUserID is the user id of every admin token's principal: what an
+// admin token submits (and the periodic jobs of the schedule file) belongs
+// to it, so admin tokens may watch and cancel those jobs.
+const AdminUserID = "admin"
+
 // Bearer returns the principal of a bearer token: an admin token from the
 // configuration, or a user's token.
 func (s *Store) Bearer(ctx context.Context, token string) (Principal, error) {
 	for _, a := range s.cfg.AdminTokens {
 		if subtle.ConstantTimeCompare([]byte(a), []byte(token)) == 1 {
-			return Principal{User: User{ID: "admin", Name: "admin"}, TokenID: "admin", Admin: true, Stored: true}, nil
+			return Principal{User: User{ID: AdminUserID, Name: "admin"}, TokenID: "admin", Admin: true, Stored: true}, nil
 		}
 	}
 	m, err := s.rdb.HGetAll(ctx, s.key("token", hashSecret(token))).Result()
