@@ -79,11 +79,14 @@ func ParseSchedule(b []byte, reg *Registry) ([]ScheduleEntry, error) {
 			return nil, fmt.Errorf("%s: name used twice", where)
 		}
 		seen[e.Name] = true
-		sched, err := cronParser.Parse(withUTC(e.Spec))
+		sched, err := parseSpec(e.Spec)
 		if err != nil {
 			return nil, fmt.Errorf("%s: spec %q: %w", where, e.Spec, err)
 		}
 		e.sched = sched
+		if e.Next(time.Now()).IsZero() {
+			return nil, fmt.Errorf("%s: spec %q never fires", where, e.Spec)
+		}
 		t, ok := reg.Lookup(e.Type)
 		if !ok {
 			return nil, fmt.Errorf("%s: unknown type %q", where, e.Type)
@@ -101,6 +104,17 @@ func ParseSchedule(b []byte, reg *Registry) ([]ScheduleEntry, error) {
 		}
 	}
 	return f.Schedules, nil
+}
+
+// parseSpec parses a cron spec. The parser panics on some malformed specs
+// (a "CRON_TZ=" with nothing after it): that is an error like any other.
+func parseSpec(spec string) (sched cron.Schedule, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			sched, err = nil, fmt.Errorf("malformed (%v)", p)
+		}
+	}()
+	return cronParser.Parse(withUTC(spec))
 }
 
 // withUTC makes UTC the time zone of a spec that names none (cron's own
@@ -196,7 +210,7 @@ func (s *Scheduler) lead(ctx context.Context) {
 	for i, e := range s.entries {
 		var missed time.Time
 		t := e.Next(now.Add(-s.cfg.CatchUp))
-		for !t.After(now) {
+		for !t.IsZero() && !t.After(now) {
 			missed, t = t, e.Next(t)
 		}
 		if !missed.IsZero() {
@@ -207,9 +221,11 @@ func (s *Scheduler) lead(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
-		soonest := next[0]
+		// A spec that stopped firing (its next tick is more than the
+		// parser's five-year horizon away) has the zero time: ignored.
+		soonest := time.Now().Add(24 * time.Hour)
 		for _, t := range next {
-			if t.Before(soonest) {
+			if !t.IsZero() && t.Before(soonest) {
 				soonest = t
 			}
 		}
@@ -221,7 +237,7 @@ func (s *Scheduler) lead(ctx context.Context) {
 		}
 		now := time.Now()
 		for i, e := range s.entries {
-			if !next[i].After(now) && ctx.Err() == nil {
+			if !next[i].IsZero() && !next[i].After(now) && ctx.Err() == nil {
 				s.submit(ctx, e, next[i])
 				next[i] = e.Next(now) // now is not before next[i]
 			}

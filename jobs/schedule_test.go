@@ -157,3 +157,39 @@ func TestSchedulerOneLeader(t *testing.T) {
 		}
 	})
 }
+
+// FuzzParseSchedule: a schedule file is outside input; whatever it holds,
+// parsing does not panic, and an accepted file's entries all have a next
+// tick and pass their type's checks.
+func FuzzParseSchedule(f *testing.F) {
+	for _, s := range []string{
+		`{"schedules":[{"name":"a","spec":"@every 1s","type":"steps","params":{"steps":1}}]}`,
+		`{"schedules":[{"name":"b","spec":"CRON_TZ=Europe/Paris 0 3 * * 1-5","type":"opt","queue":"bulk","max_retry":1}]}`,
+		`{"schedules":[{"name":"c","spec":"TZ=Nowhere/City * * * * *","type":"steps","params":{"steps":1}}]}`,
+		`{"schedules":[{"name":"d","spec":"@every -1s","type":"steps","params":{"steps":1}}]}`,
+		`{"schedules":[{"name":"e","spec":"0 0 30 2 *","type":"steps","params":{"steps":1}}]}`,
+		`{"schedules":null}`, `[]`, `{}`,
+	} {
+		f.Add(s)
+	}
+	reg, err := NewRegistry(append(Builtin(), optionType())...)
+	if err != nil {
+		f.Fatal(err)
+	}
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, file string) {
+		entries, err := ParseSchedule([]byte(file), reg)
+		if err != nil {
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("a multi-line error: %q", err)
+			}
+			return
+		}
+		for _, e := range entries {
+			if _, ok := reg.Lookup(e.Type); !ok || !ValidQueueName(e.Name) {
+				t.Fatalf("accepted entry %+v", e)
+			}
+			e.Next(now) // must not panic nor loop (a spec that never fires gives the zero time)
+		}
+	})
+}

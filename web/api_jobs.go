@@ -51,9 +51,14 @@ func (s *Server) handleJobTypes(w http.ResponseWriter, r *http.Request) {
 // submitRequest is the body of POST /api/jobs: type, params and the
 // options (queue, priority, timeout, max_retry, delay, run_at).
 type submitRequest struct {
-	Type   string          `json:"type"`
-	Params json.RawMessage `json:"params"`
-	jobs.Options
+	Type     string          `json:"type"`
+	Params   json.RawMessage `json:"params"`
+	Queue    string          `json:"queue"`
+	Priority string          `json:"priority"`
+	Timeout  string          `json:"timeout"`
+	MaxRetry *int            `json:"max_retry"`
+	Delay    string          `json:"delay"`
+	RunAt    string          `json:"run_at"`
 }
 
 // idempotencyHeader carries a submit's idempotency key.
@@ -79,7 +84,8 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	job, replayed, err := s.jobs.SubmitRequest(r.Context(), who.User.ID, jobs.Request{
-		Type: req.Type, Params: req.Params, Options: req.Options, IdempotencyKey: r.Header.Get(idempotencyHeader),
+		Type: req.Type, Params: req.Params, IdempotencyKey: r.Header.Get(idempotencyHeader),
+		Options: jobs.Options{Queue: req.Queue, Priority: req.Priority, Timeout: req.Timeout, MaxRetry: req.MaxRetry, Delay: req.Delay, RunAt: req.RunAt},
 	})
 	if err != nil {
 		s.writeError(w, r, jobError(err))
