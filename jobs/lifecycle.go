@@ -244,10 +244,19 @@ func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt,
 		ev.Message = msgRunAgain
 	}
 	if l.cfg.Observer != nil && n == 1 {
-		l.cfg.Observer.JobStarted(rec.Type, time.Since(rec.CreatedAt))
+		// The queue wait of a scheduled job starts at its run_at: its
+		// delay was asked for, not waited in a queue.
+		l.cfg.Observer.JobStarted(rec.Type, time.Since(latest(rec.CreatedAt, rec.RunAt)))
 	}
 	l.publish(ctx, id, wire.EventState, ev)
 	return &attempt{rec: *rec, task: task, n: n, started: time.Now()}, startRun, nil
+}
+
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 func toInt(v any) int64 {

@@ -423,3 +423,21 @@ func TestUniqueType(t *testing.T) {
 		}
 	})
 }
+
+// An operator who deletes a scheduled job's waiting task (asynqmon) ends
+// the job canceled once it is due, as for a pending one.
+func TestOperatorDeletesScheduledTask(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newOptionEnv(t, srv, Config{}, nil)
+		ctx := context.Background()
+		j, _, err := e.svc.SubmitRequest(ctx, "u1", Request{Type: "opt", Options: Options{Delay: "500ms"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.svc.Inspector().DeleteTask("default", j.ID); err != nil {
+			t.Fatal(err)
+		}
+		e.startWorkerWith(quick())
+		e.checkEnd(j.ID, e.waitFinal(j.ID), StateCanceled, reasonDeleted)
+	})
+}

@@ -141,7 +141,11 @@ func (s *store) create(ctx context.Context, r *record) error {
 		// Microseconds keep quick successive submits in creation order.
 		p.ZAdd(ctx, s.indexKey(r.Owner), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID})
 		p.Expire(ctx, s.indexKey(r.Owner), s.retention)
-		p.ZAdd(ctx, s.openKey(), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID})
+		// The reconciler looks at a scheduled job once it is due: until
+		// then its task waits in Asynq's scheduled set, and checking it
+		// every pass would spend the pass's batch on jobs that can not
+		// have moved (an operator's delete of one is noticed at run_at).
+		p.ZAdd(ctx, s.openKey(), redis.Z{Score: float64(latest(now, r.RunAt).UnixMicro()), Member: r.ID})
 		return nil
 	})
 	if err != nil {
