@@ -575,6 +575,18 @@ func (e *jobEnv) watch(id string) *watcher {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(sub.Close)
+	// The subscription is in place once its first sync has arrived: a
+	// test that breaks Redis before then would see that first sync
+	// (Initial) tell of the loss instead of a later one, and untilFinal
+	// would not count it.
+	select {
+	case m := <-w.ch:
+		if s, ok := m.(progress.SyncInfo); !ok || !s.Initial {
+			e.t.Fatalf("a subscription's first message is %v, want its initial sync", m)
+		}
+	case <-time.After(30 * time.Second):
+		e.t.Fatal("no initial sync within 30s")
+	}
 	return w
 }
 
