@@ -219,6 +219,12 @@ var errLogChurn = errors.New("the log changes faster than it can be read")
 // ErrUnavailable (see IsUnavailable); the caller may retry those. Any
 // other error is permanent for this group.
 func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, error) {
+	return l.ReadN(ctx, group, after, 0)
+}
+
+// ReadN is Read that stops after the first n events (every retained event
+// when n <= 0): a bounded page of history for a reader that pages on.
+func (l *Log) ReadN(ctx context.Context, group string, after int64, n int) (Snapshot, error) {
 	var snap Snapshot
 	if after < 0 {
 		after = 0
@@ -229,7 +235,7 @@ func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, er
 		var rng *redis.XMessageSliceCmd
 		_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			meta = p.HMGet(ctx, l.metaKey(group), "seq", "epoch")
-			rng = p.XRangeN(ctx, l.streamKey(group), afterID(from), "+", readPage)
+			rng = p.XRangeN(ctx, l.streamKey(group), afterID(from), "+", int64(page(n, len(snap.Events))))
 			return nil
 		})
 		if err != nil && !errors.Is(err, redis.Nil) {
@@ -258,10 +264,19 @@ func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, er
 			snap.Events = append(snap.Events, ev)
 			from = ev.Seq
 		}
-		if len(msgs) < readPage || from >= lastSeq {
+		if len(msgs) < readPage || from >= lastSeq || (n > 0 && len(snap.Events) >= n) {
 			return snap, nil
 		}
 	}
+}
+
+// page is the size of the next XRANGE of a read that wants n events (all
+// when n <= 0) and has got of them.
+func page(n, got int) int {
+	if n <= 0 {
+		return readPage
+	}
+	return min(readPage, n-got)
 }
 
 // afterID is the first stream id after the event with seq: events have

@@ -21,7 +21,8 @@ func (s *Store) announceRevoked(ctx context.Context, credential string) error {
 
 // WatchRevocations calls fn with the credential ("s:SESSION", "g:GUEST"
 // or "t:TOKEN") of every session, guest or token that ends, on any
-// replica, until ctx ends. go-redis resubscribes after a lost connection;
+// replica, until ctx ends; and with "u:USER" for a user whose sockets and
+// streams an admin disconnects (DisconnectUser). go-redis resubscribes after a lost connection;
 // sockets also recheck their credential periodically (Valid), which
 // covers that gap.
 func (s *Store) WatchRevocations(ctx context.Context, fn func(credential string)) {
@@ -32,7 +33,7 @@ func (s *Store) WatchRevocations(ctx context.Context, fn func(credential string)
 // for long-lived sockets and streams).
 func (s *Store) Valid(ctx context.Context, p Principal) (bool, error) {
 	switch {
-	case p.Admin:
+	case p.TokenID == adminTokenID: // from the configuration
 		return true, nil
 	case p.SessionID != "":
 		n, err := s.rdb.Exists(ctx, s.sessionKey(p.SessionID)).Result()

@@ -1,0 +1,361 @@
+package web
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"taskstream/progress/progresstest"
+	"taskstream/wire"
+)
+
+// adminBearer is the Authorization header value of the configured admin
+// token.
+const adminBearer = "Bearer " + testAdminToken
+
+// mint creates a token as the caller authenticated by header (a session's
+// client with no header, or an admin's "Authorization" pair) and returns
+// its Authorization value.
+func (e *testEnv) mint(client *http.Client, scopes []string, header ...string) string {
+	e.t.Helper()
+	bearer, _ := e.mintID(client, scopes, header...)
+	return bearer
+}
+
+// mintID is mint that also returns the token's id.
+func (e *testEnv) mintID(client *http.Client, scopes []string, header ...string) (bearer, id string) {
+	e.t.Helper()
+	status, body, _ := e.doAs(client, "POST", "/api/tokens", map[string]any{"name": "test", "scopes": scopes}, header...)
+	if status != http.StatusCreated {
+		e.t.Fatalf("mint %v: %d %v", scopes, status, body)
+	}
+	return "Bearer " + body["token"].(string), body["id"].(string)
+}
+
+// adminToken mints an admin's token with scopes.
+func (e *testEnv) adminToken(scopes ...string) string {
+	e.t.Helper()
+	return e.mint(&http.Client{}, scopes, "Authorization", adminBearer)
+}
+
+// publishAs posts body to path with the Authorization value bearer (none
+// when empty) from a client without cookies.
+func (e *testEnv) publishAs(bearer, path string, body any) (int, map[string]any) {
+	e.t.Helper()
+	var header []string
+	if bearer != "" {
+		header = []string{"Authorization", bearer}
+	}
+	status, out, _ := e.doAs(&http.Client{}, "POST", path, body, header...)
+	return status, out
+}
+
+// Scopes are checked when a token is minted: their grammar, who may give
+// publish and admin rights, and that an admin's tokens say what they may
+// do. They are stored with the token and listed.
+func TestMintScopedTokens(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e, smtp := smtpEnv(t, srv, withoutWorker())
+		e.signIn(e.client, smtp, "scopes@example.com")
+		admin := []string{"Authorization", adminBearer}
+		program := &http.Client{}
+		tests := []struct {
+			name   string
+			client *http.Client
+			header []string
+			body   any
+			status int
+			code   string
+		}{
+			{"user, no body", e.client, nil, nil, http.StatusCreated, ""},
+			{"user, history", e.client, nil, map[string]any{"scopes": []string{"history:*", "presence:chat:lobby"}}, http.StatusCreated, ""},
+			{"user, publish", e.client, nil, map[string]any{"scopes": []string{"publish:chat:*"}}, http.StatusForbidden, CodeForbidden},
+			{"user, admin", e.client, nil, map[string]any{"scopes": []string{"admin:*"}}, http.StatusForbidden, CodeForbidden},
+			{"guest", e.newBrowser(), nil, map[string]any{"scopes": []string{"history:*"}}, http.StatusForbidden, CodeForbidden},
+			{"admin, every kind", program, admin, map[string]any{"name": "bench", "scopes": []string{"publish:chat:*", "publish:user:*", "history:*", "presence:chat:*"}}, http.StatusCreated, ""},
+			{"admin, admin scope", program, admin, map[string]any{"scopes": []string{"admin:*"}}, http.StatusCreated, ""},
+			{"admin, no scopes", program, admin, map[string]any{"name": "x"}, http.StatusBadRequest, CodeBadRequest},
+			{"unknown action", program, admin, map[string]any{"scopes": []string{"delete:*"}}, http.StatusBadRequest, CodeBadRequest},
+			{"no pattern", program, admin, map[string]any{"scopes": []string{"publish"}}, http.StatusBadRequest, CodeBadRequest},
+			{"bad kind", program, admin, map[string]any{"scopes": []string{"publish:metrics:*"}}, http.StatusBadRequest, CodeBadRequest},
+			{"bad room", program, admin, map[string]any{"scopes": []string{"publish:chat:a.b"}}, http.StatusBadRequest, CodeBadRequest},
+			{"presence of a job", program, admin, map[string]any{"scopes": []string{"presence:job:*"}}, http.StatusBadRequest, CodeBadRequest},
+			{"narrow admin", program, admin, map[string]any{"scopes": []string{"admin:chat:*"}}, http.StatusBadRequest, CodeBadRequest},
+			{"too many", program, admin, map[string]any{"scopes": strings.Split(strings.Repeat("history:*,", 33), ",")[:33]}, http.StatusBadRequest, CodeBadRequest},
+			{"long name", program, admin, map[string]any{"name": strings.Repeat("n", 65), "scopes": []string{"history:*"}}, http.StatusBadRequest, CodeBadRequest},
+			{"unknown field", program, admin, map[string]any{"scope": []string{"history:*"}}, http.StatusBadRequest, CodeBadRequest},
+			{"scopes not a list", program, admin, `{"scopes": "history:*"}`, http.StatusBadRequest, CodeBadRequest},
+		}
+		for _, tt := range tests {
+			status, body, _ := e.doAs(tt.client, "POST", "/api/tokens", tt.body, tt.header...)
+			if status != tt.status || errCode(body) != tt.code {
+				t.Errorf("%s: %d %v, want %d %q", tt.name, status, body, tt.status, tt.code)
+			}
+		}
+		// Listed with their names and scopes, without secrets.
+		listed := func(header ...string) map[string]bool {
+			_, list, _ := e.doAs(e.client, "GET", "/api/tokens", nil, header...)
+			out := map[string]bool{}
+			for _, tok := range asList(list["tokens"]) {
+				m := tok.(map[string]any)
+				out[fmt.Sprint(m["name"], " ", m["scopes"], " ", m["token"] != nil)] = true
+			}
+			return out
+		}
+		for _, want := range []struct {
+			header []string
+			tokens []string
+		}{
+			{admin, []string{"bench [publish:chat:* publish:user:* history:* presence:chat:*] false", "<nil> [admin:*] false"}},
+			{nil, []string{"<nil> [] false", "<nil> [history:* presence:chat:lobby] false"}},
+		} {
+			got := listed(want.header...)
+			if len(got) != len(want.tokens) {
+				t.Errorf("listed %v, want %v", got, want.tokens)
+			}
+			for _, w := range want.tokens {
+				if !got[w] {
+					t.Errorf("listed %v, want %q among them", got, w)
+				}
+			}
+		}
+	})
+}
+
+// A scoped token serves the server API only: not the job routes, the
+// token routes or the socket. GET /api/me tells it who it is.
+func TestScopedTokenLimitedToItsRoutes(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newEnv(t, srv, withoutWorker())
+		tok := e.adminToken("publish:chat:*")
+		program := &http.Client{}
+		for _, rt := range []struct{ method, path string }{
+			{"GET", "/api/jobs"}, {"GET", "/api/tokens"}, {"POST", "/api/tokens"},
+			{"POST", "/api/notify"}, {"GET", "/api/groups/chat%3Alobby/events?wait=0"}, {"GET", "/ws"},
+		} {
+			status, body, _ := e.doAs(program, rt.method, rt.path, nil, "Authorization", tok)
+			if status != http.StatusForbidden || errCode(body) != CodeForbidden {
+				t.Errorf("%s %s with a scoped token: %d %v, want 403", rt.method, rt.path, status, body)
+			}
+		}
+		if status, me, _ := e.doAs(program, "GET", "/api/me", nil, "Authorization", tok); status != http.StatusOK || me["id"] != "admin" {
+			t.Errorf("GET /api/me with an admin's scoped token: %d %v", status, me)
+		}
+		// The admin:* scope may do everything, as the configured token.
+		all := e.adminToken("admin:*")
+		if status, body, _ := e.doAs(program, "GET", "/api/tokens", nil, "Authorization", all); status != http.StatusOK {
+			t.Errorf("GET /api/tokens with admin:*: %d %v", status, body)
+		}
+	})
+}
+
+// POST /api/publish: the event lands in the group's log with the log's
+// seq and epoch and reaches live subscribers; group rules and scopes hold
+// and every bad input gets its typed error.
+func TestPublishAPI(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e, smtp := smtpEnv(t, srv, withoutWorker())
+		e.signIn(e.client, smtp, "pub@example.com")
+		userTok := e.mint(e.client, nil)
+		chatOnly := e.adminToken("publish:chat:*")
+		lobbyOnly := e.adminToken("publish:chat:lobby", "history:*")
+		every := e.adminToken("publish:*")
+		revoked, id := e.mintID(&http.Client{}, []string{"publish:*"}, "Authorization", adminBearer)
+		if status, _, _ := e.doAs(&http.Client{}, "DELETE", "/api/tokens/"+id, nil, "Authorization", adminBearer); status != http.StatusNoContent {
+			t.Fatalf("revoke: %d", status)
+		}
+		admin := dialWS(t, "ws"+strings.TrimPrefix(e.http.URL, "http")+"/ws", "Authorization", adminBearer)
+		admin.send(map[string]any{"op": "subscribe", "group": "user:someone"})
+		if f := admin.read(); f.Type != wire.TypeSubscribed {
+			t.Fatalf("subscribe: %+v", f)
+		}
+
+		ok := map[string]any{"group": "chat:lobby", "event": "message", "data": map[string]any{"text": "hi"}}
+		big := strings.Repeat("x", 64<<10)
+		tests := []struct {
+			name   string
+			bearer string
+			body   any
+			status int
+			code   string
+		}{
+			{"no token", "", ok, http.StatusForbidden, CodeForbidden},
+			{"bad token", "Bearer tsk_nope", ok, http.StatusUnauthorized, CodeUnauthenticated},
+			{"revoked token", revoked, ok, http.StatusUnauthorized, CodeUnauthenticated},
+			{"a user's token", userTok, ok, http.StatusForbidden, CodeForbidden},
+			{"wrong scope: kind", chatOnly, map[string]any{"group": "user:someone", "event": "notification", "data": map[string]any{"title": "t"}}, http.StatusForbidden, CodeForbidden},
+			{"wrong scope: room", lobbyOnly, map[string]any{"group": "chat:other", "event": "message", "data": nil}, http.StatusForbidden, CodeForbidden},
+			{"reserved state", adminBearer, map[string]any{"group": "job:abc", "event": "state", "data": map[string]any{"state": "completed"}}, http.StatusForbidden, CodeForbidden},
+			{"reserved result", every, map[string]any{"group": "job:abc", "event": "result", "data": map[string]any{"result": 1}}, http.StatusForbidden, CodeForbidden},
+			{"reserved progress", every, map[string]any{"group": "job:abc", "event": "progress", "data": map[string]any{}}, http.StatusForbidden, CodeForbidden},
+			{"reserved presence", every, map[string]any{"group": "chat:lobby", "event": "presence", "data": map[string]any{"users": []any{}}}, http.StatusForbidden, CodeForbidden},
+			{"unknown kind", every, map[string]any{"group": "metrics:x", "event": "x", "data": 1}, http.StatusBadRequest, CodeBadRequest},
+			{"bad group", every, map[string]any{"group": "chat:a b", "event": "x", "data": 1}, http.StatusBadRequest, CodeBadRequest},
+			{"no group", every, map[string]any{"event": "x", "data": 1}, http.StatusBadRequest, CodeBadRequest},
+			{"bad event", every, map[string]any{"group": "chat:lobby", "event": "Message!", "data": 1}, http.StatusBadRequest, CodeBadRequest},
+			{"no event", every, map[string]any{"group": "chat:lobby", "data": 1}, http.StatusBadRequest, CodeBadRequest},
+			{"no data", every, map[string]any{"group": "chat:lobby", "event": "message"}, http.StatusBadRequest, CodeBadRequest},
+			{"data too large", every, map[string]any{"group": "chat:lobby", "event": "message", "data": big}, http.StatusRequestEntityTooLarge, CodeTooLarge},
+			{"unknown field", every, map[string]any{"group": "chat:lobby", "event": "message", "data": 1, "seq": 5}, http.StatusBadRequest, CodeBadRequest},
+			{"malformed JSON", every, `{"group": "chat:lobby", "event": "message", "data": {`, http.StatusBadRequest, CodeBadRequest},
+			{"trailing data", every, `{"group": "chat:lobby", "event": "message", "data": 1}]`, http.StatusBadRequest, CodeBadRequest},
+			{"not an object", every, `["chat:lobby"]`, http.StatusBadRequest, CodeBadRequest},
+			{"body too large", every, `{"group": "chat:lobby", "event": "message", "data": "` + strings.Repeat("x", 1<<20) + `"}`, http.StatusRequestEntityTooLarge, CodeTooLarge},
+		}
+		for _, tt := range tests {
+			status, body := e.publishAs(tt.bearer, "/api/publish", tt.body)
+			if status != tt.status || errCode(body) != tt.code {
+				t.Errorf("%s: %d %v, want %d %q", tt.name, status, body, tt.status, tt.code)
+			}
+		}
+		res := e.doRaw("POST", "/api/publish", []byte(`{}`), "Authorization", every, "Content-Type", "text/plain")
+		wantAPIError(t, res, http.StatusUnsupportedMediaType, CodeUnsupportedMedia)
+
+		// Allowed: the log's seq and epoch, and the subscriber gets it.
+		var epoch string
+		for i, tt := range []struct {
+			bearer string
+			body   map[string]any
+		}{
+			{lobbyOnly, ok},
+			{chatOnly, map[string]any{"group": "chat:lobby", "event": "message", "data": map[string]any{"text": "again"}}},
+			{every, map[string]any{"group": "user:someone", "event": "notification", "data": map[string]any{"title": "t"}}},
+			{adminBearer, map[string]any{"group": "user:someone", "event": "custom.thing", "data": nil}},
+			{every, map[string]any{"group": "job:abc", "event": "note", "data": []int{1}}},
+		} {
+			status, body := e.publishAs(tt.bearer, "/api/publish", tt.body)
+			if status != http.StatusOK || body["group"] != tt.body["group"] || body["epoch"] == "" {
+				t.Fatalf("publish %d: %d %v", i, status, body)
+			}
+			want := map[int]float64{0: 1, 1: 2, 2: 1, 3: 2, 4: 1}[i]
+			if body["seq"] != want {
+				t.Errorf("publish %d: seq %v, want %v", i, body["seq"], want)
+			}
+			if i == 2 {
+				epoch = body["epoch"].(string)
+			}
+		}
+		for _, want := range []struct {
+			seq   int64
+			event string
+			data  string
+		}{{1, "notification", `{"title":"t"}`}, {2, "custom.thing", "null"}} {
+			f := admin.read()
+			if f.Type != wire.TypeEvent || f.Seq != want.seq || f.Epoch != epoch || f.Event != want.event || string(f.Data) != want.data {
+				t.Errorf("the subscriber got %+v, want seq %d %s %s of epoch %s", f, want.seq, want.event, want.data, epoch)
+			}
+		}
+	})
+}
+
+// publishBatch posts events as one batch and returns the status and the
+// results.
+func (e *testEnv) publishBatch(bearer string, events ...any) (int, []map[string]any, map[string]any) {
+	e.t.Helper()
+	status, body := e.publishAs(bearer, "/api/publish/batch", map[string]any{"events": events})
+	var results []map[string]any
+	for _, r := range asList(body["results"]) {
+		results = append(results, r.(map[string]any))
+	}
+	return status, results, body
+}
+
+func asList(v any) []any {
+	l, _ := v.([]any)
+	return l
+}
+
+// POST /api/publish/batch: each event gets its own result or error, in
+// order; the batch's own limits and shape are checked first.
+func TestPublishBatchAPI(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newEnv(t, srv, withoutWorker(), withWebConfig(Config{PublishBatch: 5}))
+		tok := e.adminToken("publish:chat:*", "publish:job:*")
+		msg := func(room string) map[string]any {
+			return map[string]any{"group": "chat:" + room, "event": "message", "data": map[string]any{"text": room}}
+		}
+		status, results, body := e.publishBatch(tok,
+			msg("a"),
+			map[string]any{"group": "job:j1", "event": "state", "data": map[string]any{"state": "completed"}},
+			map[string]any{"group": "user:u1", "event": "notification", "data": map[string]any{"title": "t"}},
+			map[string]any{"group": "chat:a", "event": "message", "data": 1, "extra": true},
+			msg("a"),
+		)
+		if status != http.StatusOK || len(results) != 5 {
+			t.Fatalf("batch: %d %v", status, body)
+		}
+		wantCodes := []string{"", CodeForbidden, CodeForbidden, CodeBadRequest, ""}
+		for i, r := range results {
+			if errCode(r) != wantCodes[i] {
+				t.Errorf("result %d: %v, want code %q", i, r, wantCodes[i])
+			}
+			if wantCodes[i] != "" {
+				if msg, _ := r["error"].(map[string]any)["message"].(string); msg == "" || len(r) != 1 {
+					t.Errorf("result %d: %v, want only an error with a message", i, r)
+				}
+			}
+		}
+		if results[0]["seq"] != 1.0 || results[4]["seq"] != 2.0 || results[0]["epoch"] != results[4]["epoch"] || results[0]["group"] != "chat:a" {
+			t.Errorf("results %v and %v, want seqs 1 and 2 of chat:a in one epoch", results[0], results[4])
+		}
+		// The batch's own limits, and its shape, fail it as a whole.
+		six := make([]any, 6)
+		for i := range six {
+			six[i] = msg("b")
+		}
+		for _, tt := range []struct {
+			name   string
+			bearer string
+			body   any
+			status int
+			code   string
+		}{
+			{"over the cap", tok, map[string]any{"events": six}, http.StatusRequestEntityTooLarge, CodeTooLarge},
+			{"empty", tok, map[string]any{"events": []any{}}, http.StatusBadRequest, CodeBadRequest},
+			{"no events", tok, map[string]any{}, http.StatusBadRequest, CodeBadRequest},
+			{"events not a list", tok, map[string]any{"events": msg("b")}, http.StatusBadRequest, CodeBadRequest},
+			{"malformed JSON", tok, `{"events": [`, http.StatusBadRequest, CodeBadRequest},
+			{"unknown field", tok, map[string]any{"events": []any{msg("b")}, "atomic": true}, http.StatusBadRequest, CodeBadRequest},
+			{"body too large", tok, `{"events": [{"group": "chat:b", "event": "message", "data": "` + strings.Repeat("x", 1<<20) + `"}]}`, http.StatusRequestEntityTooLarge, CodeTooLarge},
+			{"no token", "", map[string]any{"events": []any{msg("b")}}, http.StatusOK, ""},
+			{"bad token", "Bearer tsk_nope", map[string]any{"events": []any{msg("b")}}, http.StatusUnauthorized, CodeUnauthenticated},
+		} {
+			status, body := e.publishAs(tt.bearer, "/api/publish/batch", tt.body)
+			if status != tt.status || errCode(body) != tt.code {
+				t.Errorf("%s: %d %v, want %d %q", tt.name, status, body, tt.status, tt.code)
+			}
+			if tt.name == "no token" && errCode(asList(body["results"])[0].(map[string]any)) != CodeForbidden {
+				t.Errorf("a batch with no token: %v, want its event forbidden", body)
+			}
+		}
+		// Nothing of the refused batches reached chat:b.
+		snap, err := e.log.Read(t.Context(), "chat:b", 0)
+		if err != nil || len(snap.Events) != 0 {
+			t.Errorf("chat:b holds %d events (%v), want none", len(snap.Events), err)
+		}
+	})
+}
+
+// wantEvents fails unless events (EventFrames) are the seqs from, from+1, …
+// of group in epoch.
+func wantEvents(t *testing.T, events []any, group, epoch string, from int64, n int) {
+	t.Helper()
+	if len(events) != n {
+		t.Fatalf("%d events, want %d", len(events), n)
+	}
+	for i, raw := range events {
+		b, _ := json.Marshal(raw)
+		var f wire.EventFrame
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&f); err != nil {
+			t.Fatalf("event %d is not an event frame: %v (%s)", i, err, b)
+		}
+		if f.Type != wire.TypeEvent || f.Group != group || f.Epoch != epoch || f.Seq != from+int64(i) || f.TS == "" {
+			t.Errorf("event %d: %s, want seq %d of %s in epoch %s", i, b, from+int64(i), group, epoch)
+		}
+	}
+}
