@@ -3,10 +3,16 @@ package web
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
 
 	"taskstream/progress/progresstest"
 	"taskstream/wire"
@@ -358,4 +364,305 @@ func wantEvents(t *testing.T, events []any, group, epoch string, from int64, n i
 			t.Errorf("event %d: %s, want seq %d of %s in epoch %s", i, b, from+int64(i), group, epoch)
 		}
 	}
+}
+
+// history reads path as client (with header pairs) and returns the status
+// and body.
+func (e *testEnv) history(client *http.Client, group, query string, header ...string) (int, map[string]any) {
+	e.t.Helper()
+	status, body, _ := e.doAs(client, "GET", "/api/groups/"+url.PathEscape(group)+"/history"+query, nil, header...)
+	return status, body
+}
+
+// GET /api/groups/{group}/history: pages of the group's log with the
+// socket's resume rules, for whoever may watch the group or holds a
+// history scope for it.
+func TestHistoryAPI(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e, smtp := smtpEnv(t, srv, withoutWorker())
+		owner := e.signIn(e.client, smtp, "history@example.com")["id"].(string)
+		group := "user:" + owner
+		pub := e.adminToken("publish:*")
+		var epoch string
+		for i := range 5 {
+			status, body := e.publishAs(pub, "/api/publish", map[string]any{"group": group, "event": "notification", "data": map[string]any{"title": fmt.Sprint(i)}})
+			if status != http.StatusOK {
+				t.Fatalf("publish: %d %v", status, body)
+			}
+			epoch = body["epoch"].(string)
+		}
+		pages := []struct {
+			query     string
+			from      int64
+			n         int
+			recovered bool
+		}{
+			{"", 1, 5, true},
+			{"?after=0", 1, 5, true},
+			{"?after=2&limit=2", 3, 2, true},
+			{"?after=4&limit=1000", 5, 1, true},
+			{"?after=5", 0, 0, true},
+			{"?after=2&epoch=" + epoch, 3, 3, true},
+			{"?after=2&epoch=older", 1, 5, false}, // the log the caller knew is gone: start over
+			{"?after=6", 1, 5, false},             // beyond the log: start over
+			{"?after=9223372036854775807&limit=2", 1, 2, false},
+		}
+		for _, p := range pages {
+			status, body := e.history(e.client, group, p.query)
+			if status != http.StatusOK || body["group"] != group || body["epoch"] != epoch || body["last_seq"] != 5.0 || body["recovered"] != p.recovered {
+				t.Errorf("history%s: %d %v, want last_seq 5 of epoch %s, recovered %v", p.query, status, body, epoch, p.recovered)
+				continue
+			}
+			wantEvents(t, asList(body["events"]), group, epoch, p.from, p.n)
+		}
+		// Trimmed past the caller's position.
+		if err := e.rdb.XDel(t.Context(), "ts:{"+group+"}:log", "1-0", "2-0").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, body := e.history(e.client, group, "?after=1"); body["recovered"] != false {
+			t.Errorf("history after a trimmed seq: %v, want recovered false", body)
+		} else {
+			wantEvents(t, asList(body["events"]), group, epoch, 3, 3)
+		}
+		// A group without a log.
+		if status, body := e.history(e.client, "chat:empty", ""); status != http.StatusOK || body["epoch"] != "" || body["last_seq"] != 0.0 || body["recovered"] != true || len(asList(body["events"])) != 0 {
+			t.Errorf("the history of an empty room: %d %v", status, body)
+		}
+
+		userAll := e.mint(e.client, []string{"history:*"})
+		presenceOnly := e.mint(e.client, []string{"presence:chat:*"})
+		other := e.newBrowser()
+		otherTok := func() string { // another signed-in user's token with history:*
+			e.signIn(other, smtp, "other@example.com")
+			return e.mint(other, []string{"history:*"})
+		}()
+		program := &http.Client{}
+		for _, tt := range []struct {
+			name   string
+			client *http.Client
+			header []string
+			group  string
+			query  string
+			status int
+			code   string
+		}{
+			{"the owner's session", e.client, nil, group, "", http.StatusOK, ""},
+			{"the owner's history:* token", program, []string{"Authorization", userAll}, group, "", http.StatusOK, ""},
+			{"the owner's presence-only token", program, []string{"Authorization", presenceOnly}, group, "", http.StatusForbidden, CodeForbidden},
+			{"another user's session", other, nil, group, "", http.StatusForbidden, CodeForbidden},
+			{"another user's history:* token", program, []string{"Authorization", otherTok}, group, "", http.StatusForbidden, CodeForbidden},
+			{"a guest", e.newBrowser(), nil, group, "", http.StatusForbidden, CodeForbidden},
+			{"a guest, a chat room", e.newBrowser(), nil, "chat:lobby", "", http.StatusOK, ""},
+			{"an admin's history:* token", program, []string{"Authorization", e.adminToken("history:*")}, group, "", http.StatusOK, ""},
+			{"an admin's history:chat:* token", program, []string{"Authorization", e.adminToken("history:chat:*")}, group, "", http.StatusForbidden, CodeForbidden},
+			{"an admin's exact-group token", program, []string{"Authorization", e.adminToken("history:" + group)}, group, "", http.StatusOK, ""},
+			{"an admin's publish token", program, []string{"Authorization", pub}, group, "", http.StatusForbidden, CodeForbidden},
+			{"the admin", program, []string{"Authorization", adminBearer}, group, "", http.StatusOK, ""},
+			{"a bad token", program, []string{"Authorization", "Bearer tsk_x"}, group, "", http.StatusUnauthorized, CodeUnauthenticated},
+			{"a job that does not exist", e.client, nil, "job:nope", "", http.StatusNotFound, CodeNotFound},
+			{"a bad group", e.client, nil, "chat:a b", "", http.StatusBadRequest, CodeBadRequest},
+			{"an unknown kind", e.client, nil, "metrics:x", "", http.StatusBadRequest, CodeBadRequest},
+			{"a negative after", e.client, nil, group, "?after=-1", http.StatusBadRequest, CodeBadRequest},
+			{"a fractional after", e.client, nil, group, "?after=1.5", http.StatusBadRequest, CodeBadRequest},
+			{"after beyond int64", e.client, nil, group, "?after=9223372036854775808", http.StatusBadRequest, CodeBadRequest},
+			{"limit 0", e.client, nil, group, "?limit=0", http.StatusBadRequest, CodeBadRequest},
+			{"limit over the cap", e.client, nil, group, "?limit=1001", http.StatusBadRequest, CodeBadRequest},
+			{"limit not a number", e.client, nil, group, "?limit=ten", http.StatusBadRequest, CodeBadRequest},
+		} {
+			status, body := e.history(tt.client, tt.group, tt.query, tt.header...)
+			if status != tt.status || errCode(body) != tt.code {
+				t.Errorf("%s: %d %v, want %d %q", tt.name, status, body, tt.status, tt.code)
+			}
+		}
+	})
+}
+
+// GET /api/groups/{group}/presence: who is in a chat room, for whoever
+// may watch it or holds a presence scope for it.
+func TestPresenceAPI(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newEnv(t, srv, withoutWorker())
+		alice := e.newBrowser()
+		e.doAs(alice, "POST", "/api/me", map[string]string{"name": "alice"})
+		aliceID := e.me(alice)
+		c := e.dialAs(alice)
+		c.send(map[string]any{"op": "subscribe", "group": "chat:room1"})
+		path := "/api/groups/" + url.PathEscape("chat:room1") + "/presence"
+		eventually(t, "alice to be present", func() bool {
+			_, body, _ := e.do("GET", path, nil)
+			return fmt.Sprint(body["users"]) == fmt.Sprintf("[map[id:%s name:alice]]", aliceID)
+		})
+		program := &http.Client{}
+		for _, tt := range []struct {
+			name   string
+			client *http.Client
+			bearer string
+			path   string
+			status int
+			code   string
+		}{
+			{"a guest", e.newBrowser(), "", path, http.StatusOK, ""},
+			{"presence:chat:*", program, e.adminToken("presence:chat:*"), path, http.StatusOK, ""},
+			{"presence:chat:room1", program, e.adminToken("presence:chat:room1"), path, http.StatusOK, ""},
+			{"presence:*", program, e.adminToken("presence:*"), path, http.StatusOK, ""},
+			{"presence of another room", program, e.adminToken("presence:chat:room2"), path, http.StatusForbidden, CodeForbidden},
+			{"history only", program, e.adminToken("history:*"), path, http.StatusForbidden, CodeForbidden},
+			{"a bad token", program, "Bearer tsk_x", path, http.StatusUnauthorized, CodeUnauthenticated},
+			{"a user group", e.client, "", "/api/groups/user%3Ax/presence", http.StatusBadRequest, CodeBadRequest},
+			{"a job group", e.client, "", "/api/groups/job%3Ax/presence", http.StatusBadRequest, CodeBadRequest},
+			{"a bad room", e.client, "", "/api/groups/chat%3Aa.b/presence", http.StatusBadRequest, CodeBadRequest},
+		} {
+			var header []string
+			if tt.bearer != "" {
+				header = []string{"Authorization", tt.bearer}
+			}
+			status, body, _ := e.doAs(tt.client, "GET", tt.path, nil, header...)
+			if status != tt.status || errCode(body) != tt.code {
+				t.Errorf("%s: %d %v, want %d %q", tt.name, status, body, tt.status, tt.code)
+			}
+			if status == http.StatusOK && (body["group"] != "chat:room1" || len(asList(body["users"])) != 1) {
+				t.Errorf("%s: %v, want alice in chat:room1", tt.name, body)
+			}
+		}
+	})
+}
+
+// closeOf reads until the server closes c and returns the close frame's
+// code and reason.
+func closeOf(t *testing.T, c *wsClient) (int, string) {
+	t.Helper()
+	for {
+		_, err := c.tryRead(10 * time.Second)
+		if err == nil {
+			continue
+		}
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) {
+			t.Fatalf("socket ended without a close frame: %v", err)
+		}
+		return ce.Code, ce.Text
+	}
+}
+
+// POST /api/users/{id}/disconnect closes that user's sockets on every
+// replica with 1008 and ends their SSE and long-poll streams, and nobody
+// else's; only admins may. Token revocation holds across replicas too.
+func TestDisconnectUserOnEveryReplica(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		a := newEnv(t, srv, withoutWorker())
+		b := newEnv(t, srv, withoutWorker())
+		victim, bystander := a.newBrowser(), a.newBrowser()
+		id := a.me(victim)
+		a.doAs(victim, "POST", "/api/me", map[string]string{"name": "victim"}) // stored, so both replicas know it
+		// The guest cookie is valid on both replicas (one secret), and
+		// cookie jars ignore ports: one browser, two replicas.
+		onA, onB := a.dialAs(victim), b.dialAs(victim)
+		other := b.dialAs(bystander)
+		for _, c := range []*wsClient{onA, onB, other} {
+			c.send(map[string]any{"op": "subscribe", "group": "chat:kick"})
+			c.readUntil(func(f frame) bool { return f.Type == wire.TypeSubscribed })
+		}
+
+		// An SSE stream on b and a long-poll on a, of the same user.
+		sseReq, _ := http.NewRequest("GET", b.http.URL+"/api/groups/"+url.PathEscape("user:"+id)+"/events", nil)
+		sseReq.Header.Set("Accept", "text/event-stream")
+		sse, err := victim.Do(sseReq)
+		if err != nil || sse.StatusCode != http.StatusOK {
+			t.Fatalf("SSE: %v %v", sse, err)
+		}
+		defer sse.Body.Close()
+		sseEnded := make(chan error, 1)
+		go func() { _, err := io.Copy(io.Discard, sse.Body); sseEnded <- err }()
+		type answer struct {
+			status int
+			body   map[string]any
+		}
+		pollDone := make(chan answer, 1)
+		go func() {
+			req, _ := http.NewRequest("GET", a.http.URL+"/api/groups/"+url.PathEscape("user:"+id)+"/events?after=0&wait=60", nil)
+			res, err := victim.Do(req)
+			if err != nil {
+				pollDone <- answer{}
+				return
+			}
+			defer res.Body.Close()
+			var body map[string]any
+			_ = json.NewDecoder(res.Body).Decode(&body)
+			pollDone <- answer{res.StatusCode, body}
+		}()
+		eventually(t, "the streams to start", func() bool {
+			return a.web.openByTransport()[transportLongPoll] == 1 && b.web.openByTransport()[transportSSE] == 1
+		})
+
+		// Refused: no admin rights.
+		program := &http.Client{}
+		path := "/api/users/" + id + "/disconnect"
+		for _, tt := range []struct {
+			name   string
+			client *http.Client
+			bearer string
+			status int
+			code   string
+		}{
+			{"the user", victim, "", http.StatusForbidden, CodeForbidden},
+			{"a publish token", program, a.adminToken("publish:*", "history:*", "presence:*"), http.StatusForbidden, CodeForbidden},
+			{"a bad token", program, "Bearer tsk_x", http.StatusUnauthorized, CodeUnauthenticated},
+		} {
+			var header []string
+			if tt.bearer != "" {
+				header = []string{"Authorization", tt.bearer}
+			}
+			if status, body, _ := a.doAs(tt.client, "POST", path, nil, header...); status != tt.status || errCode(body) != tt.code {
+				t.Errorf("%s: %d %v, want %d %q", tt.name, status, body, tt.status, tt.code)
+			}
+		}
+		if status, body, _ := a.doAs(program, "POST", "/api/users/a%20b/disconnect", nil, "Authorization", adminBearer); status != http.StatusBadRequest {
+			t.Errorf("a bad user id: %d %v", status, body)
+		}
+
+		// An admin:* token minted on a disconnects on b: both replicas act.
+		kick := a.adminToken("admin:*")
+		if status, body, _ := b.doAs(program, "POST", path, nil, "Authorization", kick); status != http.StatusAccepted || body["user"] != id {
+			t.Fatalf("disconnect: %d %v", status, body)
+		}
+		for name, c := range map[string]*wsClient{"replica a": onA, "replica b": onB} {
+			if code, reason := closeOf(t, c); code != wire.ClosePolicy || reason != "disconnected by an administrator" {
+				t.Errorf("the user's socket on %s closed with %d %q, want 1008", name, code, reason)
+			}
+		}
+		select {
+		case err := <-sseEnded:
+			if err != nil {
+				t.Errorf("the SSE stream ended with %v, want a clean end", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("the user's SSE stream on replica b is still open")
+		}
+		select {
+		case ans := <-pollDone:
+			if ans.status != http.StatusForbidden || errCode(ans.body) != CodeForbidden {
+				t.Errorf("the long-poll on replica a: %d %v, want 403 forbidden", ans.status, ans.body)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("the user's long-poll on replica a is still waiting")
+		}
+		// Someone else's socket on b is untouched.
+		other.send(map[string]any{"op": "ping", "ref": "still here"})
+		if f := other.readUntil(func(f frame) bool { return f.Type == wire.TypePong }); string(f[len(f)-1].Ref) != `"still here"` {
+			t.Errorf("the bystander's socket: %+v", f)
+		}
+
+		// A scoped token minted on a, revoked on b, is refused on a.
+		tok, tokID := a.mintID(program, []string{"publish:chat:*"}, "Authorization", adminBearer)
+		msg := map[string]any{"group": "chat:kick", "event": "message", "data": map[string]any{"text": "x"}}
+		if status, body := b.publishAs(tok, "/api/publish", msg); status != http.StatusOK {
+			t.Fatalf("publish on b: %d %v", status, body)
+		}
+		if status, _, _ := b.doAs(program, "DELETE", "/api/tokens/"+tokID, nil, "Authorization", adminBearer); status != http.StatusNoContent {
+			t.Fatalf("revoke on b: %d", status)
+		}
+		if status, body := a.publishAs(tok, "/api/publish", msg); status != http.StatusUnauthorized || errCode(body) != CodeUnauthenticated {
+			t.Errorf("the revoked token on a: %d %v", status, body)
+		}
+	})
 }
