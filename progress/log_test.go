@@ -198,6 +198,31 @@ func TestLogReadPagesLongHistory(t *testing.T) {
 				}
 			}
 		}
+		// ReadN stops after n events, across pages too; n <= 0 is all.
+		for _, tc := range []struct {
+			after int64
+			n     int
+			last  int64
+		}{
+			{0, 1, 1}, {0, 10, 10}, {5, readPage, 5 + readPage}, {0, readPage + 1, readPage + 1},
+			{readPage - 3, 2*readPage + 5, n}, {n - 2, 10, n}, {n, 10, n}, {7, 0, n}, {7, -1, n},
+		} {
+			snap, err := l.ReadN(t.Context(), group, tc.after, tc.n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := fmt.Sprintf("ReadN after %d n %d", tc.after, tc.n)
+			if snap.LastSeq != n {
+				t.Fatalf("%s: last seq %d, want %d", name, snap.LastSeq, n)
+			}
+			if tc.after == n {
+				if len(snap.Events) != 0 {
+					t.Fatalf("%s: %d events, want none", name, len(snap.Events))
+				}
+				continue
+			}
+			checkContiguous(t, name, snap.Events, tc.after+1, tc.last, snap.Epoch)
+		}
 	})
 }
 
