@@ -206,7 +206,9 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 // handlePublishBatch publishes each event of a batch in order, answering
 // each with its result or its own error. Once Redis is found unavailable
 // the rest are not tried (each would wait out the same timeout) and get
-// that error too, and the answer carries Retry-After.
+// that error too, and the answer carries Retry-After. The events are
+// published one by one, not as one atomic step: a batch saves the
+// client round trips, and each event keeps its own answer.
 func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 	body, err := s.readBody(w, r)
 	if err != nil {
@@ -222,6 +224,9 @@ func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 	results := make([]any, len(events))
 	var down *APIError
 	for i, raw := range events {
+		if r.Context().Err() != nil {
+			return // the client is gone: publish nothing more, answer nobody
+		}
 		if down != nil {
 			results[i] = wire.NewErrorBody(down.Code, down.Message)
 			continue

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -299,9 +300,16 @@ func (s *Server) handleSetName(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 	var req auth.TokenRequest
 	if r.ContentLength != 0 {
-		if err := s.decodeBody(w, r, &req); err != nil {
+		body, err := s.readBody(w, r)
+		if err != nil {
 			s.writeError(w, r, err)
 			return
+		}
+		if len(bytes.TrimSpace(body)) > 0 {
+			if aerr := decodeStrict(body, &req); aerr != nil {
+				s.writeError(w, r, aerr)
+				return
+			}
 		}
 	}
 	t, err := s.auth.CreateToken(r.Context(), principalOf(r), req)
