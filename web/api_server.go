@@ -162,26 +162,25 @@ func decodePublishBatch(b []byte, max int) ([]json.RawMessage, *APIError) {
 	return batch.Events, nil
 }
 
-// publishEvent publishes p for who, under the group rules: events the
-// server itself writes (wire.Reserved: a job's lifecycle, a room's
-// presence) are refused to everyone, and who needs the right to publish
-// to the group. No chat rate limit applies: publishers are trusted
-// programs, and this is the benchmarks' publish path.
-func (s *Server) publishEvent(ctx context.Context, who auth.Principal, p publishRequest) (publishResult, error) {
+// checkPublish applies the group rules to p for who: events the server
+// itself writes (wire.Reserved: a job's lifecycle, a room's presence) are
+// refused to everyone, and who needs the right to publish to the group.
+// No chat rate limit applies: publishers are trusted programs, and this
+// is the benchmarks' publish path.
+func (s *Server) checkPublish(ctx context.Context, who auth.Principal, p publishRequest) error {
 	if wire.Reserved(p.group.Kind, p.Event) {
-		return publishResult{}, apiErr(CodeForbidden, fmt.Sprintf("%q events in %s groups are the server's own", p.Event, p.group.Kind))
+		return apiErr(CodeForbidden, fmt.Sprintf("%q events in %s groups are the server's own", p.Event, p.group.Kind))
 	}
-	if err := s.mayDo(ctx, who, auth.ActionPublish, p.group); err != nil {
-		return publishResult{}, err
-	}
-	ev, err := s.log.Publish(ctx, p.Group, p.Event, p.Data)
+	return s.mayDo(ctx, who, auth.ActionPublish, p.group)
+}
+
+// publishError maps an error of the log's publish: an argument it refuses
+// is the caller's (400); anything else goes on (503 or 500).
+func publishError(err error) error {
 	if errors.Is(err, progress.ErrInvalid) {
-		return publishResult{}, apiErr(CodeBadRequest, err.Error())
+		return apiErr(CodeBadRequest, err.Error())
 	}
-	if err != nil {
-		return publishResult{}, err
-	}
-	return publishResult{Group: ev.Group, Seq: ev.Seq, Epoch: ev.Epoch}, nil
+	return err
 }
 
 func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
@@ -195,20 +194,24 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, aerr)
 		return
 	}
-	res, err := s.publishEvent(r.Context(), principalOf(r), p)
-	if err != nil {
+	if err := s.checkPublish(r.Context(), principalOf(r), p); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, res)
+	ev, err := s.log.Publish(r.Context(), p.Group, p.Event, p.Data)
+	if err != nil {
+		s.writeError(w, r, publishError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, publishResult{Group: ev.Group, Seq: ev.Seq, Epoch: ev.Epoch})
 }
 
-// handlePublishBatch publishes each event of a batch in order, answering
-// each with its result or its own error. Once Redis is found unavailable
-// the rest are not tried (each would wait out the same timeout) and get
-// that error too, and the answer carries Retry-After. The events are
-// published one by one, not as one atomic step: a batch saves the
-// client round trips, and each event keeps its own answer.
+// handlePublishBatch publishes the events of a batch that pass their
+// checks in one round trip to Redis (progress.Log.PublishMany), and
+// answers each event with its result or its own error, in order. Each
+// event is its own step, not the batch one atomic step: a batch saves
+// round trips, and one bad event fails alone. When Redis is unavailable
+// the answer carries Retry-After.
 func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 	body, err := s.readBody(w, r)
 	if err != nil {
@@ -222,31 +225,35 @@ func (s *Server) handlePublishBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	who := principalOf(r)
 	results := make([]any, len(events))
-	var down *APIError
+	fail := func(i int, err error) {
+		ae := s.toAPIError(err, "method", r.Method, "path", r.URL.Path, "item", i)
+		if ae.RetryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(ae.RetryAfter))
+		}
+		results[i] = wire.NewErrorBody(ae.Code, ae.Message)
+	}
+	posts := make([]progress.Post, 0, len(events))
+	at := make([]int, 0, len(events)) // the index in events of each post
 	for i, raw := range events {
-		if r.Context().Err() != nil {
-			return // the client is gone: publish nothing more, answer nobody
-		}
-		if down != nil {
-			results[i] = wire.NewErrorBody(down.Code, down.Message)
-			continue
-		}
 		p, aerr := decodePublish(raw, int(s.cfg.MaxFrameBytes))
 		if aerr != nil {
-			results[i] = wire.NewErrorBody(aerr.Code, aerr.Message)
+			fail(i, aerr)
 			continue
 		}
-		res, err := s.publishEvent(r.Context(), who, p)
-		if err != nil {
-			ae := s.toAPIError(err, "method", r.Method, "path", r.URL.Path, "item", i)
-			if ae.Code == CodeUnavailable {
-				down = ae
-				w.Header().Set("Retry-After", strconv.Itoa(ae.RetryAfter))
-			}
-			results[i] = wire.NewErrorBody(ae.Code, ae.Message)
+		if err := s.checkPublish(r.Context(), who, p); err != nil {
+			fail(i, err)
 			continue
 		}
-		results[i] = res
+		posts = append(posts, progress.Post{Group: p.Group, Name: p.Event, Data: p.Data})
+		at = append(at, i)
+	}
+	evs, errs := s.log.PublishMany(r.Context(), posts)
+	for j, i := range at {
+		if errs[j] != nil {
+			fail(i, publishError(errs[j]))
+			continue
+		}
+		results[i] = publishResult{Group: evs[j].Group, Seq: evs[j].Seq, Epoch: evs[j].Epoch}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"results": results})
 }

@@ -283,6 +283,9 @@ func TestPublishBatchAPI(t *testing.T) {
 		msg := func(room string) map[string]any {
 			return map[string]any{"group": "chat:" + room, "event": "message", "data": map[string]any{"text": room}}
 		}
+		sub := e.dial()
+		sub.send(map[string]any{"op": "subscribe", "group": "chat:a"})
+		sub.readUntil(func(f frame) bool { return f.Type == wire.TypeSubscribed })
 		status, results, body := e.publishBatch(tok,
 			msg("a"),
 			map[string]any{"group": "job:j1", "event": "state", "data": map[string]any{"state": "completed"}},
@@ -304,8 +307,21 @@ func TestPublishBatchAPI(t *testing.T) {
 				}
 			}
 		}
-		if results[0]["seq"] != 1.0 || results[4]["seq"] != 2.0 || results[0]["epoch"] != results[4]["epoch"] || results[0]["group"] != "chat:a" {
-			t.Errorf("results %v and %v, want seqs 1 and 2 of chat:a in one epoch", results[0], results[4])
+		// The subscriber's join takes a seq of the room too, before or
+		// between them.
+		first, second := results[0]["seq"].(float64), results[4]["seq"].(float64)
+		if first < 1 || second <= first || results[0]["epoch"] != results[4]["epoch"] || results[0]["group"] != "chat:a" {
+			t.Errorf("results %v and %v, want rising seqs of chat:a in one epoch", results[0], results[4])
+		}
+		// The subscriber gets both, in order (its own presence aside).
+		var got []string
+		for len(got) < 2 {
+			if f := sub.read(); f.Event == "message" {
+				got = append(got, fmt.Sprintf("%d %s %s", f.Seq, f.Epoch, f.Data))
+			}
+		}
+		if got[0] != fmt.Sprintf(`%.0f %s {"text":"a"}`, first, results[0]["epoch"]) || got[1] != fmt.Sprintf(`%.0f %s {"text":"a"}`, second, results[0]["epoch"]) {
+			t.Errorf("the subscriber got %q", got)
 		}
 		// The batch's own limits, and its shape, fail it as a whole.
 		six := make([]any, 6)
@@ -663,6 +679,44 @@ func TestDisconnectUserOnEveryReplica(t *testing.T) {
 		}
 		if status, body := a.publishAs(tok, "/api/publish", msg); status != http.StatusUnauthorized || errCode(body) != CodeUnauthenticated {
 			t.Errorf("the revoked token on a: %d %v", status, body)
+		}
+	})
+}
+
+// With Redis down, the server API answers 503 unavailable with
+// Retry-After, never 500; a batch answers each event that passed its
+// checks so, and the others with their own errors.
+func TestServerAPIRedisDown(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newEnv(t, srv, withoutWorker(), withProductionRedis())
+		srv.Stop()
+		program := &http.Client{}
+		msg := map[string]any{"group": "chat:a", "event": "message", "data": 1}
+		status, body, h := e.doAs(program, "POST", "/api/publish", msg, "Authorization", adminBearer)
+		if status != http.StatusServiceUnavailable || errCode(body) != CodeUnavailable || h.Get("Retry-After") == "" {
+			t.Errorf("publish: %d %v Retry-After %q", status, body, h.Get("Retry-After"))
+		}
+		status, body, h = e.doAs(program, "POST", "/api/publish/batch", map[string]any{"events": []any{
+			msg, map[string]any{"group": "job:x", "event": "state", "data": 1}, msg,
+		}}, "Authorization", adminBearer)
+		results := asList(body["results"])
+		if status != http.StatusOK || len(results) != 3 || h.Get("Retry-After") == "" {
+			t.Fatalf("batch: %d %v Retry-After %q", status, body, h.Get("Retry-After"))
+		}
+		for i, want := range []string{CodeUnavailable, CodeForbidden, CodeUnavailable} {
+			if got := errCode(results[i].(map[string]any)); got != want {
+				t.Errorf("batch event %d: %v, want %s", i, results[i], want)
+			}
+		}
+		for _, path := range []string{"/api/groups/chat%3Aa/history", "/api/groups/chat%3Aa/presence"} {
+			status, body, h := e.doAs(program, "GET", path, nil, "Authorization", adminBearer)
+			if status != http.StatusServiceUnavailable || errCode(body) != CodeUnavailable || h.Get("Retry-After") == "" {
+				t.Errorf("GET %s: %d %v Retry-After %q", path, status, body, h.Get("Retry-After"))
+			}
+		}
+		status, body, _ = e.doAs(program, "POST", "/api/users/u1/disconnect", nil, "Authorization", adminBearer)
+		if status != http.StatusServiceUnavailable || errCode(body) != CodeUnavailable {
+			t.Errorf("disconnect: %d %v", status, body)
 		}
 	})
 }
