@@ -22,13 +22,13 @@ import (
 
 // Close codes the server uses (docs/protocol.md).
 const (
-	closeNormal    = wire.CloseNormal    // 1000
-	closeGoingAway = wire.CloseGoingAway // 1001: restart, reconnect and resume
-	closePolicy    = wire.ClosePolicy    // 1008: bad Origin, not allowed
-	closeTooBig    = wire.CloseTooBig    // 1009: frame over the limit
-	closeTryAgain  = wire.CloseTryAgain  // 1013: too slow, or Redis unavailable: reconnect later and resume from last seq
+	closeNormal    = wire.CloseNormal        // 1000
+	closeGoingAway = wire.CloseGoingAway     // 1001: restart, reconnect and resume
+	closePolicy    = wire.ClosePolicy        // 1008: bad Origin, not allowed
+	closeTooBig    = wire.CloseTooBig        // 1009: frame over the limit
+	closeTryAgain  = wire.CloseTryAgain      // 1013: too slow, or Redis unavailable: reconnect later and resume from last seq
 	maxSubsPerConn = wire.MaxGroupsPerSocket // groups one socket may watch
-	closeWait      = time.Second         // how long a close handshake may take
+	closeWait      = time.Second             // how long a close handshake may take
 
 	// Transports, the label values of the taskstream_sockets gauge.
 	transportWebSocket = "websocket"
