@@ -250,3 +250,15 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+// eventually polls cond until it holds or 15 s pass.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
