@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -53,6 +54,8 @@ type Client struct {
 	dialer websocket.Dialer
 	header http.Header
 	watch  WatchConfig
+
+	sessionMu sync.Mutex // held while a cookie client gets its first session
 }
 
 // New returns a Client for cfg.
@@ -170,9 +173,38 @@ func (c *Client) headers() http.Header {
 	return h
 }
 
+// ensureSession makes sure a cookie client has its session before a
+// request or socket uses it: without a cookie, two first requests at once
+// (a submit and a watch's socket) would each be made a guest of their
+// own, and the socket would not be allowed to watch the jobs.
+func (c *Client) ensureSession(ctx context.Context) error {
+	if c.token != "" || c.http.Jar == nil || len(c.http.Jar.Cookies(c.base)) > 0 {
+		return nil
+	}
+	c.sessionMu.Lock()
+	defer c.sessionMu.Unlock()
+	if len(c.http.Jar.Cookies(c.base)) > 0 {
+		return nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/api/me", nil), nil)
+	if err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	req.Header = c.headers()
+	res, err := c.send(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	return res.Body.Close()
+}
+
 // request builds a request with the client's headers and, for a non-nil
 // body, a JSON body.
 func (c *Client) request(ctx context.Context, method, path string, q url.Values, body any) (*http.Request, error) {
+	if err := c.ensureSession(ctx); err != nil {
+		return nil, err
+	}
 	var rd io.Reader
 	if body != nil {
 		raw, err := json.Marshal(body)

@@ -48,6 +48,9 @@ func (e *CloseError) Resumable() bool { return wire.Resumable(e.Code) && (e.Code
 // Dial opens a socket. A handshake the server refuses is an *Error with
 // the HTTP status (and the protocol's code when the server sent one).
 func (c *Client) Dial(ctx context.Context) (*Conn, error) {
+	if err := c.ensureSession(ctx); err != nil {
+		return nil, err
+	}
 	ws, res, err := c.dialer.DialContext(ctx, c.wsURL("/ws", nil), c.headers())
 	if err != nil {
 		return nil, dialError(res, err)

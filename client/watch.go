@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -50,6 +51,9 @@ type WatchConfig struct {
 	// ReadTimeout is how long a socket may stay silent (the server pings
 	// every 25 s by default) before the watch reconnects. Default 60 s.
 	ReadTimeout time.Duration
+	// Logger gets a debug record for every reconnection: why ("err") and
+	// after how long ("delay"). Default slog.Default().
+	Logger *slog.Logger
 }
 
 func (c WatchConfig) withDefaults() WatchConfig {
@@ -76,6 +80,9 @@ func (c WatchConfig) withDefaults() WatchConfig {
 	}
 	if c.ReadTimeout <= 0 {
 		c.ReadTimeout = 60 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
 	}
 	return c
 }
@@ -384,6 +391,7 @@ func (w *Watcher) run(ctx context.Context) error {
 			return io.EOF
 		}
 		if end.fallback {
+			w.cfg.Logger.Debug("taskstream watch: the socket's upgrade was refused; using Server-Sent Events", "err", end.err)
 			sse = true
 			continue
 		}
@@ -392,6 +400,7 @@ func (w *Watcher) run(ctx context.Context) error {
 		}
 		delay := max(w.backoff(attempt), end.retryAfter)
 		attempt++
+		w.cfg.Logger.Debug("taskstream watch: reconnecting", "err", end.err, "delay", delay, "attempt", attempt)
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():

@@ -43,23 +43,19 @@ type sentFrame struct {
 
 // runSocket runs one socket until it ends, and says how.
 func (w *Watcher) runSocket(ctx context.Context) sessionEnd {
+	if err := w.c.ensureSession(ctx); err != nil {
+		return w.httpEnd(err)
+	}
 	ws, res, err := w.c.dialer.DialContext(ctx, w.c.wsURL("/ws", nil), w.c.headers())
 	if err != nil {
-		derr := dialError(res, err)
-		var e *Error
-		if !errors.As(derr, &e) {
-			return sessionEnd{err: derr} // no answer: the network; retry
+		end := w.httpEnd(dialError(res, err))
+		if !end.terminal && end.retryAfter == 0 && res != nil {
+			// Anything else answered instead of an upgrade (400, 404,
+			// 426, 501, a proxy's 502): the way to the server does not
+			// pass sockets.
+			end.fallback = true
 		}
-		switch e.Status {
-		case http.StatusUnauthorized, http.StatusForbidden:
-			return sessionEnd{err: e, terminal: true}
-		case http.StatusTooManyRequests, http.StatusServiceUnavailable:
-			return sessionEnd{err: e, retryAfter: max(e.RetryAfter, w.cfg.TryAgainBackoff)}
-		}
-		// Anything else answered instead of an upgrade (400, 404, 426,
-		// 501, a proxy's 502): the way to the server does not pass
-		// sockets.
-		return sessionEnd{err: e, fallback: true}
+		return end
 	}
 	s := &socketSession{
 		w: w, conn: &Conn{ws: ws}, frames: make(chan wire.ServerFrame, 64), stop: make(chan struct{}), readerDone: make(chan struct{}),
@@ -76,6 +72,23 @@ func (w *Watcher) runSocket(ctx context.Context) sessionEnd {
 	end := s.loop(ctx)
 	end.progressed = s.tr.progressed
 	return end
+}
+
+// httpEnd says how a session ends on err from an HTTP answer: a refused
+// credential stops the watch, 429 and 503 back off (at least
+// TryAgainBackoff, or the Retry-After), anything else retries.
+func (w *Watcher) httpEnd(err error) sessionEnd {
+	var e *Error
+	if !errors.As(err, &e) {
+		return sessionEnd{err: err} // no answer: the network; retry
+	}
+	switch e.Status {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return sessionEnd{err: e, terminal: true}
+	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+		return sessionEnd{err: e, retryAfter: max(e.RetryAfter, w.cfg.TryAgainBackoff)}
+	}
+	return sessionEnd{err: e}
 }
 
 // read is the socket's reader goroutine.
