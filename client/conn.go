@@ -43,7 +43,9 @@ func (e *CloseError) Error() string {
 
 // Resumable reports whether a client should reconnect and resume after
 // this close (everything but policy and size problems).
-func (e *CloseError) Resumable() bool { return wire.Resumable(e.Code) && (e.Code < 4000 || e.Code > 4999) }
+func (e *CloseError) Resumable() bool {
+	return wire.Resumable(e.Code) && (e.Code < 4000 || e.Code > 4999)
+}
 
 // Dial opens a socket. A handshake the server refuses is an *Error with
 // the HTTP status (and the protocol's code when the server sent one).
