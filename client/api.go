@@ -34,20 +34,34 @@ type Progress struct {
 
 // Job is the protocol's job object.
 type Job struct {
-	ID        string          `json:"id"`
-	Owner     string          `json:"owner"`
-	Type      string          `json:"type"`
-	State     string          `json:"state"` // wire.State*
-	Params    json.RawMessage `json:"params"`
-	Progress  *Progress       `json:"progress"`
-	Result    json.RawMessage `json:"result"`
-	Error     string          `json:"error"` // why it failed (or the last attempt failed)
-	Attempt   int             `json:"attempt"`
-	CreatedAt time.Time       `json:"created_at"`
-	UpdatedAt time.Time       `json:"updated_at"`
-	LastSeq   int64           `json:"last_seq"` // the job group's last seq when read
-	Epoch     string          `json:"epoch"`
-	Artifact  string          `json:"artifact,omitempty"` // the artifact's path, once there is one
+	ID       string          `json:"id"`
+	Owner    string          `json:"owner"`
+	Type     string          `json:"type"`
+	State    string          `json:"state"` // wire.State*
+	Params   json.RawMessage `json:"params"`
+	Progress *Progress       `json:"progress"`
+	Result   json.RawMessage `json:"result"`
+	Error    string          `json:"error"` // why it failed (or the last attempt failed)
+	Attempt  int             `json:"attempt"`
+	// How it runs, on servers with submit options: its queue, priority
+	// ("high", "normal", "low"), timeout of one run (a Go duration),
+	// retries, and when a scheduled job runs (nil: at once).
+	Queue     string     `json:"queue,omitempty"`
+	Priority  string     `json:"priority,omitempty"`
+	Timeout   string     `json:"timeout,omitempty"`
+	MaxRetry  int        `json:"max_retry,omitempty"`
+	RunAt     *time.Time `json:"run_at,omitempty"`
+	Schedule  string     `json:"schedule,omitempty"` // the schedule entry that made it, if one did
+	CreatedAt time.Time  `json:"created_at"`
+	UpdatedAt time.Time  `json:"updated_at"`
+	LastSeq   int64      `json:"last_seq"` // the job group's last seq when read
+	Epoch     string     `json:"epoch"`
+	Artifact  string     `json:"artifact,omitempty"` // the artifact's path, once there is one
+
+	// Replayed is set by Submit when the server answered with the job an
+	// earlier submission with the same Idempotency-Key made (200, not
+	// 202).
+	Replayed bool `json:"-"`
 }
 
 // Terminal reports whether the job has ended.
@@ -67,8 +81,8 @@ type SubmitRequest struct {
 	Type   string `json:"type"`
 	Params any    `json:"params,omitempty"` // any JSON value; json.RawMessage is sent as is
 
-	Queue    string        `json:"queue,omitempty"`     // the queue to run in
-	Priority int           `json:"priority,omitempty"`  // within the queue
+	Queue    string        `json:"queue,omitempty"`     // one of the type's queues
+	Priority string        `json:"priority,omitempty"`  // "high", "normal" or "low"
 	Timeout  time.Duration `json:"-"`                   // sent as "timeout": "30s"
 	MaxRetry *int          `json:"max_retry,omitempty"` // retries after a failed attempt
 	Delay    time.Duration `json:"-"`                   // sent as "delay": "3s": run no sooner
@@ -130,6 +144,7 @@ func (c *Client) Submit(ctx context.Context, r SubmitRequest, opts ...SubmitOpti
 	if err := json.NewDecoder(res.Body).Decode(&j); err != nil {
 		return nil, fmt.Errorf("client: submit: decode the job: %w", err)
 	}
+	j.Replayed = res.StatusCode == http.StatusOK
 	return &j, nil
 }
 
