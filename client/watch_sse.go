@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"taskstream/wire"
 )
@@ -148,13 +149,20 @@ func (s *sseSession) tell(ctx context.Context, m sseMsg) bool {
 // stream reads one group's event stream until it ends.
 func (s *sseSession) stream(ctx context.Context, group string, from Position) {
 	c := s.w.c
+	// A stream silent for longer than ReadTimeout (the server sends a
+	// comment every 15 s) is dead: stop it, and the session reconnects.
+	parent := ctx // the stream's own: canceled when the group leaves
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	idle := time.AfterFunc(s.w.cfg.ReadTimeout, func() { stop(errSilent) })
+	defer idle.Stop()
 	q := url.Values{"after": {strconv.FormatInt(from.Seq, 10)}}
 	if from.Epoch != "" {
 		q.Set("epoch", from.Epoch)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(groupPath(group, "/events"), q), nil)
 	if err != nil {
-		s.tell(ctx, sseMsg{group: group, err: err})
+		s.tell(parent, sseMsg{group: group, err: err})
 		return
 	}
 	req.Header = c.headers()
@@ -162,11 +170,12 @@ func (s *sseSession) stream(ctx context.Context, group string, from Position) {
 	req.Header.Set("Cache-Control", "no-cache")
 	res, err := c.send(req)
 	if err != nil {
-		s.tell(ctx, sseMsg{group: group, err: err})
+		s.tell(parent, sseMsg{group: group, err: err})
 		return
 	}
 	defer res.Body.Close()
-	err = readSSE(res.Body, func(name string, data []byte) bool {
+	body := &activeReader{r: res.Body, idle: idle, timeout: s.w.cfg.ReadTimeout}
+	err = readSSE(body, func(name string, data []byte) bool {
 		m := sseMsg{group: group}
 		if name == wire.TypeSubscribed {
 			m.sub = new(wire.SubscribedFrame)
@@ -181,14 +190,35 @@ func (s *sseSession) stream(ctx context.Context, group string, from Position) {
 		}
 		return s.tell(ctx, m) && m.err == nil
 	})
-	if ctx.Err() != nil {
+	if parent.Err() != nil {
 		return
+	}
+	if errors.Is(context.Cause(ctx), errSilent) {
+		err = errSilent
 	}
 	if err != nil {
-		s.tell(ctx, sseMsg{group: group, err: fmt.Errorf("client: the event stream of %s: %w", group, err)})
+		s.tell(parent, sseMsg{group: group, err: fmt.Errorf("client: the event stream of %s: %w", group, err)})
 		return
 	}
-	s.tell(ctx, sseMsg{group: group, end: true})
+	s.tell(parent, sseMsg{group: group, end: true})
+}
+
+// errSilent ends a stream that sent nothing for ReadTimeout.
+var errSilent = errors.New("client: the event stream was silent for too long")
+
+// activeReader pushes a stream's idle timer back on every read.
+type activeReader struct {
+	r       io.Reader
+	idle    *time.Timer
+	timeout time.Duration
+}
+
+func (a *activeReader) Read(p []byte) (int, error) {
+	n, err := a.r.Read(p)
+	if n > 0 {
+		a.idle.Reset(a.timeout)
+	}
+	return n, err
 }
 
 // readSSE parses a text/event-stream and calls fn with each event's name

@@ -502,3 +502,41 @@ func TestWatchClose(t *testing.T) {
 	}
 	eventually(t, "the socket closed", func() bool { return s.web.ConnCount() == 0 })
 }
+
+// An SSE stream that goes silent (a proxy holding it open, no heartbeat
+// coming through) is given up after ReadTimeout, and the watch resumes
+// on a new one.
+func TestWatchSSEGivesUpASilentStream(t *testing.T) {
+	s := newServer(t, progresstest.Embedded(t), serverOptions{noWorker: true})
+	target, _ := url.Parse(s.URL)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.FlushInterval = -1
+	var streams atomic.Int64
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.Header.Get("Accept"), "text/event-stream") && streams.Add(1) == 1 {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+			<-r.Context().Done() // the first stream never says a word
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	defer proxy.Close()
+	c, err := client.New(client.Config{BaseURL: proxy.URL, Token: adminToken,
+		Watch: client.WatchConfig{ReadTimeout: 200 * time.Millisecond, MinBackoff: time.Millisecond, SSE: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	group := wire.UserGroup("silent").String()
+	publishN(t, s.log, group, 2, nil)
+	w, err := c.Watch(context.Background(), group, client.Position{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	nextN(t, w, 0, 2)
+	if streams.Load() < 2 {
+		t.Fatalf("%d streams", streams.Load())
+	}
+}
