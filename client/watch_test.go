@@ -540,3 +540,50 @@ func TestWatchSSEGivesUpASilentStream(t *testing.T) {
 		t.Fatalf("%d streams", streams.Load())
 	}
 }
+
+// WatchMany subscribes at most MaxGroups groups at once: the others wait,
+// in the order added, until a slot frees (here by Remove).
+func TestWatchManyWaitsForASlot(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		s := newServer(t, srv, serverOptions{noWorker: true})
+		c := newClient(t, s, client.Config{Token: adminToken, Watch: client.WatchConfig{MaxGroups: 3, SubscribeInterval: time.Millisecond}})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		groups := make([]string, 6)
+		for i := range groups {
+			groups[i] = wire.UserGroup(fmt.Sprintf("slot%d", i)).String()
+			publishN(t, s.log, groups[i], 1, nil)
+		}
+		var subscribed atomic.Int64
+		w := c.WatchMany(ctx, client.OnSubscribed(func(wire.SubscribedFrame) { subscribed.Add(1) }))
+		defer w.Close()
+		for _, g := range groups {
+			if err := w.Add(g, client.Position{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		seen := map[string]bool{}
+		for len(seen) < 3 {
+			ev, err := w.Next(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[ev.Group] = true
+		}
+		for _, g := range groups[:3] {
+			if !seen[g] {
+				t.Fatalf("the first three groups should be watched first; saw %v", seen)
+			}
+		}
+		if n := subscribed.Load(); n != 3 {
+			t.Fatalf("%d groups subscribed with 3 slots", n)
+		}
+		w.Remove(groups[1])
+		if ev, err := w.Next(ctx); err != nil || ev.Group != groups[3] {
+			t.Fatalf("after a slot freed: %+v %v, want %s's event", ev.EventFrame, err, groups[3])
+		}
+		if n := subscribed.Load(); n != 4 {
+			t.Fatalf("%d groups subscribed after one slot freed", n)
+		}
+	})
+}
