@@ -130,7 +130,9 @@ func (e Event) Position() Position { return Position{Seq: e.Seq, Epoch: e.Epoch}
 // trimmed past it, so events may have been missed. The events that
 // follow restart from the group's retained history (their seqs start
 // over); reload any snapshot (GET /api/jobs/{id}) and go on calling
-// Next. The watch itself goes on.
+// Next. The watch itself goes on. A watch that starts at the zero
+// Position asked for whatever is retained, so its first answer is not
+// reported; every later one is.
 type NotRecoveredError struct {
 	Group   string
 	From    Position // where the watch stood
