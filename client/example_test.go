@@ -14,8 +14,9 @@ import (
 // Submit a job and follow it to its end. This is the README's "Go
 // client" example.
 func Example() {
+	baseURL := exampleBaseURL()
 	ctx := context.Background()
-	c, err := client.New(client.Config{BaseURL: exampleBaseURL()}) // e.g. "http://localhost:8080"
+	c, err := client.New(client.Config{BaseURL: baseURL}) // "http://localhost:8080"; Token: "…" for a bearer token
 	if err != nil {
 		log.Fatal(err)
 	}
