@@ -11,6 +11,7 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,6 +43,8 @@ type testEnv struct {
 	web    *Server
 	http   *httptest.Server
 	client *http.Client // with a cookie jar: one browser, one guest session
+
+	ended *atomic.Bool // set when the test ends: answers after it are not checked
 }
 
 // testSecret signs session cookies in tests.
@@ -92,7 +95,8 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 		f(&o)
 	}
 	logger := quietLogger(t)
-	e := &testEnv{t: t, redis: srv, rdb: srv.Client(t)}
+	e := &testEnv{t: t, redis: srv, rdb: srv.Client(t), ended: new(atomic.Bool)}
+	t.Cleanup(func() { e.ended.Store(true) }) // registered first: runs last
 	if o.prodRdb {
 		rdb, err := progress.OpenRedis(context.Background(), srv.URL(), progress.ModeSingle)
 		if err != nil {
@@ -162,10 +166,11 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 }
 
 // newBrowser returns an HTTP client with its own cookie jar: another
-// browser, so another guest.
+// browser, so another guest. Every answer it gets is checked against the
+// OpenAPI document (openapi_test.go).
 func (e *testEnv) newBrowser() *http.Client {
 	jar, _ := cookiejar.New(nil)
-	return &http.Client{Jar: jar}
+	return &http.Client{Jar: jar, Transport: openAPICheck{t: e.t, spec: loadOpenAPI(e.t), done: e.ended}}
 }
 
 // do sends an HTTP request as the env's browser, with a JSON body (nil

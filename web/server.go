@@ -226,6 +226,7 @@ func (s *Server) routes() chi.Router {
 	})
 	r.Route("/api", func(r chi.Router) {
 		r.Use(s.sameOriginWrites, s.authenticate)
+		r.Get("/openapi.json", s.handleOpenAPI)
 		r.Post("/auth/code", s.handleRequestCode)
 		r.Post("/auth/login", s.handleLogin)
 		r.Post("/auth/logout", s.handleLogout)
