@@ -377,3 +377,13 @@ func (c *Client) Ready(ctx context.Context) error {
 	_, err := c.do(ctx, http.MethodGet, "/readyz", nil, nil, nil)
 	return err
 }
+
+// OpenAPI returns the server's OpenAPI 3.1 description of its routes:
+// GET /api/openapi.json.
+func (c *Client) OpenAPI(ctx context.Context) (json.RawMessage, error) {
+	var doc json.RawMessage
+	if _, err := c.do(ctx, http.MethodGet, "/api/openapi.json", nil, nil, &doc); err != nil {
+		return nil, err
+	}
+	return doc, nil
+}

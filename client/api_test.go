@@ -45,6 +45,14 @@ func TestGuestRoutes(t *testing.T) {
 			}
 			return err == nil
 		})
+		doc, err := c.OpenAPI(ctx)
+		var openapi struct {
+			OpenAPI string         `json:"openapi"`
+			Paths   map[string]any `json:"paths"`
+		}
+		if err != nil || json.Unmarshal(doc, &openapi) != nil || openapi.OpenAPI == "" || openapi.Paths["/api/jobs/{id}"] == nil {
+			t.Fatalf("OpenAPI: %.200s %v", doc, err)
+		}
 		me, err := c.Me(ctx)
 		if err != nil || !me.Guest || me.ID == "" {
 			t.Fatalf("Me: %+v %v", me, err)
