@@ -159,6 +159,96 @@ func (l *Log) Publish(ctx context.Context, group, name string, data any) (*Event
 	return &Event{Group: group, Seq: seq, Epoch: epoch, Name: name, Data: raw, Time: now}, nil
 }
 
+// Post is an event for PublishMany: its group, name and payload (as
+// Publish takes them).
+type Post struct {
+	Group string
+	Name  string
+	Data  any
+}
+
+// PublishMany publishes each post as Publish does, in one round trip to
+// Redis (a pipeline) instead of one per event: each is its own atomic
+// step, not all of them one, and posts to the same group keep their
+// order. It returns, per post, the event or the error (the post's own
+// invalid argument, wrapping ErrInvalid, or Redis's).
+func (l *Log) PublishMany(ctx context.Context, posts []Post) ([]*Event, []error) {
+	evs, errs := make([]*Event, len(posts)), make([]error, len(posts))
+	now := time.Now().UTC()
+	ts := now.Format(time.RFC3339Nano)
+	type pending struct {
+		i    int
+		keys []string
+		args []any
+	}
+	var todo []pending
+	for i, p := range posts {
+		switch {
+		case !ValidGroup(p.Group):
+			errs[i] = fmt.Errorf("%w: group %q", ErrInvalid, p.Group)
+		case !ValidEventName(p.Name):
+			errs[i] = fmt.Errorf("%w: event name %q", ErrInvalid, p.Name)
+		default:
+			raw, err := encodeData(p.Data)
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			evs[i] = &Event{Group: p.Group, Name: p.Name, Data: raw, Time: now}
+			todo = append(todo, pending{i, []string{l.metaKey(p.Group), l.streamKey(p.Group)},
+				[]any{newEpoch(), p.Name, string(raw), ts, l.maxLen(p.Group), l.cfg.TTL.Milliseconds(), l.Channel(p.Group)}})
+		}
+	}
+	// EVALSHA first; the posts that find the script missing from Redis's
+	// cache (a restart, SCRIPT FLUSH) go again, in order, with its source.
+	for _, withSource := range []bool{false, true} {
+		if len(todo) == 0 {
+			break
+		}
+		cmds := make([]*redis.Cmd, len(todo))
+		_, _ = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j, t := range todo {
+				if withSource {
+					cmds[j] = appendScript.Eval(ctx, p, t.keys, t.args...)
+				} else {
+					cmds[j] = appendScript.EvalSha(ctx, p, t.keys, t.args...)
+				}
+			}
+			return nil
+		}) // each command's own error is read below
+		var again []pending
+		for j, t := range todo {
+			res, err := cmds[j].Slice()
+			if err != nil && !withSource && redis.HasErrorPrefix(err, "NOSCRIPT") {
+				again = append(again, t)
+				continue
+			}
+			if err == nil && len(res) != 2 {
+				err = fmt.Errorf("unexpected reply %v", res)
+			}
+			if l.cfg.OnPublish != nil {
+				l.cfg.OnPublish(evs[t.i].Group, boolInt(err == nil), time.Since(now), err)
+			}
+			if err != nil {
+				errs[t.i] = fmt.Errorf("progress: publish %s %s: %w", evs[t.i].Group, evs[t.i].Name, unavailable(err))
+				evs[t.i] = nil
+				continue
+			}
+			evs[t.i].Seq, _ = res[0].(int64)
+			evs[t.i].Epoch, _ = res[1].(string)
+		}
+		todo = again
+	}
+	return evs, errs
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func encodeData(data any) (json.RawMessage, error) {
 	switch d := data.(type) {
 	case nil:
@@ -219,6 +309,12 @@ var errLogChurn = errors.New("the log changes faster than it can be read")
 // ErrUnavailable (see IsUnavailable); the caller may retry those. Any
 // other error is permanent for this group.
 func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, error) {
+	return l.ReadN(ctx, group, after, 0)
+}
+
+// ReadN is Read that stops after the first n events (every retained event
+// when n <= 0): a bounded page of history for a reader that pages on.
+func (l *Log) ReadN(ctx context.Context, group string, after int64, n int) (Snapshot, error) {
 	var snap Snapshot
 	if after < 0 {
 		after = 0
@@ -229,7 +325,7 @@ func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, er
 		var rng *redis.XMessageSliceCmd
 		_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			meta = p.HMGet(ctx, l.metaKey(group), "seq", "epoch")
-			rng = p.XRangeN(ctx, l.streamKey(group), afterID(from), "+", readPage)
+			rng = p.XRangeN(ctx, l.streamKey(group), afterID(from), "+", int64(page(n, len(snap.Events))))
 			return nil
 		})
 		if err != nil && !errors.Is(err, redis.Nil) {
@@ -258,10 +354,19 @@ func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, er
 			snap.Events = append(snap.Events, ev)
 			from = ev.Seq
 		}
-		if len(msgs) < readPage || from >= lastSeq {
+		if len(msgs) < readPage || from >= lastSeq || (n > 0 && len(snap.Events) >= n) {
 			return snap, nil
 		}
 	}
+}
+
+// page is the size of the next XRANGE of a read that wants n events (all
+// when n <= 0) and has got of them.
+func page(n, got int) int {
+	if n <= 0 {
+		return readPage
+	}
+	return min(readPage, n-got)
 }
 
 // afterID is the first stream id after the event with seq: events have

@@ -206,25 +206,45 @@ func jobError(err error) error {
 // decodeBody reads a JSON request body into v: application/json only
 // (415), at most MaxBodyBytes (413), one object with no unknown fields (400).
 func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := s.readBody(w, r)
+	if err != nil {
+		return err
+	}
+	if aerr := decodeStrict(body, v); aerr != nil {
+		return aerr
+	}
+	return nil
+}
+
+// readBody reads a JSON request body as it is: application/json only
+// (415), at most MaxBodyBytes (413).
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	ct := r.Header.Get("Content-Type")
 	mt, _, err := mime.ParseMediaType(ct)
 	if ct == "" || err != nil || mt != "application/json" {
-		return apiErr(CodeUnsupportedMedia, "send the body as application/json")
+		return nil, apiErr(CodeUnsupportedMedia, "send the body as application/json")
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		return apiErr(CodeTooLarge, fmt.Sprintf("the body is larger than %d bytes", s.cfg.MaxBodyBytes))
+		return nil, apiErr(CodeTooLarge, fmt.Sprintf("the body is larger than %d bytes", s.cfg.MaxBodyBytes))
 	}
 	if err != nil {
-		return apiErr(CodeBadRequest, "could not read the body")
+		return nil, apiErr(CodeBadRequest, "could not read the body")
 	}
+	return body, nil
+}
+
+// decodeStrict decodes one JSON value from body into v, refusing unknown
+// fields and anything after the value (400).
+func decodeStrict(body []byte, v any) *APIError {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return apiErr(CodeBadRequest, "malformed JSON body: "+err.Error())
 	}
-	if dec.More() {
+	// Not dec.More(), which takes a stray "]" or "}" for the end.
+	if len(bytes.TrimSpace(body[dec.InputOffset():])) > 0 {
 		return apiErr(CodeBadRequest, "malformed JSON body: data after the object")
 	}
 	return nil

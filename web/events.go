@@ -227,8 +227,8 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, group string, 
 	// that cannot start (Redis unavailable) is a 503 with Retry-After, not
 	// a stream that ends at once and that EventSource retries blindly.
 	if ok, err := s.firstAnswer(ctx, sink); !ok {
-		if r.Context().Err() == nil { // revoked, not gone
-			s.writeError(w, r, apiErr(CodeUnauthenticated, "the session or token ended"))
+		if r.Context().Err() == nil { // revoked or disconnected, not gone
+			s.writeError(w, r, endedBy(ctx))
 		}
 		return
 	} else if err != nil {
@@ -322,8 +322,8 @@ func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group str
 	for {
 		select {
 		case <-ctx.Done():
-			if r.Context().Err() == nil { // revoked, not gone
-				s.writeError(w, r, apiErr(CodeUnauthenticated, "the session or token ended"))
+			if r.Context().Err() == nil { // revoked or disconnected, not gone
+				s.writeError(w, r, endedBy(ctx))
 			}
 			return
 		case <-s.stopping():

@@ -68,6 +68,11 @@ type Config struct {
 	// replicas. Defaults 5 per second, burst 10.
 	ChatRate  float64
 	ChatBurst int
+	// PublishBatch bounds the events of one POST /api/publish/batch
+	// (413 too_large beyond); the body is bounded by MaxBodyBytes, and
+	// each event's data, on both publish routes, by MaxFrameBytes.
+	// Default 100.
+	PublishBatch int
 	// CredentialRecheck is how often open sockets recheck that their
 	// session or token is still valid, besides the revocation signal.
 	// Default 30s.
@@ -124,6 +129,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ChatBurst <= 0 {
 		c.ChatBurst = 10
+	}
+	if c.PublishBatch <= 0 {
+		c.PublishBatch = 100
 	}
 	if c.CredentialRecheck <= 0 {
 		c.CredentialRecheck = 30 * time.Second
@@ -219,7 +227,7 @@ func (s *Server) routes() chi.Router {
 	// Outside authenticate: a scraper gets no guest session.
 	r.Method(http.MethodGet, "/metrics", s.mx.Handler())
 	r.Group(func(r chi.Router) {
-		r.Use(s.authenticate)
+		r.Use(s.authenticate, s.refuseScoped)
 		r.Get("/", s.handleIndex)
 		r.Get("/chat/{room}", s.handleChatPage)
 		r.Get("/ws", s.handleSocket)
@@ -227,24 +235,34 @@ func (s *Server) routes() chi.Router {
 	r.Route("/api", func(r chi.Router) {
 		r.Use(s.sameOriginWrites, s.authenticate)
 		r.Get("/openapi.json", s.handleOpenAPI)
-		r.Post("/auth/code", s.handleRequestCode)
-		r.Post("/auth/login", s.handleLogin)
-		r.Post("/auth/logout", s.handleLogout)
+		// The server API for backends (api_server.go): scoped tokens may
+		// use these, and GET /api/me to see who they are.
+		r.Post("/publish", s.handlePublish)
+		r.Post("/publish/batch", s.handlePublishBatch)
+		r.Get("/groups/{group}/history", s.handleHistory)
+		r.Get("/groups/{group}/presence", s.handlePresence)
+		r.Post("/users/{id}/disconnect", s.handleDisconnect)
 		r.Get("/me", s.handleMe)
-		r.Post("/me", s.handleSetName)
-		r.Get("/tokens", s.handleListTokens)
-		r.Post("/tokens", s.handleCreateToken)
-		r.Delete("/tokens/{id}", s.handleRevokeToken)
-		r.Post("/notify", s.handleNotify)
-		r.Post("/groups/{group}/messages", s.handlePostMessage)
-		r.Get("/job-types", s.handleJobTypes)
-		r.Get("/jobs", s.handleListJobs)
-		r.Post("/jobs", s.handleSubmit)
-		r.Get("/jobs/{id}", s.handleGetJob)
-		r.Post("/jobs/{id}/cancel", s.handleCancel)
-		r.Get("/jobs/{id}/artifact", s.handleArtifact)
-		r.Get("/jobs/{id}/events", s.handleJobEvents)
-		r.Get("/groups/{group}/events", s.handleGroupEvents)
+		r.Group(func(r chi.Router) {
+			r.Use(s.refuseScoped)
+			r.Post("/auth/code", s.handleRequestCode)
+			r.Post("/auth/login", s.handleLogin)
+			r.Post("/auth/logout", s.handleLogout)
+			r.Post("/me", s.handleSetName)
+			r.Get("/tokens", s.handleListTokens)
+			r.Post("/tokens", s.handleCreateToken)
+			r.Delete("/tokens/{id}", s.handleRevokeToken)
+			r.Post("/notify", s.handleNotify)
+			r.Post("/groups/{group}/messages", s.handlePostMessage)
+			r.Get("/job-types", s.handleJobTypes)
+			r.Get("/jobs", s.handleListJobs)
+			r.Post("/jobs", s.handleSubmit)
+			r.Get("/jobs/{id}", s.handleGetJob)
+			r.Post("/jobs/{id}/cancel", s.handleCancel)
+			r.Get("/jobs/{id}/artifact", s.handleArtifact)
+			r.Get("/jobs/{id}/events", s.handleJobEvents)
+			r.Get("/groups/{group}/events", s.handleGroupEvents)
+		})
 	})
 	return r
 }

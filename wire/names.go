@@ -72,3 +72,26 @@ func FinalJobEvent(event string, data json.RawMessage) bool {
 	}
 	return false
 }
+
+// Reserved reports whether event names an event that only the server
+// itself puts into groups of kind: a job's lifecycle and log (its
+// workers), a chat room's record of who is present (its presence
+// tracking), the dashboard's statistics. Programs that publish through
+// the server API cannot send these.
+func Reserved(kind, event string) bool {
+	switch kind {
+	case KindJob:
+		switch event {
+		case EventState, EventProgress, EventLog, EventResult, EventFailed:
+			return true
+		}
+	case KindChat:
+		switch event {
+		case EventJoin, EventLeave, EventPresence, EventRename:
+			return true
+		}
+	case KindDashboard:
+		return event == EventStats
+	}
+	return false
+}
