@@ -207,8 +207,10 @@ func (c *Client) JobTypes(ctx context.Context) ([]JobType, error) {
 	return out, nil
 }
 
-// Batch is one long-poll answer: GET /api/groups/{group}/events.
+// Batch is a run of a group's events: a long-poll answer (Poll) or a
+// page of its history (History).
 type Batch struct {
+	Group     string
 	Events    []Event
 	LastSeq   int64  // poll again after this
 	Epoch     string // with this epoch
@@ -229,11 +231,16 @@ func (c *Client) Poll(ctx context.Context, group string, from Position, wait tim
 	if _, err := c.do(ctx, http.MethodGet, groupPath(group, "/events"), q, nil, &lp); err != nil {
 		return nil, err
 	}
-	b := &Batch{Events: make([]Event, 0, len(lp.Events)), LastSeq: lp.LastSeq, Epoch: lp.Epoch, Recovered: lp.Recovered}
+	return batchOf(group, lp)
+}
+
+// batchOf decodes the event frames of a long-poll or history answer.
+func batchOf(group string, lp wire.LongPoll) (*Batch, error) {
+	b := &Batch{Group: group, Events: make([]Event, 0, len(lp.Events)), LastSeq: lp.LastSeq, Epoch: lp.Epoch, Recovered: lp.Recovered}
 	for _, raw := range lp.Events {
 		var f wire.EventFrame
 		if err := json.Unmarshal(raw, &f); err != nil {
-			return nil, fmt.Errorf("client: poll %s: an event: %w", group, err)
+			return nil, fmt.Errorf("client: %s: an event: %w", group, err)
 		}
 		b.Events = append(b.Events, Event{EventFrame: f})
 	}
@@ -294,19 +301,30 @@ func (c *Client) Logout(ctx context.Context) error {
 	return err
 }
 
-// Token is a bearer token of the caller's. Secret is only set by
-// CreateToken: the server shows it once.
+// Token is a bearer token. Secret is only set by CreateToken: the server
+// shows it once.
 type Token struct {
 	ID        string    `json:"id"`
 	Secret    string    `json:"token,omitempty"`
+	Name      string    `json:"name,omitempty"`
+	Scopes    []string  `json:"scopes,omitempty"` // empty: the token acts as its user
 	CreatedAt time.Time `json:"created_at"`
 }
 
-// CreateToken creates a bearer token for the signed-in caller: POST
-// /api/tokens.
-func (c *Client) CreateToken(ctx context.Context) (*Token, error) {
+// TokenRequest says what a new token is: an optional label, and scopes
+// ("publish:chat:*", "history:*", "presence:chat:lobby", "admin:*"; see
+// docs/protocol.md, "The server API"). Without scopes the token acts as
+// its user; an admin's tokens need scopes.
+type TokenRequest struct {
+	Name   string   `json:"name,omitempty"`
+	Scopes []string `json:"scopes,omitempty"`
+}
+
+// CreateToken creates a bearer token for the signed-in caller (or, for
+// an admin, a scoped token of the admin identity): POST /api/tokens.
+func (c *Client) CreateToken(ctx context.Context, r TokenRequest) (*Token, error) {
 	var t Token
-	if _, err := c.do(ctx, http.MethodPost, "/api/tokens", nil, nil, &t); err != nil {
+	if _, err := c.do(ctx, http.MethodPost, "/api/tokens", nil, r, &t); err != nil {
 		return nil, err
 	}
 	return &t, nil
@@ -386,4 +404,101 @@ func (c *Client) OpenAPI(ctx context.Context) (json.RawMessage, error) {
 		return nil, err
 	}
 	return doc, nil
+}
+
+// PublishEvent is an event for the server API's publish: into Group,
+// named Event (not one the server reserves for itself, such as a job's
+// state), with Data, any JSON value (json.RawMessage is sent as is).
+type PublishEvent struct {
+	Group string `json:"group"`
+	Event string `json:"event"`
+	Data  any    `json:"data"`
+}
+
+// Publish appends an event to a group's log and delivers it to the
+// group's subscribers on every server: POST /api/publish (an admin token,
+// or one with a publish scope for the group).
+func (c *Client) Publish(ctx context.Context, ev PublishEvent) (*Published, error) {
+	var p Published
+	if _, err := c.do(ctx, http.MethodPost, "/api/publish", nil, ev, &p); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// PublishResult is one event's outcome in a batch: where it went, or
+// Err (an *Error with the code the server gave that event alone).
+type PublishResult struct {
+	Published
+	Err *Error
+}
+
+// PublishBatch publishes 1 to 100 events in order in one request: POST
+// /api/publish/batch. The results are in the order of events; a batch
+// refused as a whole is the error.
+func (c *Client) PublishBatch(ctx context.Context, events []PublishEvent) ([]PublishResult, error) {
+	var out struct {
+		Results []json.RawMessage `json:"results"`
+	}
+	if _, err := c.do(ctx, http.MethodPost, "/api/publish/batch", nil, map[string]any{"events": events}, &out); err != nil {
+		return nil, err
+	}
+	res := make([]PublishResult, len(out.Results))
+	for i, raw := range out.Results {
+		var body wire.ErrorBody
+		if json.Unmarshal(raw, &body) == nil && body.Error.Code != "" {
+			res[i].Err = &Error{Status: wire.HTTPStatus(body.Error.Code), Code: body.Error.Code, Message: body.Error.Message}
+			continue
+		}
+		if err := json.Unmarshal(raw, &res[i].Published); err != nil {
+			return nil, fmt.Errorf("client: publish batch: result %d: %w", i, err)
+		}
+	}
+	return res, nil
+}
+
+// History reads a page of a group's log: up to limit events (0: the
+// server's default, 100; at most 1,000) after from, oldest first: GET
+// /api/groups/{group}/history. With Recovered false the position could
+// not be resumed and the page starts at the oldest retained event. Page
+// on from the batch's last event while it is below LastSeq.
+func (c *Client) History(ctx context.Context, group string, from Position, limit int) (*Batch, error) {
+	q := url.Values{"after": {strconv.FormatInt(from.Seq, 10)}}
+	if from.Epoch != "" {
+		q.Set("epoch", from.Epoch)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var page wire.LongPoll // the same members, and the group
+	if _, err := c.do(ctx, http.MethodGet, groupPath(group, "/history"), q, nil, &page); err != nil {
+		return nil, err
+	}
+	return batchOf(group, page)
+}
+
+// Member is a user as chat rooms show them.
+type Member struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+}
+
+// Presence returns who is in a chat room now, by name: GET
+// /api/groups/chat:{room}/presence.
+func (c *Client) Presence(ctx context.Context, room string) ([]Member, error) {
+	var out struct {
+		Users []Member `json:"users"`
+	}
+	if _, err := c.do(ctx, http.MethodGet, groupPath(wire.ChatGroup(room).String(), "/presence"), nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Users, nil
+}
+
+// Disconnect closes every socket of a user on every server with 1008
+// (admin only); the user may connect again: POST
+// /api/users/{id}/disconnect.
+func (c *Client) Disconnect(ctx context.Context, userID string) error {
+	_, err := c.do(ctx, http.MethodPost, "/api/users/"+url.PathEscape(userID)+"/disconnect", nil, nil, nil)
+	return err
 }

@@ -185,13 +185,13 @@ func TestTokensAndNotify(t *testing.T) {
 		s := newServer(t, srv, serverOptions{smtp: true, noWorker: true})
 		c := newClient(t, s, client.Config{})
 		ctx := context.Background()
-		_, err := c.CreateToken(ctx)
+		_, err := c.CreateToken(ctx, client.TokenRequest{})
 		wantError(t, "a guest's token", err, http.StatusForbidden, wire.CodeForbidden)
 		u := signIn(t, s, c, "ada@example.com")
 		if u.Guest || u.Email != "ada@example.com" {
 			t.Fatalf("Login: %+v", u)
 		}
-		tok, err := c.CreateToken(ctx)
+		tok, err := c.CreateToken(ctx, client.TokenRequest{})
 		if err != nil || tok.ID == "" || tok.Secret == "" {
 			t.Fatalf("CreateToken: %+v %v", tok, err)
 		}
