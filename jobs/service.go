@@ -503,14 +503,6 @@ func (s *Service) Transfer(ctx context.Context, from, to string) (int, error) {
 
 // FinalEvent reports whether an event of a job's group is the job's last
 // one: "result", "failed", or a "state" event whose state is canceled.
-// Streams that follow one job end after it.
-func FinalEvent(name string, data json.RawMessage) bool {
-	switch name {
-	case wire.EventResult, wire.EventFailed:
-		return true
-	case wire.EventState:
-		var s stateEvent
-		return json.Unmarshal(data, &s) == nil && s.State == StateCanceled
-	}
-	return false
-}
+// Streams that follow one job end after it. The rule is the protocol's
+// (wire.FinalJobEvent), so clients apply the same one.
+func FinalEvent(name string, data json.RawMessage) bool { return wire.FinalJobEvent(name, data) }

@@ -1,5 +1,7 @@
 package wire
 
+import "encoding/json"
+
 // Socket operations (client to server).
 const (
 	OpSubscribe   = "subscribe"
@@ -57,6 +59,21 @@ const (
 // Terminal reports whether a job in state has ended.
 func Terminal(state string) bool {
 	return state == StateCompleted || state == StateFailed || state == StateCanceled
+}
+
+// FinalJobEvent reports whether an event of a job group is the job's last
+// one: result, failed, or state canceled. Nothing follows it.
+func FinalJobEvent(event string, data json.RawMessage) bool {
+	switch event {
+	case EventResult, EventFailed:
+		return true
+	case EventState:
+		var s struct {
+			State string `json:"state"`
+		}
+		return json.Unmarshal(data, &s) == nil && s.State == StateCanceled
+	}
+	return false
 }
 
 // Reserved reports whether event names an event that only the server

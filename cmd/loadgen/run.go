@@ -7,14 +7,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
-	"net/http/cookiejar"
 	"os"
 	"runtime"
 	"runtime/pprof"
-	"strings"
 	"time"
 
+	"github.com/gorilla/websocket"
+
+	"taskstream/client"
 	"taskstream/cmd/internal/inproc"
 	"taskstream/progress"
 )
@@ -78,13 +78,22 @@ func run(ctx context.Context, c config, stdout io.Writer, logger *slog.Logger) e
 		return err
 	}
 
-	jars := make([]http.CookieJar, c.Users)
-	for i := range jars {
-		jars[i], _ = cookiejar.New(nil)
-		fetchSession(ctx, base, jars[i])
+	// One client per simulated user: its own cookie jar, so its own
+	// guest session, which every socket of that user shares.
+	users := make([]*client.Client, c.Users)
+	for i := range users {
+		u, err := client.New(client.Config{BaseURL: base,
+			Dialer: &websocket.Dialer{HandshakeTimeout: 10 * time.Second, ReadBufferSize: 2048, WriteBufferSize: 1024}})
+		if err != nil {
+			return err
+		}
+		if _, err := u.Me(ctx); err != nil {
+			return fmt.Errorf("a session for user %d: %w", i, err)
+		}
+		users[i] = u
 	}
 	t0 := time.Now()
-	f, err := dialFleet(ctx, "ws"+strings.TrimPrefix(base, "http")+"/ws", rep.Group, c.Clients, c.DialConcurrency, c.Events, jars)
+	f, err := dialFleet(ctx, rep.Group, c.Clients, c.DialConcurrency, c.Events, users)
 	if err != nil {
 		return fmt.Errorf("opening the sockets: %w", err)
 	}
