@@ -275,15 +275,10 @@ func (s *Service) SubmitRequest(ctx context.Context, owner string, req Request) 
 	}
 	if t.Unique > 0 {
 		key := s.store.uniqueKey(uniqueDigest(owner, t.Name, norm))
-		ok, err := s.store.rdb.SetNX(ctx, key, rec.ID, t.Unique).Result()
-		if err != nil {
+		other, err := s.takeUnique(ctx, key, rec.ID, t.Unique)
+		if err != nil || other != "" {
 			release()
-			return nil, false, fmt.Errorf("jobs: unique lock of %s: %w", t.Name, err)
-		}
-		if !ok {
-			release()
-			other, err := s.store.rdb.Get(ctx, key).Result()
-			if err != nil && !errors.Is(err, redis.Nil) {
+			if err != nil {
 				return nil, false, fmt.Errorf("jobs: unique lock of %s: %w", t.Name, err)
 			}
 			return nil, false, &JobError{Err: ErrDuplicate, Job: other}
@@ -368,6 +363,24 @@ func (s *Service) reserveKey(ctx context.Context, key, id, fp string) (*Job, err
 		case <-t.C:
 		}
 	}
+}
+
+// takeUnique takes a unique type's lock for job id, or returns the job
+// that holds it. A lock that ends between the two reads (its job just
+// ended) is taken on the next try.
+func (s *Service) takeUnique(ctx context.Context, key, id string, ttl time.Duration) (string, error) {
+	for range 3 {
+		ok, err := s.store.rdb.SetNX(ctx, key, id, ttl).Result()
+		if err != nil || ok {
+			return "", err
+		}
+		other, err := s.store.rdb.Get(ctx, key).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		return other, err
+	}
+	return "", errors.New("the lock changed hands three times in a row")
 }
 
 // uniqueDigest identifies a unique type's job: owner, type and params.

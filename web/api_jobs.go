@@ -248,7 +248,7 @@ func jobError(err error) error {
 		return &APIError{Code: CodeConflict, Job: je.Job, RetryAfter: 1,
 			Message: "a request with this Idempotency-Key is still being handled (job " + je.Job + "); retry shortly"}
 	case errors.Is(err, jobs.ErrUnknownType):
-		return apiErr(CodeBadRequest, err.Error())
+		return &APIError{Code: CodeBadRequest, Message: err.Error(), Field: "type"}
 	case errors.Is(err, jobs.ErrNotFound):
 		return apiErr(CodeNotFound, "no such job")
 	case errors.Is(err, jobs.ErrConflict):
