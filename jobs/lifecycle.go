@@ -102,6 +102,7 @@ type stateEvent struct {
 	Attempt int    `json:"attempt,omitempty"`
 	Error   string `json:"error,omitempty"`
 	Message string `json:"message,omitempty"`
+	RunAt   string `json:"run_at,omitempty"` // a scheduled job's time (RFC 3339)
 }
 
 // redisNow is the server's clock in ms inside a script: heartbeats are
@@ -110,23 +111,30 @@ const redisNow = `local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `
 
-// submit records a new job, publishes its first event (pending) and
-// enqueues its first task. The record carries a handoff mark until the
-// enqueue is confirmed, so a crash in between is finished by the
-// reconciler instead of leaving the job pending forever.
+// submit records a new job, publishes its first event (pending, or
+// scheduled with its run_at) and enqueues its first task (at run_at for a
+// scheduled one). The record carries a handoff mark until the enqueue is
+// confirmed, so a crash in between is finished by the reconciler instead
+// of leaving the job pending forever.
 func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) error {
-	rec.Task, rec.Handoff, rec.HandoffRetry = rec.ID, rec.ID, t.MaxRetry
+	rec.Task, rec.Handoff, rec.HandoffRetry = rec.ID, rec.ID, rec.MaxRetry
+	rec.State = StatePending
+	first := stateEvent{State: StatePending}
+	if !rec.RunAt.IsZero() {
+		rec.State = StateScheduled
+		first = stateEvent{State: StateScheduled, RunAt: rec.RunAt.UTC().Format(time.RFC3339Nano)}
+	}
 	if err := l.st.create(ctx, rec); err != nil {
 		return err
 	}
-	// The pending event comes first so the group's epoch exists before any
+	// The first event comes first so the group's epoch exists before any
 	// watcher subscribes, and it precedes the worker's "active".
-	if _, err := l.log.Publish(ctx, Group(rec.ID), wire.EventState, stateEvent{State: StatePending}); err != nil {
+	if _, err := l.log.Publish(ctx, Group(rec.ID), wire.EventState, first); err != nil {
 		// Never enqueued: end the record rather than leave it pending.
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not record the job's first event")
 		return err
 	}
-	if err := l.enqueue(ctx, rec, rec.Task, t.MaxRetry); err != nil {
+	if err := l.enqueue(ctx, rec, rec.Task, rec.MaxRetry); err != nil {
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not enqueue: "+err.Error())
 		return fmt.Errorf("jobs: enqueue %s: %w", rec.ID, err)
 	}
@@ -140,13 +148,21 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) error {
 // holds counts as done, so the submitter and the reconciler may both try.
 // Then it clears the record's handoff mark for that task.
 func (l *lifecycle) enqueue(ctx context.Context, rec *record, task string, maxRetry int) error {
-	timeout := time.Hour
-	if t, ok := l.reg.Lookup(rec.Type); ok {
+	timeout := rec.Timeout
+	if t, ok := l.reg.Lookup(rec.Type); ok && timeout <= 0 {
 		timeout = t.Timeout
 	}
-	_, err := l.client.EnqueueContext(ctx, asynq.NewTask(rec.Type, rec.Params,
-		asynq.TaskID(task), asynq.Queue(rec.Queue), asynq.MaxRetry(max(maxRetry, 0)),
-		asynq.Timeout(timeout), asynq.Retention(l.cfg.Retention)))
+	if timeout <= 0 {
+		timeout = time.Hour
+	}
+	opts := []asynq.Option{asynq.TaskID(task), asynq.Queue(rec.Queue), asynq.MaxRetry(max(maxRetry, 0)),
+		asynq.Timeout(timeout), asynq.Retention(l.cfg.Retention)}
+	if task == rec.ID && rec.RunAt.After(time.Now()) {
+		// The first task of a scheduled job waits in Asynq's scheduled set
+		// (later tasks replace a lost run: they run at once).
+		opts = append(opts, asynq.ProcessAt(rec.RunAt))
+	}
+	_, err := l.client.EnqueueContext(ctx, asynq.NewTask(rec.Type, rec.Params, opts...))
 	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return err
 	}
@@ -228,10 +244,19 @@ func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt,
 		ev.Message = msgRunAgain
 	}
 	if l.cfg.Observer != nil && n == 1 {
-		l.cfg.Observer.JobStarted(rec.Type, time.Since(rec.CreatedAt))
+		// The queue wait of a scheduled job starts at its run_at: its
+		// delay was asked for, not waited in a queue.
+		l.cfg.Observer.JobStarted(rec.Type, time.Since(latest(rec.CreatedAt, rec.RunAt)))
 	}
 	l.publish(ctx, id, wire.EventState, ev)
 	return &attempt{rec: *rec, task: task, n: n, started: time.Now()}, startRun, nil
+}
+
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 func toInt(v any) int64 {
@@ -598,7 +623,20 @@ return 1
 // appended the events). Until the debt is cleared the job stays open, so
 // the reconciler pays it if this fails (Redis unavailable for a run's
 // EndRetryFor, or stop nil: one try).
-func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id, state string, result json.RawMessage, errMsg string) {
+func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id string, state string, result json.RawMessage, errMsg string) {
+	rec, err := l.st.get(ctx, id)
+	if err != nil && !errors.Is(err, errNoRecord) {
+		l.cfg.Logger.Warn("reading an ended job's record failed: no notification, its unique lock (if any) expires by itself", "job", id, "err", err)
+	}
+	// A unique type's lock ends with the job (its end is recorded), before
+	// the end goes out: a watcher that sees it may submit the same job
+	// again at once. Every announcer releases it, and only a lock that is
+	// still this job's.
+	if rec != nil && rec.Unique != "" {
+		if err := releaseLockScript.Run(ctx, l.st.rdb, []string{rec.Unique}, id).Err(); err != nil {
+			l.cfg.Logger.Warn("releasing a unique job's lock failed; it expires by itself", "job", id, "err", err)
+		}
+	}
 	events := []progress.Draft{{Name: wire.EventState, Data: stateEvent{State: state, Error: errMsg}}}
 	switch state {
 	case StateCompleted:
@@ -621,10 +659,22 @@ func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, i
 		p.ZRem(ctx, l.st.runningKey(), id)
 		return nil
 	})
-	if fresh {
-		l.notifyOwner(ctx, id, state, errMsg)
+	if fresh && rec != nil {
+		l.notifyOwner(ctx, rec, state, errMsg)
 	}
 }
+
+// releaseLockScript deletes a lock (a unique type's, or an
+// Idempotency-Key's reservation) if it still names ARGV[1] as the first
+// word of its value: a lock that expired and was taken by another job is
+// left alone.
+var releaseLockScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v and (v == ARGV[1] or string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' ') then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
 
 // payDebt publishes the end of a final job whose events were not
 // confirmed published (its announcer failed or died), once the debt is
@@ -857,12 +907,11 @@ func (l *lifecycle) publish(ctx context.Context, id, name string, data any) {
 }
 
 // notifyOwner tells the job's owner, on every tab, that it has finished.
-func (l *lifecycle) notifyOwner(ctx context.Context, id, state, errMsg string) {
-	rec, err := l.st.get(ctx, id)
-	if err != nil || rec.Owner == "" {
+func (l *lifecycle) notifyOwner(ctx context.Context, rec *record, state, errMsg string) {
+	if rec.Owner == "" {
 		return
 	}
-	owner, typ := rec.Owner, rec.Type
+	id, owner, typ := rec.ID, rec.Owner, rec.Type
 	n := progress.Notification{
 		Title: fmt.Sprintf("Job %s %s", typ, state),
 		Body:  fmt.Sprintf("%s job %s has %s.", typ, id, state),

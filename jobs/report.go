@@ -64,6 +64,10 @@ func Report() Type {
 		Schema:      reportSchema,
 		Run:         runReport,
 		HasArtifact: true,
+		Queues:      []string{"bulk"},
+		// The same rows and seed make the same file: a second request for
+		// it while the first is still being made is refused (naming it).
+		Unique: 10 * time.Minute,
 	})
 }
 

@@ -2,10 +2,13 @@ package jobs
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -20,7 +23,27 @@ var (
 	ErrNotFound    = errors.New("jobs: job not found")
 	ErrConflict    = errors.New("jobs: job already finished")
 	ErrUnknownType = errors.New("jobs: unknown job type")
+	// ErrDuplicate: a unique type's job with the same params is not
+	// finished yet (a *JobError names it).
+	ErrDuplicate = errors.New("jobs: a job of this unique type with these params is not finished yet")
+	// ErrKeyReused: an Idempotency-Key came again with a different
+	// request (a *JobError names the job the key made).
+	ErrKeyReused = errors.New("jobs: this Idempotency-Key was used for a different request")
+	// ErrKeyInFlight: the first request with an Idempotency-Key is still
+	// being handled after Config.IdempotencyWait (a *JobError names the
+	// job it is making).
+	ErrKeyInFlight = errors.New("jobs: a request with this Idempotency-Key is still being handled")
 )
+
+// JobError is an error about an existing job: Err is ErrDuplicate,
+// ErrKeyReused or ErrKeyInFlight, Job that job's id.
+type JobError struct {
+	Err error
+	Job string
+}
+
+func (e *JobError) Error() string { return e.Err.Error() + ": job " + e.Job }
+func (e *JobError) Unwrap() error { return e.Err }
 
 // Group returns the progress group that carries job id's events.
 func Group(id string) string { return wire.JobGroup(id).String() }
@@ -63,6 +86,18 @@ type Config struct {
 	// Observer is told of submissions, starts and ends (metrics). Default
 	// nil: nothing is told.
 	Observer Observer
+	// MaxDelay is the furthest ahead a job may be scheduled (the "delay"
+	// and "run_at" options). Default 30 days.
+	MaxDelay time.Duration
+	// IdempotencyTTL is how long an Idempotency-Key keeps naming the job
+	// it made: the same key from the same owner within it returns that
+	// job. Default 24h.
+	IdempotencyTTL time.Duration
+	// IdempotencyWait is how long a request waits for the job of a
+	// concurrent request with the same key to be recorded, before it is
+	// answered ErrKeyInFlight. A crashed first request's reservation
+	// expires after twice this. Default 5s.
+	IdempotencyWait time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -93,6 +128,15 @@ func (c Config) withDefaults() Config {
 	if c.JobLink == "" {
 		c.JobLink = "/#job-%s"
 	}
+	if c.MaxDelay <= 0 {
+		c.MaxDelay = 30 * 24 * time.Hour
+	}
+	if c.IdempotencyTTL <= 0 {
+		c.IdempotencyTTL = 24 * time.Hour
+	}
+	if c.IdempotencyWait <= 0 {
+		c.IdempotencyWait = 5 * time.Second
+	}
 	return c
 }
 
@@ -110,6 +154,12 @@ type Job struct {
 	Result      json.RawMessage    `json:"result"`
 	Error       *string            `json:"error"`
 	Attempt     int                `json:"attempt"`
+	Queue       string             `json:"queue"`     // the type's queue it went to
+	Priority    string             `json:"priority"`  // high, normal or low
+	Timeout     string             `json:"timeout"`   // bound of one run, a Go duration
+	MaxRetry    int                `json:"max_retry"` // retries of a failed run
+	RunAt       *time.Time         `json:"run_at"`    // when a scheduled job runs; null: at once
+	Schedule    string             `json:"schedule,omitempty"`
 	CreatedAt   time.Time          `json:"created_at"`
 	UpdatedAt   time.Time          `json:"updated_at"`
 	LastSeq     int64              `json:"last_seq"`
@@ -156,19 +206,175 @@ func (s *Service) ArtifactPath(j *Job) (string, bool) {
 // its first "state" event (pending) and enqueues it. Errors:
 // ErrUnknownType, *ParamError, or an infrastructure error.
 func (s *Service) Submit(ctx context.Context, owner, typ string, params json.RawMessage) (*Job, error) {
-	t, ok := s.reg.Lookup(typ)
+	j, _, err := s.SubmitRequest(ctx, owner, Request{Type: typ, Params: params})
+	return j, err
+}
+
+// Request is a submission: type, params and options, plus what a caller
+// adds besides the body.
+type Request struct {
+	Type   string
+	Params json.RawMessage
+	Options
+	// IdempotencyKey, when set, makes the request idempotent for its
+	// owner: sent again within Config.IdempotencyTTL it returns the job
+	// the first made. 1 to 255 printable ASCII characters.
+	IdempotencyKey string
+	// Schedule names the schedule entry that submits it ("" for the API).
+	Schedule string
+}
+
+// SubmitRequest is Submit with options. It reports whether the job is an
+// earlier one that req's Idempotency-Key made (nothing new was recorded).
+// Errors: ErrUnknownType, *ParamError, *OptionError, a *JobError
+// (ErrDuplicate, ErrKeyReused, ErrKeyInFlight), or an infrastructure
+// error.
+func (s *Service) SubmitRequest(ctx context.Context, owner string, req Request) (*Job, bool, error) {
+	t, ok := s.reg.Lookup(req.Type)
 	if !ok {
-		return nil, fmt.Errorf("%w %q", ErrUnknownType, typ)
+		return nil, false, fmt.Errorf("%w %q", ErrUnknownType, req.Type)
 	}
-	norm, err := t.Decode(params)
+	norm, err := t.Decode(req.Params)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	rec := &record{ID: newJobID(), Owner: owner, Type: t.Name, Queue: t.Queue, Params: norm, State: StatePending, CreatedAt: time.Now().UTC()}
+	now := time.Now().UTC()
+	opts, err := t.resolveOptions(req.Options, now, s.cfg.MaxDelay)
+	if err != nil {
+		return nil, false, err
+	}
+	opts.RunAt = opts.RunAt.Truncate(time.Millisecond) // as the record stores it
+	if err := checkIdempotencyKey(req.IdempotencyKey); err != nil {
+		return nil, false, err
+	}
+	rec := &record{
+		ID: newJobID(), Owner: owner, Type: t.Name, Queue: opts.asynqQueue(), Params: norm, CreatedAt: now,
+		Timeout: opts.Timeout, MaxRetry: opts.MaxRetry, RunAt: opts.RunAt, Schedule: req.Schedule,
+	}
+	// Locks are taken only for a request that is valid, so a bad one never
+	// holds a key. Each lock's value starts with the job id it is for.
+	var locks []string
+	release := func() {
+		for _, k := range locks {
+			if err := releaseLockScript.Run(context.WithoutCancel(ctx), s.store.rdb, []string{k}, rec.ID).Err(); err != nil {
+				s.cfg.Logger.Warn("releasing a submit's lock failed; it expires by itself", "key", k, "err", err)
+			}
+		}
+	}
+	if req.IdempotencyKey != "" {
+		fp := fingerprint(t.Name, norm, req.Options, opts)
+		key := s.store.idemKey(owner, req.IdempotencyKey)
+		existing, err := s.reserveKey(ctx, key, rec.ID, fp)
+		if err != nil {
+			return nil, false, err
+		}
+		if existing != nil {
+			return existing, true, nil
+		}
+		locks = append(locks, key)
+	}
+	if t.Unique > 0 {
+		key := s.store.uniqueKey(uniqueDigest(owner, t.Name, norm))
+		ok, err := s.store.rdb.SetNX(ctx, key, rec.ID, t.Unique).Result()
+		if err != nil {
+			release()
+			return nil, false, fmt.Errorf("jobs: unique lock of %s: %w", t.Name, err)
+		}
+		if !ok {
+			release()
+			other, err := s.store.rdb.Get(ctx, key).Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return nil, false, fmt.Errorf("jobs: unique lock of %s: %w", t.Name, err)
+			}
+			return nil, false, &JobError{Err: ErrDuplicate, Job: other}
+		}
+		rec.Unique = key
+		locks = append(locks, key)
+	}
 	if err := s.lc.submit(ctx, rec, t); err != nil {
-		return nil, err
+		release()
+		return nil, false, err
 	}
-	return s.Get(ctx, rec.ID)
+	if req.IdempotencyKey != "" {
+		// The reservation becomes the key's answer for IdempotencyTTL.
+		if err := s.store.rdb.PExpire(ctx, locks[0], s.cfg.IdempotencyTTL).Err(); err != nil {
+			s.cfg.Logger.Warn("keeping an Idempotency-Key failed; a retry of the request may make a second job", "job", rec.ID, "err", err)
+		}
+	}
+	j, err := s.Get(ctx, rec.ID)
+	return j, false, err
+}
+
+// checkIdempotencyKey checks an Idempotency-Key header's value.
+func checkIdempotencyKey(k string) error {
+	if k == "" {
+		return nil
+	}
+	if len(k) > 255 {
+		return badOption("Idempotency-Key", "must be at most 255 characters")
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x21 || k[i] > 0x7e {
+			return badOption("Idempotency-Key", "must be printable ASCII without spaces")
+		}
+	}
+	return nil
+}
+
+// reserveKey takes an Idempotency-Key for job id with fingerprint fp, or
+// returns the job the key already names. The reservation is one SET NX
+// (so of concurrent requests exactly one makes a job) and lives for
+// 2×IdempotencyWait until the job is recorded, so a request that crashes
+// in between does not hold the key for a day. A request that finds the
+// key taken with the same fingerprint waits up to IdempotencyWait for
+// that job's record.
+func (s *Service) reserveKey(ctx context.Context, key, id, fp string) (*Job, error) {
+	deadline := time.Now().Add(s.cfg.IdempotencyWait)
+	poll := max(s.cfg.IdempotencyWait/100, time.Millisecond)
+	for {
+		ok, err := s.store.rdb.SetNX(ctx, key, id+" "+fp, 2*s.cfg.IdempotencyWait).Result()
+		if err != nil {
+			return nil, fmt.Errorf("jobs: reserve idempotency key: %w", err)
+		}
+		if ok {
+			return nil, nil
+		}
+		v, err := s.store.rdb.Get(ctx, key).Result()
+		if errors.Is(err, redis.Nil) {
+			continue // expired between the two calls: try to take it
+		}
+		if err != nil {
+			return nil, fmt.Errorf("jobs: read idempotency key: %w", err)
+		}
+		other, otherFP, _ := strings.Cut(v, " ")
+		if otherFP != fp {
+			return nil, &JobError{Err: ErrKeyReused, Job: other}
+		}
+		j, err := s.Get(ctx, other)
+		if err == nil {
+			return j, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		if time.Now().After(deadline) {
+			return nil, &JobError{Err: ErrKeyInFlight, Job: other}
+		}
+		t := time.NewTimer(poll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// uniqueDigest identifies a unique type's job: owner, type and params.
+func uniqueDigest(owner, typ string, params json.RawMessage) string {
+	b, _ := json.Marshal([]any{owner, typ, params})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
 }
 
 // Get returns job id, or ErrNotFound.
@@ -182,10 +388,24 @@ func (s *Service) Get(ctx context.Context, id string) (*Job, error) {
 	}
 	j := &Job{
 		ID: id, Owner: rec.Owner, Type: rec.Type, State: rec.State, Params: rec.Params, Attempt: rec.Attempt,
-		CreatedAt: rec.CreatedAt, UpdatedAt: rec.UpdatedAt,
+		CreatedAt: rec.CreatedAt, UpdatedAt: rec.UpdatedAt, MaxRetry: rec.MaxRetry, Schedule: rec.Schedule,
 	}
+	j.Queue, j.Priority = splitAsynqQueue(rec.Queue)
+	timeout := rec.Timeout
 	if t, ok := s.reg.Lookup(rec.Type); ok {
 		j.HasArtifact = t.HasArtifact
+		if timeout <= 0 {
+			timeout = t.Timeout
+		}
+		if j.MaxRetry < 0 {
+			j.MaxRetry = t.MaxRetry
+		}
+	}
+	j.Timeout = timeout.String()
+	j.MaxRetry = max(j.MaxRetry, 0)
+	if !rec.RunAt.IsZero() {
+		at := rec.RunAt
+		j.RunAt = &at
 	}
 	if rec.Final != "" {
 		j.State = rec.Final

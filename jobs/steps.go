@@ -70,6 +70,8 @@ func Steps() Type {
 		Schema:      stepsSchema,
 		Validate:    validateSteps,
 		Run:         runSteps,
+		// A demo of the submit options: two more queues to pick from.
+		Queues: []string{"critical", "bulk"},
 		// The longest valid run (every step at the longest pause) must not
 		// hit the default one-hour timeout. The bounds are read from the
 		// schema so that they are written once.

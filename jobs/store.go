@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,7 @@ import (
 
 // Job states, as the protocol names them (package wire).
 const (
+	StateScheduled = wire.StateScheduled
 	StatePending   = wire.StatePending
 	StateActive    = wire.StateActive
 	StateRetry     = wire.StateRetry
@@ -45,16 +47,39 @@ func (s *store) jobKey(id string) string { return s.prefix + ":job:" + id }
 func (s *store) indexKey(owner string) string {
 	return s.prefix + ":jobs:owner:" + owner
 }
-func (s *store) runningKey() string    { return s.prefix + ":running" }
-func (s *store) openKey() string       { return s.prefix + ":jobs:open" } // score: when to check next (µs)
-func (s *store) cancelChannel() string { return s.prefix + ":cancel" }
+func (s *store) runningKey() string { return s.prefix + ":running" }
+
+// idemKey is the key of owner's Idempotency-Key key (hashed: the client
+// chooses it), uniqueKey the lock of a unique type's job (digest: its
+// type, owner and params).
+func (s *store) idemKey(owner, key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return s.prefix + ":idem:" + owner + ":" + hex.EncodeToString(sum[:16])
+}
+func (s *store) uniqueKey(digest string) string { return s.prefix + ":unique:" + digest }
+func (s *store) openKey() string                { return s.prefix + ":jobs:open" } // score: when to check next (µs)
+func (s *store) cancelChannel() string          { return s.prefix + ":cancel" }
 
 // record is a job's hash, decoded.
 type record struct {
-	ID        string
-	Owner     string
-	Type      string
-	Queue     string
+	ID    string
+	Owner string
+	Type  string
+	// Queue is the Asynq queue of the job's tasks: the type's queue the
+	// submitter picked, at its priority (AsynqQueue).
+	Queue string
+	// Timeout and MaxRetry are the submitter's options (0 and -1 in
+	// records from before them: the type's defaults).
+	Timeout  time.Duration
+	MaxRetry int
+	// RunAt is when a scheduled job runs (zero: at once).
+	RunAt time.Time
+	// Unique is the key of the unique lock the job holds ("" when its type
+	// is not unique), released when the job ends.
+	Unique string
+	// Schedule names the schedule entry that made the job ("" for a job
+	// submitted through the API).
+	Schedule  string
 	Params    json.RawMessage
 	State     string
 	Attempt   int
@@ -95,17 +120,32 @@ func newJobID() string {
 
 func (s *store) create(ctx context.Context, r *record) error {
 	now := r.CreatedAt
+	fields := map[string]any{
+		"owner": r.Owner, "type": r.Type, "queue": r.Queue, "params": string(r.Params), "state": r.State,
+		"attempt": 0, "created_at": now.UnixMilli(), "updated_at": now.UnixMilli(),
+		"task": r.Task, "gen": 1, "handoff": r.Handoff, "handoff_retry": r.HandoffRetry,
+		"timeout_ms": r.Timeout.Milliseconds(), "max_retry": r.MaxRetry,
+	}
+	if !r.RunAt.IsZero() {
+		fields["run_at"] = r.RunAt.UnixMilli()
+	}
+	if r.Unique != "" {
+		fields["unique"] = r.Unique
+	}
+	if r.Schedule != "" {
+		fields["schedule"] = r.Schedule
+	}
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, s.jobKey(r.ID), map[string]any{
-			"owner": r.Owner, "type": r.Type, "queue": r.Queue, "params": string(r.Params), "state": StatePending,
-			"attempt": 0, "created_at": now.UnixMilli(), "updated_at": now.UnixMilli(),
-			"task": r.Task, "gen": 1, "handoff": r.Handoff, "handoff_retry": r.HandoffRetry,
-		})
+		p.HSet(ctx, s.jobKey(r.ID), fields)
 		p.Expire(ctx, s.jobKey(r.ID), s.retention)
 		// Microseconds keep quick successive submits in creation order.
 		p.ZAdd(ctx, s.indexKey(r.Owner), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID})
 		p.Expire(ctx, s.indexKey(r.Owner), s.retention)
-		p.ZAdd(ctx, s.openKey(), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID})
+		// The reconciler looks at a scheduled job once it is due: until
+		// then its task waits in Asynq's scheduled set, and checking it
+		// every pass would spend the pass's batch on jobs that can not
+		// have moved (an operator's delete of one is noticed at run_at).
+		p.ZAdd(ctx, s.openKey(), redis.Z{Score: float64(latest(now, r.RunAt).UnixMicro()), Member: r.ID})
 		return nil
 	})
 	if err != nil {
@@ -130,6 +170,17 @@ func (s *store) get(ctx context.Context, id string) (*record, error) {
 		CreatedAt: millis(m["created_at"]), UpdatedAt: millis(m["updated_at"]),
 	}
 	r.Attempt, _ = strconv.Atoi(m["attempt"])
+	if ms, err := strconv.ParseInt(m["timeout_ms"], 10, 64); err == nil {
+		r.Timeout = time.Duration(ms) * time.Millisecond
+	}
+	r.MaxRetry = -1
+	if n, err := strconv.Atoi(m["max_retry"]); err == nil {
+		r.MaxRetry = n
+	}
+	if v := m["run_at"]; v != "" {
+		r.RunAt = millis(v)
+	}
+	r.Unique, r.Schedule = m["unique"], m["schedule"]
 	r.Task = m["task"]
 	if r.Task == "" {
 		r.Task = id // records from before per-run tasks

@@ -71,8 +71,24 @@ type Spec[P any] struct {
 	MaxRetry int
 	// Timeout bounds one run. Default 1h.
 	Timeout time.Duration
-	// Queue is the Asynq queue the type's jobs go to. Default "default".
+	// Queue is the queue the type's jobs go to unless the submitter picks
+	// another of Queues. Default "default". Each queue is served as one
+	// Asynq queue per priority (see AsynqQueue).
 	Queue string
+	// Queues are the other queues a submitter may pick (the "queue"
+	// option). Default none: Queue only.
+	Queues []string
+	// MaxTimeout bounds the "timeout" a submitter may ask for. Default
+	// Timeout: a submitter may only shorten it.
+	MaxTimeout time.Duration
+	// RetryLimit bounds the "max_retry" a submitter may ask for. Default
+	// the larger of MaxRetry and 10.
+	RetryLimit int
+	// Unique, when set, makes the type unique for that long: a second job
+	// of the type with the same params from the same owner, submitted
+	// while the first is not finished and within Unique of it, is refused
+	// with a conflict naming the first. Default 0: not unique.
+	Unique time.Duration
 	// HasArtifact says the handler writes Env.ArtifactPath() on success.
 	HasArtifact bool
 }
@@ -85,9 +101,13 @@ type Type struct {
 	Name        string
 	Description string
 	Schema      json.RawMessage
-	MaxRetry    int
-	Timeout     time.Duration
-	Queue       string
+	MaxRetry    int           // default retries of a failed run
+	RetryLimit  int           // the most retries a submitter may ask for
+	Timeout     time.Duration // default bound of one run
+	MaxTimeout  time.Duration // the longest timeout a submitter may ask for
+	Queue       string        // the default queue
+	Queues      []string      // every queue a submitter may pick, Queue first
+	Unique      time.Duration // 0, or how long a job of the type stays unique
 	HasArtifact bool
 
 	decode func(raw json.RawMessage) (json.RawMessage, error)
@@ -109,6 +129,7 @@ func Define[P any](s Spec[P]) Type {
 	t := Type{
 		Name: s.Name, Description: s.Description, Schema: json.RawMessage(s.Schema),
 		MaxRetry: s.MaxRetry, Timeout: s.Timeout, Queue: s.Queue, HasArtifact: s.HasArtifact,
+		RetryLimit: s.RetryLimit, MaxTimeout: s.MaxTimeout, Unique: s.Unique,
 	}
 	switch {
 	case t.MaxRetry == 0:
@@ -121,6 +142,32 @@ func Define[P any](s Spec[P]) Type {
 	}
 	if t.Queue == "" {
 		t.Queue = "default"
+	}
+	if t.MaxTimeout <= 0 {
+		t.MaxTimeout = t.Timeout
+	}
+	if t.MaxTimeout < t.Timeout {
+		panic(fmt.Sprintf("jobs: %s: MaxTimeout %v is below Timeout %v", s.Name, t.MaxTimeout, t.Timeout))
+	}
+	if t.RetryLimit <= 0 {
+		t.RetryLimit = max(t.MaxRetry, 10)
+	}
+	if t.RetryLimit < t.MaxRetry {
+		panic(fmt.Sprintf("jobs: %s: RetryLimit %d is below MaxRetry %d", s.Name, t.RetryLimit, t.MaxRetry))
+	}
+	if t.Unique < 0 || (t.Unique > 0 && t.Unique < time.Second) {
+		panic(fmt.Sprintf("jobs: %s: Unique %v: want 0 or at least 1s", s.Name, t.Unique))
+	}
+	t.Queues = []string{t.Queue}
+	for _, q := range s.Queues {
+		if !slices.Contains(t.Queues, q) {
+			t.Queues = append(t.Queues, q)
+		}
+	}
+	for _, q := range t.Queues {
+		if !ValidQueueName(q) {
+			panic(fmt.Sprintf("jobs: %s: queue %q: want 1 to 64 of a-z 0-9 _ -", s.Name, q))
+		}
 	}
 	t.decode = func(raw json.RawMessage) (json.RawMessage, error) {
 		return decodeParams(sch, s.Validate, raw)
@@ -467,15 +514,30 @@ func (r *Registry) Types() []Type {
 	return out
 }
 
-// Queues returns the distinct queues of the registered types.
+// Queues returns the distinct queues of the registered types (every
+// queue a type allows), as WORKER_QUEUES names them.
 func (r *Registry) Queues() []string {
 	seen := map[string]bool{}
 	var qs []string
 	for _, t := range r.Types() {
-		if !seen[t.Queue] {
-			seen[t.Queue] = true
-			qs = append(qs, t.Queue)
+		for _, q := range t.Queues {
+			if !seen[q] {
+				seen[q] = true
+				qs = append(qs, q)
+			}
 		}
 	}
 	return qs
+}
+
+// AsynqQueues returns the Asynq queues that serve Queues: one per queue
+// and priority (see AsynqQueue).
+func (r *Registry) AsynqQueues() []string {
+	var out []string
+	for _, q := range r.Queues() {
+		for _, p := range Priorities {
+			out = append(out, AsynqQueue(q, p))
+		}
+	}
+	return out
 }

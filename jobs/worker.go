@@ -24,8 +24,10 @@ type WorkerConfig struct {
 	// Concurrency is how many jobs run at once in this process. Default 10
 	// (jobs mostly wait; raise it for I/O-bound types, lower it for CPU).
 	Concurrency int
-	// Queues maps queue names to priorities. Default: every queue of the
-	// registered types, priority 1.
+	// Queues maps queue names (as job types name them) to weights: when
+	// several queues hold work, Asynq picks one at random by weight. Each
+	// queue is served as one Asynq queue per priority (ExpandQueues).
+	// Default: every queue of the registered types, weight 1.
 	Queues map[string]int
 	// ShutdownTimeout is how long running jobs get to finish on shutdown;
 	// shortly before it ends their contexts are canceled, and Asynq hands
@@ -81,6 +83,7 @@ func (c WorkerConfig) withDefaults(reg *Registry) WorkerConfig {
 			c.Queues[q] = 1
 		}
 	}
+	c.Queues = ExpandQueues(c.Queues)
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 8 * time.Second
 	}

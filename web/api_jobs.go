@@ -20,21 +20,49 @@ type jobTypeView struct {
 	Type        string          `json:"type"`
 	Description string          `json:"description"`
 	Params      json.RawMessage `json:"params"`
+	// What the submit options may be for this type (extension).
+	Queues     []string `json:"queues"`     // allowed "queue" values, the default first
+	Priorities []string `json:"priorities"` // allowed "priority" values
+	Timeout    string   `json:"timeout"`    // the default "timeout"
+	MaxTimeout string   `json:"max_timeout"`
+	MaxRetry   int      `json:"max_retry"` // the default "max_retry"
+	RetryLimit int      `json:"retry_limit"`
+	// Unique is how long a job of the type stays unique ("" when not).
+	Unique string `json:"unique,omitempty"`
 }
 
 func (s *Server) handleJobTypes(w http.ResponseWriter, r *http.Request) {
 	types := s.jobs.Registry().Types()
 	out := make([]jobTypeView, 0, len(types))
 	for _, t := range types {
-		out = append(out, jobTypeView{Type: t.Name, Description: t.Description, Params: t.Schema})
+		v := jobTypeView{
+			Type: t.Name, Description: t.Description, Params: t.Schema,
+			Queues: t.Queues, Priorities: jobs.Priorities, Timeout: t.Timeout.String(), MaxTimeout: t.MaxTimeout.String(),
+			MaxRetry: t.MaxRetry, RetryLimit: t.RetryLimit,
+		}
+		if t.Unique > 0 {
+			v.Unique = t.Unique.String()
+		}
+		out = append(out, v)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
+// submitRequest is the body of POST /api/jobs: type, params and the
+// options (queue, priority, timeout, max_retry, delay, run_at).
 type submitRequest struct {
-	Type   string          `json:"type"`
-	Params json.RawMessage `json:"params"`
+	Type     string          `json:"type"`
+	Params   json.RawMessage `json:"params"`
+	Queue    string          `json:"queue"`
+	Priority string          `json:"priority"`
+	Timeout  string          `json:"timeout"`
+	MaxRetry *int            `json:"max_retry"`
+	Delay    string          `json:"delay"`
+	RunAt    string          `json:"run_at"`
 }
+
+// idempotencyHeader carries a submit's idempotency key.
+const idempotencyHeader = "Idempotency-Key"
 
 func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 	var req submitRequest
@@ -55,12 +83,21 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	job, err := s.jobs.Submit(r.Context(), who.User.ID, req.Type, req.Params)
+	job, replayed, err := s.jobs.SubmitRequest(r.Context(), who.User.ID, jobs.Request{
+		Type: req.Type, Params: req.Params, IdempotencyKey: r.Header.Get(idempotencyHeader),
+		Options: jobs.Options{Queue: req.Queue, Priority: req.Priority, Timeout: req.Timeout, MaxRetry: req.MaxRetry, Delay: req.Delay, RunAt: req.RunAt},
+	})
 	if err != nil {
 		s.writeError(w, r, jobError(err))
 		return
 	}
 	w.Header().Set("Location", "/api/jobs/"+job.ID)
+	if replayed {
+		// The job an earlier request with the same Idempotency-Key made.
+		w.Header().Set("Idempotent-Replayed", "true")
+		writeJSON(w, http.StatusOK, s.jobView(job))
+		return
+	}
 	writeJSON(w, http.StatusAccepted, s.jobView(job))
 }
 
@@ -188,11 +225,28 @@ func (s *Server) jobView(j *jobs.Job) jobView {
 // jobError maps jobs' errors onto protocol codes.
 func jobError(err error) error {
 	var pe *jobs.ParamError
+	var oe *jobs.OptionError
+	var je *jobs.JobError
 	switch {
 	case err == nil:
 		return nil
 	case errors.As(err, &pe):
-		return apiErr(CodeBadRequest, pe.Error())
+		field := "params"
+		if pe.Field != "" {
+			field += "." + pe.Field
+		}
+		return &APIError{Code: CodeBadRequest, Message: pe.Error(), Field: field}
+	case errors.As(err, &oe):
+		return &APIError{Code: CodeBadRequest, Message: oe.Error(), Field: oe.Field}
+	case errors.As(err, &je) && errors.Is(err, jobs.ErrDuplicate):
+		return &APIError{Code: CodeConflict, Job: je.Job,
+			Message: "a job of this type with the same params is not finished yet: job " + je.Job}
+	case errors.As(err, &je) && errors.Is(err, jobs.ErrKeyReused):
+		return &APIError{Code: CodeIdempotencyKeyReused, Job: je.Job,
+			Message: "this Idempotency-Key was used for a different request (job " + je.Job + "); use a new key for a new request"}
+	case errors.As(err, &je) && errors.Is(err, jobs.ErrKeyInFlight):
+		return &APIError{Code: CodeConflict, Job: je.Job, RetryAfter: 1,
+			Message: "a request with this Idempotency-Key is still being handled (job " + je.Job + "); retry shortly"}
 	case errors.Is(err, jobs.ErrUnknownType):
 		return apiErr(CodeBadRequest, err.Error())
 	case errors.Is(err, jobs.ErrNotFound):
@@ -241,7 +295,12 @@ func decodeStrict(body []byte, v any) *APIError {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return apiErr(CodeBadRequest, "malformed JSON body: "+err.Error())
+		ae := apiErr(CodeBadRequest, "malformed JSON body: "+err.Error())
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			ae.Field = te.Field // a value of the wrong type: name its field
+		}
+		return ae
 	}
 	// Not dec.More(), which takes a stray "]" or "}" for the end.
 	if len(bytes.TrimSpace(body[dec.InputOffset():])) > 0 {

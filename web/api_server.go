@@ -74,8 +74,7 @@ func servedGroup(name string) (wire.Group, *APIError) {
 	if err != nil {
 		return g, apiErr(CodeBadRequest, err.Error())
 	}
-	switch g.Kind {
-	case wire.KindJob, wire.KindChat, wire.KindUser, wire.KindDashboard:
+	if wire.KnownKind(g.Kind) {
 		return g, nil
 	}
 	return g, apiErr(CodeBadRequest, "unknown group kind "+strconv.Quote(g.Kind)+": job, chat, user or dashboard")
@@ -110,7 +109,7 @@ type publishResult struct {
 // decodePublish parses and checks one event to publish: a JSON object
 // with exactly group, event and data (any JSON value, null included, of
 // at most maxData bytes as sent). It does not authorize (see
-// publishEvent).
+// checkPublish).
 func decodePublish(b []byte, maxData int) (publishRequest, *APIError) {
 	var p publishRequest
 	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {

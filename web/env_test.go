@@ -61,11 +61,16 @@ type envOptions struct {
 	mailer   auth.Mailer
 	authCfg  func(*auth.Config)
 	prodRdb  bool
+	schedule string // a schedule file's contents: run a scheduler of it
 }
 
 func withWebConfig(c Config) envOption   { return func(o *envOptions) { o.web = c } }
 func withoutWorker() envOption           { return func(o *envOptions) { o.noWorker = true } }
 func withMailer(m auth.Mailer) envOption { return func(o *envOptions) { o.mailer = m } }
+
+// withSchedule runs a scheduler (as cmd/api does, owned by the admin
+// user) of a schedule file's contents, and serves it at /api/schedules.
+func withSchedule(file string) envOption { return func(o *envOptions) { o.schedule = file } }
 
 // withAuthConfig adjusts the auth store's configuration.
 func withAuthConfig(f func(*auth.Config)) envOption { return func(o *envOptions) { o.authCfg = f } }
@@ -147,7 +152,25 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 	if o.web.Limits.MaxSocketsPerIP == 0 {
 		o.web.Limits.MaxSocketsPerIP = 1 << 20
 	}
-	e.web = New(Deps{Jobs: e.jobs, Hub: e.hub, Log: e.log, Auth: e.auth, Presence: e.pres, Metrics: e.mx}, o.web)
+	var sched *jobs.Scheduler
+	if o.schedule != "" {
+		entries, err := jobs.ParseSchedule([]byte(o.schedule), reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sched, err = jobs.NewScheduler(e.jobs, e.rdb, entries, jobs.SchedulerConfig{
+			Owner: auth.AdminUserID, Logger: logger, CatchUp: time.Millisecond,
+			Lease: progress.LeaderConfig{Key: "ts:scheduler", TTL: 500 * time.Millisecond, Logger: logger},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = sched.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+	e.web = New(Deps{Jobs: e.jobs, Hub: e.hub, Log: e.log, Auth: e.auth, Presence: e.pres, Metrics: e.mx, Schedules: sched}, o.web)
 	// Served as cmd/api serves it: its http.Server and listener.
 	e.http = httptest.NewUnstartedServer(nil)
 	e.http.Config = e.web.HTTPServer()

@@ -13,17 +13,18 @@ import (
 // Error codes (package wire), used in HTTP error bodies and socket error
 // frames alike.
 const (
-	CodeBadRequest       = wire.CodeBadRequest
-	CodeUnauthenticated  = wire.CodeUnauthenticated
-	CodeForbidden        = wire.CodeForbidden
-	CodeNotFound         = wire.CodeNotFound
-	CodeConflict         = wire.CodeConflict
-	CodeTooLarge         = wire.CodeTooLarge
-	CodeUnsupportedMedia = wire.CodeUnsupportedMedia
-	CodeRateLimited      = wire.CodeRateLimited
-	CodeUnavailable      = wire.CodeUnavailable
-	CodeInternal         = wire.CodeInternal
-	CodeMethodNotAllowed = wire.CodeMethodNotAllowed
+	CodeBadRequest           = wire.CodeBadRequest
+	CodeUnauthenticated      = wire.CodeUnauthenticated
+	CodeForbidden            = wire.CodeForbidden
+	CodeNotFound             = wire.CodeNotFound
+	CodeConflict             = wire.CodeConflict
+	CodeTooLarge             = wire.CodeTooLarge
+	CodeUnsupportedMedia     = wire.CodeUnsupportedMedia
+	CodeRateLimited          = wire.CodeRateLimited
+	CodeUnavailable          = wire.CodeUnavailable
+	CodeInternal             = wire.CodeInternal
+	CodeMethodNotAllowed     = wire.CodeMethodNotAllowed
+	CodeIdempotencyKeyReused = wire.CodeIdempotencyKeyReused
 )
 
 // APIError is a failure the client can act on: a protocol code and a
@@ -32,6 +33,11 @@ type APIError struct {
 	Code       string
 	Message    string
 	RetryAfter int // seconds, for rate_limited and unavailable
+	// Field names the request field a bad_request is about; Job the
+	// existing job a conflict or idempotency_key_reused is about. Both
+	// are optional and go in the error body as "field" and "job".
+	Field string
+	Job   string
 }
 
 // unavailableRetryAfter is the Retry-After, in seconds, of every 503
@@ -81,7 +87,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if ae.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(ae.RetryAfter))
 	}
-	writeJSON(w, ae.Status(), wire.NewErrorBody(ae.Code, ae.Message))
+	body := wire.NewErrorBody(ae.Code, ae.Message)
+	body.Error.Field, body.Error.Job = ae.Field, ae.Job
+	writeJSON(w, ae.Status(), body)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -78,9 +78,7 @@ func checkPublishRequest(t *testing.T, in []byte, p publishRequest) {
 	if err != nil || g != p.group || g.String() != p.Group {
 		t.Fatalf("accepted group %q (%+v): %v", p.Group, p.group, err)
 	}
-	switch g.Kind {
-	case wire.KindJob, wire.KindChat, wire.KindUser, wire.KindDashboard:
-	default:
+	if !wire.KnownKind(g.Kind) {
 		t.Fatalf("accepted the unknown kind of %q", p.Group)
 	}
 	if !progress.ValidEventName(p.Event) {

@@ -151,6 +151,9 @@ type Deps struct {
 	// the server also makes Hub's counts part of it. Default: a fresh
 	// metrics.Metrics of the server's own, without job types or queues.
 	Metrics *metrics.Metrics
+	// Schedules lists the periodic jobs for GET /api/schedules. Default
+	// nil: the list is empty.
+	Schedules *jobs.Scheduler
 }
 
 // Server is taskstream's HTTP handler. Shutdown closes its sockets.
@@ -162,6 +165,7 @@ type Server struct {
 	auth   *auth.Store
 	pres   *progress.Presence
 	mx     *metrics.Metrics
+	sched  *jobs.Scheduler
 	logger *slog.Logger
 	router chi.Router
 
@@ -189,7 +193,7 @@ func New(d Deps, cfg Config) *Server {
 		d.Metrics = metrics.New(metrics.Config{Logger: cfg.Logger})
 	}
 	s := &Server{
-		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, mx: d.Metrics, logger: cfg.Logger,
+		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, mx: d.Metrics, sched: d.Schedules, logger: cfg.Logger,
 		conns: map[*conn]struct{}{}, streams: map[*stream]struct{}{}, socketsPerIP: map[string]int{}, stopCh: make(chan struct{}),
 	}
 	var bad []string
@@ -234,7 +238,6 @@ func (s *Server) routes() chi.Router {
 	})
 	r.Route("/api", func(r chi.Router) {
 		r.Use(s.sameOriginWrites, s.authenticate)
-		r.Get("/openapi.json", s.handleOpenAPI)
 		// The server API for backends (api_server.go): scoped tokens may
 		// use these, and GET /api/me to see who they are.
 		r.Post("/publish", s.handlePublish)
@@ -243,6 +246,7 @@ func (s *Server) routes() chi.Router {
 		r.Get("/groups/{group}/presence", s.handlePresence)
 		r.Post("/users/{id}/disconnect", s.handleDisconnect)
 		r.Get("/me", s.handleMe)
+		r.Get("/openapi.json", s.handleOpenAPI)
 		r.Group(func(r chi.Router) {
 			r.Use(s.refuseScoped)
 			r.Post("/auth/code", s.handleRequestCode)
@@ -261,6 +265,7 @@ func (s *Server) routes() chi.Router {
 			r.Post("/jobs/{id}/cancel", s.handleCancel)
 			r.Get("/jobs/{id}/artifact", s.handleArtifact)
 			r.Get("/jobs/{id}/events", s.handleJobEvents)
+			r.Get("/schedules", s.handleSchedules)
 			r.Get("/groups/{group}/events", s.handleGroupEvents)
 		})
 	})

@@ -11,23 +11,27 @@ const (
 	CodeConflict         = "conflict"               // 409
 	CodeTooLarge         = "too_large"              // 413 (431 for headers)
 	CodeUnsupportedMedia = "unsupported_media_type" // 415
-	CodeRateLimited      = "rate_limited"           // 429, with Retry-After
-	CodeInternal         = "internal"               // 500
-	CodeUnavailable      = "unavailable"            // 503, with Retry-After
+	// CodeIdempotencyKeyReused: an Idempotency-Key sent again with a
+	// different request than the one that first used it.
+	CodeIdempotencyKeyReused = "idempotency_key_reused" // 422
+	CodeRateLimited          = "rate_limited"           // 429, with Retry-After
+	CodeInternal             = "internal"               // 500
+	CodeUnavailable          = "unavailable"            // 503, with Retry-After
 )
 
 var statusOf = map[string]int{
-	CodeBadRequest:       400,
-	CodeUnauthenticated:  401,
-	CodeForbidden:        403,
-	CodeNotFound:         404,
-	CodeMethodNotAllowed: 405,
-	CodeConflict:         409,
-	CodeTooLarge:         413,
-	CodeUnsupportedMedia: 415,
-	CodeRateLimited:      429,
-	CodeInternal:         500,
-	CodeUnavailable:      503,
+	CodeBadRequest:           400,
+	CodeUnauthenticated:      401,
+	CodeForbidden:            403,
+	CodeNotFound:             404,
+	CodeMethodNotAllowed:     405,
+	CodeConflict:             409,
+	CodeTooLarge:             413,
+	CodeUnsupportedMedia:     415,
+	CodeIdempotencyKeyReused: 422,
+	CodeRateLimited:          429,
+	CodeInternal:             500,
+	CodeUnavailable:          503,
 }
 
 // HTTPStatus returns the HTTP status of an error code; 500 for a code it

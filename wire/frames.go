@@ -104,11 +104,16 @@ type LongPoll struct {
 	Recovered bool              `json:"recovered"`
 }
 
-// ErrorBody is the body of every non-2xx HTTP answer.
+// ErrorBody is the body of every non-2xx HTTP answer. Field and Job are
+// extensions: the request field a bad_request is about, and the existing
+// job a conflict (a unique type's duplicate) or idempotency_key_reused
+// is about.
 type ErrorBody struct {
 	Error struct {
 		Code    string `json:"code"`
 		Message string `json:"message"`
+		Field   string `json:"field,omitempty"`
+		Job     string `json:"job,omitempty"`
 	} `json:"error"`
 }
 

@@ -103,3 +103,11 @@ func TestReserved(t *testing.T) {
 		}
 	}
 }
+
+func TestKnownKind(t *testing.T) {
+	for kind, want := range map[string]bool{KindJob: true, KindChat: true, KindUser: true, KindDashboard: true, "metrics": false, "": false, "Job": false} {
+		if KnownKind(kind) != want {
+			t.Errorf("KnownKind(%q) = %v, want %v", kind, !want, want)
+		}
+	}
+}

@@ -23,7 +23,7 @@ const (
 // Event names.
 const (
 	// job groups; lifecycle events are emitted by the workers only.
-	EventState    = "state"    // {"state","attempt"?,"error"?}
+	EventState    = "state"    // {"state","attempt"?,"error"?,"message"?,"run_at"?}
 	EventProgress = "progress" // the job's progress object
 	EventLog      = "log"      // {"level","message"}
 	EventResult   = "result"   // {"result"}: a completed job's last event
@@ -45,6 +45,9 @@ const (
 
 // Job states.
 const (
+	// StateScheduled is a job submitted with a delay or run_at, waiting
+	// for its time; it then runs as a pending job would.
+	StateScheduled = "scheduled"
 	StatePending   = "pending"
 	StateActive    = "active"
 	StateRetry     = "retry"

@@ -39,11 +39,6 @@ func (s Scope) String() string { return s.Action + ":" + s.Pattern }
 // kindsWithIDs are the group kinds a "KIND:*" pattern may name.
 var kindsWithIDs = []string{wire.KindJob, wire.KindChat, wire.KindUser}
 
-// knownKind reports whether kind is a group kind the server serves.
-func knownKind(kind string) bool {
-	return slices.Contains(kindsWithIDs, kind) || kind == wire.KindDashboard
-}
-
 // ParseScope parses "ACTION:PATTERN" (see Scope). Presence is kept for
 // chat rooms only, so a presence pattern must be "*", "chat:*" or a room;
 // the admin action takes "*" only.
@@ -73,7 +68,7 @@ func ParseScope(str string) (Scope, error) {
 		kind = k
 	default:
 		g, err := wire.ParseGroup(pattern)
-		if err != nil || !knownKind(g.Kind) {
+		if err != nil || !wire.KnownKind(g.Kind) {
 			return Scope{}, fmt.Errorf("%w %q: the pattern is *, KIND:* or a group name such as chat:lobby", ErrBadScope, str)
 		}
 		kind = g.Kind

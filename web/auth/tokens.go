@@ -14,8 +14,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The admin identity: the user of admin tokens from the configuration
-// and the owner of the tokens an admin mints. Signed-in users' ids start
+// The admin identity: the user of admin tokens from the configuration,
+// the owner of the tokens an admin mints and of what admin tokens submit
+// (the periodic jobs of the schedule file too), so admin tokens may watch
+// and cancel those jobs. Signed-in users' ids start
 // with "u" and guests' with "g", so no person can have it.
 const (
 	AdminUserID  = "admin"

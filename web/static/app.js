@@ -456,6 +456,7 @@ function applySnapshot(row, job, initial) {
     row.seq = Math.max(row.seq, job.last_seq || 0);
     if (job.epoch) row.epoch = job.epoch;
   }
+  if (row.state === "scheduled" && job.run_at) setLog(row, scheduledText(job.run_at));
   if (job.result !== null && job.result !== undefined) setResult(row, job.result);
   if (job.error && (TERMINAL.has(row.state) || row.state === "retry")) showRowError(row, job.error);
   if (typeof job.artifact === "string") setArtifact(row, job.artifact);
@@ -473,6 +474,8 @@ function applyEvent(row, f) {
       if (d.state === "retry" && d.error) showRowError(row, `${d.attempt ? "Attempt " + d.attempt : "An attempt"} failed: ${d.error}`);
       else if (d.state === "active") showRowError(row, "");
       if (d.message) setLog(row, d.message);
+      else if (d.state === "scheduled" && d.run_at) setLog(row, scheduledText(d.run_at));
+      else if (d.state === "active" && row.fields.log.textContent.startsWith("Scheduled")) setLog(row, "");
       if (d.state === "completed") setPercent(row, 100);
       break;
     case "progress":
@@ -536,6 +539,12 @@ function setProgress(row, p) {
 function setLog(row, text) {
   row.fields.log.textContent = text;
   row.fields.log.hidden = !text;
+}
+
+// scheduledText says when a scheduled job runs, in the reader's time zone.
+function scheduledText(runAt) {
+  const at = new Date(runAt);
+  return isNaN(at) ? "Scheduled" : `Scheduled for ${at.toLocaleString()}`;
 }
 
 function setResult(row, result) {

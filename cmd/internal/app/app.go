@@ -12,6 +12,7 @@ import (
 	"net/mail"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +47,13 @@ type APIConfig struct {
 	SMTP           auth.SMTPMailer
 	TrustedProxies []netip.Prefix
 	Limits         web.Limits
+	// ScheduleFile (SCHEDULE_FILE) is the JSON file of periodic jobs,
+	// Schedule its entries (checked at start-up); ScheduleCatchUp
+	// (SCHEDULE_CATCHUP, default 1m) is how late a tick may still be
+	// submitted after a leader change.
+	ScheduleFile    string
+	Schedule        []jobs.ScheduleEntry
+	ScheduleCatchUp time.Duration
 }
 
 // HelpError is what ParseAPI and ParseWorker return for -h or -help:
@@ -100,6 +108,8 @@ func ParseAPI(args []string) (APIConfig, error) {
 	fs.StringVar(&c.SMTP.From, "smtp-from", env.str("SMTP_FROM", "taskstream@localhost"), "From address of sign-in mails (env SMTP_FROM)")
 	fs.StringVar(&c.SMTP.TLS, "smtp-tls", env.str("SMTP_TLS", "starttls"), "starttls (when offered), tls (implicit, port 465) or none (env SMTP_TLS)")
 	registerLimits(fs, env, &c.Limits)
+	fs.StringVar(&c.ScheduleFile, "schedule-file", env.str("SCHEDULE_FILE", ""), "JSON file of periodic jobs: {\"schedules\": [{\"name\", \"spec\", \"type\", \"params\", options}]} (default: none) (env SCHEDULE_FILE)")
+	fs.DurationVar(&c.ScheduleCatchUp, "schedule-catchup", env.duration("SCHEDULE_CATCHUP", time.Minute), "a periodic job's tick missed by a leader change at most this long ago is still submitted (env SCHEDULE_CATCHUP)")
 	var proxyErr error
 	for _, cidr := range env.strings("TRUSTED_PROXIES") {
 		p, err := netip.ParsePrefix(cidr)
@@ -156,6 +166,16 @@ func ParseAPI(args []string) (APIConfig, error) {
 		}
 	}
 	validateLimits(v, c.Limits)
+	v.positiveDuration("SCHEDULE_CATCHUP", "schedule-catchup", c.ScheduleCatchUp)
+	if c.ScheduleFile != "" && v.err == nil {
+		reg, err := jobs.NewRegistry(jobs.Builtin()...)
+		if err == nil {
+			c.Schedule, err = jobs.LoadSchedule(c.ScheduleFile, reg)
+		}
+		if err != nil {
+			v.fail("SCHEDULE_FILE (-schedule-file) %s: %v", c.ScheduleFile, err)
+		}
+	}
 	return c, v.err
 }
 
@@ -243,10 +263,14 @@ func Open(ctx context.Context, c Common, w Worker, logger *slog.Logger) (*Core, 
 	for _, t := range reg.Types() {
 		typeNames = append(typeNames, t.Name)
 	}
-	queues := reg.Queues()
+	// The Asynq queues: every queue a type allows or WORKER_QUEUES names,
+	// at each priority.
+	queues := reg.AsynqQueues()
 	extra, _ := w.queues() // validated by ParseAPI and ParseWorker
-	for q := range extra {
-		queues = append(queues, q)
+	for q := range jobs.ExpandQueues(extra) {
+		if !slices.Contains(queues, q) {
+			queues = append(queues, q)
+		}
 	}
 	core.Metrics = metrics.New(metrics.Config{
 		JobTypes: typeNames, Queues: queues, Inspector: asynq.NewInspectorFromRedisClient(rdb),
@@ -379,7 +403,28 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv := web.New(web.Deps{Jobs: core.Jobs, Hub: hub, Log: core.Log, Auth: store, Presence: presence, Metrics: core.Metrics}, web.Config{
+	// The periodic jobs: every replica lists them, one at a time (the
+	// leader) submits them, as the admin tokens' user.
+	sched, err := jobs.NewScheduler(core.Jobs, core.Redis, c.Schedule, jobs.SchedulerConfig{
+		Owner: auth.AdminUserID, CatchUp: c.ScheduleCatchUp, Logger: logger,
+		Lease: progress.LeaderConfig{Key: c.Prefix + ":scheduler"},
+	})
+	if err != nil {
+		return err
+	}
+	if len(c.Schedule) > 0 {
+		schedCtx, stopSched := context.WithCancel(context.WithoutCancel(ctx))
+		schedDone := make(chan struct{})
+		go func() {
+			defer close(schedDone)
+			if err := sched.Run(schedCtx); err != nil {
+				logger.Error("scheduler stopped", "err", err)
+			}
+		}()
+		started.push(func(context.Context) { stopSched(); <-schedDone })
+		logger.Info("periodic jobs", "file", c.ScheduleFile, "entries", len(c.Schedule))
+	}
+	srv := web.New(web.Deps{Jobs: core.Jobs, Hub: hub, Log: core.Log, Auth: store, Presence: presence, Metrics: core.Metrics, Schedules: sched}, web.Config{
 		AllowedOrigins: c.AllowedOrigins, SendQueue: c.SendQueue, SecureCookies: c.SecureCookies,
 		JobRate: c.JobRate, JobBurst: c.JobBurst, ChatRate: c.ChatRate, ChatBurst: c.ChatBurst, TrustedProxies: c.TrustedProxies,
 		Limits: c.Limits, Logger: logger,

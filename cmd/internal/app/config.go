@@ -150,7 +150,7 @@ func (c *Common) register(fs *flag.FlagSet, env *envParser) {
 
 func (w *Worker) register(fs *flag.FlagSet, env *envParser) {
 	fs.IntVar(&w.Concurrency, "concurrency", env.int("WORKER_CONCURRENCY", 10), "jobs run at once by this worker (env WORKER_CONCURRENCY)")
-	fs.StringVar(&w.Queues, "queues", env.str("WORKER_QUEUES", ""), "queues and priorities, e.g. critical=6,default=3 (default: every job type's queue) (env WORKER_QUEUES)")
+	fs.StringVar(&w.Queues, "queues", env.str("WORKER_QUEUES", ""), "queues and their weights, e.g. critical=6,default=3; each is served at its three priorities, weighted 4:2:1 (default: every job type's queue, weight 1) (env WORKER_QUEUES)")
 	fs.DurationVar(&w.ShutdownTimeout, "shutdown-timeout", env.duration("WORKER_SHUTDOWN_TIMEOUT", 8*time.Second), "time running jobs get to finish on shutdown before they go back to the queue (env WORKER_SHUTDOWN_TIMEOUT)")
 	fs.DurationVar(&w.PollInterval, "poll-interval", env.duration("WORKER_POLL_INTERVAL", time.Second), "how often an idle worker looks for new jobs (env WORKER_POLL_INTERVAL)")
 	fs.DurationVar(&w.Heartbeat, "heartbeat", env.duration("JOB_HEARTBEAT", jobs.DefaultHeartbeat), "how often a worker refreshes the heartbeat of its running jobs (env JOB_HEARTBEAT)")
@@ -310,6 +310,9 @@ func (w *Worker) queues() (map[string]int, error) {
 		name, prio, hasPrio := strings.Cut(strings.TrimSpace(part), "=")
 		if name == "" {
 			return nil, fmt.Errorf("-queues %q: empty queue name", w.Queues)
+		}
+		if !jobs.ValidQueueName(name) {
+			return nil, fmt.Errorf("-queues %q: queue %q: want 1 to 64 of a-z 0-9 _ - (a queue's priorities are served with it)", w.Queues, name)
 		}
 		p := 1
 		if hasPrio {

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -98,7 +99,8 @@ var settings = []string{"PORT", "ADDR", "REDIS_URL", "REDIS_MODE", "KEY_PREFIX",
 	"WORKER_SHUTDOWN_TIMEOUT", "WORKER_POLL_INTERVAL", "RUN_WORKER", "SEND_QUEUE", "SESSION_SECRET", "SECURE_COOKIES",
 	"ADMIN_TOKENS", "JOB_RATE", "JOB_BURST", "CHAT_RATE", "CHAT_BURST", "PRESENCE_TTL", "SMTP_HOST", "SMTP_PORT", "SMTP_USER",
 	"SMTP_PASSWORD", "SMTP_FROM", "SMTP_TLS", "TRUSTED_PROXIES", "ALLOWED_ORIGINS", "READ_HEADER_TIMEOUT", "BODY_TIMEOUT",
-	"IDLE_TIMEOUT", "MAX_HEADER_BYTES", "MAX_CONNS", "MAX_CONNS_PER_IP", "MAX_SOCKETS_PER_IP", "QUEUE_METRICS_REFRESH", "METRICS_ADDR"}
+	"IDLE_TIMEOUT", "MAX_HEADER_BYTES", "MAX_CONNS", "MAX_CONNS_PER_IP", "MAX_SOCKETS_PER_IP", "QUEUE_METRICS_REFRESH", "METRICS_ADDR",
+	"SCHEDULE_FILE", "SCHEDULE_CATCHUP"}
 
 // clearEnv unsets every setting, then sets env, for the test's duration.
 func clearEnv(t *testing.T, env map[string]string) {
@@ -171,6 +173,9 @@ func TestParseRefusesBadSettings(t *testing.T) {
 		{env: map[string]string{"MAX_CONNS": "0"}, mention: "MAX_CONNS"},
 		{env: map[string]string{"MAX_CONNS_PER_IP": "-1"}, mention: "MAX_CONNS_PER_IP"},
 		{args: []string{"-max-sockets-per-ip", "0"}, mention: "MAX_SOCKETS_PER_IP"},
+		{env: map[string]string{"WORKER_QUEUES": "default:high=6"}, mention: "WORKER_QUEUES"},
+		{env: map[string]string{"SCHEDULE_FILE": "/nonexistent/schedule.json"}, mention: "SCHEDULE_FILE"},
+		{env: map[string]string{"SCHEDULE_CATCHUP": "0s"}, mention: "SCHEDULE_CATCHUP"},
 		{args: []string{"-history", "x"}, mention: "-history"},
 		{args: []string{"-nope"}, mention: "nope"},
 	}
@@ -259,5 +264,41 @@ func unsetEmpty(t *testing.T) {
 		if k, v, _ := strings.Cut(kv, "="); v == "" {
 			os.Unsetenv(k)
 		}
+	}
+}
+
+// SCHEDULE_FILE is read and checked at start-up: a bad entry is one line
+// naming the setting, the entry and the fault; a good file's entries are
+// in the configuration.
+func TestScheduleFileSetting(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		name, file, mention string
+	}{
+		{"good", `{"schedules":[{"name":"nightly","spec":"0 3 * * *","type":"report","params":{"rows":100}}]}`, ""},
+		{"unknown type", `{"schedules":[{"name":"a","spec":"@daily","type":"nope"}]}`, "unknown type"},
+		{"bad spec", `{"schedules":[{"name":"a","spec":"61 * * * *","type":"steps","params":{"steps":1}}]}`, "spec"},
+		{"bad params", `{"schedules":[{"name":"a","spec":"@daily","type":"steps","params":{}}]}`, "params.steps"},
+		{"bad option", `{"schedules":[{"name":"a","spec":"@daily","type":"steps","params":{"steps":1},"priority":"max"}]}`, "priority"},
+		{"not JSON", "schedules:\n  - name: a\n", "JSON"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+".json")
+			if err := os.WriteFile(path, []byte(c.file), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			clearEnv(t, map[string]string{"SCHEDULE_FILE": path})
+			cfg, err := ParseAPI(nil)
+			if c.mention == "" {
+				if err != nil || len(cfg.Schedule) != 1 || cfg.Schedule[0].Name != "nightly" || cfg.ScheduleCatchUp != time.Minute {
+					t.Fatalf("err %v, schedule %+v", err, cfg.Schedule)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), "SCHEDULE_FILE") || !strings.Contains(err.Error(), c.mention) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("err %v, want one line naming SCHEDULE_FILE and %q", err, c.mention)
+			}
+		})
 	}
 }
