@@ -212,8 +212,10 @@ func (db *Dashboard) Stop(ctx context.Context) {
 	})
 }
 
-func (db *Dashboard) key(parts string) string { return db.cfg.Prefix + ":{" + db.cfg.Prefix + ":dash}:" + parts }
-func (db *Dashboard) procsKey() string        { return db.key("procs") }
+func (db *Dashboard) key(parts string) string {
+	return db.cfg.Prefix + ":{" + db.cfg.Prefix + ":dash}:" + parts
+}
+func (db *Dashboard) procsKey() string { return db.key("procs") }
 func (db *Dashboard) procKey(id string) string {
 	return db.key("proc:" + id)
 }
