@@ -126,15 +126,16 @@ func (s *Service) PauseQueue(ctx context.Context, queue string, paused bool) err
 	if !slices.Contains(known, queue) && !slices.Contains(s.reg.Queues(), queue) {
 		return fmt.Errorf("%w: queue %s", ErrNotFound, queue)
 	}
-	info, err := s.insp.GetQueueInfo(queue)
-	switch {
-	case errors.Is(err, asynq.ErrQueueNotFound):
-		// A job type's queue that never held a task: Asynq pauses it all
-		// the same.
-	case err != nil:
-		return fmt.Errorf("jobs: read queue %s: %w", queue, err)
-	case info.Paused == paused:
-		return nil
+	// A job type's queue that never held a task has no state to read
+	// (Asynq answers a plain NOT_FOUND): Asynq pauses it all the same.
+	if slices.Contains(known, queue) {
+		info, err := s.insp.GetQueueInfo(queue)
+		switch {
+		case err != nil:
+			return fmt.Errorf("jobs: read queue %s: %w", queue, err)
+		case info.Paused == paused:
+			return nil
+		}
 	}
 	if paused {
 		err = s.insp.PauseQueue(queue)

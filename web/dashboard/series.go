@@ -19,7 +19,8 @@ const maxPoints = 3600
 
 // point is one chart point as kept in Redis.
 type point struct {
-	T         int64              `json:"t"` // unix ms
+	T         int64              `json:"t"`  // unix ms
+	DT        int64              `json:"dt"` // ms the rates cover, up to T
 	Finished  map[string]float64 `json:"f"` // jobs per second by outcome
 	Delivered float64            `json:"d"` // events per second
 	Sockets   map[string]int     `json:"s"` // open sockets by api process label
@@ -133,11 +134,12 @@ func (c *charts) advance(procs []Process, now time.Time) (point, totals, bool) {
 		c.last, c.procRates = &cur, nil
 		return p, cur, false
 	}
-	secs := float64(cur.At-c.last.At) / 1000
+	p.DT = cur.At - c.last.At
+	secs := float64(p.DT) / 1000
 	for _, o := range Outcomes {
-		p.Finished[o] = round3(float64(finished[o]) / secs)
+		p.Finished[o] = float64(finished[o]) / secs
 	}
-	p.Delivered = round3(float64(delivered) / secs)
+	p.Delivered = float64(delivered) / secs
 	c.procRates = map[string]float64{}
 	for id, d := range procDelivered {
 		c.procRates[id] = round3(float64(d) / secs)
@@ -190,30 +192,65 @@ func (db *Dashboard) save(ctx context.Context, p point, cur totals, ok bool) err
 	return nil
 }
 
-// wire lays the points out on the grid of n steps ending at the last
-// point.
+// wire lays the points out on the grid of n steps of size step ending at
+// the last point. Each point's counts are spread over the buckets of the
+// time its rates cover (DT: a late tick, or a new publisher's first point,
+// covers more than one step), so the buckets add up to the jobs and events
+// counted; the socket counts (a gauge) fill the same buckets. A bucket no
+// point covers is null.
 func (c *charts) wire(step time.Duration, n int) Series {
-	s := Series{StepMS: step.Milliseconds(), Completed: make([]*float64, n), Failed: make([]*float64, n),
+	stepMS := step.Milliseconds()
+	s := Series{StepMS: stepMS, Completed: make([]*float64, n), Failed: make([]*float64, n),
 		Canceled: make([]*float64, n), Delivered: make([]*float64, n), Sockets: map[string][]*float64{}}
-	if len(c.points) == 0 {
+	if len(c.points) == 0 || stepMS <= 0 {
 		return s
 	}
 	s.End = c.points[len(c.points)-1].T
-	for _, p := range c.points {
-		back := int(math.Round(float64(s.End-p.T) / float64(s.StepMS)))
-		i := n - 1 - back
-		if i < 0 || i >= n {
-			continue
+	// bucket k covers (End-(n-k)·step, End-(n-1-k)·step].
+	bucketEnd := func(k int) int64 { return s.End - int64(n-1-k)*stepMS }
+	add := func(col []*float64, k int, v float64) {
+		if col[k] == nil {
+			col[k] = new(float64)
 		}
-		s.Completed[i], s.Failed[i], s.Canceled[i] = ptr(p.Finished[wireCompleted]), ptr(p.Finished[wireFailed]), ptr(p.Finished[wireCanceled])
-		s.Delivered[i] = ptr(p.Delivered)
-		for label, v := range p.Sockets {
-			col := s.Sockets[label]
-			if col == nil {
-				col = make([]*float64, n)
-				s.Sockets[label] = col
+		*col[k] += v
+	}
+	for _, p := range c.points {
+		dt := p.DT
+		if dt <= 0 {
+			dt = stepMS
+		}
+		from, to := p.T-dt, p.T
+		first := n - 1 - int((s.End-from)/stepMS)
+		for k := max(first, 0); k < n; k++ {
+			hi, lo := bucketEnd(k), bucketEnd(k)-stepMS
+			if lo >= to {
+				break
 			}
-			col[i] = ptr(float64(v))
+			overlap := min(hi, to) - max(lo, from)
+			if overlap <= 0 {
+				continue
+			}
+			// Per second over the bucket: rate × covered share.
+			share := float64(overlap) / float64(stepMS)
+			add(s.Completed, k, p.Finished[wireCompleted]*share)
+			add(s.Failed, k, p.Finished[wireFailed]*share)
+			add(s.Canceled, k, p.Finished[wireCanceled]*share)
+			add(s.Delivered, k, p.Delivered*share)
+			for label, v := range p.Sockets {
+				col := s.Sockets[label]
+				if col == nil {
+					col = make([]*float64, n)
+					s.Sockets[label] = col
+				}
+				col[k] = ptr(float64(v))
+			}
+		}
+	}
+	for _, col := range [][]*float64{s.Completed, s.Failed, s.Canceled, s.Delivered} {
+		for _, v := range col {
+			if v != nil {
+				*v = round3(*v)
+			}
 		}
 	}
 	return s
@@ -246,7 +283,10 @@ func (db *Dashboard) publish(ctx context.Context) {
 		if err := db.save(ctx, p, cur, ok); err != nil && ctx.Err() == nil {
 			snap.Problems = append(snap.Problems, err.Error())
 		}
-		snap.Rates = Rates{Finished: p.Finished, Delivered: p.Delivered}
+		snap.Rates = Rates{Finished: map[string]float64{}, Delivered: round3(p.Delivered)}
+		for o, v := range p.Finished {
+			snap.Rates.Finished[o] = round3(v)
+		}
 		for _, v := range p.Sockets {
 			snap.Rates.Sockets += v
 		}

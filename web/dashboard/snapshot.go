@@ -140,10 +140,11 @@ func (db *Dashboard) collect(ctx context.Context) *Snapshot {
 		return a.ID < b.ID
 	})
 
-	names, err := db.insp.Queues()
+	known, err := db.insp.Queues()
 	if err != nil {
 		s.Problems = append(s.Problems, fmt.Sprintf("queues: %v", err))
 	}
+	names := slices.Clone(known)
 	for _, q := range db.cfg.Queues {
 		if !slices.Contains(names, q) {
 			names = append(names, q)
@@ -161,10 +162,15 @@ func (db *Dashboard) collect(ctx context.Context) *Snapshot {
 			q.Weights = []int{}
 		}
 		sort.Sort(sort.Reverse(sort.IntSlice(q.Weights)))
+		if !slices.Contains(known, name) {
+			// Never held a task: all zeros (Asynq's GetQueueInfo would
+			// answer a plain NOT_FOUND error).
+			s.Queues = append(s.Queues, q)
+			continue
+		}
 		info, err := db.insp.GetQueueInfo(name)
 		switch {
 		case errors.Is(err, asynq.ErrQueueNotFound):
-			// Never held a task: all zeros.
 		case err != nil:
 			s.Problems = append(s.Problems, fmt.Sprintf("queue %s: %v", name, err))
 		default:
