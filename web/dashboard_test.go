@@ -414,5 +414,3 @@ func checkJobEnd(t *testing.T, e *testEnv, id, state, reason string) {
 		t.Fatalf("job %s: %d end events, last %s %s (seq %d, job says %d)", id, ends, last.Name, last.Data, last.Seq, j.LastSeq)
 	}
 }
-
-

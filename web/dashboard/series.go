@@ -21,9 +21,9 @@ const maxPoints = 3600
 type point struct {
 	T         int64              `json:"t"`  // unix ms
 	DT        int64              `json:"dt"` // ms the rates cover, up to T
-	Finished  map[string]float64 `json:"f"` // jobs per second by outcome
-	Delivered float64            `json:"d"` // events per second
-	Sockets   map[string]int     `json:"s"` // open sockets by api process label
+	Finished  map[string]float64 `json:"f"`  // jobs per second by outcome
+	Delivered float64            `json:"d"`  // events per second
+	Sockets   map[string]int     `json:"s"`  // open sockets by api process label
 }
 
 // totals are the processes' cumulative counts at a point, kept in Redis
