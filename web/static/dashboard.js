@@ -45,117 +45,160 @@ function draw(s) {
 }
 
 // ---- tables ----------------------------------------------------------------------
+//
+// Rows are kept by key and updated in place: a snapshot every second must
+// not replace the button under the pointer (a click whose mousedown and
+// mouseup land on different elements is lost).
 
-function cell(text, cls) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (cls) td.className = cls;
-  return td;
+/**
+ * sync makes table's body show items in order. row(item) describes one:
+ * {key, data: {attr: value}, cells: [cell], actions: [{label, method, path}]}
+ * where a cell is {text, cls?, title?} or {sig, nodes: () => [Node], cls?}
+ * (custom content, rebuilt only when sig changes).
+ */
+function sync(table, items, row) {
+  const tbody = table.querySelector("tbody");
+  const old = new Map([...tbody.children].map((tr) => [tr.dataset.key, tr]));
+  const rows = items.map((item) => {
+    const r = row(item);
+    let tr = old.get(r.key);
+    old.delete(r.key);
+    if (!tr) {
+      tr = document.createElement("tr");
+      tr.dataset.key = r.key;
+    }
+    for (const [k, v] of Object.entries(r.data || {})) tr.dataset[k] = v;
+    const want = r.cells.length + (r.actions ? 1 : 0);
+    while (tr.children.length > want) tr.lastChild.remove();
+    while (tr.children.length < want) tr.append(document.createElement("td"));
+    r.cells.forEach((c, i) => setCell(tr.children[i], c));
+    if (r.actions) setActions(tr.children[r.cells.length], r.actions);
+    return tr;
+  });
+  for (const tr of old.values()) tr.remove();
+  rows.forEach((tr, i) => {
+    if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+  });
 }
 
-function button(label, onClick) {
-  const b = document.createElement("button");
-  b.type = "button";
-  b.className = "small";
-  b.textContent = label;
-  b.addEventListener("click", () => onClick(b));
-  return b;
+function setCell(td, c) {
+  const cls = c.cls || "";
+  if (td.className !== cls) td.className = cls;
+  if (c.nodes) {
+    if (td.dataset.sig !== c.sig) {
+      td.dataset.sig = c.sig;
+      td.replaceChildren(...c.nodes());
+    }
+  } else if (td.textContent !== String(c.text)) {
+    td.textContent = c.text;
+  }
+  if ((td.title || "") !== (c.title || "")) td.title = c.title || "";
 }
 
-function fill(table, rows) {
-  table.querySelector("tbody").replaceChildren(...rows);
+function setActions(td, actions) {
+  td.className = "actions";
+  const sig = actions.map((a) => `${a.label} ${a.method} ${a.path}`).join("|");
+  if (td.dataset.sig === sig) return;
+  td.dataset.sig = sig;
+  td.replaceChildren(...actions.flatMap((a, i) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "small";
+    b.textContent = a.label;
+    b.dataset.action = a.label.toLowerCase();
+    b.addEventListener("click", () => act(b, a.method, a.path));
+    return i ? [" ", b] : [b];
+  }));
 }
 
 function drawQueues(queues) {
-  fill($("#queues"), queues.map((q) => {
-    const tr = document.createElement("tr");
-    tr.dataset.queue = q.name;
-    tr.dataset.paused = q.paused;
-    tr.append(
-      cell(q.name, "name"),
-      cell(q.weights.length ? q.weights.join(" / ") : "—", "weight"),
-      cell(q.pending, "num"), cell(q.active, "num"), cell(q.scheduled, "num"),
-      cell(q.retry, "num"), cell(q.archived, "num"), cell(q.completed, "num"),
-      cell(fmtMs(q.latency_ms), "num latency"),
-      cell(q.paused ? "paused" : "running", q.paused ? "state paused" : "state"),
-    );
-    if (admin) {
-      const td = document.createElement("td");
-      const path = `/api/admin/queues/${encodeURIComponent(q.name)}/${q.paused ? "unpause" : "pause"}`;
-      td.append(button(q.paused ? "Unpause" : "Pause", (b) => act(b, "POST", path)));
-      tr.append(td);
-    }
-    return tr;
+  sync($("#queues"), queues, (q) => ({
+    key: q.name,
+    data: {queue: q.name, paused: q.paused},
+    cells: [
+      {text: q.name, cls: "name"},
+      {text: q.weights.length ? q.weights.join(" / ") : "—", cls: "weight"},
+      {text: q.pending, cls: "num"}, {text: q.active, cls: "num"}, {text: q.scheduled, cls: "num"},
+      {text: q.retry, cls: "num"}, {text: q.archived, cls: "num"}, {text: q.completed, cls: "num"},
+      {text: fmtMs(q.latency_ms), cls: "num latency"},
+      {text: q.paused ? "paused" : "running", cls: q.paused ? "state paused" : "state"},
+    ],
+    actions: admin ? [{label: q.paused ? "Unpause" : "Pause", method: "POST",
+      path: `/api/admin/queues/${encodeURIComponent(q.name)}/${q.paused ? "unpause" : "pause"}`}] : null,
   }));
 }
 
 function drawWorkers(workers, now) {
   $("#worker-count").textContent = `(${workers.length})`;
-  fill($("#workers"), workers.map((w) => {
-    const tr = document.createElement("tr");
-    tr.dataset.worker = w.id;
+  sync($("#workers"), workers, (w) => {
     const total = Object.values(w.queues || {}).reduce((a, b) => a + b, 0);
     const queues = Object.entries(w.queues || {}).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
       .map(([q, n]) => `${q} ${n}` + (total && !w.strict_priority ? ` (${Math.round(100 * n / total)}%)` : "")).join(" · ");
-    const busy = document.createElement("td");
-    const meter = document.createElement("meter");
-    meter.min = 0; meter.max = w.concurrency; meter.value = w.busy;
-    busy.append(meter, ` ${w.busy} / ${w.concurrency}`);
-    const running = document.createElement("td");
-    running.className = "running";
-    for (const j of w.jobs || []) {
-      const span = document.createElement("span");
-      span.className = "job";
-      span.textContent = `${j.type} ${short(j.job)}`;
-      span.title = `job ${j.job} (task ${j.task}, queue ${j.queue}), running ${ago(new Date(j.started), now)}`;
-      running.append(span, " ");
-    }
-    tr.append(cell(w.host), cell(w.pid, "num"), busy, cell(queues + (w.strict_priority ? " · strict" : "")),
-      cell(ago(new Date(w.started), now)), running);
-    return tr;
-  }));
+    const jobs = w.jobs || [];
+    return {
+      key: w.id,
+      data: {worker: w.id},
+      cells: [
+        {text: w.host}, {text: w.pid, cls: "num"},
+        {sig: `${w.busy}/${w.concurrency}`, nodes: () => {
+          const meter = document.createElement("meter");
+          meter.min = 0; meter.max = w.concurrency; meter.value = w.busy;
+          return [meter, ` ${w.busy} / ${w.concurrency}`];
+        }},
+        {text: queues + (w.strict_priority ? " · strict" : "")},
+        {text: ago(new Date(w.started), now)},
+        {cls: "running", sig: jobs.map((j) => j.task).join(","), nodes: () => jobs.flatMap((j) => {
+          const span = document.createElement("span");
+          span.className = "job";
+          span.textContent = `${j.type} ${short(j.job)}`;
+          span.title = `job ${j.job} (task ${j.task}, queue ${j.queue}), started ${new Date(j.started).toLocaleTimeString()}`;
+          return [span, " "];
+        })},
+      ],
+    };
+  });
 }
 
 function drawProcesses(procs, now) {
-  fill($("#processes"), procs.map((p) => {
-    const tr = document.createElement("tr");
-    tr.dataset.process = p.id;
+  sync($("#processes"), procs, (p) => {
     const sockets = Object.values(p.sockets || {}).reduce((a, b) => a + b, 0);
     const byTransport = Object.entries(p.sockets || {}).filter(([, n]) => n > 0).map(([t, n]) => `${t} ${n}`).join(", ");
     const fin = p.finished || {};
-    const s = cell(sockets, "num");
-    if (byTransport) s.title = byTransport;
-    tr.append(cell(p.role), cell(`${p.host}:${p.pid}`), s, cell(p.subscriptions, "num"), cell(p.groups, "num"),
-      cell(fmtRate(p.delivered_per_s), "num"),
-      cell(`${fin.completed || 0} ✓ ${fin.failed || 0} ✗ ${fin.canceled || 0} ⊘`, "num"),
-      cell(ago(new Date(p.started), now)));
-    return tr;
-  }));
+    return {
+      key: p.id,
+      data: {process: p.id},
+      cells: [
+        {text: p.role}, {text: `${p.host}:${p.pid}`}, {text: sockets, cls: "num", title: byTransport},
+        {text: p.subscriptions, cls: "num"}, {text: p.groups, cls: "num"},
+        {text: fmtRate(p.delivered_per_s), cls: "num"},
+        {text: `${fin.completed || 0} ✓ ${fin.failed || 0} ✗ ${fin.canceled || 0} ⊘`, cls: "num",
+          title: "completed ✓, failed ✗, canceled ⊘ since the process started"},
+        {text: ago(new Date(p.started), now)},
+      ],
+    };
+  });
 }
 
 function drawFailures(failures, now) {
   $("#no-failures").hidden = failures.length > 0;
-  fill($("#failures"), failures.map((f) => {
-    const tr = document.createElement("tr");
-    tr.dataset.task = f.task;
-    tr.dataset.state = f.state;
+  sync($("#failures"), failures, (f) => {
     const state = f.state === "retry"
       ? `retry ${f.retried}/${f.max_retry}` + (f.next_retry ? `, next in ${until(new Date(f.next_retry), now)}` : "")
       : `archived after ${f.retried} retries`;
-    const job = cell(short(f.job), "job");
-    job.title = `job ${f.job}, task ${f.task}`;
-    tr.append(cell(ago(new Date(f.failed_at), now)), job, cell(f.type), cell(f.queue), cell(state), cell(f.error, "error"));
-    if (admin) {
-      const td = document.createElement("td");
-      td.className = "actions";
-      const base = `/api/admin/queues/${encodeURIComponent(f.queue)}/tasks/${encodeURIComponent(f.task)}`;
-      td.append(button("Retry", (b) => act(b, "POST", base + "/retry")));
-      if (f.state !== "archived") td.append(" ", button("Archive", (b) => act(b, "POST", base + "/archive")));
-      td.append(" ", button("Delete", (b) => act(b, "DELETE", base)));
-      tr.append(td);
-    }
-    return tr;
-  }));
+    const base = `/api/admin/queues/${encodeURIComponent(f.queue)}/tasks/${encodeURIComponent(f.task)}`;
+    const actions = [{label: "Retry", method: "POST", path: base + "/retry"}];
+    if (f.state !== "archived") actions.push({label: "Archive", method: "POST", path: base + "/archive"});
+    actions.push({label: "Delete", method: "DELETE", path: base});
+    return {
+      key: `${f.queue}/${f.task}`,
+      data: {task: f.task, state: f.state},
+      cells: [
+        {text: ago(new Date(f.failed_at), now)}, {text: short(f.job), cls: "job-id", title: `job ${f.job}, task ${f.task}`},
+        {text: f.type}, {text: f.queue}, {text: state}, {text: f.error, cls: "error"},
+      ],
+      actions: admin ? actions : null,
+    };
+  });
 }
 
 async function act(btn, method, path) {
@@ -165,7 +208,6 @@ async function act(btn, method, path) {
   const el = $("#action-error");
   if (r.ok) {
     el.hidden = true;
-    btn.textContent = "✓";
   } else {
     showError(el, r.error.message);
   }
@@ -179,7 +221,7 @@ function showError(el, message) {
 // ---- charts (inline SVG) ---------------------------------------------------------
 
 const SVG = "http://www.w3.org/2000/svg";
-const W = 600, H = 150, PAD_L = 44, PAD_B = 18, PAD_T = 8;
+const W = 360, H = 140, PAD_L = 34, PAD_B = 16, PAD_T = 8;
 let stepMs = 1000; // the charts' resolution, from the latest snapshot
 
 function svgEl(name, attrs) {
@@ -202,7 +244,7 @@ function drawCharts(s) {
   $("#now-events").textContent = `now ${fmtRate((s.rates || {}).delivered || 0)}/s`;
   const socks = Object.entries(series.sockets || {}).sort((a, b) => a[0].localeCompare(b[0]))
     .map(([label, values], i) => ({name: label, values, cls: "s" + (i % 6)}));
-  chart("#chart-sockets", socks, "#legend-sockets", (v) => String(Math.round(v)));
+  chart("#chart-sockets", socks, "#legend-sockets", (v) => fmtRate(v));
 }
 
 function chart(sel, lines, legendSel, fmt) {
@@ -271,9 +313,10 @@ function fmtMs(ms) {
 }
 
 function fmtWindow(ms) {
-  if (ms >= 3600000) return `${Math.round(ms / 3600000)} h`;
-  if (ms >= 60000) return `${Math.round(ms / 60000)} minutes`;
-  return `${Math.round(ms / 1000)} seconds`;
+  const unit = (n, one) => `${n} ${one}${n === 1 ? "" : "s"}`;
+  if (ms >= 3600000) return unit(Math.round(ms / 3600000), "hour");
+  if (ms >= 60000) return unit(Math.round(ms / 60000), "minute");
+  return unit(Math.round(ms / 1000), "second");
 }
 
 function fmtRate(v) {
