@@ -53,8 +53,8 @@ type pageOptions struct {
 	path          string         // the page to open; default "/"
 	ready         string         // CSS selector of the element that says it is ready; default the jobs page's type list
 	cookies       []*http.Cookie // set for the server's origin before the page opens (a signed-in session)
-	noWebSocket   bool // the page sees no WebSocket: the client falls back to SSE
-	noEventSource bool // ... and no EventSource: long-poll
+	noWebSocket   bool           // the page sees no WebSocket: the client falls back to SSE
+	noEventSource bool           // ... and no EventSource: long-poll
 }
 
 // browserPage is one tab of a fresh headless Chromium, on the page of e.
