@@ -1,9 +1,13 @@
 package web
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -52,8 +56,31 @@ func TestBrowserDashboardShowsWorkersComeAndGo(t *testing.T) {
 			t.Error("an admin's page has no admin badge")
 		}
 		if os.Getenv("UPDATE_SCREENSHOTS") == "1" && srv.Kind == "miniredis" {
-			// Let the charts fill a few seconds first.
-			p.waitFor("some chart history", `document.querySelector("#chart-jobs path.line")?.getAttribute("d").split("L").length > 20`)
+			// A steady stream of jobs, some failing, while the charts fill
+			// most of their window.
+			stop := make(chan struct{})
+			var feeding sync.WaitGroup
+			feeding.Add(1)
+			go func() {
+				defer feeding.Done()
+				tick := time.NewTicker(150 * time.Millisecond)
+				defer tick.Stop()
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					case <-tick.C:
+					}
+					params := fmt.Sprintf(`{"steps":%d,"interval_ms":40}`, 2+i%7)
+					if i%25 == 7 {
+						params = `{"steps":2,"interval_ms":0,"fail_at":1,"fail_times":10}`
+					}
+					_, _ = e.jobs.Submit(context.Background(), "screenshot", "steps", json.RawMessage(params))
+				}
+			}()
+			p.waitFor("most of the chart window", `document.querySelector("#chart-jobs path.line")?.getAttribute("d").split("L").length > 110`)
+			close(stop)
+			feeding.Wait()
 			ctx, cancel := p.step()
 			png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 			cancel()
