@@ -72,6 +72,17 @@ func (s *Service) ActOnTask(ctx context.Context, queue, task string, action Task
 	if !slices.Contains(from, info.State) {
 		return "", fmt.Errorf("%w: task %s is %s; %s applies to %s tasks", ErrTaskState, task, info.State, action, statesText(from))
 	}
+	id := jobOfTask(task)
+	if action == TaskRun {
+		// A canceled job stays canceled: its worker would drop the task.
+		rec, err := s.store.get(ctx, id)
+		switch {
+		case err == nil && (rec.Canceled || rec.Final == StateCanceled):
+			return "", fmt.Errorf("%w: job %s was canceled; submit it again instead", ErrTaskState, id)
+		case err != nil && !errors.Is(err, errNoRecord):
+			return "", err
+		}
+	}
 	switch action {
 	case TaskRun:
 		err = s.insp.RunTask(queue, task)
@@ -83,7 +94,6 @@ func (s *Service) ActOnTask(ctx context.Context, queue, task string, action Task
 	if err != nil {
 		return "", taskErr(queue, task, err)
 	}
-	id := jobOfTask(task)
 	if action != TaskRun {
 		// Ends the job now when the task was its current one; anything
 		// else (an older task, not a job of ours) leaves it as it is.

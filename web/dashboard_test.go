@@ -378,6 +378,28 @@ func TestDashboardAdminActions(t *testing.T) {
 		if j, err := e.jobs.Get(context.Background(), toDelete); err != nil || j.State != jobs.StateCanceled {
 			t.Fatalf("deleted job: %+v %v", j, err)
 		}
+		// A job canceled while it ran leaves an archived task; running it
+		// again is refused (its job stays canceled), not silently dropped.
+		status, body, _ := e.doAs(user, "POST", "/api/jobs", map[string]any{"type": "steps", "params": map[string]any{"steps": 100000, "interval_ms": 20}})
+		if status != http.StatusAccepted {
+			t.Fatalf("submit: %d %v", status, body)
+		}
+		running := body["id"].(string)
+		eventually(t, "the job runs", func() bool {
+			j, err := e.jobs.Get(context.Background(), running)
+			return err == nil && j.State == jobs.StateActive
+		})
+		if status, body, _ := e.doAs(user, "POST", "/api/jobs/"+running+"/cancel", nil); status != http.StatusAccepted {
+			t.Fatalf("cancel: %d %v", status, body)
+		}
+		eventually(t, "the canceled job's task archived", func() bool {
+			info, err := insp.GetTaskInfo("default", running)
+			return err == nil && info.State == asynq.TaskStateArchived
+		})
+		if status, body, _ := e.doAs(admin, "POST", taskPath(running)+"/retry", nil); status != http.StatusConflict || !strings.Contains(body["error"].(map[string]any)["message"].(string), "canceled") {
+			t.Fatalf("retry a canceled job's task: %d %v", status, body)
+		}
+		checkJobEnd(t, e, running, jobs.StateCanceled, "")
 	})
 }
 
@@ -389,8 +411,12 @@ func checkJobEnd(t *testing.T, e *testEnv, id, state, reason string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if j.State != state || j.Error == nil || *j.Error != reason {
-		t.Fatalf("job %s: state %s error %v, want %s %q", id, j.State, j.Error, state, reason)
+	got := ""
+	if j.Error != nil {
+		got = *j.Error
+	}
+	if j.State != state || got != reason {
+		t.Fatalf("job %s: state %s error %q, want %s %q", id, j.State, got, state, reason)
 	}
 	snap, err := e.log.Read(context.Background(), jobs.Group(id), 0)
 	if err != nil {
