@@ -24,8 +24,8 @@
 // Operator actions (pause a queue, run/archive/delete a task) are not
 // here: package web serves them and jobs carries them out.
 //
-// Keys share the hash tag "{PREFIX:dash}" so the multi-key reads are
-// Redis Cluster safe.
+// Keys (PREFIX:{dash}:…) share the hash tag "{dash}", so the multi-key
+// reads are Redis Cluster safe.
 package dashboard
 
 import (
@@ -213,7 +213,7 @@ func (db *Dashboard) Stop(ctx context.Context) {
 }
 
 func (db *Dashboard) key(parts string) string {
-	return db.cfg.Prefix + ":{" + db.cfg.Prefix + ":dash}:" + parts
+	return db.cfg.Prefix + ":{dash}:" + parts
 }
 func (db *Dashboard) procsKey() string { return db.key("procs") }
 func (db *Dashboard) procKey(id string) string {
