@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/hibiken/asynq"
 )
@@ -152,9 +153,25 @@ func (s *Service) PauseQueue(ctx context.Context, queue string, paused bool) err
 	} else {
 		err = s.insp.UnpauseQueue(queue)
 	}
+	if err != nil && !slices.Contains(known, queue) && alreadySo(err, paused) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("jobs: pause queue %s (%v): %w", queue, paused, err)
 	}
 	s.cfg.Logger.Info("operator action", "action", map[bool]string{true: "pause", false: "unpause"}[paused], "queue", queue)
 	return nil
+}
+
+// alreadySo reports whether err is Asynq's answer to pausing a paused
+// queue (or resuming a running one). Asynq has no way to read the paused
+// flag of a queue it holds no stats for (a job type's queue that never
+// held a task), and its Pause and Unpause errors are untyped, so for such
+// a queue the answer is recognized by its text (asynq v0.26: "queue %q is
+// already paused", "queue %q is not paused"; TestActOnTask checks it).
+func alreadySo(err error, paused bool) bool {
+	if paused {
+		return strings.HasSuffix(err.Error(), "is already paused")
+	}
+	return strings.HasSuffix(err.Error(), "is not paused")
 }
