@@ -26,7 +26,9 @@ ts.subscribe("dashboard", {
     latest = f.data;
     if (!frame) frame = requestAnimationFrame(() => { frame = 0; draw(latest); });
   },
-  onError(e) { showError($("#dash-problems"), e.message); },
+  // e.g. forbidden when the session ended: say so where the time of the
+  // last update is, which no longer changes.
+  onError(e) { $("#dash-status").textContent = `Cannot watch the dashboard: ${e.message}`; },
 }, {after: Number(body.dataset.after) || 0, epoch: body.dataset.epoch || undefined});
 
 function draw(s) {
