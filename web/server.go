@@ -77,6 +77,10 @@ type Config struct {
 	// session or token is still valid, besides the revocation signal.
 	// Default 30s.
 	CredentialRecheck time.Duration
+	// AdminEmails are the signed-in users (by email, case-insensitive)
+	// who may act on the queues from the dashboard, besides admin tokens.
+	// Default none.
+	AdminEmails []string
 	// Limits bound connections, header and body reads, and sockets per
 	// client address; see Limits for each default.
 	Limits Limits
@@ -234,6 +238,7 @@ func (s *Server) routes() chi.Router {
 		r.Use(s.authenticate, s.refuseScoped)
 		r.Get("/", s.handleIndex)
 		r.Get("/chat/{room}", s.handleChatPage)
+		r.Get("/dashboard", s.handleDashboardPage)
 		r.Get("/ws", s.handleSocket)
 	})
 	r.Route("/api", func(r chi.Router) {
@@ -267,6 +272,7 @@ func (s *Server) routes() chi.Router {
 			r.Get("/jobs/{id}/events", s.handleJobEvents)
 			r.Get("/schedules", s.handleSchedules)
 			r.Get("/groups/{group}/events", s.handleGroupEvents)
+			r.Route("/admin", s.adminRoutes)
 		})
 	})
 	return r
@@ -318,6 +324,10 @@ func (s *Server) ConnCount() int {
 	defer s.mu.Unlock()
 	return len(s.conns)
 }
+
+// Sockets returns the open sockets and streams by transport ("websocket",
+// "sse", "longpoll"): the figures this replica reports to the dashboard.
+func (s *Server) Sockets() map[string]int { return s.openByTransport() }
 
 // openByTransport counts the open sockets and streams by transport, for
 // the taskstream_sockets gauge.
