@@ -208,11 +208,15 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	h.stop.Do(func() {
 		h.mu.Lock()
 		h.closed = true
+		var conns []*redis.PubSub
 		for _, f := range h.feeds {
-			_ = f.ps.Close()
+			conns = append(conns, f.ps)
 		}
 		h.mu.Unlock()
-		h.cancel()
+		h.cancel() // first, so the receive loops take the closed connections for the end
+		for _, ps := range conns {
+			_ = ps.Close()
+		}
 		h.stopped = make(chan struct{})
 		go func() { h.wg.Wait(); close(h.stopped) }()
 	})
