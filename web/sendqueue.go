@@ -31,15 +31,15 @@ type sendQueue struct {
 	spare  [][]byte // the previous batch's backing array, reused
 	// meta describes frames entry by entry once a job event was queued
 	// (nil until then, so sockets without job groups pay nothing for it).
-	meta      []queuedMeta
-	count     int // live frames of other groups and replies, against maxFrames
-	bytes     int // their bytes, against maxBytes
-	replayed  int // replayed bytes, against replayFactor*maxBytes
-	jobCount  int // live job frames, against maxFrames, then replayFactor*maxFrames
-	jobBytes  int // their bytes, against maxBytes, then replayFactor*maxBytes
+	meta     []queuedMeta
+	count    int // live frames of other groups and replies, against maxFrames
+	bytes    int // their bytes, against maxBytes
+	replayed int // replayed bytes, against replayFactor*maxBytes
+	jobCount int // live job frames, against maxFrames, then replayFactor*maxFrames
+	jobBytes int // their bytes, against maxBytes, then replayFactor*maxBytes
 	// behind: a job event found the job limits full since the writer last
 	// took the queue; until it does, progress events are conflated.
-	behind bool
+	behind    bool
 	maxFrames int
 	maxBytes  int
 	ready     chan struct{} // a signal: frames are waiting
