@@ -30,8 +30,10 @@ type sendQueue struct {
 	frames [][]byte
 	spare  [][]byte // the previous batch's backing array, reused
 	// meta describes frames entry by entry once a job event was queued
-	// (nil until then, so sockets without job groups pay nothing for it).
+	// since the last take (tracked), so sockets without job groups pay
+	// nothing for it.
 	meta     []queuedMeta
+	tracked  bool
 	count    int // live frames of other groups and replies, against maxFrames
 	bytes    int // their bytes, against maxBytes
 	replayed int // replayed bytes, against replayFactor*maxBytes
@@ -160,14 +162,14 @@ func (q *sendQueue) dropProgressLocked(group string) int {
 			continue
 		}
 		q.frames[keep] = f
-		if q.meta != nil {
+		if q.tracked {
 			q.meta[keep] = m
 		}
 		keep++
 	}
 	clear(q.frames[keep:])
 	q.frames = q.frames[:keep]
-	if q.meta != nil {
+	if q.tracked {
 		clear(q.meta[keep:])
 		q.meta = q.meta[:keep]
 	}
@@ -175,7 +177,7 @@ func (q *sendQueue) dropProgressLocked(group string) int {
 }
 
 func (q *sendQueue) metaAt(i int) queuedMeta {
-	if q.meta == nil {
+	if !q.tracked {
 		return queuedMeta{}
 	}
 	return q.meta[i]
@@ -184,11 +186,12 @@ func (q *sendQueue) metaAt(i int) queuedMeta {
 // appendLocked queues frame with m. meta is kept only once a job event
 // was queued. Called with q.mu held.
 func (q *sendQueue) appendLocked(frame []byte, m queuedMeta) {
-	if q.meta == nil && m.ev != nil {
-		q.meta = slices.Grow(q.meta, len(q.frames)+1)[:len(q.frames)]
+	if !q.tracked && m.ev != nil {
+		q.tracked = true
+		q.meta = slices.Grow(q.meta[:0], len(q.frames)+1)[:len(q.frames)]
 	}
 	q.frames = append(q.frames, frame)
-	if q.meta != nil {
+	if q.tracked {
 		q.meta = append(q.meta, m)
 	}
 }
@@ -208,7 +211,8 @@ func (q *sendQueue) take() [][]byte {
 	batch := q.frames
 	clear(q.spare)
 	q.frames, q.spare = q.spare[:0], batch
-	q.meta = nil
+	clear(q.meta) // the events are the writer's now: let them go
+	q.meta, q.tracked = q.meta[:0], false
 	q.count, q.bytes, q.replayed, q.jobCount, q.jobBytes = 0, 0, 0, 0, 0
 	q.behind = false
 	return batch
