@@ -143,10 +143,16 @@ func TestClusterShardedDelivery(t *testing.T) {
 			}
 		}
 	}
+	// Every event is delivered by now (the hub's sinks have them): what a
+	// plain subscriber holds is its confirmations and nothing else.
 	for i, ps := range plain {
-		if msg, err := ps.ReceiveTimeout(context.Background(), 50*time.Millisecond); err == nil {
+		for {
+			msg, err := ps.ReceiveTimeout(context.Background(), 50*time.Millisecond)
+			if err != nil {
+				break
+			}
 			if _, isMsg := msg.(*redis.Message); isMsg {
-				t.Errorf("a plain subscriber on %s heard %v: events must go out with SPUBLISH only", c.Nodes[i].Addr, msg)
+				t.Fatalf("a plain subscriber on %s heard %v: events must go out with SPUBLISH only", c.Nodes[i].Addr, msg)
 			}
 		}
 	}
