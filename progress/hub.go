@@ -558,6 +558,11 @@ func (h *Hub) place() error {
 func (h *Hub) reset(f *feed) *redis.PubSub {
 	h.cluster.ReloadState(h.ctx)
 	h.mu.Lock()
+	if h.closed {
+		// Shutdown closes the connections it found: open no other.
+		defer h.mu.Unlock()
+		return f.ps
+	}
 	old := f.ps
 	f.ps = f.node.SSubscribe(f.ctx)
 	ps := f.ps
