@@ -63,14 +63,35 @@ func (c LogConfig) withDefaults() LogConfig {
 // "{group}", so the append script touches a single slot.
 //
 // A Log is safe for concurrent use.
+//
+// On a Redis Cluster (rdb is a *redis.ClusterClient, REDIS_MODE=cluster)
+// the log uses sharded pub/sub (Redis 7): events go out with SPUBLISH on
+// a channel that carries the group's hash tag too, so each event reaches
+// the one shard that holds the group, not every node as a plain PUBLISH
+// does (cluster-wide PUBLISH fan-out would cap what more nodes can carry).
+// Single servers and Sentinel keep PUBLISH.
 type Log struct {
-	rdb redis.UniversalClient
-	cfg LogConfig
+	rdb     redis.UniversalClient
+	cfg     LogConfig
+	sharded bool // sharded pub/sub: rdb is a Cluster client
 }
 
 // NewLog returns a Log on rdb.
 func NewLog(rdb redis.UniversalClient, cfg LogConfig) *Log {
-	return &Log{rdb: rdb, cfg: cfg.withDefaults()}
+	_, sharded := rdb.(*redis.ClusterClient)
+	return &Log{rdb: rdb, cfg: cfg.withDefaults(), sharded: sharded}
+}
+
+// Sharded reports whether the log publishes with sharded pub/sub
+// (SPUBLISH), which it does on a Redis Cluster.
+func (l *Log) Sharded() bool { return l.sharded }
+
+// publishCmd is the command the append scripts publish with.
+func (l *Log) publishCmd() string {
+	if l.sharded {
+		return "SPUBLISH"
+	}
+	return "PUBLISH"
 }
 
 // maxLen is the history bound of group.
@@ -88,14 +109,31 @@ func (l *Log) Config() LogConfig { return l.cfg }
 func (l *Log) metaKey(group string) string   { return l.cfg.Prefix + ":{" + group + "}:meta" }
 func (l *Log) streamKey(group string) string { return l.cfg.Prefix + ":{" + group + "}:log" }
 
-// Channel is the pub/sub channel that carries group's live events.
-func (l *Log) Channel(group string) string { return l.cfg.Prefix + ":ch:" + group }
+// Channel is the pub/sub channel that carries group's live events. A
+// sharded channel carries the group's hash tag, so it lives in the slot
+// of the group's keys: the append script may only publish to a channel
+// of its own slot, and a subscriber finds it on the shard that holds the
+// group. The plain name is kept elsewhere, so processes of an older
+// version still hear each other during a rolling upgrade.
+func (l *Log) Channel(group string) string {
+	if l.sharded {
+		return l.cfg.Prefix + ":{" + group + "}:ch"
+	}
+	return l.cfg.Prefix + ":ch:" + group
+}
 
 func (l *Log) groupOf(channel string) (string, bool) {
+	if l.sharded {
+		rest, ok := strings.CutPrefix(channel, l.cfg.Prefix+":{")
+		if !ok {
+			return "", false
+		}
+		return strings.CutSuffix(rest, "}:ch")
+	}
 	return strings.CutPrefix(channel, l.cfg.Prefix+":ch:")
 }
 
-// appendScript does seq+1, XADD (bounded) and PUBLISH in one atomic step.
+// appendScript does seq+1, XADD (bounded) and PUBLISH (or SPUBLISH, ARGV[8]) in one atomic step.
 // The stream id of an event is "SEQ-0", so reading "after seq N" is an
 // XRANGE from "N-1" (see afterID). When the meta hash is new (first event, or the log
 // was lost) a fresh epoch is stored and any stale stream is dropped so the
@@ -113,7 +151,7 @@ end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'e', ARGV[2], 'd', ARGV[3], 't', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
-redis.call('PUBLISH', ARGV[7], seq .. '\n' .. epoch .. '\n' .. ARGV[2] .. '\n' .. ARGV[4] .. '\n' .. ARGV[3])
+redis.call(ARGV[8], ARGV[7], seq .. '\n' .. epoch .. '\n' .. ARGV[2] .. '\n' .. ARGV[4] .. '\n' .. ARGV[3])
 return {seq, epoch}
 `)
 
@@ -139,7 +177,7 @@ func (l *Log) Publish(ctx context.Context, group, name string, data any) (*Event
 	ts := now.Format(time.RFC3339Nano)
 	res, err := appendScript.Run(ctx, l.rdb,
 		[]string{l.metaKey(group), l.streamKey(group)},
-		newEpoch(), name, string(raw), ts, l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group),
+		newEpoch(), name, string(raw), ts, l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group), l.publishCmd(),
 	).Slice()
 	if l.cfg.OnPublish != nil {
 		appended := 1
@@ -456,8 +494,8 @@ type Draft struct {
 // publishOnceScript appends a batch of events (and publishes each) in one
 // atomic step, unless the batch's key is the last one the group recorded:
 // then it appends nothing and returns the seqs the batch got before. ARGV:
-// new epoch, key, time, max length, TTL ms, channel, then name and data of
-// each event. Only the last key is kept: a caller retries its own batch
+// new epoch, key, time, max length, TTL ms, channel, publish command
+// (PUBLISH or SPUBLISH), then name and data of each event. Only the last key is kept: a caller retries its own batch
 // before it makes another.
 var publishOnceScript = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'op') == ARGV[2] then
@@ -465,7 +503,7 @@ if redis.call('HGET', KEYS[1], 'op') == ARGV[2] then
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local seqs = {}
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   if seq == 1 then
     epoch = ARGV[1]
@@ -473,7 +511,7 @@ for i = 7, #ARGV, 2 do
     redis.call('DEL', KEYS[2])
   end
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'e', ARGV[i], 'd', ARGV[i+1], 't', ARGV[3])
-  redis.call('PUBLISH', ARGV[6], seq .. '\n' .. epoch .. '\n' .. ARGV[i] .. '\n' .. ARGV[3] .. '\n' .. ARGV[i+1])
+  redis.call(ARGV[7], ARGV[6], seq .. '\n' .. epoch .. '\n' .. ARGV[i] .. '\n' .. ARGV[3] .. '\n' .. ARGV[i+1])
   seqs[#seqs+1] = seq
 end
 redis.call('HSET', KEYS[1], 'op', ARGV[2], 'op_seqs', table.concat(seqs, ','))
@@ -499,7 +537,7 @@ func (l *Log) PublishOnce(ctx context.Context, group, key string, events ...Draf
 		return nil, false, fmt.Errorf("%w: PublishOnce needs a key and events", ErrInvalid)
 	}
 	now := time.Now().UTC()
-	args := []any{newEpoch(), key, now.Format(time.RFC3339Nano), l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group)}
+	args := []any{newEpoch(), key, now.Format(time.RFC3339Nano), l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group), l.publishCmd()}
 	evs = make([]*Event, len(events))
 	for i, d := range events {
 		if !ValidEventName(d.Name) {

@@ -523,8 +523,23 @@ func (g *groupSink) Synced(info progress.SyncInfo) bool {
 }
 
 func (g *groupSink) Send(ev *progress.Event) bool {
-	if g.replayLeft > 0 {
+	replay := g.replayLeft > 0
+	if replay {
 		g.replayLeft--
+	}
+	if wire.KindOf(g.group) == wire.KindJob {
+		// A job's stream is conflated for a reader that falls behind
+		// rather than cut (sendQueue.pushJob).
+		if g.c.isClosed() {
+			return false
+		}
+		if !g.c.send.pushJob(ev, replay) {
+			g.c.overflowed("send queue full: reconnect and resume from your last seq")
+			return false
+		}
+		return true
+	}
+	if replay {
 		if g.c.isClosed() {
 			return false
 		}

@@ -43,14 +43,21 @@ const (
 
 // EventFrame is an event as the socket, SSE (its data line) and long-poll
 // carry it.
+//
+// Skipped, when not 0, says that this many earlier events of the group,
+// all of them `progress` events of a job group, were dropped for this
+// socket because it fell behind (conflation): this frame replaces them.
+// The seq still increases; a client that ignores Skipped sees the latest
+// progress and every other event.
 type EventFrame struct {
-	Type  string          `json:"type"` // TypeEvent
-	Group string          `json:"group"`
-	Seq   int64           `json:"seq"`
-	Epoch string          `json:"epoch"`
-	Event string          `json:"event"`
-	Data  json.RawMessage `json:"data"`
-	TS    string          `json:"ts"`
+	Type    string          `json:"type"` // TypeEvent
+	Group   string          `json:"group"`
+	Seq     int64           `json:"seq"`
+	Epoch   string          `json:"epoch"`
+	Event   string          `json:"event"`
+	Data    json.RawMessage `json:"data"`
+	TS      string          `json:"ts"`
+	Skipped int             `json:"skipped,omitempty"`
 }
 
 // SubscribedFrame answers a subscribe (and starts an SSE stream).
@@ -90,6 +97,7 @@ type ServerFrame struct {
 	LastSeq   int64           `json:"last_seq,omitempty"`
 	Replayed  int             `json:"replayed,omitempty"`
 	Recovered bool            `json:"recovered,omitempty"`
+	Skipped   int             `json:"skipped,omitempty"`
 	Code      string          `json:"code,omitempty"`
 	Message   string          `json:"message,omitempty"`
 }

@@ -25,7 +25,12 @@
  *                     others wait until one ends
  *   ts.subscribe(group, handlers, {after, epoch}?) → unsubscribe function
  *     handlers.onEvent(frame)   each event once, in seq order: the socket's
- *                               event frame {type,group,seq,epoch,event,data,ts}
+ *                               event frame {type,group,seq,epoch,event,data,ts}.
+ *                               On a job whose events come faster than this
+ *                               client reads them, a `progress` frame may carry
+ *                               `skipped` N: it stands in for N earlier progress
+ *                               events the server dropped (their seqs never
+ *                               arrive); other events are never skipped
  *     handlers.onReset(info)    the server lost or trimmed history the client
  *                               had not seen ({group,epoch,last_seq,reason}):
  *                               reload the group's snapshot (GET /api/jobs/ID);
