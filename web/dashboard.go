@@ -55,16 +55,23 @@ func (s *Server) isAdmin(who auth.Principal) bool {
 }
 
 // handleDashboardPage serves GET /dashboard: the live page for signed-in
-// users (actions for admins), a 403 page that says to sign in for guests.
+// users (actions for admins). A guest is refused with 403: a browser
+// (Accept: text/html) gets a page that says to sign in, a program the
+// protocol's JSON error.
 func (s *Server) handleDashboardPage(w http.ResponseWriter, r *http.Request) {
 	who := principalOf(r)
 	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if who.User.Guest {
+		if !accepts(r, "text/html") {
+			s.writeError(w, r, apiErr(CodeForbidden, "sign in to see the dashboard"))
+			return
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.WriteHeader(http.StatusForbidden)
 		_ = dashboardPage.Execute(w, dashboardView{SignIn: true})
 		return
 	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	tail, err := s.log.Tail(r.Context(), wire.DashboardGroup().String(), 1)
 	if err != nil {
 		s.writeError(w, r, err)

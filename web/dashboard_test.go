@@ -114,7 +114,10 @@ func TestDashboardSnapshotAfterWorkload(t *testing.T) {
 				return fmt.Sprintf("%d workers", len(s.Workers))
 			}
 			w := s.Workers[0]
-			if w.Concurrency != 4 || w.Queues["default"] != 3 || w.Queues["low"] != 1 {
+			// WORKER_QUEUES default=3 is served as default:high, default and
+			// default:low with weights 4×, 2× and 1× (README, Queues and
+			// priorities).
+			if w.Concurrency != 4 || w.Queues["default:high"] != 12 || w.Queues["default"] != 6 || w.Queues["default:low"] != 3 || w.Queues["low"] != 2 {
 				return fmt.Sprintf("worker %+v", w)
 			}
 			for _, j := range w.Jobs {
@@ -147,10 +150,10 @@ func TestDashboardSnapshotAfterWorkload(t *testing.T) {
 				return fmt.Sprintf("this replica's report %+v", me)
 			}
 			q, ok := queueOf(s, "default")
-			if !ok || q.Completed != 2 || q.Archived != 2 || q.Active != 0 || q.Pending != 0 || !slices.Equal(q.Weights, []int{3}) {
+			if !ok || q.Completed != 2 || q.Archived != 2 || q.Active != 0 || q.Pending != 0 || !slices.Equal(q.Weights, []int{6}) {
 				return fmt.Sprintf("default queue %+v", q)
 			}
-			if low, ok := queueOf(s, "low"); !ok || !slices.Equal(low.Weights, []int{1}) {
+			if low, ok := queueOf(s, "low"); !ok || !slices.Equal(low.Weights, []int{2}) {
 				return fmt.Sprintf("low queue %+v", low)
 			}
 			if len(s.Workers) != 1 || s.Workers[0].Busy != 0 {
@@ -208,7 +211,9 @@ func TestDashboardPageByCaller(t *testing.T) {
 		})
 
 		page := func(c *http.Client) (int, string) {
-			res, err := c.Get(e.http.URL + "/dashboard")
+			req, _ := http.NewRequest("GET", e.http.URL+"/dashboard", nil)
+			req.Header.Set("Accept", "text/html,application/xhtml+xml,*/*;q=0.8") // as a browser asks
+			res, err := c.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -245,6 +250,11 @@ func TestDashboardPageByCaller(t *testing.T) {
 					t.Errorf("%s: the page has %q", c.name, s)
 				}
 			}
+		}
+		// A program (no Accept: text/html) is refused with the protocol's
+		// JSON error, not a page.
+		if status, body, _ := e.doAs(e.newBrowser(), "GET", "/dashboard", nil); status != http.StatusForbidden || errCode(body) != CodeForbidden {
+			t.Errorf("a guest program: %d %v, want 403 forbidden", status, body)
 		}
 		// The position is just before the latest snapshot: one replayed.
 		tail := func() progress.Snapshot {

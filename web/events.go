@@ -103,10 +103,14 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, group strin
 	}
 }
 
-func acceptsEventStream(r *http.Request) bool {
+func acceptsEventStream(r *http.Request) bool { return accepts(r, "text/event-stream") }
+
+// accepts reports whether the request's Accept header names mediaType
+// itself (not through a wildcard).
+func accepts(r *http.Request, mediaType string) bool {
 	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
 		mt, _, _ := strings.Cut(strings.TrimSpace(part), ";")
-		if strings.EqualFold(strings.TrimSpace(mt), "text/event-stream") {
+		if strings.EqualFold(strings.TrimSpace(mt), mediaType) {
 			return true
 		}
 	}
