@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -61,6 +62,7 @@ type envOptions struct {
 	mailer   auth.Mailer
 	authCfg  func(*auth.Config)
 	prodRdb  bool
+	listen   func(net.Listener) net.Listener
 }
 
 func withWebConfig(c Config) envOption   { return func(o *envOptions) { o.web = c } }
@@ -69,6 +71,12 @@ func withMailer(m auth.Mailer) envOption { return func(o *envOptions) { o.mailer
 
 // withAuthConfig adjusts the auth store's configuration.
 func withAuthConfig(f func(*auth.Config)) envOption { return func(o *envOptions) { o.authCfg = f } }
+
+// withListener wraps the server's listener (inside the server's own), to
+// shape the connections it accepts.
+func withListener(wrap func(net.Listener) net.Listener) envOption {
+	return func(o *envOptions) { o.listen = wrap }
+}
 
 // withProductionRedis connects as cmd/api does (progress.OpenRedis, with
 // its short timeouts) instead of with go-redis's defaults.
@@ -151,6 +159,9 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 	// Served as cmd/api serves it: its http.Server and listener.
 	e.http = httptest.NewUnstartedServer(nil)
 	e.http.Config = e.web.HTTPServer()
+	if o.listen != nil {
+		e.http.Listener = o.listen(e.http.Listener)
+	}
 	e.http.Listener = e.web.Listener(e.http.Listener)
 	e.http.Start()
 	e.client = e.newBrowser()
