@@ -2,11 +2,16 @@ package web
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"taskstream/jobs"
 	"taskstream/progress/progresstest"
@@ -23,7 +28,10 @@ import (
 // groups and nothing skipped.
 func TestStalledReadersOnlyChatClosed(t *testing.T) {
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
-		e := newEnv(t, srv, withoutWorker(), withWebConfig(Config{SendQueue: 64, WriteTimeout: time.Minute}))
+		// Pings far apart: a stalled client answers none, and the test
+		// decides when it reads again, not the server's keep-alive.
+		e := newEnv(t, srv, withoutWorker(), withListener(smallSendBuffers),
+			withWebConfig(Config{SendQueue: 64, WriteTimeout: 5 * time.Minute, PingInterval: 5 * time.Minute}))
 		job := jobs.Group(e.submit("steps", map[string]any{"steps": 1}))
 		room := wire.ChatGroup("stall").String()
 
@@ -32,7 +40,7 @@ func TestStalledReadersOnlyChatClosed(t *testing.T) {
 			c.send(map[string]any{"op": wire.OpSubscribe, "group": group})
 			c.readUntil(func(f frame) bool { return f.Type == wire.TypeSubscribed && f.Group == group })
 		}
-		stalledChat, stalledJob, stalledBoth := e.dial(), e.dial(), e.dial()
+		stalledChat, stalledJob, stalledBoth := e.dialSmallBuffer(), e.dialSmallBuffer(), e.dialSmallBuffer()
 		subscribe(stalledChat, room)
 		subscribe(stalledJob, job)
 		subscribe(stalledBoth, room)
@@ -92,7 +100,7 @@ func TestStalledReadersOnlyChatClosed(t *testing.T) {
 		// enough that the stalled sockets fill their kernel buffers and
 		// their queues.
 		ctx := context.Background()
-		pad := strings.Repeat("x", 8<<10)
+		pad := strings.Repeat("x", 2<<10)
 		published := map[string]int64{}
 		lifecycle := map[int64]string{} // the job's non-progress events by seq
 		var lastProgress int64
@@ -112,7 +120,7 @@ func TestStalledReadersOnlyChatClosed(t *testing.T) {
 			}
 		}
 		publish(job, wire.EventState, map[string]any{"state": wire.StateActive, "attempt": 1})
-		const events, batch = 1200, 30
+		const events, batch = 400, 20 // 4 times what fills a stalled socket's buffers and queue
 		for i := 1; i <= events; i++ {
 			if i%50 == 0 {
 				publish(job, wire.EventLog, map[string]any{"level": "info", "message": fmt.Sprint("step ", i)})
@@ -222,4 +230,43 @@ func TestStalledReadersOnlyChatClosed(t *testing.T) {
 			t.Errorf("%d sockets open, want the stalled job watcher and the %d readers", n, len(readers))
 		}
 	})
+}
+
+// smallSendBuffers gives every connection the server accepts a small
+// kernel send buffer (no autotuning up to megabytes), so a client that
+// stops reading stalls the server's writer after a few dozen KiB: the
+// queue fills after a few hundred events rather than thousands.
+func smallSendBuffers(l net.Listener) net.Listener { return smallBufListener{l} }
+
+type smallBufListener struct{ net.Listener }
+
+func (l smallBufListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(32 << 10)
+	}
+	return c, err
+}
+
+// dialSmallBuffer opens a socket as the env's browser whose TCP receive
+// buffer is small (set before connecting, so the window stays small): a
+// client that stops reading holds little in the kernel, and its server
+// queue fills after a few hundred KiB instead of megabytes.
+func (e *testEnv) dialSmallBuffer() *wsClient {
+	e.t.Helper()
+	d := *websocket.DefaultDialer
+	d.Jar = e.client.Jar
+	nd := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10) })
+		return errors.Join(err, serr)
+	}}
+	d.NetDialContext = nd.DialContext
+	url := "ws" + strings.TrimPrefix(e.http.URL, "http") + "/ws"
+	conn, _, err := d.Dial(url, nil)
+	if err != nil {
+		e.t.Fatalf("dial %s: %v", url, err)
+	}
+	e.t.Cleanup(func() { _ = conn.Close() })
+	return &wsClient{t: e.t, conn: conn}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -66,6 +67,7 @@ type envOptions struct {
 	prodRdb  bool
 	schedule string            // a schedule file's contents: run a scheduler of it
 	dash     *dashboard.Config // start a dashboard (reporter and publisher) on the env
+	listen   func(net.Listener) net.Listener
 }
 
 func withWebConfig(c Config) envOption   { return func(o *envOptions) { o.web = c } }
@@ -84,6 +86,12 @@ func withAuthConfig(f func(*auth.Config)) envOption { return func(o *envOptions)
 // through e.counts.
 func withDashboard(cfg dashboard.Config) envOption {
 	return func(o *envOptions) { o.dash = &cfg }
+}
+
+// withListener wraps the server's listener (inside the server's own), to
+// shape the connections it accepts.
+func withListener(wrap func(net.Listener) net.Listener) envOption {
+	return func(o *envOptions) { o.listen = wrap }
 }
 
 // withProductionRedis connects as cmd/api does (progress.OpenRedis, with
@@ -186,6 +194,9 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 	// Served as cmd/api serves it: its http.Server and listener.
 	e.http = httptest.NewUnstartedServer(nil)
 	e.http.Config = e.web.HTTPServer()
+	if o.listen != nil {
+		e.http.Listener = o.listen(e.http.Listener)
+	}
 	e.http.Listener = e.web.Listener(e.http.Listener)
 	e.http.Start()
 	e.client = e.newBrowser()
