@@ -222,6 +222,7 @@ func (s *Server) routes() chi.Router {
 		r.Use(s.authenticate)
 		r.Get("/", s.handleIndex)
 		r.Get("/chat/{room}", s.handleChatPage)
+		r.Get("/jobs/{id}", s.handleJobPage)
 		r.Get("/ws", s.handleSocket)
 	})
 	r.Route("/api", func(r chi.Router) {
