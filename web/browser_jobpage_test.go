@@ -169,3 +169,34 @@ func TestBrowserJobPage(t *testing.T) {
 		})
 	}
 }
+
+// TestBrowserJobPageHistoryLost: Redis loses a running job's events under
+// an open job page; when the page resumes, it says the history is lost,
+// reloads the job, and goes on with the events that follow.
+func TestBrowserJobPageHistoryLost(t *testing.T) {
+	e := newEnv(t, progresstest.Embedded(t))
+	p := openPage(t, e, pageOptions{})
+	id := p.submitSteps(map[string]string{"steps": "1000", "interval_ms": "50"})
+	p.waitState(id, "active")
+	p.openJob(e.http.URL, id)
+	p.waitFor("progress on the page", `document.querySelector("#timeline li[data-event=progress]") !== null && document.querySelector("#job-state").textContent === "active"`)
+	if !eval[bool](p, `document.querySelector("#history-note").hidden`) {
+		t.Fatalf("a whole history is called incomplete: %s", p.eval0(`document.querySelector("#history-note").textContent`))
+	}
+	// A Redis restart without persistence, for this job's log only.
+	group := jobs.Group(id)
+	if err := e.rdb.Del(t.Context(), "ts:{"+group+"}:meta", "ts:{"+group+"}:log").Err(); err != nil {
+		t.Fatal(err)
+	}
+	p.do(chromedp.Evaluate[chromedp.Void](`window.__ts.dropConnection()`))
+	p.waitFor("the history-lost note", `!document.querySelector("#history-note").hidden &&
+		document.querySelector("#history-note").textContent.startsWith("History lost")`)
+	p.waitFor("events after the loss", `document.querySelector("#timeline li[data-event=progress]") !== null`)
+	if n := eval[int](p, `document.querySelectorAll("#timeline li[data-event=state]").length`); n != 0 {
+		t.Errorf("the timeline still shows %d state events from the lost history", n)
+	}
+	p.do(chromedp.Click(chromedp.ID("cancel")))
+	p.waitFor("canceled", `document.querySelector("#job-state").textContent === "canceled" &&
+		document.querySelector("#timeline li[data-state=canceled]") !== null`)
+	p.checkNoExceptions()
+}

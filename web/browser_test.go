@@ -1,6 +1,7 @@
 package web
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -48,8 +49,9 @@ func chromiumPath(t *testing.T) string {
 
 type pageOptions struct {
 	width, height int64
-	noWebSocket   bool // the page sees no WebSocket: the client falls back to SSE
-	noEventSource bool // ... and no EventSource: long-poll
+	noWebSocket   bool   // the page sees no WebSocket: the client falls back to SSE
+	noEventSource bool   // ... and no EventSource: long-poll
+	url           string // the server's address as the browser reaches it; default e.http.URL
 }
 
 // browserPage is one tab of a fresh headless Chromium, on the page of e.
@@ -131,7 +133,7 @@ func openPage(t *testing.T, e *testEnv, o pageOptions) *browserPage {
 	}
 	p.do(
 		chromedp.EmulateViewport(o.width, o.height),
-		chromedp.Navigate(e.http.URL+"/"),
+		chromedp.Navigate(cmp.Or(o.url, e.http.URL)+"/"),
 		chromedp.WaitReady(chromedp.CSS(`#job-type option[value="steps"]`)),
 	)
 	return p

@@ -660,7 +660,7 @@ function renderLive(row) {
   row.el.classList.toggle("stale", lost);
   row.fields.stale.hidden = !lost;
   if (lost) {
-    const ago = fmtDuration(Math.max(0, Date.now() - row.lastUpdate) / 1000);
+    const ago = fmtDuration(Math.floor(Math.max(0, Date.now() - row.lastUpdate) / 1000));
     row.fields.stale.textContent = `Connection lost, last update ${ago} ago. Cancel works again once it is back.`;
   }
   row.cancel.disabled = finished || lost || row.canceling;

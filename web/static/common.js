@@ -77,7 +77,7 @@ export function showConnection(ts, el) {
       if (!online && since) {
         const lost = document.createElement("span");
         lost.className = "conn-for";
-        lost.textContent = ` · offline ${fmtDuration((Date.now() - since) / 1000)}`;
+        lost.textContent = ` · offline ${fmtDuration(Math.floor((Date.now() - since) / 1000))}`;
         label.append(lost);
         el.dataset.offlineSince = String(since);
       } else {

@@ -183,7 +183,7 @@ function renderLive() {
   const stale = $("#stale");
   stale.hidden = !lost;
   if (lost) {
-    stale.textContent = `Connection lost, last update ${fmtDuration(Math.max(0, Date.now() - job.lastUpdate) / 1000)} ago. Cancel works again once it is back.`;
+    stale.textContent = `Connection lost, last update ${fmtDuration(Math.floor(Math.max(0, Date.now() - job.lastUpdate) / 1000))} ago. Cancel works again once it is back.`;
   }
   const cancel = $("#cancel");
   cancel.disabled = done || lost || job.canceling;
