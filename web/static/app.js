@@ -698,7 +698,7 @@ function setResult(row, result) {
 
 function resultLine(v) {
   const one = (x) => typeof x === "number" ? fmtNum(x) : x === null ? "null"
-    : typeof x === "object" ? (Array.isArray(x) ? `${x.length} items` : "…") : String(x);
+    : typeof x === "object" ? (Array.isArray(x) ? `${x.length} items` : `{${Object.keys(x).length} fields}`) : String(x);
   const line = v !== null && typeof v === "object" && !Array.isArray(v)
     ? Object.entries(v).map(([k, x]) => `${k} = ${one(x)}`).join(" · ") : one(v);
   return line.length > 160 ? line.slice(0, 159) + "…" : line;
