@@ -293,12 +293,11 @@ func (s *Service) ListPage(ctx context.Context, owner string, q ListQuery) (List
 	}
 	score, after := int64(-1), ""
 	if q.Before != "" {
-		n, id, ok := strings.Cut(q.Before, "-")
-		v, err := strconv.ParseInt(n, 10, 64)
-		if !ok || err != nil || v < 0 || id == "" {
-			return ListPage{}, fmt.Errorf("%w: %q", ErrBadCursor, q.Before)
+		e, err := parseCursor(q.Before)
+		if err != nil {
+			return ListPage{}, err
 		}
-		score, after = v, id
+		score, after = e.score, e.id
 	}
 	if err := s.store.trim(ctx, owner); err != nil {
 		return ListPage{}, err
@@ -347,7 +346,20 @@ func (s *Service) ListPage(ctx context.Context, owner string, q ListQuery) (List
 	return page, nil
 }
 
+// cursor is the opaque form of a list position: "SCORE-ID", the index
+// entry's score (creation time, µs) and the job id.
 func cursor(e indexEntry) string { return strconv.FormatInt(e.score, 10) + "-" + e.id }
+
+// parseCursor reads a cursor made by cursor; anything else (it comes from
+// clients) is ErrBadCursor.
+func parseCursor(s string) (indexEntry, error) {
+	n, id, ok := strings.Cut(s, "-")
+	v, err := strconv.ParseInt(n, 10, 64)
+	if !ok || err != nil || v < 0 || id == "" || strconv.FormatInt(v, 10) != n {
+		return indexEntry{}, fmt.Errorf("%w: %q", ErrBadCursor, s)
+	}
+	return indexEntry{id: id, score: v}, nil
+}
 
 // Cancel stops job id: a queued job is deleted from the queue and ends
 // "canceled" at once; a running one is signaled and its worker ends it
