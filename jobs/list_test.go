@@ -3,7 +3,6 @@ package jobs
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"testing"
 
@@ -73,7 +72,7 @@ func TestListPage(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		order, err := rdb.ZRevRange(ctx, key, 0, -1).Result()
+		order, err := rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: key, Start: 0, Stop: -1, Rev: true}).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -169,7 +168,7 @@ func FuzzListCursor(f *testing.F) {
 			return
 		}
 		if got := cursor(e); got != s {
-			t.Fatal(fmt.Sprintf("cursor(parseCursor(%q)) = %q", s, got))
+			t.Fatalf("cursor(parseCursor(%q)) = %q", s, got)
 		}
 	})
 }
