@@ -198,5 +198,16 @@ func TestBrowserJobPageHistoryLost(t *testing.T) {
 	p.do(chromedp.Click(chromedp.ID("cancel")))
 	p.waitFor("canceled", `document.querySelector("#job-state").textContent === "canceled" &&
 		document.querySelector("#timeline li[data-state=canceled]") !== null`)
+
+	// Its events expire; the record stays: the page says so.
+	if err := e.rdb.Del(t.Context(), "ts:{"+group+"}:meta", "ts:{"+group+"}:log").Err(); err != nil {
+		t.Fatal(err)
+	}
+	p.do(chromedp.Reload())
+	p.waitFor("the note", `document.querySelector("#job-state").textContent === "canceled" &&
+		document.querySelector("#history-note").textContent === "This job's events are no longer kept; the state above is from its record."`)
+	if n := eval[int](p, `document.querySelectorAll("#timeline li").length`); n != 0 {
+		t.Errorf("%d timeline entries without events", n)
+	}
 	p.checkNoExceptions()
 }

@@ -586,6 +586,13 @@ async function main() {
   // No position: the whole retained history, then live events.
   ts.subscribe("job:" + id, {
     onEvent,
+    onSubscribed(info) {
+      // An empty log for a job that exists: its events expired (they are
+      // kept for a while after the job), the record outlived them.
+      if (info.last_seq === 0 && !firstSeq && $("#history-note").hidden) {
+        historyNote("This job's events are no longer kept; the state above is from its record.");
+      }
+    },
     onReset(info) {
       // The server lost what this page had seen (or the log was replaced):
       // say so, reload the job, and rebuild from what is left.
