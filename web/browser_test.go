@@ -1,6 +1,7 @@
 package web
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -55,6 +56,7 @@ type pageOptions struct {
 	cookies       []*http.Cookie // set for the server's origin before the page opens (a signed-in session)
 	noWebSocket   bool           // the page sees no WebSocket: the client falls back to SSE
 	noEventSource bool           // ... and no EventSource: long-poll
+	url           string         // the server's address as the browser reaches it; default e.http.URL
 }
 
 // browserPage is one tab of a fresh headless Chromium, on the page of e.
@@ -136,7 +138,7 @@ func openPage(t *testing.T, e *testEnv, o pageOptions) *browserPage {
 	}
 	for _, c := range o.cookies {
 		p.do(chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			_, err := cdp.Call(ctx, tg, network.SetCookie, network.SetCookieParams{Name: c.Name, Value: c.Value, URL: e.http.URL})
+			_, err := cdp.Call(ctx, tg, network.SetCookie, network.SetCookieParams{Name: c.Name, Value: c.Value, URL: cmp.Or(o.url, e.http.URL)})
 			return err
 		}))
 	}
@@ -148,7 +150,7 @@ func openPage(t *testing.T, e *testEnv, o pageOptions) *browserPage {
 	}
 	p.do(
 		chromedp.EmulateViewport(o.width, o.height),
-		chromedp.Navigate(e.http.URL+o.path),
+		chromedp.Navigate(cmp.Or(o.url, e.http.URL)+o.path),
 		chromedp.WaitReady(chromedp.CSS(o.ready)),
 	)
 	return p

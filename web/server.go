@@ -239,6 +239,7 @@ func (s *Server) routes() chi.Router {
 		r.Get("/", s.handleIndex)
 		r.Get("/chat/{room}", s.handleChatPage)
 		r.Get("/dashboard", s.handleDashboardPage)
+		r.Get("/jobs/{id}", s.handleJobPage)
 		r.Get("/ws", s.handleSocket)
 	})
 	r.Route("/api", func(r chi.Router) {

@@ -38,6 +38,7 @@ const (
 
 	// user groups.
 	EventNotification = "notification" // {"title","body"?,"link"?}
+	EventSubmitted    = "submitted"    // the job object: the user submitted a job (any tab, any program)
 
 	// the dashboard group.
 	EventStats = "stats"

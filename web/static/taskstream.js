@@ -88,7 +88,7 @@
 
 // Event names of docs/protocol.md; SSE listeners are registered for these.
 const KNOWN_EVENTS = ["state", "progress", "log", "result", "failed", "message", "join", "leave", "rename",
-  "presence", "notification", "stats"];
+  "presence", "notification", "submitted", "stats"];
 
 // Error codes after which a group is worth asking for again.
 const TRANSIENT = new Set(["unavailable", "internal", "rate_limited"]);
