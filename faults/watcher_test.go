@@ -443,8 +443,10 @@ func (w *watcher) handle(ws *websocket.Conn, conn int, f frame) {
 		} else {
 			// A history that starts past seq 1 (trimmed) is no gap; the
 			// ledger checks where a job's history starts.
+			// Progress events a slow socket was told it skipped
+			// (conflation, docs/protocol.md) are no gap either.
 			if f.Seq > g.last+1 && len(s.events) > 0 {
-				s.gaps += f.Seq - g.last - 1
+				s.gaps += max(f.Seq-g.last-1-int64(f.Skipped), 0)
 			}
 			g.last = f.Seq
 		}

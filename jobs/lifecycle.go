@@ -207,6 +207,7 @@ local lost = 0
 if f[6] and f[4] == 'active' then lost = 1 end
 local n = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'state', 'active', 'left', ARGV[2], 'hb', now, 'updated_at', now, 'task', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'started_at', now)
 return {'ok', n, tonumber(f[5] or '0'), lost, reopened, now}
 `)
 

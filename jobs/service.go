@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -145,26 +146,30 @@ func (c Config) withDefaults() Config {
 // the events it publishes, and the reconciler keeps in line with Asynq),
 // progress from the last progress event.
 type Job struct {
-	ID          string             `json:"id"`
-	Owner       string             `json:"owner"`
-	Type        string             `json:"type"`
-	State       string             `json:"state"`
-	Params      json.RawMessage    `json:"params"`
-	Progress    *progress.Progress `json:"progress"`
-	Result      json.RawMessage    `json:"result"`
-	Error       *string            `json:"error"`
-	Attempt     int                `json:"attempt"`
-	Queue       string             `json:"queue"`     // the type's queue it went to
-	Priority    string             `json:"priority"`  // high, normal or low
-	Timeout     string             `json:"timeout"`   // bound of one run, a Go duration
-	MaxRetry    int                `json:"max_retry"` // retries of a failed run
-	RunAt       *time.Time         `json:"run_at"`    // when a scheduled job runs; null: at once
-	Schedule    string             `json:"schedule,omitempty"`
-	CreatedAt   time.Time          `json:"created_at"`
-	UpdatedAt   time.Time          `json:"updated_at"`
-	LastSeq     int64              `json:"last_seq"`
-	Epoch       string             `json:"epoch"`
-	HasArtifact bool               `json:"-"`
+	ID        string             `json:"id"`
+	Owner     string             `json:"owner"`
+	Type      string             `json:"type"`
+	State     string             `json:"state"`
+	Params    json.RawMessage    `json:"params"`
+	Progress  *progress.Progress `json:"progress"`
+	Result    json.RawMessage    `json:"result"`
+	Error     *string            `json:"error"`
+	Attempt   int                `json:"attempt"`
+	Queue     string             `json:"queue"`     // the type's queue it went to
+	Priority  string             `json:"priority"`  // high, normal or low
+	Timeout   string             `json:"timeout"`   // bound of one run, a Go duration
+	MaxRetry  int                `json:"max_retry"` // retries of a failed run
+	RunAt     *time.Time         `json:"run_at"`    // when a scheduled job runs; null: at once
+	Schedule  string             `json:"schedule,omitempty"`
+	CreatedAt time.Time          `json:"created_at"`
+	UpdatedAt time.Time          `json:"updated_at"`
+	// StartedAt is when the job's first attempt started, null before.
+	StartedAt *time.Time `json:"started_at"`
+	// FinishedAt is when the job reached its final state, null before.
+	FinishedAt  *time.Time `json:"finished_at"`
+	LastSeq     int64      `json:"last_seq"`
+	Epoch       string     `json:"epoch"`
+	HasArtifact bool       `json:"-"`
 }
 
 // Service submits, inspects and cancels jobs. It is what the API uses; it
@@ -297,7 +302,16 @@ func (s *Service) SubmitRequest(ctx context.Context, owner string, req Request) 
 		}
 	}
 	j, err := s.Get(ctx, rec.ID)
-	return j, false, err
+	if err != nil {
+		return nil, false, err
+	}
+	// Every tab and program watching the owner's group sees the new job,
+	// wherever it was submitted. The job exists either way: a lost event
+	// only means those pages show it on their next load.
+	if _, err := s.log.Publish(ctx, progress.UserGroup(owner), wire.EventSubmitted, j); err != nil {
+		s.cfg.Logger.Warn("job submitted, but its event on the owner's group was lost", "job", j.ID, "owner", owner, "err", err)
+	}
+	return j, false, nil
 }
 
 // checkIdempotencyKey checks an Idempotency-Key header's value.
@@ -426,8 +440,13 @@ func (s *Service) Get(ctx context.Context, id string) (*Job, error) {
 	if j.Attempt == 0 {
 		j.Attempt = 1 // not run yet: waiting for its first attempt
 	}
-	if rec.Error != "" {
+	// A completed job has no error: one kept from a failed earlier attempt
+	// stays in the job's events, not in its state.
+	if rec.Error != "" && j.State != StateCompleted {
 		j.Error = &rec.Error
+	}
+	if !rec.StartedAt.IsZero() {
+		j.StartedAt = &rec.StartedAt
 	}
 	if len(rec.Result) > 0 {
 		j.Result = rec.Result
@@ -449,30 +468,128 @@ func (s *Service) Get(ctx context.Context, id string) (*Job, error) {
 		}
 		j.Progress = &p
 	}
+	if Terminal(j.State) {
+		// The final transition is the record's last update, and the job's
+		// last event is its end.
+		end := j.UpdatedAt
+		j.FinishedAt = &end
+	}
 	return j, nil
 }
 
 // List returns up to limit of owner's jobs, newest first.
 func (s *Service) List(ctx context.Context, owner string, limit int) ([]*Job, error) {
-	if limit <= 0 {
-		limit = 100
-	}
-	ids, err := s.store.list(ctx, owner, int64(limit))
+	page, err := s.ListPage(ctx, owner, ListQuery{Limit: limit})
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*Job, 0, len(ids))
-	for _, id := range ids {
-		j, err := s.Get(ctx, id)
-		if errors.Is(err, ErrNotFound) {
-			continue // expired between the index read and now
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, j)
+	return page.Jobs, nil
+}
+
+// ErrBadCursor is returned by ListPage for a Before it did not make.
+var ErrBadCursor = errors.New("jobs: malformed list cursor")
+
+// ListQuery selects a page of an owner's jobs, newest first.
+type ListQuery struct {
+	// State and Type keep only the jobs in that state or of that type;
+	// "" keeps all.
+	State, Type string
+	// Before is a ListPage.Next: the page starts after the job it names.
+	// "" starts at the newest job.
+	Before string
+	// Limit is the most jobs a page holds. Default 100.
+	Limit int
+	// Scan bounds how many jobs one call reads to fill a filtered page,
+	// so a rare state cannot make one request read every job; a page cut
+	// short by it has fewer than Limit jobs and a Next. Default 10 × Limit,
+	// at least 1000.
+	Scan int
+}
+
+// ListPage is one page of jobs and the cursor of the next.
+type ListPage struct {
+	Jobs []*Job
+	// Next is the Before of the next page; "" when there are no more jobs.
+	Next string
+}
+
+// ListPage returns a page of owner's jobs, newest first, filtered by q.
+// Errors: ErrBadCursor, or an infrastructure error.
+func (s *Service) ListPage(ctx context.Context, owner string, q ListQuery) (ListPage, error) {
+	if q.Limit <= 0 {
+		q.Limit = 100
 	}
-	return out, nil
+	if q.Scan <= 0 {
+		q.Scan = max(10*q.Limit, 1000)
+	}
+	score, after := int64(-1), ""
+	if q.Before != "" {
+		e, err := parseCursor(q.Before)
+		if err != nil {
+			return ListPage{}, err
+		}
+		score, after = e.score, e.id
+	}
+	if err := s.store.trim(ctx, owner); err != nil {
+		return ListPage{}, err
+	}
+	filtered := q.State != "" || q.Type != ""
+	var page ListPage
+	scanned := 0
+	for len(page.Jobs) < q.Limit && scanned < q.Scan {
+		// Unfiltered, one more than asked tells whether a next page exists.
+		want := int64(q.Limit - len(page.Jobs) + 1)
+		if filtered {
+			want = int64(min(max(q.Limit, 50), q.Scan-scanned))
+		}
+		entries, err := s.store.page(ctx, owner, score, after, want)
+		if err != nil {
+			return ListPage{}, err
+		}
+		if len(entries) == 0 {
+			return page, nil
+		}
+		for i, e := range entries {
+			if len(page.Jobs) == q.Limit {
+				// Another entry exists beyond the page.
+				page.Next = cursor(entries[i-1])
+				return page, nil
+			}
+			scanned++
+			score, after = e.score, e.id
+			j, err := s.Get(ctx, e.id)
+			if errors.Is(err, ErrNotFound) {
+				continue // expired between the index read and now
+			}
+			if err != nil {
+				return ListPage{}, err
+			}
+			if (q.State == "" || j.State == q.State) && (q.Type == "" || j.Type == q.Type) {
+				page.Jobs = append(page.Jobs, j)
+			}
+		}
+		if int64(len(entries)) < want {
+			return page, nil // the index is exhausted
+		}
+	}
+	// Full, or the scan bound was reached: more jobs may follow.
+	page.Next = cursor(indexEntry{id: after, score: score})
+	return page, nil
+}
+
+// cursor is the opaque form of a list position: "SCORE-ID", the index
+// entry's score (creation time, µs) and the job id.
+func cursor(e indexEntry) string { return strconv.FormatInt(e.score, 10) + "-" + e.id }
+
+// parseCursor reads a cursor made by cursor; anything else (it comes from
+// clients) is ErrBadCursor.
+func parseCursor(s string) (indexEntry, error) {
+	n, id, ok := strings.Cut(s, "-")
+	v, err := strconv.ParseInt(n, 10, 64)
+	if !ok || err != nil || v < 0 || id == "" || strconv.FormatInt(v, 10) != n {
+		return indexEntry{}, fmt.Errorf("%w: %q", ErrBadCursor, s)
+	}
+	return indexEntry{id: id, score: v}, nil
 }
 
 // Cancel stops job id: a queued job is deleted from the queue and ends
@@ -516,14 +633,6 @@ func (s *Service) Transfer(ctx context.Context, from, to string) (int, error) {
 
 // FinalEvent reports whether an event of a job's group is the job's last
 // one: "result", "failed", or a "state" event whose state is canceled.
-// Streams that follow one job end after it.
-func FinalEvent(name string, data json.RawMessage) bool {
-	switch name {
-	case wire.EventResult, wire.EventFailed:
-		return true
-	case wire.EventState:
-		var s stateEvent
-		return json.Unmarshal(data, &s) == nil && s.State == StateCanceled
-	}
-	return false
-}
+// Streams that follow one job end after it. The rule is the protocol's
+// (wire.FinalJobEvent), so clients apply the same one.
+func FinalEvent(name string, data json.RawMessage) bool { return wire.FinalJobEvent(name, data) }

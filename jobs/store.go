@@ -89,6 +89,9 @@ type record struct {
 	Final     string
 	CreatedAt time.Time
 	UpdatedAt time.Time
+	// StartedAt is when the job's first run started (Redis time); zero
+	// before, and for records written before it was kept.
+	StartedAt time.Time
 
 	// Task is the Asynq task id of the job's current run: the job id for
 	// the first, "ID.N" for the N-th task made after a lost worker. Only
@@ -169,6 +172,9 @@ func (s *store) get(ctx context.Context, id string) (*record, error) {
 		State: m["state"], Error: m["error"], Canceled: m["canceled"] == "1", Final: m["final"],
 		CreatedAt: millis(m["created_at"]), UpdatedAt: millis(m["updated_at"]),
 	}
+	if v := m["started_at"]; v != "" {
+		r.StartedAt = millis(v)
+	}
 	r.Attempt, _ = strconv.Atoi(m["attempt"])
 	if ms, err := strconv.ParseInt(m["timeout_ms"], 10, 64); err == nil {
 		r.Timeout = time.Duration(ms) * time.Millisecond
@@ -202,18 +208,56 @@ func millis(s string) time.Time {
 	return time.UnixMilli(n).UTC()
 }
 
-// list returns owner's job ids, newest first, dropping index entries
-// whose record has expired.
-func (s *store) list(ctx context.Context, owner string, limit int64) ([]string, error) {
+// trim drops owner's index entries whose record has expired.
+func (s *store) trim(ctx context.Context, owner string) error {
 	cutoff := time.Now().Add(-s.retention).UnixMicro()
 	if err := s.rdb.ZRemRangeByScore(ctx, s.indexKey(owner), "-inf", "("+strconv.FormatInt(cutoff, 10)).Err(); err != nil {
-		return nil, fmt.Errorf("jobs: trim index: %w", err)
+		return fmt.Errorf("jobs: trim index: %w", err)
 	}
-	ids, err := s.rdb.ZRevRange(ctx, s.indexKey(owner), 0, limit-1).Result()
-	if err != nil {
-		return nil, fmt.Errorf("jobs: list: %w", err)
+	return nil
+}
+
+// indexEntry is one job in an owner's index: its id and its score, the
+// creation time in microseconds.
+type indexEntry struct {
+	id    string
+	score int64
+}
+
+// page returns up to n of owner's index entries, newest first, that come
+// after (are older than) the entry (score, id); score < 0 starts at the
+// newest. Entries of equal score are ordered by id, descending, as
+// ZREVRANGEBYSCORE orders them, so a cursor never skips or repeats one.
+func (s *store) page(ctx context.Context, owner string, score int64, id string, n int64) ([]indexEntry, error) {
+	max := "+inf"
+	if score >= 0 {
+		max = strconv.FormatInt(score, 10)
 	}
-	return ids, nil
+	var out []indexEntry
+	offset := int64(0)
+	for int64(len(out)) < n {
+		zs, err := s.rdb.ZRevRangeByScoreWithScores(ctx, s.indexKey(owner), &redis.ZRangeBy{
+			Max: max, Min: "-inf", Offset: offset, Count: n,
+		}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("jobs: list: %w", err)
+		}
+		for _, z := range zs {
+			e := indexEntry{id: z.Member.(string), score: int64(z.Score)}
+			if score >= 0 && e.score == score && e.id >= id {
+				continue // at or before the cursor
+			}
+			out = append(out, e)
+		}
+		if int64(len(zs)) < n {
+			break
+		}
+		offset += int64(len(zs))
+	}
+	if int64(len(out)) > n {
+		out = out[:n]
+	}
+	return out, nil
 }
 
 // transfer gives every job of from to to: the records' owner and the

@@ -32,27 +32,46 @@ type Event struct {
 // encoded once and shared: fan-out to many sockets costs one encoding per
 // process, not one per socket. Callers must not modify the returned slice.
 func (e *Event) Frame() []byte {
-	e.frameOnce.Do(func() {
-		data := e.Data
-		if len(data) == 0 {
-			data = json.RawMessage("null")
-		}
-		f := wire.EventFrame{
-			Type: wire.TypeEvent, Group: e.Group, Seq: e.Seq, Epoch: e.Epoch,
-			Event: e.Name, Data: data, TS: e.Time.UTC().Format(time.RFC3339Nano),
-		}
-		b, err := json.Marshal(f)
-		if err != nil {
-			// Data was validated as JSON when it was published or read, so
-			// this cannot happen; keep the frame well-formed regardless
-			// (JSON-escaped strings, unlike Go's %q, so control characters
-			// cannot break it).
-			f.Data = json.RawMessage("null")
-			b, _ = json.Marshal(f)
-		}
-		e.frame = b
-	})
+	e.frameOnce.Do(func() { e.frame = e.encodeFrame() })
 	return e.frame
+}
+
+// FrameSkipped returns the event's frame with "skipped": n, for a socket
+// that is sent this event in place of n earlier ones it fell behind on
+// (wire.EventFrame.Skipped). It is the shared frame with the field added
+// at its end, where encoding wire.EventFrame puts it: a copy per call,
+// no encoding.
+func (e *Event) FrameSkipped(n int) []byte {
+	f := e.Frame()
+	if n == 0 {
+		return f
+	}
+	b := make([]byte, 0, len(f)+len(`,"skipped":}`)+20)
+	b = append(b, f[:len(f)-1]...)
+	b = append(b, `,"skipped":`...)
+	b = strconv.AppendInt(b, int64(n), 10)
+	return append(b, '}')
+}
+
+func (e *Event) encodeFrame() []byte {
+	data := e.Data
+	if len(data) == 0 {
+		data = json.RawMessage("null")
+	}
+	f := wire.EventFrame{
+		Type: wire.TypeEvent, Group: e.Group, Seq: e.Seq, Epoch: e.Epoch,
+		Event: e.Name, Data: data, TS: e.Time.UTC().Format(time.RFC3339Nano),
+	}
+	b, err := json.Marshal(f)
+	if err != nil {
+		// Data was validated as JSON when it was published or read, so
+		// this cannot happen; keep the frame well-formed regardless
+		// (JSON-escaped strings, unlike Go's %q, so control characters
+		// cannot break it).
+		f.Data = json.RawMessage("null")
+		b, _ = json.Marshal(f)
+	}
+	return b
 }
 
 // MarshalJSON encodes the event as its protocol frame.

@@ -254,3 +254,22 @@ func TestValidNames(t *testing.T) {
 		}
 	}
 }
+
+// FrameSkipped is the frame encoding wire.EventFrame with Skipped gives,
+// and the shared frame when nothing was skipped.
+func TestEventFrameSkipped(t *testing.T) {
+	ev := &Event{Group: "job:1", Seq: 9, Epoch: "ab", Name: "progress", Data: json.RawMessage(`{"done":3,"s":"}"}`), Time: time.Unix(1, 0)}
+	for _, n := range []int{0, 1, 7, 123456} {
+		want, err := json.Marshal(wire.EventFrame{Type: wire.TypeEvent, Group: ev.Group, Seq: ev.Seq, Epoch: ev.Epoch,
+			Event: ev.Name, Data: ev.Data, TS: ev.Time.UTC().Format(time.RFC3339Nano), Skipped: n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := ev.FrameSkipped(n); string(got) != string(want) {
+			t.Errorf("FrameSkipped(%d) = %s, want %s", n, got, want)
+		}
+	}
+	if string(ev.Frame()) == string(ev.FrameSkipped(2)) || strings.Contains(string(ev.Frame()), "skipped") {
+		t.Error("FrameSkipped changed the shared frame")
+	}
+}

@@ -90,7 +90,8 @@ var ErrClosed = errors.New("progress: hub is shut down")
 
 // Hub fans a process's share of group events out to local subscribers.
 //
-// It holds one Redis pub/sub connection for the whole process and one
+// It holds one Redis pub/sub connection for the whole process (on a Redis
+// Cluster, one per shard: see Log's sharded pub/sub) and one
 // subscription per group that has at least one local subscriber; the
 // subscription is released when the last local subscriber leaves. Every
 // (re)subscription confirmed by Redis, including the automatic
@@ -104,17 +105,21 @@ var ErrClosed = errors.New("progress: hub is shut down")
 //
 // A Hub is safe for concurrent use. Shutdown stops it; it is idempotent.
 type Hub struct {
-	log    *Log
-	rdb    redis.UniversalClient
-	ps     *redis.PubSub
-	cfg    HubConfig
-	logger *slog.Logger
+	log     *Log
+	rdb     redis.UniversalClient
+	cluster *redis.ClusterClient // set when the log uses sharded pub/sub
+	cfg     HubConfig
+	logger  *slog.Logger
 
-	mu      sync.Mutex
-	groups  map[string]*group
-	closed  bool
-	conn    connState // of the pub/sub connection
-	connErr error     // why it is down
+	mu     sync.Mutex
+	groups map[string]*group
+	closed bool
+	// feeds are the pub/sub connections: the one plain feed under "", or
+	// one per cluster shard under its master's address.
+	feeds map[string]*feed
+	// discover asks the control loop to (re)learn the cluster's masters,
+	// so every shard has a feed (and readiness covers every shard).
+	discover bool
 
 	// delivered counts events handed to subscribers, by group kind, since
 	// NewHub; a group holds its kind's counter so delivery costs one
@@ -130,28 +135,70 @@ type Hub struct {
 	stopped chan struct{} // closed when wg is done; set by the first Shutdown
 }
 
+// feed is one pub/sub connection and the goroutine that reads it. Plain
+// pub/sub needs one per process. Sharded pub/sub needs one per shard: a
+// shard channel can only be subscribed on the master that holds its
+// slot, and one SSUBSCRIBE may only name channels of one slot.
+type feed struct {
+	addr   string        // the shard's master address; "" for plain pub/sub
+	node   *redis.Client // sharded: the shard's client, to open a fresh connection
+	ctx    context.Context
+	cancel context.CancelFunc // stops its receive loop (shard no longer a master)
+
+	// guarded by hub.mu
+	ps      *redis.PubSub // replaced by the receive loop after a sharded connection fails
+	conn    connState
+	connErr error // why it is down
+}
+
 // NewHub starts a hub that reads log's groups through rdb. Call Shutdown to
-// stop its goroutines.
+// stop its goroutines. When log uses sharded pub/sub (a Redis Cluster),
+// the hub subscribes each group on its shard.
 func NewHub(rdb redis.UniversalClient, log *Log, cfg HubConfig) *Hub {
 	cfg = cfg.withDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Hub{
 		log:     log,
 		rdb:     rdb,
-		ps:      rdb.Subscribe(ctx),
 		cfg:     cfg,
 		logger:  cfg.Logger.With("component", "hub"),
 		groups:  make(map[string]*group),
+		feeds:   make(map[string]*feed),
 		ctlWake: make(chan struct{}, 1),
 
 		delivered: make(map[string]*atomic.Uint64),
 		ctx:       ctx,
 		cancel:    cancel,
 	}
-	h.wg.Add(2)
-	go func() { defer h.wg.Done(); h.receiveLoop() }()
+	if log.sharded {
+		h.cluster, _ = log.rdb.(*redis.ClusterClient)
+		h.discover = true
+		h.wakeControl()
+	} else {
+		h.mu.Lock()
+		h.addFeed("", nil, rdb.Subscribe(ctx))
+		h.mu.Unlock()
+	}
+	h.wg.Add(1)
 	go func() { defer h.wg.Done(); h.controlLoop() }()
 	return h
+}
+
+// addFeed starts a feed on ps. Called with h.mu held.
+func (h *Hub) addFeed(addr string, node *redis.Client, ps *redis.PubSub) *feed {
+	ctx, cancel := context.WithCancel(h.ctx)
+	f := &feed{addr: addr, node: node, ctx: ctx, cancel: cancel, ps: ps}
+	h.feeds[addr] = f
+	h.wg.Add(1)
+	go func() { defer h.wg.Done(); h.receiveLoop(f) }()
+	return f
+}
+
+// dropFeed stops a shard's feed. Called with h.mu held.
+func (h *Hub) dropFeed(f *feed) {
+	delete(h.feeds, f.addr)
+	f.cancel()
+	_ = f.ps.Close()
 }
 
 // Shutdown stops the hub: no new subscriptions, the Redis subscription is
@@ -161,9 +208,15 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	h.stop.Do(func() {
 		h.mu.Lock()
 		h.closed = true
+		var conns []*redis.PubSub
+		for _, f := range h.feeds {
+			conns = append(conns, f.ps)
+		}
 		h.mu.Unlock()
-		h.cancel()
-		_ = h.ps.Close()
+		h.cancel() // first, so the receive loops take the closed connections for the end
+		for _, ps := range conns {
+			_ = ps.Close()
+		}
 		h.stopped = make(chan struct{})
 		go func() { h.wg.Wait(); close(h.stopped) }()
 	})
@@ -265,10 +318,10 @@ func (h *Hub) Subscribe(group string, after int64, epoch string, sink Sink) (*Su
 	if h.closed {
 		return nil, ErrClosed
 	}
-	if h.conn == connDown {
+	if err := h.allDown(); err != nil {
 		// Nothing can be read or confirmed until the connection is back:
 		// say so now rather than after AnswerTimeout.
-		return nil, fmt.Errorf("%w: the pub/sub connection is down (%s)", ErrUnavailable, Cause(h.connErr))
+		return nil, err
 	}
 	g := h.groups[group]
 	if g == nil {
@@ -295,13 +348,14 @@ func (h *Hub) wakeControl() {
 	}
 }
 
-// controlLoop issues SUBSCRIBE and UNSUBSCRIBE from one goroutine, so their
-// order on the wire follows the order of group changes, and no lock is held
-// during network I/O. A new group always gets its own SUBSCRIBE, even when
-// the channel is still subscribed from an earlier group of the same name:
-// its confirmation is what starts the group's first read.
+// controlLoop issues SUBSCRIBE and UNSUBSCRIBE (SSUBSCRIBE and
+// SUNSUBSCRIBE on a cluster) from one goroutine, so their order on the
+// wire follows the order of group changes, and no lock is held during
+// network I/O. A new group always gets its own SUBSCRIBE, even when the
+// channel is still subscribed from an earlier group of the same name: its
+// confirmation is what starts the group's first read.
 func (h *Hub) controlLoop() {
-	subscribed := make(map[string]bool)
+	subscribed := make(map[string]*feed) // the feed each group was subscribed on
 	var retry <-chan time.Time
 	backoff := 50 * time.Millisecond
 	for {
@@ -312,51 +366,216 @@ func (h *Hub) controlLoop() {
 		case <-retry:
 		}
 		retry = nil
-		var add, remove, added []string
+		if err := h.place(); err != nil {
+			if h.ctx.Err() != nil {
+				return
+			}
+			h.logger.Warn("cannot learn the cluster's shards; retrying", "err", err)
+			retry = time.After(backoff)
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		type change struct {
+			f     *feed
+			ps    *redis.PubSub
+			chans []string
+			names []string
+		}
+		var add, remove []change
+		batch := func(list []change, f *feed, ch, name string) []change {
+			for i := range list {
+				if list[i].f == f {
+					list[i].chans = append(list[i].chans, ch)
+					list[i].names = append(list[i].names, name)
+					return list
+				}
+			}
+			return append(list, change{f: f, ps: f.ps, chans: []string{ch}, names: []string{name}})
+		}
 		h.mu.Lock()
-		for name := range subscribed {
+		for name, f := range subscribed {
 			if h.groups[name] == nil {
-				remove = append(remove, h.log.Channel(name))
+				remove = batch(remove, f, h.log.Channel(name), name)
 				delete(subscribed, name)
 			}
 		}
 		for name, g := range h.groups {
-			if !g.requested {
+			if !g.requested && g.feed != nil {
 				g.requested = true
-				subscribed[name] = true
-				add = append(add, h.log.Channel(name))
-				added = append(added, name)
+				subscribed[name] = g.feed
+				add = batch(add, g.feed, h.log.Channel(name), name)
 			}
 		}
 		h.mu.Unlock()
 		// go-redis removes channels from its set before UNSUBSCRIBE, so a
 		// failed one is not restored by the reconnect: it heals by itself.
-		if len(remove) > 0 {
-			if err := h.ps.Unsubscribe(h.ctx, remove...); err != nil && h.ctx.Err() == nil {
-				h.logger.Warn("unsubscribe failed; will apply on reconnect", "channels", len(remove), "err", err)
+		for _, c := range remove {
+			if err := h.unsubscribe(c.ps, c.chans); err != nil && h.ctx.Err() == nil {
+				h.logger.Warn("unsubscribe failed; will apply on reconnect", "channels", len(c.chans), "err", err)
 			}
 		}
-		if len(add) > 0 {
-			if err := h.ps.Subscribe(h.ctx, add...); err != nil && h.ctx.Err() == nil {
+		failed := false
+		for _, c := range add {
+			if err := h.subscribe(c.ps, c.chans); err != nil && h.ctx.Err() == nil {
 				// When the write fails, go-redis redials at once, inside
 				// Subscribe, with the channel set it had before these were
 				// added: the new connection lacks them. Issue them again
 				// (a redundant SUBSCRIBE only costs a catch-up read).
-				h.logger.Warn("subscribe failed; retrying", "channels", len(add), "err", err)
+				h.logger.Warn("subscribe failed; retrying", "channels", len(c.chans), "shard", c.f.addr, "err", err)
 				h.mu.Lock()
-				for _, name := range added {
+				for _, name := range c.names {
 					if g := h.groups[name]; g != nil {
 						g.requested = false
 					}
 				}
 				h.mu.Unlock()
-				retry = time.After(backoff)
-				backoff = min(backoff*2, 5*time.Second)
-				continue
+				failed = true
 			}
+		}
+		if failed {
+			retry = time.After(backoff)
+			backoff = min(backoff*2, 5*time.Second)
+			continue
 		}
 		backoff = 50 * time.Millisecond
 	}
+}
+
+// subscribe subscribes ps to chans: one SUBSCRIBE, or on a cluster one
+// SSUBSCRIBE per channel (one command may only name channels of one slot,
+// and every group has a slot of its own).
+func (h *Hub) subscribe(ps *redis.PubSub, chans []string) error {
+	if h.cluster == nil {
+		return ps.Subscribe(h.ctx, chans...)
+	}
+	for _, ch := range chans {
+		if err := ps.SSubscribe(h.ctx, ch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unsubscribe is subscribe's reverse.
+func (h *Hub) unsubscribe(ps *redis.PubSub, chans []string) error {
+	if h.cluster == nil {
+		return ps.Unsubscribe(h.ctx, chans...)
+	}
+	for _, ch := range chans {
+		if err := ps.SUnsubscribe(h.ctx, ch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// place gives every group that is not subscribed yet the feed it is to
+// be subscribed on: the one plain feed, or on a cluster the feed of the
+// master that holds the group's slot, started when missing. When asked
+// to (at start and after a shard failed) it first learns the cluster's
+// masters, so each has a feed, and stops the feeds of addresses that are
+// no longer masters once no group uses them.
+func (h *Hub) place() error {
+	if h.cluster == nil {
+		return nil // newGroup gave every group the plain feed
+	}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	discover := h.discover
+	var pending []string
+	for name, g := range h.groups {
+		if g.feed == nil {
+			pending = append(pending, name)
+		}
+	}
+	h.mu.Unlock()
+	if discover {
+		var mu sync.Mutex
+		masters := map[string]*redis.Client{}
+		err := h.cluster.ForEachMaster(h.ctx, func(_ context.Context, c *redis.Client) error {
+			mu.Lock()
+			masters[c.Options().Addr] = c
+			mu.Unlock()
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("progress: cluster masters: %w", err)
+		}
+		h.mu.Lock()
+		if h.closed {
+			h.mu.Unlock()
+			return nil
+		}
+		h.discover = false
+		for addr, c := range masters {
+			if h.feeds[addr] == nil {
+				h.addFeed(addr, c, c.SSubscribe(h.ctx))
+			}
+		}
+		used := map[*feed]bool{}
+		for _, g := range h.groups {
+			used[g.feed] = true
+		}
+		for addr, f := range h.feeds {
+			if masters[addr] == nil && !used[f] {
+				h.dropFeed(f)
+			}
+		}
+		h.mu.Unlock()
+	}
+	for _, name := range pending {
+		node, err := h.cluster.MasterForKey(h.ctx, h.log.Channel(name))
+		if err != nil {
+			return fmt.Errorf("progress: the shard of %s: %w", name, err)
+		}
+		addr := node.Options().Addr
+		h.mu.Lock()
+		if h.closed {
+			h.mu.Unlock()
+			return nil
+		}
+		f := h.feeds[addr]
+		if f == nil {
+			f = h.addFeed(addr, node, node.SSubscribe(h.ctx))
+		}
+		if g := h.groups[name]; g != nil && g.feed == nil {
+			g.feed = f
+		}
+		h.mu.Unlock()
+	}
+	return nil
+}
+
+// reset replaces a shard's failed connection with a fresh one and has the
+// control loop place and subscribe its groups again, one channel at a
+// time, each confirmation bringing its group up to date from the log.
+// go-redis would resubscribe every channel in one SSUBSCRIBE, which a
+// cluster refuses unless all share a slot, and a shard that failed over
+// may not hold those slots any more. It returns the new connection.
+func (h *Hub) reset(f *feed) *redis.PubSub {
+	h.cluster.ReloadState(h.ctx)
+	h.mu.Lock()
+	if h.closed {
+		// Shutdown closes the connections it found: open no other.
+		defer h.mu.Unlock()
+		return f.ps
+	}
+	old := f.ps
+	f.ps = f.node.SSubscribe(f.ctx)
+	ps := f.ps
+	for _, g := range h.groups {
+		if g.feed == f {
+			g.feed, g.requested = nil, false
+		}
+	}
+	h.discover = true
+	h.mu.Unlock()
+	_ = old.Close()
+	h.wakeControl()
+	return ps
 }
 
 // connState is the state of the hub's pub/sub connection.
@@ -370,11 +589,24 @@ const (
 
 // Ready reports whether the hub can serve subscribers: Redis answers a
 // PING (within ctx and the client's timeouts) and the hub's pub/sub
-// connection is up. Its errors wrap ErrUnavailable (or ErrClosed after
-// Shutdown) and say why in a few address-free words.
+// connection is up (on a cluster: every shard's). Its errors wrap
+// ErrUnavailable (or ErrClosed after Shutdown) and say why in a few
+// address-free words.
 func (h *Hub) Ready(ctx context.Context) error {
 	h.mu.Lock()
-	closed, conn, connErr := h.closed, h.conn, h.connErr
+	closed := h.closed
+	var pending, down int
+	var downErr error
+	for _, f := range h.feeds {
+		switch f.conn {
+		case connPending:
+			pending++
+		case connDown:
+			down++
+			downErr = f.connErr
+		}
+	}
+	total := len(h.feeds)
 	h.mu.Unlock()
 	if closed {
 		return ErrClosed
@@ -382,44 +614,70 @@ func (h *Hub) Ready(ctx context.Context) error {
 	if err := h.rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("%w: redis does not answer PING (%s)", ErrUnavailable, Cause(err))
 	}
-	switch conn {
-	case connPending:
+	switch {
+	case h.cluster == nil && down > 0:
+		return fmt.Errorf("%w: the pub/sub connection is down (%s)", ErrUnavailable, Cause(downErr))
+	case h.cluster == nil && pending > 0:
 		return fmt.Errorf("%w: the pub/sub connection is not up yet", ErrUnavailable)
-	case connDown:
-		return fmt.Errorf("%w: the pub/sub connection is down (%s)", ErrUnavailable, Cause(connErr))
+	case total == 0:
+		return fmt.Errorf("%w: no shard's pub/sub connection is up yet", ErrUnavailable)
+	case down > 0:
+		return fmt.Errorf("%w: %d of %d shards' pub/sub connections are down (%s)", ErrUnavailable, down, total, Cause(downErr))
+	case pending > 0:
+		return fmt.Errorf("%w: %d of %d shards' pub/sub connections are not up yet", ErrUnavailable, pending, total)
 	}
 	return nil
 }
 
-// connBroken records that the pub/sub connection broke. The hub
-// reconnects at once; only when that fails is Redis unavailable
-// (connDown), so a dropped connection alone (a killed client, a network
-// blip) fails no subscriber.
-func (h *Hub) connBroken(err error) {
+// allDown returns why no subscriber can be served now: the plain feed,
+// or every shard's, is down. nil otherwise (a cluster with one shard down
+// still serves the groups of the others). Called with h.mu held.
+func (h *Hub) allDown() error {
+	var why error
+	for _, f := range h.feeds {
+		if f.conn != connDown {
+			return nil
+		}
+		why = f.connErr
+	}
+	if why == nil {
+		return nil // no feed yet
+	}
+	return fmt.Errorf("%w: the pub/sub connection is down (%s)", ErrUnavailable, Cause(why))
+}
+
+// connBroken records that f's connection broke. The hub reconnects at
+// once; only when that fails is Redis unavailable (connDown), so a
+// dropped connection alone (a killed client, a network blip) fails no
+// subscriber.
+func (h *Hub) connBroken(f *feed, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.conn == connUp {
-		h.logger.Warn("redis subscription lost; reconnecting", "err", err)
-		h.conn, h.connErr = connPending, err
+	if f.conn == connUp {
+		h.logger.Warn("redis subscription lost; reconnecting", "shard", f.addr, "err", err)
+		f.conn, f.connErr = connPending, err
 	}
 }
 
-// connLost records that the pub/sub connection failed and could not be
-// reestablished. On the first failure it tells every subscriber still
-// waiting for its first answer that Redis is unavailable: none can get
-// one before the connection is back. Established subscribers stay: the
-// hub resubscribes and catches them up when it returns.
-func (h *Hub) connLost(err error) {
+// connLost records that f's connection failed and could not be
+// reestablished. On the first failure it tells every subscriber on f
+// still waiting for its first answer that Redis is unavailable: none can
+// get one before the connection is back. Established subscribers stay:
+// the hub resubscribes and catches them up when it returns.
+func (h *Hub) connLost(f *feed, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.connErr = err
-	if h.conn == connDown {
+	f.connErr = err
+	if f.conn == connDown {
 		return
 	}
-	h.conn = connDown
-	h.logger.Warn("redis is unavailable; retrying", "err", err)
+	f.conn = connDown
+	h.logger.Warn("redis is unavailable; retrying", "shard", f.addr, "err", err)
 	failErr := fmt.Errorf("%w: the pub/sub connection was lost (%s)", ErrUnavailable, Cause(err))
 	for _, g := range h.groups {
+		if h.cluster != nil && g.feed != f {
+			continue
+		}
 		g.mu.Lock()
 		for s := range g.subs {
 			if s.initial {
@@ -430,32 +688,36 @@ func (h *Hub) connLost(err error) {
 	}
 }
 
-// connOK records a successful read from the pub/sub connection.
-func (h *Hub) connOK() {
+// connOK records a successful read from f's connection.
+func (h *Hub) connOK(f *feed) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.conn != connUp && h.connErr != nil {
-		h.logger.Info("redis subscription restored")
+	if f.conn != connUp && f.connErr != nil {
+		h.logger.Info("redis subscription restored", "shard", f.addr)
 	}
-	h.conn, h.connErr = connUp, nil
+	f.conn, f.connErr = connUp, nil
 }
 
-func (h *Hub) receiveLoop() {
+// receiveLoop reads f's connection until f or the hub stops.
+func (h *Hub) receiveLoop(f *feed) {
 	const maxBackoff = 5 * time.Second
 	backoff := 50 * time.Millisecond
+	h.mu.Lock()
+	ps := f.ps // only this loop replaces it
+	h.mu.Unlock()
 	// probe: send a PING before the next read. At start and after a
 	// failure it (re)connects at once, and its reply proves the connection
 	// even when no group is subscribed and nothing else would arrive.
 	probe := true
 	pinged := false // a ping is unanswered: the next silence means a dead connection
-	var up bool     // this loop's view of h.conn == connUp, to skip the lock on every message
+	var up bool     // this loop's view of f.conn == connUp, to skip the lock on every message
 	for {
 		var msg any
 		var err error
 		probeFailed := false
 		if probe {
 			probe = false
-			if err = h.ps.Ping(h.ctx); err == nil {
+			if err = ps.Ping(f.ctx); err == nil {
 				pinged = true
 			}
 			probeFailed = err != nil
@@ -466,14 +728,14 @@ func (h *Hub) receiveLoop() {
 				// A deadline from the context (rather than a read timeout)
 				// makes go-redis treat the silence as a broken connection and
 				// redial it, resubscribing every channel.
-				ctx, cancel := context.WithTimeout(h.ctx, h.cfg.PingInterval)
-				msg, err = h.ps.Receive(ctx)
+				ctx, cancel := context.WithTimeout(f.ctx, h.cfg.PingInterval)
+				msg, err = ps.Receive(ctx)
 				cancel()
 			} else {
-				msg, err = h.ps.ReceiveTimeout(h.ctx, h.cfg.PingInterval)
+				msg, err = ps.ReceiveTimeout(f.ctx, h.cfg.PingInterval)
 			}
 		}
-		if h.ctx.Err() != nil {
+		if f.ctx.Err() != nil {
 			return
 		}
 		if err != nil {
@@ -481,7 +743,7 @@ func (h *Hub) receiveLoop() {
 			if !probeFailed && !pinged && errors.As(err, &ne) && ne.Timeout() {
 				// Quiet connection: a ping either proves it alive (its
 				// reply arrives) or, unanswered, marks it broken.
-				_ = h.ps.Ping(h.ctx)
+				_ = ps.Ping(f.ctx)
 				pinged = true
 				continue
 			}
@@ -491,17 +753,24 @@ func (h *Hub) receiveLoop() {
 				// An error reply, e.g. to the resubscription after a reconnect:
 				// the connection is fine but some channels may not be
 				// subscribed. Issue every group's SUBSCRIBE again (a redundant
-				// one only costs a catch-up read).
-				h.logger.Warn("redis refused a subscription; resubscribing", "err", err)
-				h.mu.Lock()
-				for _, g := range h.groups {
-					g.requested = false
+				// one only costs a catch-up read). On a cluster (MOVED,
+				// CROSSSLOT, CLUSTERDOWN) the shard's groups are placed anew
+				// on a fresh connection.
+				h.logger.Warn("redis refused a subscription; resubscribing", "shard", f.addr, "err", err)
+				if h.cluster != nil {
+					ps = h.reset(f)
+					probe = true
+				} else {
+					h.mu.Lock()
+					for _, g := range h.groups {
+						g.requested = false
+					}
+					h.mu.Unlock()
+					h.wakeControl()
 				}
-				h.mu.Unlock()
-				h.wakeControl()
 				if IsUnavailable(err) {
 					// LOADING and the like: connected, but not serving yet.
-					h.connLost(err)
+					h.connLost(f, err)
 					up = false
 				}
 			} else {
@@ -510,9 +779,14 @@ func (h *Hub) receiveLoop() {
 				// one, is redialed.
 				var op *net.OpError
 				if probeFailed && errors.As(err, &op) && op.Op == "dial" {
-					h.connLost(err)
+					h.connLost(f, err)
 				} else {
-					h.connBroken(err)
+					h.connBroken(f, err)
+				}
+				if h.cluster != nil && !probeFailed {
+					// go-redis has redialed with all channels in one
+					// SSUBSCRIBE: start afresh instead.
+					ps = h.reset(f)
 				}
 				wasUp := up
 				up = false
@@ -522,7 +796,7 @@ func (h *Hub) receiveLoop() {
 				}
 			}
 			select {
-			case <-h.ctx.Done():
+			case <-f.ctx.Done():
 				return
 			case <-time.After(backoff):
 			}
@@ -536,18 +810,42 @@ func (h *Hub) receiveLoop() {
 		}
 		pinged = false
 		if !up {
-			h.connOK()
+			h.connOK(f)
 			up = true
 		}
 		backoff = 50 * time.Millisecond
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "subscribe" {
+			switch m.Kind {
+			case "subscribe", "ssubscribe":
 				h.onSubscribed(m.Channel)
+			case "sunsubscribe":
+				h.onShardUnsubscribed(f, m.Channel)
 			}
 		case *redis.Message:
 			h.onMessage(m)
 		}
+	}
+}
+
+// onShardUnsubscribed handles an SUNSUBSCRIBE: the hub's own, for a group
+// that left, or the shard's, when the group's slot moved to another
+// master. A group that is still here is placed and subscribed again.
+func (h *Hub) onShardUnsubscribed(f *feed, channel string) {
+	name, ok := h.log.groupOf(channel)
+	if !ok {
+		return
+	}
+	h.mu.Lock()
+	g := h.groups[name]
+	moved := g != nil && g.feed == f && g.requested
+	if moved {
+		g.feed, g.requested = nil, false
+	}
+	h.mu.Unlock()
+	if moved {
+		h.cluster.ReloadState(h.ctx)
+		h.wakeControl()
 	}
 }
 
@@ -597,7 +895,9 @@ type group struct {
 	name string
 	hub  *Hub
 
-	requested bool // guarded by hub.mu: a SUBSCRIBE was issued for this group
+	// guarded by hub.mu
+	requested bool  // a SUBSCRIBE was issued for this group
+	feed      *feed // the connection it is (to be) subscribed on; nil until placed
 
 	delivered *atomic.Uint64 // the hub's counter for this group's kind
 
@@ -615,6 +915,9 @@ func (h *Hub) newGroup(name string) *group {
 	ctx, cancel := context.WithCancel(h.ctx)
 	g := &group{name: name, hub: h, subs: make(map[*Subscription]struct{}), wake: make(chan struct{}, 1), cancel: cancel,
 		delivered: h.deliveredCounter(name)}
+	if h.cluster == nil {
+		g.feed = h.feeds[""]
+	}
 	h.wg.Add(1)
 	go func() { defer h.wg.Done(); g.syncLoop(ctx) }()
 	return g
@@ -653,7 +956,7 @@ func (g *group) syncLoop(ctx context.Context) {
 			// their place and are caught up once Redis answers. Warn once
 			// per episode, and not at all while the hub already says that
 			// its connection is down.
-			if !failing && g.hub.connState() != connDown {
+			if !failing && !g.hub.feedDown(g) {
 				g.hub.logger.Warn("reading group history failed; retrying", "group", g.name, "err", err)
 			} else {
 				g.hub.logger.Debug("reading group history failed; retrying", "group", g.name, "err", err)
@@ -670,10 +973,11 @@ func (g *group) syncLoop(ctx context.Context) {
 	}
 }
 
-func (h *Hub) connState() connState {
+// feedDown reports whether g's connection is known to be down.
+func (h *Hub) feedDown(g *group) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.conn
+	return g.feed != nil && g.feed.conn == connDown
 }
 
 // sync reads the log once, from the lowest position any subscriber that
@@ -942,4 +1246,18 @@ func (s *Subscription) apply(snap Snapshot, from int64) {
 		// belong to a log created after the read: offer checks their order.
 		s.offer(ev)
 	}
+}
+
+// connState is the state of the plain feed, or connDown when every
+// shard's is down, for tests and diagnostics.
+func (h *Hub) connState() connState {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.allDown() != nil {
+		return connDown
+	}
+	if f := h.feeds[""]; f != nil {
+		return f.conn
+	}
+	return connPending
 }

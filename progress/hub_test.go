@@ -576,7 +576,10 @@ func TestHubCatchupReadWithLiveEvents(t *testing.T) {
 		confirmOn func(t *testing.T, h *Hub, rdb *redis.Client, channel string)
 	}{
 		{"repeated SUBSCRIBE", false, func(t *testing.T, h *Hub, _ *redis.Client, channel string) {
-			if err := h.ps.Subscribe(context.Background(), channel); err != nil {
+			h.mu.Lock()
+			ps := h.feeds[""].ps
+			h.mu.Unlock()
+			if err := ps.Subscribe(context.Background(), channel); err != nil {
 				t.Fatal(err)
 			}
 		}},

@@ -63,14 +63,35 @@ func (c LogConfig) withDefaults() LogConfig {
 // "{group}", so the append script touches a single slot.
 //
 // A Log is safe for concurrent use.
+//
+// On a Redis Cluster (rdb is a *redis.ClusterClient, REDIS_MODE=cluster)
+// the log uses sharded pub/sub (Redis 7): events go out with SPUBLISH on
+// a channel that carries the group's hash tag too, so each event reaches
+// the one shard that holds the group, not every node as a plain PUBLISH
+// does (cluster-wide PUBLISH fan-out would cap what more nodes can carry).
+// Single servers and Sentinel keep PUBLISH.
 type Log struct {
-	rdb redis.UniversalClient
-	cfg LogConfig
+	rdb     redis.UniversalClient
+	cfg     LogConfig
+	sharded bool // sharded pub/sub: rdb is a Cluster client
 }
 
 // NewLog returns a Log on rdb.
 func NewLog(rdb redis.UniversalClient, cfg LogConfig) *Log {
-	return &Log{rdb: rdb, cfg: cfg.withDefaults()}
+	_, sharded := rdb.(*redis.ClusterClient)
+	return &Log{rdb: rdb, cfg: cfg.withDefaults(), sharded: sharded}
+}
+
+// Sharded reports whether the log publishes with sharded pub/sub
+// (SPUBLISH), which it does on a Redis Cluster.
+func (l *Log) Sharded() bool { return l.sharded }
+
+// publishCmd is the command the append scripts publish with.
+func (l *Log) publishCmd() string {
+	if l.sharded {
+		return "SPUBLISH"
+	}
+	return "PUBLISH"
 }
 
 // maxLen is the history bound of group.
@@ -88,14 +109,31 @@ func (l *Log) Config() LogConfig { return l.cfg }
 func (l *Log) metaKey(group string) string   { return l.cfg.Prefix + ":{" + group + "}:meta" }
 func (l *Log) streamKey(group string) string { return l.cfg.Prefix + ":{" + group + "}:log" }
 
-// Channel is the pub/sub channel that carries group's live events.
-func (l *Log) Channel(group string) string { return l.cfg.Prefix + ":ch:" + group }
+// Channel is the pub/sub channel that carries group's live events. A
+// sharded channel carries the group's hash tag, so it lives in the slot
+// of the group's keys: the append script may only publish to a channel
+// of its own slot, and a subscriber finds it on the shard that holds the
+// group. The plain name is kept elsewhere, so processes of an older
+// version still hear each other during a rolling upgrade.
+func (l *Log) Channel(group string) string {
+	if l.sharded {
+		return l.cfg.Prefix + ":{" + group + "}:ch"
+	}
+	return l.cfg.Prefix + ":ch:" + group
+}
 
 func (l *Log) groupOf(channel string) (string, bool) {
+	if l.sharded {
+		rest, ok := strings.CutPrefix(channel, l.cfg.Prefix+":{")
+		if !ok {
+			return "", false
+		}
+		return strings.CutSuffix(rest, "}:ch")
+	}
 	return strings.CutPrefix(channel, l.cfg.Prefix+":ch:")
 }
 
-// appendScript does seq+1, XADD (bounded) and PUBLISH in one atomic step.
+// appendScript does seq+1, XADD (bounded) and PUBLISH (or SPUBLISH, ARGV[8]) in one atomic step.
 // The stream id of an event is "SEQ-0", so reading "after seq N" is an
 // XRANGE from "N-1" (see afterID). When the meta hash is new (first event, or the log
 // was lost) a fresh epoch is stored and any stale stream is dropped so the
@@ -113,7 +151,7 @@ end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'e', ARGV[2], 'd', ARGV[3], 't', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
-redis.call('PUBLISH', ARGV[7], seq .. '\n' .. epoch .. '\n' .. ARGV[2] .. '\n' .. ARGV[4] .. '\n' .. ARGV[3])
+redis.call(ARGV[8], ARGV[7], seq .. '\n' .. epoch .. '\n' .. ARGV[2] .. '\n' .. ARGV[4] .. '\n' .. ARGV[3])
 return {seq, epoch}
 `)
 
@@ -139,7 +177,7 @@ func (l *Log) Publish(ctx context.Context, group, name string, data any) (*Event
 	ts := now.Format(time.RFC3339Nano)
 	res, err := appendScript.Run(ctx, l.rdb,
 		[]string{l.metaKey(group), l.streamKey(group)},
-		newEpoch(), name, string(raw), ts, l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group),
+		newEpoch(), name, string(raw), ts, l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group), l.publishCmd(),
 	).Slice()
 	if l.cfg.OnPublish != nil {
 		appended := 1
@@ -157,6 +195,96 @@ func (l *Log) Publish(ctx context.Context, group, name string, data any) (*Event
 	seq, _ := res[0].(int64)
 	epoch, _ := res[1].(string)
 	return &Event{Group: group, Seq: seq, Epoch: epoch, Name: name, Data: raw, Time: now}, nil
+}
+
+// Post is an event for PublishMany: its group, name and payload (as
+// Publish takes them).
+type Post struct {
+	Group string
+	Name  string
+	Data  any
+}
+
+// PublishMany publishes each post as Publish does, in one round trip to
+// Redis (a pipeline) instead of one per event: each is its own atomic
+// step, not all of them one, and posts to the same group keep their
+// order. It returns, per post, the event or the error (the post's own
+// invalid argument, wrapping ErrInvalid, or Redis's).
+func (l *Log) PublishMany(ctx context.Context, posts []Post) ([]*Event, []error) {
+	evs, errs := make([]*Event, len(posts)), make([]error, len(posts))
+	now := time.Now().UTC()
+	ts := now.Format(time.RFC3339Nano)
+	type pending struct {
+		i    int
+		keys []string
+		args []any
+	}
+	var todo []pending
+	for i, p := range posts {
+		switch {
+		case !ValidGroup(p.Group):
+			errs[i] = fmt.Errorf("%w: group %q", ErrInvalid, p.Group)
+		case !ValidEventName(p.Name):
+			errs[i] = fmt.Errorf("%w: event name %q", ErrInvalid, p.Name)
+		default:
+			raw, err := encodeData(p.Data)
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			evs[i] = &Event{Group: p.Group, Name: p.Name, Data: raw, Time: now}
+			todo = append(todo, pending{i, []string{l.metaKey(p.Group), l.streamKey(p.Group)},
+				[]any{newEpoch(), p.Name, string(raw), ts, l.maxLen(p.Group), l.cfg.TTL.Milliseconds(), l.Channel(p.Group)}})
+		}
+	}
+	// EVALSHA first; the posts that find the script missing from Redis's
+	// cache (a restart, SCRIPT FLUSH) go again, in order, with its source.
+	for _, withSource := range []bool{false, true} {
+		if len(todo) == 0 {
+			break
+		}
+		cmds := make([]*redis.Cmd, len(todo))
+		_, _ = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j, t := range todo {
+				if withSource {
+					cmds[j] = appendScript.Eval(ctx, p, t.keys, t.args...)
+				} else {
+					cmds[j] = appendScript.EvalSha(ctx, p, t.keys, t.args...)
+				}
+			}
+			return nil
+		}) // each command's own error is read below
+		var again []pending
+		for j, t := range todo {
+			res, err := cmds[j].Slice()
+			if err != nil && !withSource && redis.HasErrorPrefix(err, "NOSCRIPT") {
+				again = append(again, t)
+				continue
+			}
+			if err == nil && len(res) != 2 {
+				err = fmt.Errorf("unexpected reply %v", res)
+			}
+			if l.cfg.OnPublish != nil {
+				l.cfg.OnPublish(evs[t.i].Group, boolInt(err == nil), time.Since(now), err)
+			}
+			if err != nil {
+				errs[t.i] = fmt.Errorf("progress: publish %s %s: %w", evs[t.i].Group, evs[t.i].Name, unavailable(err))
+				evs[t.i] = nil
+				continue
+			}
+			evs[t.i].Seq, _ = res[0].(int64)
+			evs[t.i].Epoch, _ = res[1].(string)
+		}
+		todo = again
+	}
+	return evs, errs
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func encodeData(data any) (json.RawMessage, error) {
@@ -219,6 +347,12 @@ var errLogChurn = errors.New("the log changes faster than it can be read")
 // ErrUnavailable (see IsUnavailable); the caller may retry those. Any
 // other error is permanent for this group.
 func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, error) {
+	return l.ReadN(ctx, group, after, 0)
+}
+
+// ReadN is Read that stops after the first n events (every retained event
+// when n <= 0): a bounded page of history for a reader that pages on.
+func (l *Log) ReadN(ctx context.Context, group string, after int64, n int) (Snapshot, error) {
 	var snap Snapshot
 	if after < 0 {
 		after = 0
@@ -229,7 +363,7 @@ func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, er
 		var rng *redis.XMessageSliceCmd
 		_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			meta = p.HMGet(ctx, l.metaKey(group), "seq", "epoch")
-			rng = p.XRangeN(ctx, l.streamKey(group), afterID(from), "+", readPage)
+			rng = p.XRangeN(ctx, l.streamKey(group), afterID(from), "+", int64(page(n, len(snap.Events))))
 			return nil
 		})
 		if err != nil && !errors.Is(err, redis.Nil) {
@@ -258,10 +392,19 @@ func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, er
 			snap.Events = append(snap.Events, ev)
 			from = ev.Seq
 		}
-		if len(msgs) < readPage || from >= lastSeq {
+		if len(msgs) < readPage || from >= lastSeq || (n > 0 && len(snap.Events) >= n) {
 			return snap, nil
 		}
 	}
+}
+
+// page is the size of the next XRANGE of a read that wants n events (all
+// when n <= 0) and has got of them.
+func page(n, got int) int {
+	if n <= 0 {
+		return readPage
+	}
+	return min(readPage, n-got)
 }
 
 // afterID is the first stream id after the event with seq: events have
@@ -351,8 +494,8 @@ type Draft struct {
 // publishOnceScript appends a batch of events (and publishes each) in one
 // atomic step, unless the batch's key is the last one the group recorded:
 // then it appends nothing and returns the seqs the batch got before. ARGV:
-// new epoch, key, time, max length, TTL ms, channel, then name and data of
-// each event. Only the last key is kept: a caller retries its own batch
+// new epoch, key, time, max length, TTL ms, channel, publish command
+// (PUBLISH or SPUBLISH), then name and data of each event. Only the last key is kept: a caller retries its own batch
 // before it makes another.
 var publishOnceScript = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'op') == ARGV[2] then
@@ -360,7 +503,7 @@ if redis.call('HGET', KEYS[1], 'op') == ARGV[2] then
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local seqs = {}
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   if seq == 1 then
     epoch = ARGV[1]
@@ -368,7 +511,7 @@ for i = 7, #ARGV, 2 do
     redis.call('DEL', KEYS[2])
   end
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'e', ARGV[i], 'd', ARGV[i+1], 't', ARGV[3])
-  redis.call('PUBLISH', ARGV[6], seq .. '\n' .. epoch .. '\n' .. ARGV[i] .. '\n' .. ARGV[3] .. '\n' .. ARGV[i+1])
+  redis.call(ARGV[7], ARGV[6], seq .. '\n' .. epoch .. '\n' .. ARGV[i] .. '\n' .. ARGV[3] .. '\n' .. ARGV[i+1])
   seqs[#seqs+1] = seq
 end
 redis.call('HSET', KEYS[1], 'op', ARGV[2], 'op_seqs', table.concat(seqs, ','))
@@ -394,7 +537,7 @@ func (l *Log) PublishOnce(ctx context.Context, group, key string, events ...Draf
 		return nil, false, fmt.Errorf("%w: PublishOnce needs a key and events", ErrInvalid)
 	}
 	now := time.Now().UTC()
-	args := []any{newEpoch(), key, now.Format(time.RFC3339Nano), l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group)}
+	args := []any{newEpoch(), key, now.Format(time.RFC3339Nano), l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group), l.publishCmd()}
 	evs = make([]*Event, len(events))
 	for i, d := range events {
 		if !ValidEventName(d.Name) {

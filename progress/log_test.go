@@ -198,6 +198,31 @@ func TestLogReadPagesLongHistory(t *testing.T) {
 				}
 			}
 		}
+		// ReadN stops after n events, across pages too; n <= 0 is all.
+		for _, tc := range []struct {
+			after int64
+			n     int
+			last  int64
+		}{
+			{0, 1, 1}, {0, 10, 10}, {5, readPage, 5 + readPage}, {0, readPage + 1, readPage + 1},
+			{readPage - 3, 2*readPage + 5, n}, {n - 2, 10, n}, {n, 10, n}, {7, 0, n}, {7, -1, n},
+		} {
+			snap, err := l.ReadN(t.Context(), group, tc.after, tc.n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := fmt.Sprintf("ReadN after %d n %d", tc.after, tc.n)
+			if snap.LastSeq != n {
+				t.Fatalf("%s: last seq %d, want %d", name, snap.LastSeq, n)
+			}
+			if tc.after == n {
+				if len(snap.Events) != 0 {
+					t.Fatalf("%s: %d events, want none", name, len(snap.Events))
+				}
+				continue
+			}
+			checkContiguous(t, name, snap.Events, tc.after+1, tc.last, snap.Epoch)
+		}
 	})
 }
 
@@ -504,4 +529,60 @@ func TestLogConfigDefaultsAndKeys(t *testing.T) {
 	if ev := mustPublish(t, b, "job:1", "state", 1); ev.Seq != 1 {
 		t.Fatalf("prefix b continues prefix a's seq: %d", ev.Seq)
 	}
+}
+
+// PublishMany: each post gets its own seq (in order within its group) or
+// its own error, in one round trip; it still works after Redis forgot the
+// script (SCRIPT FLUSH), and what it appends reads back as published.
+func TestLogPublishMany(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		rdb := srv.Client(t)
+		var observed []int
+		l := NewLog(rdb, LogConfig{OnPublish: func(_ string, appended int, _ time.Duration, _ error) { observed = append(observed, appended) }})
+		posts := []Post{
+			{"job:a", "note", map[string]int{"i": 1}},
+			{"chat:b", "message", json.RawMessage(` {"text": "x"} `)},
+			{"no group", "note", 1},
+			{"job:a", "Bad Name", 1},
+			{"job:a", "note", json.RawMessage(`{`)},
+			{"job:a", "note", map[string]int{"i": 2}},
+			{"chat:b", "message", nil},
+			{"job:a", "note", map[string]int{"i": 3}},
+		}
+		evs, errs := l.PublishMany(t.Context(), posts)
+		want := []int64{1, 1, 0, 0, 0, 2, 2, 3}
+		for i, w := range want {
+			switch {
+			case w == 0 && (!errors.Is(errs[i], ErrInvalid) || evs[i] != nil):
+				t.Errorf("post %d: %v %v, want ErrInvalid", i, evs[i], errs[i])
+			case w != 0 && (errs[i] != nil || evs[i].Seq != w || evs[i].Group != posts[i].Group || evs[i].Epoch == ""):
+				t.Errorf("post %d: %+v %v, want seq %d of %s", i, evs[i], errs[i], w, posts[i].Group)
+			}
+		}
+		if fmt.Sprint(observed) != "[1 1 1 1 1]" {
+			t.Errorf("OnPublish saw %v, want five appends", observed)
+		}
+		snap := mustRead(t, l, "job:a", 0)
+		checkContiguous(t, "job:a", snap.Events, 1, 3, evs[0].Epoch)
+		for i, ev := range snap.Events {
+			if string(ev.Data) != fmt.Sprintf(`{"i":%d}`, i+1) {
+				t.Errorf("job:a seq %d holds %s", ev.Seq, ev.Data)
+			}
+		}
+		if snap := mustRead(t, l, "chat:b", 0); len(snap.Events) != 2 || string(snap.Events[0].Data) != `{"text":"x"}` || string(snap.Events[1].Data) != "null" {
+			t.Errorf("chat:b holds %v", snap.Events)
+		}
+		if err := rdb.ScriptFlush(t.Context()).Err(); err != nil {
+			t.Fatal(err)
+		}
+		evs, errs = l.PublishMany(t.Context(), []Post{{"job:a", "note", 4}, {"chat:b", "message", 5}})
+		if errs[0] != nil || errs[1] != nil || evs[0].Seq != 4 || evs[1].Seq != 3 {
+			t.Fatalf("after SCRIPT FLUSH: %v %v", evs, errs)
+		}
+		// Now cached: EVALSHA alone.
+		evs, errs = l.PublishMany(t.Context(), []Post{{"job:a", "note", 6}})
+		if errs[0] != nil || evs[0].Seq != 5 {
+			t.Fatalf("with the script cached: %v %v", evs, errs)
+		}
+	})
 }

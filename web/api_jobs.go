@@ -101,26 +101,55 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, s.jobView(job))
 }
 
+// handleListJobs answers GET /api/jobs?state=&type=&before=&limit=: a
+// page of the caller's jobs, newest first, and the cursor of the next
+// page ("next", absent on the last page).
 func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
-	limit := 50
-	if v := r.URL.Query().Get("limit"); v != "" {
+	q := r.URL.Query()
+	lq := jobs.ListQuery{Limit: 50, State: q.Get("state"), Type: q.Get("type"), Before: q.Get("before")}
+	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 500 {
 			s.writeError(w, r, apiErr(CodeBadRequest, "limit must be an integer from 1 to 500"))
 			return
 		}
-		limit = n
+		lq.Limit = n
 	}
-	list, err := s.jobs.List(r.Context(), principalOf(r).User.ID, limit)
+	if lq.State != "" && !validState(lq.State) {
+		s.writeError(w, r, apiErr(CodeBadRequest, "state must be one of pending, active, retry, completed, failed, canceled"))
+		return
+	}
+	if lq.Type != "" {
+		if _, ok := s.jobs.Registry().Lookup(lq.Type); !ok {
+			s.writeError(w, r, apiErr(CodeBadRequest, fmt.Sprintf("type %q is not a job type (see GET /api/job-types)", lq.Type)))
+			return
+		}
+	}
+	page, err := s.jobs.ListPage(r.Context(), principalOf(r).User.ID, lq)
 	if err != nil {
 		s.writeError(w, r, jobError(err))
 		return
 	}
-	views := make([]jobView, 0, len(list))
-	for _, j := range list {
+	views := make([]jobView, 0, len(page.Jobs))
+	for _, j := range page.Jobs {
 		views = append(views, s.jobView(j))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"jobs": views})
+	out := jobList{Jobs: views, Next: page.Next}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// jobList is the answer of GET /api/jobs.
+type jobList struct {
+	Jobs []jobView `json:"jobs"`
+	Next string    `json:"next,omitempty"`
+}
+
+func validState(state string) bool {
+	switch state {
+	case jobs.StatePending, jobs.StateActive, jobs.StateRetry, jobs.StateCompleted, jobs.StateFailed, jobs.StateCanceled:
+		return true
+	}
+	return false
 }
 
 // ownedJob returns the job in the URL when the caller owns it: 404 for an
@@ -212,12 +241,21 @@ func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
 type jobView struct {
 	*jobs.Job
 	Artifact string `json:"artifact,omitempty"`
+	// ArtifactSize is the artifact's size in bytes, with Artifact; absent
+	// when the file is no longer stored.
+	ArtifactSize *int64 `json:"artifact_size,omitempty"`
 }
 
 func (s *Server) jobView(j *jobs.Job) jobView {
 	v := jobView{Job: j}
 	if j.HasArtifact && j.State == jobs.StateCompleted {
 		v.Artifact = "/api/jobs/" + j.ID + "/artifact"
+		if path, ok := s.jobs.ArtifactPath(j); ok {
+			if st, err := os.Stat(path); err == nil {
+				size := st.Size()
+				v.ArtifactSize = &size
+			}
+		}
 	}
 	return v
 }
@@ -251,6 +289,8 @@ func jobError(err error) error {
 		return &APIError{Code: CodeBadRequest, Message: err.Error(), Field: "type"}
 	case errors.Is(err, jobs.ErrNotFound):
 		return apiErr(CodeNotFound, "no such job")
+	case errors.Is(err, jobs.ErrBadCursor):
+		return apiErr(CodeBadRequest, "before must be the next cursor of an earlier page")
 	case errors.Is(err, jobs.ErrConflict):
 		return apiErr(CodeConflict, "the job has already finished")
 	}
@@ -260,19 +300,38 @@ func jobError(err error) error {
 // decodeBody reads a JSON request body into v: application/json only
 // (415), at most MaxBodyBytes (413), one object with no unknown fields (400).
 func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := s.readBody(w, r)
+	if err != nil {
+		return err
+	}
+	if aerr := decodeStrict(body, v); aerr != nil {
+		return aerr
+	}
+	return nil
+}
+
+// readBody reads a JSON request body as it is: application/json only
+// (415), at most MaxBodyBytes (413).
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	ct := r.Header.Get("Content-Type")
 	mt, _, err := mime.ParseMediaType(ct)
 	if ct == "" || err != nil || mt != "application/json" {
-		return apiErr(CodeUnsupportedMedia, "send the body as application/json")
+		return nil, apiErr(CodeUnsupportedMedia, "send the body as application/json")
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		return apiErr(CodeTooLarge, fmt.Sprintf("the body is larger than %d bytes", s.cfg.MaxBodyBytes))
+		return nil, apiErr(CodeTooLarge, fmt.Sprintf("the body is larger than %d bytes", s.cfg.MaxBodyBytes))
 	}
 	if err != nil {
-		return apiErr(CodeBadRequest, "could not read the body")
+		return nil, apiErr(CodeBadRequest, "could not read the body")
 	}
+	return body, nil
+}
+
+// decodeStrict decodes one JSON value from body into v, refusing unknown
+// fields and anything after the value (400).
+func decodeStrict(body []byte, v any) *APIError {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -283,7 +342,8 @@ func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any) error
 		}
 		return ae
 	}
-	if dec.More() {
+	// Not dec.More(), which takes a stray "]" or "}" for the end.
+	if len(bytes.TrimSpace(body[dec.InputOffset():])) > 0 {
 		return apiErr(CodeBadRequest, "malformed JSON body: data after the object")
 	}
 	return nil

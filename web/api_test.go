@@ -311,6 +311,19 @@ func TestGetJob(t *testing.T) {
 		if _, ok := job["artifact"]; ok {
 			t.Errorf("a steps job has an artifact link")
 		}
+		// created <= started <= finished, all RFC 3339.
+		var times []time.Time
+		for _, k := range []string{"created_at", "started_at", "finished_at"} {
+			v, _ := job[k].(string)
+			at, err := time.Parse(time.RFC3339, v)
+			if err != nil {
+				t.Fatalf("%s = %v: %v", k, job[k], err)
+			}
+			times = append(times, at)
+		}
+		if times[1].Before(times[0]) || times[2].Before(times[1]) {
+			t.Errorf("created %v, started %v, finished %v: out of order", times[0], times[1], times[2])
+		}
 	})
 }
 
@@ -359,6 +372,9 @@ func TestReportJobEndToEnd(t *testing.T) {
 		res := e.doRaw("GET", link, nil)
 		if res.status != http.StatusOK {
 			t.Fatalf("artifact: status %d body %s", res.status, res.body)
+		}
+		if size, _ := job["artifact_size"].(float64); int(size) != len(res.body) {
+			t.Errorf("artifact_size %v, the file has %d bytes", job["artifact_size"], len(res.body))
 		}
 		if ct := res.header.Get("Content-Type"); !strings.HasPrefix(ct, "text/csv") {
 			t.Errorf("artifact Content-Type %q, want text/csv", ct)

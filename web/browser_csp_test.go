@@ -12,7 +12,7 @@ import (
 	"taskstream/progress/progresstest"
 )
 
-// Under the pages' Content-Security-Policy, Chromium runs both pages with
+// Under the pages' Content-Security-Policy, Chromium runs every page with
 // no violation at all, and their sockets connect over WebSocket
 // (connect-src 'self' covers ws:// to the same host). An inline script
 // added on purpose is blocked and reported, which shows the policy is
@@ -28,13 +28,19 @@ func TestBrowserPagesRunUnderCSP(t *testing.T) {
 				(e) => window.__csp.push(e.violatedDirective + " " + e.blockedURI));`})
 		return err
 	}))
-	for _, path := range []string{"/", "/chat/csp"} {
+	paths := []string{"/", "/jobs/", "/chat/csp"}
+	for i := 0; i < len(paths); i++ {
+		path := paths[i]
 		p.do(chromedp.Navigate(e.http.URL + path))
 		p.waitFor("a WebSocket connection on "+path,
 			`document.querySelector("#conn").dataset.state === "connected" && document.querySelector("#conn").textContent.includes("websocket")`)
-		if path == "/" {
+		switch path {
+		case "/":
 			id := p.submitSteps(map[string]string{"steps": "3", "interval_ms": "10"})
 			p.waitState(id, "completed")
+			paths[1] += id // the job's page, with its chart and tables
+		case paths[1]:
+			p.waitFor("the job's history", `document.querySelector("#timeline li[data-state=completed]") !== null`)
 		}
 		if v := eval[[]string](p, `window.__csp`); len(v) > 0 {
 			t.Fatalf("%s: CSP violations: %s", path, strings.Join(v, "; "))

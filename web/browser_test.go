@@ -1,9 +1,11 @@
 package web
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
@@ -48,8 +51,12 @@ func chromiumPath(t *testing.T) string {
 
 type pageOptions struct {
 	width, height int64
-	noWebSocket   bool // the page sees no WebSocket: the client falls back to SSE
-	noEventSource bool // ... and no EventSource: long-poll
+	path          string         // the page to open; default "/"
+	ready         string         // CSS selector of the element that says it is ready; default the jobs page's type list
+	cookies       []*http.Cookie // set for the server's origin before the page opens (a signed-in session)
+	noWebSocket   bool           // the page sees no WebSocket: the client falls back to SSE
+	noEventSource bool           // ... and no EventSource: long-poll
+	url           string         // the server's address as the browser reaches it; default e.http.URL
 }
 
 // browserPage is one tab of a fresh headless Chromium, on the page of e.
@@ -129,10 +136,22 @@ func openPage(t *testing.T, e *testEnv, o pageOptions) *browserPage {
 			return err
 		}))
 	}
+	for _, c := range o.cookies {
+		p.do(chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := cdp.Call(ctx, tg, network.SetCookie, network.SetCookieParams{Name: c.Name, Value: c.Value, URL: cmp.Or(o.url, e.http.URL)})
+			return err
+		}))
+	}
+	if o.path == "" {
+		o.path = "/"
+	}
+	if o.ready == "" {
+		o.ready = `#job-type option[value="steps"]`
+	}
 	p.do(
 		chromedp.EmulateViewport(o.width, o.height),
-		chromedp.Navigate(e.http.URL+"/"),
-		chromedp.WaitReady(chromedp.CSS(`#job-type option[value="steps"]`)),
+		chromedp.Navigate(cmp.Or(o.url, e.http.URL)+o.path),
+		chromedp.WaitReady(chromedp.CSS(o.ready)),
 	)
 	return p
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -23,6 +24,7 @@ import (
 	"taskstream/progress"
 	"taskstream/progress/progresstest"
 	"taskstream/web/auth"
+	"taskstream/web/dashboard"
 	"taskstream/web/metrics"
 	"taskstream/wire"
 )
@@ -40,6 +42,8 @@ type testEnv struct {
 	auth   *auth.Store
 	pres   *progress.Presence
 	mx     *metrics.Metrics
+	counts *dashboard.JobCounts // the jobs' observer: counts for the dashboard, then metrics
+	dash   *dashboard.Dashboard // with withDashboard
 	web    *Server
 	http   *httptest.Server
 	client *http.Client // with a cookie jar: one browser, one guest session
@@ -61,7 +65,9 @@ type envOptions struct {
 	mailer   auth.Mailer
 	authCfg  func(*auth.Config)
 	prodRdb  bool
-	schedule string // a schedule file's contents: run a scheduler of it
+	schedule string            // a schedule file's contents: run a scheduler of it
+	dash     *dashboard.Config // start a dashboard (reporter and publisher) on the env
+	listen   func(net.Listener) net.Listener
 }
 
 func withWebConfig(c Config) envOption   { return func(o *envOptions) { o.web = c } }
@@ -74,6 +80,19 @@ func withSchedule(file string) envOption { return func(o *envOptions) { o.schedu
 
 // withAuthConfig adjusts the auth store's configuration.
 func withAuthConfig(f func(*auth.Config)) envOption { return func(o *envOptions) { o.authCfg = f } }
+
+// withDashboard runs this replica's dashboard (web/dashboard) with cfg:
+// its report and its candidacy as the publisher, counting finished jobs
+// through e.counts.
+func withDashboard(cfg dashboard.Config) envOption {
+	return func(o *envOptions) { o.dash = &cfg }
+}
+
+// withListener wraps the server's listener (inside the server's own), to
+// shape the connections it accepts.
+func withListener(wrap func(net.Listener) net.Listener) envOption {
+	return func(o *envOptions) { o.listen = wrap }
+}
 
 // withProductionRedis connects as cmd/api does (progress.OpenRedis, with
 // its short timeouts) instead of with go-redis's defaults.
@@ -123,7 +142,8 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 		QueueRefresh: time.Nanosecond, // every scrape reads the queues: tests see fresh figures
 	})
 	e.log = progress.NewLog(e.rdb, progress.LogConfig{OnPublish: e.mx.ObservePublish})
-	e.jobs = jobs.NewService(e.rdb, reg, e.log, jobs.Config{ArtifactDir: t.TempDir(), Logger: logger, Observer: e.mx})
+	e.counts = dashboard.NewJobCounts(e.mx)
+	e.jobs = jobs.NewService(e.rdb, reg, e.log, jobs.Config{ArtifactDir: t.TempDir(), Logger: logger, Observer: e.counts})
 	if !o.noWorker {
 		e.worker = jobs.NewWorker(e.jobs, e.rdb, jobs.WorkerConfig{
 			PollInterval: 50 * time.Millisecond, CancelPoll: 200 * time.Millisecond, ShutdownTimeout: 2 * time.Second,
@@ -174,9 +194,22 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 	// Served as cmd/api serves it: its http.Server and listener.
 	e.http = httptest.NewUnstartedServer(nil)
 	e.http.Config = e.web.HTTPServer()
+	if o.listen != nil {
+		e.http.Listener = o.listen(e.http.Listener)
+	}
 	e.http.Listener = e.web.Listener(e.http.Listener)
 	e.http.Start()
 	e.client = e.newBrowser()
+	if o.dash != nil {
+		cfg := *o.dash
+		cfg.Publish, cfg.Queues, cfg.Logger = true, reg.Queues(), logger
+		e.dash, err = dashboard.New(dashboard.Deps{Redis: e.rdb, Log: e.log, Jobs: e.jobs, Hub: e.hub, Sockets: e.web.Sockets, Counts: e.counts}, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.dash.Start()
+		t.Cleanup(func() { e.dash.Stop(context.Background()) })
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -103,10 +103,14 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, group strin
 	}
 }
 
-func acceptsEventStream(r *http.Request) bool {
+func acceptsEventStream(r *http.Request) bool { return accepts(r, "text/event-stream") }
+
+// accepts reports whether the request's Accept header names mediaType
+// itself (not through a wildcard).
+func accepts(r *http.Request, mediaType string) bool {
 	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
 		mt, _, _ := strings.Cut(strings.TrimSpace(part), ";")
-		if strings.EqualFold(strings.TrimSpace(mt), "text/event-stream") {
+		if strings.EqualFold(strings.TrimSpace(mt), mediaType) {
 			return true
 		}
 	}
@@ -227,8 +231,8 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, group string, 
 	// that cannot start (Redis unavailable) is a 503 with Retry-After, not
 	// a stream that ends at once and that EventSource retries blindly.
 	if ok, err := s.firstAnswer(ctx, sink); !ok {
-		if r.Context().Err() == nil { // revoked, not gone
-			s.writeError(w, r, apiErr(CodeUnauthenticated, "the session or token ended"))
+		if r.Context().Err() == nil { // revoked or disconnected, not gone
+			s.writeError(w, r, endedBy(ctx))
 		}
 		return
 	} else if err != nil {
@@ -322,8 +326,8 @@ func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group str
 	for {
 		select {
 		case <-ctx.Done():
-			if r.Context().Err() == nil { // revoked, not gone
-				s.writeError(w, r, apiErr(CodeUnauthenticated, "the session or token ended"))
+			if r.Context().Err() == nil { // revoked or disconnected, not gone
+				s.writeError(w, r, endedBy(ctx))
 			}
 			return
 		case <-s.stopping():

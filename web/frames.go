@@ -28,6 +28,22 @@ type clientFrame struct {
 	// exponent, a string, beyond int64) gets the same clear message
 	// instead of encoding/json's.
 	RawAfter json.RawMessage `json:"after"`
+
+	// RawGroups is "groups" as sent (it shadows ClientFrame.Groups):
+	// decodeClientFrame checks the list as a whole and each entry on its
+	// own, into Groups and GroupErrs.
+	RawGroups []rawGroupPosition `json:"groups"`
+	// GroupErrs holds, for each of Groups, why that entry cannot be used
+	// (nil when it can): a bad group name or position in one entry is
+	// answered with an error frame for that group alone.
+	GroupErrs []*APIError `json:"-"`
+}
+
+// rawGroupPosition is one entry of "groups" as sent.
+type rawGroupPosition struct {
+	Group    string          `json:"group"`
+	RawAfter json.RawMessage `json:"after"`
+	Epoch    string          `json:"epoch"`
 }
 
 // errBadSeq is the answer to an "after" (or Last-Event-ID) that is not a
@@ -83,6 +99,9 @@ func decodeClientFrame(b []byte) (clientFrame, *APIError) {
 	default:
 		return f, apiErr(CodeBadRequest, fmt.Sprintf("unknown op %q", f.Op))
 	}
+	if f.RawGroups != nil {
+		return decodeGroups(f)
+	}
 	if !progress.ValidGroup(f.Group) {
 		return f, apiErr(CodeBadRequest, fmt.Sprintf("bad group name %q", f.Group))
 	}
@@ -96,6 +115,42 @@ func decodeClientFrame(b []byte) (clientFrame, *APIError) {
 	if f.Op == opPublish && len(f.Data) == 0 {
 		return f, apiErr(CodeBadRequest, `"data" is required to publish`)
 	}
+	return f, nil
+}
+
+// decodeGroups checks the many-group form of subscribe and unsubscribe:
+// the list as a whole (refused whole when it is wrong), then each entry
+// (an entry's error is kept in GroupErrs and answered for that group
+// alone).
+func decodeGroups(f clientFrame) (clientFrame, *APIError) {
+	switch {
+	case f.Op == opPublish:
+		return f, apiErr(CodeBadRequest, `publish takes one "group", not "groups"`)
+	case f.Group != "" || len(f.RawAfter) > 0 || f.Epoch != "":
+		return f, apiErr(CodeBadRequest, `give either "group" (with "after" and "epoch") or "groups", not both`)
+	case len(f.RawGroups) == 0:
+		return f, apiErr(CodeBadRequest, `"groups" must list at least one group`)
+	case len(f.RawGroups) > wire.MaxGroupsPerFrame:
+		return f, apiErr(CodeBadRequest, fmt.Sprintf(`"groups" may list at most %d groups per frame`, wire.MaxGroupsPerFrame))
+	}
+	f.Groups = make([]wire.GroupPosition, len(f.RawGroups))
+	f.GroupErrs = make([]*APIError, len(f.RawGroups))
+	for i, g := range f.RawGroups {
+		f.Groups[i] = wire.GroupPosition{Group: g.Group, Epoch: g.Epoch}
+		if !progress.ValidGroup(g.Group) {
+			f.GroupErrs[i] = apiErr(CodeBadRequest, fmt.Sprintf("bad group name %q", g.Group))
+			continue
+		}
+		if len(g.RawAfter) > 0 && string(g.RawAfter) != "null" {
+			n, aerr := parseSeq(string(g.RawAfter))
+			if aerr != nil {
+				f.GroupErrs[i] = aerr
+				continue
+			}
+			f.Groups[i].After = &n
+		}
+	}
+	f.RawGroups = nil
 	return f, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"taskstream/progress"
+	"taskstream/wire"
 )
 
 // FuzzDecodeClientFrame checks decodeClientFrame on any input: it never
@@ -51,6 +52,15 @@ func FuzzDecodeClientFrame(f *testing.F) {
 		`{"op": "ping"} {"op": "ping"}`,
 		"\xef\xbb\xbf{\"op\": \"ping\"}",
 		"{\"op\": \"ping\", \"ref\": \"\xff\"}",
+		`{"op": "subscribe", "groups": [{"group": "job:a", "after": 3, "epoch": "e"}, {"group": "chat:x"}], "ref": 7}`,
+		`{"op": "unsubscribe", "groups": [{"group": "job:a"}, {"group": "job:b"}], "ref": "u"}`,
+		`{"op": "subscribe", "groups": [{"group": "bad name"}, {"group": "job:a", "after": -2}, {"group": "job:b", "after": 1.5}]}`,
+		`{"op": "subscribe", "groups": [], "ref": "e"}`,
+		`{"op": "subscribe", "groups": null, "group": "job:a"}`,
+		`{"op": "subscribe", "groups": ["job:a"], "ref": "s"}`,
+		`{"op": "subscribe", "group": "job:a", "groups": [{"group": "job:b"}]}`,
+		`{"op": "publish", "groups": [{"group": "chat:a"}], "data": {}}`,
+		`{"op": "subscribe", "groups": {"group": "job:a"}}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -81,6 +91,10 @@ func FuzzDecodeClientFrame(f *testing.F) {
 			switch fr.Op {
 			case opPing:
 			case opSubscribe, opUnsubscribe, opPublish:
+				if fr.Groups != nil {
+					checkGroups(t, fr)
+					break
+				}
 				if !progress.ValidGroup(fr.Group) {
 					t.Fatalf("accepted op %s with bad group %q", fr.Op, fr.Group)
 				}
@@ -126,6 +140,31 @@ func FuzzDecodeClientFrame(f *testing.F) {
 			t.Fatalf("input %q: ref %q returned, want %q (err %v)", in, fr.Ref, want.Ref, err)
 		}
 	})
+}
+
+// checkGroups checks an accepted many-group frame: subscribe or
+// unsubscribe only, no single group beside it, 1 to MaxGroupsPerFrame
+// entries, and each entry either usable (a valid group, after ≥ 0) or
+// carrying its own bad_request.
+func checkGroups(t *testing.T, fr clientFrame) {
+	t.Helper()
+	if fr.Op == opPublish || fr.Group != "" || fr.After != nil {
+		t.Fatalf("accepted groups with op %q, group %q, after %v", fr.Op, fr.Group, fr.After)
+	}
+	if len(fr.Groups) == 0 || len(fr.Groups) > wire.MaxGroupsPerFrame || len(fr.GroupErrs) != len(fr.Groups) {
+		t.Fatalf("accepted %d groups with %d errors", len(fr.Groups), len(fr.GroupErrs))
+	}
+	for i, g := range fr.Groups {
+		if e := fr.GroupErrs[i]; e != nil {
+			if e.Code != CodeBadRequest || e.Message == "" {
+				t.Fatalf("group %d error %+v: want bad_request with a message", i, e)
+			}
+			continue
+		}
+		if !progress.ValidGroup(g.Group) || (g.After != nil && *g.After < 0) {
+			t.Fatalf("accepted group entry %+v", g)
+		}
+	}
 }
 
 // refIsStringOrNumber reports whether r is one JSON string or number.

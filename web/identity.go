@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -165,6 +166,14 @@ func authError(err error) error {
 		return apiErr(CodeUnauthenticated, "your session has ended; reload to continue as a new guest")
 	case errors.Is(err, auth.ErrNotFound):
 		return apiErr(CodeNotFound, "not found")
+	case errors.Is(err, auth.ErrBadScope):
+		return apiErr(CodeBadRequest, err.Error())
+	case errors.Is(err, auth.ErrBadTokenName):
+		return apiErr(CodeBadRequest, "a token name is at most 64 printable characters")
+	case errors.Is(err, auth.ErrAdminScope):
+		return apiErr(CodeForbidden, "only an admin may give publish or admin scopes")
+	case errors.Is(err, auth.ErrScopesRequired):
+		return apiErr(CodeBadRequest, `an admin's token needs scopes ("admin:*" for every right)`)
 	}
 	return err
 }
@@ -285,13 +294,25 @@ func (s *Server) handleSetName(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, u)
 }
 
+// handleCreateToken mints a bearer token for a signed-in user or an
+// admin, with an optional name and scopes ({"name", "scopes"}; no body
+// at all is a token without either, as before scopes existed).
 func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
-	p := principalOf(r)
-	if p.Admin {
-		s.writeError(w, r, apiErr(CodeForbidden, "admin tokens come from the configuration"))
-		return
+	var req auth.TokenRequest
+	if r.ContentLength != 0 {
+		body, err := s.readBody(w, r)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		if len(bytes.TrimSpace(body)) > 0 {
+			if aerr := decodeStrict(body, &req); aerr != nil {
+				s.writeError(w, r, aerr)
+				return
+			}
+		}
 	}
-	t, err := s.auth.CreateToken(r.Context(), p.User)
+	t, err := s.auth.CreateToken(r.Context(), principalOf(r), req)
 	if err != nil {
 		s.writeError(w, r, authError(err))
 		return
@@ -359,27 +380,47 @@ func (s *Server) handleNotify(w http.ResponseWriter, r *http.Request) {
 // socket, or an SSE or long-poll stream.
 type revocable interface {
 	principal() auth.Principal
-	revoke() // end it: the session or token it uses is gone
+	// end ends it, telling why: the session or token it uses is gone
+	// (errEnded), or an admin disconnected its user (errDisconnected).
+	end(why *APIError)
 }
 
+// Why a socket or stream was ended: a socket gets the message as its 1008
+// close reason, a long-poll request or an SSE stream not yet started the
+// error itself.
+var (
+	errEnded        = apiErr(CodeUnauthenticated, "signed out: the session or token ended")
+	errDisconnected = apiErr(CodeForbidden, "disconnected by an administrator")
+)
+
 func (c *conn) principal() auth.Principal { return c.who }
-func (c *conn) revoke()                   { c.close(closePolicy, "signed out") }
+func (c *conn) end(why *APIError)         { c.close(closePolicy, why.Message) }
 
 // stream is an SSE or long-poll request in flight.
 type stream struct {
 	who       auth.Principal
-	cancel    context.CancelFunc
+	cancel    context.CancelCauseFunc
 	transport string // transportSSE or transportLongPoll, for metrics
 }
 
 func (st *stream) principal() auth.Principal { return st.who }
-func (st *stream) revoke()                   { st.cancel() }
+func (st *stream) end(why *APIError)         { st.cancel(why) }
+
+// endedBy is why a tracked stream's context ended when the request itself
+// did not: the *APIError its end was given (errEnded by default).
+func endedBy(ctx context.Context) *APIError {
+	var ae *APIError
+	if errors.As(context.Cause(ctx), &ae) {
+		return ae
+	}
+	return errEnded
+}
 
 // trackStream registers a streaming request so a revocation can end it;
 // the returned context ends with the request or the revocation, and done
 // unregisters it.
 func (s *Server) trackStream(r *http.Request, transport string) (ctx context.Context, done func()) {
-	ctx, cancel := context.WithCancel(r.Context())
+	ctx, cancel := context.WithCancelCause(r.Context())
 	st := &stream{who: principalOf(r), cancel: cancel, transport: transport}
 	s.mu.Lock()
 	s.streams[st] = struct{}{}
@@ -388,7 +429,7 @@ func (s *Server) trackStream(r *http.Request, transport string) (ctx context.Con
 		s.mu.Lock()
 		delete(s.streams, st)
 		s.mu.Unlock()
-		cancel()
+		cancel(nil)
 	}
 }
 
@@ -423,16 +464,23 @@ func (s *Server) watchRevocations(ctx context.Context, recheck time.Duration) {
 		}
 		for _, c := range s.revocables() {
 			if ok, err := s.auth.Valid(ctx, c.principal()); err == nil && !ok {
-				c.revoke()
+				c.end(errEnded)
 			}
 		}
 	}
 }
 
+// closeCredential ends this replica's sockets and streams that use
+// credential, or, for "u:USER" (an admin's disconnect), all of that
+// user's.
 func (s *Server) closeCredential(credential string) {
+	user, disconnect := strings.CutPrefix(credential, "u:")
 	for _, c := range s.revocables() {
-		if c.principal().Credential() == credential {
-			c.revoke()
+		switch {
+		case disconnect && c.principal().User.ID == user:
+			c.end(errDisconnected)
+		case !disconnect && c.principal().Credential() == credential:
+			c.end(errEnded)
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"taskstream/progress/progresstest"
 	"taskstream/web/auth"
 	"taskstream/web/auth/authtest"
+	"taskstream/wire"
 )
 
 // signIn runs the whole email sign-in for client through a real SMTP
@@ -505,6 +506,11 @@ func TestNotifications(t *testing.T) {
 			t.Fatalf("got %+v", f)
 		}
 		jobID := e.submit("steps", map[string]any{"steps": 2, "interval_ms": 10})
+		// First the submission, so every tab lists the job; then its end.
+		f = c.read()
+		if f.Event != wire.EventSubmitted || !strings.Contains(string(f.Data), `"id":"`+jobID+`"`) {
+			t.Fatalf("submitted event %+v %s", f, f.Data)
+		}
 		f = c.read()
 		if f.Event != "notification" || !strings.Contains(string(f.Data), jobID) || !strings.Contains(string(f.Data), "completed") {
 			t.Fatalf("job notification %+v %s", f, f.Data)

@@ -131,6 +131,9 @@ func (s *openAPISpec) check(method, urlPath string, status int, contentType stri
 		return fmt.Errorf("%s %s: the document has no %s operation on %s", method, urlPath, method, path)
 	}
 	var pointer string
+	if mt, _, _ := mime.ParseMediaType(contentType); status >= 400 && mt == "text/html" && op != nil && s.isPage(op) {
+		return nil // a page refuses a browser with a page (docs/protocol.md, Errors)
+	}
 	if status >= 400 {
 		pointer = "/components/schemas/Error"
 	} else {
@@ -165,6 +168,14 @@ func (s *openAPISpec) check(method, urlPath string, status int, contentType stri
 		return fmt.Errorf("%s %s answered %d with a body the document does not allow: %v\nbody: %s", method, urlPath, status, err, body)
 	}
 	return nil
+}
+
+// isPage reports whether an operation answers HTML: a page.
+func (s *openAPISpec) isPage(op map[string]any) bool {
+	ok, _ := op["responses"].(map[string]any)["200"].(map[string]any)
+	content, _ := ok["content"].(map[string]any)
+	_, html := content["text/html"]
+	return html
 }
 
 func keys(m map[string]any) []string {

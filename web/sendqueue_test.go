@@ -1,8 +1,15 @@
 package web
 
 import (
+	"encoding/json"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"taskstream/progress"
+	"taskstream/wire"
 )
 
 func TestSendQueueLimits(t *testing.T) {
@@ -78,5 +85,134 @@ func TestSendQueueReplayOutsideLimits(t *testing.T) {
 	}
 	if n := len(q.take()); n != 10 {
 		t.Fatalf("took %d frames, want 10", n)
+	}
+}
+
+// jobEvent is a job group's event for the queue tests, with a payload of
+// size bytes.
+func jobEvent(group string, seq int64, name string, size int) *progress.Event {
+	return &progress.Event{Group: group, Seq: seq, Epoch: "e", Name: name,
+		Data: json.RawMessage(`"` + strings.Repeat("x", size) + `"`), Time: time.Unix(0, 0)}
+}
+
+// takenFrames decodes what take hands over.
+func takenFrames(t *testing.T, q *sendQueue) []wire.ServerFrame {
+	t.Helper()
+	var out []wire.ServerFrame
+	for _, b := range q.take() {
+		var f wire.ServerFrame
+		if err := json.Unmarshal(b, &f); err != nil {
+			t.Fatalf("frame %q: %v", b, err)
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// A socket behind on a job group gets the latest progress in place of the
+// queued ones, every other event, increasing seqs and a skipped count
+// that adds up; within the limits nothing is conflated; other groups'
+// progress is never dropped for it; only other events beyond replayFactor
+// times the limits refuse.
+func TestSendQueueConflatesJobProgress(t *testing.T) {
+	const a, b = "job:a", "job:b"
+	type push struct {
+		group, name string
+		want        bool // pushJob's answer
+	}
+	p := func(group, name string) push { return push{group, name, true} }
+	cases := []struct {
+		name      string
+		maxFrames int
+		pushes    []push
+		want      []string // "seq event skipped" of the frames taken
+	}{
+		{"within the limits nothing is dropped", 10,
+			[]push{p(a, "progress"), p(a, "progress"), p(a, "log"), p(a, "progress")},
+			[]string{"1 progress 0", "2 progress 0", "3 log 0", "4 progress 0"}},
+		{"behind: the latest progress replaces the queued ones", 2,
+			[]push{p(a, "progress"), p(a, "progress"), p(a, "progress"), p(a, "progress")},
+			[]string{"4 progress 3"}},
+		{"lifecycle events stay, in order", 3,
+			[]push{p(a, "state"), p(a, "progress"), p(a, "log"), p(a, "progress"), p(a, "progress"), p(a, "result"), p(a, "state")},
+			[]string{"1 state 0", "3 log 0", "5 progress 2", "6 result 0", "7 state 0"}},
+		{"another group's progress is kept", 2,
+			[]push{p(b, "progress"), p(a, "progress"), p(a, "progress"), p(b, "log")},
+			[]string{"1 progress 0", "3 progress 1", "4 log 0"}},
+		{"skipped counts carry over", 1,
+			[]push{p(a, "progress"), p(a, "progress"), p(a, "log"), p(a, "progress"), p(a, "progress")},
+			[]string{"3 log 0", "5 progress 3"}},
+		{"other events beyond the hard limit refuse", 1,
+			append(slices.Repeat([]push{p(a, "log")}, replayFactor), push{a, "log", false}),
+			nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			q := newSendQueue(tc.maxFrames, 1<<20)
+			for i, ps := range tc.pushes {
+				if got := q.pushJob(jobEvent(ps.group, int64(i+1), ps.name, 10), false); got != ps.want {
+					t.Fatalf("push %d (%s %s) = %v, want %v", i+1, ps.group, ps.name, got, ps.want)
+				}
+			}
+			if tc.want == nil {
+				return
+			}
+			var got []string
+			for _, f := range takenFrames(t, q) {
+				got = append(got, fmt.Sprintf("%d %s %d", f.Seq, f.Event, f.Skipped))
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("took %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// Job events have limits of their own: a full job queue does not close a
+// socket's chat, and a full chat queue does not refuse job events.
+func TestSendQueueJobLimitsApart(t *testing.T) {
+	q := newSendQueue(2, 1<<20)
+	for i := range 2 {
+		if !q.push([]byte(`{"type":"pong"}`)) {
+			t.Fatalf("frame %d refused", i)
+		}
+	}
+	if q.push([]byte(`{"type":"pong"}`)) {
+		t.Fatal("the live limit does not apply")
+	}
+	for i := range 5 {
+		if !q.pushJob(jobEvent("job:a", int64(i+1), "log", 10), false) {
+			t.Fatalf("job event %d refused by a full chat queue", i+1)
+		}
+	}
+	if n := len(q.take()); n != 7 {
+		t.Fatalf("took %d frames, want 7", n)
+	}
+	if !q.push([]byte(`{"type":"pong"}`)) {
+		t.Fatal("no room after take")
+	}
+}
+
+// A replay beyond its limit conflates a job's progress too.
+func TestSendQueueConflatesJobReplay(t *testing.T) {
+	ev := jobEvent("job:a", 1, "progress", 100)
+	q := newSendQueue(1024, len(ev.Frame()))
+	const n = 3 * replayFactor
+	for i := range n {
+		if !q.pushJob(jobEvent("job:a", int64(i+1), "progress", 100), true) {
+			t.Fatalf("replayed progress %d refused", i+1)
+		}
+	}
+	frames := takenFrames(t, q)
+	total, last := 0, int64(0)
+	for _, f := range frames {
+		if f.Seq <= last {
+			t.Fatalf("seq %d after %d", f.Seq, last)
+		}
+		last = f.Seq
+		total += 1 + f.Skipped
+	}
+	if last != n || total != n || len(frames) > replayFactor+1 {
+		t.Fatalf("%d frames up to seq %d standing for %d events; want at most %d frames up to %d standing for %d", len(frames), last, total, replayFactor+1, n, n)
 	}
 }

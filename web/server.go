@@ -68,10 +68,19 @@ type Config struct {
 	// replicas. Defaults 5 per second, burst 10.
 	ChatRate  float64
 	ChatBurst int
+	// PublishBatch bounds the events of one POST /api/publish/batch
+	// (413 too_large beyond); the body is bounded by MaxBodyBytes, and
+	// each event's data, on both publish routes, by MaxFrameBytes.
+	// Default 100.
+	PublishBatch int
 	// CredentialRecheck is how often open sockets recheck that their
 	// session or token is still valid, besides the revocation signal.
 	// Default 30s.
 	CredentialRecheck time.Duration
+	// AdminEmails are the signed-in users (by email, case-insensitive)
+	// who may act on the queues from the dashboard, besides admin tokens.
+	// Default none.
+	AdminEmails []string
 	// Limits bound connections, header and body reads, and sockets per
 	// client address; see Limits for each default.
 	Limits Limits
@@ -124,6 +133,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ChatBurst <= 0 {
 		c.ChatBurst = 10
+	}
+	if c.PublishBatch <= 0 {
+		c.PublishBatch = 100
 	}
 	if c.CredentialRecheck <= 0 {
 		c.CredentialRecheck = 30 * time.Second
@@ -223,33 +235,46 @@ func (s *Server) routes() chi.Router {
 	// Outside authenticate: a scraper gets no guest session.
 	r.Method(http.MethodGet, "/metrics", s.mx.Handler())
 	r.Group(func(r chi.Router) {
-		r.Use(s.authenticate)
+		r.Use(s.authenticate, s.refuseScoped)
 		r.Get("/", s.handleIndex)
 		r.Get("/chat/{room}", s.handleChatPage)
+		r.Get("/dashboard", s.handleDashboardPage)
+		r.Get("/jobs/{id}", s.handleJobPage)
 		r.Get("/ws", s.handleSocket)
 	})
 	r.Route("/api", func(r chi.Router) {
 		r.Use(s.sameOriginWrites, s.authenticate)
-		r.Get("/openapi.json", s.handleOpenAPI)
-		r.Post("/auth/code", s.handleRequestCode)
-		r.Post("/auth/login", s.handleLogin)
-		r.Post("/auth/logout", s.handleLogout)
+		// The server API for backends (api_server.go): scoped tokens may
+		// use these, and GET /api/me to see who they are.
+		r.Post("/publish", s.handlePublish)
+		r.Post("/publish/batch", s.handlePublishBatch)
+		r.Get("/groups/{group}/history", s.handleHistory)
+		r.Get("/groups/{group}/presence", s.handlePresence)
+		r.Post("/users/{id}/disconnect", s.handleDisconnect)
 		r.Get("/me", s.handleMe)
-		r.Post("/me", s.handleSetName)
-		r.Get("/tokens", s.handleListTokens)
-		r.Post("/tokens", s.handleCreateToken)
-		r.Delete("/tokens/{id}", s.handleRevokeToken)
-		r.Post("/notify", s.handleNotify)
-		r.Post("/groups/{group}/messages", s.handlePostMessage)
-		r.Get("/job-types", s.handleJobTypes)
-		r.Get("/jobs", s.handleListJobs)
-		r.Post("/jobs", s.handleSubmit)
-		r.Get("/jobs/{id}", s.handleGetJob)
-		r.Post("/jobs/{id}/cancel", s.handleCancel)
-		r.Get("/jobs/{id}/artifact", s.handleArtifact)
-		r.Get("/jobs/{id}/events", s.handleJobEvents)
-		r.Get("/schedules", s.handleSchedules)
-		r.Get("/groups/{group}/events", s.handleGroupEvents)
+		r.Get("/openapi.json", s.handleOpenAPI)
+		r.Group(func(r chi.Router) {
+			r.Use(s.refuseScoped)
+			r.Post("/auth/code", s.handleRequestCode)
+			r.Post("/auth/login", s.handleLogin)
+			r.Post("/auth/logout", s.handleLogout)
+			r.Post("/me", s.handleSetName)
+			r.Get("/tokens", s.handleListTokens)
+			r.Post("/tokens", s.handleCreateToken)
+			r.Delete("/tokens/{id}", s.handleRevokeToken)
+			r.Post("/notify", s.handleNotify)
+			r.Post("/groups/{group}/messages", s.handlePostMessage)
+			r.Get("/job-types", s.handleJobTypes)
+			r.Get("/jobs", s.handleListJobs)
+			r.Post("/jobs", s.handleSubmit)
+			r.Get("/jobs/{id}", s.handleGetJob)
+			r.Post("/jobs/{id}/cancel", s.handleCancel)
+			r.Get("/jobs/{id}/artifact", s.handleArtifact)
+			r.Get("/jobs/{id}/events", s.handleJobEvents)
+			r.Get("/schedules", s.handleSchedules)
+			r.Get("/groups/{group}/events", s.handleGroupEvents)
+			r.Route("/admin", s.adminRoutes)
+		})
 	})
 	return r
 }
@@ -300,6 +325,10 @@ func (s *Server) ConnCount() int {
 	defer s.mu.Unlock()
 	return len(s.conns)
 }
+
+// Sockets returns the open sockets and streams by transport ("websocket",
+// "sse", "longpoll"): the figures this replica reports to the dashboard.
+func (s *Server) Sockets() map[string]int { return s.openByTransport() }
 
 // openByTransport counts the open sockets and streams by transport, for
 // the taskstream_sockets gauge.

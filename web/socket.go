@@ -22,13 +22,13 @@ import (
 
 // Close codes the server uses (docs/protocol.md).
 const (
-	closeNormal    = wire.CloseNormal    // 1000
-	closeGoingAway = wire.CloseGoingAway // 1001: restart, reconnect and resume
-	closePolicy    = wire.ClosePolicy    // 1008: bad Origin, not allowed
-	closeTooBig    = wire.CloseTooBig    // 1009: frame over the limit
-	closeTryAgain  = wire.CloseTryAgain  // 1013: too slow, or Redis unavailable: reconnect later and resume from last seq
-	maxSubsPerConn = 200                 // groups one socket may watch
-	closeWait      = time.Second         // how long a close handshake may take
+	closeNormal    = wire.CloseNormal        // 1000
+	closeGoingAway = wire.CloseGoingAway     // 1001: restart, reconnect and resume
+	closePolicy    = wire.ClosePolicy        // 1008: bad Origin, not allowed
+	closeTooBig    = wire.CloseTooBig        // 1009: frame over the limit
+	closeTryAgain  = wire.CloseTryAgain      // 1013: too slow, or Redis unavailable: reconnect later and resume from last seq
+	maxSubsPerConn = wire.MaxGroupsPerSocket // groups one socket may watch
+	closeWait      = time.Second             // how long a close handshake may take
 
 	// Transports, the label values of the taskstream_sockets gauge.
 	transportWebSocket = "websocket"
@@ -351,17 +351,23 @@ func (c *conn) handle(ctx context.Context, f clientFrame) {
 	switch f.Op {
 	case opPing:
 		c.reply(replyFrame{Type: wire.TypePong, Ref: f.Ref})
-	case opSubscribe:
-		if err := c.subscribe(ctx, f); err != nil {
-			c.replyError(f.Ref, f.Group, err)
+	case opSubscribe, opUnsubscribe:
+		if f.Groups == nil {
+			c.handleGroup(ctx, f.Op, f.Ref, wire.GroupPosition{Group: f.Group, After: f.After, Epoch: f.Epoch})
+			return
 		}
-	case opUnsubscribe:
-		if sub := c.subs[f.Group]; sub != nil {
-			sub.Close()
-			delete(c.subs, f.Group)
-			c.leave(f.Group)
+		// Many groups in one frame: each is answered on its own, so one
+		// group the caller may not watch does not affect the others.
+		for i, g := range f.Groups {
+			if c.isClosed() {
+				return // Redis went away (1013): the rest cannot be served
+			}
+			if err := f.GroupErrs[i]; err != nil {
+				c.reply(replyFrame{Type: wire.TypeError, Group: g.Group, Ref: f.Ref, Code: err.Code, Message: err.Message})
+				continue
+			}
+			c.handleGroup(ctx, f.Op, f.Ref, g)
 		}
-		c.reply(replyFrame{Type: wire.TypeUnsubscribed, Group: f.Group, Ref: f.Ref})
 	case opPublish:
 		who, err := c.s.publish(ctx, c.acting, f.Group, f.Data)
 		c.acting = who
@@ -373,7 +379,23 @@ func (c *conn) handle(ctx context.Context, f clientFrame) {
 	}
 }
 
-func (c *conn) subscribe(ctx context.Context, f clientFrame) error {
+// handleGroup subscribes or unsubscribes one group and answers for it.
+func (c *conn) handleGroup(ctx context.Context, op string, ref json.RawMessage, g wire.GroupPosition) {
+	if op == opSubscribe {
+		if err := c.subscribe(ctx, ref, g); err != nil {
+			c.replyError(ref, g.Group, err)
+		}
+		return
+	}
+	if sub := c.subs[g.Group]; sub != nil {
+		sub.Close()
+		delete(c.subs, g.Group)
+		c.leave(g.Group)
+	}
+	c.reply(replyFrame{Type: wire.TypeUnsubscribed, Group: g.Group, Ref: ref})
+}
+
+func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupPosition) error {
 	if err := c.s.authorizeGroup(ctx, c.who, f.Group); err != nil {
 		return err
 	}
@@ -402,7 +424,7 @@ func (c *conn) subscribe(ctx context.Context, f clientFrame) error {
 	if f.After != nil {
 		after = *f.After
 	}
-	sub, err := c.s.hub.Subscribe(f.Group, after, f.Epoch, &groupSink{c: c, group: f.Group, ref: f.Ref})
+	sub, err := c.s.hub.Subscribe(f.Group, after, f.Epoch, &groupSink{c: c, group: f.Group, ref: ref})
 	if err != nil {
 		return hubError(err)
 	}
@@ -501,8 +523,23 @@ func (g *groupSink) Synced(info progress.SyncInfo) bool {
 }
 
 func (g *groupSink) Send(ev *progress.Event) bool {
-	if g.replayLeft > 0 {
+	replay := g.replayLeft > 0
+	if replay {
 		g.replayLeft--
+	}
+	if wire.KindOf(g.group) == wire.KindJob {
+		// A job's stream is conflated for a reader that falls behind
+		// rather than cut (sendQueue.pushJob).
+		if g.c.isClosed() {
+			return false
+		}
+		if !g.c.send.pushJob(ev, replay) {
+			g.c.overflowed("send queue full: reconnect and resume from your last seq")
+			return false
+		}
+		return true
+	}
+	if replay {
 		if g.c.isClosed() {
 			return false
 		}

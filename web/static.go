@@ -42,3 +42,11 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-cache")
 	http.ServeFileFS(w, r, assets, "static/index.html")
 }
+
+// handleJobPage serves the job page, /jobs/{id}, for any id: the page
+// reads the job from the API and says so when it is unknown or someone
+// else's, instead of the API's JSON error.
+func (s *Server) handleJobPage(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-cache")
+	http.ServeFileFS(w, r, assets, "static/job.html")
+}

@@ -6,25 +6,58 @@ import "encoding/json"
 // JSON string or number, and is echoed on the reply. After and Epoch are
 // a subscribe's position: without After the whole retained history is
 // replayed.
+//
+// A subscribe or unsubscribe names either one Group (with After and
+// Epoch) or, instead, up to MaxGroupsPerFrame Groups, each with its own
+// position: the server answers each group on its own (one subscribed,
+// unsubscribed or error frame per group, all with the frame's Ref), and
+// its per-socket frame limit counts the whole frame once.
 type ClientFrame struct {
-	Op    string          `json:"op"`
-	Group string          `json:"group,omitempty"`
-	After *int64          `json:"after,omitempty"`
-	Epoch string          `json:"epoch,omitempty"`
-	Data  json.RawMessage `json:"data,omitempty"`
-	Ref   json.RawMessage `json:"ref,omitempty"`
+	Op     string          `json:"op"`
+	Group  string          `json:"group,omitempty"`
+	Groups []GroupPosition `json:"groups,omitempty"`
+	After  *int64          `json:"after,omitempty"`
+	Epoch  string          `json:"epoch,omitempty"`
+	Data   json.RawMessage `json:"data,omitempty"`
+	Ref    json.RawMessage `json:"ref,omitempty"`
 }
+
+// GroupPosition is one group of a many-group subscribe or unsubscribe,
+// with where to resume it (ignored by unsubscribe).
+type GroupPosition struct {
+	Group string `json:"group"`
+	After *int64 `json:"after,omitempty"`
+	Epoch string `json:"epoch,omitempty"`
+}
+
+// Socket limits a client needs to know to stay within them.
+const (
+	// MaxGroupsPerFrame is the most groups one subscribe or unsubscribe
+	// frame may name; a frame with more is refused whole (bad_request).
+	MaxGroupsPerFrame = 100
+	// MaxGroupsPerSocket is how many groups one socket may watch at once
+	// (the server's default); each group beyond it gets an error frame
+	// bad_request of its own.
+	MaxGroupsPerSocket = 200
+)
 
 // EventFrame is an event as the socket, SSE (its data line) and long-poll
 // carry it.
+//
+// Skipped, when not 0, says that this many earlier events of the group,
+// all of them `progress` events of a job group, were dropped for this
+// socket because it fell behind (conflation): this frame replaces them.
+// The seq still increases; a client that ignores Skipped sees the latest
+// progress and every other event.
 type EventFrame struct {
-	Type  string          `json:"type"` // TypeEvent
-	Group string          `json:"group"`
-	Seq   int64           `json:"seq"`
-	Epoch string          `json:"epoch"`
-	Event string          `json:"event"`
-	Data  json.RawMessage `json:"data"`
-	TS    string          `json:"ts"`
+	Type    string          `json:"type"` // TypeEvent
+	Group   string          `json:"group"`
+	Seq     int64           `json:"seq"`
+	Epoch   string          `json:"epoch"`
+	Event   string          `json:"event"`
+	Data    json.RawMessage `json:"data"`
+	TS      string          `json:"ts"`
+	Skipped int             `json:"skipped,omitempty"`
 }
 
 // SubscribedFrame answers a subscribe (and starts an SSE stream).
@@ -64,6 +97,7 @@ type ServerFrame struct {
 	LastSeq   int64           `json:"last_seq,omitempty"`
 	Replayed  int             `json:"replayed,omitempty"`
 	Recovered bool            `json:"recovered,omitempty"`
+	Skipped   int             `json:"skipped,omitempty"`
 	Code      string          `json:"code,omitempty"`
 	Message   string          `json:"message,omitempty"`
 }

@@ -74,6 +74,16 @@ func KindOf(name string) string {
 	return kind
 }
 
+// KnownKind reports whether kind is one of the group kinds the server
+// serves: job, chat, user, dashboard.
+func KnownKind(kind string) bool {
+	switch kind {
+	case KindJob, KindChat, KindUser, KindDashboard:
+		return true
+	}
+	return false
+}
+
 // ValidGroup reports whether name parses as a group.
 func ValidGroup(name string) bool {
 	_, err := ParseGroup(name)

@@ -75,3 +75,39 @@ func TestHTTPStatusAndResumable(t *testing.T) {
 		}
 	}
 }
+
+func TestReserved(t *testing.T) {
+	tests := []struct {
+		kind, event string
+		want        bool
+	}{
+		{KindJob, EventState, true},
+		{KindJob, EventProgress, true},
+		{KindJob, EventLog, true},
+		{KindJob, EventResult, true},
+		{KindJob, EventFailed, true},
+		{KindJob, "note", false},
+		{KindChat, EventMessage, false},
+		{KindChat, EventJoin, true},
+		{KindChat, EventLeave, true},
+		{KindChat, EventPresence, true},
+		{KindChat, EventRename, true},
+		{KindUser, EventNotification, false},
+		{KindUser, EventState, false},
+		{KindDashboard, EventStats, true},
+		{KindDashboard, "note", false},
+	}
+	for _, tt := range tests {
+		if got := Reserved(tt.kind, tt.event); got != tt.want {
+			t.Errorf("Reserved(%q, %q) = %v, want %v", tt.kind, tt.event, got, tt.want)
+		}
+	}
+}
+
+func TestKnownKind(t *testing.T) {
+	for kind, want := range map[string]bool{KindJob: true, KindChat: true, KindUser: true, KindDashboard: true, "metrics": false, "": false, "Job": false} {
+		if KnownKind(kind) != want {
+			t.Errorf("KnownKind(%q) = %v, want %v", kind, !want, want)
+		}
+	}
+}

@@ -1,5 +1,7 @@
 package wire
 
+import "encoding/json"
+
 // Socket operations (client to server).
 const (
 	OpSubscribe   = "subscribe"
@@ -36,6 +38,7 @@ const (
 
 	// user groups.
 	EventNotification = "notification" // {"title","body"?,"link"?}
+	EventSubmitted    = "submitted"    // the job object: the user submitted a job (any tab, any program)
 
 	// the dashboard group.
 	EventStats = "stats"
@@ -57,4 +60,42 @@ const (
 // Terminal reports whether a job in state has ended.
 func Terminal(state string) bool {
 	return state == StateCompleted || state == StateFailed || state == StateCanceled
+}
+
+// FinalJobEvent reports whether an event of a job group is the job's last
+// one: result, failed, or state canceled. Nothing follows it.
+func FinalJobEvent(event string, data json.RawMessage) bool {
+	switch event {
+	case EventResult, EventFailed:
+		return true
+	case EventState:
+		var s struct {
+			State string `json:"state"`
+		}
+		return json.Unmarshal(data, &s) == nil && s.State == StateCanceled
+	}
+	return false
+}
+
+// Reserved reports whether event names an event that only the server
+// itself puts into groups of kind: a job's lifecycle and log (its
+// workers), a chat room's record of who is present (its presence
+// tracking), the dashboard's statistics. Programs that publish through
+// the server API cannot send these.
+func Reserved(kind, event string) bool {
+	switch kind {
+	case KindJob:
+		switch event {
+		case EventState, EventProgress, EventLog, EventResult, EventFailed:
+			return true
+		}
+	case KindChat:
+		switch event {
+		case EventJoin, EventLeave, EventPresence, EventRename:
+			return true
+		}
+	case KindDashboard:
+		return event == EventStats
+	}
+	return false
 }

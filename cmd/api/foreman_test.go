@@ -40,12 +40,10 @@ func TestForemanStartAndStopLeavesNothingBehind(t *testing.T) {
 	waitHealthy(t, base, fm)
 	b := browser()
 	id := submit(t, b, base, `{"type":"primes","params":{"n":100000}}`)
-	ws := subscribe(t, b, base, "job:"+id)
-	events := readEvents(t, ws, time.Minute, isResult)
+	events := watchJob(t, b, base, id, time.Minute, nil)
 	if last := events[len(events)-1]; !strings.Contains(string(last.Data), `"count":9592`) {
 		t.Fatalf("result %s, want count 9592", last.Data)
 	}
-	ws.Close()
 
 	// SIGTERM to foreman alone, as an init system or a terminal's Ctrl-C
 	// would send it; foreman passes it on to its children.

@@ -10,10 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
-
 	"taskstream/progress/progresstest"
 	"taskstream/web/auth/authtest"
+	"taskstream/wire"
 )
 
 // A whole session of a signed-in user and a program, run against the api
@@ -82,10 +81,9 @@ func TestJSONLogHasNoPlainTextAndNoSecrets(t *testing.T) {
 	if res, body := post(http.DefaultClient, "/api/notify", `{"user":"nobody","title":"t"}`, "Authorization", "Bearer "+adminToken); res.StatusCode >= 500 {
 		t.Fatalf("notify: %d %s", res.StatusCode, body)
 	}
-	ws := subscribe(t, b, base, "job:"+job.ID)
-	readEvents(t, ws, time.Minute, isResult)
-	_ = ws.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"))
-	ws.Close()
+	// The watch ends after the job's last event with a close handshake
+	// (1000), which the socket's close line records.
+	watchJob(t, b, base, job.ID, time.Minute, nil)
 	// Redis goes away under the api: go-redis's own complaints must be
 	// JSON lines too.
 	rds.Stop()
@@ -122,7 +120,7 @@ func TestJSONLogHasNoPlainTextAndNoSecrets(t *testing.T) {
 		case "socket opened":
 			sawOpen = true
 		case "socket closed":
-			if rec["client_code"] == float64(websocket.CloseNormalClosure) {
+			if rec["client_code"] == float64(wire.CloseNormal) {
 				sawClose = true
 			}
 		}

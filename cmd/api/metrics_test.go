@@ -79,7 +79,7 @@ func TestMetricsOfAPIAndWorker(t *testing.T) {
 
 	b := browser()
 	id := submit(t, b, base, `{"type":"steps","params":{"steps":2,"interval_ms":0}}`)
-	events := readEvents(t, subscribe(t, b, base, "job:"+id), time.Minute, isResult)
+	events := watchJob(t, b, base, id, time.Minute, nil)
 
 	apiMetrics, ok := scrapeMetrics(t, base+"/metrics")
 	if !ok {

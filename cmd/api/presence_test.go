@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -8,60 +9,54 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
-
+	"taskstream/client"
 	"taskstream/progress/progresstest"
 	"taskstream/wire"
 )
 
-type presenceFrame struct {
-	Type  string `json:"type"`
-	Event string `json:"event"`
-	Data  struct {
+// presenceNames returns the names of a presence event's users.
+func presenceNames(t *testing.T, data []byte) []string {
+	t.Helper()
+	var p struct {
 		Users []struct{ ID, Name string } `json:"users"`
-		User  struct{ ID, Name string }   `json:"user"`
-	} `json:"data"`
+	}
+	if err := json.Unmarshal(data, &p); err != nil {
+		t.Fatalf("presence data %s: %v", data, err)
+	}
+	names := []string{}
+	for _, u := range p.Users {
+		names = append(names, u.Name)
+	}
+	return names
 }
 
 // nextPresence reads until the next presence event and returns its names.
-func nextPresence(t *testing.T, ws *websocket.Conn, timeout time.Duration) []string {
+func nextPresence(t *testing.T, conn *client.Conn, timeout time.Duration) []string {
 	t.Helper()
-	_ = ws.SetReadDeadline(time.Now().Add(timeout))
+	_ = conn.SetReadDeadline(time.Now().Add(timeout))
 	for {
-		var f presenceFrame
-		if err := ws.ReadJSON(&f); err != nil {
+		f, err := conn.ReadFrame()
+		if err != nil {
 			t.Fatalf("waiting for presence: %v", err)
 		}
-		if f.Type == "event" && f.Event == "presence" {
-			var names []string
-			for _, u := range f.Data.Users {
-				names = append(names, u.Name)
-			}
-			return names
+		if f.Type == wire.TypeEvent && f.Event == wire.EventPresence {
+			return presenceNames(t, f.Data)
 		}
 	}
 }
 
-// replayedPresence reads a fresh subscription's replay and returns the
-// last presence list in it.
-func replayedPresence(t *testing.T, ws *websocket.Conn) []string {
+// replayedPresence reads a fresh subscription's replay (sub announced
+// it) and returns the last presence list in it.
+func replayedPresence(t *testing.T, conn *client.Conn, sub *wire.SubscribedFrame) []string {
 	t.Helper()
-	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
-	var sub wire.SubscribedFrame
-	if err := ws.ReadJSON(&sub); err != nil || sub.Type != wire.TypeSubscribed {
-		t.Fatalf("subscribe: %v %+v", err, sub)
-	}
 	var last []string
 	for range sub.Replayed {
-		var f presenceFrame
-		if err := ws.ReadJSON(&f); err != nil {
+		f, err := conn.ReadFrame()
+		if err != nil {
 			t.Fatal(err)
 		}
-		if f.Event == "presence" {
-			last = last[:0]
-			for _, u := range f.Data.Users {
-				last = append(last, u.Name)
-			}
+		if f.Event == wire.EventPresence {
+			last = presenceNames(t, f.Data)
 		}
 	}
 	return last
@@ -93,20 +88,21 @@ func TestPresenceAcrossTwoAPIProcesses(t *testing.T) {
 
 	watcher := browser()
 	setName(t, watcher, baseA, "watcher")
-	w := subscribe(t, watcher, baseA, "chat:lobby")
+	lobby := wire.ChatGroup("lobby").String()
+	w, _ := join(t, watcher, baseA, lobby)
 	if got := nextPresence(t, w, 10*time.Second); strings.Join(got, ",") != "watcher" {
 		t.Fatalf("presence %v", got)
 	}
 	ada := browser()
 	setName(t, ada, baseA, "ada") // the session cookie works on both replicas
-	onA := subscribe(t, ada, baseA, "chat:lobby")
+	onA, _ := join(t, ada, baseA, lobby)
 	if got := nextPresence(t, w, 10*time.Second); strings.Join(got, ",") != "ada,watcher" {
 		t.Fatalf("after ada joined on A: %v", got)
 	}
-	onB := subscribe(t, ada, baseB, "chat:lobby")
+	onB, sub := join(t, ada, baseB, lobby)
 	// Joining again through B publishes nothing: check B's own view of the
 	// list, which its subscribe replays from the room's history.
-	if got := replayedPresence(t, onB); strings.Join(got, ",") != "ada,watcher" {
+	if got := replayedPresence(t, onB, sub); strings.Join(got, ",") != "ada,watcher" {
 		t.Fatalf("seen through B: %v", got)
 	}
 	onA.Close()
@@ -118,7 +114,7 @@ func TestPresenceAcrossTwoAPIProcesses(t *testing.T) {
 	// Bo is connected only through B, which dies without a word.
 	bo := browser()
 	setName(t, bo, baseB, "bo")
-	subscribe(t, bo, baseB, "chat:lobby")
+	join(t, bo, baseB, lobby)
 	if got := nextPresence(t, w, 10*time.Second); strings.Join(got, ",") != "bo,watcher" {
 		t.Fatalf("after bo joined on B: %v", got)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,8 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
-
+	"taskstream/client"
 	"taskstream/progress/progresstest"
 	"taskstream/wire"
 )
@@ -153,73 +153,87 @@ func waitHealthy(t *testing.T, base string, p *proc) {
 }
 
 // browser is an HTTP client with a cookie jar: one guest session across
-// requests and sockets, and across API replicas that share SESSION_SECRET.
+// requests and sockets, and across API replicas that share SESSION_SECRET
+// (cookies do not tell ports apart).
 func browser() *http.Client {
 	jar, _ := cookiejar.New(nil)
 	return &http.Client{Jar: jar}
 }
 
-func submit(t *testing.T, c *http.Client, base, body string) string {
+// user is a taskstream client of base in b's session.
+func user(t *testing.T, b *http.Client, base string) *client.Client {
 	t.Helper()
-	res, err := c.Post(base+"/api/jobs", "application/json", strings.NewReader(body))
+	c, err := client.New(client.Config{BaseURL: base, HTTPClient: b})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer res.Body.Close()
-	raw, _ := io.ReadAll(res.Body)
-	if res.StatusCode != http.StatusAccepted {
-		t.Fatalf("submit: %d %s", res.StatusCode, raw)
+	return c
+}
+
+// submit starts a job from a JSON body {"type", "params"} as b's user.
+func submit(t *testing.T, b *http.Client, base, body string) string {
+	t.Helper()
+	var req struct {
+		Type   string
+		Params json.RawMessage
 	}
-	var job struct{ ID string }
-	_ = json.Unmarshal(raw, &job)
+	if err := json.Unmarshal([]byte(body), &req); err != nil {
+		t.Fatal(err)
+	}
+	job, err := user(t, b, base).Submit(context.Background(), client.SubmitRequest{Type: req.Type, Params: req.Params})
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
 	return job.ID
 }
 
-type event = wire.ServerFrame
-
-// subscribe opens a socket on base's /ws as c's user (c's cookie jar),
-// subscribes it to group ("job:"+id, "chat:"+room) and returns it; the
-// socket is closed when the test ends.
-func subscribe(t *testing.T, c *http.Client, base, group string) *websocket.Conn {
+// watchJob follows job id on base as b's user, from its first event,
+// until stop returns true or the job's last event came; it checks the
+// seqs are 1, 2, 3, … with no gap or duplicate, and closes the watch.
+func watchJob(t *testing.T, b *http.Client, base, id string, timeout time.Duration, stop func(client.Event) bool) []client.Event {
 	t.Helper()
-	d := *websocket.DefaultDialer
-	d.Jar = c.Jar
-	ws, _, err := d.Dial("ws"+strings.TrimPrefix(base, "http")+"/ws", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	w, err := user(t, b, base).Watch(ctx, wire.JobGroup(id).String(), client.Position{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ws.Close() })
-	if err := ws.WriteJSON(map[string]any{"op": "subscribe", "group": group}); err != nil {
-		t.Fatal(err)
-	}
-	return ws
-}
-
-// readEvents reads event frames until stop returns true, checking seqs
-// are 1, 2, 3, … with no gap or duplicate.
-func readEvents(t *testing.T, ws *websocket.Conn, timeout time.Duration, stop func(event) bool) []event {
-	t.Helper()
-	var got []event
-	_ = ws.SetReadDeadline(time.Now().Add(timeout))
+	defer w.Close()
+	var got []client.Event
 	for {
-		var f event
-		if err := ws.ReadJSON(&f); err != nil {
-			t.Fatalf("read: %v after %d events: %+v", err, len(got), got)
+		ev, err := w.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			return got
 		}
-		if f.Type != "event" {
-			continue
+		if err != nil {
+			t.Fatalf("watch: %v after %d events: %+v", err, len(got), got)
 		}
-		if f.Seq != int64(len(got))+1 {
-			t.Fatalf("seq %d after %d events", f.Seq, len(got))
+		if ev.Seq != int64(len(got))+1 {
+			t.Fatalf("seq %d after %d events", ev.Seq, len(got))
 		}
-		got = append(got, f)
-		if stop(f) {
+		got = append(got, ev)
+		if stop != nil && stop(ev) {
 			return got
 		}
 	}
 }
 
-func isResult(e event) bool { return e.Event == "result" }
+// join opens a socket on base as b's user and subscribes it to group;
+// the socket is closed when the test ends.
+func join(t *testing.T, b *http.Client, base, group string) (*client.Conn, *wire.SubscribedFrame) {
+	t.Helper()
+	conn, err := user(t, b, base).Dial(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	sub, err := conn.Join(group, client.Position{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn, sub
+}
 
 // The one command a newcomer runs: embedded Redis and worker, a job runs to
 // its result, and SIGTERM closes sockets with 1001 and exits cleanly.
@@ -235,17 +249,20 @@ func TestEmbeddedDefault(t *testing.T) {
 	}
 	b := browser()
 	id := submit(t, b, base, `{"type":"steps","params":{"steps":5,"interval_ms":20}}`)
-	ws := subscribe(t, b, base, "job:"+id)
-	readEvents(t, ws, 30*time.Second, isResult)
+	if events := watchJob(t, b, base, id, 30*time.Second, nil); events[len(events)-1].Event != wire.EventResult {
+		t.Fatalf("the job ended with %+v", events[len(events)-1].EventFrame)
+	}
 
+	// An open socket is closed with 1001 on SIGTERM.
+	conn, _ := join(t, b, base, wire.JobGroup(id).String())
 	api.signal(syscall.SIGTERM)
-	_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
 	for {
-		_, _, err := ws.ReadMessage()
+		_, err := conn.ReadFrame()
 		if err == nil {
 			continue
 		}
-		if !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+		var ce *client.CloseError
+		if !errors.As(err, &ce) || ce.Code != wire.CloseGoingAway {
 			t.Fatalf("socket ended with %v, want close 1001", err)
 		}
 		break
@@ -276,8 +293,7 @@ func TestProcfileProcessesOnRealRedis(t *testing.T) {
 	}
 	b := browser()
 	id := submit(t, b, base, `{"type":"primes","params":{"n":1000000}}`)
-	ws := subscribe(t, b, base, "job:"+id)
-	events := readEvents(t, ws, time.Minute, isResult)
+	events := watchJob(t, b, base, id, time.Minute, nil)
 	if last := events[len(events)-1]; !strings.Contains(string(last.Data), `"count":78498`) {
 		t.Fatalf("result %s, want count 78498", last.Data)
 	}
@@ -326,16 +342,13 @@ func TestWorkerKilledMidJobIsRetried(t *testing.T) {
 	waitHealthy(t, base, api)
 	b := browser()
 	id := submit(t, b, base, `{"type":"steps","params":{"steps":40,"interval_ms":100}}`)
-	ws := subscribe(t, b, base, "job:"+id)
-	readEvents(t, ws, 30*time.Second, func(e event) bool { return e.Event == "progress" })
+	watchJob(t, b, base, id, 30*time.Second, func(e client.Event) bool { return e.Event == wire.EventProgress })
 	doomed.signal(syscall.SIGKILL)
 	<-doomed.done
 	start(t, "survivor", filepath.Join(binDir, "worker")+" -poll-interval 100ms", env...)
 
-	// Resume on a fresh socket from the start, and follow to the end.
-	_ = ws.Close()
-	ws = subscribe(t, b, base, "job:"+id)
-	events := readEvents(t, ws, time.Minute, isResult)
+	// Follow on a fresh watch from the start, to the end.
+	events := watchJob(t, b, base, id, time.Minute, nil)
 	var states []string
 	for _, e := range events {
 		if e.Event == "state" {

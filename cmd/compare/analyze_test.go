@@ -56,29 +56,6 @@ func TestAnalyze(t *testing.T) {
 	}
 }
 
-func TestReadSSE(t *testing.T) {
-	stream := "retry: 2000\n\n" +
-		"event: subscribed\ndata: {\"type\":\"subscribed\"}\n\n" +
-		": ping\n\n" +
-		"id: 7\nevent: progress\ndata: {\"a\":\ndata: 1}\n\n" +
-		"id: 8\r\nevent: result\r\ndata: {}\r\n\r\n" +
-		"id: 9\nevent: never\ndata: {}\n\n"
-	var got []sseEvent
-	err := readSSE(strings.NewReader(stream), func(ev sseEvent) (bool, error) {
-		got = append(got, ev)
-		return ev.Event == "result", nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != 3 {
-		t.Fatalf("got %d events: %+v", len(got), got)
-	}
-	if got[0].Event != "subscribed" || got[1].ID != "7" || string(got[1].Data) != "{\"a\":\n1}" || got[2].ID != "8" || string(got[2].Data) != "{}" {
-		t.Fatalf("events %+v", got)
-	}
-}
-
 func TestParseFlags(t *testing.T) {
 	var errOut bytes.Buffer
 	c, err := parseFlags([]string{"-url", "", "-steps", "5", "-interval", "20ms"}, &errOut)

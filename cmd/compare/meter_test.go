@@ -160,3 +160,15 @@ func (c *srvConn) Write(p []byte) (int, error) {
 	c.l.written.Add(int64(n))
 	return n, err
 }
+
+// closeSocket does the close handshake, so its bytes are counted too.
+func closeSocket(conn *websocket.Conn) {
+	deadline := time.Now().Add(2 * time.Second)
+	_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), deadline)
+	_ = conn.SetReadDeadline(deadline)
+	for {
+		if _, _, err := conn.NextReader(); err != nil {
+			return
+		}
+	}
+}

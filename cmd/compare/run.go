@@ -1,18 +1,16 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"net/http/cookiejar"
 	"net/url"
 	"sync"
 	"time"
 
+	"taskstream/client"
 	"taskstream/cmd/internal/inproc"
 )
 
@@ -118,28 +116,14 @@ func firstErr(obs []*observation, def error) error {
 
 // submit starts a steps job over the API (not metered) and returns its id.
 func submit(ctx context.Context, t target, steps int, interval time.Duration) (string, error) {
-	body, _ := json.Marshal(map[string]any{"type": "steps", "params": map[string]any{
-		"steps": steps, "interval_ms": interval.Milliseconds()}})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url("/api/jobs", nil), bytes.NewReader(body))
+	c, err := t.client(nil, nil)
 	if err != nil {
 		return "", err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	client := &http.Client{Jar: t.jar, Timeout: 30 * time.Second}
-	res, err := client.Do(req)
+	defer c.HTTPClient().CloseIdleConnections()
+	job, err := c.Submit(ctx, client.SubmitRequest{Type: "steps", Params: map[string]any{"steps": steps, "interval_ms": interval.Milliseconds()}})
 	if err != nil {
 		return "", fmt.Errorf("submit the job: %w", err)
 	}
-	defer res.Body.Close()
-	raw, _ := io.ReadAll(res.Body)
-	if res.StatusCode != http.StatusAccepted {
-		return "", fmt.Errorf("submit the job: %s: %s", res.Status, bytes.TrimSpace(raw))
-	}
-	var j struct {
-		ID string `json:"id"`
-	}
-	if err := json.Unmarshal(raw, &j); err != nil || j.ID == "" {
-		return "", fmt.Errorf("submit the job: no id in %s", raw)
-	}
-	return j.ID, nil
+	return job.ID, nil
 }

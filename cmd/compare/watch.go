@@ -1,23 +1,18 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gorilla/websocket"
 
-	"taskstream/jobs"
-	"taskstream/progress"
+	"taskstream/client"
 	"taskstream/wire"
 )
 
@@ -37,13 +32,22 @@ type target struct {
 	header http.Header // extra request headers (browser emulation), may be empty
 }
 
-func (t target) group() string { return jobs.Group(t.id) }
+func (t target) group() string { return wire.JobGroup(t.id).String() }
 
-func (t target) url(path string, q url.Values) string {
-	u := *t.base
-	u.Path = strings.TrimSuffix(u.Path, "/") + path
-	u.RawQuery = q.Encode()
-	return u.String()
+// client returns a taskstream client of the target whose every byte is
+// counted by m (m nil: not metered), with the target's session and
+// headers. A socket's handshake counts as one request.
+func (t target) client(m *Meter, header http.Header) (*client.Client, error) {
+	cfg := client.Config{BaseURL: t.base.String(), Header: header, HTTPClient: &http.Client{Jar: t.jar, Timeout: 30 * time.Second}}
+	if m != nil {
+		cfg.HTTPClient = m.HTTPClient(t.jar)
+		cfg.Dialer = &websocket.Dialer{HandshakeTimeout: 10 * time.Second, Jar: t.jar,
+			NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				m.countRequest()
+				return m.DialContext(ctx, network, addr)
+			}}
+	}
+	return client.New(cfg)
 }
 
 // update is one progress update a watcher saw.
@@ -64,231 +68,93 @@ type observation struct {
 	Err       error
 }
 
-// wireFrame is a server frame (an event frame, or a socket reply).
-type wireFrame = wire.ServerFrame
-
-// add records an event frame received at t. It reports whether the frame
-// is the job's last event.
-func (o *observation) add(f wireFrame, t time.Time) (final bool, err error) {
+// add records an event received at t.
+func (o *observation) add(ev client.Event, t time.Time) error {
 	o.Events++
-	if f.Event == "progress" {
-		var p progress.Progress
-		if err := json.Unmarshal(f.Data, &p); err != nil {
-			return false, fmt.Errorf("%s: progress data %s: %w", o.Transport, f.Data, err)
+	if ev.Event == wire.EventProgress {
+		var p client.Progress
+		if err := ev.Decode(&p); err != nil {
+			return fmt.Errorf("%s: %w", o.Transport, err)
 		}
-		ts, err := time.Parse(time.RFC3339Nano, f.TS)
-		if err != nil {
-			return false, fmt.Errorf("%s: event ts %q: %w", o.Transport, f.TS, err)
+		ts := ev.Time()
+		if ts.IsZero() {
+			return fmt.Errorf("%s: event ts %q", o.Transport, ev.TS)
 		}
-		o.Updates = append(o.Updates, update{Seq: f.Seq, Done: p.Done, TS: ts, Received: t})
+		o.Updates = append(o.Updates, update{Seq: ev.Seq, Done: p.Done, TS: ts, Received: t})
 	}
-	return jobs.FinalEvent(f.Event, f.Data), nil
+	return nil
 }
 
 // watchFunc follows the job until its last event. It calls ready once it
 // is attached (subscribed, or has its first answer).
 type watchFunc func(ctx context.Context, t target, m *Meter, ready func()) *observation
 
-// watchWS subscribes to the job's group on /ws and reads until the job's
-// last event, then closes the socket with a close handshake.
+// watchWS follows the job's group over a socket (client.Watch) until the
+// job's last event; the watch then closes the socket with a close
+// handshake, whose bytes are counted too.
 func watchWS(ctx context.Context, t target, m *Meter, ready func()) *observation {
-	o := &observation{Transport: tWS}
-	d := websocket.Dialer{NetDialContext: m.DialContext, Jar: t.jar, HandshakeTimeout: 10 * time.Second}
-	h := t.header.Clone()
-	if h == nil {
-		h = http.Header{}
+	header := t.header.Clone()
+	if header.Get("User-Agent") != "" {
+		header.Set("Origin", t.base.Scheme+"://"+t.base.Host) // a browser's socket says where it comes from
 	}
-	if h.Get("User-Agent") != "" {
-		h.Set("Origin", t.base.Scheme+"://"+t.base.Host) // a browser's socket says where it comes from
-	}
-	u := *t.base
-	u.Scheme = "ws"
-	if t.base.Scheme == "https" {
-		u.Scheme = "wss"
-	}
-	u.Path = strings.TrimSuffix(u.Path, "/") + "/ws"
-	m.countRequest()
-	conn, _, err := d.DialContext(ctx, u.String(), h)
+	return watchStream(ctx, t, m, ready, &observation{Transport: tWS}, header)
+}
+
+// watchSSE follows the job's group as text/event-stream (client.Watch
+// over SSE), resuming after a stream that ends early.
+func watchSSE(ctx context.Context, t target, m *Meter, ready func()) *observation {
+	return watchStream(ctx, t, m, ready, &observation{Transport: tSSE}, t.header, client.ViaSSE())
+}
+
+func watchStream(ctx context.Context, t target, m *Meter, ready func(), o *observation, header http.Header, opts ...client.WatchOption) *observation {
+	c, err := t.client(m, header)
 	if err != nil {
-		o.Err = fmt.Errorf("dial %s: %w", u.String(), err)
-		return o
-	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
-	defer stop()
-	defer conn.Close()
-	if err := conn.WriteJSON(wire.ClientFrame{Op: wire.OpSubscribe, Group: t.group(), After: new(int64), Ref: json.RawMessage(`"1"`)}); err != nil {
 		o.Err = err
 		return o
 	}
+	defer c.HTTPClient().CloseIdleConnections()
+	w, err := c.Watch(ctx, t.group(), client.Position{}, append(opts, client.OnSubscribed(func(wire.SubscribedFrame) { ready() }))...)
+	if err != nil {
+		o.Err = err
+		return o
+	}
+	defer w.Close()
 	for {
-		_, data, err := conn.ReadMessage()
+		ev, err := w.Next(ctx)
 		now := time.Now()
+		if errors.Is(err, io.EOF) {
+			return o // the job's last event came
+		}
 		if err != nil {
-			o.Err = fmt.Errorf("socket ended before the job's last event: %w", err)
+			o.Err = fmt.Errorf("before the job's last event: %w", err)
 			return o
 		}
-		var f wireFrame
-		if err := json.Unmarshal(data, &f); err != nil {
-			o.Err = fmt.Errorf("non-JSON frame %q", data)
-			return o
-		}
-		switch f.Type {
-		case wire.TypeSubscribed:
-			ready()
-		case "error":
-			o.Err = fmt.Errorf("socket error %s: %s", f.Code, f.Message)
-			return o
-		case wire.TypeEvent:
-			final, err := o.add(f, now)
-			if err != nil {
-				o.Err = err
-				return o
-			}
-			if final {
-				closeSocket(conn)
-				return o
-			}
-		}
-	}
-}
-
-// closeSocket does the close handshake, so its bytes are counted too.
-func closeSocket(conn *websocket.Conn) {
-	deadline := time.Now().Add(2 * time.Second)
-	_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), deadline)
-	_ = conn.SetReadDeadline(deadline)
-	for {
-		if _, _, err := conn.NextReader(); err != nil {
-			return
-		}
-	}
-}
-
-// watchSSE reads GET /api/jobs/{id}/events as text/event-stream until the
-// job's last event, reconnecting with Last-Event-ID if the stream ends early.
-func watchSSE(ctx context.Context, t target, m *Meter, ready func()) *observation {
-	o := &observation{Transport: tSSE}
-	client := m.HTTPClient(t.jar)
-	defer CloseIdle(client)
-	lastID := ""
-	for attempt := 0; attempt < 5; attempt++ {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.url("/api/jobs/"+t.id+"/events", nil), nil)
-		if err != nil {
-			o.Err = err
-			return o
-		}
-		copyHeader(req.Header, t.header)
-		req.Header.Set("Accept", "text/event-stream")
-		req.Header.Set("Cache-Control", "no-cache")
-		if lastID != "" {
-			req.Header.Set("Last-Event-ID", lastID)
-		}
-		res, err := client.Do(req)
-		if err != nil {
-			o.Err = err
-			return o
-		}
-		if res.StatusCode != http.StatusOK {
-			o.Err = httpError(res)
-			return o
-		}
-		final := false
-		err = readSSE(res.Body, func(ev sseEvent) (bool, error) {
-			now := time.Now()
-			if ev.ID != "" {
-				lastID = ev.ID
-			}
-			if ev.Event == "subscribed" {
-				ready()
-				return false, nil
-			}
-			var f wireFrame
-			if err := json.Unmarshal(ev.Data, &f); err != nil {
-				return true, fmt.Errorf("SSE data %q: %w", ev.Data, err)
-			}
-			final, err = o.add(f, now)
-			return final || err != nil, err
-		})
-		// Drain what is left (the chunked terminator), so the bytes are
-		// counted and the connection goes back to the pool cleanly.
-		_, _ = io.Copy(io.Discard, res.Body)
-		res.Body.Close()
-		if err != nil || final {
+		if err := o.add(ev, now); err != nil {
 			o.Err = err
 			return o
 		}
 	}
-	o.Err = errors.New("SSE stream kept ending before the job's last event")
-	return o
 }
 
-// sseEvent is one dispatched Server-Sent Event.
-type sseEvent struct {
-	ID    string
-	Event string
-	Data  []byte
-}
-
-// readSSE parses an event stream and calls fn for each event until fn
-// says stop, fn fails, or the stream ends (nil error at EOF).
-func readSSE(r io.Reader, fn func(sseEvent) (stop bool, err error)) error {
-	br := bufio.NewReader(r)
-	var ev sseEvent
-	var data [][]byte
-	for {
-		line, err := br.ReadBytes('\n')
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		line = bytes.TrimRight(line, "\r\n")
-		if len(line) == 0 { // dispatch
-			if len(data) > 0 || ev.Event != "" {
-				ev.Data = bytes.Join(data, []byte("\n"))
-				stop, err := fn(ev)
-				if stop || err != nil {
-					return err
-				}
-			}
-			ev, data = sseEvent{ID: ev.ID}, nil
-			continue
-		}
-		if line[0] == ':' {
-			continue // comment (heartbeat)
-		}
-		field, value, _ := bytes.Cut(line, []byte(":"))
-		value = bytes.TrimPrefix(value, []byte(" "))
-		switch string(field) {
-		case "id":
-			ev.ID = string(value)
-		case "event":
-			ev.Event = string(value)
-		case "data":
-			data = append(data, bytes.Clone(value))
-		}
-	}
-}
-
-// watchLongPoll asks GET /api/jobs/{id}/events?after=N&wait=25 again and
-// again until the job's last event. The first request (wait=0) attaches.
+// watchLongPoll asks GET /api/groups/job:ID/events?after=N&wait=25 again
+// and again until the job's last event. The first request (wait=0)
+// attaches.
 func watchLongPoll(ctx context.Context, t target, m *Meter, ready func()) *observation {
 	o := &observation{Transport: tLongPoll}
-	client := m.HTTPClient(t.jar)
-	defer CloseIdle(client)
-	var after int64
-	epoch := ""
+	c, err := t.client(m, t.header)
+	if err != nil {
+		o.Err = err
+		return o
+	}
+	defer c.HTTPClient().CloseIdleConnections()
+	var from client.Position
 	for first := true; ; first = false {
-		q := url.Values{"after": {strconv.FormatInt(after, 10)}, "wait": {"25"}}
+		wait := 25 * time.Second
 		if first {
-			q.Set("wait", "0")
+			wait = 0
 		}
-		if epoch != "" {
-			q.Set("epoch", epoch)
-		}
-		var ans wire.LongPoll
-		now, err := getJSON(ctx, client, t, "/api/jobs/"+t.id+"/events", q, &ans)
+		b, err := c.Poll(ctx, t.group(), from, wait)
+		now := time.Now()
 		if err != nil {
 			o.Err = err
 			return o
@@ -296,32 +162,21 @@ func watchLongPoll(ctx context.Context, t target, m *Meter, ready func()) *obser
 		if first {
 			ready()
 		}
-		for _, raw := range ans.Events {
-			var f wireFrame
-			if err := json.Unmarshal(raw, &f); err != nil {
-				o.Err = fmt.Errorf("long-poll event: %w", err)
-				return o
-			}
-			final, err := o.add(f, now)
-			if err != nil || final {
+		for _, ev := range b.Events {
+			if err := o.add(ev, now); err != nil {
 				o.Err = err
 				return o
 			}
+			if ev.Final() {
+				return o
+			}
 		}
-		after, epoch = ans.LastSeq, ans.Epoch
+		from = b.Position()
 	}
-}
-
-// pollJob is the part of the job snapshot polling looks at.
-type pollJob struct {
-	State     string             `json:"state"`
-	Progress  *progress.Progress `json:"progress"`
-	UpdatedAt time.Time          `json:"updated_at"`
-	LastSeq   int64              `json:"last_seq"`
 }
 
 // snapshotKey is what makes two progress snapshots different.
-func snapshotKey(p *progress.Progress) string {
+func snapshotKey(p *client.Progress) string {
 	if p == nil {
 		return ""
 	}
@@ -333,14 +188,18 @@ func snapshotKey(p *progress.Progress) string {
 func watchPoll(every time.Duration) watchFunc {
 	return func(ctx context.Context, t target, m *Meter, ready func()) *observation {
 		o := &observation{Transport: tPoll, Polling: true}
-		client := m.HTTPClient(t.jar)
-		defer CloseIdle(client)
+		c, err := t.client(m, t.header)
+		if err != nil {
+			o.Err = err
+			return o
+		}
+		defer c.HTTPClient().CloseIdleConnections()
 		tick := time.NewTicker(every)
 		defer tick.Stop()
 		last := ""
 		for first := true; ; first = false {
-			var j pollJob
-			now, err := getJSON(ctx, client, t, "/api/jobs/"+t.id, nil, &j)
+			j, err := c.Job(ctx, t.id)
+			now := time.Now()
 			if err != nil {
 				o.Err = err
 				return o
@@ -353,7 +212,7 @@ func watchPoll(every time.Duration) watchFunc {
 				o.Events++
 				o.Updates = append(o.Updates, update{Done: j.Progress.Done, TS: j.UpdatedAt, Received: now})
 			}
-			if jobs.Terminal(j.State) {
+			if j.Terminal() {
 				return o
 			}
 			select {
@@ -363,46 +222,6 @@ func watchPoll(every time.Duration) watchFunc {
 			case <-tick.C:
 			}
 		}
-	}
-}
-
-// getJSON GETs path and decodes the 200 answer into v; it returns when
-// the whole body had arrived.
-func getJSON(ctx context.Context, client *http.Client, t target, path string, q url.Values, v any) (time.Time, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.url(path, q), nil)
-	if err != nil {
-		return time.Time{}, err
-	}
-	copyHeader(req.Header, t.header)
-	req.Header.Set("Accept", "application/json")
-	res, err := client.Do(req)
-	if err != nil {
-		return time.Time{}, err
-	}
-	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
-	now := time.Now()
-	if err != nil {
-		return now, err
-	}
-	if res.StatusCode != http.StatusOK {
-		return now, fmt.Errorf("GET %s: %s: %s", path, res.Status, bytes.TrimSpace(body))
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return now, fmt.Errorf("GET %s: %w", path, err)
-	}
-	return now, nil
-}
-
-func httpError(res *http.Response) error {
-	body, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
-	res.Body.Close()
-	return fmt.Errorf("%s %s: %s: %s", res.Request.Method, res.Request.URL.Path, res.Status, bytes.TrimSpace(body))
-}
-
-func copyHeader(dst, src http.Header) {
-	for k, vs := range src {
-		dst[k] = append([]string(nil), vs...)
 	}
 }
 

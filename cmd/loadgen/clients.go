@@ -1,26 +1,21 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
-
+	"taskstream/client"
 	"taskstream/cmd/internal/latency"
-	"taskstream/wire"
 )
 
-// client is one socket subscribed to the group. Its fields belong to its
+// socket is one socket subscribed to the group. Its fields belong to its
 // reader goroutine until fleet.Close has returned.
-type client struct {
-	conn     *websocket.Conn
+type socket struct {
+	conn     *client.Conn
 	base     int64           // the group's last seq when it subscribed: older events are history
 	lastSeq  int64           // seq of the last live event
 	gaps     int             // live events that did not follow the previous one
@@ -33,7 +28,7 @@ type client struct {
 
 // fleet is every client of one run.
 type fleet struct {
-	clients   []*client
+	clients   []*socket
 	want      int // live events each client expects
 	delivered atomic.Int64
 	remaining atomic.Int64  // clients neither complete nor stopped
@@ -42,11 +37,12 @@ type fleet struct {
 	closeOnce sync.Once
 }
 
-// dialFleet opens n sockets on wsURL, at most conc at a time, subscribes
-// each to group and starts its reader as soon as the server confirmed.
-// Socket i uses jars[i%len(jars)]: one jar per simulated user.
-func dialFleet(ctx context.Context, wsURL, group string, n, conc, want int, jars []http.CookieJar) (*fleet, error) {
-	f := &fleet{clients: make([]*client, n), want: want, complete: make(chan struct{})}
+// dialFleet opens n sockets, at most conc at a time, subscribes each to
+// group and starts its reader as soon as the server confirmed. Socket i
+// belongs to users[i%len(users)]: one client (one session) per simulated
+// user.
+func dialFleet(ctx context.Context, group string, n, conc, want int, users []*client.Client) (*fleet, error) {
+	f := &fleet{clients: make([]*socket, n), want: want, complete: make(chan struct{})}
 	f.remaining.Store(int64(n))
 	sem := make(chan struct{}, conc)
 	var wg sync.WaitGroup
@@ -61,10 +57,9 @@ func dialFleet(ctx context.Context, wsURL, group string, n, conc, want int, jars
 			break
 		}
 		wg.Add(1)
-		d := websocket.Dialer{Jar: jars[i%len(jars)], HandshakeTimeout: 10 * time.Second, ReadBufferSize: 2048, WriteBufferSize: 1024}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			c, err := dialOne(ctx, d, wsURL, group)
+			c, err := dialOne(ctx, users[i%len(users)], group)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -96,54 +91,34 @@ func dialFleet(ctx context.Context, wsURL, group string, n, conc, want int, jars
 	return f, nil
 }
 
-func dialOne(ctx context.Context, d websocket.Dialer, wsURL, group string) (*client, error) {
-	conn, _, err := d.DialContext(ctx, wsURL, nil)
+func dialOne(ctx context.Context, user *client.Client, group string) (*socket, error) {
+	conn, err := user.Dial(ctx)
 	if err != nil {
 		return nil, err
 	}
-	c := &client{conn: conn}
-	if err := conn.WriteJSON(wire.ClientFrame{Op: wire.OpSubscribe, Group: group, Ref: json.RawMessage(`"1"`)}); err != nil {
+	_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+	sub, err := conn.Join(group, client.Position{})
+	if err != nil {
 		_ = conn.Close()
 		return nil, err
 	}
-	_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
-	for {
-		var fr wire.ServerFrame
-		if err := conn.ReadJSON(&fr); err != nil {
-			_ = conn.Close()
-			return nil, fmt.Errorf("waiting for subscribed: %w", err)
-		}
-		switch fr.Type {
-		case wire.TypeSubscribed:
-			c.base = fr.LastSeq
-			_ = conn.SetReadDeadline(time.Time{})
-			return c, nil
-		case wire.TypeError:
-			_ = conn.Close()
-			return nil, fmt.Errorf("subscribe refused: %s: %s", fr.Code, fr.Message)
-		}
-	}
+	_ = conn.SetReadDeadline(time.Time{})
+	return &socket{conn: conn, base: sub.LastSeq}, nil
 }
 
 // read records every live event until the socket ends.
-func (f *fleet) read(c *client) {
+func (f *fleet) read(c *socket) {
 	defer f.finish(c)
-	var buf bytes.Buffer
 	for {
-		_, r, err := c.conn.NextReader()
+		frame, err := c.conn.ReadRaw()
 		if err != nil {
 			if len(c.lat) < f.want {
 				c.err = err
 			}
 			return
 		}
-		buf.Reset()
-		if _, err := buf.ReadFrom(r); err != nil {
-			c.err = err
-			return
-		}
 		now := time.Now()
-		name, seq, ts, ok := eventStamp(buf.Bytes())
+		name, seq, ts, ok := eventStamp(frame)
 		if !ok || seq <= c.base {
 			continue // a reply, or history from before this run
 		}
@@ -165,7 +140,7 @@ func (f *fleet) read(c *client) {
 }
 
 // finish marks c complete (or stopped) once.
-func (f *fleet) finish(c *client) {
+func (f *fleet) finish(c *socket) {
 	c.done.Do(func() {
 		if f.remaining.Add(-1) == 0 {
 			close(f.complete)
@@ -230,24 +205,9 @@ func (f *fleet) outcome() Outcome {
 }
 
 func closeReason(err error) string {
-	var ce *websocket.CloseError
+	var ce *client.CloseError
 	if errors.As(err, &ce) {
 		return fmt.Sprintf("close %d", ce.Code)
 	}
 	return "connection lost"
-}
-
-// fetchSession makes one request so a server that hands out guest
-// sessions sets its cookie in jar; every client then shares it.
-func fetchSession(ctx context.Context, base string, jar http.CookieJar) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/me", nil)
-	if err != nil {
-		return
-	}
-	res, err := (&http.Client{Jar: jar, Timeout: 10 * time.Second}).Do(req)
-	if err == nil {
-		var discard json.RawMessage
-		_ = json.NewDecoder(res.Body).Decode(&discard)
-		res.Body.Close()
-	}
 }

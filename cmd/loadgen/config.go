@@ -32,7 +32,15 @@ type config struct {
 	Drain           time.Duration // how long to wait for deliveries after the last publish
 	Timeout         time.Duration // bound on the whole run
 	CPUProfile      string        // write a CPU profile of the publishing phase here
+	PublishVia      string        // "redis": Log.Publish into Redis; "api": POST /api/publish
+	Token           string        // with -url and -publish-via api: the bearer token that publishes
 }
+
+// Publish paths.
+const (
+	viaRedis = "redis"
+	viaAPI   = "api"
+)
 
 // Limits: one process may hold about 19.9k sockets here (20k open files);
 // in-process, every socket is two of them (client and server side).
@@ -66,6 +74,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.SendQueue, "send-queue", 256, "in-process server: frames queued per socket before it is closed with 1013")
 	fs.DurationVar(&c.Drain, "drain", 10*time.Second, "how long to wait for deliveries after the last publish")
 	fs.DurationVar(&c.Timeout, "timeout", 3*time.Minute, "give up after this long")
+	fs.StringVar(&c.PublishVia, "publish-via", viaRedis, "how events are published: redis (progress.Log.Publish straight into Redis, as workers do) or api (POST /api/publish with a bearer token, as other backends do)")
+	fs.StringVar(&c.Token, "token", "", "with -url and -publish-via api: a bearer token that may publish to the group (an admin token, or one with a publish:chat:* scope); in-process an admin token is made up")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process during the publishing phase to this file (in-process: server and clients)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -102,6 +112,10 @@ func (c config) validate() error {
 		return errors.New("-drain and -timeout must be positive")
 	case c.Group != "" && !progress.ValidGroup(c.Group):
 		return fmt.Errorf("-group %q is not a group name", c.Group)
+	case c.PublishVia != viaRedis && c.PublishVia != viaAPI:
+		return fmt.Errorf("-publish-via %q: want %s or %s", c.PublishVia, viaRedis, viaAPI)
+	case c.Token != "" && (c.inProcess() || c.PublishVia != viaAPI):
+		return errors.New("-token goes with -url and -publish-via api (in-process an admin token is made up)")
 	}
 	if publishTime := time.Duration(float64(c.Events) / c.Rate * float64(time.Second)); publishTime+c.Drain >= c.Timeout {
 		return fmt.Errorf("publishing %d events at %g/s takes %s: raise -timeout (%s) or -rate", c.Events, c.Rate, publishTime, c.Timeout)
@@ -114,8 +128,11 @@ func (c config) validate() error {
 		if !loopback(u.Hostname()) {
 			return fmt.Errorf("-url %q: loopback only (localhost, 127.0.0.0/8, ::1)", c.URL)
 		}
-		if c.RedisURL == "" {
-			return errors.New("-url needs -redis-url: the Redis that server uses, to publish to")
+		if c.PublishVia == viaRedis && c.RedisURL == "" {
+			return errors.New("-url needs -redis-url (the Redis that server uses, to publish to), or -publish-via api with -token")
+		}
+		if c.PublishVia == viaAPI && c.Token == "" {
+			return errors.New("-publish-via api with -url needs -token, a bearer token that may publish to the group")
 		}
 	} else if c.ServerPID != 0 {
 		return errors.New("-server-pid goes with -url; in-process the RSS is this process's")

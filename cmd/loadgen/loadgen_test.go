@@ -64,6 +64,8 @@ func TestConfigIsLoopbackOnlyAndBounded(t *testing.T) {
 		{},
 		{"-url", "http://127.0.0.1:8080", "-redis-url", "redis://localhost:6379"},
 		{"-url", "http://[::1]:8080", "-redis-url", "unix:///tmp/redis.sock"},
+		{"-url", "http://127.0.0.1:8080", "-publish-via", "api", "-token", "t"}, // no Redis needed
+		{"-publish-via", "api"}, // in-process: an admin token is made up
 	}
 	for _, args := range ok {
 		if _, err := parseFlags(args, io.Discard); err != nil {
@@ -80,6 +82,10 @@ func TestConfigIsLoopbackOnlyAndBounded(t *testing.T) {
 		{"-server-pid", "1"},                                // in-process: own RSS
 		{"-group", "Not A Group"},
 		{"-clients", "10", "-users", "11"},
+		{"-publish-via", "carrier-pigeon"},
+		{"-url", "http://127.0.0.1:8080", "-publish-via", "api"}, // no token
+		{"-publish-via", "api", "-token", "t"},                   // in-process makes its own
+		{"-url", "http://127.0.0.1:8080", "-redis-url", "redis://localhost:6379", "-token", "t"}, // a token for Redis
 	}
 	for _, args := range bad {
 		if _, err := parseFlags(args, io.Discard); err == nil {
@@ -88,25 +94,34 @@ func TestConfigIsLoopbackOnlyAndBounded(t *testing.T) {
 	}
 }
 
-// The whole tool, in-process on miniredis, small: every socket gets every
-// event and the report says so.
+// The whole tool, in-process on miniredis, small, publishing into Redis
+// and through POST /api/publish: every socket gets every event and the
+// report says so.
 func TestLoadgenEmbedded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the service")
 	}
-	c, err := parseFlags([]string{"-clients", "20", "-events", "30", "-rate", "300", "-drain", "10s", "-timeout", "1m"}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	if err := run(context.Background(), c, &out, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
-		t.Fatal(err)
-	}
-	t.Log("\n" + out.String())
-	if !strings.Contains(out.String(), "| 30 |") || !strings.Contains(out.String(), "| 600 | 600 | 20 | 0 |") {
-		t.Fatalf("not every event reached every socket:\n%s", out.String())
-	}
-	if !strings.Contains(out.String(), "RSS per socket") {
-		t.Fatalf("no memory figures:\n%s", out.String())
+	for _, via := range []string{viaRedis, viaAPI} {
+		t.Run(via, func(t *testing.T) {
+			c, err := parseFlags([]string{"-clients", "20", "-events", "30", "-rate", "300", "-drain", "10s", "-timeout", "1m", "-publish-via", via}, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			if err := run(context.Background(), c, &out, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+				t.Fatal(err)
+			}
+			t.Log("\n" + out.String())
+			if !strings.Contains(out.String(), "| 30 |") || !strings.Contains(out.String(), "| 600 | 600 | 20 | 0 |") {
+				t.Fatalf("not every event reached every socket:\n%s", out.String())
+			}
+			if !strings.Contains(out.String(), "RSS per socket") {
+				t.Fatalf("no memory figures:\n%s", out.String())
+			}
+			want := map[string]string{viaRedis: "Log.Publish call", viaAPI: "POST /api/publish call"}[via]
+			if !strings.Contains(out.String(), want) {
+				t.Fatalf("the report does not say %q:\n%s", want, out.String())
+			}
+		})
 	}
 }

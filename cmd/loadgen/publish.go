@@ -6,17 +6,45 @@ import (
 	"strings"
 	"time"
 
+	"taskstream/client"
 	"taskstream/cmd/internal/latency"
 	"taskstream/progress"
+	"taskstream/wire"
 )
 
 // PubResult is what the publisher did.
 type PubResult struct {
 	Start, End time.Time
 	Published  int
-	Calls      latency.Summary // duration of each Log.Publish call
+	Via        string          // how: "Log.Publish" (Redis) or "POST /api/publish"
+	Calls      latency.Summary // duration of each publish call
 	Err        error
 }
+
+// publisher publishes one event's data to group.
+type publisher interface {
+	publish(ctx context.Context, group string, data json.RawMessage) error
+	name() string
+}
+
+// logPublisher appends to the group's log in Redis, as workers do.
+type logPublisher struct{ log *progress.Log }
+
+func (p logPublisher) publish(ctx context.Context, group string, data json.RawMessage) error {
+	_, err := p.log.Publish(ctx, group, wire.EventMessage, data)
+	return err
+}
+func (logPublisher) name() string { return "Log.Publish" }
+
+// apiPublisher publishes through the server API with a bearer token (an
+// admin's, or one with a publish scope for the group).
+type apiPublisher struct{ c *client.Client }
+
+func (p apiPublisher) publish(ctx context.Context, group string, data json.RawMessage) error {
+	_, err := p.c.Publish(ctx, client.PublishEvent{Group: group, Event: wire.EventMessage, Data: data})
+	return err
+}
+func (apiPublisher) name() string { return "POST /api/publish" }
 
 // Rate is the achieved publish rate.
 func (p PubResult) Rate() float64 {
@@ -37,13 +65,13 @@ func chatPayload(size int) json.RawMessage {
 	return b
 }
 
-// publish sends n "message" events to group on log, paced at rate per
+// publish sends n "message" events to group with pub, paced at rate per
 // second: event i goes out at start + i/rate, or at once when the
 // publisher is behind. It stops early when ctx ends or a publish fails.
-func publish(ctx context.Context, log *progress.Log, group string, n int, rate float64, payload int) PubResult {
+func publish(ctx context.Context, pub publisher, group string, n int, rate float64, payload int) PubResult {
 	data := chatPayload(payload)
 	calls := make([]time.Duration, 0, n)
-	res := PubResult{Start: time.Now()}
+	res := PubResult{Start: time.Now(), Via: pub.name()}
 	for i := range n {
 		if wait := time.Until(due(res.Start, i, rate)); wait > 0 {
 			select {
@@ -56,7 +84,7 @@ func publish(ctx context.Context, log *progress.Log, group string, n int, rate f
 			break
 		}
 		t0 := time.Now()
-		if _, err := log.Publish(ctx, group, "message", data); err != nil {
+		if err := pub.publish(ctx, group, data); err != nil {
 			res.Err = err
 			break
 		}

@@ -53,7 +53,7 @@ func (r *Report) WriteMarkdown(w io.Writer) {
 	fmt.Fprintf(w, "| %d | %.0f | %d | %d | %d | %d | %.0f | %s | %s | %s | %s | %s |\n",
 		r.Pub.Published, r.Pub.Rate(), o.Delivered, o.Expected, o.Complete, dropped, r.DeliveredPerSec(),
 		latency.Ms(o.Latency.Mean), latency.Ms(o.Latency.P50), latency.Ms(o.Latency.P95), latency.Ms(o.Latency.P99), latency.Ms(o.Latency.Max))
-	fmt.Fprintf(w, "\nLog.Publish call: mean %s ms, p50 %s ms, p99 %s ms, max %s ms.\n",
+	fmt.Fprintf(w, "\n%s call: mean %s ms, p50 %s ms, p99 %s ms, max %s ms.\n", r.Pub.Via,
 		latency.Ms(r.Pub.Calls.Mean), latency.Ms(r.Pub.Calls.P50), latency.Ms(r.Pub.Calls.P99), latency.Ms(r.Pub.Calls.Max))
 	if len(o.Dropped) > 0 {
 		var parts []string

@@ -30,6 +30,8 @@ type Server struct {
 	cmd  *exec.Cmd
 	port int
 	tb   testing.TB
+	args []string // extra redis-server arguments (cluster nodes)
+	dir  string   // working directory (cluster nodes keep nodes.conf and the AOF there)
 }
 
 // URL returns the server's redis:// URL.
@@ -89,8 +91,12 @@ func Real(tb testing.TB) *Server {
 }
 
 func (s *Server) start(bin string) error {
-	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(s.port),
-		"--save", "", "--appendonly", "no", "--loglevel", "warning")
+	args := []string{"--bind", "127.0.0.1", "--port", strconv.Itoa(s.port), "--save", "", "--loglevel", "warning"}
+	if s.args == nil {
+		args = append(args, "--appendonly", "no")
+	}
+	cmd := exec.Command(bin, append(args, s.args...)...)
+	cmd.Dir = s.dir
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return err

@@ -80,7 +80,8 @@ type Config struct {
 	// IP per CodeTTL. There is deliberately no limit per email alone: it
 	// would let anyone lock the owner out. Default 10.
 	LoginsPerEmailIP int
-	// AdminTokens are bearer tokens with admin rights (POST /api/notify).
+	// AdminTokens are bearer tokens with admin rights: notify, the server
+	// API (publish, disconnect) and minting scoped tokens.
 	// Default none.
 	AdminTokens []string
 	// Mailer sends sign-in codes. Default: LogMailer (the code goes to the log).

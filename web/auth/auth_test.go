@@ -206,7 +206,7 @@ func TestEveryKeyHasTTL(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.CreateToken(ctx, user.User); err != nil {
+		if _, err := s.CreateToken(ctx, user, TokenRequest{}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.Allow(ctx, "chat:"+user.User.ID, 1, 5); err != nil {

@@ -21,9 +21,11 @@ func (s *Store) announceRevoked(ctx context.Context, credential string) error {
 
 // WatchRevocations calls fn with the credential ("s:SESSION", "g:GUEST"
 // or "t:TOKEN") of every session, guest or token that ends, on any
-// replica, until ctx ends. go-redis resubscribes after a lost connection;
-// sockets also recheck their credential periodically (Valid), which
-// covers that gap.
+// replica, until ctx ends; and with "u:USER" for a user whose sockets and
+// streams an admin disconnects (DisconnectUser). go-redis resubscribes
+// after a lost connection; sockets also recheck their credential
+// periodically (Valid), which covers that gap for revocations (a
+// disconnect sent meanwhile is lost: it ends nothing that stays invalid).
 func (s *Store) WatchRevocations(ctx context.Context, fn func(credential string)) {
 	progress.Watch(ctx, s.rdb, s.revokedChannel(), fn)
 }
@@ -32,7 +34,7 @@ func (s *Store) WatchRevocations(ctx context.Context, fn func(credential string)
 // for long-lived sockets and streams).
 func (s *Store) Valid(ctx context.Context, p Principal) (bool, error) {
 	switch {
-	case p.Admin:
+	case p.TokenID == adminTokenID: // from the configuration
 		return true, nil
 	case p.SessionID != "":
 		n, err := s.rdb.Exists(ctx, s.sessionKey(p.SessionID)).Result()

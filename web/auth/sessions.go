@@ -18,7 +18,14 @@ type Principal struct {
 	User      User
 	SessionID string // set for stored browser sessions (signed-in users)
 	TokenID   string // set for bearer tokens
-	Admin     bool   // an admin token
+	// Admin is true for admin rights: an admin token from the
+	// configuration, or an admin's stored token with the admin scope.
+	Admin bool
+	// Scopes of a bearer token; none means it acts as its user.
+	Scopes Scopes
+	// AdminOwned marks a token an admin minted: its scopes are its rights
+	// (they are not a narrowing of some user's).
+	AdminOwned bool
 	// Stored is false only for a guest that lives in its cookie alone:
 	// nothing of it is in Redis until Materialize stores it.
 	Stored bool

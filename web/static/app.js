@@ -2,7 +2,10 @@
 // Schemas, and a live list of jobs. Every string that comes from the server
 // is rendered with textContent, never as HTML.
 import {TaskStream} from "./taskstream.js";
-import {api, avoidToasts, me, safeLink, showConnection, watchNotifications} from "./common.js";
+import {
+  api, avoidToasts, fmtBytes, fmtDuration, fmtNum, me, parseTime, safeLink, setTime, showConnection, watchNotifications,
+  watchOnline,
+} from "./common.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const TERMINAL = new Set(["completed", "failed", "canceled"]);
@@ -13,7 +16,7 @@ window.__ts = ts; // for tests and the curious: ts.delivered("job:ID"), ts.dropC
 // ---- connection indicator and notifications -------------------------------
 
 showConnection(ts, $("#conn"));
-watchNotifications(ts, {shown: showOnRow});
+watchNotifications(ts, {shown: showOnRow, onEvent: onUserEvent});
 // Toasts never cover the header, the Run job button or the newest job,
 // nor the rest of the form unless it leaves no room (a phone).
 avoidToasts(() => [$("header.top"), $("#submit"), $("#jobs > li")], () => [$("#job-form")]);
@@ -204,6 +207,8 @@ async function loadJobTypes() {
   }));
   const first = initialType();
   if (first) typeSelect.value = first.type;
+  typeFilter.replaceChildren(new Option("all", ""), ...jobTypes.map((t) => new Option(t.type, t.type)));
+  typeFilter.value = filter.type;
   typeSelect.disabled = jobTypes.length === 0;
   submitButton.disabled = jobTypes.length === 0;
   renderParams();
@@ -382,16 +387,62 @@ form.addEventListener("submit", async (e) => {
   }
   const job = r.data;
   try { localStorage.setItem(LAST_TYPE_KEY, job.type); } catch { /* storage disabled */ }
-  addJob(job, {prepend: true, fresh: true});
+  if (!matches(job)) {
+    // The list shows other jobs: show all again, so the new one is seen.
+    stateFilter.value = typeFilter.value = "";
+    await applyFilter();
+  }
+  const row = addJob(job, {prepend: true, fresh: true});
   announce(`Job ${job.id} (${job.type}) submitted.`);
+  showNewRow(row);
+});
+
+// showNewRow brings a row the user just made into view (on a phone it is
+// below the form) and flashes it.
+function showNewRow(row) {
+  const r = row.el.getBoundingClientRect();
+  const vh = document.documentElement.clientHeight;
+  if (r.top < 0 || r.top > vh - Math.min(r.height, vh / 2)) {
+    row.el.scrollIntoView({block: r.height > vh ? "start" : "center", behavior: reducedMotion() ? "auto" : "smooth"});
+  }
+  row.el.classList.remove("notified");
+  void row.el.offsetWidth; // restart the animation
+  row.el.classList.add("notified");
+}
+
+function reducedMotion() {
+  return matchMedia("(prefers-reduced-motion: reduce)").matches;
+}
+
+// The form can be folded away (on a phone it fills the screen).
+const formToggle = $("#form-toggle");
+formToggle.addEventListener("click", () => {
+  const open = form.hidden;
+  form.hidden = !open;
+  formToggle.setAttribute("aria-expanded", String(open));
+  formToggle.textContent = open ? "Hide form" : "Show form";
 });
 
 // ---- the job list -----------------------------------------------------------
 
 const list = $("#jobs");
 const noJobs = $("#no-jobs");
+const listError = $("#list-error");
+const loadMoreButton = $("#load-more");
+const stateFilter = $("#filter-state");
+const typeFilter = $("#filter-type");
 const template = $("#job-template");
 const rows = new Map(); // id → row
+const PAGE = 20; // jobs per page of the list
+const filter = {state: "", type: ""};
+let next = ""; // the cursor of the list's next page, "" at the end
+let listGen = 0; // a newer load of the list wins over an older one
+let online = true; // the live connection, as watchOnline tells
+let offlineSince = 0;
+
+function matches(job) {
+  return (!filter.state || job.state === filter.state) && (!filter.type || job.type === filter.type);
+}
 
 function addJob(job, {prepend = false, fresh = false} = {}) {
   if (rows.has(job.id)) return rows.get(job.id);
@@ -399,29 +450,61 @@ function addJob(job, {prepend = false, fresh = false} = {}) {
   const f = (name) => el.querySelector(`[data-field="${name}"]`);
   const row = {
     id: job.id, el, type: job.type, state: "", epoch: job.epoch || "", seq: 0,
+    created: parseTime(job.created_at), started: parseTime(job.started_at), finished: parseTime(job.finished_at),
+    lastUpdate: Date.now(), progress: null, canceling: false,
     fields: {
       type: f("type"), id: f("id"), state: f("state"), attempt: f("attempt"), params: f("params"),
+      created: f("created"), started: f("started"), startedWrap: f("started-wrap"), finished: f("finished"),
+      finishedWrap: f("finished-wrap"), duration: f("duration"), stale: f("stale"),
       percent: f("percent"), stage: f("stage"), message: f("message"), rate: f("rate"), eta: f("eta"),
-      log: f("log"), error: f("error"), resultBox: f("result-box"), result: f("result"), artifact: f("artifact"),
+      log: f("log"), error: f("error"), resultBox: f("result-box"), result: f("result"), resultLink: f("result-link"),
+      artifact: f("artifact"),
     },
     bar: el.querySelector("[role=progressbar]"),
     fill: el.querySelector(".fill"),
     cancel: el.querySelector("[data-action=cancel]"),
+    copy: el.querySelector("[data-action=copy]"),
   };
   el.dataset.jobId = job.id;
   el.id = "job-" + job.id; // the anchor notifications link to
   row.fields.type.textContent = job.type;
+  row.fields.type.href = "/jobs/" + encodeURIComponent(job.id);
+  row.fields.type.title = "Open the job's page";
+  // The whole id is the element's text (a copy or a select-all takes it);
+  // the style shows its first characters.
   row.fields.id.textContent = job.id;
+  row.fields.id.title = job.id;
   row.fields.params.textContent = paramsText(job.params);
   row.bar.setAttribute("aria-label", `Progress of ${job.type} job ${job.id}`);
   row.cancel.setAttribute("aria-label", `Cancel ${job.type} job ${job.id}`);
+  row.copy.setAttribute("aria-label", `Copy the id of ${job.type} job ${job.id}`);
   row.cancel.addEventListener("click", () => cancelJob(row));
+  row.copy.addEventListener("click", () => copyID(row));
   rows.set(job.id, row);
   if (prepend) list.prepend(el); else list.append(el);
-  noJobs.hidden = true;
+  updateEmpty();
   applySnapshot(row, job, true);
   if (!TERMINAL.has(row.state)) watch(row, fresh ? {} : {after: job.last_seq || 0, epoch: job.epoch || ""});
   return row;
+}
+
+async function copyID(row) {
+  try {
+    await navigator.clipboard.writeText(row.id);
+    row.copy.textContent = "Copied";
+  } catch {
+    // No clipboard (an insecure origin, a refused permission): select the
+    // id so a keyboard copy takes it.
+    getSelection().selectAllChildren(row.fields.id);
+    row.copy.textContent = "Selected: copy it";
+  }
+  clearTimeout(row.copyTimer);
+  row.copyTimer = setTimeout(() => { row.copy.textContent = "Copy id"; }, 2500);
+}
+
+function updateEmpty() {
+  noJobs.hidden = rows.size > 0;
+  noJobs.textContent = filter.state || filter.type ? "No jobs match the filter." : "No jobs yet.";
 }
 
 function paramsText(params) {
@@ -446,6 +529,7 @@ async function refresh(row) {
 }
 
 function applySnapshot(row, job, initial) {
+  row.lastUpdate = Date.now();
   // A snapshot older than the events already shown must not move the
   // state or the bar back; its result, error and artifact still count.
   const stale = !initial && job.epoch === row.epoch && typeof job.last_seq === "number" && job.last_seq < row.seq;
@@ -457,26 +541,38 @@ function applySnapshot(row, job, initial) {
     if (job.epoch) row.epoch = job.epoch;
   }
   if (row.state === "scheduled" && job.run_at) setLog(row, scheduledText(job.run_at));
+  if (Number.isFinite(parseTime(job.started_at))) row.started = parseTime(job.started_at);
+  if (Number.isFinite(parseTime(job.finished_at))) row.finished = parseTime(job.finished_at);
   if (job.result !== null && job.result !== undefined) setResult(row, job.result);
-  if (job.error && (TERMINAL.has(row.state) || row.state === "retry")) showRowError(row, job.error);
-  if (typeof job.artifact === "string") setArtifact(row, job.artifact);
+  // The error of the job's state: a completed job has none, whatever an
+  // earlier attempt said (that stays on the job's page, in its timeline).
+  if (row.state === "completed") showRowError(row, "");
+  else if (job.error && (TERMINAL.has(row.state) || row.state === "retry")) showRowError(row, job.error);
+  if (typeof job.artifact === "string") setArtifact(row, job.artifact, job.artifact_size);
   if (row.state === "completed") setPercent(row, 100);
+  renderTimes(row);
+  renderLive(row);
 }
 
 function applyEvent(row, f) {
   row.seq = f.seq;
+  row.lastUpdate = Date.now();
   if (f.epoch) row.epoch = f.epoch;
   const d = f.data || {};
+  const at = parseTime(f.ts);
   switch (f.event) {
     case "state":
       setState(row, d.state, true);
       if (d.attempt) setAttempt(row, d.attempt);
+      if (d.state === "active" && !Number.isFinite(row.started)) row.started = at;
+      if (TERMINAL.has(d.state)) row.finished = at;
       if (d.state === "retry" && d.error) showRowError(row, `${d.attempt ? "Attempt " + d.attempt : "An attempt"} failed: ${d.error}`);
-      else if (d.state === "active") showRowError(row, "");
+      else if (d.state === "active" || d.state === "completed") showRowError(row, "");
       if (d.message) setLog(row, d.message);
       else if (d.state === "scheduled" && d.run_at) setLog(row, scheduledText(d.run_at));
       else if (d.state === "active" && row.fields.log.textContent.startsWith("Scheduled")) setLog(row, "");
       if (d.state === "completed") setPercent(row, 100);
+      renderTimes(row);
       break;
     case "progress":
       setProgress(row, d);
@@ -492,6 +588,7 @@ function applyEvent(row, f) {
       break;
     default:
   }
+  renderLive(row);
 }
 
 function setState(row, state, announceIt) {
@@ -501,12 +598,8 @@ function setState(row, state, announceIt) {
   row.fields.state.textContent = state;
   const finished = TERMINAL.has(state);
   row.cancel.hidden = finished;
-  row.cancel.disabled = finished;
   row.el.classList.toggle("finished", finished);
-  if (finished) {
-    row.fields.eta.textContent = "";
-    row.fields.rate.textContent = "";
-  }
+  if (finished && row.progress) setProgress(row, row.progress);
   if (announceIt) announce(`${row.type} job ${row.id}: ${state}.`);
 }
 
@@ -524,17 +617,74 @@ function setPercent(row, pct) {
 }
 
 function setProgress(row, p) {
-  if (typeof p.percent === "number") setPercent(row, p.percent);
+  row.progress = p;
+  if (typeof p.percent === "number" && row.state !== "completed") setPercent(row, p.percent);
   const f = row.fields;
   const count = typeof p.done === "number" && typeof p.total === "number" && p.total > 0
     ? `${fmtNum(p.done)} / ${fmtNum(p.total)}` : "";
   const message = typeof p.message === "string" ? p.message : "";
   f.stage.textContent = p.stage || "";
   f.message.textContent = message || count;
-  const live = !TERMINAL.has(row.state);
+  // Rate and ETA are only true while the job runs and the page hears
+  // about it: not once it ended, nor while the connection is lost.
+  const live = !TERMINAL.has(row.state) && online;
   f.rate.textContent = live && p.rate > 0 ? `${fmtNum(p.rate)}/s` : "";
   f.eta.textContent = live && p.eta_s > 0 ? `ETA ${fmtDuration(p.eta_s)}` : "";
 }
+
+// renderTimes shows when the job was created, started and finished, and
+// how long it waited or ran (counted while it runs).
+function renderTimes(row) {
+  const f = row.fields;
+  setTime(f.created, row.created, "unknown");
+  f.startedWrap.hidden = !Number.isFinite(row.started);
+  if (Number.isFinite(row.started)) setTime(f.started, row.started);
+  f.finishedWrap.hidden = !Number.isFinite(row.finished) || !TERMINAL.has(row.state);
+  if (!f.finishedWrap.hidden) setTime(f.finished, row.finished);
+  const now = Date.now();
+  let text = "";
+  if (TERMINAL.has(row.state)) {
+    if (Number.isFinite(row.started) && Number.isFinite(row.finished)) text = `took ${fmtDuration((row.finished - row.started) / 1000)}`;
+    else if (!Number.isFinite(row.started)) text = "never ran";
+  } else if (Number.isFinite(row.started)) {
+    text = `running ${fmtDuration(Math.max(0, now - row.started) / 1000)}`;
+  } else if (Number.isFinite(row.created)) {
+    text = `waiting ${fmtDuration(Math.max(0, now - row.created) / 1000)}`;
+  }
+  f.duration.textContent = text;
+}
+
+// renderLive says honestly what the page knows of a running job while the
+// connection is lost: when it last heard of it; no ETA; no Cancel (it
+// could not be sent).
+function renderLive(row) {
+  const finished = TERMINAL.has(row.state);
+  const lost = !online && offlineSince > 0 && !finished;
+  row.el.classList.toggle("stale", lost);
+  row.fields.stale.hidden = !lost;
+  if (lost) {
+    const ago = fmtDuration(Math.floor(Math.max(0, Date.now() - row.lastUpdate) / 1000));
+    row.fields.stale.textContent = `Connection lost, last update ${ago} ago. Cancel works again once it is back.`;
+  }
+  row.cancel.disabled = finished || lost || row.canceling;
+  row.cancel.title = lost ? "Offline: the cancel could not be sent; it works again once the connection is back" : "";
+  if (row.progress) setProgress(row, row.progress);
+}
+
+watchOnline(ts, (on, since) => {
+  online = on;
+  offlineSince = since;
+  for (const row of rows.values()) renderLive(row);
+});
+
+// Durations and "last update" counts go on while nothing arrives.
+setInterval(() => {
+  for (const row of rows.values()) {
+    if (TERMINAL.has(row.state)) continue;
+    renderTimes(row);
+    if (!online) renderLive(row);
+  }
+}, 1000);
 
 function setLog(row, text) {
   row.fields.log.textContent = text;
@@ -547,17 +697,29 @@ function scheduledText(runAt) {
   return isNaN(at) ? "Scheduled" : `Scheduled for ${at.toLocaleString()}`;
 }
 
+// setResult shows the result's top-level values on one line; the job's
+// page (the link) shows all of it, as tables.
 function setResult(row, result) {
-  row.fields.result.textContent = JSON.stringify(result, null, 2);
+  row.fields.result.textContent = resultLine(result);
+  row.fields.resultLink.href = "/jobs/" + encodeURIComponent(row.id);
   row.fields.resultBox.hidden = false;
 }
 
-function setArtifact(row, href) {
+function resultLine(v) {
+  const one = (x) => typeof x === "number" ? fmtNum(x) : x === null ? "null"
+    : typeof x === "object" ? (Array.isArray(x) ? `${x.length} items` : `{${Object.keys(x).length} fields}`) : String(x);
+  const line = v !== null && typeof v === "object" && !Array.isArray(v)
+    ? Object.entries(v).map(([k, x]) => `${k} = ${one(x)}`).join(" · ") : one(v);
+  return line.length > 160 ? line.slice(0, 159) + "…" : line;
+}
+
+function setArtifact(row, href, size) {
   // Only a link on this server: never a javascript: or foreign URL.
   let url;
   try { url = new URL(href, location.origin); } catch { return; }
   if (url.origin !== location.origin) return;
   row.fields.artifact.href = url.pathname + url.search;
+  row.fields.artifact.textContent = typeof size === "number" ? `Download the CSV (${fmtBytes(size)})` : "Download the CSV";
   row.fields.artifact.hidden = false;
 }
 
@@ -567,6 +729,7 @@ function showRowError(row, text) {
 }
 
 async function cancelJob(row) {
+  row.canceling = true;
   row.cancel.disabled = true;
   const r = await api("POST", `/api/jobs/${encodeURIComponent(row.id)}/cancel`);
   if (r.ok) {
@@ -578,30 +741,80 @@ async function cancelJob(row) {
     refresh(row);
     return;
   }
-  row.cancel.disabled = false;
+  row.canceling = false;
+  renderLive(row);
   showRowError(row, r.error.message);
 }
 
-function fmtNum(n) {
-  if (typeof n !== "number" || !Number.isFinite(n)) return "";
-  const digits = Math.abs(n) >= 100 || Number.isInteger(n) ? 0 : Math.abs(n) >= 10 ? 1 : 2;
-  return n.toLocaleString(undefined, {maximumFractionDigits: digits});
-}
-
-function fmtDuration(secs) {
-  const s = Math.ceil(secs);
-  if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
-}
-
-async function loadJobs() {
-  const r = await api("GET", "/api/jobs");
-  if (!r.ok || !r.data || !Array.isArray(r.data.jobs)) return;
+async function loadJobs({more = false} = {}) {
+  const gen = more ? listGen : ++listGen;
+  const q = new URLSearchParams({limit: String(PAGE)});
+  if (filter.state) q.set("state", filter.state);
+  if (filter.type) q.set("type", filter.type);
+  if (more) q.set("before", next);
+  loadMoreButton.disabled = true;
+  const r = await api("GET", "/api/jobs?" + q);
+  if (gen !== listGen) return;
+  loadMoreButton.disabled = false;
+  if (!r.ok || !r.data || !Array.isArray(r.data.jobs)) {
+    listError.textContent = "Could not load the jobs: " + (r.error ? r.error.message : "bad answer");
+    listError.hidden = false;
+    return;
+  }
+  listError.hidden = true;
   // Newest first, as the API sends them; jobs submitted meanwhile are
   // already at the top.
   for (const job of r.data.jobs) addJob(job);
-  showLinkedJob();
+  next = typeof r.data.next === "string" ? r.data.next : "";
+  loadMoreButton.hidden = !next;
+  updateEmpty();
+  if (!more) showLinkedJob();
+}
+
+loadMoreButton.addEventListener("click", () => loadJobs({more: true}));
+
+// applyFilter shows the jobs the filter selects, from the newest; the
+// filter is kept in the address, so a reload or a link keeps it.
+async function applyFilter() {
+  filter.state = stateFilter.value;
+  filter.type = typeFilter.value;
+  for (const row of rows.values()) {
+    if (!TERMINAL.has(row.state)) ts.unsubscribe("job:" + row.id);
+    row.el.remove();
+  }
+  rows.clear();
+  next = "";
+  loadMoreButton.hidden = true;
+  const q = new URLSearchParams();
+  if (filter.state) q.set("state", filter.state);
+  if (filter.type) q.set("type", filter.type);
+  history.replaceState(null, "", location.pathname + (q.size ? "?" + q : "") + location.hash);
+  await loadJobs();
+}
+stateFilter.addEventListener("change", applyFilter);
+typeFilter.addEventListener("change", applyFilter);
+
+{
+  const q = new URLSearchParams(location.search);
+  filter.state = q.get("state") || "";
+  filter.type = q.get("type") || "";
+  stateFilter.value = filter.state;
+  if (stateFilter.value !== filter.state) filter.state = stateFilter.value = "";
+  // The type's option exists once the job types are loaded (loadJobTypes).
+  if (filter.type) typeFilter.append(new Option(filter.type, filter.type));
+  typeFilter.value = filter.type;
+}
+
+// onUserEvent adds a job submitted elsewhere (another tab, a program) as
+// it is announced on the user's group.
+function onUserEvent(f, {old, loadedAt}) {
+  if (f.event !== "submitted" || !f.data || typeof f.data.id !== "string") return;
+  // The group's history is older news, except what came while the list loaded.
+  if (old && !(parseTime(f.ts) >= loadedAt)) return;
+  if (rows.has(f.data.id) || !matches(f.data)) return;
+  // A new job's history is short: all of it, as for a job submitted here.
+  addJob(f.data, {prepend: true, fresh: true});
+  announce(`Job ${f.data.id} (${f.data.type}) was submitted elsewhere.`);
 }
 
 // showLinkedJob brings the job of a "#job-ID" link into view: the rows

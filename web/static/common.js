@@ -54,23 +54,143 @@ export function setMe(user) {
 
 /**
  * showConnection keeps el (the page's #conn) in step with the client's
- * status: data-state is connected | reconnecting | offline.
+ * status: data-state is connected | reconnecting | offline. Once the page
+ * has been connected, a lost connection also says for how long it has been
+ * lost ("reconnecting · offline 12 s"), counted every second.
  */
 export function showConnection(ts, el) {
-  return ts.onStatus(({state, transport, reason}) => {
-    el.dataset.state = state === "connecting" ? "reconnecting" : state;
-    el.dataset.transport = transport;
-    // Reads "connected (websocket)"; narrow screens hide the transport.
-    const t = document.createElement("span");
-    t.className = "conn-transport";
-    t.textContent = ` (${transport})`;
-    const label = document.createElement("span");
-    label.append(STATE_LABEL[state] || state, t);
-    if (state === "offline" && reason) label.append(`: ${reason}`);
-    el.replaceChildren(label);
-    el.title = reason || "";
+  let status = ts.status;
+  let render = () => {};
+  const off = watchOnline(ts, (online, since) => {
+    clearInterval(render.timer);
+    render = () => {
+      const {state, transport, reason} = status;
+      el.dataset.state = state === "connecting" ? "reconnecting" : state;
+      el.dataset.transport = transport;
+      // Reads "connected (websocket)"; narrow screens hide the transport.
+      const t = document.createElement("span");
+      t.className = "conn-transport";
+      t.textContent = ` (${transport})`;
+      const label = document.createElement("span");
+      label.append(STATE_LABEL[state] || state, t);
+      if (state === "offline" && reason) label.append(`: ${reason}`);
+      if (!online && since) {
+        const lost = document.createElement("span");
+        lost.className = "conn-for";
+        lost.textContent = ` · offline ${fmtDuration(Math.floor((Date.now() - since) / 1000))}`;
+        label.append(lost);
+        el.dataset.offlineSince = String(since);
+      } else {
+        delete el.dataset.offlineSince;
+      }
+      el.replaceChildren(label);
+      el.title = reason || "";
+    };
+    if (!online && since) render.timer = setInterval(() => render(), 1000);
+  });
+  const offStatus = ts.onStatus((s) => { status = s; render(); });
+  return () => { off(); offStatus(); clearInterval(render.timer); };
+}
+
+/**
+ * watchOnline calls fn(online, since) now and whenever the connection is
+ * gained or lost. since is when it was lost (ms), or 0 while the page has
+ * never been connected: a page that is still connecting has lost nothing.
+ */
+export function watchOnline(ts, fn) {
+  let online = null;
+  let ever = false;
+  return ts.onStatus(({state}) => {
+    const now = state === "connected";
+    if (now === online) return;
+    online = now;
+    if (now) ever = true;
+    fn(now, !now && ever ? Date.now() : 0);
   });
 }
+
+// ---- formatting ------------------------------------------------------------
+
+const numberFormat = new Intl.NumberFormat(undefined, {maximumFractionDigits: 2});
+
+/** fmtNum formats a number for people: grouped, at most 2 decimals (fewer for large ones). */
+export function fmtNum(n) {
+  if (typeof n !== "number" || !Number.isFinite(n)) return "";
+  if (Math.abs(n) >= 100 && !Number.isInteger(n)) return Math.round(n).toLocaleString();
+  if (Math.abs(n) >= 10 && !Number.isInteger(n)) return n.toLocaleString(undefined, {maximumFractionDigits: 1});
+  return numberFormat.format(n);
+}
+
+/** fmtDuration formats seconds as "42 s", "3 min 5 s", "2 h 10 min" ("0.4 s" below 10 s). */
+export function fmtDuration(secs) {
+  if (typeof secs !== "number" || !Number.isFinite(secs) || secs < 0) return "";
+  if (secs < 10 && !Number.isInteger(secs)) return `${(Math.round(secs * 10) / 10).toLocaleString()} s`;
+  const s = Math.round(secs);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+/** fmtBytes formats a size: "812 B", "1.4 MB". */
+export function fmtBytes(n) {
+  if (typeof n !== "number" || !Number.isFinite(n) || n < 0) return "";
+  const units = ["B", "kB", "MB", "GB", "TB"];
+  let i = 0;
+  let v = n;
+  while (v >= 1000 && i < units.length - 1) { v /= 1000; i++; }
+  return `${v.toLocaleString(undefined, {maximumFractionDigits: i === 0 ? 0 : 1})} ${units[i]}`;
+}
+
+/** fmtAgo says how long ago the time t (ms) was: "just now", "12 s ago", "3 min ago". */
+export function fmtAgo(t, now = Date.now()) {
+  const secs = Math.max(0, (now - t) / 1000);
+  if (secs < 5) return "just now";
+  if (secs < 60) return `${Math.floor(secs)} s ago`;
+  if (secs < 3600) return `${Math.floor(secs / 60)} min ago`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)} h ago`;
+  return `${Math.floor(secs / 86400)} d ago`;
+}
+
+const absoluteFormat = new Intl.DateTimeFormat(undefined, {dateStyle: "medium", timeStyle: "medium"});
+
+/** parseTime returns an RFC 3339 time as ms, or NaN. */
+export function parseTime(s) {
+  return typeof s === "string" && s ? Date.parse(s) : NaN;
+}
+
+/**
+ * setTime makes el (a <time>) show t (ms) relative to now, the absolute
+ * time on hover (title) and in datetime; refreshTimes keeps it current.
+ * A missing time shows fallback.
+ */
+export function setTime(el, t, fallback = "") {
+  if (!Number.isFinite(t)) {
+    el.textContent = fallback;
+    el.removeAttribute("datetime");
+    el.removeAttribute("title");
+    delete el.dataset.t;
+    return;
+  }
+  const d = new Date(t);
+  el.dateTime = d.toISOString();
+  el.title = absoluteFormat.format(d);
+  el.dataset.t = String(t);
+  el.textContent = fmtAgo(t);
+}
+
+/** timeEl returns a new <time> for t (ms), see setTime. */
+export function timeEl(t, fallback = "") {
+  const el = document.createElement("time");
+  setTime(el, t, fallback);
+  return el;
+}
+
+// Relative times go stale: one timer for the page refreshes them.
+setInterval(() => {
+  const now = Date.now();
+  for (const el of document.querySelectorAll("time[data-t]")) el.textContent = fmtAgo(Number(el.dataset.t), now);
+}, 5000);
 
 // ---- toasts -------------------------------------------------------------------
 
@@ -295,8 +415,10 @@ export function toast({title, body, link} = {}) {
  * returns true when the page shows the news already: no toast then.
  * Transports without that answer
  * (long-poll) compare the event's time with the page's load instead.
+ * onEvent(frame, {old, loadedAt}), when given, gets the group's other
+ * events (a submitted job), old saying whether it was history.
  */
-export async function watchNotifications(ts, {shown} = {}) {
+export async function watchNotifications(ts, {shown, onEvent} = {}) {
   let user;
   try {
     user = await me();
@@ -319,8 +441,12 @@ export async function watchNotifications(ts, {shown} = {}) {
       historyEnd = Number(info.last_seq) || 0; // the replay that follows is old news
     },
     onEvent(f) {
-      if (f.event !== "notification" || !f.data || typeof f.data !== "object") return;
-      if (historyEnd !== null ? f.seq <= historyEnd : Date.parse(f.ts) < loadedAt) return;
+      const old = historyEnd !== null ? f.seq <= historyEnd : Date.parse(f.ts) < loadedAt;
+      if (f.event !== "notification") {
+        if (onEvent) onEvent(f, {old, loadedAt});
+        return;
+      }
+      if (!f.data || typeof f.data !== "object" || old) return;
       if (shown && shown(f.data)) return; // the page shows it already (a job's row on screen)
       toast(f.data);
     },

@@ -25,7 +25,12 @@
  *                     others wait until one ends
  *   ts.subscribe(group, handlers, {after, epoch}?) → unsubscribe function
  *     handlers.onEvent(frame)   each event once, in seq order: the socket's
- *                               event frame {type,group,seq,epoch,event,data,ts}
+ *                               event frame {type,group,seq,epoch,event,data,ts}.
+ *                               On a job whose events come faster than this
+ *                               client reads them, a `progress` frame may carry
+ *                               `skipped` N: it stands in for N earlier progress
+ *                               events the server dropped (their seqs never
+ *                               arrive); other events are never skipped
  *     handlers.onReset(info)    the server lost or trimmed history the client
  *                               had not seen ({group,epoch,last_seq,reason}):
  *                               reload the group's snapshot (GET /api/jobs/ID);
@@ -83,7 +88,7 @@
 
 // Event names of docs/protocol.md; SSE listeners are registered for these.
 const KNOWN_EVENTS = ["state", "progress", "log", "result", "failed", "message", "join", "leave", "rename",
-  "presence", "notification", "stats"];
+  "presence", "notification", "submitted", "stats"];
 
 // Error codes after which a group is worth asking for again.
 const TRANSIENT = new Set(["unavailable", "internal", "rate_limited"]);

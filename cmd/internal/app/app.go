@@ -25,13 +25,16 @@ import (
 	"taskstream/progress"
 	"taskstream/web"
 	"taskstream/web/auth"
+	"taskstream/web/dashboard"
 	"taskstream/web/metrics"
+	"taskstream/wire"
 )
 
 // APIConfig configures the API process.
 type APIConfig struct {
 	Common
 	Worker
+	Dashboard
 	Addr           string
 	RunWorker      bool
 	AllowedOrigins []string
@@ -85,6 +88,7 @@ func ParseAPI(args []string) (APIConfig, error) {
 	fs := flag.NewFlagSet("api", flag.ContinueOnError)
 	c.Common.register(fs, env)
 	c.Worker.register(fs, env)
+	c.Dashboard.register(fs, env)
 	defAddr := ":8080"
 	port, portSet := os.LookupEnv("PORT")
 	if portSet && port != "" {
@@ -140,6 +144,7 @@ func ParseAPI(args []string) (APIConfig, error) {
 	v.check(checkAddr("ADDR (-addr)", c.Addr))
 	c.Common.validate(v)
 	c.Worker.validate(v)
+	c.Dashboard.validate(v)
 	v.atLeast("SEND_QUEUE", "send-queue", int64(c.SendQueue), 1)
 	if c.SessionSecret != "" && len(c.SessionSecret) < 32 {
 		v.fail("SESSION_SECRET must be at least 32 bytes")
@@ -224,7 +229,13 @@ type Core struct {
 	// Metrics is the process's metrics: the log, the job service and the
 	// worker report to it; RunAPI serves it on the API's listener, RunWorker
 	// on WorkerConfig.MetricsAddr.
-	Metrics  *metrics.Metrics
+	Metrics *metrics.Metrics
+	// Counts counts the jobs this process finishes for its dashboard
+	// report, and passes every call on to Metrics.
+	Counts   *dashboard.JobCounts
+	queues   []string // the job types' queues and the configured ones
+	interval time.Duration
+	prefix   string
 	logger   *slog.Logger
 	embedded *miniredis.Miniredis
 }
@@ -234,7 +245,7 @@ type Core struct {
 // service. w names the queues (besides the job types' own) whose state the
 // metrics export.
 func Open(ctx context.Context, c Common, w Worker, logger *slog.Logger) (*Core, error) {
-	core := &Core{logger: logger}
+	core := &Core{logger: logger, interval: c.DashboardInterval, prefix: c.Prefix}
 	url, mode := c.RedisURL, c.RedisMode
 	if url == "" {
 		m := miniredis.NewMiniRedis()
@@ -276,14 +287,38 @@ func Open(ctx context.Context, c Common, w Worker, logger *slog.Logger) (*Core, 
 		JobTypes: typeNames, Queues: queues, Inspector: asynq.NewInspectorFromRedisClient(rdb),
 		QueueRefresh: c.QueueMetricsRefresh, Logger: logger,
 	})
+	core.queues = queues
+	core.Counts = dashboard.NewJobCounts(core.Metrics)
 	core.Log = progress.NewLog(rdb, progress.LogConfig{
-		Prefix: c.Prefix, MaxLen: c.LogMaxLen, TTL: c.LogTTL, KindMaxLen: map[string]int64{"chat": c.ChatHistory},
-		OnPublish: core.Metrics.ObservePublish,
+		Prefix: c.Prefix, MaxLen: c.LogMaxLen, TTL: c.LogTTL,
+		// A dashboard page starts from the latest snapshot: older ones
+		// are never read, so few are kept.
+		KindMaxLen: map[string]int64{"chat": c.ChatHistory, wire.KindDashboard: dashboardHistory},
+		OnPublish:  core.Metrics.ObservePublish,
 	})
 	core.Jobs = jobs.NewService(rdb, reg, core.Log, jobs.Config{
-		Prefix: c.Prefix, Retention: c.Retention, ArtifactDir: c.ArtifactDir, Logger: logger, Observer: core.Metrics,
+		Prefix: c.Prefix, Retention: c.Retention, ArtifactDir: c.ArtifactDir, Logger: logger, Observer: core.Counts,
 	})
 	return core, nil
+}
+
+// dashboardHistory is how many snapshots the dashboard group's log keeps
+// (approximately, on Redis).
+const dashboardHistory = 10
+
+// StartDashboard starts this process's part of the dashboard (see package
+// web/dashboard): its report (d.Hub and d.Sockets may be nil in a
+// worker) and, with cfg.Publish, its candidacy as the publisher. The
+// returned stop releases the lease and removes the report.
+func (c *Core) StartDashboard(d dashboard.Deps, cfg dashboard.Config) (stop func(context.Context), err error) {
+	d.Redis, d.Log, d.Jobs, d.Counts = c.Redis, c.Log, c.Jobs, c.Counts
+	cfg.Prefix, cfg.Interval, cfg.Queues, cfg.Logger = c.prefix, c.interval, c.queues, c.logger
+	db, err := dashboard.New(d, cfg)
+	if err != nil {
+		return nil, err
+	}
+	db.Start()
+	return db.Stop, nil
 }
 
 // Embedded reports whether the core runs on the in-process Redis.
@@ -344,6 +379,10 @@ func (s stops) run() {
 //  4. this replica's chat presence is removed (users who were only here
 //     leave at once instead of after PRESENCE_TTL);
 //  5. the hub drops its Redis subscription; Redis is closed last.
+//
+// Before all of these the dashboard stops: if this replica published the
+// snapshots it releases the lease (another replica takes over at once),
+// and its report is removed (it leaves the dashboard's process list).
 func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	ln, err := net.Listen("tcp", c.Addr)
 	if err != nil {
@@ -427,7 +466,7 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	srv := web.New(web.Deps{Jobs: core.Jobs, Hub: hub, Log: core.Log, Auth: store, Presence: presence, Metrics: core.Metrics, Schedules: sched}, web.Config{
 		AllowedOrigins: c.AllowedOrigins, SendQueue: c.SendQueue, SecureCookies: c.SecureCookies,
 		JobRate: c.JobRate, JobBurst: c.JobBurst, ChatRate: c.ChatRate, ChatBurst: c.ChatBurst, TrustedProxies: c.TrustedProxies,
-		Limits: c.Limits, Logger: logger,
+		AdminEmails: c.AdminEmails, Limits: c.Limits, Logger: logger,
 	})
 	httpSrv := srv.HTTPServer()
 	serveErr := make(chan error, 1)
@@ -443,6 +482,13 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 		}
 		<-serveErr // Serve has returned: nothing accepts any more
 	})
+	stopDash, err := core.StartDashboard(dashboard.Deps{Hub: hub, Sockets: srv.Sockets}, dashboard.Config{
+		Role: dashboard.RoleAPI, Publish: true, Window: c.Dashboard.Window, LeaderTTL: c.Dashboard.LeaderTTL, Failures: c.Dashboard.Failures,
+	})
+	if err != nil {
+		return err
+	}
+	started.push(stopDash)
 	logger.Info("listening", "addr", ln.Addr().String(), "url", "http://"+displayAddr(ln.Addr()), "worker", worker != nil)
 
 	select {
@@ -493,6 +539,11 @@ func RunWorker(ctx context.Context, c WorkerConfig, logger *slog.Logger) error {
 		return err
 	}
 	started.push(func(context.Context) { worker.Shutdown() })
+	stopDash, err := core.StartDashboard(dashboard.Deps{}, dashboard.Config{Role: dashboard.RoleWorker})
+	if err != nil {
+		return err
+	}
+	started.push(stopDash)
 	<-ctx.Done()
 	logger.Info("shutting down")
 	started.run()

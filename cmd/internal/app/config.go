@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/mail"
 	"os"
 	"strconv"
 	"strings"
@@ -38,6 +39,25 @@ type Common struct {
 	// QueueMetricsRefresh is the most often the asynq queue metrics are
 	// read from Redis, whatever the scrape rate.
 	QueueMetricsRefresh time.Duration
+	// DashboardInterval (DASHBOARD_INTERVAL, default 1s) is how often
+	// each process reports its figures to the dashboard and the elected
+	// publisher pushes a snapshot: the charts' resolution.
+	DashboardInterval time.Duration
+}
+
+// Dashboard is the API's dashboard configuration (web/dashboard).
+type Dashboard struct {
+	// AdminEmails (ADMIN_EMAILS, default none) are the signed-in users
+	// who may act on the queues, besides ADMIN_TOKENS.
+	AdminEmails []string
+	// Window (DASHBOARD_WINDOW, default 15m) is the charts' history.
+	Window time.Duration
+	// LeaderTTL (DASHBOARD_LEADER_TTL, default 5s) is the publisher's
+	// lease: another replica takes over within it when the publisher dies.
+	LeaderTTL time.Duration
+	// Failures (DASHBOARD_FAILURES, default 20) is how many recent failed
+	// tasks the dashboard lists.
+	Failures int
 }
 
 // Worker is the configuration of a worker, in its own process or embedded.
@@ -145,6 +165,7 @@ func (c *Common) register(fs *flag.FlagSet, env *envParser) {
 	fs.DurationVar(&c.Retention, "retention", env.duration("JOB_RETENTION", 7*24*time.Hour), "how long finished jobs are kept (env JOB_RETENTION)")
 	fs.StringVar(&c.LogLevel, "log-level", env.str("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
 	fs.StringVar(&c.LogFormat, "log-format", env.str("LOG_FORMAT", "text"), "text or json (env LOG_FORMAT)")
+	fs.DurationVar(&c.DashboardInterval, "dashboard-interval", env.duration("DASHBOARD_INTERVAL", time.Second), "how often each process reports to the dashboard and the publisher pushes a snapshot (env DASHBOARD_INTERVAL)")
 	fs.DurationVar(&c.QueueMetricsRefresh, "queue-metrics-refresh", env.duration("QUEUE_METRICS_REFRESH", 5*time.Second), "the asynq queue figures in /metrics are read from Redis at most this often, whatever the scrape rate (env QUEUE_METRICS_REFRESH)")
 }
 
@@ -178,6 +199,7 @@ func (c *Common) validate(v *validator) {
 	v.positiveRate("PROGRESS_RATE", "progress-rate", c.ReportRate)
 	v.positiveDuration("JOB_RETENTION", "retention", c.Retention)
 	v.positiveDuration("QUEUE_METRICS_REFRESH", "queue-metrics-refresh", c.QueueMetricsRefresh)
+	v.positiveDuration("DASHBOARD_INTERVAL", "dashboard-interval", c.DashboardInterval)
 	if _, err := NewLogger(c.LogLevel, c.LogFormat); err != nil {
 		v.fail("LOG_LEVEL/LOG_FORMAT: %v", err)
 	}
@@ -194,6 +216,28 @@ func (w *Worker) validate(v *validator) {
 	v.positiveDuration("JOB_LOST_AFTER", "lost-after", w.LostAfter)
 	v.positiveDuration("RECONCILE_INTERVAL", "reconcile-interval", w.ReconcileInterval)
 	v.check(w.check())
+}
+
+func (d *Dashboard) register(fs *flag.FlagSet, env *envParser) {
+	d.AdminEmails = env.strings("ADMIN_EMAILS")
+	fs.Func("admin-email", "email of a signed-in user who may act on the queues from the dashboard (repeatable) (env ADMIN_EMAILS, comma-separated)", func(s string) error {
+		d.AdminEmails = append(d.AdminEmails, strings.TrimSpace(s))
+		return nil
+	})
+	fs.DurationVar(&d.Window, "dashboard-window", env.duration("DASHBOARD_WINDOW", 15*time.Minute), "how much chart history the dashboard keeps and shows (env DASHBOARD_WINDOW)")
+	fs.DurationVar(&d.LeaderTTL, "dashboard-leader-ttl", env.duration("DASHBOARD_LEADER_TTL", 5*time.Second), "lease of the replica that publishes dashboard snapshots; another takes over within it when that one dies (env DASHBOARD_LEADER_TTL)")
+	fs.IntVar(&d.Failures, "dashboard-failures", env.int("DASHBOARD_FAILURES", 20), "recent failed tasks the dashboard lists (env DASHBOARD_FAILURES)")
+}
+
+func (d *Dashboard) validate(v *validator) {
+	for _, e := range d.AdminEmails {
+		if _, err := mail.ParseAddress(e); err != nil || !strings.Contains(e, "@") {
+			v.fail("ADMIN_EMAILS (-admin-email) %q: want an email address", e)
+		}
+	}
+	v.positiveDuration("DASHBOARD_WINDOW", "dashboard-window", d.Window)
+	v.positiveDuration("DASHBOARD_LEADER_TTL", "dashboard-leader-ttl", d.LeaderTTL)
+	v.atLeast("DASHBOARD_FAILURES", "dashboard-failures", int64(d.Failures), 1)
 }
 
 // registerLimits adds the API's connection and request limits to fs,

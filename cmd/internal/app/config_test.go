@@ -69,6 +69,19 @@ func TestParseAPI(t *testing.T) {
 				t.Fatalf("%+v", c.Limits)
 			}
 		}},
+		{name: "dashboard defaults", check: func(t *testing.T, c APIConfig) {
+			if c.DashboardInterval != time.Second || c.Dashboard.Window != 15*time.Minute || c.Dashboard.LeaderTTL != 5*time.Second ||
+				c.Dashboard.Failures != 20 || len(c.AdminEmails) != 0 {
+				t.Fatalf("%+v %+v", c.Dashboard, c.DashboardInterval)
+			}
+		}},
+		{name: "dashboard settings", env: map[string]string{"ADMIN_EMAILS": "ops@example.com, b@example.com", "DASHBOARD_INTERVAL": "2s", "DASHBOARD_WINDOW": "1h"},
+			args: []string{"-admin-email", "c@example.com", "-dashboard-leader-ttl", "10s", "-dashboard-failures", "5"}, check: func(t *testing.T, c APIConfig) {
+				if !reflect.DeepEqual(c.AdminEmails, []string{"ops@example.com", "b@example.com", "c@example.com"}) || c.DashboardInterval != 2*time.Second ||
+					c.Dashboard.Window != time.Hour || c.Dashboard.LeaderTTL != 10*time.Second || c.Dashboard.Failures != 5 {
+					t.Fatalf("%+v %+v", c.Dashboard, c.DashboardInterval)
+				}
+			}},
 		{name: "trusted proxies", env: map[string]string{"TRUSTED_PROXIES": "10.0.0.0/8,fd00::/8"}, check: func(t *testing.T, c APIConfig) {
 			if len(c.TrustedProxies) != 2 || c.TrustedProxies[0].String() != "10.0.0.0/8" {
 				t.Fatalf("%v", c.TrustedProxies)
@@ -100,7 +113,8 @@ var settings = []string{"PORT", "ADDR", "REDIS_URL", "REDIS_MODE", "KEY_PREFIX",
 	"ADMIN_TOKENS", "JOB_RATE", "JOB_BURST", "CHAT_RATE", "CHAT_BURST", "PRESENCE_TTL", "SMTP_HOST", "SMTP_PORT", "SMTP_USER",
 	"SMTP_PASSWORD", "SMTP_FROM", "SMTP_TLS", "TRUSTED_PROXIES", "ALLOWED_ORIGINS", "READ_HEADER_TIMEOUT", "BODY_TIMEOUT",
 	"IDLE_TIMEOUT", "MAX_HEADER_BYTES", "MAX_CONNS", "MAX_CONNS_PER_IP", "MAX_SOCKETS_PER_IP", "QUEUE_METRICS_REFRESH", "METRICS_ADDR",
-	"SCHEDULE_FILE", "SCHEDULE_CATCHUP"}
+	"SCHEDULE_FILE", "SCHEDULE_CATCHUP", "DASHBOARD_INTERVAL", "ADMIN_EMAILS", "DASHBOARD_WINDOW", "DASHBOARD_LEADER_TTL",
+	"DASHBOARD_FAILURES"}
 
 // clearEnv unsets every setting, then sets env, for the test's duration.
 func clearEnv(t *testing.T, env map[string]string) {
@@ -177,6 +191,12 @@ func TestParseRefusesBadSettings(t *testing.T) {
 		{env: map[string]string{"SCHEDULE_FILE": "/nonexistent/schedule.json"}, mention: "SCHEDULE_FILE"},
 		{env: map[string]string{"SCHEDULE_CATCHUP": "0s"}, mention: "SCHEDULE_CATCHUP"},
 		{args: []string{"-history", "x"}, mention: "-history"},
+		{env: map[string]string{"DASHBOARD_INTERVAL": "0s"}, mention: "DASHBOARD_INTERVAL"},
+		{env: map[string]string{"ADMIN_EMAILS": "ops"}, mention: "ADMIN_EMAILS"},
+		{args: []string{"-admin-email", "not an email"}, mention: "ADMIN_EMAILS"},
+		{env: map[string]string{"DASHBOARD_WINDOW": "-1m"}, mention: "DASHBOARD_WINDOW"},
+		{env: map[string]string{"DASHBOARD_LEADER_TTL": "0s"}, mention: "DASHBOARD_LEADER_TTL"},
+		{args: []string{"-dashboard-failures", "0"}, mention: "DASHBOARD_FAILURES"},
 		{args: []string{"-nope"}, mention: "nope"},
 	}
 	for _, tc := range cases {

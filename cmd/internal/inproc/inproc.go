@@ -27,6 +27,7 @@ type Options struct {
 	Prefix       string       // Redis key prefix (app.Common.Prefix)
 	SendQueue    int          // per-socket send queue (app.APIConfig.SendQueue); 0: the default
 	ProgressRate float64      // at most this many progress events per second per job; 0: the default
+	AdminToken   string       // an admin bearer token the API accepts (app.APIConfig.AdminTokens); "": none
 	Logger       *slog.Logger // nil: slog.Default()
 }
 
@@ -70,6 +71,9 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	}
 	s.common = app.Common{RedisURL: s.RedisURL, RedisMode: progress.ModeSingle, Prefix: o.Prefix, ReportRate: o.ProgressRate}
 	cfg := app.APIConfig{Common: s.common, Addr: addr, SendQueue: o.SendQueue, SessionSecret: randomSecret()}
+	if o.AdminToken != "" {
+		cfg.AdminTokens = []string{o.AdminToken}
+	}
 	apiCtx, cancel := context.WithCancel(context.Background())
 	s.stopAPI, s.apiDone = cancel, make(chan error, 1)
 	go func() { s.apiDone <- app.RunAPI(apiCtx, cfg, logger) }()
