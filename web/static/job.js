@@ -416,6 +416,7 @@ function record(f) {
     case "state": {
       let label = d.state;
       if (d.state === "pending") label = d.attempt ? `back in the queue after attempt ${d.attempt}` : "submitted, waiting in the queue";
+      if (d.state === "scheduled") label = d.run_at ? `scheduled for ${new Date(d.run_at).toLocaleString()}` : "scheduled";
       if (d.state === "active") label = `attempt ${d.attempt || "?"} started`;
       if (d.state === "retry") label = `attempt ${d.attempt || "?"} failed; it will be retried`;
       if (d.state === "completed") label = "completed";
