@@ -38,7 +38,7 @@ func TestBrowserScheduledJob(t *testing.T) {
 	p.do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`li[data-job-id=%q] button[data-action=cancel]`, waiting))))
 	p.waitState(waiting, "canceled")
 	// The job's own page: its state, and when it was to run in its timeline.
-	p.do(chromedp.Navigate(e.http.URL+"/jobs/"+waiting))
+	p.do(chromedp.Navigate(e.http.URL + "/jobs/" + waiting))
 	p.waitFor("the job page's state", `document.querySelector("#job-state")?.textContent === "canceled"`)
 	p.waitFor("the scheduled entry", `[...document.querySelectorAll("#timeline li")].some((li) => li.textContent.includes("scheduled for"))`)
 	p.checkNoExceptions()
