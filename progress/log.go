@@ -234,7 +234,7 @@ func (l *Log) PublishMany(ctx context.Context, posts []Post) ([]*Event, []error)
 			}
 			evs[i] = &Event{Group: p.Group, Name: p.Name, Data: raw, Time: now}
 			todo = append(todo, pending{i, []string{l.metaKey(p.Group), l.streamKey(p.Group)},
-				[]any{newEpoch(), p.Name, string(raw), ts, l.maxLen(p.Group), l.cfg.TTL.Milliseconds(), l.Channel(p.Group)}})
+				[]any{newEpoch(), p.Name, string(raw), ts, l.maxLen(p.Group), l.cfg.TTL.Milliseconds(), l.Channel(p.Group), l.publishCmd()}})
 		}
 	}
 	// EVALSHA first; the posts that find the script missing from Redis's
