@@ -502,3 +502,29 @@ func (c *Client) Disconnect(ctx context.Context, userID string) error {
 	_, err := c.do(ctx, http.MethodPost, "/api/users/"+url.PathEscape(userID)+"/disconnect", nil, nil, nil)
 	return err
 }
+
+// Schedule is a periodic job of the server's schedule file, as GET
+// /api/schedules shows it.
+type Schedule struct {
+	Name    string          `json:"name"`
+	Spec    string          `json:"spec"` // its cron spec
+	Type    string          `json:"type"`
+	Params  json.RawMessage `json:"params"`
+	Options json.RawMessage `json:"options"` // the submit options each run gets
+	NextRun time.Time       `json:"next_run"`
+	LastRun *time.Time      `json:"last_run"` // nil when none is known
+	LastJob string          `json:"last_job,omitempty"`
+	Owner   string          `json:"owner"`
+}
+
+// Schedules lists the periodic jobs (signed-in users and admin tokens):
+// GET /api/schedules.
+func (c *Client) Schedules(ctx context.Context) ([]Schedule, error) {
+	var out struct {
+		Schedules []Schedule `json:"schedules"`
+	}
+	if _, err := c.do(ctx, http.MethodGet, "/api/schedules", nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Schedules, nil
+}

@@ -95,6 +95,8 @@ type Error struct {
 	Code       string        // wire.Code*, e.g. wire.CodeForbidden
 	Message    string        // for a person
 	Group      string        // the group a socket error frame was about, if any
+	Field      string        // the request field a bad_request is about ("queue", "params.steps"), if the server said
+	Job        string        // the existing job a conflict or idempotency_key_reused is about, if any
 	RetryAfter time.Duration // from Retry-After (rate_limited, unavailable), or 0
 }
 
@@ -109,6 +111,9 @@ func (e *Error) Error() string {
 	}
 	if e.Group != "" {
 		b.WriteString(e.Group + ": ")
+	}
+	if e.Field != "" {
+		b.WriteString(e.Field + ": ")
 	}
 	b.WriteString(e.Message)
 	return b.String()
@@ -126,7 +131,7 @@ func errorOf(res *http.Response) *Error {
 	e := &Error{Status: res.StatusCode}
 	var body wire.ErrorBody
 	if json.Unmarshal(raw, &body) == nil && body.Error.Code != "" {
-		e.Code, e.Message = body.Error.Code, body.Error.Message
+		e.Code, e.Message, e.Field, e.Job = body.Error.Code, body.Error.Message, body.Error.Field, body.Error.Job
 	} else {
 		msg := strings.TrimSpace(string(raw))
 		if len(msg) > 200 {

@@ -97,7 +97,11 @@ type Position struct {
 // IsZero reports whether p is the start of the history.
 func (p Position) IsZero() bool { return p.Seq == 0 && p.Epoch == "" }
 
-// Event is one event of a group.
+// Event is one event of a group. Skipped, when not 0, says the server
+// dropped that many earlier progress events of a job for this socket
+// because it fell behind, and this one stands in for them: its seq
+// follows the last delivered one by Skipped+1. Lifecycle events are
+// never skipped.
 type Event struct {
 	wire.EventFrame
 }

@@ -186,7 +186,7 @@ func (s *socketSession) ended(st *groupState, unsubscribe bool) {
 func (s *socketSession) handle(f wire.ServerFrame) (end sessionEnd, stop bool) {
 	switch f.Type {
 	case wire.TypeEvent:
-		ok := s.tr.event(wire.EventFrame{Type: f.Type, Group: f.Group, Seq: f.Seq, Epoch: f.Epoch, Event: f.Event, Data: f.Data, TS: f.TS})
+		ok := s.tr.event(wire.EventFrame{Type: f.Type, Group: f.Group, Seq: f.Seq, Epoch: f.Epoch, Event: f.Event, Data: f.Data, TS: f.TS, Skipped: f.Skipped})
 		return sessionEnd{}, !ok
 	case wire.TypeSubscribed:
 		s.answered(f.Ref)
