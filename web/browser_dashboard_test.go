@@ -48,7 +48,10 @@ func TestBrowserDashboardShowsWorkersComeAndGo(t *testing.T) {
 		if got := eval[string](p, `document.querySelector("#worker-count").textContent`); got != "(2)" {
 			t.Errorf("worker count says %q", got)
 		}
-		p.waitFor("the queue weights", `document.querySelector('#queues tr[data-queue="default"] .weight')?.textContent === "3 / 1"`)
+		// WORKER_QUEUES default=3 and default=1 on the two workers: each
+		// priority is its own asynq queue, weighted 4x, 2x and 1x.
+		p.waitFor("the queue weights", `document.querySelector('#queues tr[data-queue="default"] .weight')?.textContent === "6 / 2" &&
+			document.querySelector('#queues tr[data-queue="default:high"] .weight')?.textContent === "12 / 4"`)
 		p.waitFor("the failure with its error", `[...document.querySelectorAll("#failures tbody tr")].some((tr) => tr.querySelector(".error").textContent.includes("failed on purpose"))`)
 		p.waitFor("the running job", `document.querySelectorAll("#workers .running .job").length === 1`)
 		p.waitFor("the charts", `document.querySelectorAll("#chart-jobs path.line").length > 0 && document.querySelectorAll("#chart-sockets path.line").length === 1`)

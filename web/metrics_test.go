@@ -255,7 +255,8 @@ func TestMetricsCountAWorkload(t *testing.T) {
 				s.value(t, "taskstream_sockets", "transport", "websocket") == 0 &&
 				s.value(t, "taskstream_sockets", "transport", "sse") == 0 &&
 				s.value(t, "taskstream_hub_groups") == 0 &&
-				s.value(t, "asynq_queue_size", "queue", steps.Queue, "state", "active") == 0
+				s.value(t, "asynq_queue_size", "queue", steps.Queue, "state", "active") == 0 &&
+				s.value(t, "asynq_queue_size", "queue", steps.Queue, "state", "archived") == 1
 		})
 
 		s = e.scrape()
