@@ -22,15 +22,7 @@ type JobType struct {
 
 // Progress is a job's progress, as its progress events and snapshot carry
 // it.
-type Progress struct {
-	Done    int64   `json:"done"`
-	Total   int64   `json:"total"`
-	Percent float64 `json:"percent"`
-	Stage   string  `json:"stage,omitempty"`
-	Message string  `json:"message,omitempty"`
-	Rate    float64 `json:"rate"`            // units of Done per second
-	ETA     float64 `json:"eta_s,omitempty"` // seconds until Done reaches Total at Rate
-}
+type Progress = wire.Progress
 
 // Job is the protocol's job object.
 type Job struct {

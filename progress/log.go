@@ -155,6 +155,16 @@ redis.call(ARGV[8], ARGV[7], seq .. '\n' .. epoch .. '\n' .. ARGV[2] .. '\n' .. 
 return {seq, epoch}
 `)
 
+// appendKeys and appendArgs are appendScript's KEYS and ARGV for one
+// event: written once, so Publish and PublishMany can not drift apart.
+func (l *Log) appendKeys(group string) []string {
+	return []string{l.metaKey(group), l.streamKey(group)}
+}
+
+func (l *Log) appendArgs(group, name string, raw json.RawMessage, ts string) []any {
+	return []any{newEpoch(), name, string(raw), ts, l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group), l.publishCmd()}
+}
+
 // ErrInvalid is wrapped by errors for a malformed group, event name or data.
 var ErrInvalid = errors.New("progress: invalid argument")
 
@@ -175,10 +185,7 @@ func (l *Log) Publish(ctx context.Context, group, name string, data any) (*Event
 	}
 	now := time.Now().UTC()
 	ts := now.Format(time.RFC3339Nano)
-	res, err := appendScript.Run(ctx, l.rdb,
-		[]string{l.metaKey(group), l.streamKey(group)},
-		newEpoch(), name, string(raw), ts, l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group), l.publishCmd(),
-	).Slice()
+	res, err := appendScript.Run(ctx, l.rdb, l.appendKeys(group), l.appendArgs(group, name, raw, ts)...).Slice()
 	if l.cfg.OnPublish != nil {
 		appended := 1
 		if err != nil {
@@ -233,8 +240,7 @@ func (l *Log) PublishMany(ctx context.Context, posts []Post) ([]*Event, []error)
 				continue
 			}
 			evs[i] = &Event{Group: p.Group, Name: p.Name, Data: raw, Time: now}
-			todo = append(todo, pending{i, []string{l.metaKey(p.Group), l.streamKey(p.Group)},
-				[]any{newEpoch(), p.Name, string(raw), ts, l.maxLen(p.Group), l.cfg.TTL.Milliseconds(), l.Channel(p.Group), l.publishCmd()}})
+			todo = append(todo, pending{i, l.appendKeys(p.Group), l.appendArgs(p.Group, p.Name, raw, ts)})
 		}
 	}
 	// EVALSHA first; the posts that find the script missing from Redis's

@@ -13,16 +13,8 @@ import (
 	"taskstream/wire"
 )
 
-// Progress is the payload of a "progress" event (docs/protocol.md).
-type Progress struct {
-	Done    int64   `json:"done"`
-	Total   int64   `json:"total"`
-	Percent float64 `json:"percent"`
-	Stage   string  `json:"stage,omitempty"`
-	Message string  `json:"message,omitempty"`
-	Rate    float64 `json:"rate"`            // units of Done per second, smoothed
-	ETA     float64 `json:"eta_s,omitempty"` // seconds until Done reaches Total at Rate
-}
+// Progress is the payload of a "progress" event, defined in wire.
+type Progress = wire.Progress
 
 // LogEntry is the payload of a "log" event.
 type LogEntry struct {

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -149,7 +151,7 @@ func (s *openAPISpec) check(method, urlPath string, status int, contentType stri
 		}
 		mt, _, _ := mime.ParseMediaType(contentType)
 		if _, ok := content[mt]; !ok {
-			return fmt.Errorf("%s %s: answered %d as %q, documented as one of %v", method, urlPath, status, mt, keys(content))
+			return fmt.Errorf("%s %s: answered %d as %q, documented as one of %v", method, urlPath, status, mt, slices.Sorted(maps.Keys(content)))
 		}
 		if mt != "application/json" {
 			return nil
@@ -176,15 +178,6 @@ func (s *openAPISpec) isPage(op map[string]any) bool {
 	content, _ := ok["content"].(map[string]any)
 	_, html := content["text/html"]
 	return html
-}
-
-func keys(m map[string]any) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // openAPICheck is an http.RoundTripper that validates every answer a

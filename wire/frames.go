@@ -131,3 +131,15 @@ func NewErrorBody(code, message string) ErrorBody {
 	b.Error.Code, b.Error.Message = code, message
 	return b
 }
+
+// Progress is the payload of a "progress" event, and a job's progress in
+// its snapshot (docs/protocol.md).
+type Progress struct {
+	Done    int64   `json:"done"`
+	Total   int64   `json:"total"`
+	Percent float64 `json:"percent"`
+	Stage   string  `json:"stage,omitempty"`
+	Message string  `json:"message,omitempty"`
+	Rate    float64 `json:"rate"`            // units of Done per second, smoothed
+	ETA     float64 `json:"eta_s,omitempty"` // seconds until Done reaches Total at Rate
+}
