@@ -149,20 +149,48 @@ func (c *Client) Job(ctx context.Context, id string) (*Job, error) {
 	return &j, nil
 }
 
-// Jobs lists the caller's jobs, newest first: GET /api/jobs?limit=N
-// (limit 0: the server's default, 50).
+// Jobs lists the caller's newest jobs: GET /api/jobs?limit=N (limit 0:
+// the server's default, 50). ListJobs filters and pages.
 func (c *Client) Jobs(ctx context.Context, limit int) ([]Job, error) {
-	q := url.Values{}
-	if limit > 0 {
-		q.Set("limit", strconv.Itoa(limit))
-	}
-	var out struct {
-		Jobs []Job `json:"jobs"`
-	}
-	if _, err := c.do(ctx, http.MethodGet, "/api/jobs", q, nil, &out); err != nil {
+	page, err := c.ListJobs(ctx, JobsQuery{Limit: limit})
+	if err != nil {
 		return nil, err
 	}
-	return out.Jobs, nil
+	return page.Jobs, nil
+}
+
+// JobsQuery filters and pages GET /api/jobs; every field is optional.
+type JobsQuery struct {
+	State  string // keep jobs in this state
+	Type   string // keep jobs of this type
+	Before string // the Next of the previous page
+	Limit  int    // 0: the server's default, 50
+}
+
+// JobsPage is one page of the caller's jobs; Next is empty on the last.
+type JobsPage struct {
+	Jobs []Job  `json:"jobs"`
+	Next string `json:"next,omitempty"`
+}
+
+// ListJobs reads one page of the caller's jobs, newest first, filtered:
+// GET /api/jobs?state=&type=&before=&limit=. Ask for the next page with
+// Before set to the page's Next.
+func (c *Client) ListJobs(ctx context.Context, q JobsQuery) (*JobsPage, error) {
+	v := url.Values{}
+	for k, val := range map[string]string{"state": q.State, "type": q.Type, "before": q.Before} {
+		if val != "" {
+			v.Set(k, val)
+		}
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	var page JobsPage
+	if _, err := c.do(ctx, http.MethodGet, "/api/jobs", v, nil, &page); err != nil {
+		return nil, err
+	}
+	return &page, nil
 }
 
 // Cancel cancels a job: POST /api/jobs/{id}/cancel. A job that already
@@ -519,4 +547,59 @@ func (c *Client) Schedules(ctx context.Context) ([]Schedule, error) {
 		return nil, err
 	}
 	return out.Schedules, nil
+}
+
+// TaskAction is what an admin may do to a waiting Asynq task.
+type TaskAction string
+
+// The task actions of the dashboard's routes.
+const (
+	TaskRetry   TaskAction = "retry"   // run it now, as a new attempt of its job
+	TaskArchive TaskAction = "archive" // its job ends failed
+	TaskDelete  TaskAction = "delete"  // its job ends canceled
+)
+
+// TaskResult is the answer of ActOnTask: the task, and the id of its job
+// (empty when the task belongs to none), which the action has ended or
+// rerun already.
+type TaskResult struct {
+	Queue  string     `json:"queue"`
+	Task   string     `json:"task"`
+	Job    string     `json:"job"`
+	Action TaskAction `json:"action"`
+}
+
+// PauseQueue pauses (paused true) or unpauses an Asynq queue, as the
+// dashboard's names it ("default", "critical:high"); admins only: POST
+// /api/admin/queues/{queue}/pause or /unpause.
+func (c *Client) PauseQueue(ctx context.Context, queue string, paused bool) error {
+	verb := "unpause"
+	if paused {
+		verb = "pause"
+	}
+	_, err := c.do(ctx, http.MethodPost, "/api/admin/queues/"+url.PathEscape(queue)+"/"+verb, nil, nil, nil)
+	return err
+}
+
+// ActOnTask retries, archives or deletes a waiting task (admins only):
+// POST /api/admin/queues/{queue}/tasks/{task}/retry or /archive, DELETE
+// /api/admin/queues/{queue}/tasks/{task}. A task whose state does not
+// allow it (a running one: cancel its job) is an *Error with Code
+// wire.CodeConflict.
+func (c *Client) ActOnTask(ctx context.Context, queue, task string, action TaskAction) (*TaskResult, error) {
+	path := "/api/admin/queues/" + url.PathEscape(queue) + "/tasks/" + url.PathEscape(task)
+	method := http.MethodPost
+	switch action {
+	case TaskRetry, TaskArchive:
+		path += "/" + string(action)
+	case TaskDelete:
+		method = http.MethodDelete
+	default:
+		return nil, fmt.Errorf("client: unknown task action %q", action)
+	}
+	var out TaskResult
+	if _, err := c.do(ctx, method, path, nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
 }
