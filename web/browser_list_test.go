@@ -425,7 +425,9 @@ func TestBrowserPhoneRunJob(t *testing.T) {
 
 			// Fold the form: the list moves up; unfold it.
 			top := eval[float64](p, `document.querySelector(".jobs-panel").getBoundingClientRect().top + scrollY`)
-			p.do(chromedp.Click(chromedp.ID("form-toggle")))
+			// From script, as "Load more": a toast may sit where a click at
+			// the button's coordinates lands.
+			p.do(chromedp.Evaluate[chromedp.Void](`document.querySelector("#form-toggle").click()`))
 			p.waitFor("the form folded", `document.querySelector("#job-form").hidden && document.querySelector("#form-toggle").getAttribute("aria-expanded") === "false"`)
 			if size.width < 800 {
 				if after := eval[float64](p, `document.querySelector(".jobs-panel").getBoundingClientRect().top + scrollY`); after >= top {
