@@ -132,7 +132,7 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 	}
 	joinTime := end.Sub(t0)
 	if name == "join" {
-		o.add("all joined in, s", joinTime.Seconds(), 2)
+		o.add("all joined in, s", joinTime.Seconds(), 3)
 		o.note("%s: %s", t.Name(), joinMeaning(t))
 	}
 	if p.Settle > 0 {
@@ -473,7 +473,7 @@ func restart(ctx context.Context, sw *swarm, t *tsTarget, p params) (o outcome) 
 		}
 	}
 	if resumedIn > 0 {
-		o.add("every socket resumed in, s", resumedIn.Seconds(), 2)
+		o.add("every socket resumed in, s", resumedIn.Seconds(), 3)
 	} else {
 		o.note("taskstream: only %d of %d sockets resumed within 60 s", sw.resumed.Load(), len(sw.socks))
 	}
