@@ -49,6 +49,10 @@ type config struct {
 	set         map[string]bool
 }
 
+// scenarioTimeout bounds a scenario run unless -timeout says otherwise:
+// "all" at full size on both targets takes a few minutes.
+const scenarioTimeout = 20 * time.Minute
+
 // Publish paths.
 const (
 	viaRedis = "redis"
@@ -86,7 +90,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.DialConcurrency, "dial-concurrency", 64, "sockets opened at once")
 	fs.IntVar(&c.SendQueue, "send-queue", 256, "in-process server: frames queued per socket before it is closed with 1013")
 	fs.DurationVar(&c.Drain, "drain", 10*time.Second, "how long to wait for deliveries after the last publish")
-	fs.DurationVar(&c.Timeout, "timeout", 3*time.Minute, "give up after this long")
+	fs.DurationVar(&c.Timeout, "timeout", 3*time.Minute, "give up after this long (scenario mode: 20m)")
 	fs.StringVar(&c.PublishVia, "publish-via", viaRedis, "how events are published: redis (progress.Log.Publish straight into Redis, as workers do) or api (POST /api/publish with a bearer token, as other backends do)")
 	fs.StringVar(&c.Token, "token", "", "with -url and -publish-via api: a bearer token that may publish to the group (an admin token, or one with a publish:chat:* scope); in-process an admin token is made up")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process during the publishing phase to this file (in-process: server and clients)")
@@ -115,6 +119,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	c.set = map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { c.set[f.Name] = true })
 	if c.Scenario != "" {
+		if !c.set["timeout"] {
+			c.Timeout = scenarioTimeout
+		}
 		return c, c.validateScenarios()
 	}
 	for _, name := range []string{"scenario", "target", "api-bin", "gorilla-bin", "api-env", "subprotocol", "publishers", "window", "duration", "settle"} {
