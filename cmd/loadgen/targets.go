@@ -218,6 +218,7 @@ func (t *tsTarget) Start(ctx context.Context) error {
 	t.ipBase = byte(1 + rand.IntN(254))
 	t.p = &proc{bin: t.bin, log: filepath.Join(t.logDir, "api.log")}
 	if err := t.start(ctx); err != nil {
+		t.p.stop(syscall.SIGKILL, 5*time.Second)
 		return err
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -400,7 +401,7 @@ func (g *gorillaTarget) Start(ctx context.Context) error {
 	if err := g.p.start(); err != nil {
 		return err
 	}
-	return g.p.waitServing(ctx, func() bool {
+	err = g.p.waitServing(ctx, func() bool {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
 			return false
@@ -408,6 +409,10 @@ func (g *gorillaTarget) Start(ctx context.Context) error {
 		_ = c.Close()
 		return true
 	})
+	if err != nil {
+		g.p.stop(syscall.SIGKILL, 5*time.Second)
+	}
+	return err
 }
 
 // Sender is a socket of its own; the example echoes every message to it
