@@ -47,6 +47,7 @@ type config struct {
 	Duration    time.Duration // fanout, latency, bytes: publishing time
 	Settle      time.Duration // pause between the join and the measurement
 	set         map[string]bool
+	progress    io.Writer // scenario mode: a line per phase (main: stderr; nil: none)
 }
 
 // scenarioTimeout bounds a scenario run unless -timeout says otherwise:

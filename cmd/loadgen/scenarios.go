@@ -99,8 +99,23 @@ func (o *outcome) note(format string, a ...any) {
 	o.Notes = append(o.Notes, fmt.Sprintf(format, a...))
 }
 
+// joinTimeout bounds the wait for every socket to join.
+const joinTimeout = 3 * time.Minute
+
 // runScenario runs one scenario on a fresh process of t.
 func runScenario(ctx context.Context, name string, p params, t target, c config) (o outcome) {
+	say := func(format string, a ...any) {
+		if c.progress != nil {
+			fmt.Fprintf(c.progress, "%s %s on %s: %s\n", time.Now().Format("15:04:05"), name, t.Name(), fmt.Sprintf(format, a...))
+		}
+	}
+	defer func() {
+		if o.Err != nil {
+			say("failed: %v", o.Err)
+		} else {
+			say("done")
+		}
+	}()
 	if name == "restart" && !t.Protocol() {
 		return outcome{Skip: "no resume in the reference"}
 	}
@@ -122,9 +137,13 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 	sw := newSwarm(ctx, t, p.Clients, p.Users, c.DialConcurrency)
 	sw.fan, sw.keepLat, sw.resume = fan, name == "latency", name == "restart"
 	defer sw.Close()
+	say("server pid %d up; opening %d sockets as %d users", t.PID(), p.Clients, p.Users)
 	t0 := time.Now()
 	sw.start()
-	end, ok := sw.waitJoined(ctx)
+	joinCtx, cancelJoin := context.WithTimeout(ctx, joinTimeout)
+	end, ok := sw.waitJoined(joinCtx)
+	cancelJoin()
+	say("%d of %d joined after %s", sw.joined.Load(), p.Clients, time.Since(t0).Round(time.Millisecond))
 	if !ok {
 		sw.Close()
 		return outcome{Err: fmt.Errorf("%d of %d sockets joined; %d failed, the first: %s; closes: %s",
