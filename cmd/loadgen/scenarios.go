@@ -457,7 +457,8 @@ func restart(ctx context.Context, sw *swarm, t *tsTarget, p params) (o outcome) 
 	defer func() { stopPub(); pubWG.Wait() }()
 	time.Sleep(p.Duration) // messages before the restart
 	t0 := time.Now()
-	if err := t.Restart(ctx); err != nil {
+	oldExit, err := t.Restart(ctx)
+	if err != nil {
 		return outcome{Err: err}
 	}
 	up := time.Since(t0)
@@ -498,9 +499,12 @@ func restart(ctx context.Context, sw *swarm, t *tsTarget, p params) (o outcome) 
 	}
 	o.add("seq gaps", float64(gaps), 0)
 	o.add("closed with 1013", float64(tryAgain), 0)
-	o.note("taskstream restart: serving again %s after SIGTERM; %d messages published through Redis meanwhile at %g/s; "+
+	o.note("taskstream restart: %s; serving again %s after SIGTERM; %d messages published through Redis meanwhile at %g/s; "+
 		"closes: %s; resubscribes refused (tried again after 1–1.5 s) %d; recovered:false %d; duplicates %d; sockets short of the last seq %d at the end",
-		up.Round(time.Millisecond), sent, p.Rate, closesText(sw.closes()), refusals, notRecov, dups, behind)
+		oldExit, up.Round(time.Millisecond), sent, p.Rate, closesText(sw.closes()), refusals, notRecov, dups, behind)
+	if sw.firstNotRecov != "" {
+		o.note("taskstream restart: the first resume not recovered: %s", sw.firstNotRecov)
+	}
 	if pubErr != nil {
 		o.note("taskstream restart: publisher: %v", pubErr)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -23,11 +24,12 @@ type swarm struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	joined     atomic.Int64
-	allJoined  chan struct{} // closed when every socket joined once
-	dialFailed atomic.Int64  // sockets that could not be opened, or whose subscribe was refused
-	errMu      sync.Mutex
-	firstErr   string // the first of those failures
+	joined        atomic.Int64
+	allJoined     chan struct{} // closed when every socket joined once
+	dialFailed    atomic.Int64  // sockets that could not be opened, or whose subscribe was refused
+	errMu         sync.Mutex
+	firstErr      string // the first of those failures
+	firstNotRecov string // the first resume answered recovered:false, for the report
 
 	// resume: reconnect after a close and resume from the last seq.
 	resume     bool
@@ -172,6 +174,11 @@ func (sw *swarm) frame(s *sock, fr []byte, now time.Time, resuming bool) {
 			}
 			if !f.recovered {
 				s.notRecov = true
+				sw.errMu.Lock()
+				if sw.firstNotRecov == "" {
+					sw.firstNotRecov = fmt.Sprintf("resumed after seq %d of epoch %q, answered %s", s.lastSeq, s.epoch, fr[:min(len(fr), 300)])
+				}
+				sw.errMu.Unlock()
 			}
 			if !s.resumed.Swap(true) && sw.resumed.Add(1) == int64(len(sw.socks)) {
 				close(sw.allResumed)

@@ -96,19 +96,23 @@ func (p *proc) start() error {
 	return nil
 }
 
-// signal sends sig and waits up to grace for the exit, then kills.
-func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
+// stop sends sig and waits up to grace for the exit, then kills. It
+// returns how long the process took to exit and whether it was killed.
+func (p *proc) stop(sig syscall.Signal, grace time.Duration) (took time.Duration, killed bool) {
 	if p.cmd == nil {
-		return
+		return 0, false
 	}
+	t0 := time.Now()
 	_ = p.cmd.Process.Signal(sig)
 	select {
 	case <-p.done:
 	case <-time.After(grace):
 		_ = p.cmd.Process.Kill()
 		<-p.done
+		killed = true
 	}
 	p.cmd = nil
+	return time.Since(t0), killed
 }
 
 func (p *proc) pid() int {
@@ -253,11 +257,23 @@ func (t *tsTarget) start(ctx context.Context) error {
 }
 
 // Restart stops the process with SIGTERM (it closes every socket with
-// 1001) and starts it again on the same address; it returns when the new
-// one serves.
-func (t *tsTarget) Restart(ctx context.Context) error {
-	t.p.stop(syscall.SIGTERM, 15*time.Second)
-	return t.start(ctx)
+// 1001; it is killed if it has not exited after 15 s) and starts it again
+// on the same address; it returns when the new one serves, with what the
+// old one did.
+func (t *tsTarget) Restart(ctx context.Context) (string, error) {
+	took, killed := t.p.stop(syscall.SIGTERM, 15*time.Second)
+	what := fmt.Sprintf("the old process exited %s after SIGTERM", took.Round(time.Millisecond))
+	if killed {
+		what = fmt.Sprintf("the old process had not exited %s after SIGTERM and was killed (its log ends: %q)", took.Round(time.Millisecond), lastLine(t.p.tail()))
+	}
+	return what, t.start(ctx)
+}
+
+func lastLine(s string) string {
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
 }
 
 func (t *tsTarget) Stop() {
