@@ -107,7 +107,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return nil
 	})
 	fs.StringVar(&c.Subprotocol, "subprotocol", "", "scenario mode: offer this Sec-WebSocket-Protocol to taskstream (e.g. taskstream.v2) and read its messages as frames separated by newlines")
-	fs.IntVar(&c.Publishers, "publishers", 16, "scenario mode: publishers of fanout (default 16) and of latency and bytes (default 4)")
+	fs.IntVar(&c.Publishers, "publishers", 16, "scenario mode: publishers of fanout, latency and bytes (the open loop's workers: enough that a slow publish path does not cap the rate)")
 	fs.IntVar(&c.Window, "window", 1, "scenario mode, fanout: messages each publisher has in flight (1: the next goes when the previous reached every subscriber)")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "scenario mode: publishing time of fanout and latency (default 10s), bytes (5s), and restart's before and after the restart (1s)")
 	fs.DurationVar(&c.Settle, "settle", time.Second, "scenario mode: pause after every socket joined, before measuring (idle: 2s)")

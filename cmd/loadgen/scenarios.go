@@ -35,8 +35,8 @@ var scenarioDefaults = map[string]params{
 	"join":    {Clients: 5000, Users: 250},
 	"idle":    {Clients: 10000, Users: 250, Settle: 2 * time.Second},
 	"fanout":  {Clients: 1000, Users: 50, Publishers: 16, Window: 1, Duration: 10 * time.Second, Settle: time.Second},
-	"latency": {Clients: 1000, Users: 50, Publishers: 4, Duration: 10 * time.Second, Rate: 100, Settle: time.Second},
-	"bytes":   {Clients: 1000, Users: 50, Publishers: 4, Duration: 5 * time.Second, Rate: 100, Settle: time.Second},
+	"latency": {Clients: 1000, Users: 50, Publishers: 16, Duration: 10 * time.Second, Rate: 100, Settle: time.Second},
+	"bytes":   {Clients: 1000, Users: 50, Publishers: 16, Duration: 5 * time.Second, Rate: 100, Settle: time.Second},
 	"restart": {Clients: 5000, Users: 250, Duration: time.Second, Rate: 20, Settle: time.Second},
 }
 

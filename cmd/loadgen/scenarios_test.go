@@ -130,7 +130,7 @@ func TestParamsFor(t *testing.T) {
 	if p := paramsFor("join", c); p.Clients != 5000 || p.Users != 250 {
 		t.Errorf("join defaults: %+v", p)
 	}
-	if p := paramsFor("latency", c); p.Publishers != 4 || p.Rate != 100 || p.Duration != 10*time.Second {
+	if p := paramsFor("latency", c); p.Publishers != 16 || p.Rate != 100 || p.Duration != 10*time.Second {
 		t.Errorf("latency defaults: %+v", p)
 	}
 }
