@@ -150,9 +150,25 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 			sw.joined.Load(), p.Clients, sw.dialFailed.Load(), sw.firstErr, closesText(sw.closes()))}
 	}
 	joinTime := end.Sub(t0)
+	retried, retries := 0, 0
+	for _, s := range sw.socks {
+		// Safe to read: a socket writes these only until it joined, and
+		// every one has (markJoined orders it before allJoined).
+		if s.joined && s.joinRetries > 0 {
+			retried++
+			retries += s.joinRetries
+		}
+	}
 	if name == "join" {
 		o.add("all joined in, s", joinTime.Seconds(), 3)
+		o.add("sockets that had to try again", float64(retried), 0)
 		o.note("%s: %s", t.Name(), joinMeaning(t))
+	}
+	if retried > 0 {
+		sw.errMu.Lock()
+		why := sw.firstRetry
+		sw.errMu.Unlock()
+		o.note("%s: %d sockets joined only after %d failed tries (jittered backoff, as a browser); the first failure: %s", t.Name(), retried, retries, why)
 	}
 	if p.Settle > 0 {
 		select {

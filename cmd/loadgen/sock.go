@@ -46,12 +46,15 @@ type sock struct {
 	buf  []byte       // the message being read, reused
 
 	// taskstream's protocol state.
-	epoch      string
-	lastSeq    int64 // seq of the last event seen
-	subscribed bool
-	refused    bool         // an error frame answered the subscribe
-	refusals   int          // resumes refused (and tried again)
-	seqSeen    atomic.Int64 // lastSeq, for other goroutines
+	epoch       string
+	lastSeq     int64 // seq of the last event seen
+	subscribed  bool
+	refused     bool         // an error frame answered the subscribe
+	refusals    int          // resumes refused (and tried again)
+	refusal     string       // the last refusal's frame
+	joined      bool         // joined once: later dials resume
+	joinRetries int          // failed tries of the first join
+	seqSeen     atomic.Int64 // lastSeq, for other goroutines
 
 	// What the reader saw.
 	gaps, dups int   // events whose seq did not follow the last one, or repeated it

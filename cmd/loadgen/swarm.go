@@ -26,9 +26,10 @@ type swarm struct {
 
 	joined        atomic.Int64
 	allJoined     chan struct{} // closed when every socket joined once
-	dialFailed    atomic.Int64  // sockets that could not be opened, or whose subscribe was refused
+	dialFailed    atomic.Int64  // sockets that gave up joining (maxJoinAttempts)
 	errMu         sync.Mutex
 	firstErr      string // the first of those failures
+	firstRetry    string // why the first join that was tried again failed
 	firstNotRecov string // the first resume answered recovered:false, for the report
 
 	// resume: reconnect after a close and resume from the last seq.
@@ -61,16 +62,23 @@ func (sw *swarm) start() {
 	}
 }
 
-// life dials s, reads it until it ends and, when the swarm resumes,
-// dials it again with a jittered backoff, as a browser client does.
+// maxJoinAttempts bounds the tries of a socket's first join.
+const maxJoinAttempts = 20
+
+// life dials s, reads it until it ends and dials again, as a browser
+// client does: with a jittered backoff after a failed first join (a
+// refused handshake, a refused subscribe, a close before `subscribed`;
+// at most maxJoinAttempts tries) and, when the swarm resumes, after a
+// close, resuming from the last seq seen.
 func (sw *swarm) life(s *sock) {
 	defer sw.wg.Done()
-	resuming := false
-	for attempt := 0; ; attempt++ {
-		if resuming {
+	failures := 0 // attempts in a row that did not join
+	for {
+		if failures > 0 || s.joined {
 			// 50–250 ms, growing to at most 625 ms while the server is
-			// down; 1–1.5 s after a refused subscribe.
-			backoff := time.Duration(50+rand.IntN(200)) * time.Millisecond * time.Duration(min(attempt, 4)+1) / 2
+			// down; 1–1.5 s after a refused subscribe (a rate limit in
+			// practice).
+			backoff := time.Duration(50+rand.IntN(200)) * time.Millisecond * time.Duration(min(failures, 4)+1) / 2
 			if s.refused {
 				s.refused = false
 				backoff = time.Second + time.Duration(rand.IntN(500))*time.Millisecond
@@ -86,37 +94,63 @@ func (sw *swarm) life(s *sock) {
 		case <-sw.ctx.Done():
 			return
 		}
-		err := sw.t.Dial(sw.ctx, s, s.id%sw.users, resuming)
+		err := sw.t.Dial(sw.ctx, s, s.id%sw.users, s.joined)
 		<-sw.sem
-		if err != nil {
+		if sw.ctx.Err() != nil {
+			if err == nil {
+				_ = s.ws.Close()
+			}
+			return
+		}
+		why := ""
+		if err == nil {
+			wasJoined := s.joined
+			if !sw.t.Protocol() && !s.joined {
+				s.joined = true
+				sw.markJoined()
+			}
+			code := sw.read(s, wasJoined)
 			if sw.ctx.Err() != nil {
 				return
 			}
-			if !resuming {
-				sw.fail(err.Error())
-				return
+			if s.closeCode == 0 {
+				s.closeCode = code
 			}
-			continue
+			if code == closeTryAgain {
+				s.tryAgain++
+			}
+			if s.joined {
+				if !sw.resume {
+					return
+				}
+				failures = 0
+				continue
+			}
+			why = fmt.Sprintf("closed with %d before joining", code)
+			if s.refused {
+				why = "subscribe refused: " + s.refusal
+			}
+		} else {
+			why = err.Error()
 		}
-		attempt = 0
-		if !sw.t.Protocol() {
-			sw.markJoined()
-		}
-		code := sw.read(s, resuming)
-		if sw.ctx.Err() != nil || (s.refused && !resuming) {
+		// The first join failed: try again, or give up.
+		failures++
+		s.joinRetries++
+		sw.noteRetry(why)
+		if failures >= maxJoinAttempts {
+			sw.fail(fmt.Sprintf("%d tries, the last: %s", failures, why))
 			return
 		}
-		if s.closeCode == 0 {
-			s.closeCode = code
-		}
-		if code == closeTryAgain {
-			s.tryAgain++
-		}
-		if !sw.resume {
-			return
-		}
-		resuming = true
 	}
+}
+
+// noteRetry remembers why the first failed join failed, for the report.
+func (sw *swarm) noteRetry(why string) {
+	sw.errMu.Lock()
+	if sw.firstRetry == "" {
+		sw.firstRetry = why
+	}
+	sw.errMu.Unlock()
 }
 
 // fail records a socket that could not join.
@@ -169,6 +203,7 @@ func (sw *swarm) frame(s *sock, fr []byte, now time.Time, resuming bool) {
 			}
 			s.subscribed = true
 			if !resuming {
+				s.joined = true
 				sw.markJoined()
 				return
 			}
@@ -186,14 +221,12 @@ func (sw *swarm) frame(s *sock, fr []byte, now time.Time, resuming bool) {
 			return
 		case 'x':
 			if !s.subscribed && !s.refused {
-				// The subscribe was refused: a fresh join fails; a
-				// resume is tried again (life waits a second first, as
-				// the error is a rate limit in practice).
+				// The subscribe was refused: life tries again after a
+				// second.
 				s.refused = true
+				s.refusal = string(fr[:min(len(fr), 300)])
 				if resuming {
 					s.refusals++
-				} else {
-					sw.fail("subscribe refused: " + string(fr[:min(len(fr), 300)]))
 				}
 			}
 			return
