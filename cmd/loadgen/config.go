@@ -75,6 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "loadgen opens N sockets on one group, publishes M events at rate R to it with\n"+
 			"progress.Log.Publish, and reports delivered messages/s, delivery latency and RSS per socket.\n"+
+			"With -scenario, it runs scenarios on taskstream and on gorilla/websocket's chat example side by side.\n"+
 			"Loopback only; it stops by itself.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
