@@ -47,7 +47,7 @@ func TestSendQueueTake(t *testing.T) {
 	if q.push([]byte("c")) {
 		t.Fatal("a full queue took a frame")
 	}
-	<-q.ready
+	// (no writer is attached: the test takes the queue itself)
 	var got []string
 	for _, f := range q.take() {
 		got = append(got, string(f))
@@ -150,7 +150,7 @@ func TestSendQueueConflatesJobProgress(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			q := newSendQueue(tc.maxFrames, 1<<20)
 			for i, ps := range tc.pushes {
-				if got := q.pushJob(jobEvent(ps.group, int64(i+1), ps.name, 10), false); got != ps.want {
+				if got := q.pushJob(jobEvent(ps.group, int64(i+1), ps.name, 10), false, formV1); got != ps.want {
 					t.Fatalf("push %d (%s %s) = %v, want %v", i+1, ps.group, ps.name, got, ps.want)
 				}
 			}
@@ -181,7 +181,7 @@ func TestSendQueueJobLimitsApart(t *testing.T) {
 		t.Fatal("the live limit does not apply")
 	}
 	for i := range 5 {
-		if !q.pushJob(jobEvent("job:a", int64(i+1), "log", 10), false) {
+		if !q.pushJob(jobEvent("job:a", int64(i+1), "log", 10), false, formV1) {
 			t.Fatalf("job event %d refused by a full chat queue", i+1)
 		}
 	}
@@ -199,7 +199,7 @@ func TestSendQueueConflatesJobReplay(t *testing.T) {
 	q := newSendQueue(1024, len(ev.Frame()))
 	const n = 3 * replayFactor
 	for i := range n {
-		if !q.pushJob(jobEvent("job:a", int64(i+1), "progress", 100), true) {
+		if !q.pushJob(jobEvent("job:a", int64(i+1), "progress", 100), true, formV1) {
 			t.Fatalf("replayed progress %d refused", i+1)
 		}
 	}
