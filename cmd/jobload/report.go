@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"taskstream/cmd/internal/latency"
@@ -20,7 +21,9 @@ type report struct {
 	Submitted, Finished   int
 	Active, EndTS, EndRcv []time.Duration
 	Failures              map[string]int // by kind: a submit refused, a broken stream, …
+	Examples              []string       // the events that broke a few streams
 	LoadBefore, LoadAfter string         // /proc/loadavg's first three fields
+	CPU                   time.Duration  // this process's CPU time (user + system) over the run
 }
 
 // add counts one submitted job once its watch is over.
@@ -28,6 +31,9 @@ func (r *report) add(j *job) {
 	r.Submitted++
 	if j.failure != "" {
 		r.Failures[j.failure]++
+		if j.detail != "" && len(r.Examples) < 5 {
+			r.Examples = append(r.Examples, j.detail)
+		}
 		return
 	}
 	r.Finished++
@@ -76,7 +82,8 @@ func (r *report) write(w io.Writer) {
 	fmt.Fprintf(w, "| finished, every event seen in order | %d |\n", r.Finished)
 	fmt.Fprintf(w, "| jobs/s finished (first submit → last result received) | %.0f |\n", r.FinishedRate())
 	fmt.Fprintf(w, "| failed | %d |\n", r.Failed())
-	fmt.Fprintf(w, "| load average before → after | %s → %s |\n\n", r.LoadBefore, r.LoadAfter)
+	fmt.Fprintf(w, "| load average before → after | %s → %s |\n", r.LoadBefore, r.LoadAfter)
+	fmt.Fprintf(w, "| jobload's own CPU, %% of one core | %.0f |\n\n", 100*r.CPU.Seconds()/r.LastEnd.Sub(r.Start).Seconds())
 	fmt.Fprintln(w, "| latency, ms (from just before the submit request) | p50 | p95 | p99 | max |")
 	fmt.Fprintln(w, "|---|--:|--:|--:|--:|")
 	for _, row := range []struct {
@@ -95,6 +102,9 @@ func (r *report) write(w io.Writer) {
 		for _, k := range slices.Sorted(maps.Keys(r.Failures)) {
 			fmt.Fprintf(w, "- %s: %d\n", k, r.Failures[k])
 		}
+		for _, e := range r.Examples {
+			fmt.Fprintf(w, "- e.g. %s\n", e)
+		}
 	}
 }
 
@@ -109,4 +119,13 @@ func loadAvg() string {
 		return ""
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// cpuTime is this process's CPU time so far (user + system).
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

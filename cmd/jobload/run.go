@@ -30,6 +30,7 @@ type job struct {
 	endTS    time.Time // the ts of its "result" event
 	received time.Time // when the watcher got its "result" event
 	failure  string    // why it does not count as finished ("" when it does)
+	detail   string    // the event that broke the stream, for the report
 	over     bool
 }
 
@@ -41,6 +42,11 @@ func (j *job) feed(ev client.Event, now time.Time) bool {
 	if j.over {
 		return true
 	}
+	defer func() {
+		if j.failure != "" && j.detail == "" {
+			j.detail = fmt.Sprintf("%s seq %d (after %d) skipped %d: %s %s", ev.Group, ev.Seq, j.lastSeq, ev.Skipped, ev.Event, ev.Data)
+		}
+	}()
 	switch {
 	case ev.Skipped != 0:
 		return j.fail("events skipped")
@@ -252,6 +258,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 		case <-waitCtx.Done():
 		}
 	}
+	cpu0 := cpuTime()
 	rep.Start = time.Now()
 	end := rep.Start.Add(cfg.Duration)
 	if cfg.Rate > 0 {
@@ -285,6 +292,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 	rep.SubmitEnd = time.Now()
 	wg.Wait()
 	rep.LoadAfter = loadAvg()
+	rep.CPU = cpuTime() - cpu0
 	// Every watcher stops before the jobs are read.
 	cancelWait()
 	watchWG.Wait()

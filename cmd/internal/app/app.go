@@ -335,7 +335,7 @@ func (c *Core) NewWorker(w Worker, reportRate float64) (*jobs.Worker, error) {
 	}
 	return jobs.NewWorker(c.Jobs, c.Redis, jobs.WorkerConfig{
 		Concurrency: w.Concurrency, Queues: queues, ShutdownTimeout: w.ShutdownTimeout,
-		PollInterval: w.PollInterval, Heartbeat: w.Heartbeat, LostAfter: w.LostAfter, ReconcileInterval: w.ReconcileInterval,
+		PollInterval: w.PollInterval, DelayedPollInterval: w.DelayedPollInterval, Heartbeat: w.Heartbeat, LostAfter: w.LostAfter, ReconcileInterval: w.ReconcileInterval,
 		Reporter: progress.ReporterConfig{MaxRate: reportRate, Logger: c.logger},
 	}), nil
 }
