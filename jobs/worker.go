@@ -83,8 +83,8 @@ const (
 	// an idle worker costs Redis about 90 commands/s (9 queues, one
 	// dequeue script each per check).
 	DefaultPollInterval = 100 * time.Millisecond
-	DefaultHeartbeat = 5 * time.Second
-	DefaultLostAfter = 15 * time.Second
+	DefaultHeartbeat    = 5 * time.Second
+	DefaultLostAfter    = 15 * time.Second
 )
 
 func (c WorkerConfig) withDefaults(reg *Registry) WorkerConfig {
