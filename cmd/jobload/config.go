@@ -22,6 +22,7 @@ type config struct {
 	Rate     float64
 	Inflight int
 	Duration time.Duration // how long jobs are submitted
+	Jobs     int           // stop submitting after this many (0: no limit, Duration decides)
 	Drain    time.Duration // how long after that the jobs in flight get to finish
 
 	Steps      int // the steps job's "steps"
@@ -47,6 +48,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.Float64Var(&c.Rate, "rate", 100, "jobs submitted per second (open loop); 0 with -inflight: closed loop")
 	fs.IntVar(&c.Inflight, "inflight", 0, "closed loop: jobs in flight at once (each submitted when one finishes); needs -rate 0")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "how long jobs are submitted")
+	fs.IntVar(&c.Jobs, "jobs", 0, "stop after submitting this many jobs (0: no limit; -duration decides)")
 	fs.DurationVar(&c.Drain, "drain", 30*time.Second, "how long the jobs still running after -duration get to finish")
 	fs.IntVar(&c.Steps, "steps", 3, "steps per job")
 	fs.IntVar(&c.IntervalMS, "interval-ms", 0, "pause between steps, ms")
@@ -80,6 +82,8 @@ func (c config) check() error {
 		return errors.New("-inflight: want 1 to 10000")
 	case c.Duration <= 0 || c.Duration > 10*time.Minute:
 		return errors.New("-duration: want above 0 and at most 10m")
+	case c.Jobs < 0:
+		return errors.New("-jobs: want 0 (no limit) or more")
 	case c.Drain <= 0:
 		return errors.New("-drain: want above 0")
 	case c.Steps < 1 || c.Steps > 100000:

@@ -261,12 +261,15 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 	cpu0 := cpuTime()
 	rep.Start = time.Now()
 	end := rep.Start.Add(cfg.Duration)
+	// take reserves the next submit; false once -jobs have been.
+	var taken atomic.Int64
+	take := func() bool { return cfg.Jobs == 0 || taken.Add(1) <= int64(cfg.Jobs) }
 	if cfg.Rate > 0 {
 		// Open loop: the i-th submit is due at start + i/rate, whatever
 		// the earlier ones are doing.
 		for i := 0; ; i++ {
 			due := rep.Start.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second)))
-			if !due.Before(end) || !sleepUntil(ctx, due) {
+			if !due.Before(end) || !take() || !sleepUntil(ctx, due) {
 				break
 			}
 			if pending.Load() >= int64(cfg.MaxPending) {
@@ -282,7 +285,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for time.Now().Before(end) && ctx.Err() == nil {
+				for time.Now().Before(end) && ctx.Err() == nil && take() {
 					pending.Add(1)
 					one()
 				}

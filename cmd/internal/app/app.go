@@ -414,10 +414,6 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 
 	var worker *jobs.Worker
 	if c.RunWorker || core.Embedded() {
-		if core.Embedded() && c.PollInterval == time.Second {
-			// In-process Redis makes polling cheap: pick jobs up faster.
-			c.PollInterval = 200 * time.Millisecond
-		}
 		if worker, err = core.NewWorker(c.Worker, c.ReportRate); err != nil {
 			return err
 		}
