@@ -663,17 +663,27 @@ func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, i
 		l.cfg.Logger.Error("publishing a job's end failed; the reconciler publishes it", "job", id, "state", state, "err", err)
 		return
 	}
-	owner, err := clearDebtScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(id)}, op).Text()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		// Published: the reconciler's second try appends nothing.
-		l.cfg.Logger.Warn("clearing a job's event debt failed; the reconciler does", "job", id, "err", err)
-		return
-	}
+	// One round trip clears the debt and takes the job out of the open and
+	// running indexes. The events are in the log already, so the indexes
+	// may be left even if the script fails: the open index only serves to
+	// find ends whose events were not published.
+	keys := []string{l.st.jobKey(id)}
+	var debt *redis.Cmd
 	_, _ = l.st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		debt = clearDebtScript.EvalSha(ctx, p, keys, op)
 		p.ZRem(ctx, l.st.openKey(), id)
 		p.ZRem(ctx, l.st.runningKey(), id)
 		return nil
 	})
+	if redis.HasErrorPrefix(debt.Err(), "NOSCRIPT") { // Redis restarted or its scripts were flushed
+		debt = clearDebtScript.Run(ctx, l.st.rdb, keys, op)
+	}
+	owner, err := debt.Text()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		// Published: the reconciler's second try appends nothing.
+		l.cfg.Logger.Warn("clearing a job's event debt failed", "job", id, "err", err)
+		return
+	}
 	if fresh && rec != nil && owner != "" {
 		l.notifyOwner(ctx, id, owner, rec.Type, state, errMsg)
 	}
