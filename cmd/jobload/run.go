@@ -214,11 +214,12 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 	}
 	params := map[string]int{"steps": cfg.Steps, "interval_ms": cfg.IntervalMS}
 	var (
-		mu      sync.Mutex
-		all     []*job
-		pending atomic.Int64
-		wg      sync.WaitGroup
-		watchWG sync.WaitGroup // the sockets of their own (Sockets 0)
+		mu        sync.Mutex
+		all       []*job
+		pending   atomic.Int64
+		wg        sync.WaitGroup
+		watchWG   sync.WaitGroup // the sockets of their own (Sockets 0)
+		logSubmit sync.Once
 	)
 	fail := func(kind string) {
 		mu.Lock()
@@ -232,11 +233,14 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 		sub, err := c.Submit(waitCtx, client.SubmitRequest{Type: "steps", Params: params})
 		if err != nil {
 			var ce *client.Error
-			if errors.As(err, &ce) {
+			switch {
+			case errors.As(err, &ce):
 				fail("submit " + ce.Code)
-			} else {
+			case waitCtx.Err() != nil:
+				fail("submit not answered within -duration + -drain")
+			default:
 				fail("submit error")
-				logger.Warn("submit failed", "err", err)
+				logSubmit.Do(func() { logger.Warn("submit failed (the first; the others are counted)", "err", err) })
 			}
 			return
 		}
