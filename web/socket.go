@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +32,10 @@ const (
 	maxSubsPerConn = wire.MaxGroupsPerSocket // groups one socket may watch
 	closeWait      = time.Second             // how long a close handshake may take
 
+	// socketReadBuffer is the read buffer every socket keeps for its
+	// whole life (gorilla's minimum is 125 bytes, a control frame).
+	socketReadBuffer = 512
+
 	// Transports, the label values of the taskstream_sockets gauge.
 	transportWebSocket = "websocket"
 	transportSSE       = "sse"
@@ -37,7 +43,10 @@ const (
 )
 
 var upgrader = websocket.Upgrader{
-	ReadBufferSize:  4096,
+	// Client frames are small (subscribes, chat lines): a small read
+	// buffer is all an idle socket keeps. A larger frame costs no extra
+	// reads: gorilla reads it straight into the message buffer.
+	ReadBufferSize:  socketReadBuffer,
 	WriteBufferSize: 4096,
 	// Origin is checked by the server before upgrading, so the refusal
 	// carries the protocol's JSON error body.
@@ -65,8 +74,12 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	s.serveSocket(w, r, nil)
 }
 
-// serveSocket upgrades the request and runs the connection until it ends.
-// initial, when set, is subscribed before any client frame is read.
+// serveSocket upgrades the request and starts the connection's read pump
+// in a goroutine of its own; the handler returns at once. An idle socket
+// then keeps only what it needs: not the HTTP handler's goroutine with
+// its deep stack under the router and middleware, nor the request, its
+// context and the server's buffers for it. initial, when set, is
+// subscribed before any client frame is read.
 func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *clientFrame) {
 	// The same Origin policy as writes (scheme, host and port): a socket
 	// carries the session cookie, so a foreign page must not open one.
@@ -74,36 +87,72 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 		s.writeError(w, r, apiErr(CodeForbidden, "cross-origin socket refused: "+strings.TrimPrefix(ae.Message, "cross-origin request refused: ")))
 		return
 	}
-	release, slot := s.socketSlot(clientIPOf(r.Context()))
-	if slot {
-		defer release()
-	}
-	c := &conn{s: s, who: principalOf(r), acting: principalOf(r), id: newID(), send: newSendQueue(s.cfg.SendQueue, s.cfg.SendQueueBytes), closed: make(chan struct{}), subs: map[string]*progress.Subscription{},
-		frames: rate.NewLimiter(rate.Limit(s.cfg.FrameRate), s.cfg.FrameBurst)}
+	ip := clientIPOf(r.Context())
+	release, slot := s.socketSlot(ip)
+	who := principalOf(r)
+	c := &conn{s: s, who: who, acting: who, id: newID(), ip: ip, requestID: requestIDOf(r.Context()),
+		send: newSendQueue(s.cfg.SendQueue, s.cfg.SendQueueBytes), closed: make(chan struct{})}
 	if !s.register(c) {
+		if slot {
+			release()
+		}
 		s.writeError(w, r, apiErr(CodeUnavailable, "server is shutting down; retry shortly"))
 		return
 	}
-	defer s.connsWG.Done()
 	ws, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		s.unregister(c)
+		s.connsWG.Done()
+		if slot {
+			release()
+		}
 		return // the upgrader has answered the client
 	}
 	c.ws = ws
 	if !slot {
 		// Refused after the upgrade so that a browser's socket sees the
 		// reason: a failed handshake only reports a generic error to it.
-		c.refuse(closePolicy, fmt.Sprintf("too many sockets from your address (at most %d); close some and retry", s.cfg.Limits.MaxSocketsPerIP))
-		s.mx.SocketClosed(closePolicy)
+		go func() {
+			defer s.connsWG.Done()
+			c.refuse(closePolicy, fmt.Sprintf("too many sockets from your address (at most %d); close some and retry", s.cfg.Limits.MaxSocketsPerIP))
+			s.mx.SocketClosed(closePolicy)
+		}()
 		return
 	}
-	log := s.logger.With("conn", c.id, "request_id", requestIDOf(r.Context()), "user", c.who.User.ID, "ip", clientIPOf(r.Context()))
-	log.Info("socket opened")
+	s.logger.LogAttrs(r.Context(), slog.LevelInfo, "socket opened", c.logAttrs()...)
+	// Shutdown waits for this goroutine (connsWG): it owns the socket.
+	go c.serve(release, initial)
+}
+
+// serve runs the connection until it ends, then gives back its slot and
+// logs its end. It runs in a goroutine of its own, outside net/http and
+// the router, so it recovers and logs its own panics (the recoverer
+// middleware no longer sees them).
+func (c *conn) serve(release func(), initial *clientFrame) {
+	s := c.s
+	defer s.connsWG.Done()
+	defer release()
+	defer func() {
+		if v := recover(); v != nil {
+			s.logger.LogAttrs(context.Background(), slog.LevelError, "socket panicked", append(c.logAttrs(), slog.Any("panic", v), slog.String("stack", string(debug.Stack())))...)
+		}
+	}()
 	opened := time.Now()
-	c.run(r.Context(), initial)
+	// The request's context ends when its handler returns: the socket gets
+	// its own, carrying what its calls read from it (the client IP, for
+	// the per-address limit on new guests).
+	ctx := context.WithValue(context.Background(), clientIPKey{}, c.ip)
+	c.run(ctx, initial)
 	s.mx.SocketClosed(c.closeCode)
-	log.Info("socket closed", "code", c.closeCode, "reason", c.closeText, "client_code", c.clientCode, "duration", time.Since(opened))
+	s.logger.LogAttrs(ctx, slog.LevelInfo, "socket closed", append(c.logAttrs(),
+		slog.Int("code", c.closeCode), slog.String("reason", c.closeText), slog.Int("client_code", c.clientCode),
+		slog.Duration("duration", time.Since(opened)))...)
+}
+
+// logAttrs are the attributes of the socket's log lines: kept as the few
+// strings they are rather than as a logger per socket.
+func (c *conn) logAttrs() []slog.Attr {
+	return []slog.Attr{slog.String("conn", c.id), slog.String("request_id", c.requestID), slog.String("user", c.who.User.ID), slog.String("ip", c.ip)}
 }
 
 func (s *Server) register(c *conn) bool {
@@ -123,8 +172,8 @@ func (s *Server) unregister(c *conn) {
 	s.mu.Unlock()
 }
 
-// conn is one socket. Its read pump runs in the HTTP handler's goroutine
-// and owns the subscriptions; its write pump is the only writer of data
+// conn is one socket. Its read pump runs in a goroutine of its own (see
+// serveSocket) and owns the subscriptions; its write pump is the only writer of data
 // frames. Hub deliveries and replies go through the bounded send queue;
 // when it is full the socket is closed with 1013 instead of slowing the
 // hub, so one slow client never delays another.
@@ -136,8 +185,12 @@ type conn struct {
 	// once per socket, not on every chat frame.
 	acting auth.Principal
 	id     string // this connection, for presence
-	ws     *websocket.Conn
-	send   *sendQueue
+	// ip and requestID are the opening request's client address and id:
+	// all the socket keeps of the request, for its log lines and limits.
+	ip        string
+	requestID string
+	ws        *websocket.Conn
+	send      *sendQueue
 
 	closeOnce  sync.Once
 	closed     chan struct{}
@@ -145,8 +198,8 @@ type conn struct {
 	closeText  string
 	clientCode int // the close code the client sent, if it closed first
 
-	subs   map[string]*progress.Subscription // owned by the read pump
-	frames *rate.Limiter                     // client frames per second
+	subs   map[string]*progress.Subscription // owned by the read pump; made by the first subscribe
+	frames *rate.Limiter                     // client frames per second; made when the read pump starts
 }
 
 // close asks the write pump to send a close frame with code and end the
@@ -211,6 +264,7 @@ func (c *conn) run(ctx context.Context, initial *clientFrame) {
 func (c *conn) readPump(ctx context.Context) {
 	ws := c.ws
 	ws.SetReadLimit(c.s.cfg.MaxFrameBytes)
+	c.frames = rate.NewLimiter(rate.Limit(c.s.cfg.FrameRate), c.s.cfg.FrameBurst)
 	alive := func() { _ = ws.SetReadDeadline(time.Now().Add(2 * c.s.cfg.PingInterval)) }
 	alive()
 	ws.SetPongHandler(func(string) error { alive(); return nil })
@@ -427,6 +481,9 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 	sub, err := c.s.hub.Subscribe(f.Group, after, f.Epoch, &groupSink{c: c, group: f.Group, ref: ref})
 	if err != nil {
 		return hubError(err)
+	}
+	if c.subs == nil {
+		c.subs = make(map[string]*progress.Subscription, 1)
 	}
 	c.subs[f.Group] = sub
 	if !rejoin && isChat(f.Group) && c.s.pres != nil {
