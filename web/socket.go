@@ -129,22 +129,35 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 // the router, so it recovers and logs its own panics (the recoverer
 // middleware no longer sees them).
 func (c *conn) serve(release func(), initial *clientFrame) {
-	s := c.s
-	defer s.connsWG.Done()
+	defer c.s.connsWG.Done()
 	defer release()
-	defer func() {
-		if v := recover(); v != nil {
-			s.logger.LogAttrs(context.Background(), slog.LevelError, "socket panicked", append(c.logAttrs(), slog.Any("panic", v), slog.String("stack", string(debug.Stack())))...)
-		}
-	}()
+	defer c.recovered()
 	opened := time.Now()
 	// The request's context ends when its handler returns: the socket gets
 	// its own, carrying what its calls read from it (the client IP, for
 	// the per-address limit on new guests).
-	ctx := context.WithValue(context.Background(), clientIPKey{}, c.ip)
-	c.run(ctx, initial)
-	s.mx.SocketClosed(c.closeCode)
-	s.logger.LogAttrs(ctx, slog.LevelInfo, "socket closed", append(c.logAttrs(),
+	c.run(context.WithValue(context.Background(), clientIPKey{}, c.ip), initial)
+	c.ended(opened)
+}
+
+// recovered logs a panic of the socket's goroutine (deferred: the
+// connection's own defers have closed it by then).
+func (c *conn) recovered() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	stack := debug.Stack()
+	if p, ok := v.(*socketPanic); ok {
+		v, stack = p.value, p.stack
+	}
+	c.s.logger.LogAttrs(context.Background(), slog.LevelError, "socket panicked", append(c.logAttrs(), slog.Any("panic", v), slog.String("stack", string(stack)))...)
+}
+
+// ended counts and logs the end of a socket that ran.
+func (c *conn) ended(opened time.Time) {
+	c.s.mx.SocketClosed(c.closeCode)
+	c.s.logger.LogAttrs(context.Background(), slog.LevelInfo, "socket closed", append(c.logAttrs(),
 		slog.Int("code", c.closeCode), slog.String("reason", c.closeText), slog.Int("client_code", c.clientCode),
 		slog.Duration("duration", time.Since(opened)))...)
 }
@@ -246,39 +259,39 @@ func (c *conn) run(ctx context.Context, initial *clientFrame) {
 	writerDone := make(chan struct{})
 	go func() { defer close(writerDone); c.writePump() }()
 	defer func() {
-		for group, sub := range c.subs {
-			sub.Close()
-			c.leave(group)
-		}
+		c.leaveAll()
 		c.close(closeNormal, "")
 		<-writerDone
 		_ = c.ws.Close()
 		c.s.unregister(c)
 	}()
 	if initial != nil {
-		c.handle(ctx, *initial)
+		c.offStack(func() { c.handle(ctx, *initial) })
 	}
 	c.readPump(ctx)
 }
 
+// leaveAll ends the socket's subscriptions and presence.
+func (c *conn) leaveAll() {
+	for group, sub := range c.subs {
+		sub.Close()
+		c.leave(group)
+	}
+}
+
+// readPump reads client frames until the socket ends. It is what an idle
+// socket's goroutine is parked in, so it keeps its own frame small and
+// handles each message off its stack (onMessage).
 func (c *conn) readPump(ctx context.Context) {
 	ws := c.ws
 	ws.SetReadLimit(c.s.cfg.MaxFrameBytes)
 	c.frames = rate.NewLimiter(rate.Limit(c.s.cfg.FrameRate), c.s.cfg.FrameBurst)
-	alive := func() { _ = ws.SetReadDeadline(time.Now().Add(2 * c.s.cfg.PingInterval)) }
-	alive()
-	ws.SetPongHandler(func(string) error { alive(); return nil })
+	c.alive()
+	ws.SetPongHandler(func(string) error { c.alive(); return nil })
 	for {
 		typ, data, err := ws.ReadMessage()
 		if err != nil {
-			var ce *websocket.CloseError
-			if errors.As(err, &ce) {
-				c.clientCode = ce.Code
-			}
-			if errors.Is(err, websocket.ErrReadLimit) {
-				// gorilla has already sent the 1009 close frame.
-				c.close(closeTooBig, "frame too large")
-			}
+			c.readFailed(err)
 			return
 		}
 		if c.isClosed() {
@@ -286,25 +299,77 @@ func (c *conn) readPump(ctx context.Context) {
 			// or a client that keeps talking would keep the socket alive.
 			return
 		}
-		alive()
-		if !c.frames.Allow() {
-			// A flood: answer cheaply and drop the frame, so one client
-			// cannot turn its frames into Redis work for everyone. The ref
-			// lets a client fail the request at once instead of timing out.
-			c.reply(replyFrame{Type: wire.TypeError, Ref: refOf(data), Code: CodeRateLimited, Message: "too many frames; slow down"})
-			continue
-		}
-		if typ != websocket.TextMessage {
-			c.reply(replyFrame{Type: wire.TypeError, Code: CodeBadRequest, Message: "frames must be JSON text"})
-			continue
-		}
-		f, aerr := decodeClientFrame(data)
-		if aerr != nil {
-			c.reply(replyFrame{Type: wire.TypeError, Ref: f.Ref, Code: aerr.Code, Message: aerr.Message})
-			continue
-		}
-		c.handle(ctx, f)
+		c.alive()
+		c.offStack(func() { c.onMessage(ctx, typ, data) })
 	}
+}
+
+// alive moves the read deadline: a socket that sends nothing, not even a
+// pong, for two ping intervals is dropped.
+func (c *conn) alive() { _ = c.ws.SetReadDeadline(time.Now().Add(2 * c.s.cfg.PingInterval)) }
+
+// readFailed records why reading ended.
+func (c *conn) readFailed(err error) {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		c.clientCode = ce.Code
+	}
+	if errors.Is(err, websocket.ErrReadLimit) {
+		// gorilla has already sent the 1009 close frame.
+		c.close(closeTooBig, "frame too large")
+	}
+}
+
+// onMessage answers one client message.
+func (c *conn) onMessage(ctx context.Context, typ int, data []byte) {
+	if !c.frames.Allow() {
+		// A flood: answer cheaply and drop the frame, so one client
+		// cannot turn its frames into Redis work for everyone. The ref
+		// lets a client fail the request at once instead of timing out.
+		c.reply(replyFrame{Type: wire.TypeError, Ref: refOf(data), Code: CodeRateLimited, Message: "too many frames; slow down"})
+		return
+	}
+	if typ != websocket.TextMessage {
+		c.reply(replyFrame{Type: wire.TypeError, Code: CodeBadRequest, Message: "frames must be JSON text"})
+		return
+	}
+	f, aerr := decodeClientFrame(data)
+	if aerr != nil {
+		c.reply(replyFrame{Type: wire.TypeError, Ref: f.Ref, Code: aerr.Code, Message: aerr.Message})
+		return
+	}
+	c.handle(ctx, f)
+}
+
+// offStack runs fn in a short-lived goroutine and waits for it, so the
+// stack fn grows (a subscribe goes deep: Redis round trips, the hub, JSON)
+// is freed when fn returns instead of staying with the read pump for the
+// socket's life: Go shrinks a parked goroutine's stack only at a GC, and
+// only while it uses under a quarter of it. The read pump does nothing
+// while fn runs, so the socket's state stays owned by one goroutine at a
+// time. A panic in fn is raised again in the caller, with fn's stack.
+func (c *conn) offStack(fn func()) {
+	done := make(chan *socketPanic, 1)
+	go func() {
+		defer func() {
+			var p *socketPanic
+			if v := recover(); v != nil {
+				p = &socketPanic{value: v, stack: debug.Stack()}
+			}
+			done <- p
+		}()
+		fn()
+	}()
+	if p := <-done; p != nil {
+		panic(p)
+	}
+}
+
+// socketPanic is a panic of a socket's frame handler, carried to the
+// socket's goroutine (conn.serve logs it).
+type socketPanic struct {
+	value any
+	stack []byte
 }
 
 func (c *conn) writePump() {
