@@ -211,8 +211,8 @@ type conn struct {
 	closeText  string
 	clientCode int // the close code the client sent, if it closed first
 
-	subs   map[string]*progress.Subscription // owned by the read pump; made by the first subscribe
-	frames *rate.Limiter                     // client frames per second; made when the read pump starts
+	subs   []groupSub    // owned by the read pump: a slice, most sockets watch one or two groups
+	frames *rate.Limiter // client frames per second; made when the read pump starts
 }
 
 // close asks the write pump to send a close frame with code and end the
@@ -273,9 +273,9 @@ func (c *conn) run(ctx context.Context, initial *clientFrame) {
 
 // leaveAll ends the socket's subscriptions and presence.
 func (c *conn) leaveAll() {
-	for group, sub := range c.subs {
-		sub.Close()
-		c.leave(group)
+	for _, gs := range c.subs {
+		gs.sub.Close()
+		c.leave(gs.group)
 	}
 }
 
@@ -506,9 +506,9 @@ func (c *conn) handleGroup(ctx context.Context, op string, ref json.RawMessage, 
 		}
 		return
 	}
-	if sub := c.subs[g.Group]; sub != nil {
-		sub.Close()
-		delete(c.subs, g.Group)
+	if i := c.subIndex(g.Group); i >= 0 {
+		c.subs[i].sub.Close()
+		c.dropSub(i)
 		c.leave(g.Group)
 	}
 	c.reply(replyFrame{Type: wire.TypeUnsubscribed, Group: g.Group, Ref: ref})
@@ -532,9 +532,9 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 		}
 	}
 	rejoin := false
-	if old := c.subs[f.Group]; old != nil {
-		old.Close() // a new subscribe to the same group restarts it
-		delete(c.subs, f.Group)
+	if i := c.subIndex(f.Group); i >= 0 {
+		c.subs[i].sub.Close() // a new subscribe to the same group restarts it
+		c.dropSub(i)
 		rejoin = true
 	} else if len(c.subs) >= maxSubsPerConn {
 		return apiErr(CodeBadRequest, "too many groups on one socket")
@@ -547,10 +547,7 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 	if err != nil {
 		return hubError(err)
 	}
-	if c.subs == nil {
-		c.subs = make(map[string]*progress.Subscription, 1)
-	}
-	c.subs[f.Group] = sub
+	c.subs = append(c.subs, groupSub{group: f.Group, sub: sub})
 	if !rejoin && isChat(f.Group) && c.s.pres != nil {
 		member, err := c.s.currentMember(ctx, c.who)
 		if err == nil {
@@ -561,6 +558,33 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 		}
 	}
 	return nil
+}
+
+// groupSub is one of a socket's subscriptions. A socket keeps them in a
+// slice: a map costs ten times the bytes of one entry, and a socket holds
+// at most maxSubsPerConn, looked up only when a client subscribes or
+// unsubscribes.
+type groupSub struct {
+	group string
+	sub   *progress.Subscription
+}
+
+// subIndex returns where group is in c.subs, or -1.
+func (c *conn) subIndex(group string) int {
+	for i := range c.subs {
+		if c.subs[i].group == group {
+			return i
+		}
+	}
+	return -1
+}
+
+// dropSub removes c.subs[i] (order does not matter).
+func (c *conn) dropSub(i int) {
+	last := len(c.subs) - 1
+	c.subs[i] = c.subs[last]
+	c.subs[last] = groupSub{}
+	c.subs = c.subs[:last]
 }
 
 // leave ends the connection's presence in a chat room.
