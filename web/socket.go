@@ -186,10 +186,10 @@ func (s *Server) unregister(c *conn) {
 }
 
 // conn is one socket. Its read pump runs in a goroutine of its own (see
-// serveSocket) and owns the subscriptions; its write pump is the only writer of data
-// frames. Hub deliveries and replies go through the bounded send queue;
-// when it is full the socket is closed with 1013 instead of slowing the
-// hub, so one slow client never delays another.
+// serveSocket) and owns the subscriptions; its write pump is the only
+// writer of data frames. Hub deliveries and replies go through the bounded
+// send queue; when it is full the socket is closed with 1013 instead of
+// slowing the hub, so one slow client never delays another.
 type conn struct {
 	s   *Server
 	who auth.Principal // the caller when the socket opened (read by revocation checks)
