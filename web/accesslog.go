@@ -42,8 +42,10 @@ func validRequestID(id string) bool {
 // the client when it is plain, else a new one), echoes it in the answer,
 // and logs one line per request at info level once it is answered. Only
 // the path is logged, never the query string, cookies or headers, so no
-// credential reaches the log. A socket's line is written when the socket
-// ends (its status is 101); the socket itself logs its open and close.
+// credential reaches the log. A socket's line is written once it is
+// upgraded (status 101; the duration is the handshake's): the socket lives
+// on in a goroutine of its own and logs its open and close, with its
+// lifetime.
 func (s *Server) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get(requestIDHeader)

@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +32,10 @@ const (
 	maxSubsPerConn = wire.MaxGroupsPerSocket // groups one socket may watch
 	closeWait      = time.Second             // how long a close handshake may take
 
+	// socketReadBuffer is the read buffer every socket keeps for its
+	// whole life (gorilla's minimum is 125 bytes, a control frame).
+	socketReadBuffer = 512
+
 	// Transports, the label values of the taskstream_sockets gauge.
 	transportWebSocket = "websocket"
 	transportSSE       = "sse"
@@ -37,7 +43,10 @@ const (
 )
 
 var upgrader = websocket.Upgrader{
-	ReadBufferSize:  4096,
+	// Client frames are small (subscribes, chat lines): a small read
+	// buffer is all an idle socket keeps. A larger frame costs no extra
+	// reads: gorilla reads it straight into the message buffer.
+	ReadBufferSize:  socketReadBuffer,
 	WriteBufferSize: 4096,
 	// Write buffers come from a pool and go back after each message, so
 	// an idle socket holds none (writer.go).
@@ -70,8 +79,12 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	s.serveSocket(w, r, nil)
 }
 
-// serveSocket upgrades the request and runs the connection until it ends.
-// initial, when set, is subscribed before any client frame is read.
+// serveSocket upgrades the request and starts the connection's read pump
+// in a goroutine of its own; the handler returns at once. An idle socket
+// then keeps only what it needs: not the HTTP handler's goroutine with
+// its deep stack under the router and middleware, nor the request, its
+// context and the server's buffers for it. initial, when set, is
+// subscribed before any client frame is read.
 func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *clientFrame) {
 	// The same Origin policy as writes (scheme, host and port): a socket
 	// carries the session cookie, so a foreign page must not open one.
@@ -79,36 +92,85 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 		s.writeError(w, r, apiErr(CodeForbidden, "cross-origin socket refused: "+strings.TrimPrefix(ae.Message, "cross-origin request refused: ")))
 		return
 	}
-	release, slot := s.socketSlot(clientIPOf(r.Context()))
-	if slot {
-		defer release()
-	}
-	c := &conn{s: s, who: principalOf(r), acting: principalOf(r), id: newID(), send: newSendQueue(s.cfg.SendQueue, s.cfg.SendQueueBytes), closed: make(chan struct{}), subs: map[string]*progress.Subscription{},
-		frames: rate.NewLimiter(rate.Limit(s.cfg.FrameRate), s.cfg.FrameBurst)}
+	ip := clientIPOf(r.Context())
+	release, slot := s.socketSlot(ip)
+	who := principalOf(r)
+	c := &conn{s: s, who: who, acting: who, id: newID(), ip: ip, requestID: requestIDOf(r.Context()),
+		send: newSendQueue(s.cfg.SendQueue, s.cfg.SendQueueBytes), closed: make(chan struct{})}
 	if !s.register(c) {
+		if slot {
+			release()
+		}
 		s.writeError(w, r, apiErr(CodeUnavailable, "server is shutting down; retry shortly"))
 		return
 	}
-	defer s.connsWG.Done()
 	ws, out, v2, err := upgradeSocket(w, r)
 	if err != nil {
 		s.unregister(c)
+		s.connsWG.Done()
+		if slot {
+			release()
+		}
 		return // the upgrader has answered the client
 	}
 	c.ws, c.out, c.v2 = ws, out, v2
 	if !slot {
 		// Refused after the upgrade so that a browser's socket sees the
 		// reason: a failed handshake only reports a generic error to it.
-		c.refuse(closePolicy, fmt.Sprintf("too many sockets from your address (at most %d); close some and retry", s.cfg.Limits.MaxSocketsPerIP))
-		s.mx.SocketClosed(closePolicy)
+		go func() {
+			defer s.connsWG.Done()
+			c.refuse(closePolicy, fmt.Sprintf("too many sockets from your address (at most %d); close some and retry", s.cfg.Limits.MaxSocketsPerIP))
+			s.mx.SocketClosed(closePolicy)
+		}()
 		return
 	}
-	log := s.logger.With("conn", c.id, "request_id", requestIDOf(r.Context()), "user", c.who.User.ID, "ip", clientIPOf(r.Context()))
-	log.Info("socket opened")
+	s.logger.LogAttrs(r.Context(), slog.LevelInfo, "socket opened", c.logAttrs()...)
+	// Shutdown waits for this goroutine (connsWG): it owns the socket.
+	go c.serve(release, initial)
+}
+
+// serve runs the connection until it ends, then gives back its slot and
+// logs its end. It runs in a goroutine of its own, outside net/http and
+// the router, so it recovers and logs its own panics (the recoverer
+// middleware no longer sees them).
+func (c *conn) serve(release func(), initial *clientFrame) {
+	defer c.s.connsWG.Done()
+	defer release()
+	defer c.recovered()
 	opened := time.Now()
-	c.run(r.Context(), initial)
-	s.mx.SocketClosed(c.closeCode)
-	log.Info("socket closed", "code", c.closeCode, "reason", c.closeText, "client_code", c.clientCode, "duration", time.Since(opened))
+	// The request's context ends when its handler returns: the socket gets
+	// its own, carrying what its calls read from it (the client IP, for
+	// the per-address limit on new guests).
+	c.run(context.WithValue(context.Background(), clientIPKey{}, c.ip), initial)
+	c.ended(opened)
+}
+
+// recovered logs a panic of the socket's goroutine (deferred: the
+// connection's own defers have closed it by then).
+func (c *conn) recovered() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	stack := debug.Stack()
+	if p, ok := v.(*socketPanic); ok {
+		v, stack = p.value, p.stack
+	}
+	c.s.logger.LogAttrs(context.Background(), slog.LevelError, "socket panicked", append(c.logAttrs(), slog.Any("panic", v), slog.String("stack", string(stack)))...)
+}
+
+// ended counts and logs the end of a socket that ran.
+func (c *conn) ended(opened time.Time) {
+	c.s.mx.SocketClosed(c.closeCode)
+	c.s.logger.LogAttrs(context.Background(), slog.LevelInfo, "socket closed", append(c.logAttrs(),
+		slog.Int("code", c.closeCode), slog.String("reason", c.closeText), slog.Int("client_code", c.clientCode),
+		slog.Duration("duration", time.Since(opened)))...)
+}
+
+// logAttrs are the attributes of the socket's log lines: kept as the few
+// strings they are rather than as a logger per socket.
+func (c *conn) logAttrs() []slog.Attr {
+	return []slog.Attr{slog.String("conn", c.id), slog.String("request_id", c.requestID), slog.String("user", c.who.User.ID), slog.String("ip", c.ip)}
 }
 
 func (s *Server) register(c *conn) bool {
@@ -128,11 +190,12 @@ func (s *Server) unregister(c *conn) {
 	s.mu.Unlock()
 }
 
-// conn is one socket. Its read pump runs in the HTTP handler's goroutine
-// and owns the subscriptions; its write pump is the only writer of data
-// frames. Hub deliveries and replies go through the bounded send queue;
-// when it is full the socket is closed with 1013 instead of slowing the
-// hub, so one slow client never delays another.
+// conn is one socket. Its read pump runs in a goroutine of its own (see
+// serveSocket) and owns the subscriptions; a writer goroutine, running
+// only while frames wait (writer.go), is the only writer of data frames.
+// Hub deliveries and replies go through the bounded
+// send queue; when it is full the socket is closed with 1013 instead of
+// slowing the hub, so one slow client never delays another.
 type conn struct {
 	s   *Server
 	who auth.Principal // the caller when the socket opened (read by revocation checks)
@@ -141,10 +204,14 @@ type conn struct {
 	// once per socket, not on every chat frame.
 	acting auth.Principal
 	id     string // this connection, for presence
-	ws     *websocket.Conn
-	send   *sendQueue
-	out    *batchConn // under ws: batches the writes (writer.go)
-	v2     bool       // the socket speaks taskstream.v2 (wire.SubprotocolV2)
+	// ip and requestID are the opening request's client address and id:
+	// all the socket keeps of the request, for its log lines and limits.
+	ip        string
+	requestID string
+	ws        *websocket.Conn
+	send      *sendQueue
+	out       *batchConn // under ws: batches the writes (writer.go)
+	v2        bool       // the socket speaks taskstream.v2 (wire.SubprotocolV2)
 
 	closeOnce  sync.Once
 	closed     chan struct{}
@@ -152,8 +219,8 @@ type conn struct {
 	closeText  string
 	clientCode int // the close code the client sent, if it closed first
 
-	subs   map[string]*progress.Subscription // owned by the read pump
-	frames *rate.Limiter                     // client frames per second
+	subs   []groupSub    // owned by the read pump: a slice, most sockets watch one or two groups
+	frames *rate.Limiter // client frames per second; made when the read pump starts
 }
 
 // close asks the write pump to send a close frame with code and end the
@@ -201,38 +268,39 @@ func (c *conn) enqueue(frame []byte) bool {
 func (c *conn) run(ctx context.Context, initial *clientFrame) {
 	c.startWriting()
 	defer func() {
-		for group, sub := range c.subs {
-			sub.Close()
-			c.leave(group)
-		}
+		c.leaveAll()
 		c.close(closeNormal, "")
 		c.send.writers.Wait() // the close frame is out (or the write failed)
 		_ = c.ws.Close()
 		c.s.unregister(c)
 	}()
 	if initial != nil {
-		c.handle(ctx, *initial)
+		c.offStack(func() { c.handle(ctx, *initial) })
 	}
 	c.readPump(ctx)
 }
 
+// leaveAll ends the socket's subscriptions and presence.
+func (c *conn) leaveAll() {
+	for _, gs := range c.subs {
+		gs.sub.Close()
+		c.leave(gs.group)
+	}
+}
+
+// readPump reads client frames until the socket ends. It is what an idle
+// socket's goroutine is parked in, so it keeps its own frame small and
+// handles each message off its stack (onMessage).
 func (c *conn) readPump(ctx context.Context) {
 	ws := c.ws
 	ws.SetReadLimit(c.s.cfg.MaxFrameBytes)
-	alive := func() { _ = ws.SetReadDeadline(time.Now().Add(2 * c.s.cfg.PingInterval)) }
-	alive()
-	ws.SetPongHandler(func(string) error { alive(); return nil })
+	c.frames = rate.NewLimiter(rate.Limit(c.s.cfg.FrameRate), c.s.cfg.FrameBurst)
+	c.alive()
+	ws.SetPongHandler(func(string) error { c.alive(); return nil })
 	for {
 		typ, data, err := ws.ReadMessage()
 		if err != nil {
-			var ce *websocket.CloseError
-			if errors.As(err, &ce) {
-				c.clientCode = ce.Code
-			}
-			if errors.Is(err, websocket.ErrReadLimit) {
-				// gorilla has already sent the 1009 close frame.
-				c.close(closeTooBig, "frame too large")
-			}
+			c.readFailed(err)
 			return
 		}
 		if c.isClosed() {
@@ -240,25 +308,77 @@ func (c *conn) readPump(ctx context.Context) {
 			// or a client that keeps talking would keep the socket alive.
 			return
 		}
-		alive()
-		if !c.frames.Allow() {
-			// A flood: answer cheaply and drop the frame, so one client
-			// cannot turn its frames into Redis work for everyone. The ref
-			// lets a client fail the request at once instead of timing out.
-			c.reply(replyFrame{Type: wire.TypeError, Ref: refOf(data), Code: CodeRateLimited, Message: "too many frames; slow down"})
-			continue
-		}
-		if typ != websocket.TextMessage {
-			c.reply(replyFrame{Type: wire.TypeError, Code: CodeBadRequest, Message: "frames must be JSON text"})
-			continue
-		}
-		f, aerr := decodeClientFrame(data)
-		if aerr != nil {
-			c.reply(replyFrame{Type: wire.TypeError, Ref: f.Ref, Code: aerr.Code, Message: aerr.Message})
-			continue
-		}
-		c.handle(ctx, f)
+		c.alive()
+		c.offStack(func() { c.onMessage(ctx, typ, data) })
 	}
+}
+
+// alive moves the read deadline: a socket that sends nothing, not even a
+// pong, for two ping intervals is dropped.
+func (c *conn) alive() { _ = c.ws.SetReadDeadline(time.Now().Add(2 * c.s.cfg.PingInterval)) }
+
+// readFailed records why reading ended.
+func (c *conn) readFailed(err error) {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		c.clientCode = ce.Code
+	}
+	if errors.Is(err, websocket.ErrReadLimit) {
+		// gorilla has already sent the 1009 close frame.
+		c.close(closeTooBig, "frame too large")
+	}
+}
+
+// onMessage answers one client message.
+func (c *conn) onMessage(ctx context.Context, typ int, data []byte) {
+	if !c.frames.Allow() {
+		// A flood: answer cheaply and drop the frame, so one client
+		// cannot turn its frames into Redis work for everyone. The ref
+		// lets a client fail the request at once instead of timing out.
+		c.reply(replyFrame{Type: wire.TypeError, Ref: refOf(data), Code: CodeRateLimited, Message: "too many frames; slow down"})
+		return
+	}
+	if typ != websocket.TextMessage {
+		c.reply(replyFrame{Type: wire.TypeError, Code: CodeBadRequest, Message: "frames must be JSON text"})
+		return
+	}
+	f, aerr := decodeClientFrame(data)
+	if aerr != nil {
+		c.reply(replyFrame{Type: wire.TypeError, Ref: f.Ref, Code: aerr.Code, Message: aerr.Message})
+		return
+	}
+	c.handle(ctx, f)
+}
+
+// offStack runs fn in a short-lived goroutine and waits for it, so the
+// stack fn grows (a subscribe goes deep: Redis round trips, the hub, JSON)
+// is freed when fn returns instead of staying with the read pump for the
+// socket's life: Go shrinks a parked goroutine's stack only at a GC, and
+// only while it uses under a quarter of it. The read pump does nothing
+// while fn runs, so the socket's state stays owned by one goroutine at a
+// time. A panic in fn is raised again in the caller, with fn's stack.
+func (c *conn) offStack(fn func()) {
+	done := make(chan *socketPanic, 1)
+	go func() {
+		defer func() {
+			var p *socketPanic
+			if v := recover(); v != nil {
+				p = &socketPanic{value: v, stack: debug.Stack()}
+			}
+			done <- p
+		}()
+		fn()
+	}()
+	if p := <-done; p != nil {
+		panic(p)
+	}
+}
+
+// socketPanic is a panic of a socket's frame handler, carried to the
+// socket's goroutine (conn.serve logs it).
+type socketPanic struct {
+	value any
+	stack []byte
 }
 
 // refuse closes a socket that was never run with code and text, and
@@ -356,9 +476,9 @@ func (c *conn) handleGroup(ctx context.Context, op string, ref json.RawMessage, 
 		}
 		return
 	}
-	if sub := c.subs[g.Group]; sub != nil {
-		sub.Close()
-		delete(c.subs, g.Group)
+	if i := c.subIndex(g.Group); i >= 0 {
+		c.subs[i].sub.Close()
+		c.dropSub(i)
 		c.leave(g.Group)
 	}
 	c.reply(replyFrame{Type: wire.TypeUnsubscribed, Group: g.Group, Ref: ref})
@@ -382,9 +502,9 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 		}
 	}
 	rejoin := false
-	if old := c.subs[f.Group]; old != nil {
-		old.Close() // a new subscribe to the same group restarts it
-		delete(c.subs, f.Group)
+	if i := c.subIndex(f.Group); i >= 0 {
+		c.subs[i].sub.Close() // a new subscribe to the same group restarts it
+		c.dropSub(i)
 		rejoin = true
 	} else if len(c.subs) >= maxSubsPerConn {
 		return apiErr(CodeBadRequest, "too many groups on one socket")
@@ -397,7 +517,7 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 	if err != nil {
 		return hubError(err)
 	}
-	c.subs[f.Group] = sub
+	c.subs = append(c.subs, groupSub{group: f.Group, sub: sub})
 	if !rejoin && isChat(f.Group) && c.s.pres != nil {
 		member, err := c.s.currentMember(ctx, c.who)
 		if err == nil {
@@ -408,6 +528,33 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 		}
 	}
 	return nil
+}
+
+// groupSub is one of a socket's subscriptions. A socket keeps them in a
+// slice: a map costs ten times the bytes of one entry, and a socket holds
+// at most maxSubsPerConn, looked up only when a client subscribes or
+// unsubscribes.
+type groupSub struct {
+	group string
+	sub   *progress.Subscription
+}
+
+// subIndex returns where group is in c.subs, or -1.
+func (c *conn) subIndex(group string) int {
+	for i := range c.subs {
+		if c.subs[i].group == group {
+			return i
+		}
+	}
+	return -1
+}
+
+// dropSub removes c.subs[i] (order does not matter).
+func (c *conn) dropSub(i int) {
+	last := len(c.subs) - 1
+	c.subs[i] = c.subs[last]
+	c.subs[last] = groupSub{}
+	c.subs = c.subs[:last]
 }
 
 // leave ends the connection's presence in a chat room.
