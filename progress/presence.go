@@ -382,7 +382,7 @@ func (p *Presence) loop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-flush.C:
-			if err := p.flush(ctx); err != nil && ctx.Err() == nil {
+			if err := p.Flush(ctx); err != nil && ctx.Err() == nil {
 				p.cfg.Logger.Warn("presence changes not sent; retrying", "err", err)
 			}
 		case <-beat.C:
@@ -443,10 +443,12 @@ func (p *Presence) runScripts(ctx context.Context, calls []scriptCall) []*redis.
 	return cmds
 }
 
-// flush sends the changes recorded since the last flush to Redis, in
+// Flush sends the changes recorded since the last flush to Redis, in
 // order, and publishes the joins and leaves they caused (with any that
 // failed to publish before, first). What fails is kept for the next flush.
-func (p *Presence) flush(ctx context.Context) error {
+// The loop calls it every ListInterval; a caller that needs a change to
+// have landed (a test) may call it too.
+func (p *Presence) Flush(ctx context.Context) error {
 	p.sync.Lock()
 	defer p.sync.Unlock()
 	p.mu.Lock()
@@ -672,7 +674,7 @@ func (p *Presence) Shutdown(ctx context.Context) {
 			p.leaveLocked(e)
 		}
 		p.mu.Unlock()
-		if err := p.flush(ctx); err != nil {
+		if err := p.Flush(ctx); err != nil {
 			p.cfg.Logger.Warn("presence leave at shutdown failed", "err", err)
 		}
 	})

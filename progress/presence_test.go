@@ -33,7 +33,7 @@ func newTestPresence(t *testing.T, srv *progresstest.Server, log *Log, cfg Prese
 
 func mustFlush(t *testing.T, p *Presence) {
 	t.Helper()
-	if err := p.flush(t.Context()); err != nil {
+	if err := p.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -399,7 +399,12 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 	if err := c.s.authorizeGroup(ctx, c.who, f.Group); err != nil {
 		return err
 	}
-	if isChat(f.Group) {
+	// A chat socket joins the room's presence. When this replica already
+	// holds a socket of the same user there (another tab, or the
+	// user's other sockets in a reconnect storm) the join cannot be
+	// announced, so it costs no Redis round trip: no rate limit, no name.
+	var member *progress.Member
+	if isChat(f.Group) && c.s.pres != nil && c.subs[f.Group] == nil && !c.s.pres.Has(f.Group, c.who.User.ID) {
 		// Presence is state: store the guest first.
 		who, err := c.s.materialize(ctx, c.acting)
 		if err != nil {
@@ -411,6 +416,11 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 		if err := c.s.limit(ctx, "join:"+c.who.User.ID, 1, 20, "joining rooms too often; wait a moment"); err != nil {
 			return err
 		}
+		m, err := c.s.currentMember(ctx, c.who)
+		if err != nil {
+			return err
+		}
+		member = &m
 	}
 	rejoin := false
 	if old := c.subs[f.Group]; old != nil {
@@ -430,11 +440,12 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 	}
 	c.subs[f.Group] = sub
 	if !rejoin && isChat(f.Group) && c.s.pres != nil {
-		member, err := c.s.currentMember(ctx, c.who)
-		if err == nil {
-			err = c.s.pres.Join(ctx, f.Group, member, c.id)
+		if member == nil {
+			// Not the user's first socket here: the name is not used.
+			member = &progress.Member{ID: c.who.User.ID, Name: c.who.User.Name}
 		}
-		if err != nil {
+		// Sent to Redis, and announced, within the presence interval.
+		if err := c.s.pres.Join(ctx, f.Group, *member, c.id); err != nil {
 			c.s.logger.Warn("presence join failed", "group", f.Group, "err", err)
 		}
 	}
@@ -446,10 +457,9 @@ func (c *conn) leave(group string) {
 	if !isChat(group) || c.s.pres == nil {
 		return
 	}
-	// The socket may be gone with its request context: leave regardless.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := c.s.pres.Leave(ctx, group, c.who.User.ID, c.id); err != nil {
+	// Recorded on this replica only (Redis gets it within the presence
+	// interval), so a closing socket never waits for Redis here.
+	if err := c.s.pres.Leave(context.Background(), group, c.who.User.ID, c.id); err != nil {
 		c.s.logger.Warn("presence leave failed", "group", group, "err", err)
 	}
 }

@@ -403,13 +403,16 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 		logger.Info("running with Redis", "mode", c.RedisMode, "worker", c.RunWorker)
 	}
 
-	hub := progress.NewHub(core.Redis, core.Log, progress.HubConfig{Logger: logger})
+	// The hub reads a chat room's members with its history (the list in a
+	// subscribed frame), so presence comes first; it still stops before
+	// the hub, as listed above.
+	presence := progress.NewPresence(core.Redis, core.Log, progress.PresenceConfig{TTL: c.PresenceTTL, Logger: logger})
+	hub := progress.NewHub(core.Redis, core.Log, progress.HubConfig{Presence: presence, Logger: logger})
 	started.push(func(ctx context.Context) {
 		if err := hub.Shutdown(ctx); err != nil {
 			logger.Warn("stopping hub", "err", err)
 		}
 	})
-	presence := progress.NewPresence(core.Redis, core.Log, progress.PresenceConfig{TTL: c.PresenceTTL, Logger: logger})
 	started.push(presence.Shutdown)
 
 	var worker *jobs.Worker
