@@ -37,6 +37,16 @@ type PresenceConfig struct {
 	// trips per interval, not several per arrival. It is also how long a
 	// change may take to show in List and in the events. Default 250ms.
 	ListInterval time.Duration
+	// ShutdownGrace is how long this replica's entries stay in Redis after
+	// Shutdown (and the Leaves that follow Drain) before any replica's
+	// sweep removes them: a user who reconnects to another replica within
+	// it (a restart, a scale-down) is never announced as leaving and
+	// joining again, so a restart of a replica with N users costs no
+	// presence events instead of 2N, each sent to every socket of the
+	// room. A user who does not come back leaves within ShutdownGrace plus
+	// Heartbeat. Negative: entries are removed at Shutdown, and leaves
+	// announced at once. Default 10s.
+	ShutdownGrace time.Duration
 	// Logger for failures that cannot be returned. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -50,6 +60,9 @@ func (c PresenceConfig) withDefaults() PresenceConfig {
 	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = c.TTL / 3
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 10 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -98,8 +111,8 @@ func (c PresenceConfig) withDefaults() PresenceConfig {
 //     in events during one read.)
 //
 // Redis keys share the group's hash tag, so every script touches one
-// Cluster slot. A Presence is safe for concurrent use; Shutdown removes
-// this replica's entries and stops its goroutine.
+// Cluster slot. A Presence is safe for concurrent use; Shutdown hands
+// this replica's entries over (see ShutdownGrace) and stops its goroutine.
 type Presence struct {
 	rdb     redis.UniversalClient
 	log     *Log
@@ -112,6 +125,10 @@ type Presence struct {
 	ops    []presenceOp             // changes not sent to Redis yet, in order
 	queued map[presenceEntry]int    // index in ops of an entry's unsent join
 	unsent []announcement           // events whose publish failed, retried first
+	// draining: Drain was called. Leave then keeps a sent entry in Redis,
+	// in kept, for Shutdown to give ShutdownGrace.
+	draining bool
+	kept     []presenceEntry
 
 	// sync serializes this replica's writes to Redis (flush, heartbeat,
 	// sweep, shutdown): a heartbeat refreshing an entry while a flush
@@ -273,7 +290,20 @@ func (p *Presence) leaveLocked(e presenceEntry) {
 		delete(p.queued, e)
 		return
 	}
+	if p.draining && p.cfg.ShutdownGrace > 0 {
+		p.kept = append(p.kept, e)
+		return
+	}
 	p.ops = append(p.ops, presenceOp{e: e, name: name})
+}
+
+// Drain says this replica is stopping: the sockets that close from now on
+// (their users reconnecting elsewhere) keep their entries in Redis for
+// ShutdownGrace after Shutdown, as the ones still open at Shutdown do.
+func (p *Presence) Drain() {
+	p.mu.Lock()
+	p.draining = true
+	p.mu.Unlock()
 }
 
 // Rename changes user's display name in every group they are present in,
@@ -662,20 +692,48 @@ func (p *Presence) sweep(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Shutdown removes this replica's entries (announcing the users who leave)
-// and stops its goroutine: one pipeline of removals and one of events,
-// however many connections there were. Safe to call more than once.
+// Shutdown stops the goroutine and hands this replica's entries over:
+// with a ShutdownGrace they expire after it (any replica's sweep then
+// announces the users who did not come back elsewhere), else they are
+// removed and the users who leave with them announced at once. Either
+// way it costs a pipeline or two, however many connections there were.
+// Safe to call more than once.
 func (p *Presence) Shutdown(ctx context.Context) {
 	p.once.Do(func() {
 		p.cancel()
 		p.wg.Wait()
 		p.mu.Lock()
+		p.draining = true
 		for e := range p.local {
 			p.leaveLocked(e)
 		}
+		kept := p.kept
+		p.kept = nil
 		p.mu.Unlock()
 		if err := p.Flush(ctx); err != nil {
 			p.cfg.Logger.Warn("presence leave at shutdown failed", "err", err)
 		}
+		if err := p.expire(ctx, kept); err != nil {
+			p.cfg.Logger.Warn("presence hand-over at shutdown failed", "err", err)
+		}
 	})
+}
+
+// expire makes entries expire after ShutdownGrace, unless they are gone
+// already (XX): the heartbeat no longer refreshes them.
+func (p *Presence) expire(ctx context.Context, entries []presenceEntry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	at := float64(time.Now().Add(p.cfg.ShutdownGrace).UnixMilli())
+	cmds, err := p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, e := range entries {
+			pipe.ZAddXX(ctx, p.membersKey(e.group), redis.Z{Score: at, Member: p.member(e)})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("progress: presence hand-over of %d entries (%d commands): %w", len(entries), len(cmds), err)
+	}
+	return nil
 }

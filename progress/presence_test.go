@@ -222,12 +222,13 @@ func TestPresenceStaleDiffIsDropped(t *testing.T) {
 	})
 }
 
-// Shutdown removes every entry of the replica in one go and announces
-// each user who leaves with it; users with a tab on another replica stay.
+// Without a grace, Shutdown removes every entry of the replica in one go
+// and announces each user who leaves with it; users with a tab on another
+// replica stay.
 func TestPresenceShutdownLeaves(t *testing.T) {
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
 		log := NewLog(srv.Client(t), LogConfig{})
-		a := newTestPresence(t, srv, log, PresenceConfig{})
+		a := newTestPresence(t, srv, log, PresenceConfig{ShutdownGrace: -1})
 		b := newTestPresence(t, srv, log, PresenceConfig{})
 		ctx := t.Context()
 		const g = "chat:restart"
@@ -361,6 +362,66 @@ func TestPresenceListInSyncInfo(t *testing.T) {
 			if got := applyDiffs(t, s.Syncs()[0].Members, s.Events()); !slices.Equal(got, wantIDs) {
 				t.Fatalf("subscriber %d converged on %v, want %v", i, got, wantIDs)
 			}
+		}
+	})
+}
+
+// With a grace, a replica that drains and shuts down leaves its entries
+// for the grace: users who reconnect elsewhere meanwhile are neither
+// announced as leaving nor as joining again (a restart costs no presence
+// events); once the grace is over the sweep announces those who did not.
+func TestPresenceShutdownGrace(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		for _, tc := range []struct {
+			name     string
+			grace    time.Duration
+			back     int    // users who reconnect to the other replica
+			wantList int    // members after the hand-over (and a sweep)
+			want     string // the diffs after the first 20 joins
+		}{
+			{"everyone back within the grace", time.Hour, 20, 20, "[]"},
+			{"half back, grace over", time.Millisecond, 10, 10, "[leave:u10 leave:u11 leave:u12 leave:u13 leave:u14 leave:u15 leave:u16 leave:u17 leave:u18 leave:u19]"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				// A prefix of its own: the sweeper lock of another test's
+				// replica must not hold this one's sweep back.
+				log := NewLog(srv.Client(t), LogConfig{Prefix: fmt.Sprint("grace", tc.back)})
+				a := newTestPresence(t, srv, log, PresenceConfig{ShutdownGrace: tc.grace})
+				b := newTestPresence(t, srv, log, PresenceConfig{})
+				ctx := t.Context()
+				const g = "chat:grace"
+				for i := range 20 {
+					_ = a.Join(ctx, g, Member{ID: fmt.Sprint("u", i), Name: fmt.Sprint("user", i)}, "c")
+				}
+				mustFlush(t, a)
+				_, before := eventNames(t, log, g)
+				a.Drain()
+				for i := range 10 { // sockets closed after Drain
+					_ = a.Leave(ctx, g, fmt.Sprint("u", i), "c")
+				}
+				a.Shutdown(ctx)
+				for i := range tc.back {
+					_ = b.Join(ctx, g, Member{ID: fmt.Sprint("u", i), Name: fmt.Sprint("user", i)}, "c")
+				}
+				mustFlush(t, b)
+				if tc.grace < time.Second {
+					time.Sleep(2 * tc.grace) // the grace is over
+				}
+				if err := b.sweep(ctx); err != nil {
+					t.Fatal(err)
+				}
+				list, err := b.List(ctx, g)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(list) != tc.wantList {
+					t.Fatalf("members %v, want %d", list, tc.wantList)
+				}
+				_, diffs := eventNames(t, log, g)
+				if got := fmt.Sprint(diffs[len(before):]); got != tc.want {
+					t.Fatalf("diffs after the hand-over %s, want %s", got, tc.want)
+				}
+			})
 		}
 	})
 }
