@@ -150,6 +150,7 @@ type presenceOp struct {
 	name      string
 	join      bool
 	cancelled bool // a join left again before it was sent: nothing to do
+	held      bool // a join Enter holds until Settle: not sent yet
 }
 
 // NewPresence starts presence tracking for this replica.
@@ -238,21 +239,54 @@ func (p *Presence) member(e presenceEntry) string {
 // replica. It is sent to Redis within ListInterval; the user's first entry
 // then publishes "join". It fails only for an invalid user id.
 func (p *Presence) Join(_ context.Context, group string, user Member, conn string) error {
+	_, err := p.enter(group, user, conn, false)
+	return err
+}
+
+// Enter is Join for a caller that has checks to make before a user's
+// first join may be announced: it reports whether conn is the user's only
+// connection to group on this replica, and if so the join is held (not
+// sent to Redis) until Settle releases it or Leave drops it. A join that
+// is not first cannot be the user's first in Redis, so it is sent as
+// Join's and the caller may skip those checks. Decided under one lock, so
+// of many connections of a user entering at once exactly one is first.
+func (p *Presence) Enter(group string, user Member, conn string) (first bool, err error) {
+	return p.enter(group, user, conn, true)
+}
+
+func (p *Presence) enter(group string, user Member, conn string, hold bool) (first bool, err error) {
 	if strings.Contains(user.ID, "|") {
-		return fmt.Errorf("%w: user id %q", ErrInvalid, user.ID)
+		return false, fmt.Errorf("%w: user id %q", ErrInvalid, user.ID)
 	}
 	e := presenceEntry{group, user.ID, conn}
+	gu := groupUser{group, user.ID}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if _, ok := p.local[e]; ok {
-		p.local[e] = user.Name
-		return nil
+		return false, nil // already in: nothing changes
 	}
 	p.local[e] = user.Name
-	p.users[groupUser{group, user.ID}]++
+	p.users[gu]++
+	first = p.users[gu] == 1
 	p.queued[e] = len(p.ops)
-	p.ops = append(p.ops, presenceOp{e: e, name: user.Name, join: true})
-	return nil
+	p.ops = append(p.ops, presenceOp{e: e, name: user.Name, join: true, held: hold && first})
+	return first, nil
+}
+
+// Settle releases a join that Enter held, under the user's current name:
+// it is sent with the next flush.
+func (p *Presence) Settle(group string, user Member, conn string) {
+	e := presenceEntry{group, user.ID, conn}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.local[e]; !ok {
+		return // left meanwhile
+	}
+	p.local[e] = user.Name
+	if i, ok := p.queued[e]; ok {
+		p.ops[i].held = false
+		p.ops[i].name = user.Name
+	}
 }
 
 // Has reports whether this replica holds a connection of user userID in
@@ -484,6 +518,15 @@ func (p *Presence) Flush(ctx context.Context) error {
 	p.mu.Lock()
 	ops, posts := p.ops, p.unsent
 	p.ops, p.unsent, p.queued = nil, nil, map[presenceEntry]int{}
+	// Held joins wait for the next flush, still cancellable.
+	var held []presenceOp
+	for _, op := range ops {
+		if op.held && !op.cancelled {
+			p.queued[op.e] = len(held)
+			held = append(held, op)
+		}
+	}
+	p.ops = held
 	p.mu.Unlock()
 
 	var calls []scriptCall
@@ -492,7 +535,7 @@ func (p *Presence) Flush(ctx context.Context) error {
 	expiry := time.Now().Add(p.cfg.TTL).UnixMilli()
 	ttl := p.log.cfg.TTL.Milliseconds()
 	for _, op := range ops {
-		if op.cancelled {
+		if op.cancelled || op.held {
 			continue
 		}
 		sent = append(sent, op)

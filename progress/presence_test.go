@@ -425,3 +425,55 @@ func TestPresenceShutdownGrace(t *testing.T) {
 		}
 	})
 }
+
+// Of many connections of a user entering at once exactly one is first,
+// and its join is held: the others' joins go out (the user joins through
+// them), a held join goes out once settled, and one left before that
+// never reaches Redis.
+func TestPresenceEnterHoldsTheFirstJoin(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		log := NewLog(srv.Client(t), LogConfig{})
+		p := newTestPresence(t, srv, log, PresenceConfig{})
+		ctx := t.Context()
+		const g = "chat:enter"
+		ada := Member{ID: "u1", Name: "ada"}
+		firsts := 0
+		for i := range 5 {
+			first, err := p.Enter(g, ada, fmt.Sprint("c", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if first {
+				firsts++
+			}
+		}
+		if firsts != 1 {
+			t.Fatalf("%d firsts of 5, want 1", firsts)
+		}
+		// Bob's only socket is held, then refused (left); Cy's settled
+		// under a newer name.
+		if first, _ := p.Enter(g, Member{ID: "u2", Name: "bob"}, "b"); !first {
+			t.Fatal("bob's only socket is not first")
+		}
+		if first, _ := p.Enter(g, Member{ID: "u3", Name: "cy"}, "c"); !first {
+			t.Fatal("cy's only socket is not first")
+		}
+		mustFlush(t, p)
+		list, _ := p.List(ctx, g)
+		if len(list) != 1 || list[0].ID != "u1" {
+			t.Fatalf("with bob's and cy's joins held: %v, want ada alone", list)
+		}
+		_ = p.Leave(ctx, g, "u2", "b")
+		p.Settle(g, Member{ID: "u3", Name: "Cy Young"}, "c")
+		p.Settle(g, Member{ID: "u1", Name: "ada"}, "c0") // ada's held one
+		mustFlush(t, p)
+		list, _ = p.List(ctx, g)
+		if got := fmt.Sprint(list); got != "[{u3 Cy Young} {u1 ada}]" {
+			t.Fatalf("members %s", got)
+		}
+		_, diffs := eventNames(t, log, g)
+		if got := fmt.Sprint(diffs); got != "[join:u1 join:u3]" {
+			t.Fatalf("diffs %s: bob's refused join must not show", got)
+		}
+	})
+}

@@ -757,8 +757,11 @@ func TestRenameAndJoinChurnLimited(t *testing.T) {
 	if status != http.StatusTooManyRequests {
 		t.Fatalf("sixth rename in a row: %d, want 429", status)
 	}
+	// Joining and leaving a room over and over is what could wash its
+	// history away: the joins are limited. (Subscribing again to a room
+	// the socket is in joins nothing, so it is not.)
 	c := e.dial()
-	var limited bool
+	var limited, rejoined bool
 	for i := range 25 {
 		c.send(map[string]any{"op": "subscribe", "group": "chat:churn", "ref": i})
 		for {
@@ -770,9 +773,19 @@ func TestRenameAndJoinChurnLimited(t *testing.T) {
 				break
 			}
 		}
+		if i == 0 {
+			c.send(map[string]any{"op": "subscribe", "group": "chat:churn", "ref": "again"})
+			f := c.readUntil(func(f frame) bool { return f.Type == "subscribed" || f.Type == "error" })
+			rejoined = f[len(f)-1].Type == "subscribed"
+		}
+		c.send(map[string]any{"op": "unsubscribe", "group": "chat:churn", "ref": i})
+		c.readUntil(func(f frame) bool { return f.Type == "unsubscribed" })
 	}
 	if !limited {
 		t.Fatal("25 joins in a row were all accepted")
+	}
+	if !rejoined {
+		t.Fatal("subscribing again to a room the socket is in was refused")
 	}
 }
 

@@ -399,36 +399,30 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 	if err := c.s.authorizeGroup(ctx, c.who, f.Group); err != nil {
 		return err
 	}
-	// A chat socket joins the room's presence. When this replica already
-	// holds a socket of the same user there (another tab, or the
-	// user's other sockets in a reconnect storm) the join cannot be
-	// announced, so it costs no Redis round trip: no rate limit, no name.
-	var member *progress.Member
-	if isChat(f.Group) && c.s.pres != nil && c.subs[f.Group] == nil && !c.s.pres.Has(f.Group, c.who.User.ID) {
-		// Presence is state: store the guest first.
-		who, err := c.s.materialize(ctx, c.acting)
-		if err != nil {
-			return err
-		}
-		c.acting = who
-		// Joining a room is announced to it: churn is bounded per user so
-		// subscribe/unsubscribe cycles cannot wash a room's history away.
-		if err := c.s.limit(ctx, "join:"+c.who.User.ID, 1, 20, "joining rooms too often; wait a moment"); err != nil {
-			return err
-		}
-		m, err := c.s.currentMember(ctx, c.who)
-		if err != nil {
-			return err
-		}
-		member = &m
-	}
-	rejoin := false
-	if old := c.subs[f.Group]; old != nil {
-		old.Close() // a new subscribe to the same group restarts it
+	rejoin := c.subs[f.Group] != nil
+	if rejoin {
+		c.subs[f.Group].Close() // a new subscribe to the same group restarts it
 		delete(c.subs, f.Group)
-		rejoin = true
 	} else if len(c.subs) >= maxSubsPerConn {
 		return apiErr(CodeBadRequest, "too many groups on one socket")
+	}
+	// A chat socket joins the room's presence (recorded here, sent to
+	// Redis within the presence interval). Only the user's first socket
+	// in the room on this replica can be announced, so only it pays for
+	// what an announcement needs: a stored guest, the join rate limit and
+	// the current name. The user's other sockets (more tabs, or all of
+	// them at once in a reconnect storm) cost no Redis round trip here.
+	if isChat(f.Group) && c.s.pres != nil && !rejoin {
+		first, err := c.s.pres.Enter(f.Group, progress.Member{ID: c.who.User.ID, Name: c.who.User.Name}, c.id)
+		if err != nil {
+			return err
+		}
+		if first {
+			if err := c.firstJoin(ctx, f.Group); err != nil {
+				c.leave(f.Group) // its join was held: nothing reaches Redis
+				return err
+			}
+		}
 	}
 	var after int64
 	if f.After != nil {
@@ -436,19 +430,34 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 	}
 	sub, err := c.s.hub.Subscribe(f.Group, after, f.Epoch, &groupSink{c: c, group: f.Group, ref: ref})
 	if err != nil {
+		// Not in the room any more (a rejoin closed its old subscription).
+		c.leave(f.Group)
 		return hubError(err)
 	}
 	c.subs[f.Group] = sub
-	if !rejoin && isChat(f.Group) && c.s.pres != nil {
-		if member == nil {
-			// Not the user's first socket here: the name is not used.
-			member = &progress.Member{ID: c.who.User.ID, Name: c.who.User.Name}
-		}
-		// Sent to Redis, and announced, within the presence interval.
-		if err := c.s.pres.Join(ctx, f.Group, *member, c.id); err != nil {
-			c.s.logger.Warn("presence join failed", "group", f.Group, "err", err)
-		}
+	return nil
+}
+
+// firstJoin does what the user's first socket in a chat room on this
+// replica needs before its join (held by Enter) can be announced: the
+// guest stored (presence is state), the per-user join rate limit (churn
+// is bounded so subscribe/unsubscribe cycles cannot wash a room's history
+// away: a refused join never reaches Redis), and the current name (the
+// socket's principal was read when it opened).
+func (c *conn) firstJoin(ctx context.Context, group string) error {
+	who, err := c.s.materialize(ctx, c.acting)
+	if err != nil {
+		return err
 	}
+	c.acting = who
+	if err := c.s.limit(ctx, "join:"+c.who.User.ID, 1, 20, "joining rooms too often; wait a moment"); err != nil {
+		return err
+	}
+	member, err := c.s.currentMember(ctx, c.who)
+	if err != nil {
+		return err
+	}
+	c.s.pres.Settle(group, member, c.id)
 	return nil
 }
 

@@ -375,9 +375,9 @@ func (s stops) run() {
 // anything else, so a bad or busy address fails with nothing to undo; a
 // failure later in start-up stops what was started. Shutdown goes in
 // order:
-//  1. sockets get close 1001, so clients reconnect (to another replica) and
-//     resume from their last seq while this one drains; SSE and long-poll
-//     end;
+//  1. the listener closes; sockets get close 1001, so clients reconnect
+//     (to another replica) and resume from their last seq while this one
+//     drains; SSE and long-poll end;
 //  2. the HTTP server finishes in-flight requests;
 //  3. the embedded worker lets running jobs finish or hands them back to
 //     the queue (it needs Redis, so it stops before Redis);
@@ -489,6 +489,13 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 		// Sockets first: http.Server.Shutdown does not see hijacked
 		// connections, and waits for SSE and long-poll, which this ends.
 		// Their users reconnect elsewhere: presence keeps them (Drain).
+		// Stop accepting first, as http.Server.Shutdown would: every
+		// socket reconnects at once, and a dying replica that still
+		// accepted them would spend its last seconds authenticating
+		// requests it can only refuse, while clients that find the port
+		// closed simply try again (another replica, or this one's
+		// successor).
+		_ = ln.Close()
 		presence.Drain()
 		if err := srv.Shutdown(ctx); err != nil {
 			logger.Warn("closing sockets", "err", err)
