@@ -43,6 +43,12 @@ type Config struct {
 	Header http.Header
 	// Watch are the defaults of every Watch and WatchMany of this client.
 	Watch WatchConfig
+	// V1 makes sockets speak the protocol's first version only: one full
+	// frame per message. Default false: sockets offer the taskstream.v2
+	// subprotocol (wire.SubprotocolV2: batched messages, lean event
+	// frames), which Conn.ReadFrame and Watch decode into the same
+	// frames; servers without it answer in v1.
+	V1 bool
 }
 
 // Client calls a taskstream server's HTTP API and watches its groups.
@@ -77,6 +83,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if c.dialer.Jar == nil {
 		c.dialer.Jar = c.http.Jar
+	}
+	if !cfg.V1 && c.dialer.Subprotocols == nil {
+		c.dialer.Subprotocols = []string{wire.SubprotocolV2}
 	}
 	return c, nil
 }

@@ -27,7 +27,11 @@ type Conn struct {
 	ws  *websocket.Conn
 	wmu sync.Mutex // serializes writes
 	buf bytes.Buffer
-	ref int64 // the last ref Subscribe used, under wmu
+	// rest is what is left of the message in buf: a taskstream.v2
+	// message carries several frames, handed out one per read.
+	rest []byte
+	dec  wire.Decoder // fills in the epochs lean frames leave out
+	ref  int64        // the last ref Subscribe used, under wmu
 }
 
 // CloseError is why the server closed a socket: a close code (wire.Close*)
@@ -95,50 +99,60 @@ func (c *Conn) Join(group string, from Position) (*wire.SubscribedFrame, error) 
 		return nil, err
 	}
 	for {
-		raw, err := c.ReadRaw()
+		f, err := c.ReadFrame()
 		if err != nil {
 			return nil, fmt.Errorf("client: waiting for the answer to subscribe %s: %w", group, err)
 		}
-		var f wire.SubscribedFrame
-		if err := json.Unmarshal(raw, &f); err != nil {
-			return nil, fmt.Errorf("client: a frame that is not JSON: %w", err)
-		}
 		switch {
 		case f.Type == wire.TypeSubscribed && f.Group == group:
-			return &f, nil
+			return &wire.SubscribedFrame{Type: f.Type, Group: f.Group, Ref: f.Ref, Epoch: f.Epoch, LastSeq: f.LastSeq, Replayed: f.Replayed, Recovered: f.Recovered}, nil
 		case f.Type == wire.TypeError && string(f.Ref) == ref:
-			var e wire.ReplyFrame
-			_ = json.Unmarshal(raw, &e)
-			return nil, &Error{Code: e.Code, Message: e.Message, Group: e.Group}
+			return nil, &Error{Code: f.Code, Message: f.Message, Group: f.Group}
 		default:
 			return nil, fmt.Errorf("client: a %s frame before the answer to subscribe %s", f.Type, group)
 		}
 	}
 }
 
-// ReadRaw returns the next frame as sent, in a buffer that the next read
-// reuses. A close from the server is a *CloseError.
+// Subprotocol returns the socket's subprotocol: wire.SubprotocolV2 when
+// the server agreed to it (batched messages, lean event frames), "" for
+// v1.
+func (c *Conn) Subprotocol() string { return c.ws.Subprotocol() }
+
+// ReadRaw returns the next frame as sent, in a buffer that a later read
+// reuses: on a taskstream.v2 socket (Subprotocol) one of the frames of a
+// message, and an event frame in its lean form (wire.DecodeFrame reads
+// both forms). ReadFrame fills in the epochs lean frames leave out from
+// the frames it read; a program that reads raw frames tracks them itself
+// (wire.Decoder). A close from the server is a *CloseError.
 func (c *Conn) ReadRaw() ([]byte, error) {
-	_, r, err := c.ws.NextReader()
-	if err != nil {
-		return nil, closeErrorOf(err)
+	for {
+		var frame []byte
+		if frame, c.rest = wire.NextFrame(c.rest); frame != nil {
+			return frame, nil
+		}
+		_, r, err := c.ws.NextReader()
+		if err != nil {
+			return nil, closeErrorOf(err)
+		}
+		c.buf.Reset()
+		if _, err := c.buf.ReadFrom(r); err != nil {
+			return nil, closeErrorOf(err)
+		}
+		c.rest = c.buf.Bytes()
 	}
-	c.buf.Reset()
-	if _, err := c.buf.ReadFrom(r); err != nil {
-		return nil, closeErrorOf(err)
-	}
-	return c.buf.Bytes(), nil
 }
 
-// ReadFrame returns the next frame, decoded.
+// ReadFrame returns the next frame, decoded: in full, as v1 sends it,
+// whichever version the socket speaks.
 func (c *Conn) ReadFrame() (wire.ServerFrame, error) {
-	var f wire.ServerFrame
 	raw, err := c.ReadRaw()
 	if err != nil {
-		return f, err
+		return wire.ServerFrame{}, err
 	}
-	if err := json.Unmarshal(raw, &f); err != nil {
-		return f, fmt.Errorf("client: a frame that is not JSON: %w", err)
+	f, err := c.dec.Decode(raw)
+	if err != nil {
+		return f, fmt.Errorf("client: %w", err)
 	}
 	return f, nil
 }

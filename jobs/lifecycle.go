@@ -116,7 +116,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 // scheduled one). The record carries a handoff mark until the enqueue is
 // confirmed, so a crash in between is finished by the reconciler instead
 // of leaving the job pending forever.
-func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) error {
+//
+// It returns the first event.
+func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) (*progress.Event, error) {
 	rec.Task, rec.Handoff, rec.HandoffRetry = rec.ID, rec.ID, rec.MaxRetry
 	rec.State = StatePending
 	first := stateEvent{State: StatePending}
@@ -125,23 +127,24 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) error {
 		first = stateEvent{State: StateScheduled, RunAt: rec.RunAt.UTC().Format(time.RFC3339Nano)}
 	}
 	if err := l.st.create(ctx, rec); err != nil {
-		return err
+		return nil, err
 	}
 	// The first event comes first so the group's epoch exists before any
 	// watcher subscribes, and it precedes the worker's "active".
-	if _, err := l.log.Publish(ctx, Group(rec.ID), wire.EventState, first); err != nil {
+	ev, err := l.log.Publish(ctx, Group(rec.ID), wire.EventState, first)
+	if err != nil {
 		// Never enqueued: end the record rather than leave it pending.
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not record the job's first event")
-		return err
+		return nil, err
 	}
 	if err := l.enqueue(ctx, rec, rec.Task, rec.MaxRetry); err != nil {
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not enqueue: "+err.Error())
-		return fmt.Errorf("jobs: enqueue %s: %w", rec.ID, err)
+		return nil, fmt.Errorf("jobs: enqueue %s: %w", rec.ID, err)
 	}
 	if l.cfg.Observer != nil {
 		l.cfg.Observer.JobSubmitted(t.Name)
 	}
-	return nil
+	return ev, nil
 }
 
 // enqueue puts task on the queue for rec, once: a task id Asynq already
@@ -190,8 +193,9 @@ const (
 // startScript claims the job for a run of task: it must be the job's
 // current task; a failed job whose task an operator ran again from the
 // archive is reopened; the attempt number goes up by one. It returns the
-// outcome, the attempt, and whether the previous run of the same task died
-// holding the job without a word (its retry was never announced).
+// outcome, the attempt, whether the previous run of the same task died
+// holding the job without a word (its retry was never announced), and the
+// record as the run starts (saving the run a round trip to read it).
 var startScript = redis.NewScript(redisNow + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
 local f = redis.call('HMGET', KEYS[1], 'task', 'final', 'canceled', 'state', 'attempt', 'hb')
@@ -208,7 +212,7 @@ if f[6] and f[4] == 'active' then lost = 1 end
 local n = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'state', 'active', 'left', ARGV[2], 'hb', now, 'updated_at', now, 'task', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'started_at', now)
-return {'ok', n, tonumber(f[5] or '0'), lost, reopened, now}
+return {'ok', n, tonumber(f[5] or '0'), lost, reopened, now, redis.call('HGETALL', KEYS[1])}
 `)
 
 // start claims the job for a run of task (whose Asynq retries left are
@@ -229,10 +233,11 @@ func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt,
 		return nil, startCanceled, nil
 	}
 	n, prev, lost, reopened, now := int(toInt(res[1])), int(toInt(res[2])), toInt(res[3]) == 1, toInt(res[4]) == 1, toInt(res[5])
-	rec, err := l.st.get(ctx, id)
+	fields, err := fieldMap(res[6])
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, fmt.Errorf("jobs: start %s: %w", task, err)
 	}
+	rec := decodeRecord(id, fields)
 	_ = l.st.rdb.ZAdd(ctx, l.st.runningKey(), redis.Z{Score: float64(now), Member: id}).Err()
 	if reopened {
 		_ = l.st.rdb.ZAdd(ctx, l.st.openKey(), redis.Z{Score: float64(time.Now().UnixMicro()), Member: id}).Err()
@@ -577,7 +582,7 @@ func (l *lifecycle) finishRunOp(ctx context.Context, op string, a *attempt, stat
 	if l.cfg.Observer != nil {
 		l.cfg.Observer.JobFinished(a.rec.Type, state, time.Since(a.started), true)
 	}
-	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg)
+	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg, &a.rec)
 	return true
 }
 
@@ -606,15 +611,17 @@ func (l *lifecycle) end(ctx context.Context, id, task, attemptN, state string, r
 			l.cfg.Logger.Warn("job end not counted in metrics: record unreadable", "job", id, "err", err)
 		}
 	}
-	l.announceEnd(ctx, nil, op, id, state, result, errMsg)
+	l.announceEnd(ctx, nil, op, id, state, result, errMsg, nil)
 	return true
 }
 
 // clearDebtScript clears a recorded end's debt once its events are in the
-// log (ARGV: the op that owes them).
+// log (ARGV: the op that owes them), and returns the job's owner as it is
+// now (a guest's jobs move to the account it signs in to), or nil when
+// the record is gone.
 var clearDebtScript = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'owed') == ARGV[1] then redis.call('HDEL', KEYS[1], 'owed', 'owed_at', 'owed_err') end
-return 1
+return redis.call('HGET', KEYS[1], 'owner')
 `)
 
 // announceEnd publishes the recorded end op, once however often it is
@@ -624,10 +631,16 @@ return 1
 // appended the events). Until the debt is cleared the job stays open, so
 // the reconciler pays it if this fails (Redis unavailable for a run's
 // EndRetryFor, or stop nil: one try).
-func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id string, state string, result json.RawMessage, errMsg string) {
-	rec, err := l.st.get(ctx, id)
-	if err != nil && !errors.Is(err, errNoRecord) {
-		l.cfg.Logger.Warn("reading an ended job's record failed: no notification, its unique lock (if any) expires by itself", "job", id, "err", err)
+//
+// rec is the job's record when the caller has it (nil: it is read); only
+// what never changes in a job's life is taken from it (its type and its
+// unique lock): the owner to notify is read when the debt is cleared.
+func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id string, state string, result json.RawMessage, errMsg string, rec *record) {
+	if rec == nil {
+		var err error
+		if rec, err = l.st.get(ctx, id); err != nil && !errors.Is(err, errNoRecord) {
+			l.cfg.Logger.Warn("reading an ended job's record failed: no notification, its unique lock (if any) expires by itself", "job", id, "err", err)
+		}
 	}
 	// A unique type's lock ends with the job (its end is recorded), before
 	// the end goes out: a watcher that sees it may submit the same job
@@ -650,18 +663,29 @@ func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, i
 		l.cfg.Logger.Error("publishing a job's end failed; the reconciler publishes it", "job", id, "state", state, "err", err)
 		return
 	}
-	if err := clearDebtScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(id)}, op).Err(); err != nil {
-		// Published: the reconciler's second try appends nothing.
-		l.cfg.Logger.Warn("clearing a job's event debt failed; the reconciler does", "job", id, "err", err)
-		return
-	}
+	// One round trip clears the debt and takes the job out of the open and
+	// running indexes. The events are in the log already, so the indexes
+	// may be left even if the script fails: the open index only serves to
+	// find ends whose events were not published.
+	keys := []string{l.st.jobKey(id)}
+	var debt *redis.Cmd
 	_, _ = l.st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		debt = clearDebtScript.EvalSha(ctx, p, keys, op)
 		p.ZRem(ctx, l.st.openKey(), id)
 		p.ZRem(ctx, l.st.runningKey(), id)
 		return nil
 	})
-	if fresh && rec != nil {
-		l.notifyOwner(ctx, rec, state, errMsg)
+	if redis.HasErrorPrefix(debt.Err(), "NOSCRIPT") { // Redis restarted or its scripts were flushed
+		debt = clearDebtScript.Run(ctx, l.st.rdb, keys, op)
+	}
+	owner, err := debt.Text()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		// Published: the reconciler's second try appends nothing.
+		l.cfg.Logger.Warn("clearing a job's event debt failed", "job", id, "err", err)
+		return
+	}
+	if fresh && rec != nil && owner != "" {
+		l.notifyOwner(ctx, id, owner, rec.Type, state, errMsg)
 	}
 }
 
@@ -691,7 +715,7 @@ func (l *lifecycle) payDebt(ctx context.Context, rec *record) (bool, error) {
 		return true, nil
 	}
 	l.cfg.Logger.Warn("publishing the end of a job whose events were owed", "job", rec.ID, "state", rec.Final)
-	l.announceEnd(ctx, nil, rec.Owed, rec.ID, rec.Final, rec.Result, rec.OwedErr)
+	l.announceEnd(ctx, nil, rec.Owed, rec.ID, rec.Final, rec.Result, rec.OwedErr, rec)
 	after, err := l.st.get(ctx, rec.ID)
 	if err != nil {
 		return true, err
@@ -816,11 +840,11 @@ func (l *lifecycle) lost(ctx context.Context, id string, lostAfter time.Duration
 		return l.st.rdb.ZRem(ctx, l.st.runningKey(), id).Err()
 	case "canceled":
 		l.cfg.Logger.Warn("worker lost while a canceled job ran", "job", id, "attempt", rec.Attempt)
-		l.announceEnd(ctx, nil, op, id, StateCanceled, nil, "")
+		l.announceEnd(ctx, nil, op, id, StateCanceled, nil, "", rec)
 		return nil
 	case "failed":
 		l.cfg.Logger.Warn("worker lost on the job's last attempt", "job", id, "attempt", rec.Attempt)
-		l.announceEnd(ctx, nil, op, id, StateFailed, nil, reasonWorkerLost)
+		l.announceEnd(ctx, nil, op, id, StateFailed, nil, reasonWorkerLost, rec)
 		return nil
 	}
 	task, _ := res[1].(string)
@@ -908,11 +932,7 @@ func (l *lifecycle) publish(ctx context.Context, id, name string, data any) {
 }
 
 // notifyOwner tells the job's owner, on every tab, that it has finished.
-func (l *lifecycle) notifyOwner(ctx context.Context, rec *record, state, errMsg string) {
-	if rec.Owner == "" {
-		return
-	}
-	id, owner, typ := rec.ID, rec.Owner, rec.Type
+func (l *lifecycle) notifyOwner(ctx context.Context, id, owner, typ, state, errMsg string) {
 	n := progress.Notification{
 		Title: fmt.Sprintf("Job %s %s", typ, state),
 		Body:  fmt.Sprintf("%s job %s has %s.", typ, id, state),

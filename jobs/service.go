@@ -291,7 +291,8 @@ func (s *Service) SubmitRequest(ctx context.Context, owner string, req Request) 
 		rec.Unique = key
 		locks = append(locks, key)
 	}
-	if err := s.lc.submit(ctx, rec, t); err != nil {
+	first, err := s.lc.submit(ctx, rec, t)
+	if err != nil {
 		release()
 		return nil, false, err
 	}
@@ -301,9 +302,16 @@ func (s *Service) SubmitRequest(ctx context.Context, owner string, req Request) 
 			s.cfg.Logger.Warn("keeping an Idempotency-Key failed; a retry of the request may make a second job", "job", rec.ID, "err", err)
 		}
 	}
-	j, err := s.Get(ctx, rec.ID)
-	if err != nil {
-		return nil, false, err
+	// The job as it stands after its first event, from what was just
+	// written: reading it back would cost two Redis round trips per submit
+	// (a worker may have moved it on already; Get shows that, and the
+	// position lets a watcher catch up).
+	rec.CreatedAt = rec.CreatedAt.Truncate(time.Millisecond) // as the record stores it
+	rec.UpdatedAt = rec.CreatedAt
+	j := s.view(rec)
+	j.Epoch, j.LastSeq = first.Epoch, first.Seq
+	if first.Time.After(j.UpdatedAt) {
+		j.UpdatedAt = first.Time.UTC()
 	}
 	// Every tab and program watching the owner's group sees the new job,
 	// wherever it was submitted. The job exists either way: a lost event
@@ -413,6 +421,38 @@ func (s *Service) Get(ctx context.Context, id string) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
+	j := s.view(rec)
+	// One read gives the epoch, the last seq and the recent events; the
+	// snapshot's progress is the newest progress among them.
+	tail, err := s.log.Tail(ctx, Group(id), 64)
+	if err != nil {
+		return nil, err
+	}
+	j.Epoch, j.LastSeq = tail.Epoch, tail.LastSeq
+	if last := tail.Newest(); last != nil && last.Time.After(j.UpdatedAt) {
+		j.UpdatedAt = last.Time.UTC()
+	}
+	if ev := tail.Newest(wire.EventProgress); ev != nil {
+		var p progress.Progress
+		if err := json.Unmarshal(ev.Data, &p); err != nil {
+			return nil, fmt.Errorf("jobs: decode progress of %s: %w", id, err)
+		}
+		j.Progress = &p
+	}
+	if Terminal(j.State) {
+		// The final transition is the record's last update, and the job's
+		// last event is its end.
+		end := j.UpdatedAt
+		j.FinishedAt = &end
+	}
+	return j, nil
+}
+
+// view is the snapshot of a job that its record gives: everything but
+// what its log adds (epoch, last seq, progress, the time of its newest
+// event, and so when a final job finished).
+func (s *Service) view(rec *record) *Job {
+	id := rec.ID
 	j := &Job{
 		ID: id, Owner: rec.Owner, Type: rec.Type, State: rec.State, Params: rec.Params, Attempt: rec.Attempt,
 		CreatedAt: rec.CreatedAt, UpdatedAt: rec.UpdatedAt, MaxRetry: rec.MaxRetry, Schedule: rec.Schedule,
@@ -451,30 +491,7 @@ func (s *Service) Get(ctx context.Context, id string) (*Job, error) {
 	if len(rec.Result) > 0 {
 		j.Result = rec.Result
 	}
-	// One read gives the epoch, the last seq and the recent events; the
-	// snapshot's progress is the newest progress among them.
-	tail, err := s.log.Tail(ctx, Group(id), 64)
-	if err != nil {
-		return nil, err
-	}
-	j.Epoch, j.LastSeq = tail.Epoch, tail.LastSeq
-	if last := tail.Newest(); last != nil && last.Time.After(j.UpdatedAt) {
-		j.UpdatedAt = last.Time.UTC()
-	}
-	if ev := tail.Newest(wire.EventProgress); ev != nil {
-		var p progress.Progress
-		if err := json.Unmarshal(ev.Data, &p); err != nil {
-			return nil, fmt.Errorf("jobs: decode progress of %s: %w", id, err)
-		}
-		j.Progress = &p
-	}
-	if Terminal(j.State) {
-		// The final transition is the record's last update, and the job's
-		// last event is its end.
-		end := j.UpdatedAt
-		j.FinishedAt = &end
-	}
-	return j, nil
+	return j
 }
 
 // List returns up to limit of owner's jobs, newest first.

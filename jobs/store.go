@@ -167,6 +167,26 @@ func (s *store) get(ctx context.Context, id string) (*record, error) {
 	if len(m) == 0 {
 		return nil, errNoRecord
 	}
+	return decodeRecord(id, m), nil
+}
+
+// fieldMap turns a script's reply of HGETALL (field, value, …) into a map.
+func fieldMap(v any) (map[string]string, error) {
+	flat, ok := v.([]any)
+	if !ok || len(flat)%2 != 0 {
+		return nil, fmt.Errorf("jobs: a record's fields: unexpected reply %T", v)
+	}
+	m := make(map[string]string, len(flat)/2)
+	for i := 0; i < len(flat); i += 2 {
+		k, _ := flat[i].(string)
+		v, _ := flat[i+1].(string)
+		m[k] = v
+	}
+	return m, nil
+}
+
+// decodeRecord decodes the hash m of job id.
+func decodeRecord(id string, m map[string]string) *record {
 	r := &record{
 		ID: id, Owner: m["owner"], Type: m["type"], Queue: m["queue"], Params: json.RawMessage(m["params"]),
 		State: m["state"], Error: m["error"], Canceled: m["canceled"] == "1", Final: m["final"],
@@ -200,7 +220,7 @@ func (s *store) get(ctx context.Context, id string) (*record, error) {
 	if v, ok := m["result"]; ok {
 		r.Result = json.RawMessage(v)
 	}
-	return r, nil
+	return r
 }
 
 func millis(s string) time.Time {

@@ -136,3 +136,36 @@ func TestCancelQueuedJob(t *testing.T) {
 		}
 	})
 }
+
+// The poll settings are what Asynq is configured with: TaskCheckInterval
+// (the pickup delay of a new job) and DelayedTaskCheckInterval (how late a
+// scheduled job or a retry starts), with their defaults.
+func TestPollSettingsReachAsynq(t *testing.T) {
+	cases := []struct {
+		name           string
+		cfg            WorkerConfig
+		poll, delayedP time.Duration
+	}{
+		{"defaults", WorkerConfig{}, DefaultPollInterval, time.Second},
+		{"asynq's old default", WorkerConfig{PollInterval: time.Second}, time.Second, time.Second},
+		{"a slow poll slows the forwarder", WorkerConfig{PollInterval: 3 * time.Second}, 3 * time.Second, 3 * time.Second},
+		{"short retries", WorkerConfig{PollInterval: 20 * time.Millisecond, RetryDelay: 50 * time.Millisecond}, 20 * time.Millisecond, 50 * time.Millisecond},
+		{"set", WorkerConfig{PollInterval: 30 * time.Millisecond, DelayedPollInterval: 400 * time.Millisecond}, 30 * time.Millisecond, 400 * time.Millisecond},
+	}
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newJobEnv(t, srv)
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				w := NewWorker(e.svc, srv.Client(t), tc.cfg)
+				got := w.cfg.asynqConfig(w.logger)
+				if got.TaskCheckInterval != tc.poll || got.DelayedTaskCheckInterval != tc.delayedP {
+					t.Fatalf("TaskCheckInterval %v, DelayedTaskCheckInterval %v; want %v, %v",
+						got.TaskCheckInterval, got.DelayedTaskCheckInterval, tc.poll, tc.delayedP)
+				}
+				if got.Concurrency != w.cfg.Concurrency || len(got.Queues) != len(w.cfg.Queues) || got.RetryDelayFunc == nil {
+					t.Fatalf("the rest of the configuration is lost: %+v", got)
+				}
+			})
+		}
+	})
+}

@@ -26,6 +26,8 @@ type Event struct {
 
 	frameOnce sync.Once
 	frame     []byte
+	leanOnce  [2]sync.Once // lean frames (taskstream.v2): without, with the epoch
+	lean      [2][]byte
 }
 
 // Frame returns the event encoded as the protocol's "event" frame. It is
@@ -43,6 +45,40 @@ func (e *Event) Frame() []byte {
 // no encoding.
 func (e *Event) FrameSkipped(n int) []byte {
 	f := e.Frame()
+	if n == 0 {
+		return f
+	}
+	b := make([]byte, 0, len(f)+len(`,"skipped":}`)+20)
+	b = append(b, f[:len(f)-1]...)
+	b = append(b, `,"skipped":`...)
+	b = strconv.AppendInt(b, int64(n), 10)
+	return append(b, '}')
+}
+
+// LeanFrame returns the event's lean frame, the event frame of the
+// taskstream.v2 subprotocol (wire.AppendLeanEvent): with its epoch when
+// withEpoch, the form for a socket whose last epoch of the group differs.
+// Like Frame, each form is encoded once per process and shared; callers
+// must not modify the returned slice.
+func (e *Event) LeanFrame(withEpoch bool) []byte {
+	i := 0
+	if withEpoch {
+		i = 1
+	}
+	e.leanOnce[i].Do(func() {
+		epoch := ""
+		if withEpoch {
+			epoch = e.Epoch
+		}
+		e.lean[i] = wire.AppendLeanEvent(nil, e.Group, e.Seq, epoch, e.Name, e.Data, e.Time, 0)
+	})
+	return e.lean[i]
+}
+
+// LeanFrameSkipped is LeanFrame with "skipped": n (see FrameSkipped): a
+// copy per call, no encoding.
+func (e *Event) LeanFrameSkipped(withEpoch bool, n int) []byte {
+	f := e.LeanFrame(withEpoch)
 	if n == 0 {
 		return f
 	}

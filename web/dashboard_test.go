@@ -102,6 +102,10 @@ func TestDashboardSnapshotAfterWorkload(t *testing.T) {
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
 		e := newEnv(t, srv, withoutWorker(), withDashboard(quickDashboard))
 		ws := e.dashboardSocket()
+		// The charts count what finishes after the publisher's first look
+		// (its first snapshot): quick jobs submitted before it would be
+		// missed.
+		ws.waitSnapshot("a first snapshot", func(*dashboard.Snapshot) string { return "" })
 		e.startWorker(map[string]int{"default": 3, "low": 1})
 
 		done1 := e.submit("steps", map[string]any{"steps": 2, "interval_ms": 0})

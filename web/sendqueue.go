@@ -44,7 +44,16 @@ type sendQueue struct {
 	behind    bool
 	maxFrames int
 	maxBytes  int
-	ready     chan struct{} // a signal: frames are waiting
+
+	// The writer: a goroutine runs only while there is something to
+	// write (frames, a ping, the close), so an idle socket costs no
+	// goroutine. writer starts one; nil until the socket runs.
+	writer  func()
+	writers sync.WaitGroup // the running writer, for the socket's end
+	running bool           // a writer goroutine owns the socket's writes
+	stopped bool           // the last writer ended (close sent, or a write failed): none starts again
+	pingDue bool           // the shared pinger asked for a ping
+	closing bool           // a close was asked: it goes out before the backlog
 }
 
 // queuedMeta is what the queue knows of a queued job event: enough to
@@ -53,10 +62,30 @@ type queuedMeta struct {
 	ev      *progress.Event // nil for every other frame
 	replay  bool            // charged to the replay limit, not the job one
 	skipped int             // the progress events this frame stands in for
+	form    frameForm       // how ev is encoded
+}
+
+// frameForm is the encoding of an event a socket is sent.
+type frameForm uint8
+
+const (
+	formV1        frameForm = iota // the full event frame (v1)
+	formLean                       // taskstream.v2, without the epoch
+	formLeanEpoch                  // taskstream.v2, with the epoch: it differs from the last one the socket was given
+)
+
+// eventFrame returns ev encoded in form, with "skipped": n when n > 0:
+// the shared encoding (encoded once per process) when n is 0.
+func eventFrame(ev *progress.Event, form frameForm, n int) []byte {
+	switch form {
+	case formLean, formLeanEpoch:
+		return ev.LeanFrameSkipped(form == formLeanEpoch, n)
+	}
+	return ev.FrameSkipped(n)
 }
 
 func newSendQueue(maxFrames, maxBytes int) *sendQueue {
-	return &sendQueue{maxFrames: maxFrames, maxBytes: maxBytes, ready: make(chan struct{}, 1)}
+	return &sendQueue{maxFrames: maxFrames, maxBytes: maxBytes}
 }
 
 // push queues frame, or reports false when that would exceed a limit.
@@ -69,8 +98,7 @@ func (q *sendQueue) push(frame []byte) bool {
 	q.appendLocked(frame, queuedMeta{})
 	q.count++
 	q.bytes += len(frame)
-	q.mu.Unlock()
-	q.signal()
+	q.wakeUnlock()
 	return true
 }
 
@@ -86,8 +114,7 @@ func (q *sendQueue) pushReplay(frame []byte) bool {
 	}
 	q.appendLocked(frame, queuedMeta{})
 	q.replayed += len(frame)
-	q.mu.Unlock()
-	q.signal()
+	q.wakeUnlock()
 	return true
 }
 
@@ -105,8 +132,12 @@ func (q *sendQueue) pushReplay(frame []byte) bool {
 // replayFactor times the limits; only a job whose other events alone
 // overrun that closes the socket. A replayed frame beyond the replay
 // limit conflates the same way.
-func (q *sendQueue) pushJob(ev *progress.Event, replay bool) bool {
-	frame := ev.Frame()
+//
+// form is how the socket gets ev. A frame that carries its epoch
+// (formLeanEpoch) is never dropped: the frames after it leave the epoch
+// out, so dropping it would leave the client with the old one.
+func (q *sendQueue) pushJob(ev *progress.Event, replay bool, form frameForm) bool {
+	frame := eventFrame(ev, form, 0)
 	q.mu.Lock()
 	fits := q.jobCount < q.maxFrames && q.jobBytes+len(frame) <= q.maxBytes
 	if replay {
@@ -119,7 +150,7 @@ func (q *sendQueue) pushJob(ev *progress.Event, replay bool) bool {
 	if q.behind && ev.Name == wire.EventProgress {
 		skipped = q.dropProgressLocked(ev.Group)
 		if skipped > 0 {
-			frame = ev.FrameSkipped(skipped)
+			frame = eventFrame(ev, form, skipped)
 		}
 	}
 	if !fits && !replay && (q.jobCount >= replayFactor*q.maxFrames || q.jobBytes+len(frame) > replayFactor*q.maxBytes) {
@@ -131,15 +162,14 @@ func (q *sendQueue) pushJob(ev *progress.Event, replay bool) bool {
 		q.mu.Unlock()
 		return false
 	}
-	q.appendLocked(frame, queuedMeta{ev: ev, replay: replay, skipped: skipped})
+	q.appendLocked(frame, queuedMeta{ev: ev, replay: replay, skipped: skipped, form: form})
 	if replay {
 		q.replayed += len(frame)
 	} else {
 		q.jobCount++
 		q.jobBytes += len(frame)
 	}
-	q.mu.Unlock()
-	q.signal()
+	q.wakeUnlock()
 	return true
 }
 
@@ -151,7 +181,7 @@ func (q *sendQueue) dropProgressLocked(group string) int {
 	keep := 0
 	for i, f := range q.frames {
 		m := q.metaAt(i)
-		if m.ev != nil && m.ev.Name == wire.EventProgress && m.ev.Group == group {
+		if m.ev != nil && m.ev.Name == wire.EventProgress && m.ev.Group == group && m.form != formLeanEpoch {
 			skipped += 1 + m.skipped
 			if m.replay {
 				q.replayed -= len(f)
@@ -190,17 +220,113 @@ func (q *sendQueue) appendLocked(frame []byte, m queuedMeta) {
 		q.tracked = true
 		q.meta = slices.Grow(q.meta[:0], len(q.frames)+1)[:len(q.frames)]
 	}
+	if q.frames == nil {
+		q.frames = getFrames()
+	}
 	q.frames = append(q.frames, frame)
 	if q.tracked {
 		q.meta = append(q.meta, m)
 	}
 }
 
-func (q *sendQueue) signal() {
-	select {
-	case q.ready <- struct{}{}:
-	default:
+// wakeUnlock releases q.mu after frames were queued, starting a writer
+// when none runs. Called with q.mu held.
+func (q *sendQueue) wakeUnlock() {
+	start := q.startLocked()
+	q.mu.Unlock()
+	if start {
+		go q.writer()
 	}
+}
+
+// startLocked reports whether a writer must be started now (none runs,
+// the socket runs and has not ended), and counts it as running. Called
+// with q.mu held.
+func (q *sendQueue) startLocked() bool {
+	if q.running || q.stopped || q.writer == nil {
+		return false
+	}
+	q.running = true
+	q.writers.Add(1)
+	return true
+}
+
+// attach sets the function that runs a writer and starts one when
+// something already waits (frames, a ping, a close asked before the
+// socket ran).
+func (q *sendQueue) attach(writer func()) {
+	q.mu.Lock()
+	q.writer = writer
+	if len(q.frames) == 0 && !q.pingDue && !q.closing {
+		q.mu.Unlock()
+		return
+	}
+	q.wakeUnlock()
+}
+
+// requestPing asks the writer for a ping.
+func (q *sendQueue) requestPing() {
+	q.mu.Lock()
+	q.pingDue = true
+	q.wakeUnlock()
+}
+
+// requestClose asks the writer to send the close frame next, before any
+// queued frame; what is still queued is dropped.
+func (q *sendQueue) requestClose() {
+	q.mu.Lock()
+	q.closing = true
+	q.wakeUnlock()
+}
+
+// writerStep is what a writer does next.
+type writerStep uint8
+
+const (
+	stepIdle  writerStep = iota // nothing to write: the writer ends
+	stepBatch                   // write the batch (and a ping when due)
+	stepClose                   // write the close frame and end for good
+)
+
+// next hands the writer its next step: the close when asked (it wins
+// over the backlog), else the queued frames and whether a ping is due,
+// else idle, when the writer must end (it is no longer running, and the
+// queue lets go of its buffers so an idle socket holds none). The batch
+// is valid until the next call.
+func (q *sendQueue) next() (step writerStep, batch [][]byte, ping bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closing {
+		q.stopped = true
+		q.dropLocked()
+		return stepClose, nil, false
+	}
+	if len(q.frames) == 0 && !q.pingDue {
+		q.running = false
+		q.dropLocked()
+		return stepIdle, nil, false
+	}
+	ping, q.pingDue = q.pingDue, false
+	return stepBatch, q.takeLocked(), ping
+}
+
+// stop marks the writer as ended for good after a failed write: no
+// writer starts again. Called by the running writer.
+func (q *sendQueue) stop() {
+	q.mu.Lock()
+	q.stopped = true
+	q.dropLocked()
+	q.mu.Unlock()
+}
+
+// dropLocked lets go of the queue's buffers (and any frame left in
+// them). Called with q.mu held.
+func (q *sendQueue) dropLocked() {
+	putFrames(q.spare)
+	putFrames(q.frames)
+	q.frames, q.spare, q.meta, q.tracked = nil, nil, nil, false
+	q.count, q.bytes, q.replayed, q.jobCount, q.jobBytes = 0, 0, 0, 0, 0
+	q.behind = false
 }
 
 // take returns every queued frame, oldest first. The slice is valid until
@@ -208,6 +334,10 @@ func (q *sendQueue) signal() {
 func (q *sendQueue) take() [][]byte {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	return q.takeLocked()
+}
+
+func (q *sendQueue) takeLocked() [][]byte {
 	batch := q.frames
 	clear(q.spare)
 	q.frames, q.spare = q.spare[:0], batch
@@ -216,4 +346,27 @@ func (q *sendQueue) take() [][]byte {
 	q.count, q.bytes, q.replayed, q.jobCount, q.jobBytes = 0, 0, 0, 0, 0
 	q.behind = false
 	return batch
+}
+
+// framesPool recycles the queues' frame lists between bursts: a socket
+// holds one only while its writer runs.
+var framesPool sync.Pool // of *[][]byte
+
+// maxPooledFrames bounds the lists kept in framesPool.
+const maxPooledFrames = 4096
+
+func getFrames() [][]byte {
+	if p, ok := framesPool.Get().(*[][]byte); ok {
+		return (*p)[:0]
+	}
+	return make([][]byte, 0, 16)
+}
+
+func putFrames(f [][]byte) {
+	if cap(f) == 0 || cap(f) > maxPooledFrames {
+		return
+	}
+	clear(f[:cap(f)])
+	f = f[:0]
+	framesPool.Put(&f)
 }

@@ -47,7 +47,7 @@ func BenchmarkSendQueue(b *testing.B) {
 			q := newSendQueue(1024, 1<<20)
 			b.ReportAllocs()
 			for i := range b.N {
-				if !q.pushJob(events[i%len(events)], false) {
+				if !q.pushJob(events[i%len(events)], false, formV1) {
 					b.Fatal("refused")
 				}
 				if (i+1)%tc.every == 0 {

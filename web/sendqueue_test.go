@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -47,7 +48,7 @@ func TestSendQueueTake(t *testing.T) {
 	if q.push([]byte("c")) {
 		t.Fatal("a full queue took a frame")
 	}
-	<-q.ready
+	// (no writer is attached: the test takes the queue itself)
 	var got []string
 	for _, f := range q.take() {
 		got = append(got, string(f))
@@ -150,7 +151,7 @@ func TestSendQueueConflatesJobProgress(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			q := newSendQueue(tc.maxFrames, 1<<20)
 			for i, ps := range tc.pushes {
-				if got := q.pushJob(jobEvent(ps.group, int64(i+1), ps.name, 10), false); got != ps.want {
+				if got := q.pushJob(jobEvent(ps.group, int64(i+1), ps.name, 10), false, formV1); got != ps.want {
 					t.Fatalf("push %d (%s %s) = %v, want %v", i+1, ps.group, ps.name, got, ps.want)
 				}
 			}
@@ -181,7 +182,7 @@ func TestSendQueueJobLimitsApart(t *testing.T) {
 		t.Fatal("the live limit does not apply")
 	}
 	for i := range 5 {
-		if !q.pushJob(jobEvent("job:a", int64(i+1), "log", 10), false) {
+		if !q.pushJob(jobEvent("job:a", int64(i+1), "log", 10), false, formV1) {
 			t.Fatalf("job event %d refused by a full chat queue", i+1)
 		}
 	}
@@ -199,7 +200,7 @@ func TestSendQueueConflatesJobReplay(t *testing.T) {
 	q := newSendQueue(1024, len(ev.Frame()))
 	const n = 3 * replayFactor
 	for i := range n {
-		if !q.pushJob(jobEvent("job:a", int64(i+1), "progress", 100), true) {
+		if !q.pushJob(jobEvent("job:a", int64(i+1), "progress", 100), true, formV1) {
 			t.Fatalf("replayed progress %d refused", i+1)
 		}
 	}
@@ -214,5 +215,37 @@ func TestSendQueueConflatesJobReplay(t *testing.T) {
 	}
 	if last != n || total != n || len(frames) > replayFactor+1 {
 		t.Fatalf("%d frames up to seq %d standing for %d events; want at most %d frames up to %d standing for %d", len(frames), last, total, replayFactor+1, n, n)
+	}
+}
+
+// In taskstream.v2 a conflated progress frame is lean and carries
+// "skipped"; the frame that brings a group's new epoch is never dropped
+// (the lean frames after it rely on it), while the others around it are.
+func TestSendQueueConflatesLeanFrames(t *testing.T) {
+	q := newSendQueue(1, 1<<20)
+	forms := []frameForm{formLean, formLeanEpoch, formLean, formLean, formLean}
+	for i, form := range forms {
+		if !q.pushJob(jobEvent("job:a", int64(i+1), "progress", 10), false, form) {
+			t.Fatalf("push %d refused", i+1)
+		}
+	}
+	var dec wire.Decoder
+	var got []string
+	for _, b := range q.take() {
+		if bytes.Contains(b, []byte(`"type"`)) {
+			t.Fatalf("a lean queue holds a v1 frame: %s", b)
+		}
+		raw, err := wire.DecodeFrame(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, _ := dec.Decode(b)
+		got = append(got, fmt.Sprintf("%d %s skipped %d epoch %q", f.Seq, f.Event, f.Skipped, raw.Epoch))
+	}
+	// The queue is full from the first push on: 2 replaces 1 and brings
+	// the epoch, so it stays; 3 and 4 are dropped for 5.
+	want := []string{`2 progress skipped 1 epoch "e"`, `5 progress skipped 2 epoch ""`}
+	if !slices.Equal(got, want) {
+		t.Fatalf("took %q, want %q", got, want)
 	}
 }

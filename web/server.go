@@ -213,6 +213,8 @@ func New(d Deps, cfg Config) *Server {
 	s.bgCancel = cancel
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.watchRevocations(ctx, cfg.CredentialRecheck) }()
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.pinger(ctx) }()
 	return s
 }
 

@@ -39,6 +39,11 @@ const (
 var upgrader = websocket.Upgrader{
 	ReadBufferSize:  4096,
 	WriteBufferSize: 4096,
+	// Write buffers come from a pool and go back after each message, so
+	// an idle socket holds none (writer.go).
+	WriteBufferPool: &writeBufferPool,
+	// Offered to clients that ask for it; any other client speaks v1.
+	Subprotocols: []string{wire.SubprotocolV2},
 	// Origin is checked by the server before upgrading, so the refusal
 	// carries the protocol's JSON error body.
 	CheckOrigin: func(*http.Request) bool { return true },
@@ -85,12 +90,12 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 		return
 	}
 	defer s.connsWG.Done()
-	ws, err := upgrader.Upgrade(w, r, nil)
+	ws, out, v2, err := upgradeSocket(w, r)
 	if err != nil {
 		s.unregister(c)
 		return // the upgrader has answered the client
 	}
-	c.ws = ws
+	c.ws, c.out, c.v2 = ws, out, v2
 	if !slot {
 		// Refused after the upgrade so that a browser's socket sees the
 		// reason: a failed handshake only reports a generic error to it.
@@ -138,6 +143,8 @@ type conn struct {
 	id     string // this connection, for presence
 	ws     *websocket.Conn
 	send   *sendQueue
+	out    *batchConn // under ws: batches the writes (writer.go)
+	v2     bool       // the socket speaks taskstream.v2 (wire.SubprotocolV2)
 
 	closeOnce  sync.Once
 	closed     chan struct{}
@@ -155,6 +162,7 @@ func (c *conn) close(code int, text string) {
 	c.closeOnce.Do(func() {
 		c.closeCode, c.closeText = code, text
 		close(c.closed)
+		c.send.requestClose()
 	})
 }
 
@@ -164,6 +172,7 @@ func (c *conn) overflowed(text string) {
 	c.closeOnce.Do(func() {
 		c.closeCode, c.closeText = closeTryAgain, text
 		close(c.closed)
+		c.send.requestClose()
 		c.s.mx.SendQueueOverflow()
 	})
 }
@@ -190,15 +199,14 @@ func (c *conn) enqueue(frame []byte) bool {
 }
 
 func (c *conn) run(ctx context.Context, initial *clientFrame) {
-	writerDone := make(chan struct{})
-	go func() { defer close(writerDone); c.writePump() }()
+	c.startWriting()
 	defer func() {
 		for group, sub := range c.subs {
 			sub.Close()
 			c.leave(group)
 		}
 		c.close(closeNormal, "")
-		<-writerDone
+		c.send.writers.Wait() // the close frame is out (or the write failed)
 		_ = c.ws.Close()
 		c.s.unregister(c)
 	}()
@@ -250,45 +258,6 @@ func (c *conn) readPump(ctx context.Context) {
 			continue
 		}
 		c.handle(ctx, f)
-	}
-}
-
-func (c *conn) writePump() {
-	ws := c.ws
-	ping := time.NewTicker(c.s.cfg.PingInterval)
-	defer ping.Stop()
-	for {
-		// A pending close wins over queued frames: a client that is too
-		// slow should learn it now, not after its backlog.
-		select {
-		case <-c.closed:
-			c.writeClose()
-			return
-		default:
-		}
-		select {
-		case <-c.closed:
-			c.writeClose()
-			return
-		case <-c.send.ready:
-			// One deadline for the whole batch: setting it per frame costs
-			// a syscall each under fan-out.
-			_ = ws.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
-			for _, frame := range c.send.take() {
-				if c.isClosed() {
-					break // the close frame goes out next, not the backlog
-				}
-				if err := ws.WriteMessage(websocket.TextMessage, frame); err != nil {
-					c.abort()
-					return
-				}
-			}
-		case <-ping.C:
-			if err := ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.s.cfg.WriteTimeout)); err != nil {
-				c.abort()
-				return
-			}
-		}
 	}
 }
 
@@ -527,8 +496,9 @@ type groupSink struct {
 	c          *conn
 	group      string
 	ref        json.RawMessage
-	replayLeft int  // events of the last SyncInfo's replay still to come
-	synced     bool // the initial SyncInfo was sent
+	replayLeft int    // events of the last SyncInfo's replay still to come
+	synced     bool   // the initial SyncInfo was sent
+	epoch      string // the last epoch the socket was given for the group (taskstream.v2)
 }
 
 func (g *groupSink) Synced(info progress.SyncInfo) bool {
@@ -538,6 +508,7 @@ func (g *groupSink) Synced(info progress.SyncInfo) bool {
 	}
 	g.synced = true
 	g.replayLeft = info.Replayed
+	g.epoch = info.Epoch
 	return g.c.enqueue(subscribedJSON(g.group, ref, info))
 }
 
@@ -546,13 +517,14 @@ func (g *groupSink) Send(ev *progress.Event) bool {
 	if replay {
 		g.replayLeft--
 	}
+	form := g.form(ev)
 	if wire.KindOf(g.group) == wire.KindJob {
 		// A job's stream is conflated for a reader that falls behind
 		// rather than cut (sendQueue.pushJob).
 		if g.c.isClosed() {
 			return false
 		}
-		if !g.c.send.pushJob(ev, replay) {
+		if !g.c.send.pushJob(ev, replay, form) {
 			g.c.overflowed("send queue full: reconnect and resume from your last seq")
 			return false
 		}
@@ -562,13 +534,27 @@ func (g *groupSink) Send(ev *progress.Event) bool {
 		if g.c.isClosed() {
 			return false
 		}
-		if !g.c.send.pushReplay(ev.Frame()) {
+		if !g.c.send.pushReplay(eventFrame(ev, form, 0)) {
 			g.c.overflowed("send queue full: reconnect and resume from your last seq")
 			return false
 		}
 		return true
 	}
-	return g.c.enqueue(ev.Frame())
+	return g.c.enqueue(eventFrame(ev, form, 0))
+}
+
+// form says how ev is encoded for this socket: v1's full frame, or in
+// taskstream.v2 the lean frame, with the epoch only when it differs from
+// the last one this socket was given for the group.
+func (g *groupSink) form(ev *progress.Event) frameForm {
+	if !g.c.v2 {
+		return formV1
+	}
+	if ev.Epoch == g.epoch {
+		return formLean
+	}
+	g.epoch = ev.Epoch
+	return formLeanEpoch
 }
 
 func (g *groupSink) Lagged() {

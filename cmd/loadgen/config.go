@@ -34,7 +34,25 @@ type config struct {
 	CPUProfile      string        // write a CPU profile of the publishing phase here
 	PublishVia      string        // "redis": Log.Publish into Redis; "api": POST /api/publish
 	Token           string        // with -url and -publish-via api: the bearer token that publishes
+
+	// The scenario mode (-scenario): taskstream next to the reference.
+	Scenario    string        // "", "all" or a comma-separated list of scenarioNames
+	Target      string        // targetTaskstream, targetGorilla or targetBoth
+	APIBin      string        // taskstream's cmd/api binary ("" : built into a temp dir)
+	GorillaBin  string        // gorilla's examples/chat binary ("": built into a temp dir)
+	APIEnv      []string      // extra KEY=VALUE settings of the api process
+	Subprotocol string        // Sec-WebSocket-Protocol offered to taskstream; its messages are split on '\n'
+	Publishers  int           // fanout, latency, bytes: publishers
+	Window      int           // fanout: messages in flight per publisher
+	Duration    time.Duration // fanout, latency, bytes: publishing time
+	Settle      time.Duration // pause between the join and the measurement
+	set         map[string]bool
+	progress    io.Writer // scenario mode: a line per phase (main: stderr; nil: none)
 }
+
+// scenarioTimeout bounds a scenario run unless -timeout says otherwise:
+// "all" at full size on both targets takes a few minutes.
+const scenarioTimeout = 20 * time.Minute
 
 // Publish paths.
 const (
@@ -57,6 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "loadgen opens N sockets on one group, publishes M events at rate R to it with\n"+
 			"progress.Log.Publish, and reports delivered messages/s, delivery latency and RSS per socket.\n"+
+			"With -scenario, it runs scenarios on taskstream and on gorilla/websocket's chat example side by side.\n"+
 			"Loopback only; it stops by itself.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
@@ -73,17 +92,84 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.DialConcurrency, "dial-concurrency", 64, "sockets opened at once")
 	fs.IntVar(&c.SendQueue, "send-queue", 256, "in-process server: frames queued per socket before it is closed with 1013")
 	fs.DurationVar(&c.Drain, "drain", 10*time.Second, "how long to wait for deliveries after the last publish")
-	fs.DurationVar(&c.Timeout, "timeout", 3*time.Minute, "give up after this long")
+	fs.DurationVar(&c.Timeout, "timeout", 3*time.Minute, "give up after this long (scenario mode: 20m)")
 	fs.StringVar(&c.PublishVia, "publish-via", viaRedis, "how events are published: redis (progress.Log.Publish straight into Redis, as workers do) or api (POST /api/publish with a bearer token, as other backends do)")
 	fs.StringVar(&c.Token, "token", "", "with -url and -publish-via api: a bearer token that may publish to the group (an admin token, or one with a publish:chat:* scope); in-process an admin token is made up")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process during the publishing phase to this file (in-process: server and clients)")
+	fs.StringVar(&c.Scenario, "scenario", "", "scenario mode: all, or a comma-separated list of join, idle, fanout, latency, bytes, restart; each runs on every -target back to back on fresh server processes and prints a side-by-side table (needs -redis-url for taskstream)")
+	fs.StringVar(&c.Target, "target", targetBoth, "scenario mode: taskstream, gorilla (gorilla/websocket's examples/chat, the reference) or both")
+	fs.StringVar(&c.APIBin, "api-bin", "", "scenario mode: taskstream's cmd/api binary (default: go build it into a temp dir; run from the module)")
+	fs.StringVar(&c.GorillaBin, "gorilla-bin", "", "scenario mode: the binary of "+gorillaPackage+" (default: go build it into a temp dir; run from the module)")
+	fs.Func("api-env", "scenario mode: an extra KEY=VALUE setting of the api process, e.g. CHAT_HISTORY=1 (repeatable)", func(v string) error {
+		if k, _, ok := strings.Cut(v, "="); !ok || k == "" {
+			return fmt.Errorf("want KEY=VALUE, got %q", v)
+		}
+		c.APIEnv = append(c.APIEnv, v)
+		return nil
+	})
+	fs.StringVar(&c.Subprotocol, "subprotocol", "", "scenario mode: offer this Sec-WebSocket-Protocol to taskstream (e.g. taskstream.v2) and read its messages as frames separated by newlines")
+	fs.IntVar(&c.Publishers, "publishers", 16, "scenario mode: publishers of fanout, latency and bytes (the open loop's workers: enough that a slow publish path does not cap the rate)")
+	fs.IntVar(&c.Window, "window", 1, "scenario mode, fanout: messages each publisher has in flight (1: the next goes when the previous reached every subscriber)")
+	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "scenario mode: publishing time of fanout and latency (default 10s), bytes (5s), and restart's before and after the restart (1s)")
+	fs.DurationVar(&c.Settle, "settle", time.Second, "scenario mode: pause after every socket joined, before measuring (idle: 2s)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
+	c.set = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { c.set[f.Name] = true })
+	if c.Scenario != "" {
+		if !c.set["timeout"] {
+			c.Timeout = scenarioTimeout
+		}
+		return c, c.validateScenarios()
+	}
+	for _, name := range []string{"scenario", "target", "api-bin", "gorilla-bin", "api-env", "subprotocol", "publishers", "window", "duration", "settle"} {
+		if c.set[name] {
+			return c, fmt.Errorf("-%s goes with -scenario", name)
+		}
+	}
 	return c, c.validate()
+}
+
+// validateScenarios checks the scenario mode's flags.
+func (c config) validateScenarios() error {
+	if err := validScenarios(c.Scenario); err != nil {
+		return err
+	}
+	for _, name := range []string{"url", "server-pid", "token", "events", "group", "send-queue", "cpuprofile", "drain"} {
+		if c.set[name] {
+			return fmt.Errorf("-%s is not used with -scenario (each scenario starts its own servers)", name)
+		}
+	}
+	switch {
+	case c.Target != targetTaskstream && c.Target != targetGorilla && c.Target != targetBoth:
+		return fmt.Errorf("-target %q: want %s, %s or %s", c.Target, targetTaskstream, targetGorilla, targetBoth)
+	case c.Target != targetGorilla && c.RedisURL == "":
+		return errors.New("-scenario with taskstream needs -redis-url (a redis-server on loopback; every scenario uses a fresh room)")
+	case c.Clients < 1 || c.Clients > maxClientsExternal:
+		return fmt.Errorf("-clients must be from 1 to %d here (open-file limit)", maxClientsExternal)
+	case c.Users < 1:
+		return errors.New("-users must be positive")
+	case c.Publishers < 1 || c.Publishers > 256:
+		return errors.New("-publishers must be from 1 to 256")
+	case c.Window < 1 || c.Window > 1024:
+		return errors.New("-window must be from 1 to 1024")
+	case c.Duration <= 0 || c.Settle < 0 || c.Timeout <= 0:
+		return errors.New("-duration and -timeout must be positive, -settle not negative")
+	case c.Rate <= 0:
+		return errors.New("-rate must be positive")
+	case c.Payload < 40 || c.Payload > 500:
+		// The stamp takes up to 40 bytes; the chat example reads at most 512.
+		return errors.New("-payload must be from 40 to 500 bytes in scenario mode")
+	case c.DialConcurrency < 1:
+		return errors.New("-dial-concurrency must be positive")
+	case c.PublishVia != viaRedis && c.PublishVia != viaAPI:
+		return fmt.Errorf("-publish-via %q: want %s or %s", c.PublishVia, viaRedis, viaAPI)
+	}
+	return checkRedisURL(c.RedisURL)
 }
 
 func (c config) inProcess() bool { return c.URL == "" }
@@ -137,18 +223,21 @@ func (c config) validate() error {
 	} else if c.ServerPID != 0 {
 		return errors.New("-server-pid goes with -url; in-process the RSS is this process's")
 	}
-	if c.RedisURL != "" {
-		if strings.HasPrefix(c.RedisURL, "unix://") {
-			return nil
-		}
-		opt, err := redis.ParseURL(c.RedisURL)
-		if err != nil {
-			return fmt.Errorf("-redis-url: %w", err)
-		}
-		host, _, _ := net.SplitHostPort(opt.Addr)
-		if !loopback(host) {
-			return fmt.Errorf("-redis-url %q: loopback only", c.RedisURL)
-		}
+	return checkRedisURL(c.RedisURL)
+}
+
+// checkRedisURL accepts "", unix sockets and loopback Redis URLs.
+func checkRedisURL(u string) error {
+	if u == "" || strings.HasPrefix(u, "unix://") {
+		return nil
+	}
+	opt, err := redis.ParseURL(u)
+	if err != nil {
+		return fmt.Errorf("-redis-url: %w", err)
+	}
+	host, _, _ := net.SplitHostPort(opt.Addr)
+	if !loopback(host) {
+		return fmt.Errorf("-redis-url %q: loopback only", u)
 	}
 	return nil
 }

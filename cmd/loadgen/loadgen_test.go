@@ -22,6 +22,12 @@ func TestEventStampOnRealFrames(t *testing.T) {
 		if !ok || name != "message" || seq != 42 || !got.Equal(ts) {
 			t.Fatalf("data %s: eventStamp(%s) = %d %v %v", data, ev.Frame(), seq, got, ok)
 		}
+		for _, lean := range [][]byte{ev.LeanFrame(false), ev.LeanFrame(true)} { // taskstream.v2: ts in ms
+			name, seq, got, ok := eventStamp(lean)
+			if !ok || name != "message" || seq != 42 || !got.Equal(ts.Truncate(time.Millisecond)) {
+				t.Fatalf("data %s: eventStamp(%s) = %d %v %v", data, lean, seq, got, ok)
+			}
+		}
 	}
 	for _, frame := range []string{`{"type":"subscribed","last_seq":3}`, `{"type":"event","seq":x,"ts":"2026"}`, `not json`} {
 		if _, _, _, ok := eventStamp([]byte(frame)); ok {

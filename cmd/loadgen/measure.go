@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"taskstream/wire"
 )
 
 // Memory is a process's memory at one moment.
@@ -83,8 +85,11 @@ func parseStatus(r io.Reader) (Memory, error) {
 // they do as little as they can). The frame's fields come in a fixed
 // order — type, group, seq, epoch, event, data, ts — so the first "seq"
 // and "event" and the last "ts" are the frame's own, whatever the data.
+// A lean frame (taskstream.v2: no type, ts in base 36, "skipped" only
+// after ts, never in a chat room) keeps that order.
 func eventStamp(frame []byte) (name string, seq int64, ts time.Time, ok bool) {
-	if !bytes.HasPrefix(frame, []byte(`{"type":"event"`)) {
+	lean := bytes.HasPrefix(frame, []byte(`{"group":`))
+	if !lean && !bytes.HasPrefix(frame, []byte(`{"type":"event"`)) {
 		return "", 0, time.Time{}, false
 	}
 	field := func(key string, last bool) []byte {
@@ -106,7 +111,11 @@ func eventStamp(frame []byte) (name string, seq int64, ts time.Time, ok bool) {
 	if err != nil {
 		return "", 0, time.Time{}, false
 	}
-	ts, err = time.Parse(time.RFC3339Nano, string(field(`"ts":"`, true)))
+	if lean {
+		ts, err = wire.ParseLeanTS(string(field(`"ts":"`, true)))
+	} else {
+		ts, err = time.Parse(time.RFC3339Nano, string(field(`"ts":"`, true)))
+	}
 	if err != nil {
 		return "", 0, time.Time{}, false
 	}

@@ -22,6 +22,9 @@ import (
 
 // run opens the sockets, publishes, waits for delivery and reports.
 func run(ctx context.Context, c config, stdout io.Writer, logger *slog.Logger) error {
+	if c.Scenario != "" {
+		return runScenarios(ctx, c, stdout, logger)
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	rep := &Report{Users: c.Users, Clients: c.Clients, Events: c.Events, Payload: c.Payload, Rate: c.Rate, Group: c.Group}

@@ -23,6 +23,8 @@
  *     maxStreams      HTTP fallbacks only: groups streamed at once (default
  *                     4, as HTTP/1.1 allows 6 connections per server); the
  *                     others wait until one ends
+ *   The socket offers the subprotocol "taskstream.v2" (several frames per
+ *   message, lean event frames); handlers see the same frames either way.
  *   ts.subscribe(group, handlers, {after, epoch}?) → unsubscribe function
  *     handlers.onEvent(frame)   each event once, in seq order: the socket's
  *                               event frame {type,group,seq,epoch,event,data,ts}.
@@ -89,6 +91,46 @@
 // Event names of docs/protocol.md; SSE listeners are registered for these.
 const KNOWN_EVENTS = ["state", "progress", "log", "result", "failed", "message", "join", "leave", "rename",
   "presence", "notification", "submitted", "stats"];
+
+// The socket subprotocol offered: batched messages (frames separated by
+// "\n") and lean event frames (docs/protocol.md, "Subprotocol
+// taskstream.v2"). A server without it answers in v1; both are decoded.
+export const SUBPROTOCOL_V2 = "taskstream.v2";
+
+/**
+ * decodeFrames turns one socket message into full (v1-shaped) frames: it
+ * splits a taskstream.v2 message at "\n" and fills in what lean event
+ * frames leave out: type "event", the epoch (from epochs, the socket's
+ * last epoch per group, which it keeps up to date) and ts in RFC 3339
+ * (a lean ts is milliseconds since 1970 in base 36). Frames that are not
+ * JSON objects are skipped.
+ */
+export function decodeFrames(data, epochs) {
+  const out = [];
+  for (const line of String(data).split("\n")) {
+    if (!line.trim()) continue;
+    let f;
+    try { f = JSON.parse(line); } catch { continue; }
+    if (!f || typeof f !== "object") continue;
+    if (f.type === undefined && typeof f.seq === "number") {
+      f.type = "event";
+      if (typeof f.ts === "string") {
+        const ms = parseInt(f.ts, 36);
+        if (Number.isFinite(ms)) f.ts = new Date(ms).toISOString();
+      }
+    }
+    if (typeof f.group === "string") {
+      if (f.type === "subscribed") epochs.set(f.group, f.epoch || "");
+      else if (f.type === "unsubscribed") epochs.delete(f.group);
+      else if (f.type === "event") {
+        if (f.epoch) epochs.set(f.group, f.epoch);
+        else if (epochs.has(f.group)) f.epoch = epochs.get(f.group);
+      }
+    }
+    out.push(f);
+  }
+  return out;
+}
 
 // Error codes after which a group is worth asking for again.
 const TRANSIENT = new Set(["unavailable", "internal", "rate_limited"]);
@@ -449,12 +491,13 @@ export class TaskStream {
     this._setStatus(this._everOpened ? "reconnecting" : "connecting", "websocket");
     let ws;
     try {
-      ws = new this._WS(this._wsURL);
+      ws = new this._WS(this._wsURL, [SUBPROTOCOL_V2]);
     } catch (err) {
       this._socketLost(null, {code: 1006, reason: String(err && err.message || err)});
       return;
     }
     this._ws = ws;
+    const epochs = new Map(); // this socket's last epoch per group (lean frames leave it out)
     ws.onopen = () => {
       this._wsOpen = true;
       this._everOpened = true;
@@ -470,9 +513,10 @@ export class TaskStream {
     };
     ws.onmessage = (m) => {
       this._lastRx = Date.now();
-      let f;
-      try { f = JSON.parse(m.data); } catch { return; }
-      this._onFrame(f);
+      for (const f of decodeFrames(m.data, epochs)) {
+        if (ws !== this._ws) return; // a handler replaced or closed the socket
+        this._onFrame(f);
+      }
     };
     ws.onerror = () => { /* onclose follows with the code */ };
     ws.onclose = (ev) => this._socketLost(ws, ev);

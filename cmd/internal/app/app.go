@@ -340,7 +340,7 @@ func (c *Core) NewWorker(w Worker, reportRate float64) (*jobs.Worker, error) {
 	}
 	return jobs.NewWorker(c.Jobs, c.Redis, jobs.WorkerConfig{
 		Concurrency: w.Concurrency, Queues: queues, ShutdownTimeout: w.ShutdownTimeout,
-		PollInterval: w.PollInterval, Heartbeat: w.Heartbeat, LostAfter: w.LostAfter, ReconcileInterval: w.ReconcileInterval,
+		PollInterval: w.PollInterval, DelayedPollInterval: w.DelayedPollInterval, Heartbeat: w.Heartbeat, LostAfter: w.LostAfter, ReconcileInterval: w.ReconcileInterval,
 		Reporter: progress.ReporterConfig{MaxRate: reportRate, Logger: c.logger},
 	}), nil
 }
@@ -428,10 +428,6 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 
 	var worker *jobs.Worker
 	if c.RunWorker || core.Embedded() {
-		if core.Embedded() && c.PollInterval == time.Second {
-			// In-process Redis makes polling cheap: pick jobs up faster.
-			c.PollInterval = 200 * time.Millisecond
-		}
 		if worker, err = core.NewWorker(c.Worker, c.ReportRate); err != nil {
 			return err
 		}

@@ -66,7 +66,13 @@ type Worker struct {
 	Concurrency     int
 	Queues          string
 	ShutdownTimeout time.Duration
-	PollInterval    time.Duration
+	// PollInterval (WORKER_POLL_INTERVAL, default
+	// jobs.DefaultPollInterval, 100ms) is how often an idle worker looks
+	// for new jobs; DelayedPollInterval (WORKER_DELAYED_POLL_INTERVAL,
+	// default 1s) how often it moves due scheduled jobs and retries into
+	// their queues. Zero in code: jobs.WorkerConfig's defaults.
+	PollInterval        time.Duration
+	DelayedPollInterval time.Duration
 	// Heartbeat (JOB_HEARTBEAT, default 5s) is how often a worker
 	// refreshes its running jobs; LostAfter (JOB_LOST_AFTER, default 15s)
 	// is how old a running job's heartbeat may get before its worker
@@ -173,7 +179,8 @@ func (w *Worker) register(fs *flag.FlagSet, env *envParser) {
 	fs.IntVar(&w.Concurrency, "concurrency", env.int("WORKER_CONCURRENCY", 10), "jobs run at once by this worker (env WORKER_CONCURRENCY)")
 	fs.StringVar(&w.Queues, "queues", env.str("WORKER_QUEUES", ""), "queues and their weights, e.g. critical=6,default=3; each is served at its three priorities, weighted 4:2:1 (default: every job type's queue, weight 1) (env WORKER_QUEUES)")
 	fs.DurationVar(&w.ShutdownTimeout, "shutdown-timeout", env.duration("WORKER_SHUTDOWN_TIMEOUT", 8*time.Second), "time running jobs get to finish on shutdown before they go back to the queue (env WORKER_SHUTDOWN_TIMEOUT)")
-	fs.DurationVar(&w.PollInterval, "poll-interval", env.duration("WORKER_POLL_INTERVAL", time.Second), "how often an idle worker looks for new jobs (env WORKER_POLL_INTERVAL)")
+	fs.DurationVar(&w.PollInterval, "poll-interval", env.duration("WORKER_POLL_INTERVAL", jobs.DefaultPollInterval), "how often an idle worker looks for new jobs: the pickup delay of a new job (env WORKER_POLL_INTERVAL)")
+	fs.DurationVar(&w.DelayedPollInterval, "delayed-poll-interval", env.duration("WORKER_DELAYED_POLL_INTERVAL", time.Second), "how often a worker moves due scheduled jobs and retries into their queues: how late they may start (env WORKER_DELAYED_POLL_INTERVAL)")
 	fs.DurationVar(&w.Heartbeat, "heartbeat", env.duration("JOB_HEARTBEAT", jobs.DefaultHeartbeat), "how often a worker refreshes the heartbeat of its running jobs (env JOB_HEARTBEAT)")
 	fs.DurationVar(&w.LostAfter, "lost-after", env.duration("JOB_LOST_AFTER", jobs.DefaultLostAfter), "a running job whose heartbeat is older is lost: watchers are told, and it runs again (env JOB_LOST_AFTER)")
 	fs.DurationVar(&w.ReconcileInterval, "reconcile-interval", env.duration("RECONCILE_INTERVAL", 15*time.Second), "how often jobs are compared with Asynq: deletes, archives, runs from Asynq's own tools (env RECONCILE_INTERVAL)")
@@ -212,6 +219,7 @@ func (w *Worker) validate(v *validator) {
 	}
 	v.positiveDuration("WORKER_SHUTDOWN_TIMEOUT", "shutdown-timeout", w.ShutdownTimeout)
 	v.positiveDuration("WORKER_POLL_INTERVAL", "poll-interval", w.PollInterval)
+	v.positiveDuration("WORKER_DELAYED_POLL_INTERVAL", "delayed-poll-interval", w.DelayedPollInterval)
 	v.positiveDuration("JOB_HEARTBEAT", "heartbeat", w.Heartbeat)
 	v.positiveDuration("JOB_LOST_AFTER", "lost-after", w.LostAfter)
 	v.positiveDuration("RECONCILE_INTERVAL", "reconcile-interval", w.ReconcileInterval)
@@ -327,7 +335,7 @@ func (w *Worker) check() error {
 		name string
 		v    time.Duration
 	}{
-		{"WORKER_SHUTDOWN_TIMEOUT", w.ShutdownTimeout}, {"WORKER_POLL_INTERVAL", w.PollInterval},
+		{"WORKER_SHUTDOWN_TIMEOUT", w.ShutdownTimeout}, {"WORKER_POLL_INTERVAL", w.PollInterval}, {"WORKER_DELAYED_POLL_INTERVAL", w.DelayedPollInterval},
 		{"JOB_HEARTBEAT", w.Heartbeat}, {"JOB_LOST_AFTER", w.LostAfter}, {"RECONCILE_INTERVAL", w.ReconcileInterval},
 	} {
 		if d.v < 0 {

@@ -1,0 +1,271 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// countingConn counts the bytes read from the connection: everything the
+// server sent, WebSocket headers and control frames included.
+type countingConn struct {
+	net.Conn
+	read *atomic.Int64
+}
+
+func (c countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+// framing says how one WebSocket message is cut into frames.
+type framing int
+
+const (
+	// oneFrame: each message is one frame (taskstream's v1).
+	oneFrame framing = iota
+	// lineFrames: frames separated by '\n' in one message (gorilla's chat
+	// example merging its queue, and taskstream's v2 subprotocol).
+	lineFrames
+)
+
+// sock is one client socket of the new scenarios. Its plain fields belong
+// to the goroutine that reads it; the atomics are read by others.
+type sock struct {
+	id   int
+	ws   *websocket.Conn
+	read atomic.Int64 // bytes read on the connection since it opened (over every reconnect)
+	buf  []byte       // the message being read, reused
+
+	// taskstream's protocol state.
+	epoch       string
+	lastSeq     int64 // seq of the last event seen
+	subscribed  bool
+	refused     bool         // an error frame answered the subscribe
+	refusals    int          // resumes refused (and tried again)
+	refusal     string       // the last refusal's frame
+	joined      bool         // joined once: later dials resume
+	joinRetries int          // failed tries of the first join
+	seqSeen     atomic.Int64 // lastSeq, for other goroutines
+
+	// What the reader saw.
+	gaps, dups int   // events whose seq did not follow the last one, or repeated it
+	delivered  int64 // stamped messages received (under a scenario's count)
+	lat        []time.Duration
+	closeCode  int // the first close: 0 none; -1 the connection was lost without a close frame
+	tryAgain   int // closes with 1013
+	resumed    atomic.Bool
+	notRecov   bool // a resume answered recovered:false
+	perPub     []int64
+	outOfOrder int
+}
+
+// readMessage reads the next message into s.buf (reused) and returns it.
+func (s *sock) readMessage() ([]byte, error) {
+	_, r, err := s.ws.NextReader()
+	if err != nil {
+		return nil, err
+	}
+	s.buf = s.buf[:0]
+	for {
+		if len(s.buf) == cap(s.buf) {
+			s.buf = append(s.buf, 0)[:len(s.buf)]
+		}
+		n, err := r.Read(s.buf[len(s.buf):cap(s.buf)])
+		s.buf = s.buf[:len(s.buf)+n]
+		if errors.Is(err, io.EOF) {
+			return s.buf, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// eachFrame calls fn with every frame of msg.
+func eachFrame(msg []byte, f framing, fn func([]byte)) {
+	if f == oneFrame {
+		fn(msg)
+		return
+	}
+	for len(msg) > 0 {
+		i := bytes.IndexByte(msg, '\n')
+		if i < 0 {
+			fn(msg)
+			return
+		}
+		if i > 0 {
+			fn(msg[:i])
+		}
+		msg = msg[i+1:]
+	}
+}
+
+// closeCodeOf is the close code of a read error: the server's close
+// frame's code, or -1 when the connection ended without one.
+func closeCodeOf(err error) int {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		return ce.Code
+	}
+	return -1
+}
+
+// dialSock opens a socket with d to url, from the loopback address from
+// (nil: the default), counting what it reads into s.
+func dialSock(ctx context.Context, d websocket.Dialer, url string, from net.IP, s *sock) error {
+	var nd net.Dialer
+	if from != nil {
+		nd.LocalAddr = &net.TCPAddr{IP: from}
+	}
+	d.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := nd.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return countingConn{Conn: c, read: &s.read}, nil
+	}
+	ws, res, err := d.DialContext(ctx, url, nil)
+	if res != nil && res.Body != nil {
+		_ = res.Body.Close()
+	}
+	if err != nil {
+		if res != nil {
+			return errors.New(err.Error() + " (HTTP " + res.Status + ")")
+		}
+		return err
+	}
+	s.ws = ws
+	return nil
+}
+
+// The stamp every published message starts with, so that a receiver
+// finds who sent it, which of that sender's messages it is and when it
+// was sent, in any frame format, with a byte scan: "~LG<pub>.<n>.<unix
+// nanoseconds>." then 'x' up to the payload size.
+var stampMark = []byte("~LG")
+
+// stampText makes a message of size bytes (more when the stamp alone is
+// longer) stamped with publisher pub, its message n and sent.
+func stampText(dst []byte, pub int, n int64, sent time.Time, size int) []byte {
+	dst = append(dst[:0], stampMark...)
+	dst = strconv.AppendInt(dst, int64(pub), 10)
+	dst = append(dst, '.')
+	dst = strconv.AppendInt(dst, n, 10)
+	dst = append(dst, '.')
+	dst = strconv.AppendInt(dst, sent.UnixNano(), 10)
+	dst = append(dst, '.')
+	for len(dst) < size {
+		dst = append(dst, 'x')
+	}
+	return dst
+}
+
+// stampOf finds the stamp in a frame.
+func stampOf(frame []byte) (pub int, n, sent int64, ok bool) {
+	i := bytes.Index(frame, stampMark)
+	if i < 0 {
+		return 0, 0, 0, false
+	}
+	rest := frame[i+len(stampMark):]
+	var v [3]int64
+	for k := range v {
+		j := bytes.IndexByte(rest, '.')
+		if j <= 0 {
+			return 0, 0, 0, false
+		}
+		x, ok := atoi(rest[:j])
+		if !ok {
+			return 0, 0, 0, false
+		}
+		v[k], rest = x, rest[j+1:]
+	}
+	return int(v[0]), v[1], v[2], true
+}
+
+// atoi parses a non-negative decimal without allocating.
+func atoi(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 19 {
+		return 0, false
+	}
+	var x int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		x = x*10 + int64(c-'0')
+	}
+	return x, true
+}
+
+// Byte patterns of taskstream's frames (docs/protocol.md). They hold in
+// v1 and in the v2 subprotocol's lean frames alike: a subscribed frame
+// keeps its type, an event frame is the one with a "seq".
+var (
+	patSubscribed = []byte(`"type":"subscribed"`)
+	patErrorFrame = []byte(`{"type":"error"`)
+	patSeq        = []byte(`"seq":`)
+	patLastSeq    = []byte(`"last_seq":`)
+	patEpoch      = []byte(`"epoch":"`)
+	patRecovered  = []byte(`"recovered":true`)
+)
+
+// tsFrame is what a byte scan of one taskstream frame found.
+type tsFrame struct {
+	kind      byte // 's' subscribed, 'e' event, 'x' error, 0 other
+	seq       int64
+	epoch     []byte // nil when the frame has none
+	recovered bool
+}
+
+// scanTS reads a taskstream frame's kind, seq (an event's, or a
+// subscribed frame's last_seq), epoch and recovered flag without decoding
+// it. The frame's own fields come before its data, so the first match is
+// the frame's.
+func scanTS(frame []byte) tsFrame {
+	var f tsFrame
+	switch {
+	case bytes.Contains(frame, patSubscribed):
+		f.kind = 's'
+		f.seq, _ = intAfter(frame, patLastSeq)
+		f.recovered = bytes.Contains(frame, patRecovered)
+	case bytes.HasPrefix(frame, patErrorFrame):
+		f.kind = 'x'
+		return f
+	default:
+		seq, ok := intAfter(frame, patSeq)
+		if !ok {
+			return f
+		}
+		f.kind, f.seq = 'e', seq
+	}
+	if i := bytes.Index(frame, patEpoch); i >= 0 {
+		rest := frame[i+len(patEpoch):]
+		if j := bytes.IndexByte(rest, '"'); j >= 0 {
+			f.epoch = rest[:j]
+		}
+	}
+	return f
+}
+
+// intAfter parses the integer right after the first pat in b.
+func intAfter(b, pat []byte) (int64, bool) {
+	i := bytes.Index(b, pat)
+	if i < 0 {
+		return 0, false
+	}
+	rest := b[i+len(pat):]
+	j := 0
+	for j < len(rest) && rest[j] >= '0' && rest[j] <= '9' {
+		j++
+	}
+	return atoi(rest[:j])
+}
