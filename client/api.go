@@ -497,11 +497,9 @@ func (c *Client) History(ctx context.Context, group string, from Position, limit
 	return batchOf(group, page)
 }
 
-// Member is a user as chat rooms show them.
-type Member struct {
-	ID   string `json:"id"`
-	Name string `json:"name"`
-}
+// Member is a user as chat rooms show them (in the presence list, and
+// in a chat room's subscribed frame: wire.SubscribedFrame.Users).
+type Member = wire.Member
 
 // Presence returns who is in a chat room now, by name: GET
 // /api/groups/chat:{room}/presence.

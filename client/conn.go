@@ -105,7 +105,7 @@ func (c *Conn) Join(group string, from Position) (*wire.SubscribedFrame, error) 
 		}
 		switch {
 		case f.Type == wire.TypeSubscribed && f.Group == group:
-			return &wire.SubscribedFrame{Type: f.Type, Group: f.Group, Ref: f.Ref, Epoch: f.Epoch, LastSeq: f.LastSeq, Replayed: f.Replayed, Recovered: f.Recovered}, nil
+			return &wire.SubscribedFrame{Type: f.Type, Group: f.Group, Ref: f.Ref, Epoch: f.Epoch, LastSeq: f.LastSeq, Replayed: f.Replayed, Recovered: f.Recovered, Users: f.Users}, nil
 		case f.Type == wire.TypeError && string(f.Ref) == ref:
 			return nil, &Error{Code: f.Code, Message: f.Message, Group: f.Group}
 		default:

@@ -73,7 +73,9 @@ func startServer(rdb redis.UniversalClient, o serverOptions, artifacts string, c
 		}
 		cleanup(worker.Shutdown)
 	}
+	pres := progress.NewPresence(rdb, s.log, progress.PresenceConfig{})
 	o.hub.Logger = logger
+	o.hub.Presence = pres // chat rooms' subscribed frames carry their users
 	hub := progress.NewHub(rdb, s.log, o.hub)
 	authCfg := auth.Config{Secret: []byte("0123456789abcdef0123456789abcdef-client"), AdminTokens: []string{adminToken}, Logger: logger}
 	if s.smtp != nil {
@@ -83,7 +85,6 @@ func startServer(rdb redis.UniversalClient, o serverOptions, artifacts string, c
 	if err != nil {
 		return nil, err
 	}
-	pres := progress.NewPresence(rdb, s.log, progress.PresenceConfig{})
 	o.web.Logger = logger
 	// Every test client dials from 127.0.0.1.
 	o.web.Limits.MaxConnsPerIP, o.web.Limits.MaxSocketsPerIP = 1<<20, 1<<20

@@ -190,7 +190,7 @@ func (s *socketSession) handle(f wire.ServerFrame) (end sessionEnd, stop bool) {
 		return sessionEnd{}, !ok
 	case wire.TypeSubscribed:
 		s.answered(f.Ref)
-		ok := s.tr.subscribed(wire.SubscribedFrame{Type: f.Type, Group: f.Group, Ref: f.Ref, Epoch: f.Epoch, LastSeq: f.LastSeq, Replayed: f.Replayed, Recovered: f.Recovered})
+		ok := s.tr.subscribed(wire.SubscribedFrame{Type: f.Type, Group: f.Group, Ref: f.Ref, Epoch: f.Epoch, LastSeq: f.LastSeq, Replayed: f.Replayed, Recovered: f.Recovered, Users: f.Users})
 		return sessionEnd{}, !ok
 	case wire.TypeError:
 		e := &Error{Code: f.Code, Message: f.Message, Group: f.Group}

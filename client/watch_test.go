@@ -593,3 +593,47 @@ func TestWatchManyWaitsForASlot(t *testing.T) {
 		}
 	})
 }
+
+// A chat room's subscribed answer carries who is in the room: a watch
+// that joins after another user finds them in OnSubscribed's Users.
+func TestWatchChatSubscribedUsers(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		s := newServer(t, srv, serverOptions{noWorker: true})
+		ada := newClient(t, s, client.Config{})
+		if _, err := ada.SetName(t.Context(), "ada"); err != nil {
+			t.Fatal(err)
+		}
+		conn, err := ada.Dial(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		if _, err := conn.Join(wire.ChatGroup("users").String(), client.Position{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "ada in the room", func() bool {
+			list, err := ada.Presence(t.Context(), "users")
+			return err == nil && len(list) == 1
+		})
+		bob := newClient(t, s, client.Config{})
+		users := make(chan []client.Member, 1)
+		w, err := bob.Watch(t.Context(), wire.ChatGroup("users").String(), client.Position{}, client.OnSubscribed(func(f wire.SubscribedFrame) {
+			select {
+			case users <- f.Users:
+			default:
+			}
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		select {
+		case got := <-users:
+			if len(got) != 1 || got[0].Name != "ada" {
+				t.Fatalf("subscribed users %v, want ada", got)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no subscribed answer")
+		}
+	})
+}

@@ -31,6 +31,12 @@ type HubConfig struct {
 	// (paused, overloaded), whose subscribers then get Failed with
 	// ErrUnavailable. Default 5s.
 	AnswerTimeout time.Duration
+	// Presence, when set, is read in the same MULTI as the log of every
+	// chat group the hub syncs, so each chat SyncInfo carries the room's
+	// members as of its LastSeq (SyncInfo.Members): one read per sync,
+	// shared by every subscriber it serves, not one per subscriber.
+	// Default nil: no member lists.
+	Presence *Presence
 	// Logger receives the hub's own diagnostics. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -58,6 +64,12 @@ type SyncInfo struct {
 	Replayed  int    // how many events from the log follow this SyncInfo
 	Recovered bool   // true when nothing after the subscriber's position was lost
 	Initial   bool   // true for the first SyncInfo of a subscription
+	// Members is who is in the group (a chat room) as of LastSeq, read
+	// atomically with it: non-nil (possibly empty) for chat groups of a
+	// hub with HubConfig.Presence, nil otherwise. Applying the join and
+	// leave events that follow this SyncInfo to it, as set operations,
+	// gives the current members (see Presence).
+	Members []Member
 }
 
 // Sink receives one subscription's events. The hub calls its methods with
@@ -1030,13 +1042,20 @@ func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool
 		mixed = mixed || s.cursor != targets[0].cursor
 	}
 	g.mu.Unlock()
-	snap, err := g.hub.log.Read(ctx, g.name, from)
+	var members []Member
+	var extra func(context.Context, redis.Pipeliner) func() error
+	if pres := g.hub.cfg.Presence; pres != nil && wire.KindOf(g.name) == wire.KindChat {
+		extra = func(ctx context.Context, p redis.Pipeliner) func() error {
+			return pres.queueList(ctx, p, g.name, &members)
+		}
+	}
+	snap, err := g.hub.log.readN(ctx, g.name, from, 0, extra)
 	if err == nil {
 		g.mu.Lock()
 		defer g.mu.Unlock()
 		for _, s := range targets {
 			if _, ok := g.subs[s]; ok && !s.dead {
-				s.apply(snap, from)
+				s.apply(snap, from, members)
 			}
 		}
 		return nil
@@ -1191,7 +1210,7 @@ func (s *Subscription) send(ev *Event) {
 
 // apply brings the subscriber up to date from a log read that started at
 // seq from. Called with group.mu held.
-func (s *Subscription) apply(snap Snapshot, from int64) {
+func (s *Subscription) apply(snap Snapshot, from int64, members []Member) {
 	if (s.epoch != "" && s.epoch != snap.Epoch) || s.cursor > snap.LastSeq {
 		// The history this subscriber knows is gone (log lost, replaced,
 		// or the client claims a position the log never reached).
@@ -1216,7 +1235,7 @@ func (s *Subscription) apply(snap Snapshot, from int64) {
 		recovered = false
 	}
 	if s.initial || !recovered {
-		info := SyncInfo{Epoch: snap.Epoch, LastSeq: snap.LastSeq, Replayed: len(replay), Recovered: recovered, Initial: s.initial}
+		info := SyncInfo{Epoch: snap.Epoch, LastSeq: snap.LastSeq, Replayed: len(replay), Recovered: recovered, Initial: s.initial, Members: members}
 		if !s.sink.Synced(info) {
 			s.dead, s.pending = true, nil
 			return

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -325,7 +326,7 @@ func TestHubReplayThenLive(t *testing.T) {
 			t.Fatalf("Group() = %q", sub.Group())
 		}
 		waitFor(t, "the replay", func() bool { return sink.reached(n, "") })
-		if got, want := sink.Syncs()[0], (SyncInfo{Epoch: epoch, LastSeq: n, Replayed: n, Recovered: true, Initial: true}); got != want {
+		if got, want := sink.Syncs()[0], (SyncInfo{Epoch: epoch, LastSeq: n, Replayed: n, Recovered: true, Initial: true}); !reflect.DeepEqual(got, want) {
 			t.Fatalf("SyncInfo %+v, want %+v", got, want)
 		}
 		// Live events continue the replay with no gap and no duplicate.
@@ -385,7 +386,7 @@ func TestHubSubscribePosition(t *testing.T) {
 				waitFor(t, "the replay", func() bool { return tc.history < tc.wantFrom || sink.reached(tc.history, "") })
 				want := SyncInfo{Epoch: epoch, LastSeq: tc.history, Replayed: int(tc.history - tc.wantFrom + 1),
 					Recovered: tc.recovered, Initial: true}
-				if got := sink.Items()[0]; got.sync == nil || *got.sync != want {
+				if got := sink.Items()[0]; got.sync == nil || !reflect.DeepEqual(*got.sync, want) {
 					t.Fatalf("first delivery %v, want sync%+v", got, want)
 				}
 				// Live events follow with no gap and no duplicate.
@@ -559,7 +560,7 @@ func TestHubEventDuringFirstReadOfEmptyLog(t *testing.T) {
 		waitFor(t, "a to get the event published during its read", func() bool { return a.reached(1, ev.Epoch) })
 		checkDelivery(t, "a", a, 0, 1, ev.Epoch)
 		checkDelivery(t, "b", b, 0, 1, ev.Epoch)
-		if got, want := a.Syncs()[0], (SyncInfo{Recovered: true, Initial: true}); got != want {
+		if got, want := a.Syncs()[0], (SyncInfo{Recovered: true, Initial: true}); !reflect.DeepEqual(got, want) {
 			t.Fatalf("a's SyncInfo %+v, want %+v", got, want)
 		}
 	})

@@ -138,7 +138,12 @@ func (l *Log) groupOf(channel string) (string, bool) {
 // XRANGE from "N-1" (see afterID). When the meta hash is new (first event, or the log
 // was lost) a fresh epoch is stored and any stale stream is dropped so the
 // ids can start again at 1.
-var appendScript = redis.NewScript(`
+var appendScript = redis.NewScript(appendBody)
+
+// appendBody is appendScript's source, shared with the scripts that
+// append under a condition (presence's newerScript) so that there is one
+// append step.
+const appendBody = `
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local epoch
 if seq == 1 then
@@ -153,7 +158,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call(ARGV[8], ARGV[7], seq .. '\n' .. epoch .. '\n' .. ARGV[2] .. '\n' .. ARGV[4] .. '\n' .. ARGV[3])
 return {seq, epoch}
-`)
+`
 
 // appendKeys and appendArgs are appendScript's KEYS and ARGV for one
 // event: written once, so Publish and PublishMany can not drift apart.
@@ -212,19 +217,52 @@ type Post struct {
 	Data  any
 }
 
+// newerGuard is the condition of a post appended by newerScript: Version
+// must be above the one last appended for Field in the hash Key (a key in
+// the group's slot), which then becomes Version.
+type newerGuard struct {
+	Key     string
+	Field   string
+	Version int64
+}
+
+// errSuperseded is a publishMany post's error when its newerGuard found a
+// newer one already appended: nothing was appended, as intended.
+var errSuperseded = errors.New("progress: superseded by a newer event")
+
+// newerScript is appendScript behind a newerGuard: KEYS[3] is its hash,
+// ARGV[9] the field and ARGV[10] the version. It answers {0, ""} without
+// appending when the version is not newer. The hash lives as long as the
+// log (ARGV[6]).
+var newerScript = redis.NewScript(`
+local last = tonumber(redis.call('HGET', KEYS[3], ARGV[9]) or '0')
+if tonumber(ARGV[10]) <= last then return {0, ''} end
+redis.call('HSET', KEYS[3], ARGV[9], ARGV[10])
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
+` + appendBody)
+
 // PublishMany publishes each post as Publish does, in one round trip to
 // Redis (a pipeline) instead of one per event: each is its own atomic
 // step, not all of them one, and posts to the same group keep their
 // order. It returns, per post, the event or the error (the post's own
 // invalid argument, wrapping ErrInvalid, or Redis's).
 func (l *Log) PublishMany(ctx context.Context, posts []Post) ([]*Event, []error) {
+	return l.publishMany(ctx, posts, nil)
+}
+
+// publishMany is PublishMany where guards[i], when set, appends posts[i]
+// only if it is newer than the last one appended under the same key
+// (presence's join and leave events: see Presence); a post it refuses
+// gets errSuperseded and no event. guards may be nil.
+func (l *Log) publishMany(ctx context.Context, posts []Post, guards []*newerGuard) ([]*Event, []error) {
 	evs, errs := make([]*Event, len(posts)), make([]error, len(posts))
 	now := time.Now().UTC()
 	ts := now.Format(time.RFC3339Nano)
 	type pending struct {
-		i    int
-		keys []string
-		args []any
+		i      int
+		script *redis.Script
+		keys   []string
+		args   []any
 	}
 	var todo []pending
 	for i, p := range posts {
@@ -240,7 +278,14 @@ func (l *Log) PublishMany(ctx context.Context, posts []Post) ([]*Event, []error)
 				continue
 			}
 			evs[i] = &Event{Group: p.Group, Name: p.Name, Data: raw, Time: now}
-			todo = append(todo, pending{i, l.appendKeys(p.Group), l.appendArgs(p.Group, p.Name, raw, ts)})
+			t := pending{i, appendScript, l.appendKeys(p.Group), l.appendArgs(p.Group, p.Name, raw, ts)}
+			if i < len(guards) && guards[i] != nil {
+				g := guards[i]
+				t.script = newerScript
+				t.keys = append(t.keys, g.Key)
+				t.args = append(t.args, g.Field, g.Version)
+			}
+			todo = append(todo, t)
 		}
 	}
 	// EVALSHA first; the posts that find the script missing from Redis's
@@ -253,9 +298,9 @@ func (l *Log) PublishMany(ctx context.Context, posts []Post) ([]*Event, []error)
 		_, _ = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for j, t := range todo {
 				if withSource {
-					cmds[j] = appendScript.Eval(ctx, p, t.keys, t.args...)
+					cmds[j] = t.script.Eval(ctx, p, t.keys, t.args...)
 				} else {
-					cmds[j] = appendScript.EvalSha(ctx, p, t.keys, t.args...)
+					cmds[j] = t.script.EvalSha(ctx, p, t.keys, t.args...)
 				}
 			}
 			return nil
@@ -269,6 +314,10 @@ func (l *Log) PublishMany(ctx context.Context, posts []Post) ([]*Event, []error)
 			}
 			if err == nil && len(res) != 2 {
 				err = fmt.Errorf("unexpected reply %v", res)
+			}
+			if err == nil && t.script == newerScript && res[0] == int64(0) {
+				errs[t.i], evs[t.i] = errSuperseded, nil
+				continue
 			}
 			if l.cfg.OnPublish != nil {
 				l.cfg.OnPublish(evs[t.i].Group, boolInt(err == nil), time.Since(now), err)
@@ -359,6 +408,14 @@ func (l *Log) Read(ctx context.Context, group string, after int64) (Snapshot, er
 // ReadN is Read that stops after the first n events (every retained event
 // when n <= 0): a bounded page of history for a reader that pages on.
 func (l *Log) ReadN(ctx context.Context, group string, after int64, n int) (Snapshot, error) {
+	return l.readN(ctx, group, after, n, nil)
+}
+
+// readN is ReadN that, when extra is set, also queues extra's commands in
+// each page's MULTI: what they read is as of the same instant as the
+// snapshot's LastSeq. extra returns the function that reads its results
+// once the MULTI ran; the last page's results are the ones left.
+func (l *Log) readN(ctx context.Context, group string, after int64, n int, extra func(context.Context, redis.Pipeliner) func() error) (Snapshot, error) {
 	var snap Snapshot
 	if after < 0 {
 		after = 0
@@ -367,13 +424,22 @@ func (l *Log) ReadN(ctx context.Context, group string, after int64, n int) (Snap
 	for restarts := 0; ; {
 		var meta *redis.SliceCmd
 		var rng *redis.XMessageSliceCmd
+		var extraDone func() error
 		_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			meta = p.HMGet(ctx, l.metaKey(group), "seq", "epoch")
 			rng = p.XRangeN(ctx, l.streamKey(group), afterID(from), "+", int64(page(n, len(snap.Events))))
+			if extra != nil {
+				extraDone = extra(ctx, p)
+			}
 			return nil
 		})
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return Snapshot{}, fmt.Errorf("progress: read %s: %w", group, unavailable(err))
+		}
+		if extraDone != nil {
+			if err := extraDone(); err != nil {
+				return Snapshot{}, fmt.Errorf("progress: read %s: %w", group, unavailable(err))
+			}
 		}
 		epoch, lastSeq := parseMeta(meta.Val())
 		msgs := rng.Val()

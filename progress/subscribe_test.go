@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -109,7 +110,7 @@ func TestHubSubscribeAnyPosition(t *testing.T) {
 					t.Fatalf("after %d failed: %v", tc.after, err)
 				}
 				want := SyncInfo{Epoch: epoch, LastSeq: n, Replayed: int(n - tc.from + 1), Recovered: tc.recovered, Initial: true}
-				if *info != want {
+				if !reflect.DeepEqual(*info, want) {
 					t.Fatalf("after %d: SyncInfo %+v, want %+v", tc.after, *info, want)
 				}
 				if _, err := firstAnswer(t, plain); err != nil {

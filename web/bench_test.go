@@ -72,7 +72,7 @@ func BenchmarkSocketFanout(b *testing.B) {
 	clients := make([]*wsClient, 0, n)
 	url := "ws" + strings.TrimPrefix(e.http.URL, "http") + "/ws"
 	// One browser (one guest) for every socket: a room with N distinct
-	// users would add N join and presence events to the setup. The guest
+	// users would add N join events to the setup. The guest
 	// session comes from an ordinary request first.
 	jar, _ := cookiejar.New(nil)
 	if res, err := (&http.Client{Jar: jar}).Get(e.http.URL + "/api/me"); err == nil {
@@ -100,7 +100,7 @@ func BenchmarkSocketFanout(b *testing.B) {
 					return
 				}
 				// Count the benchmark's messages only, not the room's
-				// presence events (join, presence) or their replay.
+				// presence events (join) or their replay.
 				if bytes.Contains(buf.Bytes(), []byte(`"event":"message"`)) {
 					counter.add(i)
 				}

@@ -167,6 +167,10 @@ func TestBrowserChatTwoPeople(t *testing.T) {
 		t.Errorf("the latecomer sees %v, want %v", cm, am)
 	}
 	a.waitFor("the latecomer to join", `document.querySelectorAll("#presence .member").length === 3`)
+	// The latecomer's list starts from its subscribed frame's users (no
+	// list is in the history it replays) and adds its own join.
+	c.waitFor("the members on the latecomer's page", `(() => { const names = [...document.querySelectorAll("#presence .member-name")].map((n) => n.textContent);
+		return names.length === 3 && names.includes("Alice") && names.includes("Bob"); })()`)
 
 	// An empty message is refused on the page; a too fast one by the server.
 	c.do(chromedp.SetValue(chromedp.ID("message-input"), "   "), chromedp.Click(chromedp.ID("send")))

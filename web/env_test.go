@@ -153,7 +153,6 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 		}
 		t.Cleanup(e.worker.Shutdown)
 	}
-	e.hub = progress.NewHub(e.rdb, e.log, progress.HubConfig{Logger: logger})
 	authCfg := auth.Config{Secret: testSecret, AdminTokens: []string{testAdminToken}, Mailer: o.mailer, Logger: logger}
 	if o.authCfg != nil {
 		o.authCfg(&authCfg)
@@ -162,7 +161,8 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.pres = progress.NewPresence(e.rdb, e.log, progress.PresenceConfig{})
+	e.pres = progress.NewPresence(e.rdb, e.log, progress.PresenceConfig{Logger: logger})
+	e.hub = progress.NewHub(e.rdb, e.log, progress.HubConfig{Presence: e.pres, Logger: logger})
 	o.web.Logger = logger
 	// Tests dial every socket from 127.0.0.1: per-address caps are
 	// tested on their own (limits_test.go).

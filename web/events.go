@@ -373,7 +373,7 @@ func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group str
 
 func subscribedJSON(group string, ref json.RawMessage, info progress.SyncInfo) []byte {
 	return mustJSON(subscribedFrame{Type: wire.TypeSubscribed, Group: group, Ref: ref, Epoch: info.Epoch,
-		LastSeq: info.LastSeq, Replayed: info.Replayed, Recovered: info.Recovered})
+		LastSeq: info.LastSeq, Replayed: info.Replayed, Recovered: info.Recovered, Users: info.Members})
 }
 
 // hubError maps an error from the hub (Subscribe, or Sink.Failed) to

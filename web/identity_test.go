@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -425,21 +426,68 @@ func mustURL(t *testing.T, s string) *url.URL {
 	return u
 }
 
-// presenceOf decodes a presence event's user names.
-func presenceOf(f frame) []string {
-	var p struct {
-		Users []struct{ Name string } `json:"users"`
+// roomView is a chat room's member list as a client keeps it: the users
+// of its subscribed frame, then each join, leave and rename applied as a
+// set operation.
+type roomView map[string]string // id → name
+
+// apply updates the view with f and reports whether f was a subscribed
+// frame or a presence event.
+func (v roomView) apply(t *testing.T, f frame) bool {
+	t.Helper()
+	if f.Type == "subscribed" {
+		clear(v)
+		for _, u := range f.Users {
+			v[u.ID] = u.Name
+		}
+		return true
 	}
-	_ = json.Unmarshal(f.Data, &p)
+	var d struct{ User wire.Member }
+	switch f.Event {
+	case wire.EventJoin, wire.EventLeave, wire.EventRename:
+		if err := json.Unmarshal(f.Data, &d); err != nil {
+			t.Fatalf("%s data %s: %v", f.Event, f.Data, err)
+		}
+	case wire.EventPresence:
+		t.Fatalf("a full presence list was sent: %s", f.Data)
+	default:
+		return false
+	}
+	switch f.Event {
+	case wire.EventJoin:
+		v[d.User.ID] = d.User.Name
+	case wire.EventLeave:
+		delete(v, d.User.ID)
+	case wire.EventRename:
+		if _, ok := v[d.User.ID]; ok {
+			v[d.User.ID] = d.User.Name
+		}
+	}
+	return true
+}
+
+// names returns the view's names, sorted and comma-joined.
+func (v roomView) names() string {
 	var names []string
-	for _, u := range p.Users {
-		names = append(names, u.Name)
+	for _, n := range v {
+		names = append(names, n)
 	}
-	return names
+	slices.Sort(names)
+	return strings.Join(names, ",")
+}
+
+// waitView reads c's frames into v until its names are want.
+func (v roomView) wait(t *testing.T, c *wsClient, want string) {
+	t.Helper()
+	for v.names() != want {
+		v.apply(t, c.read())
+	}
 }
 
 // A user with two tabs counts once; join and leave follow the first tab in
-// and the last tab out.
+// and the last tab out; a late subscriber finds the members in its
+// subscribed frame, and the room's history holds one join and one leave
+// per user, no list.
 func TestPresenceCountsUsersOnce(t *testing.T) {
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
 		e := newEnv(t, srv, withoutWorker())
@@ -448,37 +496,44 @@ func TestPresenceCountsUsersOnce(t *testing.T) {
 		e.doAs(bob, "POST", "/api/me", map[string]string{"name": "bob"})
 		watcher := e.dialAs(bob)
 		watcher.send(map[string]any{"op": "subscribe", "group": "chat:p"})
-		next := func(event string) frame {
-			fs := watcher.readUntil(func(f frame) bool { return f.Event == event })
-			return fs[len(fs)-1]
+		view := roomView{}
+		if f := watcher.read(); f.Type != "subscribed" || f.Users == nil {
+			t.Fatalf("subscribed %+v, want a users list", f)
+		} else {
+			view.apply(t, f)
 		}
-		if got := presenceOf(next("presence")); strings.Join(got, ",") != "bob" {
-			t.Fatalf("presence %v", got)
-		}
+		view.wait(t, watcher, "bob")
 		tab1, tab2 := e.dialAs(alice), e.dialAs(alice)
 		tab1.send(map[string]any{"op": "subscribe", "group": "chat:p"})
-		if got := presenceOf(next("presence")); strings.Join(got, ",") != "alice,bob" {
-			t.Fatalf("presence after alice joined: %v", got)
+		if f := tab1.read(); f.Type != "subscribed" || len(f.Users) != 1 || f.Users[0].Name != "bob" {
+			t.Fatalf("the latecomer's subscribed frame %+v, want bob in its users", f)
 		}
+		view.wait(t, watcher, "alice,bob")
 		tab2.send(map[string]any{"op": "subscribe", "group": "chat:p"})
-		if f := tab2.read(); f.Type != "subscribed" {
-			t.Fatalf("tab2: %+v", f)
+		if f := tab2.read(); f.Type != "subscribed" || len(f.Users) != 2 {
+			t.Fatalf("tab2: %+v, want alice and bob in its users", f)
 		}
 		_ = tab1.conn.Close()
-		// Alice's second tab keeps her present: the next membership change
-		// the watcher sees is bob's own tab leaving and rejoining... so
-		// check the list directly instead.
 		eventually(t, "tab1 gone", func() bool { return e.web.ConnCount() == 2 })
+		if err := e.pres.Flush(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 		list, err := e.pres.List(t.Context(), "chat:p")
 		if err != nil || len(list) != 2 {
 			t.Fatalf("presence with one of alice's tabs open: %v %v", list, err)
 		}
 		_ = tab2.conn.Close()
-		if f := next("leave"); !strings.Contains(string(f.Data), "alice") {
-			t.Fatalf("leave %s", f.Data)
+		view.wait(t, watcher, "bob")
+		snap, err := e.log.Read(t.Context(), "chat:p", 0)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if got := presenceOf(next("presence")); strings.Join(got, ",") != "bob" {
-			t.Fatalf("presence after alice left: %v", got)
+		var names []string
+		for _, ev := range snap.Events {
+			names = append(names, ev.Name)
+		}
+		if got := strings.Join(names, ","); got != "join,join,leave" {
+			t.Fatalf("history %s, want bob's and alice's joins and alice's leave", got)
 		}
 	})
 }
@@ -543,8 +598,9 @@ func TestSocketFrameFlood(t *testing.T) {
 	}
 }
 
-// A rename reaches the room at once (a "rename" event and a fresh list),
-// and later messages from a socket opened before it carry the new name.
+// A rename reaches the room at once (a "rename" event that renames the
+// member), and later messages from a socket opened before it carry the
+// new name.
 func TestChatRename(t *testing.T) {
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
 		e := newEnv(t, srv, withoutWorker())
@@ -552,22 +608,21 @@ func TestChatRename(t *testing.T) {
 		e.doAs(alice, "POST", "/api/me", map[string]string{"name": "alice"})
 		c := e.dialAs(alice)
 		c.send(map[string]any{"op": "subscribe", "group": "chat:names"})
-		c.readUntil(func(f frame) bool { return f.Event == "presence" })
+		view := roomView{}
+		view.wait(t, c, "alice")
 		if status, _, _ := e.doAs(alice, "POST", "/api/me", map[string]string{"name": "Alice Liddell"}); status != http.StatusOK {
 			t.Fatalf("rename: %d", status)
 		}
-		fs := c.readUntil(func(f frame) bool { return f.Event == "presence" })
-		var rename frame
-		for _, f := range fs {
-			if f.Event == "rename" {
-				rename = f
-			}
-		}
+		fs := c.readUntil(func(f frame) bool { return f.Event == "rename" })
+		rename := fs[len(fs)-1]
 		if !strings.Contains(string(rename.Data), `"old":"alice"`) || !strings.Contains(string(rename.Data), `"name":"Alice Liddell"`) {
 			t.Fatalf("rename event %s", rename.Data)
 		}
-		if got := presenceOf(fs[len(fs)-1]); strings.Join(got, ",") != "Alice Liddell" {
-			t.Fatalf("presence after rename: %v", got)
+		for _, f := range fs {
+			view.apply(t, f)
+		}
+		if got := view.names(); got != "Alice Liddell" {
+			t.Fatalf("members after rename: %v", got)
 		}
 		c.send(map[string]any{"op": "publish", "group": "chat:names", "data": map[string]string{"text": "new me"}})
 		if got := messages(readChat(c, "new me")); got[len(got)-1] != "Alice Liddell: new me" {
@@ -702,8 +757,11 @@ func TestRenameAndJoinChurnLimited(t *testing.T) {
 	if status != http.StatusTooManyRequests {
 		t.Fatalf("sixth rename in a row: %d, want 429", status)
 	}
+	// Joining and leaving a room over and over is what could wash its
+	// history away: the joins are limited. (Subscribing again to a room
+	// the socket is in joins nothing, so it is not.)
 	c := e.dial()
-	var limited bool
+	var limited, rejoined bool
 	for i := range 25 {
 		c.send(map[string]any{"op": "subscribe", "group": "chat:churn", "ref": i})
 		for {
@@ -715,9 +773,19 @@ func TestRenameAndJoinChurnLimited(t *testing.T) {
 				break
 			}
 		}
+		if i == 0 {
+			c.send(map[string]any{"op": "subscribe", "group": "chat:churn", "ref": "again"})
+			f := c.readUntil(func(f frame) bool { return f.Type == "subscribed" || f.Type == "error" })
+			rejoined = f[len(f)-1].Type == "subscribed"
+		}
+		c.send(map[string]any{"op": "unsubscribe", "group": "chat:churn", "ref": i})
+		c.readUntil(func(f frame) bool { return f.Type == "unsubscribed" })
 	}
 	if !limited {
 		t.Fatal("25 joins in a row were all accepted")
+	}
+	if !rejoined {
+		t.Fatal("subscribing again to a room the socket is in was refused")
 	}
 }
 

@@ -488,19 +488,6 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 	if err := c.s.authorizeGroup(ctx, c.who, f.Group); err != nil {
 		return err
 	}
-	if isChat(f.Group) {
-		// Presence is state: store the guest first.
-		who, err := c.s.materialize(ctx, c.acting)
-		if err != nil {
-			return err
-		}
-		c.acting = who
-		// Joining a room is announced to it: churn is bounded per user so
-		// subscribe/unsubscribe cycles cannot wash a room's history away.
-		if err := c.s.limit(ctx, "join:"+c.who.User.ID, 1, 20, "joining rooms too often; wait a moment"); err != nil {
-			return err
-		}
-	}
 	rejoin := false
 	if i := c.subIndex(f.Group); i >= 0 {
 		c.subs[i].sub.Close() // a new subscribe to the same group restarts it
@@ -509,24 +496,58 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 	} else if len(c.subs) >= maxSubsPerConn {
 		return apiErr(CodeBadRequest, "too many groups on one socket")
 	}
+	// A chat socket joins the room's presence (recorded here, sent to
+	// Redis within the presence interval). Only the user's first socket
+	// in the room on this replica can be announced, so only it pays for
+	// what an announcement needs: a stored guest, the join rate limit and
+	// the current name. The user's other sockets (more tabs, or all of
+	// them at once in a reconnect storm) cost no Redis round trip here.
+	if isChat(f.Group) && c.s.pres != nil && !rejoin {
+		first, err := c.s.pres.Enter(f.Group, progress.Member{ID: c.who.User.ID, Name: c.who.User.Name}, c.id)
+		if err != nil {
+			return err
+		}
+		if first {
+			if err := c.firstJoin(ctx, f.Group); err != nil {
+				c.leave(f.Group) // its join was held: nothing reaches Redis
+				return err
+			}
+		}
+	}
 	var after int64
 	if f.After != nil {
 		after = *f.After
 	}
 	sub, err := c.s.hub.Subscribe(f.Group, after, f.Epoch, &groupSink{c: c, group: f.Group, ref: ref})
 	if err != nil {
+		// Not in the room any more (a rejoin closed its old subscription).
+		c.leave(f.Group)
 		return hubError(err)
 	}
 	c.subs = append(c.subs, groupSub{group: f.Group, sub: sub})
-	if !rejoin && isChat(f.Group) && c.s.pres != nil {
-		member, err := c.s.currentMember(ctx, c.who)
-		if err == nil {
-			err = c.s.pres.Join(ctx, f.Group, member, c.id)
-		}
-		if err != nil {
-			c.s.logger.Warn("presence join failed", "group", f.Group, "err", err)
-		}
+	return nil
+}
+
+// firstJoin does what the user's first socket in a chat room on this
+// replica needs before its join (held by Enter) can be announced: the
+// guest stored (presence is state), the per-user join rate limit (churn
+// is bounded so subscribe/unsubscribe cycles cannot wash a room's history
+// away: a refused join never reaches Redis), and the current name (the
+// socket's principal was read when it opened).
+func (c *conn) firstJoin(ctx context.Context, group string) error {
+	who, err := c.s.materialize(ctx, c.acting)
+	if err != nil {
+		return err
 	}
+	c.acting = who
+	if err := c.s.limit(ctx, "join:"+c.who.User.ID, 1, 20, "joining rooms too often; wait a moment"); err != nil {
+		return err
+	}
+	member, err := c.s.currentMember(ctx, c.who)
+	if err != nil {
+		return err
+	}
+	c.s.pres.Settle(group, member, c.id)
 	return nil
 }
 
@@ -562,10 +583,9 @@ func (c *conn) leave(group string) {
 	if !isChat(group) || c.s.pres == nil {
 		return
 	}
-	// The socket may be gone with its request context: leave regardless.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := c.s.pres.Leave(ctx, group, c.who.User.ID, c.id); err != nil {
+	// Recorded on this replica only (Redis gets it within the presence
+	// interval), so a closing socket never waits for Redis here.
+	if err := c.s.pres.Leave(context.Background(), group, c.who.User.ID, c.id); err != nil {
 		c.s.logger.Warn("presence leave failed", "group", group, "err", err)
 	}
 }

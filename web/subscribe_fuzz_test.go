@@ -3,6 +3,7 @@ package web
 import (
 	"bytes"
 	"context"
+	"reflect"
 	"testing"
 	"time"
 
@@ -103,7 +104,7 @@ func FuzzSubscribe(f *testing.F) {
 				t.Fatalf("first item is not a SyncInfo")
 			}
 		}
-		if *items[0].info != want {
+		if !reflect.DeepEqual(*items[0].info, want) {
 			t.Fatalf("after %d epoch %q: %+v, want %+v", after, fr.Epoch, *items[0].info, want)
 		}
 		for i, it := range items[1:] {

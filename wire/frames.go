@@ -63,6 +63,13 @@ type EventFrame struct {
 // SubscribedFrame answers a subscribe (and starts an SSE stream).
 // Recovered false means the position could not be resumed: the replay
 // that follows is the whole retained history.
+//
+// Users (an extension) is, for a chat group, who is in the room as of
+// LastSeq: a client starts its member list from it, then applies the
+// join, leave and rename events that follow (replayed and live) as set
+// operations. It is present, possibly empty, on every subscribed frame of
+// a chat group from a server that tracks presence, and absent otherwise
+// (omitzero keeps an empty list, which means "nobody", apart from no list).
 type SubscribedFrame struct {
 	Type      string          `json:"type"` // TypeSubscribed
 	Group     string          `json:"group"`
@@ -71,6 +78,14 @@ type SubscribedFrame struct {
 	LastSeq   int64           `json:"last_seq"`
 	Replayed  int             `json:"replayed"`
 	Recovered bool            `json:"recovered"`
+	Users     []Member        `json:"users,omitzero"`
+}
+
+// Member is one user present in a chat room: the "user" of join, leave
+// and rename events, and each of a subscribed frame's Users.
+type Member struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
 }
 
 // ReplyFrame is every other server frame: unsubscribed, published, pong
@@ -98,6 +113,7 @@ type ServerFrame struct {
 	Replayed  int             `json:"replayed,omitempty"`
 	Recovered bool            `json:"recovered,omitempty"`
 	Skipped   int             `json:"skipped,omitempty"`
+	Users     []Member        `json:"users,omitzero"`
 	Code      string          `json:"code,omitempty"`
 	Message   string          `json:"message,omitempty"`
 }

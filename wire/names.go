@@ -33,7 +33,7 @@ const (
 	EventMessage  = "message"  // {"id","user","text"}
 	EventJoin     = "join"     // {"user"}
 	EventLeave    = "leave"    // {"user"}
-	EventPresence = "presence" // {"users"}
+	EventPresence = "presence" // {"users"}: no longer published (the list is in SubscribedFrame.Users); still reserved, old histories may hold it
 	EventRename   = "rename"   // {"user","old"}
 
 	// user groups.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,52 +15,58 @@ import (
 	"taskstream/wire"
 )
 
-// presenceNames returns the names of a presence event's users.
-func presenceNames(t *testing.T, data []byte) []string {
+// room is a chat room's members as a client keeps them: a subscribed
+// frame's users, then joins and leaves as set operations.
+type room map[string]string // id → name
+
+func newRoom(t *testing.T, sub *wire.SubscribedFrame) room {
 	t.Helper()
-	var p struct {
-		Users []struct{ ID, Name string } `json:"users"`
+	if sub.Users == nil {
+		t.Fatalf("subscribed frame without users: %+v", sub)
 	}
-	if err := json.Unmarshal(data, &p); err != nil {
-		t.Fatalf("presence data %s: %v", data, err)
+	r := room{}
+	for _, u := range sub.Users {
+		r[u.ID] = u.Name
 	}
-	names := []string{}
-	for _, u := range p.Users {
-		names = append(names, u.Name)
-	}
-	return names
+	return r
 }
 
-// nextPresence reads until the next presence event and returns its names.
-func nextPresence(t *testing.T, conn *client.Conn, timeout time.Duration) []string {
+func (r room) names() string {
+	names := []string{}
+	for _, n := range r {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ",")
+}
+
+// wait reads conn's frames into r until its names are want, failing after
+// timeout. A full presence list on the wire fails the test: lists are no
+// longer sent.
+func (r room) wait(t *testing.T, conn *client.Conn, want string, timeout time.Duration) {
 	t.Helper()
 	_ = conn.SetReadDeadline(time.Now().Add(timeout))
-	for {
+	for r.names() != want {
 		f, err := conn.ReadFrame()
 		if err != nil {
-			t.Fatalf("waiting for presence: %v", err)
+			t.Fatalf("waiting for members %q (have %q): %v", want, r.names(), err)
 		}
-		if f.Type == wire.TypeEvent && f.Event == wire.EventPresence {
-			return presenceNames(t, f.Data)
+		var d struct{ User wire.Member }
+		switch f.Event {
+		case wire.EventJoin, wire.EventLeave:
+			if err := json.Unmarshal(f.Data, &d); err != nil {
+				t.Fatalf("%s data %s: %v", f.Event, f.Data, err)
+			}
+		case wire.EventPresence:
+			t.Fatalf("a full presence list was sent: %s", f.Data)
 		}
-	}
-}
-
-// replayedPresence reads a fresh subscription's replay (sub announced
-// it) and returns the last presence list in it.
-func replayedPresence(t *testing.T, conn *client.Conn, sub *wire.SubscribedFrame) []string {
-	t.Helper()
-	var last []string
-	for range sub.Replayed {
-		f, err := conn.ReadFrame()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if f.Event == wire.EventPresence {
-			last = presenceNames(t, f.Data)
+		switch f.Event {
+		case wire.EventJoin:
+			r[d.User.ID] = d.User.Name
+		case wire.EventLeave:
+			delete(r, d.User.ID)
 		}
 	}
-	return last
 }
 
 func setName(t *testing.T, c *http.Client, base, name string) {
@@ -89,39 +96,30 @@ func TestPresenceAcrossTwoAPIProcesses(t *testing.T) {
 	watcher := browser()
 	setName(t, watcher, baseA, "watcher")
 	lobby := wire.ChatGroup("lobby").String()
-	w, _ := join(t, watcher, baseA, lobby)
-	if got := nextPresence(t, w, 10*time.Second); strings.Join(got, ",") != "watcher" {
-		t.Fatalf("presence %v", got)
-	}
+	w, sub := join(t, watcher, baseA, lobby)
+	members := newRoom(t, sub)
+	members.wait(t, w, "watcher", 10*time.Second)
 	ada := browser()
 	setName(t, ada, baseA, "ada") // the session cookie works on both replicas
 	onA, _ := join(t, ada, baseA, lobby)
-	if got := nextPresence(t, w, 10*time.Second); strings.Join(got, ",") != "ada,watcher" {
-		t.Fatalf("after ada joined on A: %v", got)
-	}
+	members.wait(t, w, "ada,watcher", 10*time.Second)
 	onB, sub := join(t, ada, baseB, lobby)
-	// Joining again through B publishes nothing: check B's own view of the
-	// list, which its subscribe replays from the room's history.
-	if got := replayedPresence(t, onB, sub); strings.Join(got, ",") != "ada,watcher" {
+	// Joining again through B publishes nothing; B's subscribed frame
+	// lists who is in the room (ada through A).
+	if got := newRoom(t, sub).names(); got != "ada,watcher" {
 		t.Fatalf("seen through B: %v", got)
 	}
 	onA.Close()
 	onB.Close()
-	if got := nextPresence(t, w, 10*time.Second); strings.Join(got, ",") != "watcher" {
-		t.Fatalf("after both of ada's sockets closed: %v", got)
-	}
+	members.wait(t, w, "watcher", 10*time.Second)
 
 	// Bo is connected only through B, which dies without a word.
 	bo := browser()
 	setName(t, bo, baseB, "bo")
 	join(t, bo, baseB, lobby)
-	if got := nextPresence(t, w, 10*time.Second); strings.Join(got, ",") != "bo,watcher" {
-		t.Fatalf("after bo joined on B: %v", got)
-	}
+	members.wait(t, w, "bo,watcher", 10*time.Second)
 	b.signal(syscall.SIGKILL)
 	<-b.done
-	if got := nextPresence(t, w, 30*time.Second); strings.Join(got, ",") != "watcher" {
-		t.Fatalf("after B was killed: %v", got)
-	}
+	members.wait(t, w, "watcher", 30*time.Second)
 	a.stop()
 }

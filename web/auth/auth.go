@@ -140,6 +140,8 @@ type Store struct {
 	// sign-in codes: both derived from the secret with their own label,
 	// so no value made for one purpose is valid for another.
 	guestKey, codeKey []byte
+	// reads coalesces the session reads of one guest that wait together.
+	reads guestReads
 }
 
 // NewStore returns a Store; it fails when the secret is too short.
@@ -152,6 +154,7 @@ func NewStore(rdb redis.UniversalClient, cfg Config) (*Store, error) {
 		rdb: rdb, cfg: cfg,
 		guestKey: deriveKey(cfg.Secret, "taskstream guest cookie v1"),
 		codeKey:  deriveKey(cfg.Secret, "taskstream sign-in code v1"),
+		reads:    guestReads{slots: make(chan struct{}, guestReadSlots), waiting: map[string]*guestRead{}},
 	}, nil
 }
 

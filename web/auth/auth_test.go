@@ -6,8 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"taskstream/progress/progresstest"
 	"taskstream/web/auth/authtest"
@@ -293,4 +296,111 @@ func TestGuestCookieRenewal(t *testing.T) {
 			}
 		}
 	})
+}
+
+// countGuestReads counts the guest lookups a client sends.
+type countGuestReads struct{ n atomic.Int64 }
+
+func (c *countGuestReads) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *countGuestReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if name := cmd.Name(); name == "evalsha" || name == "eval" {
+			c.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (c *countGuestReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// Session reads of one guest that wait for a slot together are one Redis
+// read, and a request that arrives after a logout finished sees it even
+// when it joins a read that was already waiting.
+func TestGuestSessionReadsCoalesce(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		for _, tc := range []struct {
+			name   string
+			logout bool // log the guest out while the read waits, before the last request
+		}{
+			{"one read for all", false},
+			{"a logout before a request is seen", true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				rdb := srv.Client(t)
+				reads := &countGuestReads{}
+				s, err := NewStore(rdb, Config{Secret: testSecret})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx := t.Context()
+				p, _ := s.NewGuest()
+				stored, err := s.Materialize(ctx, p, "192.0.2.1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				rdb.AddHook(reads)
+				for range guestReadSlots { // every slot busy: reads wait
+					s.reads.slots <- struct{}{}
+				}
+				const n = 10
+				type answer struct {
+					u   User
+					err error
+				}
+				answers := make(chan answer, n)
+				ask := func() {
+					u, _, err := s.sessionRead(ctx, p.User.ID)
+					answers <- answer{u, err}
+				}
+				joined := func(k int) func() bool {
+					return func() bool {
+						s.reads.mu.Lock()
+						defer s.reads.mu.Unlock()
+						r := s.reads.waiting[p.User.ID]
+						return r != nil && r.joins == k
+					}
+				}
+				go ask() // the read that waits
+				eventually(t, "the read to wait", joined(0))
+				for k := 1; k < n; k++ {
+					if k == n-1 && tc.logout {
+						if err := s.Logout(ctx, stored, "192.0.2.1"); err != nil {
+							t.Fatal(err)
+						}
+						reads.n.Store(0) // Logout's own scripts
+					}
+					go ask()
+					eventually(t, "the requests to join it", joined(k))
+				}
+				for range guestReadSlots {
+					<-s.reads.slots
+				}
+				for range n {
+					a := <-answers
+					switch {
+					case tc.logout && !errors.Is(a.err, ErrNoSession):
+						t.Fatalf("after the logout: %v %v, want ErrNoSession", a.u, a.err)
+					case !tc.logout && (a.err != nil || a.u.ID != p.User.ID):
+						t.Fatalf("answer %v %v", a.u, a.err)
+					}
+				}
+				if got := reads.n.Load(); got != 1 {
+					t.Fatalf("%d guest reads for %d requests, want 1", got, n)
+				}
+			})
+		}
+	})
+}
+
+// eventually waits until cond holds, failing the test after 10 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

@@ -5,9 +5,11 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -106,7 +108,7 @@ func (s *Store) NewGuest() (Principal, string) {
 // guestSession is Session for a valid guest cookie: one read, plus a TTL
 // extension for a guest that is stored.
 func (s *Store) guestSession(ctx context.Context, g guestClaim) (Principal, string, error) {
-	u, stored, err := s.lookupGuest(ctx, g.ID, s.cfg.SessionTTL)
+	u, stored, err := s.sessionRead(ctx, g.ID)
 	if err != nil {
 		return Principal{}, "", err
 	}
@@ -233,3 +235,78 @@ func (s *Store) revokeGuest(ctx context.Context, u User) error {
 	}
 	return nil
 }
+
+// guestReadSlots bounds the guest session reads in flight at once. Under a
+// burst (every socket of a replica reconnecting after a restart, 20 per
+// user) the others wait here rather than in the Redis client's pool, and
+// the ones for the same guest share one read (guestReads).
+const guestReadSlots = 16
+
+// guestReads coalesces the session reads of one guest: a read waiting for
+// a slot takes along every request for the same guest that arrives before
+// it is sent, so they all get one answer from one round trip. Only reads
+// not sent yet are joined, so every answer comes from a read that started
+// after its request arrived: a logout or revocation that finished before
+// a request is always seen by it, as with a read of its own. Nothing is
+// cached.
+type guestReads struct {
+	slots   chan struct{}
+	mu      sync.Mutex
+	waiting map[string]*guestRead // by guest id: the read waiting for a slot
+}
+
+type guestRead struct {
+	joins  int           // requests that joined it (guarded by guestReads.mu)
+	done   chan struct{} // closed when the fields below are set
+	u      User
+	stored bool
+	err    error
+}
+
+// sessionRead is lookupGuest(ctx, id, SessionTTL) through s.reads.
+func (s *Store) sessionRead(ctx context.Context, id string) (User, bool, error) {
+	g := &s.reads
+	g.mu.Lock()
+	r, joined := g.waiting[id]
+	if joined {
+		r.joins++
+	} else {
+		r = &guestRead{done: make(chan struct{})}
+		g.waiting[id] = r
+	}
+	g.mu.Unlock()
+	if joined {
+		select {
+		case <-r.done:
+		case <-ctx.Done():
+			return User{}, false, fmt.Errorf("auth: read guest: %w", ctx.Err())
+		}
+		if errors.Is(r.err, errLeaderGone) || errors.Is(r.err, context.Canceled) || errors.Is(r.err, context.DeadlineExceeded) {
+			// The read was never sent, or ended with its sender's request:
+			// not an answer for this one.
+			return s.lookupGuest(ctx, id, s.cfg.SessionTTL)
+		}
+		return r.u, r.stored, r.err
+	}
+	select {
+	case g.slots <- struct{}{}:
+	case <-ctx.Done():
+		r.err = errLeaderGone
+	}
+	g.mu.Lock()
+	delete(g.waiting, id) // from now on, requests start a read of their own
+	g.mu.Unlock()
+	if r.err == nil {
+		r.u, r.stored, r.err = s.lookupGuest(ctx, id, s.cfg.SessionTTL)
+		<-g.slots
+	}
+	close(r.done)
+	if errors.Is(r.err, errLeaderGone) {
+		return User{}, false, fmt.Errorf("auth: read guest: %w", ctx.Err())
+	}
+	return r.u, r.stored, r.err
+}
+
+// errLeaderGone tells the requests that joined a read that it was never
+// sent (the request that would send it went away): each reads on its own.
+var errLeaderGone = errors.New("auth: the shared read was abandoned")

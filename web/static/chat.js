@@ -37,7 +37,14 @@ const nameError = $("#name-error");
 let user = null; // {id, name, email, guest}
 let lastEvent = null; // the last join, leave or message shown: {event, userId, el, ts}
 let replayLeft = 0; // history events still to come after subscribing
-let lastPresence = [];
+// Who is here: id → name. It starts from each `subscribed` answer's
+// users (the room's members as of its last_seq) and then follows the
+// join, leave and rename events, replayed or live, as set operations;
+// the server publishes a user's changes in order, so however the list
+// and the events raced, the last word on each user is right.
+const members = new Map();
+let listed = false; // a member list arrived (a `subscribed` with users, or the API's)
+let inflight = null; // while the API's list is being read: the events applied meanwhile
 
 showConnection(ts, $("#conn"));
 // Toasts never cover the header, the composer or the messages being sent.
@@ -161,9 +168,31 @@ function renderRename(f) {
   lastEvent = {event: "rename", userId: u.id};
 }
 
-function renderPresence(users) {
-  lastPresence = Array.isArray(users) ? users.filter((u) => u && typeof u.id === "string") : [];
-  presenceList.replaceChildren(...lastPresence.map((u) => {
+// setMembers replaces the member list with users (from a `subscribed`
+// answer or the presence API).
+function setMembers(users) {
+  members.clear();
+  for (const u of users) {
+    if (u && typeof u.id === "string") members.set(u.id, u);
+  }
+  listed = true;
+  renderPresence();
+}
+
+// applyPresence applies a join, leave or rename to the member list.
+function applyPresence(f) {
+  const u = f.data && f.data.user;
+  if (!u || typeof u.id !== "string") return;
+  if (inflight) inflight.push(f);
+  if (f.event === "join") members.set(u.id, u);
+  else if (f.event === "leave") members.delete(u.id);
+  else if (f.event === "rename" && members.has(u.id)) members.set(u.id, u);
+  renderPresence();
+}
+
+function renderPresence() {
+  const list = [...members.values()].sort((a, b) => memberName(a).localeCompare(memberName(b)) || (a.id < b.id ? -1 : 1));
+  presenceList.replaceChildren(...list.map((u) => {
     const li = el("li", "member");
     li.dataset.user = u.id;
     li.append(el("span", "member-name", memberName(u)));
@@ -173,7 +202,24 @@ function renderPresence(users) {
     }
     return li;
   }));
-  presenceCount.textContent = `(${lastPresence.length})`;
+  presenceCount.textContent = `(${list.length})`;
+}
+
+// fetchMembers reads the member list from the API, for a transport whose
+// answers carry none (long-poll): the events handled so far were
+// published before this read, so the list covers them, and the ones
+// handled after it apply on top.
+// An event handled while the request is out may be newer than the list:
+// those are applied again on top of it, in order (set operations do not
+// mind the repeat).
+async function fetchMembers() {
+  inflight = [];
+  const r = await api("GET", `/api/groups/${encodeURIComponent(group)}/presence`);
+  const meanwhile = inflight;
+  inflight = null;
+  if (!r.ok || !r.data || !Array.isArray(r.data.users) || listed) return;
+  setMembers(r.data.users);
+  for (const f of meanwhile) applyPresence(f);
 }
 
 function onEvent(f) {
@@ -184,15 +230,15 @@ function onEvent(f) {
     case "join":
     case "leave":
       renderJoinLeave(f);
+      applyPresence(f);
       break;
     case "rename":
       renderRename(f);
+      applyPresence(f);
       break;
-    case "presence":
-      renderPresence(f.data && f.data.users);
-      break;
-    default:
+    default: // "presence" lists are no longer sent; an old history's are ignored
   }
+  if (!listed && !inflight) fetchMembers(); // a transport without `subscribed` answers
   if (replayLeft > 0 && --replayLeft === 0) {
     list.removeAttribute("aria-busy");
     scrollToEnd();
@@ -204,6 +250,9 @@ function subscribeRoom(from = {}) {
   ts.subscribe(group, {
     onEvent,
     onSubscribed(info) {
+      // Every answer (a reconnection's too) brings the members as of its
+      // last_seq; the events after it follow.
+      if (Array.isArray(info.users)) setMembers(info.users);
       if (!first) return;
       first = false;
       // Announce only what is new, not the history being replayed.
@@ -385,10 +434,11 @@ nameForm.addEventListener("submit", async (e) => {
   user = r.data;
   setMe(user);
   showName();
-  renderPresence(lastPresence);
+  if (members.has(user.id)) members.set(user.id, {id: user.id, name: user.name});
+  renderPresence();
   openNameForm(false);
-  // The server announces the new name to the room (a "rename" event and a
-  // fresh presence list) and uses it for later messages from every tab.
+  // The server announces the new name to the room (a "rename" event) and
+  // uses it for later messages from every tab.
 });
 
 // ---- start --------------------------------------------------------------------------

@@ -400,7 +400,7 @@ export class TaskStream {
       g.epoch = f.epoch;
     }
     this._call(g, "onSubscribed", {group: g.group, epoch: f.epoch, last_seq: f.last_seq,
-      replayed: f.replayed, recovered: f.recovered});
+      replayed: f.replayed, recovered: f.recovered, users: f.users});
   }
 
   _reset(g, epoch, lastSeq, reason) {

@@ -47,6 +47,7 @@ type APIConfig struct {
 	ChatRate       float64
 	ChatBurst      int
 	PresenceTTL    time.Duration
+	PresenceGrace  time.Duration // 0: a stopping replica removes its presence entries at once
 	SMTP           auth.SMTPMailer
 	TrustedProxies []netip.Prefix
 	Limits         web.Limits
@@ -105,6 +106,7 @@ func ParseAPI(args []string) (APIConfig, error) {
 	fs.Float64Var(&c.ChatRate, "chat-rate", env.float("CHAT_RATE", 5), "chat messages per second per user (env CHAT_RATE)")
 	fs.IntVar(&c.ChatBurst, "chat-burst", env.int("CHAT_BURST", 10), "chat message burst per user (env CHAT_BURST)")
 	fs.DurationVar(&c.PresenceTTL, "presence-ttl", env.duration("PRESENCE_TTL", 30*time.Second), "how long a replica that died still counts its users present (env PRESENCE_TTL)")
+	fs.DurationVar(&c.PresenceGrace, "presence-grace", env.duration("PRESENCE_GRACE", 10*time.Second), "how long a replica that shuts down leaves its users present, so that those who reconnect elsewhere are not announced as leaving and joining again; 0 removes them at once (env PRESENCE_GRACE)")
 	fs.StringVar(&c.SMTP.Host, "smtp-host", env.str("SMTP_HOST", ""), "SMTP server for sign-in codes (empty: codes are written to the log) (env SMTP_HOST)")
 	fs.IntVar(&c.SMTP.Port, "smtp-port", env.int("SMTP_PORT", 587), "SMTP port (env SMTP_PORT)")
 	fs.StringVar(&c.SMTP.User, "smtp-user", env.str("SMTP_USER", ""), "SMTP user (PLAIN auth, over TLS only; the password comes from env SMTP_PASSWORD) (env SMTP_USER)")
@@ -154,6 +156,9 @@ func ParseAPI(args []string) (APIConfig, error) {
 	v.positiveRate("CHAT_RATE", "chat-rate", c.ChatRate)
 	v.atLeast("CHAT_BURST", "chat-burst", int64(c.ChatBurst), 1)
 	v.positiveDuration("PRESENCE_TTL", "presence-ttl", c.PresenceTTL)
+	if c.PresenceGrace < 0 {
+		v.fail("PRESENCE_GRACE (-presence-grace) is %v: want 0 or more", c.PresenceGrace)
+	}
 	if c.SMTP.Port < 1 || c.SMTP.Port > 65535 {
 		v.fail("SMTP_PORT (-smtp-port) is %d: want 1 to 65535", c.SMTP.Port)
 	}
@@ -370,14 +375,16 @@ func (s stops) run() {
 // anything else, so a bad or busy address fails with nothing to undo; a
 // failure later in start-up stops what was started. Shutdown goes in
 // order:
-//  1. sockets get close 1001, so clients reconnect (to another replica) and
-//     resume from their last seq while this one drains; SSE and long-poll
-//     end;
+//  1. the listener closes; sockets get close 1001, so clients reconnect
+//     (to another replica) and resume from their last seq while this one
+//     drains; SSE and long-poll end;
 //  2. the HTTP server finishes in-flight requests;
 //  3. the embedded worker lets running jobs finish or hands them back to
 //     the queue (it needs Redis, so it stops before Redis);
-//  4. this replica's chat presence is removed (users who were only here
-//     leave at once instead of after PRESENCE_TTL);
+//  4. this replica's chat presence is handed over: its entries expire
+//     after PRESENCE_GRACE (users who reconnected elsewhere meanwhile are
+//     never announced as leaving; the others leave then, instead of after
+//     PRESENCE_TTL), or are removed at once when it is 0;
 //  5. the hub drops its Redis subscription; Redis is closed last.
 //
 // Before all of these the dashboard stops: if this replica published the
@@ -403,13 +410,20 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 		logger.Info("running with Redis", "mode", c.RedisMode, "worker", c.RunWorker)
 	}
 
-	hub := progress.NewHub(core.Redis, core.Log, progress.HubConfig{Logger: logger})
+	// The hub reads a chat room's members with its history (the list in a
+	// subscribed frame), so presence comes first; it still stops before
+	// the hub, as listed above.
+	grace := c.PresenceGrace
+	if grace == 0 {
+		grace = -1 // PresenceConfig's "at once"
+	}
+	presence := progress.NewPresence(core.Redis, core.Log, progress.PresenceConfig{TTL: c.PresenceTTL, ShutdownGrace: grace, Logger: logger})
+	hub := progress.NewHub(core.Redis, core.Log, progress.HubConfig{Presence: presence, Logger: logger})
 	started.push(func(ctx context.Context) {
 		if err := hub.Shutdown(ctx); err != nil {
 			logger.Warn("stopping hub", "err", err)
 		}
 	})
-	presence := progress.NewPresence(core.Redis, core.Log, progress.PresenceConfig{TTL: c.PresenceTTL, Logger: logger})
 	started.push(presence.Shutdown)
 
 	var worker *jobs.Worker
@@ -470,6 +484,15 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	started.push(func(ctx context.Context) {
 		// Sockets first: http.Server.Shutdown does not see hijacked
 		// connections, and waits for SSE and long-poll, which this ends.
+		// Their users reconnect elsewhere: presence keeps them (Drain).
+		// Stop accepting first, as http.Server.Shutdown would: every
+		// socket reconnects at once, and a dying replica that still
+		// accepted them would spend its last seconds authenticating
+		// requests it can only refuse, while clients that find the port
+		// closed simply try again (another replica, or this one's
+		// successor).
+		_ = ln.Close()
+		presence.Drain()
 		if err := srv.Shutdown(ctx); err != nil {
 			logger.Warn("closing sockets", "err", err)
 		}
