@@ -44,12 +44,17 @@ func (e *Event) Frame() []byte {
 // at its end, where encoding wire.EventFrame puts it: a copy per call,
 // no encoding.
 func (e *Event) FrameSkipped(n int) []byte {
-	f := e.Frame()
+	return withSkipped(e.Frame(), n)
+}
+
+// withSkipped returns frame, a JSON object, with "skipped": n added at
+// its end (a copy), or frame itself when n is 0.
+func withSkipped(frame []byte, n int) []byte {
 	if n == 0 {
-		return f
+		return frame
 	}
-	b := make([]byte, 0, len(f)+len(`,"skipped":}`)+20)
-	b = append(b, f[:len(f)-1]...)
+	b := make([]byte, 0, len(frame)+len(`,"skipped":}`)+20)
+	b = append(b, frame[:len(frame)-1]...)
 	b = append(b, `,"skipped":`...)
 	b = strconv.AppendInt(b, int64(n), 10)
 	return append(b, '}')
@@ -78,15 +83,7 @@ func (e *Event) LeanFrame(withEpoch bool) []byte {
 // LeanFrameSkipped is LeanFrame with "skipped": n (see FrameSkipped): a
 // copy per call, no encoding.
 func (e *Event) LeanFrameSkipped(withEpoch bool, n int) []byte {
-	f := e.LeanFrame(withEpoch)
-	if n == 0 {
-		return f
-	}
-	b := make([]byte, 0, len(f)+len(`,"skipped":}`)+20)
-	b = append(b, f[:len(f)-1]...)
-	b = append(b, `,"skipped":`...)
-	b = strconv.AppendInt(b, int64(n), 10)
-	return append(b, '}')
+	return withSkipped(e.LeanFrame(withEpoch), n)
 }
 
 func (e *Event) encodeFrame() []byte {
