@@ -313,3 +313,60 @@ func TestHubTailConcurrentSubscribers(t *testing.T) {
 		t.Logf("history reads %d, tail syncs %d", h.Counters().HistoryReads, h.Counters().TailSyncs)
 	})
 }
+
+// A chat group's member list served from the tail is exact: after rounds
+// of joins, leaves and renames, a subscriber served once the hub has the
+// room's newest event gets, with no read, the list Presence.List reads
+// from Redis (names included), and every subscriber converges on it.
+func TestHubTailMemberList(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		l := NewLog(srv.Client(t), LogConfig{})
+		p := newTestPresence(t, srv, l, PresenceConfig{})
+		_, h := newTestHub(t, srv, LogConfig{}, HubConfig{Presence: p})
+		ctx := t.Context()
+		const g = "chat:tail"
+		for i := range 10 {
+			_ = p.Join(ctx, g, Member{ID: fmt.Sprint("u", i), Name: fmt.Sprint("user", i)}, "tab")
+		}
+		mustFlush(t, p)
+		anchor := &recSink{}
+		defer mustSubscribe(t, h, g, 0, "", anchor).Close()
+		waitFor(t, "the tail", func() bool { tl, _ := groupTail(h, g); return tl != nil })
+		reads := h.Counters().HistoryReads
+		for round := range 5 {
+			for i := range 12 {
+				id := fmt.Sprint("u", i)
+				if (i+round)%3 == 0 {
+					_ = p.Leave(ctx, g, id, "tab")
+				} else {
+					_ = p.Join(ctx, g, Member{ID: id, Name: fmt.Sprint("user", i)}, "tab")
+				}
+			}
+			mustFlush(t, p)
+			if err := p.Rename(ctx, Member{ID: fmt.Sprint("u", round+1), Name: fmt.Sprint("renamed", round)}); err != nil {
+				t.Fatal(err)
+			}
+			snap, err := l.Read(ctx, g, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := p.List(ctx, g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the room's newest event", func() bool { return anchor.reached(snap.LastSeq, "") })
+			for _, after := range []int64{0, snap.LastSeq / 2, snap.LastSeq} {
+				s := &recSink{}
+				defer mustSubscribe(t, h, g, after, "", s).Close()
+				waitFor(t, "the subscriber's sync", func() bool { return len(s.Syncs()) == 1 && (after == snap.LastSeq || s.reached(snap.LastSeq, "")) })
+				info := s.Syncs()[0]
+				if info.LastSeq != snap.LastSeq || !info.Recovered || !reflect.DeepEqual(info.Members, want) {
+					t.Fatalf("round %d after %d: SyncInfo %+v, want LastSeq %d and members %v", round, after, info, snap.LastSeq, want)
+				}
+			}
+		}
+		if got := h.Counters().HistoryReads; got != reads {
+			t.Fatalf("history reads %d → %d: subscribers of the live room read Redis", reads, got)
+		}
+	})
+}
