@@ -25,6 +25,11 @@ import (
 //     connection (connBroken, connLost, a shard reset) and every
 //     (re)subscription (catchup) drop the tail and bump group.gen, and a
 //     read that saw gen change while in flight establishes nothing.
+//   - A read of a group with no log (epoch "") establishes an empty tail,
+//     which takes the epoch of the first event that arrives if that is
+//     seq 1, as a subscriber synced on that read does (Subscription.apply
+//     offers such events in order); until then it serves only subscribers
+//     without a position, which a read would give the same empty answer.
 //   - Live events extend it only when they follow its last seq in its
 //     epoch; an earlier seq of the same epoch is a duplicate and ignored;
 //     anything else (a gap, another epoch: the log was lost and started
@@ -76,7 +81,7 @@ type tail struct {
 // when non-nil) and the live events recorded since the read began. It
 // returns nil when they do not join up.
 func newTail(snap Snapshot, members []Member, rec []*Event, limit int64, now time.Time) *tail {
-	if snap.Epoch == "" || limit <= 0 {
+	if limit <= 0 || (snap.Epoch == "" && (snap.LastSeq != 0 || len(snap.Events) > 0)) {
 		return nil
 	}
 	t := &tail{epoch: snap.Epoch, first: snap.LastSeq + 1, last: snap.LastSeq, limit: limit, touched: now}
@@ -111,6 +116,9 @@ func newTail(snap Snapshot, members []Member, rec []*Event, limit int64, now tim
 // must be dropped: the event does not follow it, or changes a member list
 // in a way the tail cannot follow.
 func (t *tail) add(ev *Event, now time.Time) bool {
+	if t.epoch == "" && t.last == 0 && ev.Seq == 1 {
+		t.epoch = ev.Epoch // the first event of a log that was empty
+	}
 	if ev.Epoch != t.epoch || ev.Seq > t.last+1 {
 		return false
 	}

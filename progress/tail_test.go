@@ -26,6 +26,17 @@ func groupTail(h *Hub, group string) (*tail, uint64) {
 	return g.tail, g.gen
 }
 
+// dropGroupTail drops group's tail on h, so the next subscriber reads
+// the log, as it does when the hub has no tail (after a reconnect).
+func dropGroupTail(h *Hub, group string) {
+	h.mu.Lock()
+	g := h.groups[group]
+	h.mu.Unlock()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.dropTail()
+}
+
 // Once a group is live on a hub, later subscribers whose position lies in
 // the tail are served from memory: no read of the log, the same *Event
 // objects, and exactly what a read would give. Positions outside it (a
@@ -367,6 +378,40 @@ func TestHubTailMemberList(t *testing.T) {
 		}
 		if got := h.Counters().HistoryReads; got != reads {
 			t.Fatalf("history reads %d → %d: subscribers of the live room read Redis", reads, got)
+		}
+	})
+}
+
+// A group with no log yet gets an empty tail, which takes the epoch of
+// the log's first event: subscribers before and after that event are
+// served without a read, and see the log from seq 1.
+func TestHubTailOfEmptyGroup(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		l, h := newTestHub(t, srv, LogConfig{}, HubConfig{})
+		const group = "job:empty-tail"
+		first := &recSink{}
+		defer mustSubscribe(t, h, group, 0, "", first).Close()
+		waitFor(t, "the tail", func() bool { tl, _ := groupTail(h, group); return tl != nil })
+		reads := h.Counters().HistoryReads
+		early := &recSink{}
+		defer mustSubscribe(t, h, group, 0, "", early).Close()
+		waitFor(t, "the early subscriber's sync", func() bool { return len(early.Syncs()) == 1 })
+		if info := early.Syncs()[0]; !reflect.DeepEqual(info, SyncInfo{Recovered: true, Initial: true}) {
+			t.Fatalf("early SyncInfo %+v, want an empty, recovered one", info)
+		}
+		var epoch string
+		for i := 1; i <= 3; i++ {
+			epoch = mustPublish(t, l, group, "progress", i).Epoch
+		}
+		waitFor(t, "the events", func() bool { return first.reached(3, epoch) && early.reached(3, epoch) })
+		late := &recSink{}
+		defer mustSubscribe(t, h, group, 0, "", late).Close()
+		waitFor(t, "the late subscriber", func() bool { return late.reached(3, epoch) })
+		for name, s := range map[string]*recSink{"first": first, "early": early, "late": late} {
+			checkDelivery(t, name, s, 0, 3, epoch)
+		}
+		if got := h.Counters().HistoryReads; got != reads {
+			t.Fatalf("history reads %d → %d", reads, got)
 		}
 	})
 }
