@@ -252,9 +252,21 @@ func tickKey(name string, tick time.Time) string {
 
 func (s *Scheduler) lastKey(name string) string { return s.svc.cfg.Prefix + ":schedule:last:" + name }
 
+// tickSubmitTimeout bounds one tick's submit once it has begun.
+const tickSubmitTimeout = 10 * time.Second
+
 // submit makes the job of e's tick, once across replicas and retries.
+//
+// A submit that has begun is finished even when the lead is lost or the
+// process stops meanwhile (ctx ends): cut halfway, it would leave the
+// tick's job recorded but failed ("could not enqueue") and its
+// Idempotency-Key released, so the tick would have a failed job instead
+// of a run. Finishing it is safe: another leader's submit of the same
+// tick replays this one.
 func (s *Scheduler) submit(ctx context.Context, e ScheduleEntry, tick time.Time) {
-	j, replayed, err := s.svc.SubmitRequest(ctx, s.cfg.Owner, Request{
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tickSubmitTimeout)
+	defer cancel()
+	j, replayed, err := s.svc.SubmitRequest(sctx, s.cfg.Owner, Request{
 		Type: e.Type, Params: e.Params, Options: e.Options, IdempotencyKey: tickKey(e.Name, tick), Schedule: e.Name,
 	})
 	var je *JobError
@@ -271,7 +283,7 @@ func (s *Scheduler) submit(ctx context.Context, e ScheduleEntry, tick time.Time)
 		return // another leader submitted this tick
 	}
 	last, _ := json.Marshal(lastRun{Job: j.ID, At: tick.UTC()})
-	if err := s.rdb.Set(ctx, s.lastKey(e.Name), last, s.svc.cfg.Retention).Err(); err != nil {
+	if err := s.rdb.Set(sctx, s.lastKey(e.Name), last, s.svc.cfg.Retention).Err(); err != nil {
 		s.cfg.Logger.Warn("recording a schedule's last run failed", "schedule", e.Name, "err", err)
 	}
 	s.cfg.Logger.Info("periodic job submitted", "schedule", e.Name, "tick", tick, "job", j.ID)

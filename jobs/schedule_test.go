@@ -192,3 +192,39 @@ func FuzzParseSchedule(f *testing.F) {
 		}
 	})
 }
+
+// A tick's submit that has begun is finished even when the lead ends
+// meanwhile: cut halfway it would leave a failed job and release the
+// tick's Idempotency-Key. A submit given a context that has already
+// ended stands for the worst case: the cancellation before the first
+// Redis call.
+func TestSchedulerFinishesABegunTick(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newOptionEnv(t, srv, Config{}, nil)
+		entries, err := ParseSchedule([]byte(`{"schedules":[{"name":"tick","spec":"@every 1s","type":"opt","params":{"n":5}}]}`), e.svc.Registry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := NewScheduler(e.svc, srv.Client(t), entries, SchedulerConfig{Owner: "system", Lease: progress.LeaderConfig{Key: "ts:scheduler-begun"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ended, cancel := context.WithCancel(context.Background())
+		cancel()
+		tick := time.Now().Truncate(time.Second)
+		s.submit(ended, entries[0], tick)
+		ctx := context.Background()
+		v, err := srv.Client(t).Get(ctx, e.svc.store.idemKey("system", tickKey("tick", tick))).Result()
+		if err != nil {
+			t.Fatalf("the tick's Idempotency-Key: %v", err)
+		}
+		id, _, _ := strings.Cut(v, " ")
+		j, err := e.svc.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.Schedule != "tick" || j.State == StateFailed {
+			t.Fatalf("the tick's job %+v", j)
+		}
+	})
+}
