@@ -416,7 +416,10 @@ func TestBrowserPhoneRunJob(t *testing.T) {
 
 			p.selectType("steps")
 			p.do(chromedp.SetValue(chromedp.ID("param-steps"), "400"), chromedp.SetValue(chromedp.ID("param-interval_ms"), "50"))
-			p.do(chromedp.Evaluate[chromedp.Void](`document.querySelector("#submit").scrollIntoView({block: "end"})`), chromedp.Click(chromedp.ID("submit")))
+			// Clicked from script, as "Load more" and the form toggle are: at
+			// 375 px the five completion toasts sit at the bottom, where a
+			// click at the scrolled-in button's coordinates may land on one.
+			p.do(chromedp.Evaluate[chromedp.Void](`document.querySelector("#submit").scrollIntoView({block: "end"}); document.querySelector("#submit").click()`))
 			p.waitFor("the new row", `document.querySelectorAll("#jobs > li").length === 6`)
 			id := p.rowIDs()[0]
 			p.waitFor("the new row on screen", fmt.Sprintf(`(() => { const r = %s.getBoundingClientRect();
