@@ -518,7 +518,7 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 	if f.After != nil {
 		after = *f.After
 	}
-	sub, err := c.s.hub.Subscribe(f.Group, after, f.Epoch, &groupSink{c: c, group: f.Group, ref: ref})
+	sub, err := c.s.hub.Subscribe(f.Group, after, f.Epoch, &groupSink{c: c, group: f.Group, ref: ref, job: wire.KindOf(f.Group) == wire.KindJob})
 	if err != nil {
 		// Not in the room any more (a rejoin closed its old subscription).
 		c.leave(f.Group)
@@ -644,6 +644,7 @@ type groupSink struct {
 	c          *conn
 	group      string
 	ref        json.RawMessage
+	job        bool   // a job group: its events are conflated for a slow reader
 	replayLeft int    // events of the last SyncInfo's replay still to come
 	synced     bool   // the initial SyncInfo was sent
 	epoch      string // the last epoch the socket was given for the group (taskstream.v2)
@@ -666,7 +667,7 @@ func (g *groupSink) Send(ev *progress.Event) bool {
 		g.replayLeft--
 	}
 	form := g.form(ev)
-	if wire.KindOf(g.group) == wire.KindJob {
+	if g.job {
 		// A job's stream is conflated for a reader that falls behind
 		// rather than cut (sendQueue.pushJob).
 		if g.c.isClosed() {

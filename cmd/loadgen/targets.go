@@ -19,6 +19,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"taskstream/client"
+	"taskstream/cmd/internal/inproc"
 	"taskstream/progress"
 	"taskstream/wire"
 )
@@ -159,17 +160,6 @@ func buildBinary(ctx context.Context, pkg, dir string) (string, error) {
 	return out, nil
 }
 
-// freeAddr is a loopback address with a port nobody listened on a
-// moment ago.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
 // tsTarget is taskstream's cmd/api, started by loadgen with the given
 // Redis, a fixed session secret (sessions survive a restart) and an admin
 // token to publish with.
@@ -212,7 +202,7 @@ func (t *tsTarget) env() []string {
 }
 
 func (t *tsTarget) Start(ctx context.Context) error {
-	addr, err := freeAddr()
+	addr, err := inproc.FreeAddr()
 	if err != nil {
 		return err
 	}
@@ -408,7 +398,7 @@ func (g *gorillaTarget) Dial(ctx context.Context, s *sock, _ int, _ bool) error 
 }
 
 func (g *gorillaTarget) Start(ctx context.Context) error {
-	addr, err := freeAddr()
+	addr, err := inproc.FreeAddr()
 	if err != nil {
 		return err
 	}

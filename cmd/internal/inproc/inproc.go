@@ -64,7 +64,7 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 		}
 		s.mini, s.Mini, s.RedisURL = m, true, "redis://"+m.Addr()
 	}
-	addr, err := freeAddr()
+	addr, err := FreeAddr()
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -128,9 +128,9 @@ func randomSecret() string {
 	return hex.EncodeToString(b[:])
 }
 
-// freeAddr returns a loopback address with a port nobody listened on a
+// FreeAddr returns a loopback address with a port nobody listened on a
 // moment ago.
-func freeAddr() (string, error) {
+func FreeAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
