@@ -64,8 +64,8 @@ func TestBrowserJobPage(t *testing.T) {
 			p.waitState(report, "completed")
 
 			// From the list: the row's link.
-			p.do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`li[data-job-id=%q] a.job-type`, id))),
-				chromedp.WaitVisible(chromedp.ID("job-title")))
+			p.clickFromScript(fmt.Sprintf(`li[data-job-id=%q] a.job-type`, id))
+			p.do(chromedp.WaitVisible(chromedp.ID("job-title")))
 			if got := p.eval0(`location.pathname`); got != "/jobs/"+id {
 				t.Fatalf("the row links to %s", got)
 			}
