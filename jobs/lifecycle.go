@@ -749,16 +749,47 @@ func (l *lifecycle) cancel(ctx context.Context, id string) (bool, error) {
 	if err != nil {
 		return true, err
 	}
-	switch err := l.insp.DeleteTask(rec.Queue, rec.Task); {
+	// Only a waiting task is deleted. A run that ended meanwhile (the
+	// worker saw the signal first) has left its task archived or
+	// completed, and that record stays: Asynq's DeleteTask would take it
+	// too. A task that starts after this look finds the flag and is
+	// dropped by its worker, so the delete below may find nothing.
+	info, err := l.insp.GetTaskInfo(rec.Queue, rec.Task)
+	switch {
+	case err == nil && info.State == asynq.TaskStateActive:
+		// Its worker saw the signal (or sees the flag when it beats or
+		// polls) and ends the job itself.
+		return true, nil
+	case err == nil && !waiting(info.State):
+		// Over in Asynq: ended by its run, or archived by an operator
+		// before the reconciler noticed. The reconciler's rule ends the
+		// job as the task's state says (archived and canceled: canceled).
+		_, err := l.reconcile(context.WithoutCancel(ctx), id)
+		return true, err
+	case err == nil:
+		err = l.insp.DeleteTask(rec.Queue, rec.Task)
+	}
+	switch {
 	case err == nil, errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound):
 		// Not queued any more (or never): nobody else will end it, so the
 		// end must be recorded even if the caller has gone away.
 		l.end(context.WithoutCancel(ctx), id, rec.Task, "", StateCanceled, nil, "")
 	default:
-		// Active: the worker saw the signal (or sees the flag when it
-		// beats or polls) and ends the job itself.
+		// Started between the look and the delete, or Asynq could not be
+		// asked: the flag is set, and the worker (or the reconciler) ends
+		// the job.
 	}
 	return true, nil
+}
+
+// waiting reports whether a task in state s has not started: the states a
+// cancel deletes.
+func waiting(s asynq.TaskState) bool {
+	switch s {
+	case asynq.TaskStatePending, asynq.TaskStateScheduled, asynq.TaskStateRetry, asynq.TaskStateAggregating:
+		return true
+	}
+	return false
 }
 
 var markCanceledScript = redis.NewScript(`

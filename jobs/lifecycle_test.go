@@ -286,6 +286,62 @@ func TestOperatorActionsThroughAsynqInspector(t *testing.T) {
 	}
 }
 
+// A cancel deletes only a waiting task. One whose run already ended (or
+// that an operator archived) keeps its record in Asynq, and a task that
+// starts after the cancel's look is dropped by its worker: either way the
+// job ends canceled once, and a canceled job that never ran leaves no task.
+func TestCancelDeletesOnlyAWaitingTask(t *testing.T) {
+	cases := []struct {
+		name string
+		// race does what happens between the cancel's flag and its look
+		// at the task; it reports the cancel's part still to run.
+		race func(e *jobEnv, task string) (cancelNow bool)
+		// archived: the task stays archived; otherwise it is gone.
+		archived bool
+	}{
+		{name: "archived before the cancel", archived: true, race: func(e *jobEnv, task string) bool {
+			if err := e.svc.insp.ArchiveTask("default", task); err != nil {
+				e.t.Fatal(err)
+			}
+			return true
+		}},
+		{name: "started after the cancel's look", race: func(e *jobEnv, task string) bool {
+			// The flag is set and the task still waits: the worker
+			// starts it before the cancel deletes it.
+			if err := markCanceledScript.Run(context.Background(), e.svc.store.rdb, []string{e.svc.store.jobKey(jobOfTask(task))}).Err(); err != nil {
+				e.t.Fatal(err)
+			}
+			e.startWorkerWith(quick())
+			return false
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+				e := newJobEnv(t, srv)
+				job := e.submit(`{"steps":1}`)
+				task := taskOf(t, e.svc, job.ID)
+				if c.race(e, task) {
+					j, err := e.svc.Cancel(context.Background(), job.ID)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if j.State != StateCanceled {
+						t.Fatalf("after the cancel the job is %s", j.State)
+					}
+				}
+				e.checkEnd(job.ID, e.waitFinal(job.ID), StateCanceled, "")
+				e.waitTask(job.ID, "in its place", func(info *asynq.TaskInfo, err error) bool {
+					if c.archived {
+						return err == nil && info.State == asynq.TaskStateArchived
+					}
+					return errors.Is(err, asynq.ErrTaskNotFound)
+				})
+			})
+		})
+	}
+}
+
 // A job that failed (its task archived by Asynq) and that an operator runs
 // again from the archive gets a new attempt that runs to its end; the job
 // is no longer failed.

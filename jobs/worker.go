@@ -272,8 +272,11 @@ func (w *Worker) handler(t Type) asynq.HandlerFunc {
 			lc.stateLost(pubCtx, jobOfTask(taskID))
 			return dropped(taskID, reasonStateLost)
 		case outcome == startCanceled:
+			// Deleted, not archived: the cancel that raced this start
+			// meant to delete the waiting task, and a job canceled before
+			// it ran leaves no task behind (README, Cancel).
 			lc.end(pubCtx, jobOfTask(taskID), taskID, "", StateCanceled, nil, "")
-			return fmt.Errorf("job %s canceled before it started: %w", jobOfTask(taskID), asynq.SkipRetry)
+			return dropped(taskID, "canceled before it started")
 		}
 		// The run's end outlasts a Redis outage (see Config.EndRetryFor),
 		// but not the worker's own shutdown.
