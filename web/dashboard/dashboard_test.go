@@ -224,3 +224,36 @@ func TestChartsAdvance(t *testing.T) {
 		})
 	}
 }
+
+// A process whose report expired for a while (a stall longer than
+// ReportTTL) and comes back is counted from its last totals: the jobs it
+// finished meanwhile reach the charts. One gone longer than the window is
+// forgotten.
+func TestChartsCarryAMissingProcess(t *testing.T) {
+	t0 := time.UnixMilli(1_000_000)
+	proc := func(completed uint64) Process {
+		return Process{ID: "a", Role: RoleWorker, Host: "h", PID: 1, Started: t0.Add(-time.Hour),
+			Finished: map[string]uint64{jobs.StateCompleted: completed}}
+	}
+	cases := []struct {
+		name      string
+		gone      time.Duration // how long its report is missing
+		completed float64       // the rate when it is back: the jobs it finished meanwhile, over one second
+	}{
+		{name: "back within the window", gone: 2 * time.Second, completed: 2},
+		{name: "back after the window", gone: 2 * time.Minute, completed: 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ch := &charts{carry: time.Minute}
+			ch.advance([]Process{proc(1)}, t0)
+			ch.advance([]Process{proc(2)}, t0.Add(time.Second))
+			ch.advance(nil, t0.Add(time.Second+c.gone)) // its report expired
+			at := t0.Add(2*time.Second + c.gone)
+			p, _, ok := ch.advance([]Process{proc(2 + uint64(c.gone/time.Second))}, at)
+			if !ok || p.Finished[jobs.StateCompleted] != c.completed {
+				t.Fatalf("ok %v, completed %v per second, want %v", ok, p.Finished[jobs.StateCompleted], c.completed)
+			}
+		})
+	}
+}

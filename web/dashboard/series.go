@@ -1,6 +1,7 @@
 package dashboard
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -34,7 +35,8 @@ type totals struct {
 }
 
 type procTotals struct {
-	Started   int64             `json:"started"` // unix ms
+	Started   int64             `json:"started"`        // unix ms
+	Seen      int64             `json:"seen,omitempty"` // unix ms of its last report
 	Delivered uint64            `json:"delivered"`
 	Finished  map[string]uint64 `json:"finished"`
 }
@@ -60,6 +62,12 @@ type charts struct {
 	// procRates are the events delivered per second of each process over
 	// the last step, by process id.
 	procRates map[string]float64
+	// carry is how long the totals of a process whose report is missing
+	// are kept (the window): a report that expired in a stall longer than
+	// ReportTTL (a GC pause, a slow Redis) comes back counted from where
+	// it was, instead of being taken for an unseen process and its
+	// finished jobs dropped from the charts. Zero keeps none.
+	carry time.Duration
 }
 
 func (db *Dashboard) points() int {
@@ -69,7 +77,7 @@ func (db *Dashboard) points() int {
 
 // loadCharts reads the series and totals the previous publisher left.
 func (db *Dashboard) loadCharts(ctx context.Context) *charts {
-	c := &charts{}
+	c := &charts{carry: db.cfg.Window}
 	raw, err := db.d.Redis.LRange(ctx, db.seriesKey(), int64(-db.points()), -1).Result()
 	if err != nil {
 		db.cfg.Logger.Warn("dashboard: reading the chart series failed; starting afresh", "err", err)
@@ -108,7 +116,7 @@ func (c *charts) advance(procs []Process, now time.Time) (point, totals, bool) {
 	procDelivered := map[string]uint64{}
 	var delivered uint64
 	for _, pr := range procs {
-		pt := procTotals{Started: pr.Started.UnixMilli(), Delivered: pr.Delivered, Finished: pr.Finished}
+		pt := procTotals{Started: pr.Started.UnixMilli(), Seen: cur.At, Delivered: pr.Delivered, Finished: pr.Finished}
 		cur.Procs[pr.ID] = pt
 		if pr.Role == RoleAPI {
 			p.Sockets[pr.Label()] = pr.OpenSockets()
@@ -128,6 +136,17 @@ func (c *charts) advance(procs []Process, now time.Time) (point, totals, bool) {
 		delivered += d
 		for _, o := range Outcomes {
 			finished[o] += sub(pt.Finished[o], prev.Finished[o])
+		}
+	}
+	if c.last != nil {
+		for id, prev := range c.last.Procs {
+			if _, back := cur.Procs[id]; back {
+				continue
+			}
+			if seen := cmp.Or(prev.Seen, c.last.At); cur.At-seen < c.carry.Milliseconds() {
+				prev.Seen = seen
+				cur.Procs[id] = prev
+			}
 		}
 	}
 	if c.last == nil || cur.At <= c.last.At {
