@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -111,4 +112,65 @@ func TestMetricsOfAPIAndWorker(t *testing.T) {
 	}
 	_ = ln.Close()
 	api.stop()
+}
+
+// DEBUG_ADDR serves Go's profiles on a listener of its own, for the api
+// and the worker alike; the public port does not, and the port is free
+// again once the process stopped.
+func TestDebugAddrServesProfiles(t *testing.T) {
+	t.Parallel()
+	redis := progresstest.Real(t)
+	addr := freeAddr(t)
+	env := []string{"REDIS_URL=" + redis.URL(), "WORKER_POLL_INTERVAL=50ms"}
+	cases := []struct {
+		name string
+		bin  string
+		env  []string
+	}{
+		{"api", "api", []string{"ADDR=" + addr}},
+		{"worker", "worker", nil},
+	}
+	for _, c := range cases {
+		debugAddr := freeAddr(t)
+		p := start(t, c.name, filepath.Join(binDir, c.bin), append(append(c.env, env...), "DEBUG_ADDR="+debugAddr)...)
+		url := "http://" + debugAddr + "/debug/pprof/goroutine?debug=1"
+		var body string
+		for deadline := time.Now().Add(time.Minute); ; {
+			if res, err := http.Get(url); err == nil {
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				if res.StatusCode != http.StatusOK {
+					t.Fatalf("%s: GET %s: %d %s", c.name, url, res.StatusCode, b)
+				}
+				body = string(b)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: profiles never answered at %s:\n%s", c.name, url, p.output())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if !strings.Contains(body, "goroutine profile:") {
+			t.Fatalf("%s: not a goroutine profile:\n%.300s", c.name, body)
+		}
+		if c.name == "api" {
+			waitHealthy(t, "http://"+addr, p)
+			res, err := http.Get("http://" + addr + "/debug/pprof/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if res.StatusCode != http.StatusNotFound {
+				t.Fatalf("the public port serves /debug/pprof/: %d", res.StatusCode)
+			}
+		}
+		if err := p.stopWith(syscall.SIGTERM); err != nil {
+			t.Fatalf("%s did not stop cleanly (%v):\n%s", c.name, err, p.output())
+		}
+		ln, err := net.Listen("tcp", debugAddr)
+		if err != nil {
+			t.Fatalf("%s: debug port still held after it stopped: %v", c.name, err)
+		}
+		_ = ln.Close()
+	}
 }

@@ -398,6 +398,13 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	var started stops
 	defer func() { started.run() }()
 	started.push(func(context.Context) { _ = ln.Close() }) // Serve closes it too; a second Close is harmless
+	if c.DebugAddr != "" {
+		stop, err := startDebug(c.DebugAddr, logger)
+		if err != nil {
+			return err
+		}
+		started.push(stop)
+	}
 
 	core, err := Open(ctx, c.Common, c.Worker, logger)
 	if err != nil {
@@ -540,6 +547,13 @@ func RunWorker(ctx context.Context, c WorkerConfig, logger *slog.Logger) error {
 		}
 		metricsLn = ln
 		started.push(func(context.Context) { _ = ln.Close() }) // Serve closes it too; a second Close is harmless
+	}
+	if c.DebugAddr != "" {
+		stop, err := startDebug(c.DebugAddr, logger)
+		if err != nil {
+			return err
+		}
+		started.push(stop)
 	}
 	core, err := Open(ctx, c.Common, c.Worker, logger)
 	if err != nil {

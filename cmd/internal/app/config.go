@@ -43,6 +43,10 @@ type Common struct {
 	// each process reports its figures to the dashboard and the elected
 	// publisher pushes a snapshot: the charts' resolution.
 	DashboardInterval time.Duration
+	// DebugAddr (DEBUG_ADDR, default none) is where the process serves Go's
+	// profiles (/debug/pprof/) on a listener of its own; keep it on
+	// loopback or an operator-only network.
+	DebugAddr string
 }
 
 // Dashboard is the API's dashboard configuration (web/dashboard).
@@ -172,6 +176,7 @@ func (c *Common) register(fs *flag.FlagSet, env *envParser) {
 	fs.StringVar(&c.LogLevel, "log-level", env.str("LOG_LEVEL", "info"), "debug, info, warn or error (env LOG_LEVEL)")
 	fs.StringVar(&c.LogFormat, "log-format", env.str("LOG_FORMAT", "text"), "text or json (env LOG_FORMAT)")
 	fs.DurationVar(&c.DashboardInterval, "dashboard-interval", env.duration("DASHBOARD_INTERVAL", time.Second), "how often each process reports to the dashboard and the publisher pushes a snapshot (env DASHBOARD_INTERVAL)")
+	fs.StringVar(&c.DebugAddr, "debug-addr", env.str("DEBUG_ADDR", ""), "address serving Go's profiles at /debug/pprof/, e.g. 127.0.0.1:6060; keep it private (default: none) (env DEBUG_ADDR)")
 	fs.DurationVar(&c.QueueMetricsRefresh, "queue-metrics-refresh", env.duration("QUEUE_METRICS_REFRESH", 5*time.Second), "the asynq queue figures in /metrics are read from Redis at most this often, whatever the scrape rate (env QUEUE_METRICS_REFRESH)")
 }
 
@@ -207,6 +212,9 @@ func (c *Common) validate(v *validator) {
 	v.positiveDuration("JOB_RETENTION", "retention", c.Retention)
 	v.positiveDuration("QUEUE_METRICS_REFRESH", "queue-metrics-refresh", c.QueueMetricsRefresh)
 	v.positiveDuration("DASHBOARD_INTERVAL", "dashboard-interval", c.DashboardInterval)
+	if c.DebugAddr != "" {
+		v.check(checkAddr("DEBUG_ADDR (-debug-addr)", c.DebugAddr))
+	}
 	if _, err := NewLogger(c.LogLevel, c.LogFormat); err != nil {
 		v.fail("LOG_LEVEL/LOG_FORMAT: %v", err)
 	}
