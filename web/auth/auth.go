@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
 )
 
 // Errors the web layer maps to protocol codes. Wrong sign-in codes are
@@ -142,6 +143,9 @@ type Store struct {
 	guestKey, codeKey []byte
 	// reads coalesces the session reads of one guest that wait together.
 	reads guestReads
+	// creating shares one Materialize among the concurrent requests of a
+	// guest, by guest id.
+	creating singleflight.Group
 }
 
 // NewStore returns a Store; it fails when the secret is too short.

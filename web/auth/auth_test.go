@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -138,6 +140,42 @@ func TestCodesStoredAsKeyedHMAC(t *testing.T) {
 		}
 		if strings.Contains(stored, code) {
 			t.Fatal("the code appears in what is stored")
+		}
+	})
+}
+
+// The first requests of one new guest that arrive together (a browser
+// opening many tabs) store it once and charge its address once: a second
+// new guest from the address still fits a budget of two.
+func TestMaterializeConcurrentChargesOnce(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		s := newTestStore(t, srv, Config{NewGuestsPerIP: 2})
+		p, _ := s.NewGuest()
+		const tabs = 20
+		var wg sync.WaitGroup
+		errs := make(chan error, tabs)
+		start := make(chan struct{})
+		for range tabs {
+			wg.Go(func() {
+				<-start
+				got, err := s.Materialize(t.Context(), p, "192.0.2.1")
+				if err == nil && (!got.Stored || got.User.ID != p.User.ID) {
+					err = fmt.Errorf("got %+v", got)
+				}
+				errs <- err
+			})
+		}
+		close(start)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("a tab: %v", err)
+			}
+		}
+		q, _ := s.NewGuest()
+		if _, err := s.Materialize(t.Context(), q, "192.0.2.1"); err != nil {
+			t.Fatalf("the address's second new guest: %v (the first was charged more than once)", err)
 		}
 	})
 }

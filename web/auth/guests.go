@@ -181,6 +181,27 @@ func (s *Store) Materialize(ctx context.Context, p Principal, ip string) (Princi
 	if !p.isGuestCookie() || p.Stored {
 		return p, nil
 	}
+	// The first sockets of a browser's tabs arrive together: they share
+	// one store, so the guest is charged to the address once, not once
+	// per tab (each would otherwise see it unstored and pay). The shared
+	// call outlives a caller that gives up: the others still wait on it.
+	ch := s.creating.DoChan(p.User.ID, func() (any, error) {
+		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), materializeTimeout)
+		defer cancel()
+		return s.materialize(c, p, ip)
+	})
+	select {
+	case r := <-ch:
+		return r.Val.(Principal), r.Err
+	case <-ctx.Done():
+		return p, fmt.Errorf("auth: store guest: %w", ctx.Err())
+	}
+}
+
+// materializeTimeout bounds a shared Materialize whose callers all left.
+const materializeTimeout = 10 * time.Second
+
+func (s *Store) materialize(ctx context.Context, p Principal, ip string) (Principal, error) {
 	// The guest may have been stored since p was read (another request of
 	// the same browser, or a socket that was opened before): no charge.
 	u, stored, err := s.lookupGuest(ctx, p.User.ID, 0)
