@@ -153,6 +153,7 @@ type Worker struct {
 	svc    *Service
 	rdb    redis.UniversalClient
 	srv    *asynq.Server
+	gate   *dequeueGate // the client srv runs on
 	cfg    WorkerConfig
 	logger *slog.Logger
 
@@ -190,7 +191,8 @@ func NewWorker(svc *Service, rdb redis.UniversalClient, cfg WorkerConfig) *Worke
 	w := &Worker{svc: svc, rdb: rdb, cfg: cfg, logger: svc.cfg.Logger.With("component", "worker"), running: map[*run]struct{}{}}
 	w.stopJobs, w.stop = context.WithCancel(context.Background())
 	w.bgCtx, w.bgCancel = context.WithCancel(context.Background())
-	w.srv = asynq.NewServerFromRedisClient(rdb, cfg.asynqConfig(w.logger))
+	w.gate = newDequeueGate(rdb, cfg.PollInterval/2)
+	w.srv = asynq.NewServerFromRedisClient(w.gate, cfg.asynqConfig(w.logger))
 	return w
 }
 
