@@ -115,7 +115,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 // scheduled with its run_at) and enqueues its first task (at run_at for a
 // scheduled one). The record carries a handoff mark until the enqueue is
 // confirmed, so a crash in between is finished by the reconciler instead
-// of leaving the job pending forever.
+// of leaving the job pending forever; the caller clears it (submitted),
+// in the round trip that tells the owner.
 //
 // It returns the first event.
 func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) (*progress.Event, error) {
@@ -126,18 +127,26 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) (*progress.
 		rec.State = StateScheduled
 		first = stateEvent{State: StateScheduled, RunAt: rec.RunAt.UTC().Format(time.RFC3339Nano)}
 	}
-	if err := l.st.create(ctx, rec); err != nil {
+	// The record and the first event in one round trip, the record's
+	// commands first. The first event comes before the enqueue so the
+	// group's epoch exists before any watcher subscribes, and it precedes
+	// the worker's "active".
+	var created func() error
+	evs, errs := l.log.PublishWith(ctx, func(p redis.Pipeliner) { created = l.st.createIn(ctx, p, rec) },
+		progress.Post{Group: Group(rec.ID), Name: wire.EventState, Data: first})
+	if err := created(); err != nil {
+		// No record: nobody may watch the job (a watcher must own it), so
+		// a first event that did get in stays unseen and expires with its
+		// log.
 		return nil, err
 	}
-	// The first event comes first so the group's epoch exists before any
-	// watcher subscribes, and it precedes the worker's "active".
-	ev, err := l.log.Publish(ctx, Group(rec.ID), wire.EventState, first)
+	ev, err := evs[0], errs[0]
 	if err != nil {
 		// Never enqueued: end the record rather than leave it pending.
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not record the job's first event")
 		return nil, err
 	}
-	if err := l.enqueue(ctx, rec, rec.Task, rec.MaxRetry); err != nil {
+	if err := l.enqueueTask(ctx, rec, rec.Task, rec.MaxRetry); err != nil {
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not enqueue: "+err.Error())
 		return nil, fmt.Errorf("jobs: enqueue %s: %w", rec.ID, err)
 	}
@@ -147,10 +156,22 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) (*progress.
 	return ev, nil
 }
 
-// enqueue puts task on the queue for rec, once: a task id Asynq already
-// holds counts as done, so the submitter and the reconciler may both try.
-// Then it clears the record's handoff mark for that task.
+// enqueue puts task on the queue for rec (enqueueTask), then clears the
+// record's handoff mark for that task.
 func (l *lifecycle) enqueue(ctx context.Context, rec *record, task string, maxRetry int) error {
+	if err := l.enqueueTask(ctx, rec, task, maxRetry); err != nil {
+		return err
+	}
+	if err := clearHandoffScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(rec.ID)}, task).Err(); err != nil {
+		return fmt.Errorf("jobs: clear handoff of %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// enqueueTask puts task on the queue for rec, once: a task id Asynq
+// already holds counts as done, so the submitter and the reconciler may
+// both try.
+func (l *lifecycle) enqueueTask(ctx context.Context, rec *record, task string, maxRetry int) error {
 	timeout := rec.Timeout
 	if t, ok := l.reg.Lookup(rec.Type); ok && timeout <= 0 {
 		timeout = t.Timeout
@@ -169,10 +190,33 @@ func (l *lifecycle) enqueue(ctx context.Context, rec *record, task string, maxRe
 	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return err
 	}
-	if err := clearHandoffScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(rec.ID)}, task).Err(); err != nil {
-		return fmt.Errorf("jobs: clear handoff of %s: %w", rec.ID, err)
-	}
 	return nil
+}
+
+// submitted finishes the submit of rec, whose first task is enqueued, in
+// one round trip: it clears the record's handoff mark, runs also's
+// commands (may be nil) and publishes post, the owner's "submitted"
+// event. A mark left (its clear failed) is cleared by the reconciler: the
+// job is queued either way, and a lost event only means the owner's
+// other pages show the job on their next load; both are logged.
+func (l *lifecycle) submitted(ctx context.Context, rec *record, also func(redis.Pipeliner), post progress.Post) {
+	keys := []string{l.st.jobKey(rec.ID)}
+	var clear *redis.Cmd
+	_, errs := l.log.PublishWith(ctx, func(p redis.Pipeliner) {
+		clear = clearHandoffScript.EvalSha(ctx, p, keys, rec.Task)
+		if also != nil {
+			also(p)
+		}
+	}, post)
+	if redis.HasErrorPrefix(clear.Err(), "NOSCRIPT") { // Redis restarted or its scripts were flushed
+		clear = clearHandoffScript.Run(ctx, l.st.rdb, keys, rec.Task)
+	}
+	if err := clear.Err(); err != nil {
+		l.cfg.Logger.Warn("clearing a submitted job's handoff mark failed; the reconciler clears it", "job", rec.ID, "err", err)
+	}
+	if errs[0] != nil {
+		l.cfg.Logger.Warn("job submitted, but its event on the owner's group was lost", "job", rec.ID, "group", post.Group, "err", errs[0])
+	}
 }
 
 var clearHandoffScript = redis.NewScript(`
@@ -238,23 +282,34 @@ func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt,
 		return nil, 0, fmt.Errorf("jobs: start %s: %w", task, err)
 	}
 	rec := decodeRecord(id, fields)
-	_ = l.st.rdb.ZAdd(ctx, l.st.runningKey(), redis.Z{Score: float64(now), Member: id}).Err()
-	if reopened {
-		_ = l.st.rdb.ZAdd(ctx, l.st.openKey(), redis.Z{Score: float64(time.Now().UnixMicro()), Member: id}).Err()
-	}
+	var posts []progress.Post
 	if lost {
-		l.publish(ctx, id, wire.EventState, stateEvent{State: StateRetry, Attempt: prev, Error: reasonWorkerLost})
+		posts = append(posts, progress.Post{Group: Group(id), Name: wire.EventState, Data: stateEvent{State: StateRetry, Attempt: prev, Error: reasonWorkerLost}})
 	}
 	ev := stateEvent{State: StateActive, Attempt: n}
 	if reopened {
 		ev.Message = msgRunAgain
 	}
+	posts = append(posts, progress.Post{Group: Group(id), Name: wire.EventState, Data: ev})
 	if l.cfg.Observer != nil && n == 1 {
 		// The queue wait of a scheduled job starts at its run_at: its
 		// delay was asked for, not waited in a queue.
 		l.cfg.Observer.JobStarted(rec.Type, time.Since(latest(rec.CreatedAt, rec.RunAt)))
 	}
-	l.publish(ctx, id, wire.EventState, ev)
+	// The claim's entry in the running index (and a reopened job's in the
+	// open index) and the events in one round trip; a failed index write
+	// is repaired by the next heartbeat (running) or the reconciler.
+	_, errs := l.log.PublishWith(ctx, func(p redis.Pipeliner) {
+		p.ZAdd(ctx, l.st.runningKey(), redis.Z{Score: float64(now), Member: id})
+		if reopened {
+			p.ZAdd(ctx, l.st.openKey(), redis.Z{Score: float64(time.Now().UnixMicro()), Member: id})
+		}
+	}, posts...)
+	for i, err := range errs {
+		if err != nil {
+			l.cfg.Logger.Error("lifecycle event lost", "job", id, "event", posts[i].Name, "err", err)
+		}
+	}
 	return &attempt{rec: *rec, task: task, n: n, started: time.Now()}, startRun, nil
 }
 
