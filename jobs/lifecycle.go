@@ -609,10 +609,27 @@ func (l *lifecycle) finishRun(ctx context.Context, a *attempt, state string, res
 // finishRunOp is finishRun as transition op: calling it again with the
 // same op (the reply of the first call was lost) publishes the end once.
 func (l *lifecycle) finishRunOp(ctx context.Context, op string, a *attempt, state string, result json.RawMessage, errMsg string) bool {
+	return l.finishRunHow(ctx, op, a, state, result, errMsg) != finishStale
+}
+
+// finishOutcome is how a run's end went (finishRunHow).
+type finishOutcome int
+
+const (
+	finishRecorded finishOutcome = iota // the end is recorded: announced, or owed to the reconciler
+	finishStale                         // a was no longer current: its results are dropped
+	finishUnknown                       // Redis stayed unavailable for EndRetryFor: the reconciler or the lost-job sweep settles it
+)
+
+// finishRunHow is finishRunOp that tells a recorded end from one whose
+// outcome is unknown, for the run to leave its result with Asynq in that
+// case only (the lost-job sweep and the reconciler end a job whose task
+// Asynq completed with Asynq's copy of the result).
+func (l *lifecycle) finishRunHow(ctx context.Context, op string, a *attempt, state string, result json.RawMessage, errMsg string) finishOutcome {
 	n, err := l.runTransition(ctx, op, a, state, true, errMsg, result, true)
 	if err != nil {
 		l.cfg.Logger.Error("recording the end of a job failed; the reconciler or the lost-job sweep settles it", "job", a.job(), "state", state, "err", err)
-		return true
+		return finishUnknown
 	}
 	if n == trGone {
 		created, err := l.restore(ctx, op, a, state, result, errMsg)
@@ -623,14 +640,14 @@ func (l *lifecycle) finishRunOp(ctx context.Context, op string, a *attempt, stat
 			n, err = l.runTransition(ctx, op, a, state, true, errMsg, result, true)
 			if err != nil {
 				l.cfg.Logger.Error("recording the end of a job failed", "job", a.job(), "state", state, "err", err)
-				return true
+				return finishUnknown
 			}
 		} else {
 			n = trDone
 		}
 	}
 	if n != trDone {
-		return false
+		return finishStale
 	}
 	// Counted before the events go out: a watcher that saw the end finds
 	// it in the metrics of this process.
@@ -638,7 +655,7 @@ func (l *lifecycle) finishRunOp(ctx context.Context, op string, a *attempt, stat
 		l.cfg.Observer.JobFinished(a.rec.Type, state, time.Since(a.started), true)
 	}
 	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg, &a.rec)
-	return true
+	return finishRecorded
 }
 
 // end ends the job from outside a run (the submitter, a cancel, the

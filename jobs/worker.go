@@ -300,11 +300,19 @@ func (w *Worker) handler(t Type) asynq.HandlerFunc {
 		if err == nil {
 			b, merr := json.Marshal(result)
 			if merr == nil {
-				if _, werr := task.ResultWriter().Write(b); werr != nil {
-					w.logger.Warn("storing result in asynq failed; the job record has it", "job", id, "err", werr)
-				}
-				if !lc.finishRun(pubCtx, a, StateCompleted, b, "") {
+				switch lc.finishRunHow(pubCtx, newOp(), a, StateCompleted, b, "") {
+				case finishStale:
 					return dropped(taskID, errStale.Error())
+				case finishUnknown:
+					// Asynq completes the task once this returns: the
+					// lost-job sweep or the reconciler that finds it
+					// completed, its end not recorded, ends the job with
+					// Asynq's copy of the result. A recorded end needs no
+					// copy (the job's record has the result), which saves
+					// a round trip per job.
+					if _, werr := task.ResultWriter().Write(b); werr != nil {
+						w.logger.Warn("storing the result in asynq failed too; if the end was not recorded either, the job ends completed without its result", "job", id, "err", werr)
+					}
 				}
 				return nil
 			}
