@@ -444,29 +444,43 @@ const (
 // attempt or "", job id, state, final flag, error, result, release the
 // run's claim, op id. The op id is stored with the change, and a final
 // change also records the debt of its events (owed, owed_at, owed_err)
-// until announceEnd clears it. It returns one of the tr constants.
+// until announceEnd clears it. It returns one of the tr constants and the
+// job's owner as of the change (a guest's jobs move to the account it
+// signs in to), whom the end's notification is for.
 var transitionScript = redis.NewScript(redisNow + `
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local f = redis.call('HMGET', KEYS[1], 'task', 'attempt', 'final', 'op')
-if f[4] and f[4] == ARGV[9] then return 2 end
-if (f[1] or ARGV[3]) ~= ARGV[1] then return 0 end
-if ARGV[2] ~= '' and f[2] ~= ARGV[2] then return 0 end
-if f[3] then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
+local f = redis.call('HMGET', KEYS[1], 'task', 'attempt', 'final', 'op', 'owner')
+local owner = f[5] or ''
+if f[4] and f[4] == ARGV[9] then return {2, owner} end
+if (f[1] or ARGV[3]) ~= ARGV[1] then return {0, owner} end
+if ARGV[2] ~= '' and f[2] ~= ARGV[2] then return {0, owner} end
+if f[3] then return {0, owner} end
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_at', now, 'op', ARGV[9])
 if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'final', ARGV[4], 'owed', ARGV[9], 'owed_at', now, 'owed_err', ARGV[6]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
 if ARGV[8] == '1' then redis.call('HDEL', KEYS[1], 'hb') end
-return 1
+return {1, owner}
 `)
 
 func (l *lifecycle) transition(ctx context.Context, op, id, task, attemptN, state string, final bool, errMsg string, result json.RawMessage, release bool) (int, error) {
-	n, err := transitionScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(id)},
-		task, attemptN, id, state, flag(final), errMsg, string(result), flag(release), op).Int()
-	if err != nil {
-		return 0, fmt.Errorf("jobs: %s %s: %w", state, id, err)
+	n, _, err := l.transitionOwner(ctx, op, id, task, attemptN, state, final, errMsg, result, release)
+	return n, err
+}
+
+// transitionOwner is transition that also returns the job's owner as of
+// the change ("" when the record is gone).
+func (l *lifecycle) transitionOwner(ctx context.Context, op, id, task, attemptN, state string, final bool, errMsg string, result json.RawMessage, release bool) (int, string, error) {
+	res, err := transitionScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(id)},
+		task, attemptN, id, state, flag(final), errMsg, string(result), flag(release), op).Slice()
+	if err == nil && len(res) != 2 {
+		err = fmt.Errorf("unexpected reply %v", res)
 	}
-	return n, nil
+	if err != nil {
+		return 0, "", fmt.Errorf("jobs: %s %s: %w", state, id, err)
+	}
+	owner, _ := res[1].(string)
+	return int(toInt(res[0])), owner, nil
 }
 
 func flag(b bool) string {
@@ -514,17 +528,19 @@ func (l *lifecycle) persist(ctx context.Context, stop <-chan struct{}, what, id 
 // runTransition makes a's transition op, retrying while its outcome is
 // unknown (see persist). It returns a tr constant; trDoneBy counts as
 // done.
-func (l *lifecycle) runTransition(ctx context.Context, op string, a *attempt, state string, final bool, errMsg string, result json.RawMessage, release bool) (int, error) {
+// It also returns the job's owner as of the change.
+func (l *lifecycle) runTransition(ctx context.Context, op string, a *attempt, state string, final bool, errMsg string, result json.RawMessage, release bool) (int, string, error) {
 	var n int
+	var owner string
 	err := l.persist(ctx, a.stop, "recording "+state, a.job(), func() error {
 		var err error
-		n, err = l.transition(ctx, op, a.job(), a.task, strconv.Itoa(a.n), state, final, errMsg, result, release)
+		n, owner, err = l.transitionOwner(ctx, op, a.job(), a.task, strconv.Itoa(a.n), state, final, errMsg, result, release)
 		return err
 	})
 	if n == trDoneBy {
 		n = trDone
 	}
-	return n, err
+	return n, owner, err
 }
 
 // publishOnce publishes the events of transition op, retrying for a run
@@ -547,7 +563,7 @@ func (l *lifecycle) publishOnce(ctx context.Context, stop <-chan struct{}, op, i
 // and tells watchers. It reports false when a was no longer current.
 func (l *lifecycle) retry(ctx context.Context, a *attempt, errMsg string) bool {
 	op := newOp()
-	n, err := l.runTransition(ctx, op, a, StateRetry, false, errMsg, nil, true)
+	n, _, err := l.runTransition(ctx, op, a, StateRetry, false, errMsg, nil, true)
 	if err != nil {
 		// Unknown outcome: if it was applied, the next run's start or the
 		// lost-job sweep moves the job on; either way Asynq retries.
@@ -570,7 +586,7 @@ func (l *lifecycle) retry(ctx context.Context, a *attempt, errMsg string) bool {
 // noticed as lost.
 func (l *lifecycle) handBack(ctx context.Context, a *attempt) {
 	op := newOp()
-	n, err := l.runTransition(ctx, op, a, StatePending, false, "", nil, false)
+	n, _, err := l.runTransition(ctx, op, a, StatePending, false, "", nil, false)
 	if err != nil {
 		l.cfg.Logger.Error("recording hand-back failed", "job", a.job(), "err", err)
 	}
@@ -626,7 +642,7 @@ const (
 // case only (the lost-job sweep and the reconciler end a job whose task
 // Asynq completed with Asynq's copy of the result).
 func (l *lifecycle) finishRunHow(ctx context.Context, op string, a *attempt, state string, result json.RawMessage, errMsg string) finishOutcome {
-	n, err := l.runTransition(ctx, op, a, state, true, errMsg, result, true)
+	n, owner, err := l.runTransition(ctx, op, a, state, true, errMsg, result, true)
 	if err != nil {
 		l.cfg.Logger.Error("recording the end of a job failed; the reconciler or the lost-job sweep settles it", "job", a.job(), "state", state, "err", err)
 		return finishUnknown
@@ -637,13 +653,13 @@ func (l *lifecycle) finishRunHow(ctx context.Context, op string, a *attempt, sta
 			l.cfg.Logger.Error("restoring a lost job record failed", "job", a.job(), "err", err)
 		}
 		if !created { // restored meanwhile (by our heartbeat, or our own reply was lost): end it as usual
-			n, err = l.runTransition(ctx, op, a, state, true, errMsg, result, true)
+			n, owner, err = l.runTransition(ctx, op, a, state, true, errMsg, result, true)
 			if err != nil {
 				l.cfg.Logger.Error("recording the end of a job failed", "job", a.job(), "state", state, "err", err)
 				return finishUnknown
 			}
 		} else {
-			n = trDone
+			n, owner = trDone, a.rec.Owner // restored with the owner the run knows
 		}
 	}
 	if n != trDone {
@@ -654,7 +670,7 @@ func (l *lifecycle) finishRunHow(ctx context.Context, op string, a *attempt, sta
 	if l.cfg.Observer != nil {
 		l.cfg.Observer.JobFinished(a.rec.Type, state, time.Since(a.started), true)
 	}
-	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg, &a.rec)
+	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg, &a.rec, owner)
 	return finishRecorded
 }
 
@@ -665,7 +681,7 @@ func (l *lifecycle) finishRunHow(ctx context.Context, op string, a *attempt, sta
 // again).
 func (l *lifecycle) end(ctx context.Context, id, task, attemptN, state string, result json.RawMessage, errMsg string) bool {
 	op := newOp()
-	n, err := l.transition(ctx, op, id, task, attemptN, state, true, errMsg, result, true)
+	n, owner, err := l.transitionOwner(ctx, op, id, task, attemptN, state, true, errMsg, result, true)
 	if err != nil {
 		l.cfg.Logger.Error("recording the end of a job failed; the reconciler settles it", "job", id, "state", state, "err", err)
 		return false
@@ -683,7 +699,7 @@ func (l *lifecycle) end(ctx context.Context, id, task, attemptN, state string, r
 			l.cfg.Logger.Warn("job end not counted in metrics: record unreadable", "job", id, "err", err)
 		}
 	}
-	l.announceEnd(ctx, nil, op, id, state, result, errMsg, nil)
+	l.announceEnd(ctx, nil, op, id, state, result, errMsg, nil, owner)
 	return true
 }
 
@@ -706,8 +722,11 @@ return redis.call('HGET', KEYS[1], 'owner')
 //
 // rec is the job's record when the caller has it (nil: it is read); only
 // what never changes in a job's life is taken from it (its type and its
-// unique lock): the owner to notify is read when the debt is cleared.
-func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id string, state string, result json.RawMessage, errMsg string, rec *record) {
+// unique lock). owner is the owner to notify as the end's transition
+// returned it, whose notification then goes in the round trip that
+// clears the debt; "" (a caller without a transition of its own): the
+// owner is read when the debt is cleared and notified after.
+func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id string, state string, result json.RawMessage, errMsg string, rec *record, owner string) {
 	if rec == nil {
 		var err error
 		if rec, err = l.st.get(ctx, id); err != nil && !errors.Is(err, errNoRecord) {
@@ -739,25 +758,35 @@ func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, i
 	// running indexes. The events are in the log already, so the indexes
 	// may be left even if the script fails: the open index only serves to
 	// find ends whose events were not published.
+	// The notification goes once, with the events that were appended
+	// now (fresh): the reconciler's second try appends nothing.
 	keys := []string{l.st.jobKey(id)}
 	var debt *redis.Cmd
-	_, _ = l.st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	clearDebt := func(p redis.Pipeliner) {
 		debt = clearDebtScript.EvalSha(ctx, p, keys, op)
 		p.ZRem(ctx, l.st.openKey(), id)
 		p.ZRem(ctx, l.st.runningKey(), id)
-		return nil
-	})
+	}
+	notifyNow := fresh && rec != nil && owner != ""
+	if notifyNow {
+		_, errs := l.log.PublishWith(ctx, clearDebt, l.notification(id, owner, rec.Type, state, errMsg))
+		if errs[0] != nil {
+			l.cfg.Logger.Warn("job notification lost", "job", id, "owner", owner, "err", errs[0])
+		}
+	} else {
+		_, _ = l.st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error { clearDebt(p); return nil })
+	}
 	if redis.HasErrorPrefix(debt.Err(), "NOSCRIPT") { // Redis restarted or its scripts were flushed
 		debt = clearDebtScript.Run(ctx, l.st.rdb, keys, op)
 	}
-	owner, err := debt.Text()
+	now, err := debt.Text()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		// Published: the reconciler's second try appends nothing.
 		l.cfg.Logger.Warn("clearing a job's event debt failed", "job", id, "err", err)
 		return
 	}
-	if fresh && rec != nil && owner != "" {
-		l.notifyOwner(ctx, id, owner, rec.Type, state, errMsg)
+	if !notifyNow && fresh && rec != nil && now != "" {
+		l.notifyOwner(ctx, id, now, rec.Type, state, errMsg)
 	}
 }
 
@@ -787,7 +816,7 @@ func (l *lifecycle) payDebt(ctx context.Context, rec *record) (bool, error) {
 		return true, nil
 	}
 	l.cfg.Logger.Warn("publishing the end of a job whose events were owed", "job", rec.ID, "state", rec.Final)
-	l.announceEnd(ctx, nil, rec.Owed, rec.ID, rec.Final, rec.Result, rec.OwedErr, rec)
+	l.announceEnd(ctx, nil, rec.Owed, rec.ID, rec.Final, rec.Result, rec.OwedErr, rec, "")
 	after, err := l.st.get(ctx, rec.ID)
 	if err != nil {
 		return true, err
@@ -912,11 +941,11 @@ func (l *lifecycle) lost(ctx context.Context, id string, lostAfter time.Duration
 		return l.st.rdb.ZRem(ctx, l.st.runningKey(), id).Err()
 	case "canceled":
 		l.cfg.Logger.Warn("worker lost while a canceled job ran", "job", id, "attempt", rec.Attempt)
-		l.announceEnd(ctx, nil, op, id, StateCanceled, nil, "", rec)
+		l.announceEnd(ctx, nil, op, id, StateCanceled, nil, "", rec, "")
 		return nil
 	case "failed":
 		l.cfg.Logger.Warn("worker lost on the job's last attempt", "job", id, "attempt", rec.Attempt)
-		l.announceEnd(ctx, nil, op, id, StateFailed, nil, reasonWorkerLost, rec)
+		l.announceEnd(ctx, nil, op, id, StateFailed, nil, reasonWorkerLost, rec, "")
 		return nil
 	}
 	task, _ := res[1].(string)
@@ -1005,6 +1034,14 @@ func (l *lifecycle) publish(ctx context.Context, id, name string, data any) {
 
 // notifyOwner tells the job's owner, on every tab, that it has finished.
 func (l *lifecycle) notifyOwner(ctx context.Context, id, owner, typ, state, errMsg string) {
+	post := l.notification(id, owner, typ, state, errMsg)
+	if _, err := progress.Notify(ctx, l.log, post.Group, post.Data.(progress.Notification)); err != nil {
+		l.cfg.Logger.Warn("job notification lost", "job", id, "owner", owner, "err", err)
+	}
+}
+
+// notification is the event that tells a job's owner it has finished.
+func (l *lifecycle) notification(id, owner, typ, state, errMsg string) progress.Post {
 	n := progress.Notification{
 		Title: fmt.Sprintf("Job %s %s", typ, state),
 		Body:  fmt.Sprintf("%s job %s has %s.", typ, id, state),
@@ -1013,7 +1050,5 @@ func (l *lifecycle) notifyOwner(ctx context.Context, id, owner, typ, state, errM
 	if errMsg != "" {
 		n.Body += " " + errMsg
 	}
-	if _, err := progress.Notify(ctx, l.log, progress.UserGroup(owner), n); err != nil {
-		l.cfg.Logger.Warn("job notification lost", "job", id, "owner", owner, "err", err)
-	}
+	return progress.Post{Group: progress.UserGroup(owner), Name: wire.EventNotification, Data: n}
 }
