@@ -36,7 +36,8 @@ type WorkerConfig struct {
 	// PollInterval is how often an idle worker checks empty queues for new
 	// jobs (Asynq's TaskCheckInterval): the pickup delay of a new job.
 	// Asynq sleeps a random 0.5 to 1.5 times it after each empty check.
-	// Default DefaultPollInterval.
+	// A busy worker asks again about a queue it found empty after half of
+	// it (see dequeueGate). Default DefaultPollInterval.
 	PollInterval time.Duration
 	// DelayedPollInterval is how often a worker moves the scheduled jobs
 	// and the retries that are due into their queues (Asynq's
