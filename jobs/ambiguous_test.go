@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"taskstream/progress"
@@ -196,6 +197,52 @@ func TestRetriedEndPublishesOnce(t *testing.T) {
 				rec, err := e.svc.store.get(ctx, job.ID)
 				if err != nil || rec.Owed != "" {
 					t.Fatalf("debt left: %+v %v", rec, err)
+				}
+			})
+		}
+	})
+}
+
+// A run whose end is recorded leaves no copy of its result with Asynq
+// (the job's record has it: one round trip less per job); a run that
+// could not record its end (Redis unavailable for EndRetryFor) leaves one,
+// and the lost-job sweep that finds the task completed ends the job with
+// that result once Redis answers again.
+func TestResultLeftWithAsynqOnlyWhenTheEndIsUnknown(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		gate := make(chan struct{})
+		close(gate)
+		e := newJobEnv(t, srv, gateType(gate))
+		cfg := e.svc.cfg
+		cfg.EndRetryDelay, cfg.EndRetryMaxDelay, cfg.EndRetryFor = time.Millisecond, time.Millisecond, time.Nanosecond
+		hook := &replyFault{match: isEnd}
+		e.startFaultyWorker(hook, cfg)
+		for _, tc := range []struct {
+			name      string
+			fail      bool   // the end's transition can not reach Redis
+			asynqCopy string // the result Asynq holds for the task
+		}{
+			{name: "end recorded", asynqCopy: ""},
+			{name: "end unknown", fail: true, asynqCopy: `{"attempt":1}`},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				hook.fail.Store(tc.fail)
+				job := e.submitType("gate", `{}`)
+				e.waitTask(job.ID, "completed in asynq", func(info *asynq.TaskInfo, err error) bool {
+					return err == nil && info.State == asynq.TaskStateCompleted
+				})
+				info, err := e.svc.insp.GetTaskInfo(job.Queue, job.ID)
+				if err != nil || string(info.Result) != tc.asynqCopy {
+					t.Fatalf("asynq's copy of the result: %q, %v; want %q", info.Result, err, tc.asynqCopy)
+				}
+				hook.fail.Store(false)
+				snap := e.waitFinal(job.ID)
+				j := e.checkEnd(job.ID, snap, StateCompleted, "")
+				if string(j.Result) != `{"attempt":1}` {
+					t.Fatalf("job result %s", j.Result)
+				}
+				if got, want := stateNames(snap), "pending/0 active/1 completed/0"; got != want {
+					t.Fatalf("states %q, want %q", got, want)
 				}
 			})
 		}

@@ -115,7 +115,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 // scheduled with its run_at) and enqueues its first task (at run_at for a
 // scheduled one). The record carries a handoff mark until the enqueue is
 // confirmed, so a crash in between is finished by the reconciler instead
-// of leaving the job pending forever.
+// of leaving the job pending forever; the caller clears it (submitted),
+// in the round trip that tells the owner.
 //
 // It returns the first event.
 func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) (*progress.Event, error) {
@@ -126,18 +127,26 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) (*progress.
 		rec.State = StateScheduled
 		first = stateEvent{State: StateScheduled, RunAt: rec.RunAt.UTC().Format(time.RFC3339Nano)}
 	}
-	if err := l.st.create(ctx, rec); err != nil {
+	// The record and the first event in one round trip, the record's
+	// commands first. The first event comes before the enqueue so the
+	// group's epoch exists before any watcher subscribes, and it precedes
+	// the worker's "active".
+	var created func() error
+	evs, errs := l.log.PublishWith(ctx, func(p redis.Pipeliner) { created = l.st.createIn(ctx, p, rec) },
+		progress.Post{Group: Group(rec.ID), Name: wire.EventState, Data: first})
+	if err := created(); err != nil {
+		// No record: nobody may watch the job (a watcher must own it), so
+		// a first event that did get in stays unseen and expires with its
+		// log.
 		return nil, err
 	}
-	// The first event comes first so the group's epoch exists before any
-	// watcher subscribes, and it precedes the worker's "active".
-	ev, err := l.log.Publish(ctx, Group(rec.ID), wire.EventState, first)
+	ev, err := evs[0], errs[0]
 	if err != nil {
 		// Never enqueued: end the record rather than leave it pending.
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not record the job's first event")
 		return nil, err
 	}
-	if err := l.enqueue(ctx, rec, rec.Task, rec.MaxRetry); err != nil {
+	if err := l.enqueueTask(ctx, rec, rec.Task, rec.MaxRetry); err != nil {
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not enqueue: "+err.Error())
 		return nil, fmt.Errorf("jobs: enqueue %s: %w", rec.ID, err)
 	}
@@ -147,10 +156,22 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) (*progress.
 	return ev, nil
 }
 
-// enqueue puts task on the queue for rec, once: a task id Asynq already
-// holds counts as done, so the submitter and the reconciler may both try.
-// Then it clears the record's handoff mark for that task.
+// enqueue puts task on the queue for rec (enqueueTask), then clears the
+// record's handoff mark for that task.
 func (l *lifecycle) enqueue(ctx context.Context, rec *record, task string, maxRetry int) error {
+	if err := l.enqueueTask(ctx, rec, task, maxRetry); err != nil {
+		return err
+	}
+	if err := clearHandoffScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(rec.ID)}, task).Err(); err != nil {
+		return fmt.Errorf("jobs: clear handoff of %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// enqueueTask puts task on the queue for rec, once: a task id Asynq
+// already holds counts as done, so the submitter and the reconciler may
+// both try.
+func (l *lifecycle) enqueueTask(ctx context.Context, rec *record, task string, maxRetry int) error {
 	timeout := rec.Timeout
 	if t, ok := l.reg.Lookup(rec.Type); ok && timeout <= 0 {
 		timeout = t.Timeout
@@ -169,10 +190,33 @@ func (l *lifecycle) enqueue(ctx context.Context, rec *record, task string, maxRe
 	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return err
 	}
-	if err := clearHandoffScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(rec.ID)}, task).Err(); err != nil {
-		return fmt.Errorf("jobs: clear handoff of %s: %w", rec.ID, err)
-	}
 	return nil
+}
+
+// submitted finishes the submit of rec, whose first task is enqueued, in
+// one round trip: it clears the record's handoff mark, runs also's
+// commands (may be nil) and publishes post, the owner's "submitted"
+// event. A mark left (its clear failed) is cleared by the reconciler: the
+// job is queued either way, and a lost event only means the owner's
+// other pages show the job on their next load; both are logged.
+func (l *lifecycle) submitted(ctx context.Context, rec *record, also func(redis.Pipeliner), post progress.Post) {
+	keys := []string{l.st.jobKey(rec.ID)}
+	var clear *redis.Cmd
+	_, errs := l.log.PublishWith(ctx, func(p redis.Pipeliner) {
+		clear = clearHandoffScript.EvalSha(ctx, p, keys, rec.Task)
+		if also != nil {
+			also(p)
+		}
+	}, post)
+	if redis.HasErrorPrefix(clear.Err(), "NOSCRIPT") { // Redis restarted or its scripts were flushed
+		clear = clearHandoffScript.Run(ctx, l.st.rdb, keys, rec.Task)
+	}
+	if err := clear.Err(); err != nil {
+		l.cfg.Logger.Warn("clearing a submitted job's handoff mark failed; the reconciler clears it", "job", rec.ID, "err", err)
+	}
+	if errs[0] != nil {
+		l.cfg.Logger.Warn("job submitted, but its event on the owner's group was lost", "job", rec.ID, "group", post.Group, "err", errs[0])
+	}
 }
 
 var clearHandoffScript = redis.NewScript(`
@@ -238,23 +282,34 @@ func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt,
 		return nil, 0, fmt.Errorf("jobs: start %s: %w", task, err)
 	}
 	rec := decodeRecord(id, fields)
-	_ = l.st.rdb.ZAdd(ctx, l.st.runningKey(), redis.Z{Score: float64(now), Member: id}).Err()
-	if reopened {
-		_ = l.st.rdb.ZAdd(ctx, l.st.openKey(), redis.Z{Score: float64(time.Now().UnixMicro()), Member: id}).Err()
-	}
+	var posts []progress.Post
 	if lost {
-		l.publish(ctx, id, wire.EventState, stateEvent{State: StateRetry, Attempt: prev, Error: reasonWorkerLost})
+		posts = append(posts, progress.Post{Group: Group(id), Name: wire.EventState, Data: stateEvent{State: StateRetry, Attempt: prev, Error: reasonWorkerLost}})
 	}
 	ev := stateEvent{State: StateActive, Attempt: n}
 	if reopened {
 		ev.Message = msgRunAgain
 	}
+	posts = append(posts, progress.Post{Group: Group(id), Name: wire.EventState, Data: ev})
 	if l.cfg.Observer != nil && n == 1 {
 		// The queue wait of a scheduled job starts at its run_at: its
 		// delay was asked for, not waited in a queue.
 		l.cfg.Observer.JobStarted(rec.Type, time.Since(latest(rec.CreatedAt, rec.RunAt)))
 	}
-	l.publish(ctx, id, wire.EventState, ev)
+	// The claim's entry in the running index (and a reopened job's in the
+	// open index) and the events in one round trip; a failed index write
+	// is repaired by the next heartbeat (running) or the reconciler.
+	_, errs := l.log.PublishWith(ctx, func(p redis.Pipeliner) {
+		p.ZAdd(ctx, l.st.runningKey(), redis.Z{Score: float64(now), Member: id})
+		if reopened {
+			p.ZAdd(ctx, l.st.openKey(), redis.Z{Score: float64(time.Now().UnixMicro()), Member: id})
+		}
+	}, posts...)
+	for i, err := range errs {
+		if err != nil {
+			l.cfg.Logger.Error("lifecycle event lost", "job", id, "event", posts[i].Name, "err", err)
+		}
+	}
 	return &attempt{rec: *rec, task: task, n: n, started: time.Now()}, startRun, nil
 }
 
@@ -389,29 +444,43 @@ const (
 // attempt or "", job id, state, final flag, error, result, release the
 // run's claim, op id. The op id is stored with the change, and a final
 // change also records the debt of its events (owed, owed_at, owed_err)
-// until announceEnd clears it. It returns one of the tr constants.
+// until announceEnd clears it. It returns one of the tr constants and the
+// job's owner as of the change (a guest's jobs move to the account it
+// signs in to), whom the end's notification is for.
 var transitionScript = redis.NewScript(redisNow + `
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local f = redis.call('HMGET', KEYS[1], 'task', 'attempt', 'final', 'op')
-if f[4] and f[4] == ARGV[9] then return 2 end
-if (f[1] or ARGV[3]) ~= ARGV[1] then return 0 end
-if ARGV[2] ~= '' and f[2] ~= ARGV[2] then return 0 end
-if f[3] then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
+local f = redis.call('HMGET', KEYS[1], 'task', 'attempt', 'final', 'op', 'owner')
+local owner = f[5] or ''
+if f[4] and f[4] == ARGV[9] then return {2, owner} end
+if (f[1] or ARGV[3]) ~= ARGV[1] then return {0, owner} end
+if ARGV[2] ~= '' and f[2] ~= ARGV[2] then return {0, owner} end
+if f[3] then return {0, owner} end
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_at', now, 'op', ARGV[9])
 if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'final', ARGV[4], 'owed', ARGV[9], 'owed_at', now, 'owed_err', ARGV[6]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
 if ARGV[8] == '1' then redis.call('HDEL', KEYS[1], 'hb') end
-return 1
+return {1, owner}
 `)
 
 func (l *lifecycle) transition(ctx context.Context, op, id, task, attemptN, state string, final bool, errMsg string, result json.RawMessage, release bool) (int, error) {
-	n, err := transitionScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(id)},
-		task, attemptN, id, state, flag(final), errMsg, string(result), flag(release), op).Int()
-	if err != nil {
-		return 0, fmt.Errorf("jobs: %s %s: %w", state, id, err)
+	n, _, err := l.transitionOwner(ctx, op, id, task, attemptN, state, final, errMsg, result, release)
+	return n, err
+}
+
+// transitionOwner is transition that also returns the job's owner as of
+// the change ("" when the record is gone).
+func (l *lifecycle) transitionOwner(ctx context.Context, op, id, task, attemptN, state string, final bool, errMsg string, result json.RawMessage, release bool) (int, string, error) {
+	res, err := transitionScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(id)},
+		task, attemptN, id, state, flag(final), errMsg, string(result), flag(release), op).Slice()
+	if err == nil && len(res) != 2 {
+		err = fmt.Errorf("unexpected reply %v", res)
 	}
-	return n, nil
+	if err != nil {
+		return 0, "", fmt.Errorf("jobs: %s %s: %w", state, id, err)
+	}
+	owner, _ := res[1].(string)
+	return int(toInt(res[0])), owner, nil
 }
 
 func flag(b bool) string {
@@ -459,17 +528,19 @@ func (l *lifecycle) persist(ctx context.Context, stop <-chan struct{}, what, id 
 // runTransition makes a's transition op, retrying while its outcome is
 // unknown (see persist). It returns a tr constant; trDoneBy counts as
 // done.
-func (l *lifecycle) runTransition(ctx context.Context, op string, a *attempt, state string, final bool, errMsg string, result json.RawMessage, release bool) (int, error) {
+// It also returns the job's owner as of the change.
+func (l *lifecycle) runTransition(ctx context.Context, op string, a *attempt, state string, final bool, errMsg string, result json.RawMessage, release bool) (int, string, error) {
 	var n int
+	var owner string
 	err := l.persist(ctx, a.stop, "recording "+state, a.job(), func() error {
 		var err error
-		n, err = l.transition(ctx, op, a.job(), a.task, strconv.Itoa(a.n), state, final, errMsg, result, release)
+		n, owner, err = l.transitionOwner(ctx, op, a.job(), a.task, strconv.Itoa(a.n), state, final, errMsg, result, release)
 		return err
 	})
 	if n == trDoneBy {
 		n = trDone
 	}
-	return n, err
+	return n, owner, err
 }
 
 // publishOnce publishes the events of transition op, retrying for a run
@@ -492,7 +563,7 @@ func (l *lifecycle) publishOnce(ctx context.Context, stop <-chan struct{}, op, i
 // and tells watchers. It reports false when a was no longer current.
 func (l *lifecycle) retry(ctx context.Context, a *attempt, errMsg string) bool {
 	op := newOp()
-	n, err := l.runTransition(ctx, op, a, StateRetry, false, errMsg, nil, true)
+	n, _, err := l.runTransition(ctx, op, a, StateRetry, false, errMsg, nil, true)
 	if err != nil {
 		// Unknown outcome: if it was applied, the next run's start or the
 		// lost-job sweep moves the job on; either way Asynq retries.
@@ -515,7 +586,7 @@ func (l *lifecycle) retry(ctx context.Context, a *attempt, errMsg string) bool {
 // noticed as lost.
 func (l *lifecycle) handBack(ctx context.Context, a *attempt) {
 	op := newOp()
-	n, err := l.runTransition(ctx, op, a, StatePending, false, "", nil, false)
+	n, _, err := l.runTransition(ctx, op, a, StatePending, false, "", nil, false)
 	if err != nil {
 		l.cfg.Logger.Error("recording hand-back failed", "job", a.job(), "err", err)
 	}
@@ -554,10 +625,27 @@ func (l *lifecycle) finishRun(ctx context.Context, a *attempt, state string, res
 // finishRunOp is finishRun as transition op: calling it again with the
 // same op (the reply of the first call was lost) publishes the end once.
 func (l *lifecycle) finishRunOp(ctx context.Context, op string, a *attempt, state string, result json.RawMessage, errMsg string) bool {
-	n, err := l.runTransition(ctx, op, a, state, true, errMsg, result, true)
+	return l.finishRunHow(ctx, op, a, state, result, errMsg) != finishStale
+}
+
+// finishOutcome is how a run's end went (finishRunHow).
+type finishOutcome int
+
+const (
+	finishRecorded finishOutcome = iota // the end is recorded: announced, or owed to the reconciler
+	finishStale                         // a was no longer current: its results are dropped
+	finishUnknown                       // Redis stayed unavailable for EndRetryFor: the reconciler or the lost-job sweep settles it
+)
+
+// finishRunHow is finishRunOp that tells a recorded end from one whose
+// outcome is unknown, for the run to leave its result with Asynq in that
+// case only (the lost-job sweep and the reconciler end a job whose task
+// Asynq completed with Asynq's copy of the result).
+func (l *lifecycle) finishRunHow(ctx context.Context, op string, a *attempt, state string, result json.RawMessage, errMsg string) finishOutcome {
+	n, owner, err := l.runTransition(ctx, op, a, state, true, errMsg, result, true)
 	if err != nil {
 		l.cfg.Logger.Error("recording the end of a job failed; the reconciler or the lost-job sweep settles it", "job", a.job(), "state", state, "err", err)
-		return true
+		return finishUnknown
 	}
 	if n == trGone {
 		created, err := l.restore(ctx, op, a, state, result, errMsg)
@@ -565,25 +653,25 @@ func (l *lifecycle) finishRunOp(ctx context.Context, op string, a *attempt, stat
 			l.cfg.Logger.Error("restoring a lost job record failed", "job", a.job(), "err", err)
 		}
 		if !created { // restored meanwhile (by our heartbeat, or our own reply was lost): end it as usual
-			n, err = l.runTransition(ctx, op, a, state, true, errMsg, result, true)
+			n, owner, err = l.runTransition(ctx, op, a, state, true, errMsg, result, true)
 			if err != nil {
 				l.cfg.Logger.Error("recording the end of a job failed", "job", a.job(), "state", state, "err", err)
-				return true
+				return finishUnknown
 			}
 		} else {
-			n = trDone
+			n, owner = trDone, a.rec.Owner // restored with the owner the run knows
 		}
 	}
 	if n != trDone {
-		return false
+		return finishStale
 	}
 	// Counted before the events go out: a watcher that saw the end finds
 	// it in the metrics of this process.
 	if l.cfg.Observer != nil {
 		l.cfg.Observer.JobFinished(a.rec.Type, state, time.Since(a.started), true)
 	}
-	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg, &a.rec)
-	return true
+	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg, &a.rec, owner)
+	return finishRecorded
 }
 
 // end ends the job from outside a run (the submitter, a cancel, the
@@ -593,7 +681,7 @@ func (l *lifecycle) finishRunOp(ctx context.Context, op string, a *attempt, stat
 // again).
 func (l *lifecycle) end(ctx context.Context, id, task, attemptN, state string, result json.RawMessage, errMsg string) bool {
 	op := newOp()
-	n, err := l.transition(ctx, op, id, task, attemptN, state, true, errMsg, result, true)
+	n, owner, err := l.transitionOwner(ctx, op, id, task, attemptN, state, true, errMsg, result, true)
 	if err != nil {
 		l.cfg.Logger.Error("recording the end of a job failed; the reconciler settles it", "job", id, "state", state, "err", err)
 		return false
@@ -611,7 +699,7 @@ func (l *lifecycle) end(ctx context.Context, id, task, attemptN, state string, r
 			l.cfg.Logger.Warn("job end not counted in metrics: record unreadable", "job", id, "err", err)
 		}
 	}
-	l.announceEnd(ctx, nil, op, id, state, result, errMsg, nil)
+	l.announceEnd(ctx, nil, op, id, state, result, errMsg, nil, owner)
 	return true
 }
 
@@ -634,8 +722,11 @@ return redis.call('HGET', KEYS[1], 'owner')
 //
 // rec is the job's record when the caller has it (nil: it is read); only
 // what never changes in a job's life is taken from it (its type and its
-// unique lock): the owner to notify is read when the debt is cleared.
-func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id string, state string, result json.RawMessage, errMsg string, rec *record) {
+// unique lock). owner is the owner to notify as the end's transition
+// returned it, whose notification then goes in the round trip that
+// clears the debt; "" (a caller without a transition of its own): the
+// owner is read when the debt is cleared and notified after.
+func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id string, state string, result json.RawMessage, errMsg string, rec *record, owner string) {
 	if rec == nil {
 		var err error
 		if rec, err = l.st.get(ctx, id); err != nil && !errors.Is(err, errNoRecord) {
@@ -667,25 +758,35 @@ func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, i
 	// running indexes. The events are in the log already, so the indexes
 	// may be left even if the script fails: the open index only serves to
 	// find ends whose events were not published.
+	// The notification goes once, with the events that were appended
+	// now (fresh): the reconciler's second try appends nothing.
 	keys := []string{l.st.jobKey(id)}
 	var debt *redis.Cmd
-	_, _ = l.st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	clearDebt := func(p redis.Pipeliner) {
 		debt = clearDebtScript.EvalSha(ctx, p, keys, op)
 		p.ZRem(ctx, l.st.openKey(), id)
 		p.ZRem(ctx, l.st.runningKey(), id)
-		return nil
-	})
+	}
+	notifyNow := fresh && rec != nil && owner != ""
+	if notifyNow {
+		_, errs := l.log.PublishWith(ctx, clearDebt, l.notification(id, owner, rec.Type, state, errMsg))
+		if errs[0] != nil {
+			l.cfg.Logger.Warn("job notification lost", "job", id, "owner", owner, "err", errs[0])
+		}
+	} else {
+		_, _ = l.st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error { clearDebt(p); return nil })
+	}
 	if redis.HasErrorPrefix(debt.Err(), "NOSCRIPT") { // Redis restarted or its scripts were flushed
 		debt = clearDebtScript.Run(ctx, l.st.rdb, keys, op)
 	}
-	owner, err := debt.Text()
+	now, err := debt.Text()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		// Published: the reconciler's second try appends nothing.
 		l.cfg.Logger.Warn("clearing a job's event debt failed", "job", id, "err", err)
 		return
 	}
-	if fresh && rec != nil && owner != "" {
-		l.notifyOwner(ctx, id, owner, rec.Type, state, errMsg)
+	if !notifyNow && fresh && rec != nil && now != "" {
+		l.notifyOwner(ctx, id, now, rec.Type, state, errMsg)
 	}
 }
 
@@ -715,7 +816,7 @@ func (l *lifecycle) payDebt(ctx context.Context, rec *record) (bool, error) {
 		return true, nil
 	}
 	l.cfg.Logger.Warn("publishing the end of a job whose events were owed", "job", rec.ID, "state", rec.Final)
-	l.announceEnd(ctx, nil, rec.Owed, rec.ID, rec.Final, rec.Result, rec.OwedErr, rec)
+	l.announceEnd(ctx, nil, rec.Owed, rec.ID, rec.Final, rec.Result, rec.OwedErr, rec, "")
 	after, err := l.st.get(ctx, rec.ID)
 	if err != nil {
 		return true, err
@@ -871,11 +972,11 @@ func (l *lifecycle) lost(ctx context.Context, id string, lostAfter time.Duration
 		return l.st.rdb.ZRem(ctx, l.st.runningKey(), id).Err()
 	case "canceled":
 		l.cfg.Logger.Warn("worker lost while a canceled job ran", "job", id, "attempt", rec.Attempt)
-		l.announceEnd(ctx, nil, op, id, StateCanceled, nil, "", rec)
+		l.announceEnd(ctx, nil, op, id, StateCanceled, nil, "", rec, "")
 		return nil
 	case "failed":
 		l.cfg.Logger.Warn("worker lost on the job's last attempt", "job", id, "attempt", rec.Attempt)
-		l.announceEnd(ctx, nil, op, id, StateFailed, nil, reasonWorkerLost, rec)
+		l.announceEnd(ctx, nil, op, id, StateFailed, nil, reasonWorkerLost, rec, "")
 		return nil
 	}
 	task, _ := res[1].(string)
@@ -964,6 +1065,14 @@ func (l *lifecycle) publish(ctx context.Context, id, name string, data any) {
 
 // notifyOwner tells the job's owner, on every tab, that it has finished.
 func (l *lifecycle) notifyOwner(ctx context.Context, id, owner, typ, state, errMsg string) {
+	post := l.notification(id, owner, typ, state, errMsg)
+	if _, err := progress.Notify(ctx, l.log, post.Group, post.Data.(progress.Notification)); err != nil {
+		l.cfg.Logger.Warn("job notification lost", "job", id, "owner", owner, "err", err)
+	}
+}
+
+// notification is the event that tells a job's owner it has finished.
+func (l *lifecycle) notification(id, owner, typ, state, errMsg string) progress.Post {
 	n := progress.Notification{
 		Title: fmt.Sprintf("Job %s %s", typ, state),
 		Body:  fmt.Sprintf("%s job %s has %s.", typ, id, state),
@@ -972,7 +1081,5 @@ func (l *lifecycle) notifyOwner(ctx context.Context, id, owner, typ, state, errM
 	if errMsg != "" {
 		n.Body += " " + errMsg
 	}
-	if _, err := progress.Notify(ctx, l.log, progress.UserGroup(owner), n); err != nil {
-		l.cfg.Logger.Warn("job notification lost", "job", id, "owner", owner, "err", err)
-	}
+	return progress.Post{Group: progress.UserGroup(owner), Name: wire.EventNotification, Data: n}
 }

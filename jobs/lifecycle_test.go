@@ -799,3 +799,52 @@ func FuzzTaskID(f *testing.F) {
 		}
 	})
 }
+
+// A job's end notifies its owner as of the end, once: a guest's job that
+// moved to the account the guest signed in to while it ran notifies the
+// account, and the guest's group gets no notification.
+func TestEndNotifiesTheOwnerOfTheEnd(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		gate := make(chan struct{})
+		e := newJobEnv(t, srv, gateType(gate))
+		e.startWorkerWith(quick())
+		ctx := context.Background()
+		job, err := e.svc.Submit(ctx, "guest1", "gate", json.RawMessage(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.waitState(job.ID, StateActive)
+		if n, err := e.svc.Transfer(ctx, "guest1", "user2"); err != nil || n != 1 {
+			t.Fatalf("transfer: %d %v", n, err)
+		}
+		close(gate)
+		e.checkEnd(job.ID, e.waitFinal(job.ID), StateCompleted, "")
+		notes := func(owner string) []string {
+			snap, err := e.log.Read(ctx, progress.UserGroup(owner), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []string
+			for _, ev := range snap.Events {
+				if ev.Name == "notification" {
+					out = append(out, string(ev.Data))
+				}
+			}
+			return out
+		}
+		// The notification is published with the end's debt cleared,
+		// after the final event: wait for it, then for nothing more.
+		deadline := time.Now().Add(30 * time.Second)
+		for len(notes("user2")) == 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		e.waitRecord(job.ID, "its debt cleared", func(r *record) bool { return r.Owed == "" })
+		got := notes("user2")
+		if len(got) != 1 || !strings.Contains(got[0], job.ID) || !strings.Contains(got[0], "completed") {
+			t.Fatalf("user2's notifications %q, want one about %s completed", got, job.ID)
+		}
+		if got := notes("guest1"); len(got) != 0 {
+			t.Fatalf("the guest's group got notifications %q", got)
+		}
+	})
+}

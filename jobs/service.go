@@ -296,12 +296,6 @@ func (s *Service) SubmitRequest(ctx context.Context, owner string, req Request) 
 		release()
 		return nil, false, err
 	}
-	if req.IdempotencyKey != "" {
-		// The reservation becomes the key's answer for IdempotencyTTL.
-		if err := s.store.rdb.PExpire(ctx, locks[0], s.cfg.IdempotencyTTL).Err(); err != nil {
-			s.cfg.Logger.Warn("keeping an Idempotency-Key failed; a retry of the request may make a second job", "job", rec.ID, "err", err)
-		}
-	}
 	// The job as it stands after its first event, from what was just
 	// written: reading it back would cost two Redis round trips per submit
 	// (a worker may have moved it on already; Get shows that, and the
@@ -314,10 +308,18 @@ func (s *Service) SubmitRequest(ctx context.Context, owner string, req Request) 
 		j.UpdatedAt = first.Time.UTC()
 	}
 	// Every tab and program watching the owner's group sees the new job,
-	// wherever it was submitted. The job exists either way: a lost event
-	// only means those pages show it on their next load.
-	if _, err := s.log.Publish(ctx, progress.UserGroup(owner), wire.EventSubmitted, j); err != nil {
-		s.cfg.Logger.Warn("job submitted, but its event on the owner's group was lost", "job", j.ID, "owner", owner, "err", err)
+	// wherever it was submitted; in the same round trip the handoff mark
+	// goes and an Idempotency-Key's reservation becomes the key's answer
+	// for IdempotencyTTL.
+	var keep *redis.BoolCmd
+	also := func(p redis.Pipeliner) {
+		if req.IdempotencyKey != "" {
+			keep = p.PExpire(ctx, locks[0], s.cfg.IdempotencyTTL)
+		}
+	}
+	s.lc.submitted(ctx, rec, also, progress.Post{Group: progress.UserGroup(owner), Name: wire.EventSubmitted, Data: j})
+	if keep != nil && keep.Err() != nil {
+		s.cfg.Logger.Warn("keeping an Idempotency-Key failed; a retry of the request may make a second job", "job", rec.ID, "err", keep.Err())
 	}
 	return j, false, nil
 }

@@ -121,7 +121,10 @@ func newJobID() string {
 	return hex.EncodeToString(b[:])
 }
 
-func (s *store) create(ctx context.Context, r *record) error {
+// createIn queues on p the commands that store a new job r: its record
+// and its entries in the owner's index and the open index. The function it
+// returns reports their first error once p has run.
+func (s *store) createIn(ctx context.Context, p redis.Pipeliner, r *record) func() error {
 	now := r.CreatedAt
 	fields := map[string]any{
 		"owner": r.Owner, "type": r.Type, "queue": r.Queue, "params": string(r.Params), "state": r.State,
@@ -138,23 +141,36 @@ func (s *store) create(ctx context.Context, r *record) error {
 	if r.Schedule != "" {
 		fields["schedule"] = r.Schedule
 	}
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, s.jobKey(r.ID), fields)
-		p.Expire(ctx, s.jobKey(r.ID), s.retention)
+	cmds := []redis.Cmder{
+		p.HSet(ctx, s.jobKey(r.ID), fields),
+		p.Expire(ctx, s.jobKey(r.ID), s.retention),
 		// Microseconds keep quick successive submits in creation order.
-		p.ZAdd(ctx, s.indexKey(r.Owner), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID})
-		p.Expire(ctx, s.indexKey(r.Owner), s.retention)
+		p.ZAdd(ctx, s.indexKey(r.Owner), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID}),
+		p.Expire(ctx, s.indexKey(r.Owner), s.retention),
 		// The reconciler looks at a scheduled job once it is due: until
 		// then its task waits in Asynq's scheduled set, and checking it
 		// every pass would spend the pass's batch on jobs that can not
 		// have moved (an operator's delete of one is noticed at run_at).
-		p.ZAdd(ctx, s.openKey(), redis.Z{Score: float64(latest(now, r.RunAt).UnixMicro()), Member: r.ID})
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("jobs: store job %s: %w", r.ID, err)
+		p.ZAdd(ctx, s.openKey(), redis.Z{Score: float64(latest(now, r.RunAt).UnixMicro()), Member: r.ID}),
 	}
-	return nil
+	return func() error {
+		for _, c := range cmds {
+			if err := c.Err(); err != nil {
+				return fmt.Errorf("jobs: store job %s: %w", r.ID, err)
+			}
+		}
+		return nil
+	}
+}
+
+// create stores a new job r (see createIn) in one round trip.
+func (s *store) create(ctx context.Context, r *record) error {
+	var done func() error
+	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		done = s.createIn(ctx, p, r)
+		return nil
+	}) // each command's error is read by done
+	return done()
 }
 
 var errNoRecord = errors.New("no such job")

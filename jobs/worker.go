@@ -36,7 +36,8 @@ type WorkerConfig struct {
 	// PollInterval is how often an idle worker checks empty queues for new
 	// jobs (Asynq's TaskCheckInterval): the pickup delay of a new job.
 	// Asynq sleeps a random 0.5 to 1.5 times it after each empty check.
-	// Default DefaultPollInterval.
+	// A busy worker asks again about a queue it found empty after half of
+	// it (see dequeueGate). Default DefaultPollInterval.
 	PollInterval time.Duration
 	// DelayedPollInterval is how often a worker moves the scheduled jobs
 	// and the retries that are due into their queues (Asynq's
@@ -153,6 +154,7 @@ type Worker struct {
 	svc    *Service
 	rdb    redis.UniversalClient
 	srv    *asynq.Server
+	gate   *dequeueGate // the client srv runs on
 	cfg    WorkerConfig
 	logger *slog.Logger
 
@@ -190,7 +192,8 @@ func NewWorker(svc *Service, rdb redis.UniversalClient, cfg WorkerConfig) *Worke
 	w := &Worker{svc: svc, rdb: rdb, cfg: cfg, logger: svc.cfg.Logger.With("component", "worker"), running: map[*run]struct{}{}}
 	w.stopJobs, w.stop = context.WithCancel(context.Background())
 	w.bgCtx, w.bgCancel = context.WithCancel(context.Background())
-	w.srv = asynq.NewServerFromRedisClient(rdb, cfg.asynqConfig(w.logger))
+	w.gate = newDequeueGate(rdb, cfg.PollInterval/2)
+	w.srv = asynq.NewServerFromRedisClient(w.gate, cfg.asynqConfig(w.logger))
 	return w
 }
 
@@ -301,11 +304,19 @@ func (w *Worker) handler(t Type) asynq.HandlerFunc {
 		if err == nil {
 			b, merr := json.Marshal(result)
 			if merr == nil {
-				if _, werr := task.ResultWriter().Write(b); werr != nil {
-					w.logger.Warn("storing result in asynq failed; the job record has it", "job", id, "err", werr)
-				}
-				if !lc.finishRun(pubCtx, a, StateCompleted, b, "") {
+				switch lc.finishRunHow(pubCtx, newOp(), a, StateCompleted, b, "") {
+				case finishStale:
 					return dropped(taskID, errStale.Error())
+				case finishUnknown:
+					// Asynq completes the task once this returns: the
+					// lost-job sweep or the reconciler that finds it
+					// completed, its end not recorded, ends the job with
+					// Asynq's copy of the result. A recorded end needs no
+					// copy (the job's record has the result), which saves
+					// a round trip per job.
+					if _, werr := task.ResultWriter().Write(b); werr != nil {
+						w.logger.Warn("storing the result in asynq failed too; if the end was not recorded either, the job ends completed without its result", "job", id, "err", werr)
+					}
 				}
 				return nil
 			}

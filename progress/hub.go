@@ -132,6 +132,13 @@ type Hub struct {
 	// discover asks the control loop to (re)learn the cluster's masters,
 	// so every shard has a feed (and readiness covers every shard).
 	discover bool
+	// dirty names the groups added, removed or to be subscribed again
+	// since the control loop's last pass, so that a pass over plain
+	// pub/sub costs what changed rather than every live group (thousands
+	// when many jobs are watched at once). rescan asks it to look at
+	// every group instead; on a cluster it always does (placement).
+	dirty  map[string]struct{}
+	rescan bool
 
 	// delivered counts events handed to subscribers, by group kind, since
 	// NewHub; a group holds its kind's counter so delivery costs one
@@ -175,6 +182,7 @@ func NewHub(rdb redis.UniversalClient, log *Log, cfg HubConfig) *Hub {
 		cfg:     cfg,
 		logger:  cfg.Logger.With("component", "hub"),
 		groups:  make(map[string]*group),
+		dirty:   make(map[string]struct{}),
 		feeds:   make(map[string]*feed),
 		ctlWake: make(chan struct{}, 1),
 
@@ -339,6 +347,7 @@ func (h *Hub) Subscribe(group string, after int64, epoch string, sink Sink) (*Su
 	if g == nil {
 		g = h.newGroup(group)
 		h.groups[group] = g
+		h.dirty[group] = struct{}{}
 		h.wakeControl()
 	}
 	s := &Subscription{hub: h, group: g, sink: sink, cursor: max(after, 0), epoch: epoch, syncing: true, initial: true}
@@ -405,19 +414,34 @@ func (h *Hub) controlLoop() {
 			return append(list, change{f: f, ps: f.ps, chans: []string{ch}, names: []string{name}})
 		}
 		h.mu.Lock()
-		for name, f := range subscribed {
-			if h.groups[name] == nil {
+		// A group gone is unsubscribed (unless one of the same name came
+		// since: it gets its own SUBSCRIBE below); a group not requested
+		// yet is subscribed.
+		visit := func(name string) {
+			if f, ok := subscribed[name]; ok && h.groups[name] == nil {
 				remove = batch(remove, f, h.log.Channel(name), name)
 				delete(subscribed, name)
 			}
-		}
-		for name, g := range h.groups {
-			if !g.requested && g.feed != nil {
+			if g := h.groups[name]; g != nil && !g.requested && g.feed != nil {
 				g.requested = true
 				subscribed[name] = g.feed
 				add = batch(add, g.feed, h.log.Channel(name), name)
 			}
 		}
+		if h.cluster != nil || h.rescan {
+			for name := range subscribed {
+				visit(name)
+			}
+			for name := range h.groups {
+				visit(name)
+			}
+			h.rescan = false
+		} else {
+			for name := range h.dirty {
+				visit(name)
+			}
+		}
+		clear(h.dirty)
 		h.mu.Unlock()
 		// go-redis removes channels from its set before UNSUBSCRIBE, so a
 		// failed one is not restored by the reconnect: it heals by itself.
@@ -438,6 +462,7 @@ func (h *Hub) controlLoop() {
 				for _, name := range c.names {
 					if g := h.groups[name]; g != nil {
 						g.requested = false
+						h.dirty[name] = struct{}{}
 					}
 				}
 				h.mu.Unlock()
@@ -777,6 +802,7 @@ func (h *Hub) receiveLoop(f *feed) {
 					for _, g := range h.groups {
 						g.requested = false
 					}
+					h.rescan = true
 					h.mu.Unlock()
 					h.wakeControl()
 				}
@@ -1141,6 +1167,7 @@ func (s *Subscription) Close() {
 	g.mu.Unlock()
 	if empty && h.groups[g.name] == g {
 		delete(h.groups, g.name)
+		h.dirty[g.name] = struct{}{}
 		g.cancel()
 		h.wakeControl()
 	}

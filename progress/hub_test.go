@@ -9,6 +9,7 @@ import (
 	"net"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1306,4 +1307,63 @@ func TestHubRetriesRefusedSubscribe(t *testing.T) {
 	waitFor(t, "live delivery", func() bool { return sink.reached(2, last.Epoch) })
 	checkDelivery(t, "subscriber", sink, 0, 2, last.Epoch)
 	t.Logf("refusals logged: %d", counter.count("redis refused a subscription; resubscribing"))
+}
+
+// Many groups coming and going, some subscribed again under the same name
+// right after their last subscriber left: the hub's Redis subscriptions
+// end up exactly the live groups (the control loop looks only at the
+// groups that changed, not at every live one), and each live group still
+// delivers.
+func TestHubSubscriptionsFollowGroupChurn(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		rdb := srv.Client(t)
+		l, h := newTestHub(t, srv, LogConfig{}, HubConfig{})
+		const n = 300
+		name := func(i int) string { return fmt.Sprintf("job:churn%d", i) }
+		channels := func() []string {
+			chans, err := rdb.PubSubChannels(context.Background(), l.Channel("job:churn*")).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.Sort(chans)
+			return chans
+		}
+		want := func(live map[int]bool) []string {
+			var out []string
+			for i := range live {
+				out = append(out, l.Channel(name(i)))
+			}
+			slices.Sort(out)
+			return out
+		}
+		subs := map[int]*Subscription{}
+		sinks := map[int]*recSink{}
+		live := map[int]bool{}
+		for i := 0; i < n; i++ {
+			sinks[i] = &recSink{}
+			subs[i] = mustSubscribe(t, h, name(i), 0, "", sinks[i])
+			live[i] = true
+		}
+		waitForDiag(t, "every group subscribed", func() bool { return slices.Equal(channels(), want(live)) },
+			func() string { return fmt.Sprintf("%d channels subscribed, want %d", len(channels()), len(live)) })
+		for i := 0; i < n; i += 2 {
+			subs[i].Close()
+			delete(live, i)
+			if i%4 == 0 { // back at once, under the same name
+				sinks[i] = &recSink{}
+				subs[i] = mustSubscribe(t, h, name(i), 0, "", sinks[i])
+				live[i] = true
+			}
+		}
+		waitForDiag(t, "the subscriptions to follow the groups", func() bool { return slices.Equal(channels(), want(live)) },
+			func() string { return fmt.Sprintf("%d channels subscribed, want %d", len(channels()), len(live)) })
+		for i := range live {
+			ev := mustPublish(t, l, name(i), "note", i)
+			waitFor(t, name(i)+"'s event", func() bool { return sinks[i].reached(ev.Seq, ev.Epoch) })
+		}
+		for i := range live {
+			subs[i].Close()
+		}
+		waitFor(t, "no subscription left", func() bool { return len(channels()) == 0 })
+	})
 }

@@ -247,14 +247,27 @@ redis.call('PEXPIRE', KEYS[3], ARGV[6])
 // order. It returns, per post, the event or the error (the post's own
 // invalid argument, wrapping ErrInvalid, or Redis's).
 func (l *Log) PublishMany(ctx context.Context, posts []Post) ([]*Event, []error) {
-	return l.publishMany(ctx, posts, nil)
+	return l.publishMany(ctx, posts, nil, nil)
+}
+
+// PublishWith is PublishMany with the caller's own commands in the same
+// round trip: before queues them on the pipeline ahead of the appends
+// (the caller keeps the commands and reads their results once PublishWith
+// returns). It saves a round trip where a caller writes something of its
+// own and then publishes. The commands are sent once: when Redis lacks
+// the append script (a restart) the appends alone go again. Each command
+// and each append is its own step, as in a pipeline: one failing does not
+// undo the others, and the caller reads each one's error.
+func (l *Log) PublishWith(ctx context.Context, before func(redis.Pipeliner), posts ...Post) ([]*Event, []error) {
+	return l.publishMany(ctx, posts, nil, before)
 }
 
 // publishMany is PublishMany where guards[i], when set, appends posts[i]
 // only if it is newer than the last one appended under the same key
 // (presence's join and leave events: see Presence); a post it refuses
-// gets errSuperseded and no event. guards may be nil.
-func (l *Log) publishMany(ctx context.Context, posts []Post, guards []*newerGuard) ([]*Event, []error) {
+// gets errSuperseded and no event. guards may be nil. before, when set,
+// queues the caller's commands ahead of the appends (see PublishWith).
+func (l *Log) publishMany(ctx context.Context, posts []Post, guards []*newerGuard, before func(redis.Pipeliner)) ([]*Event, []error) {
 	evs, errs := make([]*Event, len(posts)), make([]error, len(posts))
 	now := time.Now().UTC()
 	ts := now.Format(time.RFC3339Nano)
@@ -291,11 +304,14 @@ func (l *Log) publishMany(ctx context.Context, posts []Post, guards []*newerGuar
 	// EVALSHA first; the posts that find the script missing from Redis's
 	// cache (a restart, SCRIPT FLUSH) go again, in order, with its source.
 	for _, withSource := range []bool{false, true} {
-		if len(todo) == 0 {
+		if len(todo) == 0 && (withSource || before == nil) {
 			break
 		}
 		cmds := make([]*redis.Cmd, len(todo))
 		_, _ = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if !withSource && before != nil {
+				before(p)
+			}
 			for j, t := range todo {
 				if withSource {
 					cmds[j] = t.script.Eval(ctx, p, t.keys, t.args...)

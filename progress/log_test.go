@@ -586,3 +586,64 @@ func TestLogPublishMany(t *testing.T) {
 		}
 	})
 }
+
+// PublishWith sends the caller's commands ahead of the appends in the
+// same round trip: they run once and before the events (also when Redis
+// forgot the append script and the appends go again with its source),
+// and the caller reads their results; with no valid post the commands
+// still run.
+func TestLogPublishWith(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		ctx := t.Context()
+		rdb := srv.Client(t)
+		l := NewLog(rdb, LogConfig{})
+		for _, tc := range []struct {
+			name  string
+			flush bool // SCRIPT FLUSH first
+			posts []Post
+			seqs  []int64 // 0: an error
+			// seqBefore is job:w's seq as the caller's commands read it:
+			// they run before the appends.
+			seqBefore string
+		}{
+			{name: "cached script", posts: []Post{{"job:w", "note", 1}, {"job:w", "note", 2}}, seqs: []int64{1, 2}, seqBefore: ""},
+			{name: "script flushed", flush: true, posts: []Post{{"job:w", "note", 3}}, seqs: []int64{3}, seqBefore: "2"},
+			{name: "no valid post", posts: []Post{{"no group", "note", 1}}, seqs: []int64{0}, seqBefore: "3"},
+			{name: "no post", seqBefore: "3"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				if tc.flush {
+					if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var incr *redis.IntCmd
+				var seqAtIncr *redis.StringCmd
+				before, err := rdb.Get(ctx, "with:count").Int64()
+				if err != nil && !errors.Is(err, redis.Nil) {
+					t.Fatal(err)
+				}
+				evs, errs := l.PublishWith(ctx, func(p redis.Pipeliner) {
+					incr = p.Incr(ctx, "with:count")
+					seqAtIncr = p.HGet(ctx, l.metaKey("job:w"), "seq")
+				}, tc.posts...)
+				if incr.Err() != nil || incr.Val() != before+1 {
+					t.Fatalf("the caller's INCR: %d, %v; want %d (run once)", incr.Val(), incr.Err(), before+1)
+				}
+				if seqAtIncr.Val() != tc.seqBefore {
+					t.Fatalf("seq when the caller's commands ran: %q, want %q", seqAtIncr.Val(), tc.seqBefore)
+				}
+				for i, w := range tc.seqs {
+					switch {
+					case w == 0 && (!errors.Is(errs[i], ErrInvalid) || evs[i] != nil):
+						t.Fatalf("post %d: %v %v, want ErrInvalid", i, evs[i], errs[i])
+					case w != 0 && (errs[i] != nil || evs[i].Seq != w):
+						t.Fatalf("post %d: %+v %v, want seq %d", i, evs[i], errs[i], w)
+					}
+				}
+			})
+		}
+		snap := mustRead(t, l, "job:w", 0)
+		checkContiguous(t, "job:w", snap.Events, 1, 3, snap.Epoch)
+	})
+}
