@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -151,6 +153,50 @@ func TestDirectWriteCarriedOnWhenTheBufferIsFull(t *testing.T) {
 			c.out.mu.Unlock()
 			if carried == 0 {
 				t.Error("no direct write was left for a writer goroutine: the buffer never filled")
+			}
+		})
+	}
+}
+
+// The flusher runs every queue handed to it exactly once, whoever hands
+// them over and however many, and close waits until they ran; once
+// closed it takes no more.
+func TestFlusherRunsEveryQueueOnce(t *testing.T) {
+	for _, tc := range []struct{ goroutines, senders, queues int }{
+		{1, 1, 10}, {2, 4, 5000}, {3, 8, 20000},
+	} {
+		t.Run(fmt.Sprintf("%d goroutines, %d queues", tc.goroutines, tc.queues), func(t *testing.T) {
+			f := newFlusher(tc.goroutines)
+			runs := make([]atomic.Int32, tc.queues)
+			qs := make([]*sendQueue, tc.queues)
+			for i := range qs {
+				q := newSendQueue(1, 1)
+				q.direct = func() bool { runs[i].Add(1); return true }
+				q.writers.Add(1) // counted as running, as startLocked does
+				qs[i] = q
+			}
+			var wg sync.WaitGroup
+			for s := range tc.senders {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := s; i < len(qs); i += tc.senders {
+						if !f.add(qs[i]) {
+							t.Errorf("queue %d refused before close", i)
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			f.close()
+			for i := range runs {
+				if n := runs[i].Load(); n != 1 {
+					t.Fatalf("queue %d ran %d times", i, n)
+				}
+				qs[i].writers.Wait() // runDirect released it
+			}
+			if f.add(newSendQueue(1, 1)) {
+				t.Error("a closed flusher took a queue")
 			}
 		})
 	}

@@ -460,7 +460,8 @@ func (s *Server) pinger(ctx context.Context) {
 type flusher struct {
 	mu      sync.Mutex
 	wake    *sync.Cond
-	list    []*sendQueue // queues waiting for their direct write, oldest first
+	list    []*sendQueue // queues waiting for their direct write, oldest first, from head
+	head    int          // list[:head] are taken
 	waiting int          // goroutines waiting in wake
 	closed  bool
 	wg      sync.WaitGroup
@@ -491,7 +492,7 @@ func (f *flusher) add(q *sendQueue) bool {
 		return false
 	}
 	f.list = append(f.list, q)
-	wake := f.waiting > 0 && len(f.list) == 1
+	wake := f.waiting > 0 && len(f.list)-f.head == 1
 	f.mu.Unlock()
 	if wake {
 		f.wake.Signal()
@@ -504,21 +505,29 @@ func (f *flusher) run() {
 	var chunk []*sendQueue
 	for {
 		f.mu.Lock()
-		for len(f.list) == 0 && !f.closed {
+		for len(f.list) == f.head && !f.closed {
 			f.waiting++
 			f.wake.Wait()
 			f.waiting--
 		}
-		if len(f.list) == 0 {
+		if len(f.list) == f.head {
 			f.mu.Unlock()
 			return // closed, and nothing left
 		}
-		n := min(len(f.list), flushChunk)
-		chunk = append(chunk[:0], f.list[:n]...)
-		rest := copy(f.list, f.list[n:])
-		clear(f.list[rest:])
-		f.list = f.list[:rest]
-		more := rest > 0 && f.waiting > 0
+		n := min(len(f.list)-f.head, flushChunk)
+		chunk = append(chunk[:0], f.list[f.head:f.head+n]...)
+		clear(f.list[f.head : f.head+n])
+		f.head += n
+		if f.head == len(f.list) {
+			f.list, f.head = f.list[:0], 0
+		} else if f.head > len(f.list)/2 {
+			// Taken from the front while more keep coming: move the rest
+			// down so the list does not grow for ever.
+			rest := copy(f.list, f.list[f.head:])
+			clear(f.list[rest:])
+			f.list, f.head = f.list[:rest], 0
+		}
+		more := len(f.list) > f.head && f.waiting > 0
 		f.mu.Unlock()
 		if more {
 			f.wake.Signal() // another goroutine takes the next chunk meanwhile
