@@ -48,9 +48,15 @@ type sendQueue struct {
 	// The writer: a goroutine runs only while there is something to
 	// write (frames, a ping, the close), so an idle socket costs no
 	// goroutine. writer starts one; nil until the socket runs.
-	writer  func()
+	writer func()
+	// direct, when set, writes what is queued without waiting and reports
+	// whether it released the writer (true) or a writer goroutine must
+	// carry on (false); the flusher fl runs it. Not used for a ping or a
+	// close: those may wait.
+	direct  func() bool
+	fl      *flusher
 	writers sync.WaitGroup // the running writer, for the socket's end
-	running bool           // a writer goroutine owns the socket's writes
+	running bool           // a writer (the flusher's turn, or a goroutine) owns the socket's writes
 	stopped bool           // the last writer ended (close sent, or a write failed): none starts again
 	pingDue bool           // the shared pinger asked for a ping
 	closing bool           // a close was asked: it goes out before the backlog
@@ -230,13 +236,40 @@ func (q *sendQueue) appendLocked(frame []byte, m queuedMeta) {
 }
 
 // wakeUnlock releases q.mu after frames were queued, starting a writer
-// when none runs. Called with q.mu held.
+// when none runs: the flusher's direct write when it takes the queue,
+// else a goroutine. Called with q.mu held.
 func (q *sendQueue) wakeUnlock() {
 	start := q.startLocked()
+	direct := start && q.direct != nil && q.fl != nil && !q.closing && !q.pingDue
 	q.mu.Unlock()
-	if start {
-		go q.writer()
+	if !start || (direct && q.fl.add(q)) {
+		return
 	}
+	go q.writer()
+}
+
+// runDirect is the flusher's turn at a queue it was handed: the direct
+// write, then a writer goroutine when that could not finish.
+func (q *sendQueue) runDirect() {
+	if q.direct() {
+		q.writers.Done()
+		return
+	}
+	go q.writer()
+}
+
+// release ends the running writer when nothing waits (as next does when
+// it answers stepIdle) and reports whether it did; otherwise the writer
+// keeps running. Called by the running writer.
+func (q *sendQueue) release() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.frames) > 0 || q.pingDue || q.closing {
+		return false
+	}
+	q.running = false
+	q.dropLocked()
+	return true
 }
 
 // startLocked reports whether a writer must be started now (none runs,
@@ -251,12 +284,12 @@ func (q *sendQueue) startLocked() bool {
 	return true
 }
 
-// attach sets the function that runs a writer and starts one when
-// something already waits (frames, a ping, a close asked before the
-// socket ran).
-func (q *sendQueue) attach(writer func()) {
+// attach sets the functions that run a writer (direct and fl may be nil:
+// always a goroutine) and starts one when something already waits (frames, a
+// ping, a close asked before the socket ran).
+func (q *sendQueue) attach(writer func(), direct func() bool, fl *flusher) {
 	q.mu.Lock()
-	q.writer = writer
+	q.writer, q.direct, q.fl = writer, direct, fl
 	if len(q.frames) == 0 && !q.pingDue && !q.closing {
 		q.mu.Unlock()
 		return

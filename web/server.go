@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"sync"
 	"time"
 
@@ -185,6 +186,7 @@ type Server struct {
 	stopCh   chan struct{} // closed by Shutdown: ends SSE and long-poll requests
 	connsWG  sync.WaitGroup
 	shutOnce sync.Once
+	flush    *flusher // direct socket writes (writer.go)
 
 	socketsPerIP map[string]int // open sockets by client address, under mu (Limits.MaxSocketsPerIP)
 }
@@ -199,6 +201,7 @@ func New(d Deps, cfg Config) *Server {
 	s := &Server{
 		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, mx: d.Metrics, sched: d.Schedules, logger: cfg.Logger,
 		conns: map[*conn]struct{}{}, streams: map[*stream]struct{}{}, socketsPerIP: map[string]int{}, stopCh: make(chan struct{}),
+		flush: newFlusher(runtime.GOMAXPROCS(0)),
 	}
 	var bad []string
 	s.origins, bad = newOriginPolicy(cfg.AllowedOrigins)
@@ -312,7 +315,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.bgCancel()
 	})
 	done := make(chan struct{})
-	go func() { s.connsWG.Wait(); s.bg.Wait(); close(done) }()
+	// The flusher closes once every socket ended: until then a closing
+	// socket's last frames may still go through it.
+	go func() { s.connsWG.Wait(); s.bg.Wait(); s.flush.close(); close(done) }()
 	select {
 	case <-done:
 		return nil

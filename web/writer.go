@@ -3,9 +3,13 @@ package web
 import (
 	"bufio"
 	"context"
+	"errors"
 	"net"
 	"net/http"
+	"os"
+	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -14,11 +18,15 @@ import (
 )
 
 // The write side of a socket. Frames wait in the socket's sendQueue; a
-// writer goroutine runs only while there is something to write (started
-// by the push that finds none running, ended when the queue is empty), so
-// an idle socket has no writer, no ticker and no write buffer. Everything
-// a writer takes from the queue in one go leaves in one write(2) (one
-// per maxBatchBytes), under one write deadline: under fan-out a socket is
+// writer runs only while there is something to write (started by the
+// push that finds none running, ended when the queue is empty), so an
+// idle socket has no writer, no ticker and no write buffer. The writer is
+// first the Server's flusher, which writes what is queued without waiting
+// (writeDirect) from one of a few goroutines shared by every socket; only
+// a socket whose kernel buffer is full, or that has a ping or its close
+// to send, gets a goroutine of its own. Everything a writer takes from
+// the queue in one go leaves in one write(2) (a writer goroutine: one per
+// maxBatchBytes, under one write deadline): under fan-out a socket is
 // sent many frames at once, and a syscall per frame was most of the CPU.
 // One pinger per Server pings every socket each PingInterval.
 
@@ -35,13 +43,28 @@ const maxBatchBytes = 64 << 10
 // sends them with one write(2) when the batch ends or holds
 // maxBatchBytes. The mutex orders a control frame written from the read
 // pump with the batch: it joins the batch, or waits for its write.
+//
+// A direct batch (beginDirect) is written by whoever queued its frames,
+// usually the hub's fan-out, without waiting: its bytes go out in one
+// write(2) attempt that never blocks (endDirect). What the kernel did not
+// take stays in the open batch (control frames from the read pump queue
+// up behind it) until a writer goroutine sends it (finish).
 type batchConn struct {
 	net.Conn
 
-	mu   sync.Mutex
-	open bool    // a batch is open: writes are collected in buf
-	buf  *[]byte // the batch, from batchPool; nil outside a batch
-	err  error   // the batch's first failed write
+	mu     sync.Mutex
+	open   bool    // a batch is open: writes are collected in buf
+	direct bool    // the open batch is direct: collected whole, sent without waiting
+	buf    *[]byte // the batch, from batchPool; nil outside a batch
+	err    error   // the batch's first failed write
+
+	// The file descriptor under Conn, for writes that must not wait;
+	// rawOf is the Conn it was found for (nil raw: Conn has none).
+	raw   syscall.RawConn
+	rawOf net.Conn
+	// carried counts the direct batches a writer goroutine had to finish
+	// (the kernel's buffer was full): how often a socket fell back.
+	carried int
 }
 
 // batchPool recycles batch buffers: a socket holds one only while its
@@ -63,13 +86,132 @@ func (b *batchConn) end() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.flushLocked()
-	b.open = false
+	b.closeLocked()
+	return b.err
+}
+
+// closeLocked closes the batch and gives its buffer back. Called with
+// b.mu held.
+func (b *batchConn) closeLocked() {
+	b.open, b.direct = false, false
 	buf := b.buf
 	b.buf = nil
 	if cap(*buf) <= 4*maxBatchBytes {
 		*buf = (*buf)[:0]
 		batchPool.Put(buf)
 	}
+}
+
+// errWouldBlock: a direct batch was not sent whole; a writer goroutine
+// must finish it.
+var errWouldBlock = errors.New("web: the socket's buffer is full")
+
+// canDirect reports whether direct batches are possible: the connection
+// exposes its file descriptor (a TCP connection does).
+func (b *batchConn) canDirect() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.rawOf != b.Conn {
+		b.raw, b.rawOf = rawConnOf(b.Conn), b.Conn
+	}
+	return b.raw != nil
+}
+
+// beginDirect opens a direct batch (canDirect must have said yes). It
+// sets no write deadline: the batch never waits.
+func (b *batchConn) beginDirect() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.open, b.direct, b.err = true, true, nil
+	b.buf = batchPool.Get().(*[]byte)
+}
+
+// rawConnOf is the syscall.RawConn under c (through the listener's
+// limitedConn), or nil.
+func rawConnOf(c net.Conn) syscall.RawConn {
+	if lc, ok := c.(*limitedConn); ok {
+		c = lc.Conn
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
+}
+
+// endDirect tries to send the direct batch with one write(2) that does
+// not wait. Sent whole, the batch is closed (nil); otherwise the rest
+// stays in the open batch and it returns errWouldBlock (finish sends
+// it), or the write's error.
+func (b *batchConn) endDirect() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	buf := *b.buf
+	n, err := writeNow(b.raw, buf)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// The deadline a writer goroutine's batch set, long past: the
+		// runtime refuses every write until it is moved, and a write that
+		// never waits needs none.
+		if err = b.Conn.SetWriteDeadline(time.Time{}); err == nil {
+			n, err = writeNow(b.raw, buf)
+		}
+	}
+	if err != nil {
+		b.err = err
+		b.closeLocked()
+		return err
+	}
+	if n == len(buf) {
+		b.closeLocked()
+		return nil
+	}
+	*b.buf = buf[:copy(buf, buf[n:])]
+	return errWouldBlock
+}
+
+// writeNow writes what the kernel takes of p at once, without waiting for
+// room: the bytes written, and an error only when the write failed.
+func writeNow(raw syscall.RawConn, p []byte) (int, error) {
+	var n int
+	var werr error
+	err := raw.Write(func(fd uintptr) bool {
+		for {
+			n, werr = syscall.Write(int(fd), p)
+			if werr != syscall.EINTR {
+				break
+			}
+		}
+		return true // done, whatever it took: never wait for room
+	})
+	if n < 0 {
+		n = 0
+	}
+	if werr == syscall.EAGAIN {
+		werr = nil
+	}
+	if err == nil {
+		err = werr
+	}
+	return n, err
+}
+
+// finish sends what a direct batch left (and whatever joined it since)
+// by deadline, waiting for room, and closes it; no-op without one.
+func (b *batchConn) finish(deadline time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.open {
+		return nil
+	}
+	b.direct = false
+	b.carried++
+	b.err = b.Conn.SetWriteDeadline(deadline)
+	b.flushLocked()
+	b.closeLocked()
 	return b.err
 }
 
@@ -90,7 +232,7 @@ func (b *batchConn) Write(p []byte) (int, error) {
 	if b.err != nil {
 		return 0, b.err
 	}
-	if len(*b.buf)+len(p) > maxBatchBytes {
+	if !b.direct && len(*b.buf)+len(p) > maxBatchBytes {
 		b.flushLocked()
 		if b.err == nil && len(p) >= maxBatchBytes {
 			// A large frame goes out as it is, not through a copy.
@@ -155,13 +297,55 @@ var separator = []byte{wire.FrameSeparator}
 var writeBufferPool sync.Pool
 
 // startWriting lets the socket's queue start writers, from now on.
-func (c *conn) startWriting() { c.send.attach(c.writeLoop) }
+func (c *conn) startWriting() { c.send.attach(c.writeLoop, c.writeDirect, c.s.flush) }
+
+// writeDirect writes what is queued without waiting, from one of the
+// Server's flusher goroutines: a socket with room in its kernel buffer
+// gets its frames with no goroutine of its own started. Under fan-out an
+// event otherwise started a goroutine per socket (a thousand for a busy
+// room), which queued up on the CPUs ahead of everything else, the next
+// event's publish included. It reports true when the batch went out whole
+// and the queue is empty (the writer is released), false when a writer
+// goroutine must carry on (a full buffer, more frames, a ping or a
+// close).
+func (c *conn) writeDirect() bool {
+	if !c.out.canDirect() {
+		return false
+	}
+	step, batch, ping := c.send.next()
+	switch step {
+	case stepIdle:
+		return true
+	case stepClose:
+		return false // the writer's next() hands it the close again
+	}
+	c.out.beginDirect()
+	err := c.writeFrames(c.ws, batch, ping, time.Now().Add(c.s.cfg.WriteTimeout))
+	if endErr := c.out.endDirect(); err == nil {
+		err = endErr
+	}
+	switch {
+	case err == nil:
+		return c.send.release()
+	case errors.Is(err, errWouldBlock):
+		return false
+	}
+	c.send.stop()
+	c.abort()
+	return true
+}
 
 // writeLoop is one writer: it writes what the queue hands it until the
 // queue is empty (then it ends; the next push starts another), the
 // socket is closed (it sends the close frame first) or a write fails.
+// It first sends what a direct write left.
 func (c *conn) writeLoop() {
 	defer c.send.writers.Done()
+	if err := c.out.finish(time.Now().Add(c.s.cfg.WriteTimeout)); err != nil {
+		c.send.stop()
+		c.abort()
+		return
+	}
 	for {
 		step, batch, ping := c.send.next()
 		switch step {
@@ -265,4 +449,103 @@ func (s *Server) pinger(ctx context.Context) {
 		}
 		clear(conns)
 	}
+}
+
+// flusher runs the direct writes of sockets whose writer was started (see
+// writeDirect) on a few goroutines, one per CPU, so a fan-out to many
+// sockets costs a list append per socket instead of a goroutine, and
+// still writes on every CPU. The Server owns it: New starts it, Shutdown
+// closes it; a queue handed to it is written before its goroutines end,
+// and once it is closed queues start their own writer goroutine again.
+type flusher struct {
+	mu      sync.Mutex
+	wake    *sync.Cond
+	list    []*sendQueue // queues waiting for their direct write, oldest first, from head
+	head    int          // list[:head] are taken
+	waiting int          // goroutines waiting in wake
+	closed  bool
+	wg      sync.WaitGroup
+}
+
+// flushChunk is how many queues a flusher goroutine takes at once: it
+// yields the CPU after each chunk, so goroutines woken meanwhile (a
+// publish, a Redis reply) wait for a chunk, not for a whole fan-out.
+const flushChunk = 32
+
+// newFlusher starts n goroutines.
+func newFlusher(n int) *flusher {
+	f := &flusher{}
+	f.wake = sync.NewCond(&f.mu)
+	for range n {
+		f.wg.Add(1)
+		go f.run()
+	}
+	return f
+}
+
+// add hands q (its writer counted as running) to the flusher, or reports
+// false once it is closed.
+func (f *flusher) add(q *sendQueue) bool {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return false
+	}
+	f.list = append(f.list, q)
+	wake := f.waiting > 0 && len(f.list)-f.head == 1
+	f.mu.Unlock()
+	if wake {
+		f.wake.Signal()
+	}
+	return true
+}
+
+func (f *flusher) run() {
+	defer f.wg.Done()
+	var chunk []*sendQueue
+	for {
+		f.mu.Lock()
+		for len(f.list) == f.head && !f.closed {
+			f.waiting++
+			f.wake.Wait()
+			f.waiting--
+		}
+		if len(f.list) == f.head {
+			f.mu.Unlock()
+			return // closed, and nothing left
+		}
+		n := min(len(f.list)-f.head, flushChunk)
+		chunk = append(chunk[:0], f.list[f.head:f.head+n]...)
+		clear(f.list[f.head : f.head+n])
+		f.head += n
+		if f.head == len(f.list) {
+			f.list, f.head = f.list[:0], 0
+		} else if f.head > len(f.list)/2 {
+			// Taken from the front while more keep coming: move the rest
+			// down so the list does not grow for ever.
+			rest := copy(f.list, f.list[f.head:])
+			clear(f.list[rest:])
+			f.list, f.head = f.list[:rest], 0
+		}
+		more := len(f.list) > f.head && f.waiting > 0
+		f.mu.Unlock()
+		if more {
+			f.wake.Signal() // another goroutine takes the next chunk meanwhile
+		}
+		for _, q := range chunk {
+			q.runDirect()
+		}
+		clear(chunk)
+		runtime.Gosched()
+	}
+}
+
+// close lets the goroutines end once every queue handed over is written,
+// and waits for them.
+func (f *flusher) close() {
+	f.mu.Lock()
+	f.closed = true
+	f.mu.Unlock()
+	f.wake.Broadcast()
+	f.wg.Wait()
 }

@@ -31,7 +31,7 @@ type config struct {
 	SendQueue       int           // in-process server: frames queued per socket
 	Drain           time.Duration // how long to wait for deliveries after the last publish
 	Timeout         time.Duration // bound on the whole run
-	CPUProfile      string        // write a CPU profile of the publishing phase here
+	CPUProfile      string        // write a CPU profile of the publishing phase here (scenario mode: one per scenario and target, profilePath)
 	PublishVia      string        // "redis": Log.Publish into Redis; "api": POST /api/publish
 	Token           string        // with -url and -publish-via api: the bearer token that publishes
 
@@ -95,7 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.Timeout, "timeout", 3*time.Minute, "give up after this long (scenario mode: 20m)")
 	fs.StringVar(&c.PublishVia, "publish-via", viaRedis, "how events are published: redis (progress.Log.Publish straight into Redis, as workers do) or api (POST /api/publish with a bearer token, as other backends do)")
 	fs.StringVar(&c.Token, "token", "", "with -url and -publish-via api: a bearer token that may publish to the group (an admin token, or one with a publish:chat:* scope); in-process an admin token is made up")
-	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process during the publishing phase to this file (in-process: server and clients)")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process during the publishing phase to this file (in-process: server and clients); scenario mode: of the load client during each fanout, latency and bytes run, one file per scenario and target (-scenario-target inserted before the extension)")
 	fs.StringVar(&c.Scenario, "scenario", "", "scenario mode: all, or a comma-separated list of join, idle, fanout, latency, bytes, restart; each runs on every -target back to back on fresh server processes and prints a side-by-side table (needs -redis-url for taskstream)")
 	fs.StringVar(&c.Target, "target", targetBoth, "scenario mode: taskstream, gorilla (gorilla/websocket's examples/chat, the reference) or both")
 	fs.StringVar(&c.APIBin, "api-bin", "", "scenario mode: taskstream's cmd/api binary (default: go build it into a temp dir; run from the module)")
@@ -139,7 +139,7 @@ func (c config) validateScenarios() error {
 	if err := validScenarios(c.Scenario); err != nil {
 		return err
 	}
-	for _, name := range []string{"url", "server-pid", "token", "events", "group", "send-queue", "cpuprofile", "drain"} {
+	for _, name := range []string{"url", "server-pid", "token", "events", "group", "send-queue", "drain"} {
 		if c.set[name] {
 			return fmt.Errorf("-%s is not used with -scenario (each scenario starts its own servers)", name)
 		}

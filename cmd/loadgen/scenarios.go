@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -177,6 +179,21 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 			return outcome{Err: ctx.Err()}
 		}
 	}
+	if measuring(name) && c.CPUProfile != "" {
+		stop, err := startCPUProfile(profilePath(c.CPUProfile, name, t.Name()))
+		if err != nil {
+			return outcome{Err: err}
+		}
+		var once sync.Once
+		var stopErr error
+		sw.measured = func() { once.Do(func() { stopErr = stop() }) }
+		defer func() {
+			sw.measured()
+			if stopErr != nil && o.Err == nil {
+				o.Err = stopErr
+			}
+		}()
+	}
 	switch name {
 	case "idle":
 		rss1, err := rssOf(t.PID())
@@ -200,6 +217,20 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 		o.note("%s: sockets closed by the server: %s", t.Name(), closesText(cl))
 	}
 	return o
+}
+
+// measuring reports whether scenario has a measuring phase that
+// -cpuprofile covers: the publishing and the deliveries.
+func measuring(scenario string) bool {
+	return scenario == "fanout" || scenario == "latency" || scenario == "bytes"
+}
+
+// profilePath is where -cpuprofile path puts the profile of scenario on
+// target: "-scenario-target" inserted before path's extension
+// (/tmp/lg.prof: /tmp/lg-latency-gorilla.prof).
+func profilePath(path, scenario, target string) string {
+	ext := filepath.Ext(path)
+	return strings.TrimSuffix(path, ext) + "-" + scenario + "-" + target + ext
 }
 
 func joinMeaning(t target) string {
@@ -308,6 +339,7 @@ func closedLoop(ctx context.Context, sw *swarm, t target, p params) (o outcome) 
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	sw.measured()
 	sw.Close()
 	var delivered, sent int64
 	outOfOrder := 0
@@ -335,6 +367,12 @@ func closedLoop(ctx context.Context, sw *swarm, t target, p params) (o outcome) 
 // Bytes = bytes read on the subscribers' connections (WebSocket headers,
 // pings and other frames included) from just before the first message to
 // the last delivery, ÷ deliveries.
+//
+// The latency scenario also splits the delay (openTimes.figures): when
+// each publish was sent against when it was due, the delay from the send,
+// how long a message took to reach its first and its last subscriber,
+// and the CPU the load client, the server and the rest of the machine
+// used meanwhile.
 func openLoop(ctx context.Context, sw *swarm, t target, p params, name string) (o outcome) {
 	pubs, err := senders(ctx, t, p.Publishers)
 	if err != nil {
@@ -347,8 +385,16 @@ func openLoop(ctx context.Context, sw *swarm, t target, p params, name string) (
 		due time.Time
 	}
 	jobs := make(chan job, 1024)
+	tm := newOpenTimes(total)
+	if sw.keepLat {
+		for _, s := range sw.socks {
+			// Written by s's reader only once recording is on (below).
+			s.got = make([]received, 0, total)
+		}
+	}
 	b0 := sw.bytesRead()
 	sw.recording.Store(true)
+	cpu0 := takeCPU(t.PID())
 	start := time.Now()
 	var wg sync.WaitGroup
 	published := make([]int64, len(pubs))
@@ -363,10 +409,12 @@ func openLoop(ctx context.Context, sw *swarm, t target, p params, name string) (
 					continue // drain
 				}
 				buf = stampText(buf, i, j.n, j.due, p.Payload)
+				tm.sent[j.n] = time.Now().UnixNano()
 				if err := s.send(ctx, buf); err != nil {
 					errs[i] = err
 					continue
 				}
+				tm.done[j.n] = time.Now().UnixNano()
 				published[i]++
 			}
 		}()
@@ -382,6 +430,7 @@ func openLoop(ctx context.Context, sw *swarm, t target, p params, name string) (
 		if ctx.Err() != nil {
 			break
 		}
+		tm.due[n+1] = d.UnixNano()
 		jobs <- job{int64(n + 1), d}
 	}
 	close(jobs)
@@ -395,22 +444,28 @@ func openLoop(ctx context.Context, sw *swarm, t target, p params, name string) (
 	want := sent * int64(p.Clients)
 	deadline := time.Now().Add(10 * time.Second)
 	for sw.deliveredLive() < want && time.Now().Before(deadline) && ctx.Err() == nil {
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
+	cpu, cpuOK := cpuBetween(cpu0, takeCPU(t.PID()), time.Since(start))
+	sw.measured()
 	b1 := sw.bytesRead()
 	sw.Close()
-	var all []time.Duration
 	var delivered int64
 	for _, s := range sw.socks {
 		delivered += s.delivered
-		all = append(all, s.lat...)
 	}
 	switch name {
 	case "latency":
-		l := latency.Summarize(all)
-		o.add("latency p50, ms", ms(l.P50), 1)
-		o.add("latency p95, ms", ms(l.P95), 1)
-		o.add("latency p99, ms", ms(l.P99), 1)
+		tm.figures(&o, sw.socks)
+		if cpuOK {
+			o.add("load client CPU, cores", cpu.client, 2)
+			o.add("server CPU, cores", cpu.server, 2)
+			o.add("other processes' CPU, cores", cpu.others, 2)
+		}
+		o.note("%s: latency is from the time each message was due; \"from send\" from when its publisher began sending it "+
+			"(%s); \"late\" is send − due; first and last subscriber are from the send; CPU is over the %s from the first send "+
+			"to the last delivery, in cores of %d (other processes: the rest of the machine%s)",
+			t.Name(), sendMeaning(t), cpu.wall.Round(time.Millisecond), runtime.NumCPU(), othersMeaning(t))
 	case "bytes":
 		if delivered > 0 {
 			o.add("bytes read per delivered message", float64(b1-b0)/float64(delivered), 0)
@@ -422,6 +477,80 @@ func openLoop(ctx context.Context, sw *swarm, t target, p params, name string) (
 		o.note("%s: publishers: %v", t.Name(), firstLine(err))
 	}
 	return o
+}
+
+func sendMeaning(t target) string {
+	if t.Protocol() {
+		return "a POST /api/publish, or a Log.Publish into Redis with -publish-via redis"
+	}
+	return "a WebSocket message on its own socket"
+}
+
+func othersMeaning(t target) string {
+	if t.Protocol() {
+		return ", redis-server included"
+	}
+	return ""
+}
+
+// openTimes are the open loop's times per message n (1..total), in Unix
+// nanoseconds: when it was due, when its publisher began sending it and
+// when the send returned (0: not sent). Each entry is written by one
+// goroutine and read after the publishers ended.
+type openTimes struct {
+	due, sent, done []int64
+}
+
+func newOpenTimes(total int) *openTimes {
+	return &openTimes{due: make([]int64, total+1), sent: make([]int64, total+1), done: make([]int64, total+1)}
+}
+
+// figures adds the latency scenario's figures from what socks received.
+func (tm *openTimes) figures(o *outcome, socks []*sock) {
+	n := len(tm.due)
+	first, last := make([]int64, n), make([]int64, n)
+	var fromDue, fromSend []time.Duration
+	for _, s := range socks {
+		for _, r := range s.got {
+			if r.n < 1 || r.n >= int64(n) || tm.sent[r.n] == 0 {
+				continue
+			}
+			fromDue = append(fromDue, time.Duration(r.at-tm.due[r.n]))
+			fromSend = append(fromSend, time.Duration(r.at-tm.sent[r.n]))
+			if first[r.n] == 0 || r.at < first[r.n] {
+				first[r.n] = r.at
+			}
+			last[r.n] = max(last[r.n], r.at)
+		}
+	}
+	var late, call, toFirst, toLast []time.Duration
+	for i := 1; i < n; i++ {
+		if tm.sent[i] == 0 {
+			continue
+		}
+		late = append(late, time.Duration(tm.sent[i]-tm.due[i]))
+		if tm.done[i] != 0 {
+			call = append(call, time.Duration(tm.done[i]-tm.sent[i]))
+		}
+		if first[i] != 0 {
+			toFirst = append(toFirst, time.Duration(first[i]-tm.sent[i]))
+			toLast = append(toLast, time.Duration(last[i]-tm.sent[i]))
+		}
+	}
+	d, s := latency.Summarize(fromDue), latency.Summarize(fromSend)
+	l, c := latency.Summarize(late), latency.Summarize(call)
+	f, z := latency.Summarize(toFirst), latency.Summarize(toLast)
+	o.add("latency p50, ms", ms(d.P50), 1)
+	o.add("latency p95, ms", ms(d.P95), 1)
+	o.add("latency p99, ms", ms(d.P99), 1)
+	o.add("from send p50, ms", ms(s.P50), 1)
+	o.add("from send p99, ms", ms(s.P99), 1)
+	o.add("publisher late p50, ms", ms(l.P50), 2)
+	o.add("publisher late p99, ms", ms(l.P99), 2)
+	o.add("publish call p50, ms", ms(c.P50), 2)
+	o.add("first subscriber p50, ms", ms(f.P50), 1)
+	o.add("last subscriber p50, ms", ms(z.P50), 1)
+	o.add("last subscriber p99, ms", ms(z.P99), 1)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

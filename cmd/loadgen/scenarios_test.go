@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"math"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -83,6 +85,7 @@ func TestScanTS(t *testing.T) {
 		{"v2 lean event", `{"group":"chat:r","seq":42,"event":"message","data":{"text":"hi"}}`, 'e', 42, "", false},
 		{"v2 lean event, new epoch", `{"group":"chat:r","seq":1,"epoch":"ep3","event":"join","data":{}}`, 'e', 1, "ep3", false},
 		{"other", `{"type":"pong"}`, 0, 0, "", false},
+		{"v2 lean event quoting a subscribed frame", `{"group":"chat:r","seq":43,"event":"message","data":{"text":"\"type\":\"subscribed\""}}`, 'e', 43, "", false},
 	} {
 		f := scanTS([]byte(tc.frame))
 		if f.kind != tc.kind || f.seq != tc.seq || string(f.epoch) != tc.epoch || f.recovered != tc.recovered {
@@ -227,7 +230,9 @@ func checkFigures(t *testing.T, report string) {
 		return v
 	}
 	for _, figure := range []string{"all joined in, s", "server RSS per idle socket, KiB", "lossless deliveries/s",
-		"latency p50, ms", "latency p95, ms", "latency p99, ms", "bytes read per delivered message"} {
+		"latency p50, ms", "latency p95, ms", "latency p99, ms", "from send p50, ms", "publisher late p99, ms",
+		"first subscriber p50, ms", "last subscriber p99, ms", "load client CPU, cores", "server CPU, cores",
+		"bytes read per delivered message"} {
 		for i := range 2 {
 			// Times may round to 0 and RSS may shrink; deliveries and
 			// bytes cannot be 0 when messages arrived.
@@ -250,5 +255,73 @@ func checkFigures(t *testing.T, report string) {
 	}
 	if !strings.Contains(report, "load average") || !strings.Contains(report, "ratio taskstream / gorilla") {
 		t.Errorf("no load average or ratio:\n%s", report)
+	}
+}
+
+// The CPU accounting reads /proc's formats, a command name with spaces
+// and parentheses included.
+func TestProcCPUParsing(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want float64
+		ok   bool
+	}{
+		{"123 (api) S 1 123 123 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 100 0 0", 3, true},
+		{"7 (a (b) c) R 1 7 7 0 -1 0 0 0 0 0 1 2 0 0", 0.03, true},
+		{"7 (api) S 1 2", 0, false},
+		{"no command here", 0, false},
+		{"7 (api) S 1 7 7 0 -1 0 0 0 0 0 x 2 0 0", 0, false},
+	} {
+		got, err := parseProcStat([]byte(tc.line))
+		if (err == nil) != tc.ok || (tc.ok && math.Abs(got-tc.want) > 1e-9) {
+			t.Errorf("parseProcStat(%q) = %v, %v; want %v (ok %v)", tc.line, got, err, tc.want, tc.ok)
+		}
+	}
+	busy, total, err := machineCPU([]byte("cpu  100 5 45 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n"))
+	if err != nil || busy != 1.5 || total != 10 {
+		t.Errorf("machineCPU = %v %v %v, want 1.5 10", busy, total, err)
+	}
+	if _, _, err := machineCPU([]byte("intr 1 2 3\n")); err == nil {
+		t.Error("machineCPU took a line that is not cpu")
+	}
+	if _, err := procCPU(os.Getpid()); err != nil {
+		t.Errorf("this process: %v", err)
+	}
+	if s := takeCPU(os.Getpid()); !s.ok || s.self <= 0 || s.total <= 0 {
+		t.Errorf("takeCPU: %+v", s)
+	}
+}
+
+// The open loop's split of the delay: two messages sent late and early,
+// each received by two sockets at known times.
+func TestOpenTimesFigures(t *testing.T) {
+	const msec = int64(time.Millisecond)
+	tm := newOpenTimes(2)
+	tm.due[1], tm.sent[1], tm.done[1] = 0, 2*msec, 3*msec // sent 2 ms late
+	tm.due[2], tm.sent[2], tm.done[2] = 10*msec, 10*msec, 11*msec
+	a := &sock{got: []received{{1, 7 * msec}, {2, 14 * msec}}}
+	b := &sock{got: []received{{1, 12 * msec}, {2, 30 * msec}, {9, 1}}} // n 9 was never sent: ignored
+	var o outcome
+	tm.figures(&o, []*sock{a, b})
+	got := map[string]float64{}
+	for _, f := range o.Figs {
+		got[f.Name] = f.Val
+	}
+	// From due: 7, 12, 4, 20 ms; from send: 5, 10, 4, 20; first
+	// subscriber 5, 4; last 10, 20 (nearest rank).
+	for name, want := range map[string]float64{
+		"latency p50, ms": 7, "latency p99, ms": 20, "from send p50, ms": 5, "from send p99, ms": 20,
+		"publisher late p50, ms": 0, "publisher late p99, ms": 2, "publish call p50, ms": 1,
+		"first subscriber p50, ms": 4, "last subscriber p50, ms": 10, "last subscriber p99, ms": 20,
+	} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+		}
+	}
+	if b := profilePath("/tmp/lg.prof", "latency", "gorilla"); b != "/tmp/lg-latency-gorilla.prof" {
+		t.Errorf("profilePath: %s", b)
+	}
+	if b := profilePath("cpu", "fanout", "taskstream"); b != "cpu-fanout-taskstream" {
+		t.Errorf("profilePath: %s", b)
 	}
 }

@@ -41,12 +41,18 @@ type swarm struct {
 	live      atomic.Int64 // deliveries counted so far, when there is no fan (open loop)
 	keepLat   bool
 	fan       *fanout // closed-loop bookkeeping, or nil
+
+	// measured is called when a scenario's measuring phase ended (its
+	// deliveries are in), before its figures are worked out: it stops
+	// -cpuprofile. Idempotent.
+	measured func()
 }
 
 // newSwarm prepares n sockets of users users; start opens them.
 func newSwarm(ctx context.Context, t target, n, users, dialConc int) *swarm {
 	sw := &swarm{t: t, fr: t.Framing(), socks: make([]*sock, n), users: users,
-		sem: make(chan struct{}, dialConc), allJoined: make(chan struct{}), allResumed: make(chan struct{})}
+		sem: make(chan struct{}, dialConc), allJoined: make(chan struct{}), allResumed: make(chan struct{}),
+		measured: func() {}}
 	sw.ctx, sw.cancel = context.WithCancel(ctx)
 	for i := range sw.socks {
 		sw.socks[i] = &sock{id: i}
@@ -248,7 +254,7 @@ func (sw *swarm) frame(s *sock, fr []byte, now time.Time, resuming bool) {
 			return
 		}
 	}
-	pub, n, sent, ok := stampOf(fr)
+	pub, n, _, ok := stampOf(fr)
 	if !ok {
 		return
 	}
@@ -261,7 +267,7 @@ func (sw *swarm) frame(s *sock, fr []byte, now time.Time, resuming bool) {
 		}
 		s.delivered++
 		if sw.keepLat {
-			s.lat = append(s.lat, now.Sub(time.Unix(0, sent)))
+			s.got = append(s.got, received{n, now.UnixNano()})
 		}
 	}
 }

@@ -1,0 +1,203 @@
+package web
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"taskstream/wire"
+)
+
+// directSocket serves one socket whose frames go out through a Server's
+// flusher (direct writes), with cfg's timeouts, and pre queued before it
+// starts writing (one batch); it hands the server side to the test and
+// keeps it open until the test ends.
+func directSocket(t *testing.T, cfg Config, protocol string, maxBytes int, pre [][]byte) (*conn, *websocket.Conn) {
+	t.Helper()
+	s := &Server{cfg: cfg.withDefaults(), flush: newFlusher(2)}
+	conns := make(chan *conn, 1)
+	done := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, out, v2, err := upgradeSocket(w, r)
+		if err != nil {
+			return
+		}
+		c := &conn{s: s, ws: ws, out: out, v2: v2, send: newSendQueue(1<<20, maxBytes), closed: make(chan struct{})}
+		for _, f := range pre {
+			c.send.push(f)
+		}
+		c.startWriting()
+		conns <- c
+		<-done
+		c.close(closeNormal, "")
+		c.send.writers.Wait()
+		_ = ws.Close()
+	})
+	hs := httptest.NewServer(h)
+	d := websocket.Dialer{}
+	if protocol != "" {
+		d.Subprotocols = []string{protocol}
+	}
+	ws, _, err := d.Dial("ws"+strings.TrimPrefix(hs.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		close(done)
+		_ = ws.Close()
+		hs.Close()
+		s.flush.close()
+	})
+	return <-conns, ws
+}
+
+// readFrames reads frames from ws (split in v2) until n arrived.
+func readFrames(t *testing.T, ws *websocket.Conn, n int) []string {
+	t.Helper()
+	var got []string
+	for len(got) < n {
+		_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
+		_, data, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("read: %v (close code %d) after %d of %d frames", err, closeCodeOf(err), len(got), n)
+		}
+		for f := range wire.SplitFrames(data) {
+			got = append(got, string(f))
+		}
+	}
+	return got
+}
+
+func frameN(i, size int) []byte {
+	f := fmt.Appendf(nil, `{"type":"pong","ref":%d,"pad":"`, i)
+	for len(f) < size-2 {
+		f = append(f, 'x')
+	}
+	return append(f, `"}`...)
+}
+
+// Frames queued for a socket with room in its buffer go out from the
+// flusher, in order, in v1 and v2, also after a writer goroutine's batch
+// (a ping) left a write deadline that has long passed: the runtime
+// refuses writes on such a socket until the deadline is moved, which
+// closed the socket (1006) before direct writes cleared it.
+func TestDirectWritesAfterAnOldDeadline(t *testing.T) {
+	for _, tc := range []struct{ name, protocol string }{{"v1", ""}, {"v2", wire.SubprotocolV2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Config{WriteTimeout: 20 * time.Millisecond}
+			c, ws := directSocket(t, cfg, tc.protocol, 1<<20, nil)
+			pinged := make(chan struct{}, 1)
+			ws.SetPingHandler(func(string) error {
+				select {
+				case pinged <- struct{}{}:
+				default:
+				}
+				return nil
+			})
+			c.send.requestPing() // a writer goroutine's batch, with a deadline
+			c.enqueue(frameN(0, 64))
+			got := readFrames(t, ws, 1)
+			<-pinged                         // handled within the read that returned the frame, or before
+			time.Sleep(3 * cfg.WriteTimeout) // the ping batch's deadline passes
+			const n = 20
+			for i := 1; i <= n; i++ {
+				if !c.enqueue(frameN(i, 64)) {
+					t.Fatalf("frame %d refused", i)
+				}
+			}
+			got = append(got, readFrames(t, ws, n)...)
+			for i, f := range got {
+				if f != string(frameN(i, 64)) {
+					t.Fatalf("frame %d is %.40s, want %.40s", i, f, frameN(i, 64))
+				}
+			}
+		})
+	}
+}
+
+// A direct batch the kernel takes only in part (the client reads slower
+// than the server writes) is finished by a writer goroutine, every frame
+// queued meanwhile follows it, and every frame arrives whole and in
+// order.
+func TestDirectWriteCarriedOnWhenTheBufferIsFull(t *testing.T) {
+	for _, tc := range []struct{ name, protocol string }{{"v1", ""}, {"v2", wire.SubprotocolV2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			// 8 MiB, more than loopback's buffers hold, in the first
+			// direct batch; then more frames while it is being finished.
+			const size, n = 4 << 10, 2048
+			pre := make([][]byte, n)
+			for i := range pre {
+				pre[i] = frameN(i, size)
+			}
+			c, ws := directSocket(t, Config{}, tc.protocol, 4*size*n, pre)
+			for i := n; i < n+n/8; i++ {
+				if !c.enqueue(frameN(i, size)) {
+					t.Fatalf("frame %d refused", i)
+				}
+			}
+			got := readFrames(t, ws, n+n/8)
+			for i, f := range got {
+				if f != string(frameN(i, size)) {
+					t.Fatalf("frame %d is %.40s, want %.40s", i, f, frameN(i, size))
+				}
+			}
+			c.out.mu.Lock()
+			carried := c.out.carried
+			c.out.mu.Unlock()
+			if carried == 0 {
+				t.Error("no direct write was left for a writer goroutine: the buffer never filled")
+			}
+		})
+	}
+}
+
+// The flusher runs every queue handed to it exactly once, whoever hands
+// them over and however many, and close waits until they ran; once
+// closed it takes no more.
+func TestFlusherRunsEveryQueueOnce(t *testing.T) {
+	for _, tc := range []struct{ goroutines, senders, queues int }{
+		{1, 1, 10}, {2, 4, 5000}, {3, 8, 20000},
+	} {
+		t.Run(fmt.Sprintf("%d goroutines, %d queues", tc.goroutines, tc.queues), func(t *testing.T) {
+			f := newFlusher(tc.goroutines)
+			runs := make([]atomic.Int32, tc.queues)
+			qs := make([]*sendQueue, tc.queues)
+			for i := range qs {
+				q := newSendQueue(1, 1)
+				q.direct = func() bool { runs[i].Add(1); return true }
+				q.writers.Add(1) // counted as running, as startLocked does
+				qs[i] = q
+			}
+			var wg sync.WaitGroup
+			for s := range tc.senders {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := s; i < len(qs); i += tc.senders {
+						if !f.add(qs[i]) {
+							t.Errorf("queue %d refused before close", i)
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			f.close()
+			for i := range runs {
+				if n := runs[i].Load(); n != 1 {
+					t.Fatalf("queue %d ran %d times", i, n)
+				}
+				qs[i].writers.Wait() // runDirect released it
+			}
+			if f.add(newSendQueue(1, 1)) {
+				t.Error("a closed flusher took a queue")
+			}
+		})
+	}
+}
