@@ -138,6 +138,8 @@ type Hub struct {
 	// atomic add. Guarded by mu (the map, not the counters).
 	delivered map[string]*atomic.Uint64
 	replayed  atomic.Uint64 // events delivered from the log rather than live
+	reads     atomic.Uint64 // reads of a group's log (history)
+	fromTail  atomic.Uint64 // subscriber syncs served from a group's tail
 
 	ctlWake chan struct{}
 	ctx     context.Context
@@ -277,6 +279,13 @@ type HubCounters struct {
 	// Replayed counts the events among Delivered that came from the log
 	// (a subscriber catching up) rather than from live pub/sub.
 	Replayed uint64
+	// HistoryReads counts the reads of a group's log (one MULTI per
+	// page, the member list included) the hub made.
+	HistoryReads uint64
+	// TailSyncs counts the subscriber syncs (a new subscriber's replay,
+	// or a catch-up after a gap) served from a live group's in-memory
+	// tail instead of a read of the log.
+	TailSyncs uint64
 }
 
 // Counters returns the hub's current counts and counters.
@@ -288,6 +297,8 @@ func (h *Hub) Counters() HubCounters {
 		SubscribersByKind: make(map[string]int),
 		Delivered:         make(map[string]uint64, len(h.delivered)),
 		Replayed:          h.replayed.Load(),
+		HistoryReads:      h.reads.Load(),
+		TailSyncs:         h.fromTail.Load(),
 	}
 	for _, g := range h.groups {
 		g.mu.Lock()
@@ -578,6 +589,7 @@ func (h *Hub) reset(f *feed) *redis.PubSub {
 	old := f.ps
 	f.ps = f.node.SSubscribe(f.ctx)
 	ps := f.ps
+	h.dropTails(f)
 	for _, g := range h.groups {
 		if g.feed == f {
 			g.feed, g.requested = nil, false
@@ -669,6 +681,20 @@ func (h *Hub) connBroken(f *feed, err error) {
 		h.logger.Warn("redis subscription lost; reconnecting", "shard", f.addr, "err", err)
 		f.conn, f.connErr = connPending, err
 	}
+	h.dropTails(f)
+}
+
+// dropTails drops the tails of f's groups: events may have been lost
+// with its connection. Called with h.mu held.
+func (h *Hub) dropTails(f *feed) {
+	for _, g := range h.groups {
+		if g.feed != f && h.cluster != nil {
+			continue
+		}
+		g.mu.Lock()
+		g.dropTail()
+		g.mu.Unlock()
+	}
 }
 
 // connLost records that f's connection failed and could not be
@@ -680,6 +706,7 @@ func (h *Hub) connLost(f *feed, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	f.connErr = err
+	h.dropTails(f)
 	if f.conn == connDown {
 		return
 	}
@@ -879,6 +906,7 @@ func (h *Hub) onSubscribed(channel string) {
 	g.mu.Lock()
 	g.ready = true
 	g.catchup = true
+	g.dropTail() // events may have been missed before this (re)subscription
 	g.mu.Unlock()
 	g.requestSync()
 }
@@ -895,6 +923,7 @@ func (h *Hub) onMessage(m *redis.Message) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.observe(ev)
 	for s := range g.subs {
 		s.offer(ev)
 	}
@@ -918,6 +947,15 @@ type group struct {
 	ready   bool // Redis confirmed the subscription at least once
 	catchup bool // the next read covers every subscriber, not only syncing ones
 
+	// The in-memory tail of the group's history (see tail), and what
+	// establishes it: the live events recorded while a read is in flight,
+	// and a generation bumped whenever events may have been missed.
+	tail      *tail
+	gen       uint64
+	recording bool
+	rec       []*Event
+	recOver   bool // more than PendingLimit events arrived during the read
+
 	wake   chan struct{}
 	cancel context.CancelFunc
 }
@@ -933,6 +971,51 @@ func (h *Hub) newGroup(name string) *group {
 	h.wg.Add(1)
 	go func() { defer h.wg.Done(); g.syncLoop(ctx) }()
 	return g
+}
+
+// observe records a live event in the tail and in a read's recording.
+// Called with g.mu held.
+func (g *group) observe(ev *Event) {
+	if g.recording && !g.recOver {
+		if len(g.rec) >= g.hub.cfg.PendingLimit {
+			g.rec, g.recOver = nil, true
+		} else {
+			g.rec = append(g.rec, ev)
+		}
+	}
+	if g.tail != nil && !g.tail.add(ev, time.Now()) {
+		g.dropTail()
+	}
+}
+
+// dropTail forgets the tail, and has a read in flight establish none.
+// Called with g.mu held.
+func (g *group) dropTail() {
+	g.tail = nil
+	g.gen++
+}
+
+// fromTail brings the targets whose position the tail covers up to date
+// from it and returns the others. Called with g.mu held.
+func (g *group) fromTail(targets []*Subscription) []*Subscription {
+	t := g.tail
+	if t == nil {
+		return targets
+	}
+	if !t.fresh(time.Now(), g.hub.log.cfg.TTL) {
+		g.dropTail()
+		return targets
+	}
+	rest := targets[:0]
+	for _, s := range targets {
+		if !t.serves(s.cursor, s.epoch) {
+			rest = append(rest, s)
+			continue
+		}
+		g.hub.fromTail.Add(1)
+		s.apply(t.snapshot(s.cursor), s.cursor, t.memberList())
+	}
+	return rest
 }
 
 func (g *group) requestSync() {
@@ -1015,6 +1098,9 @@ func (g *group) sync(ctx context.Context) error {
 		s.syncing = true
 		targets = append(targets, s)
 	}
+	if !catchup {
+		targets = g.fromTail(targets)
+	}
 	g.mu.Unlock()
 	if len(targets) == 0 {
 		return nil
@@ -1041,6 +1127,10 @@ func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool
 		from = min(from, s.cursor)
 		mixed = mixed || s.cursor != targets[0].cursor
 	}
+	// Record the live events from now on, so the read's result and
+	// them can form the tail.
+	gen := g.gen
+	g.recording, g.rec, g.recOver = true, nil, false
 	g.mu.Unlock()
 	var members []Member
 	var extra func(context.Context, redis.Pipeliner) func() error
@@ -1049,10 +1139,16 @@ func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool
 			return pres.queueList(ctx, p, g.name, &members)
 		}
 	}
+	g.hub.reads.Add(1)
 	snap, err := g.hub.log.readN(ctx, g.name, from, 0, extra)
+	g.mu.Lock()
+	// Taking the recording and establishing the tail under one lock: no
+	// live event falls between the two.
+	rec, recOver := g.rec, g.recOver
+	g.recording, g.rec, g.recOver = false, nil, false
 	if err == nil {
-		g.mu.Lock()
 		defer g.mu.Unlock()
+		g.learn(snap, members, extra != nil, rec, !recOver && gen == g.gen)
 		for _, s := range targets {
 			if _, ok := g.subs[s]; ok && !s.dead {
 				s.apply(snap, from, members)
@@ -1060,6 +1156,7 @@ func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool
 		}
 		return nil
 	}
+	g.mu.Unlock()
 	if ctx.Err() != nil {
 		return err // the group is gone
 	}
@@ -1098,6 +1195,26 @@ func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool
 		s.fail(err)
 	}
 	return nil
+}
+
+// learn updates the tail from a read of the log: a read that disagrees
+// with the tail drops it, and one that can (ok: nothing was missed while
+// it was in flight) establishes a tail, unless the current one reaches
+// further back. withMembers says the read included the member list.
+// Called with g.mu held.
+func (g *group) learn(snap Snapshot, members []Member, withMembers bool, rec []*Event, ok bool) {
+	if t := g.tail; t != nil && (snap.Epoch != t.epoch || snap.LastSeq < t.last) {
+		g.dropTail()
+	}
+	if !ok || (withMembers && members == nil) {
+		return
+	}
+	if g.tail != nil && g.tail.first <= snap.LastSeq+1 && (len(snap.Events) == 0 || g.tail.first <= snap.Events[0].Seq) {
+		return
+	}
+	if t := newTail(snap, members, rec, g.hub.log.maxLen(g.name), time.Now()); t != nil {
+		g.tail = t
+	}
 }
 
 // Subscription is one local subscriber of one group. Close it when done.
