@@ -136,10 +136,11 @@ type Hub struct {
 	// delivered counts events handed to subscribers, by group kind, since
 	// NewHub; a group holds its kind's counter so delivery costs one
 	// atomic add. Guarded by mu (the map, not the counters).
-	delivered map[string]*atomic.Uint64
-	replayed  atomic.Uint64 // events delivered from the log rather than live
-	reads     atomic.Uint64 // reads of a group's log (history)
-	fromTail  atomic.Uint64 // subscriber syncs served from a group's tail
+	delivered  map[string]*atomic.Uint64
+	replayed   atomic.Uint64 // events delivered from the log rather than live
+	reads      atomic.Uint64 // reads of a group's log (history)
+	fromTail   atomic.Uint64 // subscriber syncs served from a group's tail
+	tailChecks atomic.Uint64 // looks at a group's log before serving from its tail
 
 	ctlWake chan struct{}
 	ctx     context.Context
@@ -286,6 +287,10 @@ type HubCounters struct {
 	// or a catch-up after a gap) served from a live group's in-memory
 	// tail instead of a read of the log.
 	TailSyncs uint64
+	// TailChecks counts the looks at a group's log state (one MULTI of
+	// its meta and oldest entry) that precede serving subscribers from
+	// its tail: one per batch of subscribers, not per subscriber.
+	TailChecks uint64
 }
 
 // Counters returns the hub's current counts and counters.
@@ -299,6 +304,7 @@ func (h *Hub) Counters() HubCounters {
 		Replayed:          h.replayed.Load(),
 		HistoryReads:      h.reads.Load(),
 		TailSyncs:         h.fromTail.Load(),
+		TailChecks:        h.tailChecks.Load(),
 	}
 	for _, g := range h.groups {
 		g.mu.Lock()
@@ -804,6 +810,7 @@ func (h *Hub) receiveLoop(f *feed) {
 					for _, g := range h.groups {
 						g.requested = false
 					}
+					h.dropTails(f) // a channel may have gone unsubscribed: its events missed
 					h.mu.Unlock()
 					h.wakeControl()
 				}
@@ -983,7 +990,7 @@ func (g *group) observe(ev *Event) {
 			g.rec = append(g.rec, ev)
 		}
 	}
-	if g.tail != nil && !g.tail.add(ev, time.Now()) {
+	if g.tail != nil && !g.tail.add(ev) {
 		g.dropTail()
 	}
 }
@@ -996,18 +1003,45 @@ func (g *group) dropTail() {
 }
 
 // fromTail brings the targets whose position the tail covers up to date
-// from it and returns the others. Called with g.mu held.
-func (g *group) fromTail(targets []*Subscription) []*Subscription {
-	t := g.tail
-	if t == nil {
+// from it, once a look at the log (Log.state, one round trip) shows that
+// the tail still is the log's (tail.check), and returns the others, which
+// need a read. It reads the state only when the tail serves one of them.
+func (g *group) fromTail(ctx context.Context, targets []*Subscription) []*Subscription {
+	g.mu.Lock()
+	t, gen := g.tail, g.gen
+	wanted := false
+	for _, s := range targets {
+		if t != nil && t.serves(s.cursor, s.epoch) {
+			wanted = true
+			break
+		}
+	}
+	g.mu.Unlock()
+	if !wanted {
 		return targets
 	}
-	if !t.fresh(time.Now(), g.hub.log.cfg.TTL) {
+	g.hub.tailChecks.Add(1)
+	st, err := g.hub.log.state(ctx, g.name)
+	if err != nil {
+		return targets // the read says what is wrong
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.gen != gen || g.tail != t {
+		return targets // dropped meanwhile: events may have been missed
+	}
+	switch t.check(st) {
+	case tailStale:
 		g.dropTail()
+		return targets
+	case tailBehind:
 		return targets
 	}
 	rest := targets[:0]
 	for _, s := range targets {
+		if _, ok := g.subs[s]; !ok || s.dead {
+			continue
+		}
 		if !t.serves(s.cursor, s.epoch) {
 			rest = append(rest, s)
 			continue
@@ -1068,6 +1102,14 @@ func (g *group) syncLoop(ctx context.Context) {
 	}
 }
 
+// feedUp reports whether g's connection is up: placed, and its last read
+// succeeded.
+func (h *Hub) feedUp(g *group) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return g.feed != nil && g.feed.conn == connUp
+}
+
 // feedDown reports whether g's connection is known to be down.
 func (h *Hub) feedDown(g *group) bool {
 	h.mu.Lock()
@@ -1098,10 +1140,11 @@ func (g *group) sync(ctx context.Context) error {
 		s.syncing = true
 		targets = append(targets, s)
 	}
-	if !catchup {
-		targets = g.fromTail(targets)
-	}
 	g.mu.Unlock()
+	if !catchup && len(targets) > 0 {
+		// A catch-up follows a (re)subscription, which dropped the tail.
+		targets = g.fromTail(ctx, targets)
+	}
 	if len(targets) == 0 {
 		return nil
 	}
@@ -1128,10 +1171,13 @@ func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool
 		mixed = mixed || s.cursor != targets[0].cursor
 	}
 	// Record the live events from now on, so the read's result and
-	// them can form the tail.
+	// them can form the tail: only if the pub/sub connection is up once
+	// gen is taken (a break after that changes gen), or events published
+	// before the connection comes back would be missing from it.
 	gen := g.gen
 	g.recording, g.rec, g.recOver = true, nil, false
 	g.mu.Unlock()
+	listening := g.hub.feedUp(g)
 	var members []Member
 	var extra func(context.Context, redis.Pipeliner) func() error
 	if pres := g.hub.cfg.Presence; pres != nil && wire.KindOf(g.name) == wire.KindChat {
@@ -1148,7 +1194,7 @@ func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool
 	g.recording, g.rec, g.recOver = false, nil, false
 	if err == nil {
 		defer g.mu.Unlock()
-		g.learn(snap, members, extra != nil, rec, !recOver && gen == g.gen)
+		g.learn(snap, members, extra != nil, rec, listening && !recOver && gen == g.gen)
 		for _, s := range targets {
 			if _, ok := g.subs[s]; ok && !s.dead {
 				s.apply(snap, from, members)
@@ -1212,7 +1258,7 @@ func (g *group) learn(snap Snapshot, members []Member, withMembers bool, rec []*
 	if g.tail != nil && g.tail.first <= snap.LastSeq+1 && (len(snap.Events) == 0 || g.tail.first <= snap.Events[0].Seq) {
 		return
 	}
-	if t := newTail(snap, members, rec, g.hub.log.maxLen(g.name), time.Now()); t != nil {
+	if t := newTail(snap, members, rec, g.hub.log.maxLen(g.name)); t != nil {
 		g.tail = t
 	}
 }

@@ -3,7 +3,6 @@ package progress
 import (
 	"encoding/json"
 	"sort"
-	"time"
 
 	"taskstream/wire"
 )
@@ -46,12 +45,23 @@ import (
 //     event ever, which Redis cannot have trimmed while the log holds no
 //     more than the bound. Any other position (older, beyond the tail,
 //     another epoch) goes to Redis as before.
-//   - A log can also vanish without a new event (FLUSHALL, its TTL): the
-//     tail is not used once the log's TTL could have passed since its last
-//     event (half the TTL, see fresh), and the next event of a new log,
-//     or a read, drops it. Until then a subscriber served from it is in
-//     the same place as one that subscribed just before the loss: the new
-//     epoch's first event brings both a Recovered false SyncInfo.
+//   - A log can also vanish or change without an event reaching the tail:
+//     deleted or flushed (its next event, if any, starts a new epoch),
+//     expired (its TTL), evicted, trimmed harder by another process (a
+//     smaller CHAT_HISTORY), or its events lost on a pub/sub connection
+//     that is broken but not yet known to be. So before serving a batch
+//     of subscribers from the tail the hub reads the log's state
+//     (Log.state: its epoch, last seq and oldest retained seq, one MULTI)
+//     and serves from the tail only when that shows the tail's log
+//     holding nothing the tail has not heard (see check): the subscribers
+//     then get what a read at that instant would give, plus the live
+//     events since. Another epoch, or no log, drops the tail (the read
+//     that follows tells the subscribers, Recovered false); a log ahead
+//     of the tail (events still on their way, or lost) has them read the
+//     log this time; events trimmed from Redis are trimmed from the tail.
+//   - A tail is established only by a read that began while the group's
+//     pub/sub connection was up (see group.learn); one that was down
+//     then may have missed events that no later event reveals.
 //
 // The member list of a chat room (SyncInfo.Members) is kept the same way:
 // the list read in the establishing MULTI, to which every join, leave and
@@ -66,12 +76,11 @@ import (
 //
 // A tail is guarded by its group's mu.
 type tail struct {
-	epoch   string
-	first   int64    // seq of events[0]; last+1 when empty
-	last    int64    // the newest seq the tail knows of
-	events  []*Event // first..last, shared with every subscriber
-	limit   int64    // Log.maxLen of the group
-	touched time.Time
+	epoch  string
+	first  int64    // seq of events[0]; last+1 when empty
+	last   int64    // the newest seq the tail knows of
+	events []*Event // first..last, shared with every subscriber
+	limit  int64    // Log.maxLen of the group
 
 	members map[string]string // id → name; nil when the group has no list
 	list    []Member          // members sorted as Presence.List sorts; nil when stale
@@ -80,11 +89,11 @@ type tail struct {
 // newTail builds a tail from a read of the log (snap, made with members
 // when non-nil) and the live events recorded since the read began. It
 // returns nil when they do not join up.
-func newTail(snap Snapshot, members []Member, rec []*Event, limit int64, now time.Time) *tail {
+func newTail(snap Snapshot, members []Member, rec []*Event, limit int64) *tail {
 	if limit <= 0 || (snap.Epoch == "" && (snap.LastSeq != 0 || len(snap.Events) > 0)) {
 		return nil
 	}
-	t := &tail{epoch: snap.Epoch, first: snap.LastSeq + 1, last: snap.LastSeq, limit: limit, touched: now}
+	t := &tail{epoch: snap.Epoch, first: snap.LastSeq + 1, last: snap.LastSeq, limit: limit}
 	if n := len(snap.Events); n > 0 {
 		if snap.Events[n-1].Seq != snap.LastSeq {
 			return nil
@@ -105,7 +114,7 @@ func newTail(snap Snapshot, members []Member, rec []*Event, limit int64, now tim
 	}
 	t.evict()
 	for _, ev := range rec {
-		if !t.add(ev, now) {
+		if !t.add(ev) {
 			return nil
 		}
 	}
@@ -115,7 +124,7 @@ func newTail(snap Snapshot, members []Member, rec []*Event, limit int64, now tim
 // add extends the tail with a live event. It returns false when the tail
 // must be dropped: the event does not follow it, or changes a member list
 // in a way the tail cannot follow.
-func (t *tail) add(ev *Event, now time.Time) bool {
+func (t *tail) add(ev *Event) bool {
 	if t.epoch == "" && t.last == 0 && ev.Seq == 1 {
 		t.epoch = ev.Epoch // the first event of a log that was empty
 	}
@@ -129,15 +138,20 @@ func (t *tail) add(ev *Event, now time.Time) bool {
 		return false
 	}
 	t.events = append(t.events, ev)
-	t.last, t.touched = ev.Seq, now
+	t.last = ev.Seq
 	t.evict()
 	return true
 }
 
 // evict drops the oldest events beyond the log's bound.
 func (t *tail) evict() {
-	if over := int64(len(t.events)) - t.limit; over > 0 {
-		t.events = t.events[over:]
+	t.dropOldest(int64(len(t.events)) - t.limit)
+}
+
+// dropOldest drops the oldest n events (none when n <= 0).
+func (t *tail) dropOldest(n int64) {
+	if n > 0 {
+		t.events = t.events[min(n, int64(len(t.events))):]
 	}
 	if len(t.events) > 0 {
 		t.first = t.events[0].Seq
@@ -178,10 +192,51 @@ func (t *tail) applyMember(ev *Event) bool {
 	return true
 }
 
-// fresh reports whether the tail may still be used: the log's TTL (ttl)
-// cannot have removed it since the tail last learnt of it.
-func (t *tail) fresh(now time.Time, ttl time.Duration) bool {
-	return now.Sub(t.touched) < ttl/2
+// tailVerdict is what a look at the log (check) says about a tail.
+type tailVerdict int
+
+const (
+	tailServes tailVerdict = iota // the log is the tail's and holds nothing it has not heard
+	tailBehind                    // the tail's log, with events the tail has not heard yet
+	tailStale                     // another log, or none: the tail must go
+)
+
+// check compares the tail with st, the log's state read after the caller
+// last released the group's lock (so every live event the tail has heard
+// since is newer than st, or in it). On tailServes the tail has been
+// trimmed to what Redis retained at st, so that a subscriber it serves
+// gets exactly what a read at st would give it, plus later live events.
+// Called with the group's lock held.
+func (t *tail) check(st logState) tailVerdict {
+	switch {
+	case t.epoch == "" && t.last == 0 && st.Epoch != "":
+		// The log was created after the tail's read: its first event
+		// may still be on its way (if it was missed, this tail never
+		// serves, and the next reconnect drops it).
+		return tailBehind
+	case st.Epoch != t.epoch:
+		return tailStale
+	case st.Epoch == "":
+		if st.Oldest != 0 {
+			// Events without a meta (only it was evicted): what a read
+			// makes of them is the read's business.
+			return tailStale
+		}
+		return tailServes
+	case st.LastSeq > t.last:
+		return tailBehind
+	}
+	// st.LastSeq <= t.last: the tail has heard every event of st (and
+	// maybe newer ones). Redis retains st.Oldest.. (nothing at all when
+	// st.Oldest is 0), which is never more than the tail would serve
+	// while every process appends with this one's bound, but may be less
+	// (another bound, an eviction).
+	oldest := st.Oldest
+	if oldest == 0 {
+		oldest = st.LastSeq + 1
+	}
+	t.dropOldest(oldest - t.first)
+	return tailServes
 }
 
 // serves reports whether a subscriber at (after, epoch) gets from the

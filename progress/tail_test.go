@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -412,6 +413,133 @@ func TestHubTailOfEmptyGroup(t *testing.T) {
 		}
 		if got := h.Counters().HistoryReads; got != reads {
 			t.Fatalf("history reads %d → %d", reads, got)
+		}
+	})
+}
+
+// readAnswer is what a subscriber at (after, epoch) gets from a read of
+// the log now, with no tail: its first SyncInfo and the events after it
+// (Subscription.apply's rules, a lost position read again from the start).
+func readAnswer(t *testing.T, l *Log, group string, after int64, epoch string) (SyncInfo, []*Event) {
+	t.Helper()
+	snap, err := l.Read(t.Context(), group, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := (epoch != "" && epoch != snap.Epoch) || after > snap.LastSeq
+	if lost {
+		after = 0
+		if snap, err = l.Read(t.Context(), group, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recovered := !lost
+	if len(snap.Events) > 0 && snap.Events[0].Seq != after+1 || len(snap.Events) == 0 && snap.LastSeq > after {
+		recovered = false
+	}
+	return SyncInfo{Epoch: snap.Epoch, LastSeq: snap.LastSeq, Replayed: len(snap.Events), Recovered: recovered, Initial: true}, snap.Events
+}
+
+// The bug that had the first tail reverted (TestBrowserJobPageHistoryLost
+// caught it): a group's log changes in Redis while no event tells the hub
+// (deleted, flushed, expired, only its meta or only its events evicted,
+// trimmed harder by another process, an event lost on the way), and a
+// subscriber arrives before the group's next event. It must get what a
+// read of the log gives (the history lost, Recovered false), never the
+// tail's history as recovered; positions the log still holds may come
+// from the tail.
+func TestHubTailCheckedAgainstLog(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		rdb := srv.Client(t)
+		type pos struct {
+			after    int64
+			oldEpoch bool // the position's epoch: the old log's, or none (a client that sends none)
+			fromTail bool // served from the tail: the log still holds what it serves
+		}
+		for _, tc := range []struct {
+			name string
+			lose func(ctx context.Context, l *Log, group string) error
+			subs []pos
+		}{
+			{"keys deleted", func(ctx context.Context, l *Log, group string) error {
+				return rdb.Del(ctx, l.metaKey(group), l.streamKey(group)).Err()
+			}, []pos{{2, true, false}, {5, true, false}, {0, false, true}}},
+			{"flushall", func(ctx context.Context, _ *Log, _ string) error { return rdb.FlushAll(ctx).Err() },
+				[]pos{{5, true, false}, {0, false, true}}},
+			{"expired", func(ctx context.Context, l *Log, group string) error {
+				if err := rdb.PExpire(ctx, l.metaKey(group), time.Millisecond).Err(); err != nil {
+					return err
+				}
+				if err := rdb.PExpire(ctx, l.streamKey(group), time.Millisecond).Err(); err != nil {
+					return err
+				}
+				if m := srv.Miniredis(); m != nil {
+					m.FastForward(time.Second)
+				}
+				for rdb.Exists(ctx, l.metaKey(group), l.streamKey(group)).Val() != 0 {
+					time.Sleep(time.Millisecond)
+				}
+				return nil
+			}, []pos{{3, true, false}, {0, false, true}}},
+			{"meta evicted", func(ctx context.Context, l *Log, group string) error { return rdb.Del(ctx, l.metaKey(group)).Err() },
+				[]pos{{5, true, false}, {0, false, false}}},
+			{"meta of another epoch", func(ctx context.Context, l *Log, group string) error {
+				return rdb.HSet(ctx, l.metaKey(group), "epoch", "another").Err()
+			}, []pos{{5, true, false}}},
+			{"events evicted", func(ctx context.Context, l *Log, group string) error { return rdb.Del(ctx, l.streamKey(group)).Err() },
+				[]pos{{2, true, false}, {5, true, true}, {5, false, true}}},
+			{"trimmed by another process", func(ctx context.Context, l *Log, group string) error {
+				return rdb.XTrimMaxLen(ctx, l.streamKey(group), 2).Err()
+			}, []pos{{1, true, false}, {0, false, false}, {3, true, true}, {4, false, true}}},
+			{"an event lost on the way", func(ctx context.Context, l *Log, group string) error {
+				return rdb.HIncrBy(ctx, l.metaKey(group), "seq", 1).Err()
+			}, []pos{{2, true, false}}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				l, h := newTestHub(t, srv, LogConfig{}, HubConfig{})
+				group := "job:checked-" + strings.ReplaceAll(tc.name, " ", "-")
+				var epoch string
+				for i := 1; i <= 5; i++ {
+					epoch = mustPublish(t, l, group, "progress", i).Epoch
+				}
+				anchor := &recSink{}
+				defer mustSubscribe(t, h, group, 0, "", anchor).Close()
+				waitFor(t, "the tail", func() bool { tl, _ := groupTail(h, group); return tl != nil && tl.last == 5 })
+				if err := tc.lose(t.Context(), l, group); err != nil {
+					t.Fatal(err)
+				}
+				for i, p := range tc.subs {
+					ep := ""
+					if p.oldEpoch {
+						ep = epoch
+					}
+					wantInfo, wantEvs := readAnswer(t, l, group, p.after, ep)
+					before := h.Counters()
+					s := &recSink{}
+					defer mustSubscribe(t, h, group, p.after, ep, s).Close()
+					waitFor(t, "the subscriber's answer", func() bool { return len(s.Syncs()) > 0 && s.NumEvents() >= len(wantEvs) })
+					name := fmt.Sprintf("subscriber %d after %d epoch %q", i, p.after, ep)
+					if got := s.Syncs(); len(got) != 1 || !reflect.DeepEqual(got[0], wantInfo) {
+						t.Fatalf("%s: SyncInfo %v, want %+v (what a read gives)", name, got, wantInfo)
+					}
+					evs := s.Events()
+					if len(evs) != len(wantEvs) {
+						t.Fatalf("%s: %d events, want %d: %s", name, len(evs), len(wantEvs), s.dump())
+					}
+					for j, ev := range evs {
+						if w := wantEvs[j]; ev.Seq != w.Seq || ev.Epoch != w.Epoch || string(ev.Data) != string(w.Data) {
+							t.Fatalf("%s: event %d is %d@%s %s, want %d@%s %s", name, j, ev.Seq, ev.Epoch, ev.Data, w.Seq, w.Epoch, w.Data)
+						}
+					}
+					after := h.Counters()
+					if after.TailChecks == before.TailChecks && i == 0 {
+						t.Fatalf("%s: the first subscriber after the change was not checked against the log", name)
+					}
+					if served := after.HistoryReads == before.HistoryReads; served != p.fromTail {
+						t.Fatalf("%s: served from the tail %v, want %v (reads %d → %d)", name, served, p.fromTail, before.HistoryReads, after.HistoryReads)
+					}
+				}
+			})
 		}
 	})
 }
