@@ -31,6 +31,13 @@ type HubConfig struct {
 	// (paused, overloaded), whose subscribers then get Failed with
 	// ErrUnavailable. Default 5s.
 	AnswerTimeout time.Duration
+	// TailWait bounds how long a batch of new subscribers of a live group
+	// waits for events that a look at the log showed the hub's in-memory
+	// tail has not heard yet (usually still on their way over pub/sub),
+	// to be served from the tail rather than by a read of the log, which
+	// they get when the wait runs out (the events may have been lost with
+	// a connection not yet known to be broken). Default 50ms.
+	TailWait time.Duration
 	// Presence, when set, is read in the same MULTI as the log of every
 	// chat group the hub syncs, so each chat SyncInfo carries the room's
 	// members as of its LastSeq (SyncInfo.Members): one read per sync,
@@ -50,6 +57,9 @@ func (c HubConfig) withDefaults() HubConfig {
 	}
 	if c.AnswerTimeout <= 0 {
 		c.AnswerTimeout = 5 * time.Second
+	}
+	if c.TailWait <= 0 {
+		c.TailWait = 50 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -962,6 +972,11 @@ type group struct {
 	recording bool
 	rec       []*Event
 	recOver   bool // more than PendingLimit events arrived during the read
+	// heard is closed once the tail has heard seq heardSeq (or is gone),
+	// for fromTail waiting on events a look at the log showed; nil when
+	// nothing waits.
+	heard    chan struct{}
+	heardSeq int64
 
 	wake   chan struct{}
 	cancel context.CancelFunc
@@ -993,6 +1008,10 @@ func (g *group) observe(ev *Event) {
 	if g.tail != nil && !g.tail.add(ev) {
 		g.dropTail()
 	}
+	if g.heard != nil && g.tail != nil && g.tail.last >= g.heardSeq {
+		close(g.heard)
+		g.heard = nil
+	}
 }
 
 // dropTail forgets the tail, and has a read in flight establish none.
@@ -1000,6 +1019,10 @@ func (g *group) observe(ev *Event) {
 func (g *group) dropTail() {
 	g.tail = nil
 	g.gen++
+	if g.heard != nil {
+		close(g.heard) // nothing more to wait for
+		g.heard = nil
+	}
 }
 
 // fromTail brings the targets whose position the tail covers up to date
@@ -1027,15 +1050,35 @@ func (g *group) fromTail(ctx context.Context, targets []*Subscription) []*Subscr
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.gen != gen || g.tail != t {
-		return targets // dropped meanwhile: events may have been missed
-	}
-	switch t.check(st) {
-	case tailStale:
-		g.dropTail()
-		return targets
-	case tailBehind:
-		return targets
+	for waited := false; ; waited = true {
+		if g.gen != gen || g.tail != t {
+			return targets // dropped meanwhile: events may have been missed
+		}
+		switch t.check(st) {
+		case tailStale:
+			g.dropTail()
+			return targets
+		case tailBehind:
+			if waited {
+				return targets
+			}
+			// Every event up to st.LastSeq once heard, the tail holds
+			// what st shows (and newer events): as good as a new look.
+			heard := make(chan struct{})
+			g.heard, g.heardSeq = heard, st.LastSeq
+			g.mu.Unlock()
+			timer := time.NewTimer(g.hub.cfg.TailWait)
+			select {
+			case <-heard:
+			case <-timer.C:
+			case <-ctx.Done():
+			}
+			timer.Stop()
+			g.mu.Lock()
+			g.heard = nil
+			continue
+		}
+		break
 	}
 	rest := targets[:0]
 	for _, s := range targets {

@@ -304,23 +304,23 @@ func TestHubTailConcurrentSubscribers(t *testing.T) {
 		retained := snap.Events[0].Seq
 		for i, s := range subs {
 			waitFor(t, "every event", func() bool { return s.sink.reached(total, "") })
-			if s.after+1 >= retained {
-				checkDelivery(t, fmt.Sprintf("subscriber %d after %d", i, s.after), s.sink, s.after, total, first.Epoch)
-				continue
-			}
-			// Its position may have been trimmed before it subscribed:
-			// Recovered says whether it was, and the stream has no gap
-			// or duplicate either way.
+			name := fmt.Sprintf("subscriber %d after %d", i, s.after)
 			items := s.sink.Items()
 			info := items[0].sync
 			evs := s.sink.Events()
-			if info == nil || !info.Initial || len(s.sink.Syncs()) != 1 {
-				t.Fatalf("subscriber %d: %s", i, s.sink.dump())
+			if info == nil || !info.Initial {
+				t.Fatalf("%s: %s", name, s.sink.dump())
 			}
-			if info.Recovered != (evs[0].Seq == s.after+1) {
-				t.Fatalf("subscriber %d after %d: Recovered %v with first event %d", i, s.after, info.Recovered, evs[0].Seq)
+			// A position the log still holds is never called lost; an
+			// older one may have been trimmed before it subscribed, and
+			// Recovered says whether it was.
+			if s.after+1 >= retained && !info.Recovered || info.Recovered != (evs[0].Seq == s.after+1) {
+				t.Fatalf("%s: first SyncInfo %+v with first event %d (the log retains %d..)", name, *info, evs[0].Seq, retained)
 			}
-			checkContiguous(t, fmt.Sprintf("subscriber %d", i), evs, evs[0].Seq, total, first.Epoch)
+			if srv.Miniredis() != nil && len(s.sink.Syncs()) != 1 {
+				t.Fatalf("%s: more than one SyncInfo with no connection lost: %s", name, s.sink.dump())
+			}
+			checkAnnounced(t, name, items, total, first.Epoch)
 		}
 		t.Logf("history reads %d, tail syncs %d", h.Counters().HistoryReads, h.Counters().TailSyncs)
 	})
@@ -538,6 +538,109 @@ func TestHubTailCheckedAgainstLog(t *testing.T) {
 					if served := after.HistoryReads == before.HistoryReads; served != p.fromTail {
 						t.Fatalf("%s: served from the tail %v, want %v (reads %d → %d)", name, served, p.fromTail, before.HistoryReads, after.HistoryReads)
 					}
+				}
+			})
+		}
+	})
+}
+
+// checkAnnounced checks a subscriber's stream when its pub/sub connection
+// may have been lost for longer than the log retains: events in seq order
+// up to last, of epoch, no duplicate, and a gap only right after a
+// non-initial SyncInfo with Recovered false (a catch-up that found the
+// subscriber's position trimmed), which only a real gap follows.
+func checkAnnounced(t *testing.T, name string, items []item, last int64, epoch string) {
+	t.Helper()
+	cursor := int64(-1)
+	announced := false
+	for i, it := range items {
+		if it.sync != nil {
+			if i > 0 && (it.sync.Initial || it.sync.Recovered) {
+				t.Fatalf("%s: SyncInfo %+v at %d: only an unrecovered catch-up may follow the first", name, *it.sync, i)
+			}
+			announced = i > 0
+			continue
+		}
+		ev := it.ev
+		switch {
+		case ev.Epoch != epoch:
+			t.Fatalf("%s: event %d of epoch %s, want %s", name, ev.Seq, ev.Epoch, epoch)
+		case cursor >= 0 && ev.Seq <= cursor:
+			t.Fatalf("%s: event %d after %d: a duplicate or out of order", name, ev.Seq, cursor)
+		case cursor >= 0 && ev.Seq != cursor+1 && !announced:
+			t.Fatalf("%s: a gap %d → %d not announced", name, cursor, ev.Seq)
+		case cursor >= 0 && ev.Seq == cursor+1 && announced:
+			t.Fatalf("%s: a loss announced before %d, which follows %d", name, ev.Seq, cursor)
+		}
+		cursor, announced = ev.Seq, false
+	}
+	if cursor != last {
+		t.Fatalf("%s: last event %d, want %d", name, cursor, last)
+	}
+}
+
+// A look at the log that shows an event the tail has not heard yet (it is
+// still on its way over pub/sub) has the batch wait for it, up to
+// HubConfig.TailWait, and then be served from the tail with no read; an
+// event that never arrives has them read the log once the wait ran out.
+func TestHubTailWaitsForEventsOnTheirWay(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		for _, tc := range []struct {
+			name    string
+			wait    time.Duration
+			arrives bool
+		}{
+			{"arrives", time.Minute, true},
+			{"lost", time.Millisecond, false},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				rdb := srv.Client(t)
+				l, h := newTestHub(t, srv, LogConfig{}, HubConfig{TailWait: tc.wait})
+				group := "job:on-the-way-" + tc.name
+				var epoch string
+				for i := 1; i <= 5; i++ {
+					epoch = mustPublish(t, l, group, "progress", i).Epoch
+				}
+				anchor := &recSink{}
+				defer mustSubscribe(t, h, group, 0, "", anchor).Close()
+				waitFor(t, "the tail", func() bool { tl, _ := groupTail(h, group); return tl != nil && tl.last == 5 })
+
+				// Event 6 appended as Publish does, but announced on no
+				// channel the hub listens to: it is "on its way".
+				ts := time.Now().UTC().Format(time.RFC3339Nano)
+				args := l.appendArgs(group, "progress", []byte("6"), ts)
+				args[6] = "elsewhere"
+				if err := appendScript.Run(t.Context(), rdb, l.appendKeys(group), args...).Err(); err != nil {
+					t.Fatal(err)
+				}
+				wantInfo, wantEvs := readAnswer(t, l, group, 2, epoch)
+				reads := h.Counters().HistoryReads
+				s := &recSink{}
+				defer mustSubscribe(t, h, group, 2, epoch, s).Close()
+				if tc.arrives {
+					waitFor(t, "the batch waiting for event 6", func() bool {
+						h.mu.Lock()
+						g := h.groups[group]
+						h.mu.Unlock()
+						g.mu.Lock()
+						defer g.mu.Unlock()
+						return g.heard != nil && g.heardSeq == 6
+					})
+					payload := fmt.Sprintf("6\n%s\nprogress\n%s\n6", epoch, ts)
+					if err := rdb.Publish(t.Context(), l.Channel(group), payload).Err(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				waitFor(t, "the subscriber", func() bool { return s.reached(6, epoch) })
+				if got := s.Syncs(); len(got) != 1 || !reflect.DeepEqual(got[0], wantInfo) {
+					t.Fatalf("SyncInfo %v, want %+v (what a read gives)", got, wantInfo)
+				}
+				checkDelivery(t, "subscriber", s, 2, 6, epoch)
+				if len(wantEvs) != 4 {
+					t.Fatalf("the read gives %d events, want 3..6", len(wantEvs))
+				}
+				if served := h.Counters().HistoryReads == reads; served != tc.arrives {
+					t.Fatalf("served from the tail: %v, want %v", served, tc.arrives)
 				}
 			})
 		}
