@@ -57,8 +57,10 @@ import (
 //     then get what a read at that instant would give, plus the live
 //     events since. Another epoch, or no log, drops the tail (the read
 //     that follows tells the subscribers, Recovered false); a log ahead
-//     of the tail (events still on their way, or lost) has them read the
-//     log this time; events trimmed from Redis are trimmed from the tail.
+//     of the tail (events still on their way, or lost) has them wait up
+//     to HubConfig.TailWait for the tail to hear those events, and read
+//     the log if it does not; events trimmed from Redis are trimmed from
+//     the tail.
 //   - A tail is established only by a read that began while the group's
 //     pub/sub connection was up (see group.learn); one that was down
 //     then may have missed events that no later event reveals.
