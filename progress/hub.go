@@ -78,7 +78,9 @@ type SyncInfo struct {
 	// atomically with it: non-nil (possibly empty) for chat groups of a
 	// hub with HubConfig.Presence, nil otherwise. Applying the join and
 	// leave events that follow this SyncInfo to it, as set operations,
-	// gives the current members (see Presence).
+	// gives the current members (see Presence). The slice is shared by
+	// the subscribers of one sync (and of a group's tail until the room
+	// changes) and never modified once handed out: do not modify it.
 	Members []Member
 }
 
