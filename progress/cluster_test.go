@@ -236,3 +236,44 @@ func TestClusterShardRestart(t *testing.T) {
 	waitFor(t, "the late subscriber's live event", func() bool { return late.reached(total+1, "") })
 	checkDelivery(t, "late", late, 20, total+1, late.Last().Epoch)
 }
+
+// On a cluster, the tail of a group on each shard serves later
+// subscribers after one look at the log (its meta and oldest entry, one
+// MULTI on the group's slot), and a log deleted on its shard is caught by
+// that look: the next subscriber hears the history is lost.
+func TestClusterTailChecked(t *testing.T) {
+	c := progresstest.NewCluster(t, 3)
+	l, h := newClusterHub(t, c)
+	groups, _ := clusterGroups(t, c, l, "tail", 24)
+	rdb := c.Client(t)
+	epochs := map[string]string{}
+	for _, g := range groups {
+		for i := 1; i <= 5; i++ {
+			epochs[g] = mustPublish(t, l, g, "progress", i).Epoch
+		}
+		anchor := &recSink{}
+		defer mustSubscribe(t, h, g, 0, "", anchor).Close()
+		waitFor(t, g+"'s tail", func() bool { tl, _ := groupTail(h, g); return tl != nil && tl.last == 5 })
+	}
+	before := h.Counters()
+	for _, g := range groups {
+		s := &recSink{}
+		defer mustSubscribe(t, h, g, 2, epochs[g], s).Close()
+		waitFor(t, g+"'s subscriber", func() bool { return s.reached(5, "") })
+		checkDelivery(t, g, s, 2, 5, epochs[g])
+	}
+	if c := h.Counters(); c.HistoryReads != before.HistoryReads || c.TailChecks-before.TailChecks != uint64(len(groups)) {
+		t.Fatalf("reads %d → %d, tail checks %d → %d: want no read and one check per group", before.HistoryReads, c.HistoryReads, before.TailChecks, c.TailChecks)
+	}
+	for _, g := range groups {
+		if err := rdb.Del(context.Background(), l.metaKey(g), l.streamKey(g)).Err(); err != nil {
+			t.Fatal(err)
+		}
+		s := &recSink{}
+		defer mustSubscribe(t, h, g, 5, epochs[g], s).Close()
+		waitFor(t, g+"'s subscriber after the loss", func() bool { return len(s.Syncs()) == 1 })
+		if info := s.Syncs()[0]; info.Recovered || info.Epoch != "" || info.LastSeq != 0 {
+			t.Fatalf("%s: SyncInfo %+v after its log was deleted, want no log, not recovered", g, info)
+		}
+	}
+}

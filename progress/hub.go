@@ -31,6 +31,13 @@ type HubConfig struct {
 	// (paused, overloaded), whose subscribers then get Failed with
 	// ErrUnavailable. Default 5s.
 	AnswerTimeout time.Duration
+	// TailWait bounds how long a batch of new subscribers of a live group
+	// waits for events that a look at the log showed the hub's in-memory
+	// tail has not heard yet (usually still on their way over pub/sub),
+	// to be served from the tail rather than by a read of the log, which
+	// they get when the wait runs out (the events may have been lost with
+	// a connection not yet known to be broken). Default 50ms.
+	TailWait time.Duration
 	// Presence, when set, is read in the same MULTI as the log of every
 	// chat group the hub syncs, so each chat SyncInfo carries the room's
 	// members as of its LastSeq (SyncInfo.Members): one read per sync,
@@ -51,6 +58,9 @@ func (c HubConfig) withDefaults() HubConfig {
 	if c.AnswerTimeout <= 0 {
 		c.AnswerTimeout = 5 * time.Second
 	}
+	if c.TailWait <= 0 {
+		c.TailWait = 50 * time.Millisecond
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -68,7 +78,9 @@ type SyncInfo struct {
 	// atomically with it: non-nil (possibly empty) for chat groups of a
 	// hub with HubConfig.Presence, nil otherwise. Applying the join and
 	// leave events that follow this SyncInfo to it, as set operations,
-	// gives the current members (see Presence).
+	// gives the current members (see Presence). The slice is shared by
+	// the subscribers of one sync (and of a group's tail until the room
+	// changes) and never modified once handed out: do not modify it.
 	Members []Member
 }
 
@@ -143,8 +155,11 @@ type Hub struct {
 	// delivered counts events handed to subscribers, by group kind, since
 	// NewHub; a group holds its kind's counter so delivery costs one
 	// atomic add. Guarded by mu (the map, not the counters).
-	delivered map[string]*atomic.Uint64
-	replayed  atomic.Uint64 // events delivered from the log rather than live
+	delivered  map[string]*atomic.Uint64
+	replayed   atomic.Uint64 // events delivered from the log rather than live
+	reads      atomic.Uint64 // reads of a group's log (history)
+	fromTail   atomic.Uint64 // subscriber syncs served from a group's tail
+	tailChecks atomic.Uint64 // looks at a group's log before serving from its tail
 
 	ctlWake chan struct{}
 	ctx     context.Context
@@ -285,6 +300,17 @@ type HubCounters struct {
 	// Replayed counts the events among Delivered that came from the log
 	// (a subscriber catching up) rather than from live pub/sub.
 	Replayed uint64
+	// HistoryReads counts the reads of a group's log (one MULTI per
+	// page, the member list included) the hub made.
+	HistoryReads uint64
+	// TailSyncs counts the subscriber syncs (a new subscriber's replay,
+	// or a catch-up after a gap) served from a live group's in-memory
+	// tail instead of a read of the log.
+	TailSyncs uint64
+	// TailChecks counts the looks at a group's log state (one MULTI of
+	// its meta and oldest entry) that precede serving subscribers from
+	// its tail: one per batch of subscribers, not per subscriber.
+	TailChecks uint64
 }
 
 // Counters returns the hub's current counts and counters.
@@ -296,6 +322,9 @@ func (h *Hub) Counters() HubCounters {
 		SubscribersByKind: make(map[string]int),
 		Delivered:         make(map[string]uint64, len(h.delivered)),
 		Replayed:          h.replayed.Load(),
+		HistoryReads:      h.reads.Load(),
+		TailSyncs:         h.fromTail.Load(),
+		TailChecks:        h.tailChecks.Load(),
 	}
 	for _, g := range h.groups {
 		g.mu.Lock()
@@ -603,6 +632,7 @@ func (h *Hub) reset(f *feed) *redis.PubSub {
 	old := f.ps
 	f.ps = f.node.SSubscribe(f.ctx)
 	ps := f.ps
+	h.dropTails(f)
 	for _, g := range h.groups {
 		if g.feed == f {
 			g.feed, g.requested = nil, false
@@ -694,6 +724,20 @@ func (h *Hub) connBroken(f *feed, err error) {
 		h.logger.Warn("redis subscription lost; reconnecting", "shard", f.addr, "err", err)
 		f.conn, f.connErr = connPending, err
 	}
+	h.dropTails(f)
+}
+
+// dropTails drops the tails of f's groups: events may have been lost
+// with its connection. Called with h.mu held.
+func (h *Hub) dropTails(f *feed) {
+	for _, g := range h.groups {
+		if g.feed != f && h.cluster != nil {
+			continue
+		}
+		g.mu.Lock()
+		g.dropTail()
+		g.mu.Unlock()
+	}
 }
 
 // connLost records that f's connection failed and could not be
@@ -705,6 +749,7 @@ func (h *Hub) connLost(f *feed, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	f.connErr = err
+	h.dropTails(f)
 	if f.conn == connDown {
 		return
 	}
@@ -803,6 +848,7 @@ func (h *Hub) receiveLoop(f *feed) {
 						g.requested = false
 					}
 					h.rescan = true
+					h.dropTails(f) // a channel may have gone unsubscribed: its events missed
 					h.mu.Unlock()
 					h.wakeControl()
 				}
@@ -905,6 +951,7 @@ func (h *Hub) onSubscribed(channel string) {
 	g.mu.Lock()
 	g.ready = true
 	g.catchup = true
+	g.dropTail() // events may have been missed before this (re)subscription
 	g.mu.Unlock()
 	g.requestSync()
 }
@@ -921,6 +968,7 @@ func (h *Hub) onMessage(m *redis.Message) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.observe(ev)
 	for s := range g.subs {
 		s.offer(ev)
 	}
@@ -944,6 +992,20 @@ type group struct {
 	ready   bool // Redis confirmed the subscription at least once
 	catchup bool // the next read covers every subscriber, not only syncing ones
 
+	// The in-memory tail of the group's history (see tail), and what
+	// establishes it: the live events recorded while a read is in flight,
+	// and a generation bumped whenever events may have been missed.
+	tail      *tail
+	gen       uint64
+	recording bool
+	rec       []*Event
+	recOver   bool // more than PendingLimit events arrived during the read
+	// heard is closed once the tail has heard seq heardSeq (or is gone),
+	// for fromTail waiting on events a look at the log showed; nil when
+	// nothing waits.
+	heard    chan struct{}
+	heardSeq int64
+
 	wake   chan struct{}
 	cancel context.CancelFunc
 }
@@ -959,6 +1021,106 @@ func (h *Hub) newGroup(name string) *group {
 	h.wg.Add(1)
 	go func() { defer h.wg.Done(); g.syncLoop(ctx) }()
 	return g
+}
+
+// observe records a live event in the tail and in a read's recording.
+// Called with g.mu held.
+func (g *group) observe(ev *Event) {
+	if g.recording && !g.recOver {
+		if len(g.rec) >= g.hub.cfg.PendingLimit {
+			g.rec, g.recOver = nil, true
+		} else {
+			g.rec = append(g.rec, ev)
+		}
+	}
+	if g.tail != nil && !g.tail.add(ev) {
+		g.dropTail()
+	}
+	if g.heard != nil && g.tail != nil && g.tail.last >= g.heardSeq {
+		close(g.heard)
+		g.heard = nil
+	}
+}
+
+// dropTail forgets the tail, and has a read in flight establish none.
+// Called with g.mu held.
+func (g *group) dropTail() {
+	g.tail = nil
+	g.gen++
+	if g.heard != nil {
+		close(g.heard) // nothing more to wait for
+		g.heard = nil
+	}
+}
+
+// fromTail brings the targets whose position the tail covers up to date
+// from it, once a look at the log (Log.state, one round trip) shows that
+// the tail still is the log's (tail.check), and returns the others, which
+// need a read. It reads the state only when the tail serves one of them.
+func (g *group) fromTail(ctx context.Context, targets []*Subscription) []*Subscription {
+	g.mu.Lock()
+	t, gen := g.tail, g.gen
+	wanted := false
+	for _, s := range targets {
+		if t != nil && t.serves(s.cursor, s.epoch) {
+			wanted = true
+			break
+		}
+	}
+	g.mu.Unlock()
+	if !wanted {
+		return targets
+	}
+	g.hub.tailChecks.Add(1)
+	st, err := g.hub.log.state(ctx, g.name)
+	if err != nil {
+		return targets // the read says what is wrong
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for waited := false; ; waited = true {
+		if g.gen != gen || g.tail != t {
+			return targets // dropped meanwhile: events may have been missed
+		}
+		switch t.check(st) {
+		case tailStale:
+			g.dropTail()
+			return targets
+		case tailBehind:
+			if waited {
+				return targets
+			}
+			// Every event up to st.LastSeq once heard, the tail holds
+			// what st shows (and newer events): as good as a new look.
+			heard := make(chan struct{})
+			g.heard, g.heardSeq = heard, st.LastSeq
+			g.mu.Unlock()
+			timer := time.NewTimer(g.hub.cfg.TailWait)
+			select {
+			case <-heard:
+			case <-timer.C:
+			case <-ctx.Done():
+			}
+			timer.Stop()
+			g.mu.Lock()
+			g.heard = nil
+			continue
+		}
+		break
+	}
+	rest := targets[:0]
+	for _, s := range targets {
+		if _, ok := g.subs[s]; !ok || s.dead {
+			continue
+		}
+		if !t.serves(s.cursor, s.epoch) {
+			rest = append(rest, s)
+			continue
+		}
+		g.hub.fromTail.Add(1)
+		s.apply(t.snapshot(s.cursor), s.cursor, t.memberList())
+	}
+	return rest
 }
 
 func (g *group) requestSync() {
@@ -1011,6 +1173,14 @@ func (g *group) syncLoop(ctx context.Context) {
 	}
 }
 
+// feedUp reports whether g's connection is up: placed, and its last read
+// succeeded.
+func (h *Hub) feedUp(g *group) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return g.feed != nil && g.feed.conn == connUp
+}
+
 // feedDown reports whether g's connection is known to be down.
 func (h *Hub) feedDown(g *group) bool {
 	h.mu.Lock()
@@ -1042,6 +1212,10 @@ func (g *group) sync(ctx context.Context) error {
 		targets = append(targets, s)
 	}
 	g.mu.Unlock()
+	if !catchup && len(targets) > 0 {
+		// A catch-up follows a (re)subscription, which dropped the tail.
+		targets = g.fromTail(ctx, targets)
+	}
 	if len(targets) == 0 {
 		return nil
 	}
@@ -1067,7 +1241,14 @@ func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool
 		from = min(from, s.cursor)
 		mixed = mixed || s.cursor != targets[0].cursor
 	}
+	// Record the live events from now on, so the read's result and
+	// them can form the tail: only if the pub/sub connection is up once
+	// gen is taken (a break after that changes gen), or events published
+	// before the connection comes back would be missing from it.
+	gen := g.gen
+	g.recording, g.rec, g.recOver = true, nil, false
 	g.mu.Unlock()
+	listening := g.hub.feedUp(g)
 	var members []Member
 	var extra func(context.Context, redis.Pipeliner) func() error
 	if pres := g.hub.cfg.Presence; pres != nil && wire.KindOf(g.name) == wire.KindChat {
@@ -1075,10 +1256,16 @@ func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool
 			return pres.queueList(ctx, p, g.name, &members)
 		}
 	}
+	g.hub.reads.Add(1)
 	snap, err := g.hub.log.readN(ctx, g.name, from, 0, extra)
+	g.mu.Lock()
+	// Taking the recording and establishing the tail under one lock: no
+	// live event falls between the two.
+	rec, recOver := g.rec, g.recOver
+	g.recording, g.rec, g.recOver = false, nil, false
 	if err == nil {
-		g.mu.Lock()
 		defer g.mu.Unlock()
+		g.learn(snap, members, extra != nil, rec, listening && !recOver && gen == g.gen)
 		for _, s := range targets {
 			if _, ok := g.subs[s]; ok && !s.dead {
 				s.apply(snap, from, members)
@@ -1086,6 +1273,7 @@ func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool
 		}
 		return nil
 	}
+	g.mu.Unlock()
 	if ctx.Err() != nil {
 		return err // the group is gone
 	}
@@ -1124,6 +1312,26 @@ func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool
 		s.fail(err)
 	}
 	return nil
+}
+
+// learn updates the tail from a read of the log: a read that disagrees
+// with the tail drops it, and one that can (ok: nothing was missed while
+// it was in flight) establishes a tail, unless the current one reaches
+// further back. withMembers says the read included the member list.
+// Called with g.mu held.
+func (g *group) learn(snap Snapshot, members []Member, withMembers bool, rec []*Event, ok bool) {
+	if t := g.tail; t != nil && (snap.Epoch != t.epoch || snap.LastSeq < t.last) {
+		g.dropTail()
+	}
+	if !ok || (withMembers && members == nil) {
+		return
+	}
+	if g.tail != nil && g.tail.first <= snap.LastSeq+1 && (len(snap.Events) == 0 || g.tail.first <= snap.Events[0].Seq) {
+		return
+	}
+	if t := newTail(snap, members, rec, g.hub.log.maxLen(g.name)); t != nil {
+		g.tail = t
+	}
 }
 
 // Subscription is one local subscriber of one group. Close it when done.

@@ -551,6 +551,9 @@ func TestHubEventDuringFirstReadOfEmptyLog(t *testing.T) {
 		defer mustSubscribe(t, h, group, 0, "", b).Close()
 		waitFor(t, "b's SyncInfo", func() bool { return len(b.Syncs()) == 1 })
 
+		// b's read left an empty tail that would serve a without a read;
+		// without one (as after a reconnect) a reads the log.
+		dropGroupTail(h, group)
 		held, release := gate.arm()
 		a := &recSink{}
 		defer mustSubscribe(t, h, group, 0, "", a).Close()
@@ -917,6 +920,7 @@ func TestHubLaggedSubscriber(t *testing.T) {
 		live := &recSink{}
 		defer mustSubscribe(t, h, group, 0, "", live).Close()
 		waitFor(t, "the live subscriber's SyncInfo", func() bool { return len(live.Syncs()) == 1 })
+		dropGroupTail(h, group) // so the slow subscriber reads the log
 		held, release := gate.arm()
 		slow := &recSink{}
 		defer mustSubscribe(t, h, group, 0, "", slow).Close()

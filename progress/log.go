@@ -527,6 +527,40 @@ func decodeEntry(group, epoch string, m redis.XMessage) (*Event, error) {
 	return &Event{Group: group, Seq: seq, Epoch: epoch, Name: name, Data: json.RawMessage(data), Time: ts}, nil
 }
 
+// logState is a cheap look at a group's log, as of one instant: what the
+// hub checks before it serves subscribers from its in-memory tail instead
+// of reading the log (see tail.check).
+type logState struct {
+	Epoch   string // "" when the group has no log (never published, or lost)
+	LastSeq int64  // the seq of the newest event ever appended in this epoch
+	Oldest  int64  // the seq of the oldest retained event; 0 when none is
+}
+
+// state reads the group's meta and the id of its oldest retained event in
+// one MULTI (one round trip, one slot: both keys carry the group's hash
+// tag), so the three agree with each other.
+func (l *Log) state(ctx context.Context, group string) (logState, error) {
+	var meta *redis.SliceCmd
+	var rng *redis.XMessageSliceCmd
+	_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		meta = p.HMGet(ctx, l.metaKey(group), "seq", "epoch")
+		rng = p.XRangeN(ctx, l.streamKey(group), "-", "+", 1)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return logState{}, fmt.Errorf("progress: state of %s: %w", group, unavailable(err))
+	}
+	var st logState
+	st.Epoch, st.LastSeq = parseMeta(meta.Val())
+	if msgs := rng.Val(); len(msgs) > 0 {
+		seqStr, _, _ := strings.Cut(msgs[0].ID, "-")
+		if st.Oldest, err = strconv.ParseInt(seqStr, 10, 64); err != nil {
+			return logState{}, fmt.Errorf("progress: bad stream id %q in %s: %w", msgs[0].ID, group, err)
+		}
+	}
+	return st, nil
+}
+
 // Tail returns the group's epoch, last seq and its newest n retained
 // events, oldest first, in one round trip.
 func (l *Log) Tail(ctx context.Context, group string, n int64) (Snapshot, error) {

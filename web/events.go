@@ -372,8 +372,43 @@ func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group str
 }
 
 func subscribedJSON(group string, ref json.RawMessage, info progress.SyncInfo) []byte {
-	return mustJSON(subscribedFrame{Type: wire.TypeSubscribed, Group: group, Ref: ref, Epoch: info.Epoch,
-		LastSeq: info.LastSeq, Replayed: info.Replayed, Recovered: info.Recovered, Users: info.Members})
+	b := mustJSON(subscribedFrame{Type: wire.TypeSubscribed, Group: group, Ref: ref, Epoch: info.Epoch,
+		LastSeq: info.LastSeq, Replayed: info.Replayed, Recovered: info.Recovered})
+	if info.Members == nil {
+		return b
+	}
+	// "users" is the frame's last field: the bytes json.Marshal gives
+	// with it set, the list encoded once for all its subscribers.
+	users := subscribedUsers.encode(info.Members)
+	out := make([]byte, 0, len(b)+len(`,"users":`)+len(users))
+	out = append(out, b[:len(b)-1]...)
+	out = append(out, `,"users":`...)
+	out = append(out, users...)
+	return append(out, '}')
+}
+
+// subscribedUsers remembers the member list last encoded for a subscribed
+// frame. The hub hands the same slice to every subscriber of one sync
+// (and of a group's in-memory tail, until the room changes) and never
+// changes a slice it handed out, so a join storm encodes a room's members
+// (about 13 KB for 250) once per batch of new sockets instead of once per
+// socket. Holding the slice keeps its address from going to another list.
+var subscribedUsers usersCache
+
+type usersCache struct {
+	mu   sync.Mutex
+	list []progress.Member
+	json []byte // shared: callers copy it
+}
+
+func (c *usersCache) encode(list []progress.Member) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.json != nil && len(list) == len(c.list) && (len(list) == 0 || &list[0] == &c.list[0]) {
+		return c.json
+	}
+	c.list, c.json = list, mustJSON(list)
+	return c.json
 }
 
 // hubError maps an error from the hub (Subscribe, or Sink.Failed) to
