@@ -151,7 +151,7 @@ func TestBrowserJobList(t *testing.T) {
 			// Clicked from script: on a phone the toasts of the 22 jobs'
 			// ends sit in the bottom corner, where a click at the button's
 			// coordinates may land on one (they go away by themselves).
-			p.do(chromedp.Evaluate[chromedp.Void](`document.querySelector("#load-more").click()`))
+			p.clickFromScript("#load-more")
 			p.waitFor("the second page", `document.querySelectorAll("#jobs > li").length === 27 && document.querySelector("#load-more").hidden`)
 			_, all := p.api("GET", "/api/jobs?limit=500", nil)
 			var want []string
@@ -430,7 +430,7 @@ func TestBrowserPhoneRunJob(t *testing.T) {
 			top := eval[float64](p, `document.querySelector(".jobs-panel").getBoundingClientRect().top + scrollY`)
 			// From script, as "Load more": a toast may sit where a click at
 			// the button's coordinates lands.
-			p.do(chromedp.Evaluate[chromedp.Void](`document.querySelector("#form-toggle").click()`))
+			p.clickFromScript("#form-toggle")
 			p.waitFor("the form folded", `document.querySelector("#job-form").hidden && document.querySelector("#form-toggle").getAttribute("aria-expanded") === "false"`)
 			if size.width < 800 {
 				if after := eval[float64](p, `document.querySelector(".jobs-panel").getBoundingClientRect().top + scrollY`); after >= top {

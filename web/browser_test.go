@@ -171,13 +171,13 @@ func (p *browserPage) do(steps ...chromedp.Action[chromedp.Void]) {
 	}
 }
 
-// clickFromScript clicks the element sel matches the way a script does:
-// a click at its coordinates lands on whatever is there at that instant,
-// and on a busy machine a row above can still grow (a finished report's
-// result line) between chromedp reading the box and pressing the mouse.
+// clickFromScript clicks the element sel matches the way a script does.
+// A click at its coordinates lands on whatever is there at that instant:
+// on a phone a completion toast, and on a busy machine a row that moved
+// (one above grew) between chromedp reading the box and pressing.
 func (p *browserPage) clickFromScript(sel string) {
 	p.t.Helper()
-	p.do(chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => { const el = document.querySelector(%q); el.scrollIntoView({block: "center"}); el.click(); })()`, sel)))
+	p.do(chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`document.querySelector(%q).click()`, sel)))
 }
 
 // eval returns the value of a JavaScript expression in the page.

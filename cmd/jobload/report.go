@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"os"
 	"slices"
-	"strings"
 	"syscall"
 	"time"
 
@@ -106,19 +104,6 @@ func (r *report) write(w io.Writer) {
 			fmt.Fprintf(w, "- e.g. %s\n", e)
 		}
 	}
-}
-
-// loadAvg returns the 1, 5 and 15 minute load averages ("" if unknown).
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return ""
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return ""
-	}
-	return strings.Join(f[:3], " ")
 }
 
 // cpuTime is this process's CPU time so far (user + system).

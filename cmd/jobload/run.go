@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"taskstream/client"
+	"taskstream/cmd/internal/machine"
 	"taskstream/wire"
 )
 
@@ -204,7 +205,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 	if err := c.Health(ctx); err != nil {
 		return nil, fmt.Errorf("the api at %s does not answer: %w", cfg.URL, err)
 	}
-	rep := &report{cfg: cfg, LoadBefore: loadAvg(), Failures: map[string]int{}}
+	rep := &report{cfg: cfg, LoadBefore: machine.LoadAverage(), Failures: map[string]int{}}
 	// Watches and waits end at the drain deadline; submits at Duration.
 	waitCtx, cancelWait := context.WithTimeout(ctx, cfg.Duration+cfg.Drain)
 	defer cancelWait()
@@ -298,7 +299,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 	}
 	rep.SubmitEnd = time.Now()
 	wg.Wait()
-	rep.LoadAfter = loadAvg()
+	rep.LoadAfter = machine.LoadAverage()
 	rep.CPU = cpuTime() - cpu0
 	// Every watcher stops before the jobs are read.
 	cancelWait()

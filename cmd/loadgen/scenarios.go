@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"taskstream/cmd/internal/latency"
+	"taskstream/cmd/internal/machine"
 	"taskstream/progress"
 )
 
@@ -659,7 +660,7 @@ func restart(ctx context.Context, sw *swarm, t *tsTarget, p params) (o outcome) 
 // runCompare runs each scenario on each target, back to back, and prints
 // the table.
 func runCompare(ctx context.Context, c config, targets []target, setup []string, out *strings.Builder) error {
-	rep := compareReport{Date: time.Now().UTC(), LoadBefore: loadAverage(), Setup: setup, Targets: make([]string, len(targets))}
+	rep := compareReport{Date: time.Now().UTC(), LoadBefore: machine.LoadAverage(), Setup: setup, Targets: make([]string, len(targets))}
 	for i, t := range targets {
 		rep.Targets[i] = t.Name()
 	}
@@ -674,7 +675,7 @@ func runCompare(ctx context.Context, c config, targets []target, setup []string,
 		}
 		rep.Rows = append(rep.Rows, row)
 	}
-	rep.LoadAfter = loadAverage()
+	rep.LoadAfter = machine.LoadAverage()
 	rep.write(out)
 	return nil
 }

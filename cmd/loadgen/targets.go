@@ -461,19 +461,6 @@ func freshRoom() string {
 	return wire.ChatGroup("load-" + randomToken()[:8]).String()
 }
 
-// loadAverage is /proc/loadavg's first three fields.
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
-}
-
 // rssOf is a process's VmRSS in bytes.
 func rssOf(pid int) (int64, error) {
 	if pid == 0 {

@@ -590,18 +590,34 @@ func RunWorker(ctx context.Context, c WorkerConfig, logger *slog.Logger) error {
 func serveMetrics(ln net.Listener, m *metrics.Metrics, logger *slog.Logger) (stop func(context.Context)) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	logger.Info("serving metrics", "url", "http://"+displayAddr(ln.Addr())+"/metrics")
+	return serveAside(ln, mux, "metrics", true, logger)
+}
+
+// serveAside serves h on ln, a listener of its own beside the public one,
+// until the returned stop is called. With drain, stop lets requests in
+// flight finish (within its context); without, it cuts them (a profile
+// streaming for its ?seconds= would hold the process's shutdown).
+func serveAside(ln net.Listener, h http.Handler, what string, drain bool, logger *slog.Logger) (stop func(context.Context)) {
+	// No WriteTimeout: a CPU profile or a trace streams for as long as
+	// its ?seconds= asks.
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			logger.Error("metrics server failed", "err", err)
+			logger.Error(what+" server failed", "err", err)
 		}
 	}()
-	logger.Info("serving metrics", "url", "http://"+displayAddr(ln.Addr())+"/metrics")
 	return func(ctx context.Context) {
-		if err := srv.Shutdown(ctx); err != nil {
-			logger.Warn("stopping metrics server", "err", err)
+		var err error
+		if drain {
+			err = srv.Shutdown(ctx)
+		} else {
+			err = srv.Close()
+		}
+		if err != nil {
+			logger.Warn("stopping "+what+" server", "err", err)
 		}
 		<-done
 	}

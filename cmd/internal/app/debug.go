@@ -2,13 +2,11 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"time"
 )
 
 // startDebug binds addr and serves Go's profiles (net/http/pprof, under
@@ -29,20 +27,6 @@ func startDebug(addr string, logger *slog.Logger) (stop func(context.Context), e
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	// No WriteTimeout: a CPU profile or a trace streams for as long as
-	// its ?seconds= asks.
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			logger.Error("debug server failed", "err", err)
-		}
-	}()
 	logger.Info("serving profiles", "url", "http://"+displayAddr(ln.Addr())+"/debug/pprof/")
-	return func(ctx context.Context) {
-		// A profile being taken is cut short: the process is stopping.
-		_ = srv.Close()
-		<-done
-	}, nil
+	return serveAside(ln, mux, "debug", false, logger), nil
 }
