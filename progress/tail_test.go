@@ -303,8 +303,11 @@ func TestHubTailConcurrentSubscribers(t *testing.T) {
 		}
 		retained := snap.Events[0].Seq
 		for i, s := range subs {
-			waitFor(t, "every event", func() bool { return s.sink.reached(total, "") })
 			name := fmt.Sprintf("subscriber %d after %d", i, s.after)
+			waitForDiag(t, "every event", func() bool { return s.sink.reached(total, "") }, func() string {
+				return fmt.Sprintf("%s: failures %v, lagged %d, hub %+v, stats %+v: %s",
+					name, s.sink.Failures(), s.sink.NumLagged(), h.Counters(), h.Stats(), s.sink.dump())
+			})
 			items := s.sink.Items()
 			info := items[0].sync
 			evs := s.sink.Events()
