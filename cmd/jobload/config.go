@@ -37,6 +37,9 @@ type config struct {
 	// counted as "backlog", so a stalled server cannot grow the tool
 	// without bound.
 	MaxPending int
+	// CPUProfile, when set, is where a CPU profile of this process over
+	// the run (submits and drain) is written ("": none).
+	CPUProfile string
 }
 
 func parseFlags(args []string, out io.Writer) (config, error) {
@@ -54,6 +57,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.IntVar(&c.IntervalMS, "interval-ms", 0, "pause between steps, ms")
 	fs.IntVar(&c.Sockets, "sockets", 16, "watch the jobs over this many sockets (WatchMany); 0: one socket per job (Watch)")
 	fs.IntVar(&c.MaxPending, "max-pending", 20000, "open loop: at most this many jobs unfinished at once; due submits beyond are counted as backlog")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of this process over the run to this file")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}

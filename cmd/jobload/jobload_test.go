@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -30,8 +32,8 @@ func TestTinyLoadEndToEnd(t *testing.T) {
 		}
 		defer s.Close()
 		s.StartWorker()
-		// The per-user submit limit is 20 at once (JOB_BURST): the four
-		// runs submit 12 jobs in all.
+		// The per-user submit limit is 20 at once (JOB_BURST): the five
+		// runs submit 15 jobs in all.
 		cases := []struct {
 			name string
 			cfg  config
@@ -40,6 +42,7 @@ func TestTinyLoadEndToEnd(t *testing.T) {
 			{"open loop, two sockets", config{Rate: 50, Sockets: 2}},
 			{"closed loop, a socket per job", config{Inflight: 2, Sockets: 0}},
 			{"closed loop, one socket", config{Inflight: 2, Sockets: 1}},
+			{"open loop, profiled", config{Rate: 50, Sockets: 1, CPUProfile: "cpu.pprof"}},
 		}
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
@@ -47,12 +50,20 @@ func TestTinyLoadEndToEnd(t *testing.T) {
 				cfg.URL, cfg.Token, cfg.Jobs, cfg.Steps, cfg.MaxPending = s.URL, token, 3, 3, 100
 				// Bounds only: the run stops after its 3 jobs.
 				cfg.Duration, cfg.Drain = time.Minute, time.Minute
+				if cfg.CPUProfile != "" {
+					cfg.CPUProfile = filepath.Join(t.TempDir(), cfg.CPUProfile)
+				}
 				if err := cfg.check(); err != nil {
 					t.Fatal(err)
 				}
-				rep, err := run(context.Background(), cfg, quiet)
+				rep, err := runProfiled(context.Background(), cfg, quiet)
 				if err != nil {
 					t.Fatal(err)
+				}
+				if cfg.CPUProfile != "" {
+					if fi, err := os.Stat(cfg.CPUProfile); err != nil || fi.Size() == 0 {
+						t.Fatalf("-cpuprofile %s: %v, %v", cfg.CPUProfile, fi, err)
+					}
 				}
 				var out bytes.Buffer
 				rep.write(&out)

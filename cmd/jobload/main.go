@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 )
 
@@ -29,7 +30,7 @@ func main() {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rep, err := run(ctx, cfg, logger)
+	rep, err := runProfiled(ctx, cfg, logger)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "jobload:", err)
 		os.Exit(1)
@@ -38,4 +39,25 @@ func main() {
 	if rep.Failed() > 0 {
 		os.Exit(3)
 	}
+}
+
+// runProfiled is run, under a CPU profile when cfg.CPUProfile says so.
+func runProfiled(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) {
+	if cfg.CPUProfile == "" {
+		return run(ctx, cfg, logger)
+	}
+	f, err := os.Create(cfg.CPUProfile)
+	if err != nil {
+		return nil, fmt.Errorf("-cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("-cpuprofile: %w", err)
+	}
+	rep, err := run(ctx, cfg, logger)
+	pprof.StopCPUProfile()
+	if cerr := f.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("-cpuprofile: %w", cerr)
+	}
+	return rep, err
 }

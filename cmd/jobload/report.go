@@ -81,7 +81,11 @@ func (r *report) write(w io.Writer) {
 	fmt.Fprintf(w, "| jobs/s finished (first submit → last result received) | %.0f |\n", r.FinishedRate())
 	fmt.Fprintf(w, "| failed | %d |\n", r.Failed())
 	fmt.Fprintf(w, "| load average before → after | %s → %s |\n", r.LoadBefore, r.LoadAfter)
-	fmt.Fprintf(w, "| jobload's own CPU, %% of one core | %.0f |\n\n", 100*r.CPU.Seconds()/r.LastEnd.Sub(r.Start).Seconds())
+	fmt.Fprintf(w, "| jobload's own CPU, %% of one core | %.0f |\n", 100*r.CPU.Seconds()/r.LastEnd.Sub(r.Start).Seconds())
+	if r.Submitted > 0 {
+		fmt.Fprintf(w, "| jobload's own CPU per submitted job, ms | %.3f |\n", 1000*r.CPU.Seconds()/float64(r.Submitted))
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| latency, ms (from just before the submit request) | p50 | p95 | p99 | max |")
 	fmt.Fprintln(w, "|---|--:|--:|--:|--:|")
 	for _, row := range []struct {

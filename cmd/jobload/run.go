@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,9 @@ type job struct {
 	failure  string    // why it does not count as finished ("" when it does)
 	detail   string    // the event that broke the stream, for the report
 	over     bool
+
+	settled func() // called once, when done closes (nil: nothing)
+	once    sync.Once
 }
 
 // feed checks one event of the job's group and reports whether the job is
@@ -89,13 +93,14 @@ func (j *job) fail(why string) bool {
 	return true
 }
 
-// finish marks the job settled (once).
+// finish marks the job settled (once, whoever calls it first).
 func (j *job) finish() {
-	select {
-	case <-j.done:
-	default:
+	j.once.Do(func() {
 		close(j.done)
-	}
+		if j.settled != nil {
+			j.settled()
+		}
+	})
 }
 
 // watchers spreads job groups over a fixed set of sockets (WatchMany),
@@ -186,6 +191,15 @@ func (w *watchers) close() {
 	w.wg.Wait()
 }
 
+const (
+	// submitters is how many submits an open loop makes at once: the
+	// transport's connections (MaxConnsPerHost).
+	submitters = 128
+	// submitQueue bounds the due submits waiting for a submitter (each
+	// counted as submitted from when it was due).
+	submitQueue = 4096
+)
+
 // run submits and watches jobs as cfg says and returns the report.
 func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) {
 	jar, _ := cookiejar.New(nil)
@@ -193,7 +207,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 	// Keep-alive connections for every concurrent submit (the default 2
 	// per host would open and close one per submit), under the api's
 	// MAX_CONNS_PER_IP (256 by default) with room for the sockets.
-	tr.MaxIdleConns, tr.MaxIdleConnsPerHost, tr.MaxConnsPerHost = 128, 128, 128
+	tr.MaxIdleConns, tr.MaxIdleConnsPerHost, tr.MaxConnsPerHost = submitters, submitters, submitters
 	c, err := client.New(client.Config{
 		BaseURL: cfg.URL, Token: cfg.Token,
 		HTTPClient: &http.Client{Jar: jar, Transport: tr},
@@ -227,12 +241,15 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 		rep.Failures[kind]++
 		mu.Unlock()
 	}
-	// one submits a job and waits until its watcher has seen its end.
-	one := func() {
-		defer pending.Add(-1)
-		j := &job{submitted: time.Now(), done: make(chan struct{})}
+	// submit submits a job (counted as submitted at when) and has it
+	// watched; it returns nil when the submit failed (counted). The job's
+	// done closes once its watcher has seen its end, and then (or on a
+	// failed submit) pending goes down by one.
+	submit := func(when time.Time) *job {
+		j := &job{submitted: when, done: make(chan struct{}), settled: func() { pending.Add(-1) }}
 		sub, err := c.Submit(waitCtx, client.SubmitRequest{Type: "steps", Params: params})
 		if err != nil {
+			pending.Add(-1)
 			var ce *client.Error
 			switch {
 			case errors.As(err, &ce):
@@ -243,7 +260,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 				fail("submit error")
 				logSubmit.Do(func() { logger.Warn("submit failed (the first; the others are counted)", "err", err) })
 			}
-			return
+			return nil
 		}
 		j.group = sub.Group()
 		mu.Lock()
@@ -258,6 +275,10 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 			watchWG.Add(1)
 			go func() { defer watchWG.Done(); watchOne(waitCtx, c, j) }()
 		}
+		return j
+	}
+	// wait waits until j's watcher has seen its end or the drain is over.
+	wait := func(j *job) {
 		select {
 		case <-j.done:
 		case <-waitCtx.Done():
@@ -271,10 +292,24 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 	take := func() bool { return cfg.Jobs == 0 || taken.Add(1) <= int64(cfg.Jobs) }
 	if cfg.Rate > 0 {
 		// Open loop: the i-th submit is due at start + i/rate, whatever
-		// the earlier ones are doing.
+		// the earlier ones are doing. A fixed pool of submitters makes
+		// them (as many as the transport has connections: more could only
+		// wait for one), each taking the time it was due to go out; their
+		// stacks grow once, not once per submit as a goroutine per submit
+		// did (copystack was 6.6 % of this tool's CPU at 1,000/s).
+		due := make(chan time.Time, submitQueue)
+		for range submitters {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for when := range due {
+					submit(when)
+				}
+			}()
+		}
 		for i := 0; ; i++ {
-			due := rep.Start.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second)))
-			if !due.Before(end) || !take() || !sleepUntil(ctx, due) {
+			at := rep.Start.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second)))
+			if !at.Before(end) || !take() || !sleepUntil(ctx, at) {
 				break
 			}
 			if pending.Load() >= int64(cfg.MaxPending) {
@@ -282,8 +317,16 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 				continue
 			}
 			pending.Add(1)
-			wg.Add(1)
-			go func() { defer wg.Done(); one() }()
+			due <- time.Now()
+		}
+		close(due)
+		rep.SubmitEnd = time.Now()
+		wg.Wait()
+		mu.Lock()
+		submittedJobs := slices.Clone(all)
+		mu.Unlock()
+		for _, j := range submittedJobs {
+			wait(j)
 		}
 	} else {
 		for range cfg.Inflight {
@@ -292,13 +335,15 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 				defer wg.Done()
 				for time.Now().Before(end) && ctx.Err() == nil && take() {
 					pending.Add(1)
-					one()
+					if j := submit(time.Now()); j != nil {
+						wait(j)
+					}
 				}
 			}()
 		}
+		rep.SubmitEnd = time.Now()
+		wg.Wait()
 	}
-	rep.SubmitEnd = time.Now()
-	wg.Wait()
 	rep.LoadAfter = machine.LoadAverage()
 	rep.CPU = cpuTime() - cpu0
 	// Every watcher stops before the jobs are read.
