@@ -86,7 +86,7 @@ func (r *report) write(w io.Writer) {
 		fmt.Fprintf(w, "| jobload's own CPU per submitted job, ms | %.3f |\n", 1000*r.CPU.Seconds()/float64(r.Submitted))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| latency, ms (from just before the submit request) | p50 | p95 | p99 | max |")
+	fmt.Fprintln(w, "| latency, ms (from when the submit was due to go out) | p50 | p95 | p99 | max |")
 	fmt.Fprintln(w, "|---|--:|--:|--:|--:|")
 	for _, row := range []struct {
 		name string

@@ -24,7 +24,7 @@ import (
 // read after done is closed.
 type job struct {
 	group     string
-	submitted time.Time // just before the submit request went out
+	submitted time.Time // when the submit was due (open loop), or just before it went out (closed loop)
 	done      chan struct{}
 
 	lastSeq  int64
@@ -317,7 +317,9 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 				continue
 			}
 			pending.Add(1)
-			due <- time.Now()
+			// From when it was due: a submit that waits for a submitter
+			// (the api is slower than the rate) is late by that much.
+			due <- at
 		}
 		close(due)
 		rep.SubmitEnd = time.Now()
