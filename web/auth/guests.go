@@ -266,11 +266,16 @@ func (s *Store) revokeGuest(ctx context.Context, u User) error {
 	return nil
 }
 
-// guestReadSlots bounds the guest session reads in flight at once. Under a
+// guestReadSlots bounds the guest session reads in flight at once: the
+// pipelines of guestReads, each holding one of the Redis client's pooled
+// connections (20 on 2 cores) while it waits for its answer. Under a
 // burst (every socket of a replica reconnecting after a restart, 20 per
-// user) the others wait here rather than in the Redis client's pool, and
-// leave together, up to guestReadBatch reads in one pipeline (guestReads).
-const guestReadSlots = 16
+// user) the others wait here, not in the pool, and leave together, up to
+// guestReadBatch in one pipeline: 4 pipelines carry 512 reads per round
+// trip, and leave the pool to the rest of a join (storing guests, rate
+// limits, the hub's reads of the log), which 16 single reads at once had
+// starved.
+const guestReadSlots = 4
 
 // guestReadBatch bounds the reads one pipeline takes along.
 const guestReadBatch = 128
@@ -279,10 +284,11 @@ const guestReadBatch = 128
 // slot takes along every read still waiting for one (up to
 // guestReadBatch, those of other guests too) in one pipeline, and every
 // request for a guest whose read is waiting joins that read, so they all
-// get one answer from one round trip. A burst of N handshakes then costs
-// about N / guestReadBatch round trips in a row rather than N /
-// guestReadSlots: on a busy machine, where a round trip waits for two
-// processes to be scheduled, that was what a join storm waited for. Only
+// get one answer from one round trip. A burst of N handshakes then waits
+// for about N / (guestReadBatch × guestReadSlots) round trips in a row,
+// not N / guestReadSlots: on a busy machine, where a round trip waits for
+// two processes to be scheduled, those were what a join storm waited for
+// (two thirds of the api's blocked time in a trace of one). Only
 // reads not sent yet are joined or taken, so every answer comes from a
 // read that started after its request arrived: a logout or revocation
 // that finished before a request is always seen by it, as with a read of
