@@ -379,10 +379,11 @@ func (h *Hub) Subscribe(group string, after int64, epoch string, sink Sink) (*Su
 		h.dirty[group] = struct{}{}
 		h.wakeControl()
 	}
-	s := &Subscription{hub: h, group: g, sink: sink, cursor: max(after, 0), epoch: epoch, syncing: true, initial: true}
+	s := &Subscription{hub: h, group: g, sink: sink, cursor: max(after, 0), epoch: epoch, initial: true}
 	g.mu.Lock()
 	s.answer = time.AfterFunc(h.cfg.AnswerTimeout, s.answerTimedOut)
 	g.subs[s] = struct{}{}
+	s.setSyncing(true)
 	ready := g.ready
 	g.mu.Unlock()
 	if ready {
@@ -991,6 +992,11 @@ type group struct {
 	subs    map[*Subscription]struct{}
 	ready   bool // Redis confirmed the subscription at least once
 	catchup bool // the next read covers every subscriber, not only syncing ones
+	// syncing holds the subscribers waiting for a read (Subscription.
+	// syncing, and dead ones until a sync drops them), so that a sync
+	// looks at them rather than at every subscriber: in a join storm a
+	// room of thousands gets a sync for every few new sockets.
+	syncing map[*Subscription]struct{}
 
 	// The in-memory tail of the group's history (see tail), and what
 	// establishes it: the live events recorded while a read is in flight,
@@ -1013,8 +1019,8 @@ type group struct {
 // newGroup starts a group. Called with h.mu held.
 func (h *Hub) newGroup(name string) *group {
 	ctx, cancel := context.WithCancel(h.ctx)
-	g := &group{name: name, hub: h, subs: make(map[*Subscription]struct{}), wake: make(chan struct{}, 1), cancel: cancel,
-		delivered: h.deliveredCounter(name)}
+	g := &group{name: name, hub: h, subs: make(map[*Subscription]struct{}), syncing: make(map[*Subscription]struct{}),
+		wake: make(chan struct{}, 1), cancel: cancel, delivered: h.deliveredCounter(name)}
 	if h.cluster == nil {
 		g.feed = h.feeds[""]
 	}
@@ -1200,15 +1206,20 @@ func (g *group) sync(ctx context.Context) error {
 	}
 	catchup := g.catchup
 	g.catchup = false
+	from := g.syncing
+	if catchup {
+		from = g.subs
+	}
 	var targets []*Subscription
-	for s := range g.subs {
-		if s.dead || !(s.syncing || catchup) {
+	for s := range from {
+		if s.dead {
+			delete(g.syncing, s) // served nothing more; Close removes it from subs
 			continue
 		}
 		// A catch-up read must not race live delivery: buffer this
 		// subscriber's live events until the read is applied, or it
 		// would get ahead of the read and take the read for lost history.
-		s.syncing = true
+		s.setSyncing(true)
 		targets = append(targets, s)
 	}
 	g.mu.Unlock()
@@ -1371,6 +1382,7 @@ func (s *Subscription) Close() {
 	s.dead = true
 	s.answer.Stop()
 	delete(g.subs, s)
+	delete(g.syncing, s)
 	empty := len(g.subs) == 0
 	g.mu.Unlock()
 	if empty && h.groups[g.name] == g {
@@ -1404,6 +1416,18 @@ func (s *Subscription) answerTimedOut() {
 	s.fail(fmt.Errorf("%w: no answer within %v", ErrUnavailable, s.hub.cfg.AnswerTimeout))
 }
 
+// setSyncing marks the subscriber as waiting for a read of the log (its
+// live events queue up in pending), or no longer. Called with group.mu
+// held.
+func (s *Subscription) setSyncing(on bool) {
+	s.syncing = on
+	if on {
+		s.group.syncing[s] = struct{}{}
+	} else {
+		delete(s.group.syncing, s)
+	}
+}
+
 // offer delivers a live event, or queues it while the subscriber syncs.
 // Called with group.mu held.
 func (s *Subscription) offer(ev *Event) {
@@ -1422,7 +1446,7 @@ func (s *Subscription) offer(ev *Event) {
 	}
 	if (s.epoch != "" && ev.Epoch != s.epoch) || ev.Seq > s.cursor+1 {
 		// A gap or a new log: read the log before delivering further.
-		s.syncing = true
+		s.setSyncing(true)
 		s.pending = append(s.pending, ev)
 		s.group.requestSync()
 		return
@@ -1450,7 +1474,7 @@ func (s *Subscription) apply(snap Snapshot, from int64, members []Member) {
 		// The history this subscriber knows is gone (log lost, replaced,
 		// or the client claims a position the log never reached).
 		s.cursor, s.epoch, s.lost = 0, "", true
-		s.syncing = true
+		s.setSyncing(true)
 		if from > 0 {
 			s.group.requestSync() // needs a read from the start
 			return
@@ -1491,7 +1515,8 @@ func (s *Subscription) apply(snap Snapshot, from int64, members []Member) {
 		s.cursor = snap.LastSeq
 	}
 	pending := s.pending
-	s.pending, s.syncing = nil, false
+	s.pending = nil
+	s.setSyncing(false)
 	for _, ev := range pending {
 		if snap.Epoch != "" && ev.Epoch != snap.Epoch {
 			continue // from a log this read has already replaced

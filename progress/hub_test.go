@@ -1371,3 +1371,90 @@ func TestHubSubscriptionsFollowGroupChurn(t *testing.T) {
 		waitFor(t, "no subscription left", func() bool { return len(channels()) == 0 })
 	})
 }
+
+// The hub keeps the subscribers that wait for a read of the log apart
+// from the others, so that a sync looks at those alone (in a join storm a
+// room of thousands gets a sync every few new sockets): none once every
+// subscriber is served, only the new one while its read is in flight,
+// every one during a catch-up read after a (re)subscription and none
+// after it, none kept for a subscriber closed while it waited.
+func TestHubSyncLooksAtWaitingSubscribers(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		const group = "job:waiting"
+		pub := NewLog(srv.Client(t), LogConfig{})
+		gated := srv.Client(t)
+		gate := &readGate{key: pub.metaKey(group)}
+		gated.AddHook(gate)
+		h := NewHub(srv.Client(t), NewLog(gated, LogConfig{}), HubConfig{Logger: testLogger(t)})
+		defer shutdownHub(t, h)
+		mustPublish(t, pub, group, "state", "first")
+		waiting := func() int {
+			h.mu.Lock()
+			g := h.groups[group]
+			h.mu.Unlock()
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			return len(g.syncing)
+		}
+		synced := func(sinks ...*recSink) func() bool {
+			return func() bool {
+				for _, s := range sinks {
+					if len(s.Syncs()) == 0 {
+						return false
+					}
+				}
+				return true
+			}
+		}
+		var sinks []*recSink
+		for range 5 {
+			s := &recSink{}
+			defer mustSubscribe(t, h, group, 0, "", s).Close()
+			sinks = append(sinks, s)
+		}
+		waitFor(t, "every subscriber's SyncInfo", synced(sinks...))
+		if n := waiting(); n != 0 {
+			t.Fatalf("%d subscribers waiting once all were served", n)
+		}
+
+		held, release := gate.arm()
+		late := &recSink{}
+		defer mustSubscribe(t, h, group, 0, "", late).Close()
+		waitChan(t, "the new subscriber's read", held)
+		if n := waiting(); n != 1 {
+			t.Fatalf("%d subscribers waiting during a new one's read, want 1", n)
+		}
+		close(release)
+		waitFor(t, "the new subscriber's SyncInfo", synced(late))
+		sinks = append(sinks, late)
+		if n := waiting(); n != 0 {
+			t.Fatalf("%d subscribers waiting after the new one was served", n)
+		}
+
+		held, release = gate.arm()
+		h.mu.Lock()
+		ps := h.feeds[""].ps
+		h.mu.Unlock()
+		if err := ps.Subscribe(context.Background(), pub.Channel(group)); err != nil {
+			t.Fatal(err)
+		}
+		waitChan(t, "the catch-up read", held)
+		if n := waiting(); n != len(sinks) {
+			t.Fatalf("%d subscribers waiting during a catch-up read, want all %d", n, len(sinks))
+		}
+		close(release)
+		last := mustPublish(t, pub, group, "state", "after")
+		for i, s := range sinks {
+			waitFor(t, fmt.Sprintf("subscriber %d at seq 2", i), func() bool { return s.reached(2, "") })
+			checkDelivery(t, fmt.Sprint("subscriber ", i), s, 0, 2, last.Epoch)
+		}
+		waitFor(t, "no subscriber waiting after the catch-up", func() bool { return waiting() == 0 })
+
+		held, release = gate.arm()
+		gone := mustSubscribe(t, h, group, 0, "", &recSink{})
+		waitChan(t, "the read of a subscriber about to close", held)
+		gone.Close()
+		close(release)
+		waitFor(t, "no subscriber waiting after one closed while it waited", func() bool { return waiting() == 0 })
+	})
+}

@@ -540,14 +540,27 @@ func (c *conn) firstJoin(ctx context.Context, group string) error {
 		return err
 	}
 	c.acting = who
+	// The rate limit and the name are two round trips that do not depend
+	// on each other: in a join storm every user's first socket makes
+	// them, while Redis is busiest, so they go at once. The name's read
+	// ends by itself (ctx bounds it) when the limit refuses.
+	type named struct {
+		m   progress.Member
+		err error
+	}
+	name := make(chan named, 1)
+	go func() {
+		m, err := c.s.currentMember(ctx, c.who)
+		name <- named{m, err}
+	}()
 	if err := c.s.limit(ctx, "join:"+c.who.User.ID, 1, 20, "joining rooms too often; wait a moment"); err != nil {
 		return err
 	}
-	member, err := c.s.currentMember(ctx, c.who)
-	if err != nil {
-		return err
+	n := <-name
+	if n.err != nil {
+		return n.err
 	}
-	c.s.pres.Settle(group, member, c.id)
+	c.s.pres.Settle(group, n.m, c.id)
 	return nil
 }
 

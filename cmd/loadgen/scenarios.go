@@ -141,11 +141,22 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 	sw.fan, sw.keepLat, sw.resume = fan, name == "latency", name == "restart"
 	defer sw.Close()
 	say("server pid %d up; opening %d sockets as %d users", t.PID(), p.Clients, p.Users)
+	stopJoinProfile := func() error { return nil }
+	if name == "join" && c.CPUProfile != "" {
+		if stopJoinProfile, err = startCPUProfile(profilePath(c.CPUProfile, name, t.Name())); err != nil {
+			return outcome{Err: err}
+		}
+	}
 	t0 := time.Now()
+	cpu0 := takeCPU(t.PID())
 	sw.start()
 	joinCtx, cancelJoin := context.WithTimeout(ctx, joinTimeout)
 	end, ok := sw.waitJoined(joinCtx)
 	cancelJoin()
+	if err := stopJoinProfile(); err != nil {
+		return outcome{Err: err}
+	}
+	joinCPU, joinCPUOK := cpuBetween(cpu0, takeCPU(t.PID()), time.Since(t0))
 	say("%d of %d joined after %s", sw.joined.Load(), p.Clients, time.Since(t0).Round(time.Millisecond))
 	if !ok {
 		sw.Close()
@@ -165,6 +176,14 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 	if name == "join" {
 		o.add("all joined in, s", joinTime.Seconds(), 3)
 		o.add("sockets that had to try again", float64(retried), 0)
+		if joinCPUOK {
+			// Who the join waited for: the server, the load client (which
+			// reads each socket's subscribed frame and replay; the
+			// reference sends neither), or the rest of the machine.
+			o.add("load client CPU, cores", joinCPU.client, 2)
+			o.add("server CPU, cores", joinCPU.server, 2)
+			o.add("other processes' CPU, cores", joinCPU.others, 2)
+		}
 		o.note("%s: %s", t.Name(), joinMeaning(t))
 	}
 	if retried > 0 {
@@ -221,7 +240,8 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 }
 
 // measuring reports whether scenario has a measuring phase that
-// -cpuprofile covers: the publishing and the deliveries.
+// -cpuprofile covers: the publishing and the deliveries. (The join
+// scenario's profile covers its join instead.)
 func measuring(scenario string) bool {
 	return scenario == "fanout" || scenario == "latency" || scenario == "bytes"
 }

@@ -182,12 +182,13 @@ func (sw *swarm) read(s *sock, resuming bool) int {
 	stop := context.AfterFunc(sw.ctx, func() { _ = s.ws.Close() })
 	defer stop()
 	for {
-		msg, err := s.readMessage()
+		msg, release, err := s.readMessage()
 		if err != nil {
 			return closeCodeOf(err)
 		}
 		now := time.Now()
 		eachFrame(msg, sw.fr, func(fr []byte) { sw.frame(s, fr, now, resuming) })
+		release()
 		if s.refused {
 			return 0
 		}

@@ -336,20 +336,39 @@ func TestGuestCookieRenewal(t *testing.T) {
 	})
 }
 
-// countGuestReads counts the guest lookups a client sends.
-type countGuestReads struct{ n atomic.Int64 }
+// countGuestReads counts the guest lookups a client sends (n), alone or
+// in pipelines, and the round trips that carried them (trips).
+type countGuestReads struct{ n, trips atomic.Int64 }
+
+func isScript(cmd redis.Cmder) bool {
+	name := cmd.Name()
+	return name == "evalsha" || name == "eval"
+}
 
 func (c *countGuestReads) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (c *countGuestReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if name := cmd.Name(); name == "evalsha" || name == "eval" {
+		if isScript(cmd) {
 			c.n.Add(1)
+			c.trips.Add(1)
 		}
 		return next(ctx, cmd)
 	}
 }
 func (c *countGuestReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		k := 0
+		for _, cmd := range cmds {
+			if isScript(cmd) {
+				k++
+			}
+		}
+		if k > 0 {
+			c.n.Add(int64(k))
+			c.trips.Add(1)
+		}
+		return next(ctx, cmds)
+	}
 }
 
 // Session reads of one guest that wait for a slot together are one Redis
@@ -441,4 +460,154 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// Session reads of different guests that wait for a slot together leave
+// in pipelines of at most guestReadBatch, in the order they came, and each
+// request gets its own guest's answer: the stored guest with its name, the
+// cookie-only guest as such, the logged-out one ErrNoSession. A request
+// whose read was abandoned (its request gave up while it waited) reads on
+// its own.
+func TestGuestSessionReadsBatch(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		for _, tc := range []struct {
+			name    string
+			guests  int  // distinct guests, each asked for twice
+			flush   bool // SCRIPT FLUSH before the reads: the batch finds no script
+			abandon bool // the first request gives up while it waits
+			trips   int64
+		}{
+			{name: "one pipeline", guests: 9, trips: 1},
+			{name: "more than one batch", guests: 2*guestReadBatch + 3, trips: 3},
+			{name: "script not loaded", guests: 5, flush: true},
+			{name: "an abandoned read", guests: 4, abandon: true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				rdb := srv.Client(t)
+				s, err := NewStore(rdb, Config{Secret: testSecret, NewGuestsPerIP: 1000})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx := t.Context()
+				type guest struct {
+					p      Principal
+					stored bool
+					gone   bool
+					name   string
+				}
+				guests := make([]guest, tc.guests)
+				for i := range guests {
+					p, _ := s.NewGuest()
+					g := guest{p: p, name: p.User.Name}
+					switch i % 3 {
+					case 1: // stored, renamed
+						sp, err := s.Materialize(ctx, p, "192.0.2.1")
+						if err != nil {
+							t.Fatal(err)
+						}
+						g.name = fmt.Sprintf("guest %d", i)
+						if err := rdb.HSet(ctx, s.userKey(sp.User.ID), "name", g.name).Err(); err != nil {
+							t.Fatal(err)
+						}
+						g.stored = true
+					case 2: // logged out
+						if err := s.Logout(ctx, p, "192.0.2.1"); err != nil {
+							t.Fatal(err)
+						}
+						g.gone = true
+					}
+					guests[i] = g
+				}
+				if _, _, err := s.sessionRead(ctx, guests[0].p.User.ID); err != nil { // loads the script
+					t.Fatal(err)
+				}
+				if tc.flush {
+					if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				reads := &countGuestReads{}
+				rdb.AddHook(reads)
+				for range guestReadSlots { // every slot busy: reads wait
+					s.reads.slots <- struct{}{}
+				}
+				waiting := func(k int) func() bool {
+					return func() bool {
+						s.reads.mu.Lock()
+						defer s.reads.mu.Unlock()
+						n := 0
+						for _, r := range s.reads.waiting {
+							n += 1 + r.joins
+						}
+						return n == k
+					}
+				}
+				type answer struct {
+					i      int
+					u      User
+					stored bool
+					err    error
+				}
+				answers := make(chan answer, 2*len(guests))
+				ask := func(ctx context.Context, i int) {
+					u, stored, err := s.sessionRead(ctx, guests[i].p.User.ID)
+					answers <- answer{i, u, stored, err}
+				}
+				asked := 0
+				if tc.abandon {
+					// The first guest's read: its first request leaves, the
+					// second (joined) reads on its own.
+					c, cancel := context.WithCancel(ctx)
+					go ask(c, 0)
+					eventually(t, "the first read to wait", waiting(1))
+					go ask(ctx, 0)
+					eventually(t, "the second request to join it", waiting(2))
+					cancel()
+					a := <-answers
+					if !errors.Is(a.err, context.Canceled) {
+						t.Fatalf("the request that gave up: %v %v", a.u, a.err)
+					}
+					eventually(t, "the abandoned read to go", waiting(0))
+					a = <-answers
+					if a.err != nil || a.u.ID != guests[0].p.User.ID {
+						t.Fatalf("the request that joined the abandoned read: %v %v", a.u, a.err)
+					}
+				}
+				for i := range guests {
+					for range 2 {
+						go ask(ctx, i)
+						asked++
+						eventually(t, "the requests to wait", waiting(asked))
+					}
+				}
+				n0, trips0 := reads.n.Load(), reads.trips.Load()
+				for range guestReadSlots {
+					<-s.reads.slots
+				}
+				for range asked {
+					a := <-answers
+					g := guests[a.i]
+					switch {
+					case g.gone:
+						if !errors.Is(a.err, ErrNoSession) {
+							t.Fatalf("logged-out guest %d: %v %v, want ErrNoSession", a.i, a.u, a.err)
+						}
+					case a.err != nil || a.u.ID != g.p.User.ID || a.u.Name != g.name || a.stored != g.stored || !a.u.Guest:
+						t.Fatalf("guest %d: %+v stored %v, %v; want %s named %q, stored %v", a.i, a.u, a.stored, a.err, g.p.User.ID, g.name, g.stored)
+					}
+				}
+				if n := reads.n.Load() - n0; !tc.flush && n != int64(len(guests)) {
+					t.Fatalf("%d guest reads for %d guests", n, len(guests))
+				}
+				if trips := reads.trips.Load() - trips0; tc.trips > 0 && trips != tc.trips {
+					t.Fatalf("%d round trips for %d guests, want %d", trips, len(guests), tc.trips)
+				}
+				s.reads.mu.Lock()
+				defer s.reads.mu.Unlock()
+				if len(s.reads.waiting) != 0 || len(s.reads.order) != 0 {
+					t.Fatalf("left waiting: %d reads, %d in order", len(s.reads.waiting), len(s.reads.order))
+				}
+			})
+		}
+	})
 }
