@@ -1,14 +1,12 @@
 package web
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/chromedp/chromedp"
 
@@ -92,20 +90,7 @@ func (p *browserPage) messages() []shownMessage {
 // that the navigation interrupts is tried again.
 func (p *browserPage) waitAcross(what, cond string) {
 	p.t.Helper()
-	deadline := time.Now().Add(browserWait)
-	for {
-		ctx, cancel := context.WithDeadline(p.ctx, deadline)
-		_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](cond,
-			chromedp.WithPollingInterval(20*time.Millisecond), chromedp.WithPollingTimeout(time.Until(deadline))))
-		cancel()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) || p.ctx.Err() != nil {
-			p.t.Fatalf("waiting for %s (%s): %v%s", what, cond, err, p.diagnostics())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	p.poll(what, cond, func(error) bool { return true })
 }
 
 func TestBrowserChatTwoPeople(t *testing.T) {

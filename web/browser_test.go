@@ -193,14 +193,41 @@ func eval[T any](p *browserPage, expr string) T {
 }
 
 // waitFor polls a JavaScript condition until it holds.
+//
+// A poll that Chrome answers "Cannot find context with specified id" (or
+// "Execution context was destroyed") ran in a document that was replaced
+// under it; CI saw one right after a Navigate had returned, the poll
+// having started in the context of the page before. That is no answer
+// about cond, so it polls again in the current document.
 func (p *browserPage) waitFor(what, cond string) {
 	p.t.Helper()
-	ctx, cancel := p.step()
-	defer cancel()
-	_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](cond,
-		chromedp.WithPollingInterval(20*time.Millisecond), chromedp.WithPollingTimeout(browserWait)))
-	if err != nil {
-		p.t.Fatalf("waiting for %s (%s): %v%s", what, cond, err, p.diagnostics())
+	p.poll(what, cond, contextReplaced)
+}
+
+// contextReplaced reports whether err says the evaluation's document was
+// replaced while it ran.
+func contextReplaced(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "Cannot find context with specified id") || strings.Contains(msg, "Execution context was destroyed")
+}
+
+// poll polls cond until it holds, for up to browserWait, polling again
+// after an error retry accepts, and fails the test on any other.
+func (p *browserPage) poll(what, cond string, retry func(error) bool) {
+	p.t.Helper()
+	deadline := time.Now().Add(browserWait)
+	for {
+		ctx, cancel := context.WithDeadline(p.ctx, deadline)
+		_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](cond,
+			chromedp.WithPollingInterval(20*time.Millisecond), chromedp.WithPollingTimeout(time.Until(deadline))))
+		cancel()
+		if err == nil {
+			return
+		}
+		if !retry(err) || time.Now().After(deadline) || p.ctx.Err() != nil {
+			p.t.Fatalf("waiting for %s (%s): %v%s", what, cond, err, p.diagnostics())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
