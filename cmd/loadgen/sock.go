@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"strconv"
 	"sync/atomic"
@@ -14,15 +13,52 @@ import (
 )
 
 // countingConn counts the bytes read from the connection: everything the
-// server sent, WebSocket headers and control frames included.
+// server sent, WebSocket headers and control frames included. It also
+// splits the handshake's response from what follows it: gorilla reads the
+// response through its own buffer, which could take frames sent right
+// after it; countingConn hands gorilla only the bytes up to the end of
+// the response's headers (a 101 has no body) and keeps the rest in the
+// socket's pending bytes, where the frame reader (readMessages) starts.
 type countingConn struct {
 	net.Conn
-	read *atomic.Int64
+	s *sock
+	// hs is how much of the headers' end ("\r\n\r\n") the last bytes
+	// matched; -1 once the response's headers ended.
+	hs int
 }
 
-func (c countingConn) Read(p []byte) (int, error) {
+var headersEnd = []byte("\r\n\r\n")
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	if c.hs < 0 && len(c.s.pending) > 0 {
+		// A refused handshake's body, read by gorilla for its error.
+		n := copy(p, c.s.pending)
+		c.s.pending = c.s.pending[n:]
+		return n, nil
+	}
 	n, err := c.Conn.Read(p)
-	c.read.Add(int64(n))
+	c.s.read.Add(int64(n))
+	if c.hs < 0 {
+		return n, err
+	}
+	for i := range n {
+		switch {
+		case p[i] == headersEnd[c.hs]:
+			c.hs++
+		case p[i] == '\r':
+			c.hs = 1
+		default:
+			c.hs = 0
+		}
+		if c.hs == len(headersEnd) {
+			c.hs = -1
+			if i+1 < n {
+				c.s.pending = append(c.s.pending[:0], p[i+1:n]...)
+				return i + 1, nil // the error, if any, comes again on the next read
+			}
+			break
+		}
+	}
 	return n, err
 }
 
@@ -40,10 +76,10 @@ const (
 // sock is one client socket of the new scenarios. Its plain fields belong
 // to the goroutine that reads it; the atomics are read by others.
 type sock struct {
-	id   int
-	ws   *websocket.Conn
-	read atomic.Int64 // bytes read on the connection since it opened (over every reconnect)
-	buf  []byte       // the message being read, reused
+	id      int
+	ws      *websocket.Conn
+	read    atomic.Int64 // bytes read on the connection since it opened (over every reconnect)
+	pending []byte       // bytes that came right after the handshake's response: the first frames
 
 	// taskstream's protocol state.
 	epoch       string
@@ -74,28 +110,6 @@ type sock struct {
 // every delay after the run, so the receive path only appends.
 type received struct {
 	n, at int64
-}
-
-// readMessage reads the next message into s.buf (reused) and returns it.
-func (s *sock) readMessage() ([]byte, error) {
-	_, r, err := s.ws.NextReader()
-	if err != nil {
-		return nil, err
-	}
-	s.buf = s.buf[:0]
-	for {
-		if len(s.buf) == cap(s.buf) {
-			s.buf = append(s.buf, 0)[:len(s.buf)]
-		}
-		n, err := r.Read(s.buf[len(s.buf):cap(s.buf)])
-		s.buf = s.buf[:len(s.buf)+n]
-		if errors.Is(err, io.EOF) {
-			return s.buf, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
 }
 
 // eachFrame calls fn with every frame of msg.
@@ -134,12 +148,13 @@ func dialSock(ctx context.Context, d websocket.Dialer, url string, from net.IP, 
 	if from != nil {
 		nd.LocalAddr = &net.TCPAddr{IP: from}
 	}
+	s.pending = nil
 	d.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := nd.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		return countingConn{Conn: c, read: &s.read}, nil
+		return &countingConn{Conn: c, s: s}, nil
 	}
 	ws, res, err := d.DialContext(ctx, url, nil)
 	if res != nil && res.Body != nil {

@@ -176,22 +176,19 @@ func (sw *swarm) markJoined() {
 }
 
 // read handles s's frames until the socket ends; it returns the close
-// code (-1: no close frame).
+// code (-1: no close frame; 0: the subscribe was refused).
 func (sw *swarm) read(s *sock, resuming bool) int {
 	defer s.ws.Close()
 	stop := context.AfterFunc(sw.ctx, func() { _ = s.ws.Close() })
 	defer stop()
-	for {
-		msg, err := s.readMessage()
-		if err != nil {
-			return closeCodeOf(err)
-		}
-		now := time.Now()
+	err := s.readMessages(func(msg []byte, now time.Time) bool {
 		eachFrame(msg, sw.fr, func(fr []byte) { sw.frame(s, fr, now, resuming) })
-		if s.refused {
-			return 0
-		}
+		return !s.refused
+	})
+	if err == nil {
+		return 0
 	}
+	return closeCodeOf(err)
 }
 
 // frame handles one frame: taskstream's bookkeeping (subscribed, seqs,
