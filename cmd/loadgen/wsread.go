@@ -41,10 +41,12 @@ const controlWait = 5 * time.Second
 // wsReader parses the WebSocket frames a server sends (RFC 6455: never
 // masked), from bytes handed to feed.
 type wsReader struct {
-	ws  *websocket.Conn // for the pongs and the close reply
-	buf []byte          // buf[r:w] is read and not parsed yet
-	r   int
-	w   int
+	// control writes a pong or the close reply (gorilla's WriteControl,
+	// which may be called while a message is written).
+	control func(messageType int, data []byte)
+	buf     []byte // buf[r:w] is read and not parsed yet
+	r       int
+	w       int
 
 	frag    []byte // a fragmented message's payload so far
 	inFrag  bool   // a data frame without FIN began a message
@@ -52,10 +54,18 @@ type wsReader struct {
 	stopped bool // onMsg returned false
 }
 
-func newWSReader(ws *websocket.Conn, pending []byte, onMsg func([]byte, time.Time) bool) *wsReader {
-	rd := &wsReader{ws: ws, buf: make([]byte, max(readBufSize, len(pending))), onMsg: onMsg}
-	rd.w = copy(rd.buf, pending)
-	return rd
+// newWSReader parses frames for onMsg, answering pings and the close
+// with control.
+func newWSReader(control func(messageType int, data []byte), onMsg func([]byte, time.Time) bool) *wsReader {
+	return &wsReader{control: control, buf: make([]byte, readBufSize), onMsg: onMsg}
+}
+
+// writeControl is a wsReader's control for ws: a failed write shows as
+// the read error that follows.
+func writeControl(ws *websocket.Conn) func(int, []byte) {
+	return func(messageType int, data []byte) {
+		_ = ws.WriteControl(messageType, data, time.Now().Add(controlWait))
+	}
 }
 
 // space is where the next read goes: after the unparsed bytes, moved to
@@ -86,8 +96,9 @@ func (rd *wsReader) feed(n int, at time.Time) error {
 		}
 		if frame == nil {
 			if need > len(rd.buf) {
-				// A frame larger than the buffer: grow it to hold it.
-				nb := make([]byte, need)
+				// A frame larger than the buffer: grow it, in steps as
+				// the frame's bytes come (its header may claim more).
+				nb := make([]byte, min(need, 2*len(rd.buf)))
 				rd.w = copy(nb, rd.buf[rd.r:rd.w])
 				rd.buf, rd.r = nb, 0
 			}
@@ -97,6 +108,18 @@ func (rd *wsReader) feed(n int, at time.Time) error {
 			return err
 		}
 	}
+}
+
+// feedBytes feeds p, copied in as many pieces as the buffer takes.
+func (rd *wsReader) feedBytes(p []byte, at time.Time) error {
+	for len(p) > 0 {
+		n := copy(rd.space(), p)
+		p = p[n:]
+		if err := rd.feed(n, at); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // rawFrame is one frame in the buffer.
@@ -176,9 +199,7 @@ func (rd *wsReader) handle(f *rawFrame, at time.Time) error {
 		if !f.fin || len(f.payload) > 125 {
 			return errors.New("loadgen: a fragmented or long ping")
 		}
-		// WriteControl copies the payload into its frame before it
-		// returns; a failed pong shows as the read error that follows.
-		_ = rd.ws.WriteControl(websocket.PongMessage, f.payload, time.Now().Add(controlWait))
+		rd.control(websocket.PongMessage, f.payload) // copied into the pong before it returns
 		return nil
 	case websocket.PongMessage:
 		return nil
@@ -211,7 +232,7 @@ func (rd *wsReader) closed(payload []byte) error {
 		}
 		reply = websocket.FormatCloseMessage(ce.Code, "")
 	}
-	_ = rd.ws.WriteControl(websocket.CloseMessage, reply, time.Now().Add(controlWait))
+	rd.control(websocket.CloseMessage, reply)
 	return ce
 }
 
@@ -221,15 +242,12 @@ func (rd *wsReader) closed(payload []byte) error {
 // the socket (a *websocket.CloseError for the server's close), nil when
 // fn said stop.
 func (s *sock) readMessages(fn func(msg []byte, at time.Time) bool) error {
-	rd := newWSReader(s.ws, s.pending, fn)
-	s.pending = nil
+	rd := newWSReader(writeControl(s.ws), fn)
 	// Frames that came with the handshake first.
-	if rd.w > 0 {
-		n := rd.w
-		rd.w = 0
-		if err := rd.feed(n, time.Now()); err != nil {
-			return stopIsNil(err)
-		}
+	pending := s.pending
+	s.pending = nil
+	if err := rd.feedBytes(pending, time.Now()); err != nil {
+		return stopIsNil(err)
 	}
 	return stopIsNil(readSocket(s.ws.NetConn(), rd, &s.read))
 }
