@@ -93,11 +93,12 @@ type sock struct {
 	seqSeen     atomic.Int64 // lastSeq, for other goroutines
 
 	// What the reader saw.
-	gaps, dups int        // events whose seq did not follow the last one, or repeated it
-	delivered  int64      // stamped messages received (under a scenario's count)
-	got        []received // with keepLat: each stamped message received, in order
-	closeCode  int        // the first close: 0 none; -1 the connection was lost without a close frame
-	tryAgain   int        // closes with 1013
+	gaps, dups int          // events whose seq did not follow the last one, or repeated it
+	delivered  int64        // stamped messages received (under a scenario's count)
+	live       atomic.Int64 // delivered, for other goroutines (open loop)
+	got        []received   // with keepLat: each stamped message received, in order
+	closeCode  int          // the first close: 0 none; -1 the connection was lost without a close frame
+	tryAgain   int          // closes with 1013
 	resumed    atomic.Bool
 	notRecov   bool // a resume answered recovered:false
 	perPub     []int64

@@ -37,8 +37,7 @@ type swarm struct {
 	resumed    atomic.Int64
 	allResumed chan struct{} // closed when every socket resumed once
 
-	recording atomic.Bool  // count deliveries (and keep latencies when keepLat)
-	live      atomic.Int64 // deliveries counted so far, when there is no fan (open loop)
+	recording atomic.Bool // count deliveries (and keep latencies when keepLat)
 	keepLat   bool
 	fan       *fanout // closed-loop bookkeeping, or nil
 
@@ -259,10 +258,12 @@ func (sw *swarm) frame(s *sock, fr []byte, now time.Time, resuming bool) {
 		sw.fan.got(s, pub, n)
 	}
 	if sw.recording.Load() {
-		if sw.fan == nil {
-			sw.live.Add(1)
-		}
 		s.delivered++
+		if sw.fan == nil {
+			// Per socket, summed by deliveredLive: one counter for all
+			// would be a cache line every reader writes.
+			s.live.Store(s.delivered)
+		}
 		if sw.keepLat {
 			s.got = append(s.got, received{n, now.UnixNano()})
 		}
@@ -289,7 +290,13 @@ func (sw *swarm) waitJoined(ctx context.Context) (time.Time, bool) {
 }
 
 // deliveredLive is the deliveries counted so far (open loop only).
-func (sw *swarm) deliveredLive() int64 { return sw.live.Load() }
+func (sw *swarm) deliveredLive() int64 {
+	var n int64
+	for _, s := range sw.socks {
+		n += s.live.Load()
+	}
+	return n
+}
 
 // behind counts the sockets that have not seen seq yet.
 func (sw *swarm) behind(seq int64) int {

@@ -90,11 +90,11 @@ var errStopped = errors.New("loadgen: reader stopped")
 func (rd *wsReader) feed(n int, at time.Time) error {
 	rd.w += n
 	for {
-		frame, need, err := rd.next()
+		frame, ok, need, err := rd.next()
 		if err != nil {
 			return err
 		}
-		if frame == nil {
+		if !ok {
 			if need > len(rd.buf) {
 				// A frame larger than the buffer: grow it, in steps as
 				// the frame's bytes come (its header may claim more).
@@ -104,7 +104,7 @@ func (rd *wsReader) feed(n int, at time.Time) error {
 			}
 			return nil
 		}
-		if err := rd.handle(frame, at); err != nil {
+		if err := rd.handle(&frame, at); err != nil {
 			return err
 		}
 	}
@@ -129,43 +129,43 @@ type rawFrame struct {
 	payload []byte // in rd.buf: valid until the next read
 }
 
-// next cuts the next complete frame from the buffer; nil with the bytes
-// the whole frame needs when it is not all there yet.
-func (rd *wsReader) next() (*rawFrame, int, error) {
+// next cuts the next complete frame from the buffer (ok); when it is not
+// all there yet, the bytes the whole frame needs.
+func (rd *wsReader) next() (f rawFrame, ok bool, need int, err error) {
 	b := rd.buf[rd.r:rd.w]
 	if len(b) < 2 {
-		return nil, 2, nil
+		return f, false, 2, nil
 	}
 	if b[0]&0x70 != 0 {
-		return nil, 0, fmt.Errorf("loadgen: a frame with reserved bits 0x%x (no extension was negotiated)", b[0]&0x70)
+		return f, false, 0, fmt.Errorf("loadgen: a frame with reserved bits 0x%x (no extension was negotiated)", b[0]&0x70)
 	}
 	if b[1]&0x80 != 0 {
-		return nil, 0, errors.New("loadgen: a masked frame from the server")
+		return f, false, 0, errors.New("loadgen: a masked frame from the server")
 	}
 	head, size := 2, uint64(b[1]&0x7f)
 	switch size {
 	case 126:
 		head = 4
 		if len(b) < head {
-			return nil, head, nil
+			return f, false, head, nil
 		}
 		size = uint64(binary.BigEndian.Uint16(b[2:]))
 	case 127:
 		head = 10
 		if len(b) < head {
-			return nil, head, nil
+			return f, false, head, nil
 		}
 		size = binary.BigEndian.Uint64(b[2:])
 	}
 	if size > maxMessage {
-		return nil, 0, fmt.Errorf("loadgen: a frame of %d bytes (at most %d)", size, maxMessage)
+		return f, false, 0, fmt.Errorf("loadgen: a frame of %d bytes (at most %d)", size, maxMessage)
 	}
 	total := head + int(size)
 	if len(b) < total {
-		return nil, total, nil
+		return f, false, total, nil
 	}
 	rd.r += total
-	return &rawFrame{fin: b[0]&0x80 != 0, opcode: int(b[0] & 0x0f), payload: b[head:total]}, 0, nil
+	return rawFrame{fin: b[0]&0x80 != 0, opcode: int(b[0] & 0x0f), payload: b[head:total]}, true, 0, nil
 }
 
 // handle acts on one frame: a message to the callback, a pong for a ping,
