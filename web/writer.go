@@ -10,7 +10,6 @@ import (
 	"os"
 	"runtime"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -59,9 +58,10 @@ type batchConn struct {
 	buf    *[]byte // the batch, from batchPool; nil outside a batch
 	err    error   // the batch's first failed write
 
-	// The file descriptor under Conn, for writes that must not wait;
-	// rawOf is the Conn it was found for (nil raw: Conn has none).
-	raw   syscall.RawConn
+	// The file descriptor under Conn, for writes that must not wait
+	// (now.raw); rawOf is the Conn it was found for (nil now.raw: Conn
+	// has none).
+	now   nowWriter
 	rawOf net.Conn
 	// carried counts the direct batches a writer goroutine had to finish
 	// (the kernel's buffer was full): how often a socket fell back.
@@ -113,9 +113,9 @@ func (b *batchConn) canDirect() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.rawOf != b.Conn {
-		b.raw, b.rawOf = rawConnOf(b.Conn), b.Conn
+		b.now, b.rawOf = nowWriter{raw: rawConnOf(b.Conn)}, b.Conn
 	}
-	return b.raw != nil
+	return b.now.raw != nil
 }
 
 // beginDirect opens a direct batch (canDirect must have said yes). It
@@ -135,13 +135,13 @@ func (b *batchConn) endDirect() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	buf := *b.buf
-	n, err := writeNow(b.raw, buf)
+	n, err := b.now.write(buf)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		// The deadline a writer goroutine's batch set, long past: the
 		// runtime refuses every write until it is moved, and a write that
 		// never waits needs none.
 		if err = b.Conn.SetWriteDeadline(time.Time{}); err == nil {
-			n, err = writeNow(b.raw, buf)
+			n, err = b.now.write(buf)
 		}
 	}
 	if err != nil {
