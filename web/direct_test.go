@@ -201,3 +201,58 @@ func TestFlusherRunsEveryQueueOnce(t *testing.T) {
 		})
 	}
 }
+
+// taskstream.v2 batches framed by the direct write (not gorilla's writer)
+// read as gorilla's client reads them: every frame whole and in order,
+// messages of at most maxBatchBytes unless one frame alone is longer,
+// payload lengths in each of the header's three encodings.
+func TestDirectV2Framing(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		sizes []int
+	}{
+		{"one small frame", []int{40}},
+		{"7-bit, 16-bit and 64-bit lengths", []int{125, 126, 4 << 10, maxBatchBytes - 1, maxBatchBytes + 1, 70 << 10}},
+		{"many that fill messages exactly", func() []int {
+			// 63 frames of 1039 bytes and their 62 separators are 65,519
+			// bytes: a 64th frame would overflow the message.
+			s := make([]int, 200)
+			for i := range s {
+				s[i] = 1039
+			}
+			return s
+		}()},
+		{"a frame longer than a message among small ones", []int{30, 30, 3 * maxBatchBytes, 30}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pre := make([][]byte, len(tc.sizes))
+			total := 0
+			for i, size := range tc.sizes {
+				pre[i] = frameN(i, size)
+				total += size
+			}
+			_, ws := directSocket(t, Config{}, wire.SubprotocolV2, 2*total, pre)
+			var got []string
+			for len(got) < len(pre) {
+				_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
+				_, data, err := ws.ReadMessage()
+				if err != nil {
+					t.Fatalf("read: %v (close code %d) after %d of %d frames", err, closeCodeOf(err), len(got), len(pre))
+				}
+				n := 0
+				for f := range wire.SplitFrames(data) {
+					got = append(got, string(f))
+					n++
+				}
+				if len(data) > maxBatchBytes && n > 1 {
+					t.Errorf("a message of %d bytes (%d frames), more than %d", len(data), n, maxBatchBytes)
+				}
+			}
+			for i, f := range got {
+				if f != string(pre[i]) {
+					t.Fatalf("frame %d is %.40s… (%d bytes), want %.40s… (%d bytes)", i, f, len(f), pre[i], len(pre[i]))
+				}
+			}
+		})
+	}
+}

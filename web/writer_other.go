@@ -13,7 +13,9 @@ import (
 // goroutine, as a socket's large batches, pings and closes do everywhere.
 func rawConnOf(net.Conn) syscall.RawConn { return nil }
 
-// writeNow is never called without a RawConn.
-func writeNow(syscall.RawConn, []byte) (int, error) {
+// nowWriter is never used without a RawConn.
+type nowWriter struct{ raw syscall.RawConn }
+
+func (*nowWriter) write([]byte) (int, error) {
 	return 0, errors.New("web: direct writes are not supported on this system")
 }

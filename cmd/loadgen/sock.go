@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,15 +13,52 @@ import (
 )
 
 // countingConn counts the bytes read from the connection: everything the
-// server sent, WebSocket headers and control frames included.
+// server sent, WebSocket headers and control frames included. It also
+// splits the handshake's response from what follows it: gorilla reads the
+// response through its own buffer, which could take frames sent right
+// after it; countingConn hands gorilla only the bytes up to the end of
+// the response's headers (a 101 has no body) and keeps the rest in the
+// socket's pending bytes, where the frame reader (readMessages) starts.
 type countingConn struct {
 	net.Conn
-	read *atomic.Int64
+	s *sock
+	// hs is how much of the headers' end ("\r\n\r\n") the last bytes
+	// matched; -1 once the response's headers ended.
+	hs int
 }
 
-func (c countingConn) Read(p []byte) (int, error) {
+var headersEnd = []byte("\r\n\r\n")
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	if c.hs < 0 && len(c.s.pending) > 0 {
+		// A refused handshake's body, read by gorilla for its error.
+		n := copy(p, c.s.pending)
+		c.s.pending = c.s.pending[n:]
+		return n, nil
+	}
 	n, err := c.Conn.Read(p)
-	c.read.Add(int64(n))
+	c.s.read.Add(int64(n))
+	if c.hs < 0 {
+		return n, err
+	}
+	for i := range n {
+		switch {
+		case p[i] == headersEnd[c.hs]:
+			c.hs++
+		case p[i] == '\r':
+			c.hs = 1
+		default:
+			c.hs = 0
+		}
+		if c.hs == len(headersEnd) {
+			c.hs = -1
+			if i+1 < n {
+				c.s.pending = append(c.s.pending[:0], p[i+1:n]...)
+				return i + 1, nil // the error, if any, comes again on the next read
+			}
+			break
+		}
+	}
 	return n, err
 }
 
@@ -41,9 +76,10 @@ const (
 // sock is one client socket of the new scenarios. Its plain fields belong
 // to the goroutine that reads it; the atomics are read by others.
 type sock struct {
-	id   int
-	ws   *websocket.Conn
-	read atomic.Int64 // bytes read on the connection since it opened (over every reconnect)
+	id      int
+	ws      *websocket.Conn
+	read    atomic.Int64 // bytes read on the connection since it opened (over every reconnect)
+	pending []byte       // bytes that came right after the handshake's response: the first frames
 
 	// taskstream's protocol state.
 	epoch       string
@@ -57,11 +93,12 @@ type sock struct {
 	seqSeen     atomic.Int64 // lastSeq, for other goroutines
 
 	// What the reader saw.
-	gaps, dups int        // events whose seq did not follow the last one, or repeated it
-	delivered  int64      // stamped messages received (under a scenario's count)
-	got        []received // with keepLat: each stamped message received, in order
-	closeCode  int        // the first close: 0 none; -1 the connection was lost without a close frame
-	tryAgain   int        // closes with 1013
+	gaps, dups int          // events whose seq did not follow the last one, or repeated it
+	delivered  int64        // stamped messages received (under a scenario's count)
+	live       atomic.Int64 // delivered, for other goroutines (open loop)
+	got        []received   // with keepLat: each stamped message received, in order
+	closeCode  int          // the first close: 0 none; -1 the connection was lost without a close frame
+	tryAgain   int          // closes with 1013
 	resumed    atomic.Bool
 	notRecov   bool // a resume answered recovered:false
 	perPub     []int64
@@ -74,47 +111,6 @@ type sock struct {
 // every delay after the run, so the receive path only appends.
 type received struct {
 	n, at int64
-}
-
-// msgBufs holds the buffers messages are read into. A socket takes one
-// only while it reads and handles a message, so thousands of mostly idle
-// sockets share a few buffers, each grown once to the largest message
-// seen, rather than each socket growing one of its own from empty (on
-// taskstream.v2 a message is up to 64 KiB of frames: appending a byte
-// at a time to a full slice grows it by 1.25× past 256 bytes, which
-// made copying and clearing half of the load client's CPU in a join).
-var msgBufs = sync.Pool{New: func() any {
-	b := make([]byte, 0, 16<<10)
-	return &b
-}}
-
-// readMessage reads the next message into a pooled buffer and returns
-// it; call release once done with msg.
-func (s *sock) readMessage() (msg []byte, release func(), err error) {
-	_, r, err := s.ws.NextReader()
-	if err != nil {
-		return nil, nil, err
-	}
-	bp := msgBufs.Get().(*[]byte)
-	release = func() { msgBufs.Put(bp) }
-	buf := (*bp)[:0]
-	for {
-		if len(buf) == cap(buf) {
-			grown := make([]byte, len(buf), 2*cap(buf))
-			copy(grown, buf)
-			buf = grown
-			*bp = buf
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if errors.Is(err, io.EOF) {
-			return buf, release, nil
-		}
-		if err != nil {
-			release()
-			return nil, nil, err
-		}
-	}
 }
 
 // eachFrame calls fn with every frame of msg.
@@ -153,12 +149,13 @@ func dialSock(ctx context.Context, d websocket.Dialer, url string, from net.IP, 
 	if from != nil {
 		nd.LocalAddr = &net.TCPAddr{IP: from}
 	}
+	s.pending = nil
 	d.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := nd.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		return countingConn{Conn: c, read: &s.read}, nil
+		return &countingConn{Conn: c, s: s}, nil
 	}
 	ws, res, err := d.DialContext(ctx, url, nil)
 	if res != nil && res.Body != nil {

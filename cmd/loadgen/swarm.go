@@ -37,8 +37,7 @@ type swarm struct {
 	resumed    atomic.Int64
 	allResumed chan struct{} // closed when every socket resumed once
 
-	recording atomic.Bool  // count deliveries (and keep latencies when keepLat)
-	live      atomic.Int64 // deliveries counted so far, when there is no fan (open loop)
+	recording atomic.Bool // count deliveries (and keep latencies when keepLat)
 	keepLat   bool
 	fan       *fanout // closed-loop bookkeeping, or nil
 
@@ -176,23 +175,19 @@ func (sw *swarm) markJoined() {
 }
 
 // read handles s's frames until the socket ends; it returns the close
-// code (-1: no close frame).
+// code (-1: no close frame; 0: the subscribe was refused).
 func (sw *swarm) read(s *sock, resuming bool) int {
 	defer s.ws.Close()
 	stop := context.AfterFunc(sw.ctx, func() { _ = s.ws.Close() })
 	defer stop()
-	for {
-		msg, release, err := s.readMessage()
-		if err != nil {
-			return closeCodeOf(err)
-		}
-		now := time.Now()
+	err := s.readMessages(func(msg []byte, now time.Time) bool {
 		eachFrame(msg, sw.fr, func(fr []byte) { sw.frame(s, fr, now, resuming) })
-		release()
-		if s.refused {
-			return 0
-		}
+		return !s.refused
+	})
+	if err == nil {
+		return 0
 	}
+	return closeCodeOf(err)
 }
 
 // frame handles one frame: taskstream's bookkeeping (subscribed, seqs,
@@ -263,10 +258,12 @@ func (sw *swarm) frame(s *sock, fr []byte, now time.Time, resuming bool) {
 		sw.fan.got(s, pub, n)
 	}
 	if sw.recording.Load() {
-		if sw.fan == nil {
-			sw.live.Add(1)
-		}
 		s.delivered++
+		if sw.fan == nil {
+			// Per socket, summed by deliveredLive: one counter for all
+			// would be a cache line every reader writes.
+			s.live.Store(s.delivered)
+		}
 		if sw.keepLat {
 			s.got = append(s.got, received{n, now.UnixNano()})
 		}
@@ -293,7 +290,13 @@ func (sw *swarm) waitJoined(ctx context.Context) (time.Time, bool) {
 }
 
 // deliveredLive is the deliveries counted so far (open loop only).
-func (sw *swarm) deliveredLive() int64 { return sw.live.Load() }
+func (sw *swarm) deliveredLive() int64 {
+	var n int64
+	for _, s := range sw.socks {
+		n += s.live.Load()
+	}
+	return n
+}
 
 // behind counts the sockets that have not seen seq yet.
 func (sw *swarm) behind(seq int64) int {
