@@ -551,11 +551,6 @@ func (l *lifecycle) publishOnce(ctx context.Context, stop <-chan struct{}, op, i
 	call := func() error {
 		var err error
 		_, fresh, err = l.log.PublishOnce(ctx, Group(id), op, events...)
-		if errors.Is(err, progress.ErrReplaySize) {
-			// Published already, with or without a run's leading
-			// progress report (see announceEnd): done, by another call.
-			fresh, err = false, nil
-		}
 		return err
 	}
 	if stop == nil {
@@ -645,10 +640,8 @@ const (
 // finishRunHow is finishRunOp that tells a recorded end from one whose
 // outcome is unknown, for the run to leave its result with Asynq in that
 // case only (the lost-job sweep and the reconciler end a job whose task
-// Asynq completed with Asynq's copy of the result). lead are the run's
-// events that go first, in the end's own append (see announceEnd); they
-// are not published when the end's outcome is unknown or a is stale.
-func (l *lifecycle) finishRunHow(ctx context.Context, op string, a *attempt, state string, result json.RawMessage, errMsg string, lead ...progress.Draft) finishOutcome {
+// Asynq completed with Asynq's copy of the result).
+func (l *lifecycle) finishRunHow(ctx context.Context, op string, a *attempt, state string, result json.RawMessage, errMsg string) finishOutcome {
 	n, owner, err := l.runTransition(ctx, op, a, state, true, errMsg, result, true)
 	if err != nil {
 		l.cfg.Logger.Error("recording the end of a job failed; the reconciler or the lost-job sweep settles it", "job", a.job(), "state", state, "err", err)
@@ -677,7 +670,7 @@ func (l *lifecycle) finishRunHow(ctx context.Context, op string, a *attempt, sta
 	if l.cfg.Observer != nil {
 		l.cfg.Observer.JobFinished(a.rec.Type, state, time.Since(a.started), true)
 	}
-	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg, &a.rec, owner, lead...)
+	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg, &a.rec, owner)
 	return finishRecorded
 }
 
@@ -727,19 +720,13 @@ return redis.call('HGET', KEYS[1], 'owner')
 // the reconciler pays it if this fails (Redis unavailable for a run's
 // EndRetryFor, or stop nil: one try).
 //
-// lead are events of the run that go first, in the same atomic append (the
-// run's last progress report, taken from its reporter: one Redis call
-// less per job). They are optional to a replay: the reconciler paying the
-// debt publishes the end without them, and a batch found published with
-// or without them counts as published (progress.ErrReplaySize).
-//
 // rec is the job's record when the caller has it (nil: it is read); only
 // what never changes in a job's life is taken from it (its type and its
 // unique lock). owner is the owner to notify as the end's transition
 // returned it, whose notification then goes in the round trip that
 // clears the debt; "" (a caller without a transition of its own): the
 // owner is read when the debt is cleared and notified after.
-func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id string, state string, result json.RawMessage, errMsg string, rec *record, owner string, lead ...progress.Draft) {
+func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id string, state string, result json.RawMessage, errMsg string, rec *record, owner string) {
 	if rec == nil {
 		var err error
 		if rec, err = l.st.get(ctx, id); err != nil && !errors.Is(err, errNoRecord) {
@@ -755,7 +742,7 @@ func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, i
 			l.cfg.Logger.Warn("releasing a unique job's lock failed; it expires by itself", "job", id, "err", err)
 		}
 	}
-	events := append(lead[:len(lead):len(lead)], progress.Draft{Name: wire.EventState, Data: stateEvent{State: state, Error: errMsg}})
+	events := []progress.Draft{{Name: wire.EventState, Data: stateEvent{State: state, Error: errMsg}}}
 	switch state {
 	case StateCompleted:
 		events = append(events, progress.Draft{Name: wire.EventResult, Data: map[string]json.RawMessage{"result": orNull(result)}})

@@ -17,7 +17,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"taskstream/progress"
-	"taskstream/wire"
 )
 
 // WorkerConfig configures a Worker. The zero value is usable.
@@ -295,50 +294,33 @@ func (w *Worker) handler(t Type) asynq.HandlerFunc {
 		defer context.AfterFunc(w.stopJobs, func() { cancel(errWorkerStopping) })()
 		go w.pollCancel(runCtx, r)
 
-		// The final report waits like a coalesced one (HoldFinal), so that
-		// a run that ends right after it hands it to its end below: one
-		// append for the last report and the end instead of two.
-		repCfg := w.cfg.Reporter
-		repCfg.HoldFinal = true
-		rep := &runReporter{r: progress.NewReporter(pubCtx, w.svc.log, Group(id), repCfg), run: r}
+		rep := &runReporter{r: progress.NewReporter(pubCtx, w.svc.log, Group(id), w.cfg.Reporter), run: r}
 		env := Env{JobID: id, Attempt: a.n, ArtifactDir: w.svc.cfg.ArtifactDir}
 		result, err := runSafely(runCtx, t, task.Payload(), env, rep)
-		var b []byte
-		if err == nil {
-			var merr error
-			if b, merr = json.Marshal(result); merr != nil {
-				err = fmt.Errorf("encode result: %w", merr)
-			}
-		}
-		// A run that completes hands its last coalesced report to its end;
-		// any other publishes it now, before its retry or failure.
-		var lead []progress.Draft
-		if err == nil {
-			if p := rep.r.Take(); p != nil {
-				lead = append(lead, progress.Draft{Name: wire.EventProgress, Data: p})
-			}
-		} else {
-			rep.Close()
-		}
+		rep.Close()
 		if r.stale.Load() {
 			return dropped(taskID, errStale.Error())
 		}
 		if err == nil {
-			switch lc.finishRunHow(pubCtx, newOp(), a, StateCompleted, b, "", lead...) {
-			case finishStale:
-				return dropped(taskID, errStale.Error())
-			case finishUnknown:
-				// Asynq completes the task once this returns: the
-				// lost-job sweep or the reconciler that finds it
-				// completed, its end not recorded, ends the job with
-				// Asynq's copy of the result. A recorded end needs no
-				// copy (the job's record has the result), which saves
-				// a round trip per job.
-				if _, werr := task.ResultWriter().Write(b); werr != nil {
-					w.logger.Warn("storing the result in asynq failed too; if the end was not recorded either, the job ends completed without its result", "job", id, "err", werr)
+			b, merr := json.Marshal(result)
+			if merr == nil {
+				switch lc.finishRunHow(pubCtx, newOp(), a, StateCompleted, b, "") {
+				case finishStale:
+					return dropped(taskID, errStale.Error())
+				case finishUnknown:
+					// Asynq completes the task once this returns: the
+					// lost-job sweep or the reconciler that finds it
+					// completed, its end not recorded, ends the job with
+					// Asynq's copy of the result. A recorded end needs no
+					// copy (the job's record has the result), which saves
+					// a round trip per job.
+					if _, werr := task.ResultWriter().Write(b); werr != nil {
+						w.logger.Warn("storing the result in asynq failed too; if the end was not recorded either, the job ends completed without its result", "job", id, "err", werr)
+					}
 				}
+				return nil
 			}
-			return nil
+			err = fmt.Errorf("encode result: %w", merr)
 		}
 
 		cause := context.Cause(runCtx)

@@ -173,13 +173,6 @@ func (l *Log) appendArgs(group, name string, raw json.RawMessage, ts string) []a
 // ErrInvalid is wrapped by errors for a malformed group, event name or data.
 var ErrInvalid = errors.New("progress: invalid argument")
 
-// ErrReplaySize is wrapped by PublishOnce's error when its key's batch was
-// published already, with another number of events than the call names.
-// It wraps ErrInvalid. The batch is in the log: a caller whose batch may
-// have been published with or without some optional events (a job's end
-// with or without its last progress report) may count this as done.
-var ErrReplaySize = fmt.Errorf("%w: a batch replayed with another size", ErrInvalid)
-
 // Publish appends an event named name with payload data (any JSON-encodable
 // value, or a json.RawMessage) to group's log and publishes it to the
 // group's live subscribers, in one atomic Redis step. It returns the event
@@ -699,7 +692,7 @@ func (l *Log) PublishOnce(ctx context.Context, group, key string, events ...Draf
 	if len(seqs) != len(evs) {
 		// A replay whose batch differs in size is the caller's bug: say so
 		// rather than pair the wrong seqs with the events.
-		return nil, false, fmt.Errorf("%w: batch %s of %s was published with %d events, not %d", ErrReplaySize, key, group, len(seqs), len(evs))
+		return nil, false, fmt.Errorf("%w: batch %s of %s was published with %d events, not %d", ErrInvalid, key, group, len(seqs), len(evs))
 	}
 	for i, s := range seqs {
 		evs[i].Seq, _ = strconv.ParseInt(s, 10, 64)

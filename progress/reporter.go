@@ -36,14 +36,6 @@ type ReporterConfig struct {
 	LogBurst int
 	// Logger receives publish failures. Default slog.Default().
 	Logger *slog.Logger
-	// HoldFinal makes the final report wait like any other within the
-	// MaxRate interval (published when the interval since the last one has
-	// passed) instead of going out at once, so that a producer that ends
-	// right after it can hand it over with Take and append it with its own
-	// last events in one step (the worker does: a job's last report goes
-	// in the same Redis call as its end). Still never dropped: Flush and
-	// Close publish it. Default false (the final report goes at once).
-	HoldFinal bool
 }
 
 func (c ReporterConfig) withDefaults() ReporterConfig {
@@ -77,8 +69,6 @@ type Reporter struct {
 	logs     *rate.Limiter
 	logger   *slog.Logger
 	now      func() time.Time
-	// holdFinal: see ReporterConfig.HoldFinal.
-	holdFinal bool
 
 	mu         sync.Mutex
 	closed     bool
@@ -97,14 +87,13 @@ type Reporter struct {
 func NewReporter(ctx context.Context, log *Log, group string, cfg ReporterConfig) *Reporter {
 	cfg = cfg.withDefaults()
 	return &Reporter{
-		log:       log,
-		group:     group,
-		ctx:       ctx,
-		interval:  time.Duration(float64(time.Second) / cfg.MaxRate),
-		logs:      rate.NewLimiter(rate.Limit(cfg.LogRate), cfg.LogBurst),
-		logger:    cfg.Logger,
-		now:       time.Now,
-		holdFinal: cfg.HoldFinal,
+		log:      log,
+		group:    group,
+		ctx:      ctx,
+		interval: time.Duration(float64(time.Second) / cfg.MaxRate),
+		logs:     rate.NewLimiter(rate.Limit(cfg.LogRate), cfg.LogBurst),
+		logger:   cfg.Logger,
+		now:      time.Now,
 	}
 }
 
@@ -119,7 +108,7 @@ func (r *Reporter) Progress(done, total int64, stage, message string) {
 	now := r.now()
 	p := &Progress{Done: done, Total: total, Stage: stage, Message: message}
 	r.estimate(p, now)
-	final := total > 0 && done >= total && !r.holdFinal
+	final := total > 0 && done >= total
 	if final || now.Sub(r.lastSent) >= r.interval {
 		r.publishLocked(p, now)
 		return
@@ -229,23 +218,4 @@ func (r *Reporter) Close() {
 		r.timer.Stop()
 		r.timer = nil
 	}
-}
-
-// Take stops the reporter, as Close does, but returns the coalesced report
-// (nil when none waits) instead of publishing it: the caller publishes it
-// with events of its own, in one step. Later reports are ignored.
-func (r *Reporter) Take() *Progress {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var p *Progress
-	if !r.closed {
-		p = r.pending
-	}
-	r.pending = nil
-	r.closed = true
-	if r.timer != nil {
-		r.timer.Stop()
-		r.timer = nil
-	}
-	return p
 }
