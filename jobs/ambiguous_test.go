@@ -28,8 +28,38 @@ type replyFault struct {
 }
 
 func (h *replyFault) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+// ProcessPipelineHook applies the fault to a matching command sent in a
+// pipeline (a run's end goes with its last progress report): a failing
+// one fails the whole pipeline unsent, as a dead connection would; a lost
+// reply loses the matching command's reply only.
 func (h *replyFault) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
+	timeout := &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		var hit []redis.Cmder
+		for _, cmd := range cmds {
+			if name := cmd.Name(); (name == "evalsha" || name == "eval") && h.match(cmd.Args()) {
+				hit = append(hit, cmd)
+			}
+		}
+		if len(hit) == 0 {
+			return next(ctx, cmds)
+		}
+		if h.fail.Load() {
+			for _, cmd := range cmds {
+				cmd.SetErr(timeout)
+			}
+			return timeout
+		}
+		err := next(ctx, cmds)
+		for _, cmd := range hit {
+			if cmd.Err() == nil && h.lose.Add(-1) >= 0 {
+				cmd.SetErr(timeout)
+				err = timeout
+			}
+		}
+		return err
+	}
 }
 func (h *replyFault) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	timeout := &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}

@@ -473,6 +473,12 @@ func (l *lifecycle) transition(ctx context.Context, op, id, task, attemptN, stat
 func (l *lifecycle) transitionOwner(ctx context.Context, op, id, task, attemptN, state string, final bool, errMsg string, result json.RawMessage, release bool) (int, string, error) {
 	res, err := transitionScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(id)},
 		task, attemptN, id, state, flag(final), errMsg, string(result), flag(release), op).Slice()
+	return transitionReply(id, state, res, err)
+}
+
+// transitionReply reads transitionScript's reply: the tr constant and the
+// owner.
+func transitionReply(id, state string, res []any, err error) (int, string, error) {
 	if err == nil && len(res) != 2 {
 		err = fmt.Errorf("unexpected reply %v", res)
 	}
@@ -529,18 +535,59 @@ func (l *lifecycle) persist(ctx context.Context, stop <-chan struct{}, what, id 
 // unknown (see persist). It returns a tr constant; trDoneBy counts as
 // done.
 // It also returns the job's owner as of the change.
-func (l *lifecycle) runTransition(ctx context.Context, op string, a *attempt, state string, final bool, errMsg string, result json.RawMessage, release bool) (int, string, error) {
+//
+// lead, when not nil, is the run's last progress report (held by its
+// reporter, see progress.ReporterConfig.HoldFinal): the first try appends
+// it to the job's log and then makes the transition, in one round trip
+// (one less per job), in that order, so that a reader who finds the
+// record in its new state finds the report in the log too, as when the
+// reporter publishes it itself. The report goes once: a retry makes the
+// transition alone (a report lost with a failed round trip is logged, as
+// the reporter does).
+func (l *lifecycle) runTransition(ctx context.Context, op string, a *attempt, state string, final bool, errMsg string, result json.RawMessage, release bool, lead ...*progress.Progress) (int, string, error) {
 	var n int
 	var owner string
-	err := l.persist(ctx, a.stop, "recording "+state, a.job(), func() error {
-		var err error
-		n, owner, err = l.transitionOwner(ctx, op, a.job(), a.task, strconv.Itoa(a.n), state, final, errMsg, result, release)
-		return err
-	})
+	var first bool
+	if len(lead) > 0 && lead[0] != nil {
+		n, owner, first = l.transitionAfterReport(ctx, op, a, state, final, errMsg, result, release, lead[0])
+	}
+	var err error
+	if !first {
+		err = l.persist(ctx, a.stop, "recording "+state, a.job(), func() error {
+			var err error
+			n, owner, err = l.transitionOwner(ctx, op, a.job(), a.task, strconv.Itoa(a.n), state, final, errMsg, result, release)
+			return err
+		})
+	}
 	if n == trDoneBy {
 		n = trDone
 	}
 	return n, owner, err
+}
+
+// transitionAfterReport appends report to a's job log and then makes a's
+// transition op, in one pipeline (see runTransition). It reports whether
+// the transition got an answer (n and owner); false: its outcome is
+// unknown and the caller makes it again, without the report.
+func (l *lifecycle) transitionAfterReport(ctx context.Context, op string, a *attempt, state string, final bool, errMsg string, result json.RawMessage, release bool, report *progress.Progress) (int, string, bool) {
+	keys := []string{l.st.jobKey(a.job())}
+	args := []any{a.task, strconv.Itoa(a.n), a.job(), state, flag(final), errMsg, string(result), flag(release), op}
+	var cmd *redis.Cmd
+	_, errs := l.log.PublishThen(ctx, func(p redis.Pipeliner) {
+		cmd = transitionScript.EvalSha(ctx, p, keys, args...)
+	}, progress.Post{Group: Group(a.job()), Name: wire.EventProgress, Data: report})
+	if errs[0] != nil {
+		l.cfg.Logger.Warn("progress report lost", "group", Group(a.job()), "err", errs[0])
+	}
+	res, err := cmd.Slice()
+	if err != nil {
+		// NOSCRIPT (Redis restarted: the report went again, with its
+		// script's source, after this) or an unknown outcome: the caller
+		// makes the transition again (a transition is idempotent by op).
+		return 0, "", false
+	}
+	n, owner, err := transitionReply(a.job(), state, res, nil)
+	return n, owner, err == nil
 }
 
 // publishOnce publishes the events of transition op, retrying for a run
@@ -641,8 +688,11 @@ const (
 // outcome is unknown, for the run to leave its result with Asynq in that
 // case only (the lost-job sweep and the reconciler end a job whose task
 // Asynq completed with Asynq's copy of the result).
-func (l *lifecycle) finishRunHow(ctx context.Context, op string, a *attempt, state string, result json.RawMessage, errMsg string) finishOutcome {
-	n, owner, err := l.runTransition(ctx, op, a, state, true, errMsg, result, true)
+//
+// lead, when not nil, is the run's last progress report, appended just
+// before its end is recorded, in the same round trip (see runTransition).
+func (l *lifecycle) finishRunHow(ctx context.Context, op string, a *attempt, state string, result json.RawMessage, errMsg string, lead ...*progress.Progress) finishOutcome {
+	n, owner, err := l.runTransition(ctx, op, a, state, true, errMsg, result, true, lead...)
 	if err != nil {
 		l.cfg.Logger.Error("recording the end of a job failed; the reconciler or the lost-job sweep settles it", "job", a.job(), "state", state, "err", err)
 		return finishUnknown

@@ -294,33 +294,49 @@ func (w *Worker) handler(t Type) asynq.HandlerFunc {
 		defer context.AfterFunc(w.stopJobs, func() { cancel(errWorkerStopping) })()
 		go w.pollCancel(runCtx, r)
 
-		rep := &runReporter{r: progress.NewReporter(pubCtx, w.svc.log, Group(id), w.cfg.Reporter), run: r}
+		// The final report waits like a coalesced one (HoldFinal), so that
+		// a run that completes right after it hands it to its end below:
+		// it is appended in the round trip that records the end, just
+		// before it (one round trip less per job).
+		repCfg := w.cfg.Reporter
+		repCfg.HoldFinal = true
+		rep := &runReporter{r: progress.NewReporter(pubCtx, w.svc.log, Group(id), repCfg), run: r}
 		env := Env{JobID: id, Attempt: a.n, ArtifactDir: w.svc.cfg.ArtifactDir}
 		result, err := runSafely(runCtx, t, task.Payload(), env, rep)
-		rep.Close()
+		var b []byte
+		if err == nil {
+			var merr error
+			if b, merr = json.Marshal(result); merr != nil {
+				err = fmt.Errorf("encode result: %w", merr)
+			}
+		}
+		// A run that completes takes its last coalesced report for its
+		// end; any other publishes it now, before its retry or failure.
+		var lead *progress.Progress
+		if err == nil {
+			lead = rep.r.Take()
+		} else {
+			rep.Close()
+		}
 		if r.stale.Load() {
 			return dropped(taskID, errStale.Error())
 		}
 		if err == nil {
-			b, merr := json.Marshal(result)
-			if merr == nil {
-				switch lc.finishRunHow(pubCtx, newOp(), a, StateCompleted, b, "") {
-				case finishStale:
-					return dropped(taskID, errStale.Error())
-				case finishUnknown:
-					// Asynq completes the task once this returns: the
-					// lost-job sweep or the reconciler that finds it
-					// completed, its end not recorded, ends the job with
-					// Asynq's copy of the result. A recorded end needs no
-					// copy (the job's record has the result), which saves
-					// a round trip per job.
-					if _, werr := task.ResultWriter().Write(b); werr != nil {
-						w.logger.Warn("storing the result in asynq failed too; if the end was not recorded either, the job ends completed without its result", "job", id, "err", werr)
-					}
+			switch lc.finishRunHow(pubCtx, newOp(), a, StateCompleted, b, "", lead) {
+			case finishStale:
+				return dropped(taskID, errStale.Error())
+			case finishUnknown:
+				// Asynq completes the task once this returns: the
+				// lost-job sweep or the reconciler that finds it
+				// completed, its end not recorded, ends the job with
+				// Asynq's copy of the result. A recorded end needs no
+				// copy (the job's record has the result), which saves
+				// a round trip per job.
+				if _, werr := task.ResultWriter().Write(b); werr != nil {
+					w.logger.Warn("storing the result in asynq failed too; if the end was not recorded either, the job ends completed without its result", "job", id, "err", werr)
 				}
-				return nil
 			}
-			err = fmt.Errorf("encode result: %w", merr)
+			return nil
 		}
 
 		cause := context.Cause(runCtx)

@@ -247,7 +247,7 @@ redis.call('PEXPIRE', KEYS[3], ARGV[6])
 // order. It returns, per post, the event or the error (the post's own
 // invalid argument, wrapping ErrInvalid, or Redis's).
 func (l *Log) PublishMany(ctx context.Context, posts []Post) ([]*Event, []error) {
-	return l.publishMany(ctx, posts, nil, nil)
+	return l.publishMany(ctx, posts, nil, nil, nil)
 }
 
 // PublishWith is PublishMany with the caller's own commands in the same
@@ -259,15 +259,28 @@ func (l *Log) PublishMany(ctx context.Context, posts []Post) ([]*Event, []error)
 // and each append is its own step, as in a pipeline: one failing does not
 // undo the others, and the caller reads each one's error.
 func (l *Log) PublishWith(ctx context.Context, before func(redis.Pipeliner), posts ...Post) ([]*Event, []error) {
-	return l.publishMany(ctx, posts, nil, before)
+	return l.publishMany(ctx, posts, nil, before, nil)
+}
+
+// PublishThen is PublishWith with the caller's commands queued after the
+// appends instead of before them: Redis runs a pipeline in order, so the
+// caller's commands see the events appended (a job's end is recorded only
+// after its last progress report is in the log). The commands are sent
+// once, in the first pipeline; when Redis lacks the append script (a
+// restart) the appends alone go again, after them, so the caller that
+// needs the order sends its own commands as scripts too (which then miss
+// the cache as well, and the caller runs them again after PublishThen).
+func (l *Log) PublishThen(ctx context.Context, after func(redis.Pipeliner), posts ...Post) ([]*Event, []error) {
+	return l.publishMany(ctx, posts, nil, nil, after)
 }
 
 // publishMany is PublishMany where guards[i], when set, appends posts[i]
 // only if it is newer than the last one appended under the same key
 // (presence's join and leave events: see Presence); a post it refuses
 // gets errSuperseded and no event. guards may be nil. before, when set,
-// queues the caller's commands ahead of the appends (see PublishWith).
-func (l *Log) publishMany(ctx context.Context, posts []Post, guards []*newerGuard, before func(redis.Pipeliner)) ([]*Event, []error) {
+// queues the caller's commands ahead of the appends (see PublishWith),
+// after, when set, behind them (see PublishThen).
+func (l *Log) publishMany(ctx context.Context, posts []Post, guards []*newerGuard, before, after func(redis.Pipeliner)) ([]*Event, []error) {
 	evs, errs := make([]*Event, len(posts)), make([]error, len(posts))
 	now := time.Now().UTC()
 	ts := now.Format(time.RFC3339Nano)
@@ -304,7 +317,7 @@ func (l *Log) publishMany(ctx context.Context, posts []Post, guards []*newerGuar
 	// EVALSHA first; the posts that find the script missing from Redis's
 	// cache (a restart, SCRIPT FLUSH) go again, in order, with its source.
 	for _, withSource := range []bool{false, true} {
-		if len(todo) == 0 && (withSource || before == nil) {
+		if len(todo) == 0 && (withSource || (before == nil && after == nil)) {
 			break
 		}
 		cmds := make([]*redis.Cmd, len(todo))
@@ -318,6 +331,9 @@ func (l *Log) publishMany(ctx context.Context, posts []Post, guards []*newerGuar
 				} else {
 					cmds[j] = t.script.EvalSha(ctx, p, t.keys, t.args...)
 				}
+			}
+			if !withSource && after != nil {
+				after(p)
 			}
 			return nil
 		}) // each command's own error is read below

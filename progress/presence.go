@@ -625,7 +625,7 @@ func (p *Presence) publish(ctx context.Context, posts []announcement) error {
 	for i, a := range posts {
 		batch[i], guards[i] = a.post, a.guard
 	}
-	_, errs := p.log.publishMany(ctx, batch, guards, nil)
+	_, errs := p.log.publishMany(ctx, batch, guards, nil, nil)
 	var retry []announcement
 	var failures []error
 	for i, err := range errs {

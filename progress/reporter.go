@@ -36,6 +36,15 @@ type ReporterConfig struct {
 	LogBurst int
 	// Logger receives publish failures. Default slog.Default().
 	Logger *slog.Logger
+	// HoldFinal makes the final report wait like any other within the
+	// MaxRate interval (published when the interval since the last one has
+	// passed) instead of going out at once, so that a producer that ends
+	// right after it can hand it over with Take and send it with its own
+	// last commands in one round trip (the worker does: a completed job's
+	// last report is appended in the round trip that records its end, just
+	// before it). Still never dropped: Flush, Close and the trailing timer
+	// publish it. Default false (the final report goes at once).
+	HoldFinal bool
 }
 
 func (c ReporterConfig) withDefaults() ReporterConfig {
@@ -69,6 +78,8 @@ type Reporter struct {
 	logs     *rate.Limiter
 	logger   *slog.Logger
 	now      func() time.Time
+	// holdFinal: see ReporterConfig.HoldFinal.
+	holdFinal bool
 
 	mu         sync.Mutex
 	closed     bool
@@ -87,13 +98,14 @@ type Reporter struct {
 func NewReporter(ctx context.Context, log *Log, group string, cfg ReporterConfig) *Reporter {
 	cfg = cfg.withDefaults()
 	return &Reporter{
-		log:      log,
-		group:    group,
-		ctx:      ctx,
-		interval: time.Duration(float64(time.Second) / cfg.MaxRate),
-		logs:     rate.NewLimiter(rate.Limit(cfg.LogRate), cfg.LogBurst),
-		logger:   cfg.Logger,
-		now:      time.Now,
+		log:       log,
+		group:     group,
+		ctx:       ctx,
+		interval:  time.Duration(float64(time.Second) / cfg.MaxRate),
+		logs:      rate.NewLimiter(rate.Limit(cfg.LogRate), cfg.LogBurst),
+		logger:    cfg.Logger,
+		now:       time.Now,
+		holdFinal: cfg.HoldFinal,
 	}
 }
 
@@ -108,7 +120,7 @@ func (r *Reporter) Progress(done, total int64, stage, message string) {
 	now := r.now()
 	p := &Progress{Done: done, Total: total, Stage: stage, Message: message}
 	r.estimate(p, now)
-	final := total > 0 && done >= total
+	final := total > 0 && done >= total && !r.holdFinal
 	if final || now.Sub(r.lastSent) >= r.interval {
 		r.publishLocked(p, now)
 		return
@@ -218,4 +230,23 @@ func (r *Reporter) Close() {
 		r.timer.Stop()
 		r.timer = nil
 	}
+}
+
+// Take stops the reporter, as Close does, but returns the coalesced report
+// (nil when none waits) instead of publishing it: the caller publishes it
+// with events of its own, in one step. Later reports are ignored.
+func (r *Reporter) Take() *Progress {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var p *Progress
+	if !r.closed {
+		p = r.pending
+	}
+	r.pending = nil
+	r.closed = true
+	if r.timer != nil {
+		r.timer.Stop()
+		r.timer = nil
+	}
+	return p
 }

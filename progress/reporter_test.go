@@ -403,3 +403,73 @@ func TestReporterCloseRacesProgress(t *testing.T) {
 		}
 	}
 }
+
+// HoldFinal: a final report within the interval waits like a coalesced
+// one, and Take hands it over instead of publishing it; Flush, Close and
+// the trailing timer still publish it, so it is never dropped; a final
+// report after the interval goes at once.
+func TestReporterHoldFinal(t *testing.T) {
+	cases := []struct {
+		name      string
+		rate      float64       // MaxRate
+		advance   time.Duration // between the first and the final report
+		end       string        // take, close, flush or timer
+		wantDones string        // the done values published, in order
+		wantTaken int64         // Done of the report Take returned (0: nil)
+	}{
+		{name: "take hands it over", rate: 0.01, end: "take", wantDones: "[0]", wantTaken: 3},
+		{name: "close publishes it", rate: 0.01, end: "close", wantDones: "[0 3]"},
+		{name: "flush publishes it", rate: 0.01, end: "flush", wantDones: "[0 3]"},
+		{name: "the timer publishes it", rate: 20, end: "timer", wantDones: "[0 3]"},
+		{name: "after the interval it goes at once", rate: 0.01, advance: 200 * time.Second, end: "take", wantDones: "[0 3]"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+				l := NewLog(srv.Client(t), LogConfig{})
+				const group = "job:hold"
+				clock := newFakeClock()
+				r := newTestReporter(t, l, group, ReporterConfig{MaxRate: tc.rate, HoldFinal: true})
+				r.now = clock.Now
+				r.Progress(0, 3, "s", "first")
+				r.Progress(1, 3, "s", "coalesced away")
+				clock.Advance(tc.advance)
+				r.Progress(3, 3, "s", "final")
+				var taken *Progress
+				switch tc.end {
+				case "take":
+					taken = r.Take()
+				case "close":
+					r.Close()
+				case "flush":
+					r.Flush()
+				case "timer":
+					waitFor(t, "the held final report", func() bool { return len(progressEvents(t, l, group)) == 2 })
+				}
+				var dones []int64
+				for _, p := range progressEvents(t, l, group) {
+					dones = append(dones, p.Done)
+				}
+				if fmt.Sprint(dones) != tc.wantDones {
+					t.Fatalf("published done values %v, want %s", dones, tc.wantDones)
+				}
+				switch {
+				case tc.wantTaken == 0 && taken != nil:
+					t.Fatalf("Take returned %+v, want nil", taken)
+				case tc.wantTaken != 0 && (taken == nil || taken.Done != tc.wantTaken || taken.Message != "final" || taken.Percent != 100):
+					t.Fatalf("Take returned %+v, want the final report", taken)
+				}
+				// Take stops the reporter like Close: nothing more goes out,
+				// and a second Take has nothing.
+				if p := r.Take(); p != nil {
+					t.Fatalf("a second Take returned %+v", p)
+				}
+				r.Progress(3, 3, "s", "after take")
+				r.Flush()
+				if n := len(progressEvents(t, l, group)); n != len(dones) {
+					t.Fatalf("reports after Take were published: %d events, want %d", n, len(dones))
+				}
+			})
+		})
+	}
+}
