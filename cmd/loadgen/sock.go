@@ -301,6 +301,7 @@ var (
 	patLastSeq    = []byte(`"last_seq":`)
 	patEpoch      = []byte(`"epoch":"`)
 	patSeqEpoch   = []byte(`,"epoch":"`) // an event's epoch, right after its seq
+	patCommaSeq   = []byte(`,"seq":`)    // a lean event's seq, right after its group
 	patRecovered  = []byte(`"recovered":true`)
 )
 
@@ -323,7 +324,10 @@ func scanTS(frame []byte) tsFrame {
 		// An event, the frame nearly every read carries: its seq is near
 		// the start, and no scan of the whole frame (its data may even
 		// quote another frame's fields) is needed to tell its kind.
-		seq, end, ok := intAt(frame, patSeq)
+		seq, end, ok := leanSeq(frame)
+		if !ok {
+			seq, end, ok = intAt(frame, patSeq)
+		}
 		if !ok {
 			return f
 		}
@@ -362,6 +366,27 @@ func scanTS(frame []byte) tsFrame {
 	return f
 }
 
+// leanSeq reads the seq of a lean event frame where its encoder puts it:
+// right after the group's string, which has no escaped quote in the
+// groups the load client makes. Not found there (ok false), the caller
+// looks for "seq": anywhere; this spares the search on the 1.25 million
+// join events of a join.
+func leanSeq(frame []byte) (n int64, end int, ok bool) {
+	if !bytes.HasPrefix(frame, patLeanEvent) || len(frame) < len(patLeanEvent)+1 || frame[len(patLeanEvent)] != '"' {
+		return 0, 0, false
+	}
+	start := len(patLeanEvent) + 1
+	q := bytes.IndexByte(frame[start:], '"')
+	if q < 0 || frame[start+q-1] == '\\' {
+		return 0, 0, false
+	}
+	at := start + q + 1
+	if !bytes.HasPrefix(frame[at:], patCommaSeq) {
+		return 0, 0, false
+	}
+	return digitsAt(frame, at+len(patCommaSeq))
+}
+
 // intAfter parses the integer right after the first pat in b.
 func intAfter(b, pat []byte) (int64, bool) {
 	n, _, ok := intAt(b, pat)
@@ -375,7 +400,12 @@ func intAt(b, pat []byte) (n int64, end int, ok bool) {
 	if i < 0 {
 		return 0, 0, false
 	}
-	start := i + len(pat)
+	return digitsAt(b, i+len(pat))
+}
+
+// digitsAt parses the integer that starts at b[start]; end is the index
+// in b just past its digits.
+func digitsAt(b []byte, start int) (n int64, end int, ok bool) {
 	end = start
 	for end < len(b) && b[end] >= '0' && b[end] <= '9' {
 		end++
