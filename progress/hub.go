@@ -1481,12 +1481,7 @@ func (s *Subscription) apply(snap Snapshot, from int64, members []Member) {
 		}
 	}
 	recovered := !s.lost
-	var replay []*Event
-	for _, ev := range snap.Events {
-		if ev.Seq > s.cursor {
-			replay = append(replay, ev)
-		}
-	}
+	replay := replayAfter(snap.Events, s.cursor)
 	if len(replay) > 0 && replay[0].Seq != s.cursor+1 {
 		recovered = false // trimmed past the subscriber's position
 	}
@@ -1525,6 +1520,29 @@ func (s *Subscription) apply(snap Snapshot, from int64, members []Member) {
 		// belong to a log created after the read: offer checks their order.
 		s.offer(ev)
 	}
+}
+
+// replayAfter is the events of events after seq cursor. A log read and
+// the tail give them in seq order, so that is a suffix of events, shared
+// rather than copied (a join storm replays ~250 events to each of
+// thousands of sockets); events out of order are filtered into a copy.
+func replayAfter(events []*Event, cursor int64) []*Event {
+	i := 0
+	for i < len(events) && events[i].Seq <= cursor {
+		i++
+	}
+	for _, ev := range events[i:] {
+		if ev.Seq <= cursor {
+			var replay []*Event
+			for _, ev := range events {
+				if ev.Seq > cursor {
+					replay = append(replay, ev)
+				}
+			}
+			return replay
+		}
+	}
+	return events[i:len(events):len(events)]
 }
 
 // connState is the state of the plain feed, or connDown when every

@@ -372,42 +372,73 @@ func (s *Server) serveLongPoll(w http.ResponseWriter, r *http.Request, group str
 }
 
 func subscribedJSON(group string, ref json.RawMessage, info progress.SyncInfo) []byte {
-	b := mustJSON(subscribedFrame{Type: wire.TypeSubscribed, Group: group, Ref: ref, Epoch: info.Epoch,
-		LastSeq: info.LastSeq, Replayed: info.Replayed, Recovered: info.Recovered})
 	if info.Members == nil {
-		return b
+		return mustJSON(subscribedFrame{Type: wire.TypeSubscribed, Group: group, Ref: ref, Epoch: info.Epoch,
+			LastSeq: info.LastSeq, Replayed: info.Replayed, Recovered: info.Recovered})
 	}
-	// "users" is the frame's last field: the bytes json.Marshal gives
-	// with it set, the list encoded once for all its subscribers.
-	users := subscribedUsers.encode(info.Members)
-	out := make([]byte, 0, len(b)+len(`,"users":`)+len(users))
-	out = append(out, b[:len(b)-1]...)
-	out = append(out, `,"users":`...)
-	out = append(out, users...)
-	return append(out, '}')
+	return subscribedUsers.frame(group, ref, info)
 }
 
 // subscribedUsers remembers the member list last encoded for a subscribed
-// frame. The hub hands the same slice to every subscriber of one sync
-// (and of a group's in-memory tail, until the room changes) and never
-// changes a slice it handed out, so a join storm encodes a room's members
-// (about 13 KB for 250) once per batch of new sockets instead of once per
-// socket. Holding the slice keeps its address from going to another list.
+// frame, and the last whole frame made with it. The hub hands the same
+// slice to every subscriber of one sync (and of a group's in-memory tail,
+// until the room changes) and never changes a slice it handed out, so a
+// join storm encodes a room's members (about 13 KB for 250) once per
+// batch of new sockets instead of once per socket; and the sockets that
+// subscribe with the same ref to the same state of the room (a join storm
+// between two presence flushes) share one frame, instead of each copying
+// the list into a frame of its own (5,000 sockets: 60 MB to allocate,
+// copy and collect). Frames are never changed once queued (event frames,
+// too, are shared by every subscriber). Holding the slice keeps its
+// address from going to another list.
 var subscribedUsers usersCache
 
 type usersCache struct {
 	mu   sync.Mutex
 	list []progress.Member
 	json []byte // shared: callers copy it
+
+	key       subscribedKey // what last was made with list
+	lastFrame []byte        // shared, read-only; nil when none was made with list
 }
 
-func (c *usersCache) encode(list []progress.Member) []byte {
+// subscribedKey is what, besides the member list, a subscribed frame says.
+type subscribedKey struct {
+	group, ref, epoch string
+	lastSeq           int64
+	replayed          int
+	recovered         bool
+}
+
+// frame is the subscribed frame of group for info (info.Members not nil):
+// json.Marshal's bytes with "users", the frame's last field, set.
+func (c *usersCache) frame(group string, ref json.RawMessage, info progress.SyncInfo) []byte {
+	key := subscribedKey{group: group, ref: string(ref), epoch: info.Epoch, lastSeq: info.LastSeq,
+		replayed: info.Replayed, recovered: info.Recovered}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	users := c.encodeLocked(info.Members)
+	if c.lastFrame != nil && c.key == key {
+		return c.lastFrame
+	}
+	b := mustJSON(subscribedFrame{Type: wire.TypeSubscribed, Group: group, Ref: ref, Epoch: info.Epoch,
+		LastSeq: info.LastSeq, Replayed: info.Replayed, Recovered: info.Recovered})
+	out := make([]byte, 0, len(b)+len(`,"users":`)+len(users)+1)
+	out = append(out, b[:len(b)-1]...)
+	out = append(out, `,"users":`...)
+	out = append(out, users...)
+	out = append(out, '}')
+	c.key, c.lastFrame = key, out
+	return out
+}
+
+// encodeLocked is list's JSON, made again only for another list. Called
+// with c.mu held.
+func (c *usersCache) encodeLocked(list []progress.Member) []byte {
 	if c.json != nil && len(list) == len(c.list) && (len(list) == 0 || &list[0] == &c.list[0]) {
 		return c.json
 	}
-	c.list, c.json = list, mustJSON(list)
+	c.list, c.json, c.lastFrame = list, mustJSON(list), nil
 	return c.json
 }
 

@@ -124,7 +124,9 @@ func (s *Server) serveSocket(w http.ResponseWriter, r *http.Request, initial *cl
 		}()
 		return
 	}
-	s.logger.LogAttrs(r.Context(), slog.LevelInfo, "socket opened", c.logAttrs()...)
+	if s.logger.Enabled(r.Context(), slog.LevelInfo) { // spare the attributes when info is off (a join storm)
+		s.logger.LogAttrs(r.Context(), slog.LevelInfo, "socket opened", c.logAttrs()...)
+	}
 	// Shutdown waits for this goroutine (connsWG): it owns the socket.
 	go c.serve(release, initial)
 }
@@ -162,6 +164,9 @@ func (c *conn) recovered() {
 // ended counts and logs the end of a socket that ran.
 func (c *conn) ended(opened time.Time) {
 	c.s.mx.SocketClosed(c.closeCode)
+	if !c.s.logger.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
 	c.s.logger.LogAttrs(context.Background(), slog.LevelInfo, "socket closed", append(c.logAttrs(),
 		slog.Int("code", c.closeCode), slog.String("reason", c.closeText), slog.Int("client_code", c.clientCode),
 		slog.Duration("duration", time.Since(opened)))...)

@@ -84,6 +84,12 @@ func TestScanTS(t *testing.T) {
 		{"v1 event", string(ev), 'e', 41, "ep1", false},
 		{"v2 lean event", `{"group":"chat:r","seq":42,"event":"message","data":{"text":"hi"}}`, 'e', 42, "", false},
 		{"v2 lean event, new epoch", `{"group":"chat:r","seq":1,"epoch":"ep3","event":"join","data":{}}`, 'e', 1, "ep3", false},
+		{"v2 lean event whose data has an epoch", `{"group":"chat:r","seq":44,"event":"message","data":{"epoch":"x"}}`, 'e', 44, "", false},
+		{"v2 lean event, empty data and skipped", `{"group":"chat:r","seq":45,"epoch":"ep4","event":"join","data":null,"ts":"mxb02fyb","skipped":2}`, 'e', 45, "ep4", false},
+		{"v2 lean event, group with an escaped quote", `{"group":"chat:a\"b","seq":46,"epoch":"ep5","event":"join","data":{}}`, 'e', 46, "ep5", false},
+		{"v2 lean event, empty group", `{"group":"","seq":47,"event":"join","data":{}}`, 'e', 47, "", false},
+		{"v2 lean event, seq elsewhere", `{"group":"chat:r","event":"join","seq":48,"data":{}}`, 'e', 48, "", false},
+		{"v2 lean event, no seq", `{"group":"chat:r","event":"join","data":{}}`, 0, 0, "", false},
 		{"other", `{"type":"pong"}`, 0, 0, "", false},
 		{"v2 lean event quoting a subscribed frame", `{"group":"chat:r","seq":43,"event":"message","data":{"text":"\"type\":\"subscribed\""}}`, 'e', 43, "", false},
 	} {

@@ -250,6 +250,9 @@ func (sw *swarm) frame(s *sock, fr []byte, now time.Time, resuming bool) {
 			return
 		}
 	}
+	if sw.fan == nil && !sw.recording.Load() {
+		return // no use for a stamp: spare the scan of the frame for one
+	}
 	pub, n, _, ok := stampOf(fr)
 	if !ok {
 		return

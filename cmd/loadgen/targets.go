@@ -175,6 +175,7 @@ type tsTarget struct {
 	group               string // the room of the current scenario
 	p                   *proc
 	users               []*client.Client
+	cookies             []*dialCookies // users[i]'s Cookie header for socket dials
 	pubHTTP             *http.Client
 	rdb                 interface{ Close() error }
 	log                 *progress.Log
@@ -208,7 +209,7 @@ func (t *tsTarget) Start(ctx context.Context) error {
 	}
 	t.addr, t.token, t.secret = addr, randomToken(), randomToken()+randomToken()
 	t.group = freshRoom()
-	t.users = nil
+	t.users, t.cookies = nil, nil
 	t.ipBase = byte(1 + rand.IntN(254))
 	t.p = &proc{bin: t.bin, log: filepath.Join(t.logDir, "api.log")}
 	if err := t.start(ctx); err != nil {
@@ -284,6 +285,7 @@ func (t *tsTarget) Stop() {
 
 func (t *tsTarget) Prepare(ctx context.Context, users int) error {
 	t.users = make([]*client.Client, users)
+	t.cookies = make([]*dialCookies, users)
 	for i := range t.users {
 		jar, _ := cookiejar.New(nil) // never fails without options
 		u, err := client.New(client.Config{BaseURL: "http://" + t.addr, HTTPClient: &http.Client{Jar: jar}})
@@ -294,17 +296,26 @@ func (t *tsTarget) Prepare(ctx context.Context, users int) error {
 			return fmt.Errorf("a session for user %d: %w", i, err)
 		}
 		t.users[i] = u
+		// The jar keeps cookies by http(s) URL: the dialer, too, asks it
+		// for the socket's URL with the scheme made http.
+		if t.cookies[i], err = newDialCookies(jar, "http://"+t.addr+"/ws"); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
+func (t *tsTarget) socketURL() string { return "ws://" + t.addr + "/ws" }
+
 func (t *tsTarget) Dial(ctx context.Context, s *sock, u int, resume bool) error {
-	d := websocket.Dialer{HandshakeTimeout: 15 * time.Second, ReadBufferSize: 4096, WriteBufferSize: 512,
-		Jar: t.users[u%len(t.users)].HTTPClient().Jar}
+	d := websocket.Dialer{HandshakeTimeout: 15 * time.Second, ReadBufferSize: 4096, WriteBufferSize: 512}
 	if t.subprotocol != "" {
 		d.Subprotocols = []string{t.subprotocol}
 	}
-	if err := dialSock(ctx, d, "ws://"+t.addr+"/ws", t.userIP(u), s); err != nil {
+	ck := t.cookies[u%len(t.cookies)]
+	res, err := dialSockHeader(ctx, d, t.socketURL(), ck.get(), t.userIP(u), s)
+	ck.saw(res)
+	if err != nil {
 		return err
 	}
 	// A fresh subscribe asks from seq 0 (the room's retained history, as

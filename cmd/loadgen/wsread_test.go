@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -330,5 +331,56 @@ func TestReaderReleasesItsBuffer(t *testing.T) {
 				t.Fatalf("after release: %v, %d messages", err, got)
 			}
 		})
+	}
+}
+
+// A user's socket dials send the cookies its jar holds, as the dialer's
+// own Jar would, made once; a cookie an upgrade response sets (a renewed
+// session) goes into the jar and into the following dials.
+func TestDialCookies(t *testing.T) {
+	up := websocket.Upgrader{}
+	seen := make(chan string, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/login" {
+			http.SetCookie(w, &http.Cookie{Name: "sid", Value: "one", Path: "/"})
+			http.SetCookie(w, &http.Cookie{Name: "other", Value: "x", Path: "/"})
+			return
+		}
+		seen <- r.Header.Get("Cookie")
+		h := http.Header{}
+		if c, err := r.Cookie("sid"); err == nil && c.Value == "one" {
+			h.Add("Set-Cookie", (&http.Cookie{Name: "sid", Value: "two", Path: "/"}).String())
+		}
+		ws, err := up.Upgrade(w, r, h)
+		if err != nil {
+			return
+		}
+		_ = ws.Close()
+	}))
+	defer srv.Close()
+	jar, _ := cookiejar.New(nil)
+	hc := &http.Client{Jar: jar}
+	res, err := hc.Get(srv.URL + "/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = res.Body.Close()
+	ck, err := newDialCookies(jar, srv.URL+"/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i, want := range []string{"sid=one; other=x", "sid=two; other=x", "sid=two; other=x"} {
+		s := &sock{}
+		res, err := dialSockHeader(ctx, websocket.Dialer{}, "ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", ck.get(), nil, s)
+		ck.saw(res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = s.ws.Close()
+		if got := <-seen; got != want {
+			t.Errorf("dial %d sent Cookie %q, want %q", i, got, want)
+		}
 	}
 }
