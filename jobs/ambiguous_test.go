@@ -199,11 +199,7 @@ func TestRetriedEndPublishesOnce(t *testing.T) {
 		lc := e.svc.lc
 		for _, tc := range cases {
 			t.Run(tc.state, func(t *testing.T) {
-				job := e.submit(`{"steps":1}`)
-				a, out, err := lc.start(ctx, job.ID, 0)
-				if err != nil || out != startRun {
-					t.Fatalf("start: %v %v", out, err)
-				}
+				job, a := e.startRun(t, `{"steps":1}`)
 				op := newOp()
 				// The first call's reply was lost: as far as the run knows,
 				// nothing happened. It was applied all the same.

@@ -86,11 +86,7 @@ func TestFinishRunAppendsTheLeadReportFirst(t *testing.T) {
 		lc := e.svc.lc
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
-				job := e.submit(`{"steps":2}`)
-				a, out, err := lc.start(ctx, job.ID, 0)
-				if err != nil || out != startRun {
-					t.Fatalf("start: %v %v", out, err)
-				}
+				job, a := e.startRun(t, `{"steps":2}`)
 				if tc.flushScripts {
 					if err := e.svc.store.rdb.ScriptFlush(ctx).Err(); err != nil {
 						t.Fatal(err)

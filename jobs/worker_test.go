@@ -38,6 +38,18 @@ func (e *jobEnv) startWorker(shutdownTimeout time.Duration) *Worker {
 }
 
 // states returns the job's "state" events in order.
+// startRun submits a steps job with params and claims it for a run, as
+// a worker that dequeued its task would (no handler runs).
+func (e *jobEnv) startRun(t *testing.T, params string) (*Job, *attempt) {
+	t.Helper()
+	job := e.submit(params)
+	a, out, err := e.svc.lc.start(context.Background(), job.ID, 0)
+	if err != nil || out != startRun {
+		t.Fatalf("start: %v %v", out, err)
+	}
+	return job, a
+}
+
 func (e *jobEnv) states(id string) []stateEvent {
 	snap, err := e.log.Read(context.Background(), Group(id), 0)
 	if err != nil {
