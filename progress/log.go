@@ -527,11 +527,20 @@ func parseMeta(vals []any) (epoch string, lastSeq int64) {
 	return epoch, lastSeq
 }
 
-func decodeEntry(group, epoch string, m redis.XMessage) (*Event, error) {
-	seqStr, _, _ := strings.Cut(m.ID, "-")
+// seqOfID is the seq of the event stored under stream id ("SEQ-0").
+func seqOfID(group, id string) (int64, error) {
+	seqStr, _, _ := strings.Cut(id, "-")
 	seq, err := strconv.ParseInt(seqStr, 10, 64)
 	if err != nil {
-		return nil, fmt.Errorf("progress: bad stream id %q in %s: %w", m.ID, group, err)
+		return 0, fmt.Errorf("progress: bad stream id %q in %s: %w", id, group, err)
+	}
+	return seq, nil
+}
+
+func decodeEntry(group, epoch string, m redis.XMessage) (*Event, error) {
+	seq, err := seqOfID(group, m.ID)
+	if err != nil {
+		return nil, err
 	}
 	name, _ := m.Values["e"].(string)
 	data, _ := m.Values["d"].(string)
@@ -569,9 +578,8 @@ func (l *Log) state(ctx context.Context, group string) (logState, error) {
 	var st logState
 	st.Epoch, st.LastSeq = parseMeta(meta.Val())
 	if msgs := rng.Val(); len(msgs) > 0 {
-		seqStr, _, _ := strings.Cut(msgs[0].ID, "-")
-		if st.Oldest, err = strconv.ParseInt(seqStr, 10, 64); err != nil {
-			return logState{}, fmt.Errorf("progress: bad stream id %q in %s: %w", msgs[0].ID, group, err)
+		if st.Oldest, err = seqOfID(group, msgs[0].ID); err != nil {
+			return logState{}, err
 		}
 	}
 	return st, nil

@@ -53,7 +53,7 @@ func TestHubTailServesLiveGroupWithoutRead(t *testing.T) {
 		first := &recSink{}
 		defer mustSubscribe(t, h, group, 0, "", first).Close()
 		waitFor(t, "the first replay", func() bool { return first.reached(30, "") })
-		waitFor(t, "the tail", func() bool { tl, _ := groupTail(h, group); return tl != nil })
+		waitForTail(t, h, group)
 		reads := h.Counters().HistoryReads
 
 		type later struct {
@@ -125,7 +125,7 @@ func TestHubTailBoundedByLogLength(t *testing.T) {
 		}
 		first := &recSink{}
 		defer mustSubscribe(t, h, group, 0, "", first).Close()
-		waitFor(t, "the tail", func() bool { tl, _ := groupTail(h, group); return tl != nil })
+		waitForTail(t, h, group)
 		if tl, _ := groupTail(h, group); tl.first != 1 {
 			t.Fatalf("tail starts at %d, want 1", tl.first)
 		}
@@ -231,7 +231,7 @@ func TestHubTailDroppedOnReconnect(t *testing.T) {
 	}
 	s := &recSink{}
 	defer mustSubscribe(t, h, group, 0, "", s).Close()
-	waitFor(t, "the tail", func() bool { tl, _ := groupTail(h, group); return tl != nil })
+	waitForTail(t, h, group)
 	before, gen := groupTail(h, group)
 	reads := h.Counters().HistoryReads
 	if err := rdb.ClientKillByFilter(t.Context(), "TYPE", "pubsub").Err(); err != nil {
@@ -242,6 +242,12 @@ func TestHubTailDroppedOnReconnect(t *testing.T) {
 	if _, g2 := groupTail(h, group); g2 == gen {
 		t.Fatalf("the tail's generation did not change across the reconnect")
 	}
+}
+
+// waitForTail waits until the hub holds a tail of group.
+func waitForTail(t *testing.T, h *Hub, group string) {
+	t.Helper()
+	waitFor(t, "the tail", func() bool { tl, _ := groupTail(h, group); return tl != nil })
 }
 
 // Many subscribers join at random positions while events are published
@@ -417,7 +423,7 @@ func TestHubTailOfEmptyGroup(t *testing.T) {
 		const group = "job:empty-tail"
 		first := &recSink{}
 		defer mustSubscribe(t, h, group, 0, "", first).Close()
-		waitFor(t, "the tail", func() bool { tl, _ := groupTail(h, group); return tl != nil })
+		waitForTail(t, h, group)
 		reads := h.Counters().HistoryReads
 		early := &recSink{}
 		defer mustSubscribe(t, h, group, 0, "", early).Close()
