@@ -123,3 +123,39 @@ func TestWatchManyAtTheCap(t *testing.T) {
 		}
 	})
 }
+
+// A group removed and added again while its unsubscribe is not handled
+// yet (the server dropped it as rate_limited and the frame waits to be
+// sent again) starts over from the position it was added with: what the
+// old subscription still delivers until the server handles the
+// unsubscribe is not the new one's, so the new one's replay is whole.
+func TestWatchManyReAddWhileUnsubscribing(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		// One frame, then one every two seconds: the unsubscribe that
+		// follows the subscribe is dropped.
+		s := newServer(t, srv, serverOptions{noWorker: true, web: web.Config{FrameRate: 0.5, FrameBurst: 1}})
+		c := newClient(t, s, client.Config{Token: adminToken, Watch: client.WatchConfig{
+			SubscribeInterval: time.Millisecond, RateLimitedDelay: 10 * time.Millisecond}})
+		group := wire.UserGroup("readd").String()
+		publishN(t, s.log, group, 3, nil)
+		w := c.WatchMany(context.Background())
+		defer w.Close()
+		if err := w.Add(group, client.Position{}); err != nil {
+			t.Fatal(err)
+		}
+		nextN(t, w, 0, 3)
+		w.Remove(group)
+		if err := w.Add(group, client.Position{}); err != nil {
+			t.Fatal(err)
+		}
+		publishN(t, s.log, group, 1, nil) // seq 4, live on the old subscription
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		for want := int64(1); want <= 4; want++ {
+			ev, err := w.Next(ctx)
+			if err != nil || ev.Seq != want {
+				t.Fatalf("after adding the group again: %+v, %v; want seq %d", ev.EventFrame, err, want)
+			}
+		}
+	})
+}

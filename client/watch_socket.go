@@ -235,10 +235,16 @@ func (s *socketSession) unsubscribeDropped(sent *sentFrame, e *Error) {
 func (s *socketSession) handle(f wire.ServerFrame) (end sessionEnd, stop bool) {
 	switch f.Type {
 	case wire.TypeEvent:
+		if !s.current(f.Group) {
+			return sessionEnd{}, false
+		}
 		ok := s.tr.event(wire.EventFrame{Type: f.Type, Group: f.Group, Seq: f.Seq, Epoch: f.Epoch, Event: f.Event, Data: f.Data, TS: f.TS, Skipped: f.Skipped})
 		return sessionEnd{}, !ok
 	case wire.TypeSubscribed:
 		s.answered(f.Ref)
+		if !s.current(f.Group) {
+			return sessionEnd{}, false
+		}
 		ok := s.tr.subscribed(wire.SubscribedFrame{Type: f.Type, Group: f.Group, Ref: f.Ref, Epoch: f.Epoch, LastSeq: f.LastSeq, Replayed: f.Replayed, Recovered: f.Recovered, Users: f.Users})
 		return sessionEnd{}, !ok
 	case wire.TypeUnsubscribed:
@@ -280,6 +286,18 @@ func (s *socketSession) handle(f wire.ServerFrame) (end sessionEnd, stop bool) {
 		}
 	}
 	return sessionEnd{}, false
+}
+
+// current reports whether a subscribed or event frame of group is for
+// the watch's group of that name as it stands: not when that group was
+// added again and is not subscribed yet, its frame comes from the
+// subscription before, which the server serves until it handles the
+// unsubscribe (flush sends the new subscribe only after its answer);
+// taken for the new one's, it would move its position past the replay
+// it was added for.
+func (s *socketSession) current(group string) bool {
+	st := s.w.groups[group]
+	return st == nil || st.active // nil: removed, which the tracker skips
 }
 
 // failed handles an error answer for one subscribed group: a dropped
