@@ -39,10 +39,17 @@ type WatchConfig struct {
 	// many new groups a second stays well under the server's frame
 	// limit. Default 50 ms (at most 20 frames a second).
 	SubscribeInterval time.Duration
+	// RateLimitedDelay is how long a socket waits before it sends again
+	// a subscribe or unsubscribe frame the server dropped as
+	// rate_limited (its per-socket frame limit), so that the server's
+	// bucket refills. Default 1 s.
+	RateLimitedDelay time.Duration
 	// MaxGroups is how many groups one watch subscribes at once; more
 	// wait, in the order added, until a slot frees: a job group frees its
-	// slot after its last event, any group when removed. Default
-	// wire.MaxGroupsPerSocket, the server's cap.
+	// slot after its last event, any group when removed, once the server
+	// answered its unsubscribe (a group the server ends with an error
+	// frees its slot with that error). Default wire.MaxGroupsPerSocket,
+	// the server's cap.
 	MaxGroups int
 	// Buffer is how many events may wait for Next; when it is full the
 	// watch stops reading (a server that gives up on the slow reader
@@ -71,6 +78,9 @@ func (c WatchConfig) withDefaults() WatchConfig {
 	}
 	if c.SubscribeInterval <= 0 {
 		c.SubscribeInterval = 50 * time.Millisecond
+	}
+	if c.RateLimitedDelay <= 0 {
+		c.RateLimitedDelay = time.Second
 	}
 	if c.MaxGroups <= 0 {
 		c.MaxGroups = wire.MaxGroupsPerSocket

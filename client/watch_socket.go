@@ -26,18 +26,30 @@ type socketSession struct {
 	readerDone chan struct{}
 	readErr    error // why the reader stopped; read after frames is closed
 
-	toSub    []*groupState // waiting to be subscribed, in the order added
-	toUnsub  []string      // waiting to be unsubscribed
-	active   int           // groups subscribed on this socket and not yet unsubscribed
+	toSub   []*groupState // waiting to be subscribed, in the order added
+	toUnsub []string      // waiting to be unsubscribed
+	// leaving counts, per group, the unsubscribes sent and not answered
+	// yet. The server holds such a group until it handles the frame, and
+	// it does not handle a frame it drops as rate_limited: so the group
+	// still counts in active until its unsubscribed answer (a dropped
+	// frame is sent again), and is not subscribed again meanwhile.
+	leaving map[string]int
+	// active is how many groups the server holds for this socket, as far
+	// as answers tell: subscribed (or being subscribed), and unsubscribed
+	// without an answer yet. It never falls below the server's own count,
+	// so a subscribe within MaxGroups is never refused for the cap.
+	active   int
 	refs     map[string]*sentFrame
 	ref      int64
 	nextSend time.Time
 	timer    *time.Timer
 }
 
-// sentFrame is a subscribe frame whose groups are not all answered.
+// sentFrame is a subscribe (groups) or unsubscribe (unsub) frame whose
+// groups are not all answered.
 type sentFrame struct {
 	groups []*groupState
+	unsub  []string
 	left   int
 }
 
@@ -59,7 +71,7 @@ func (w *Watcher) runSocket(ctx context.Context) sessionEnd {
 	}
 	s := &socketSession{
 		w: w, conn: &Conn{ws: ws}, frames: make(chan wire.ServerFrame, 64), stop: make(chan struct{}), readerDone: make(chan struct{}),
-		refs: map[string]*sentFrame{}, timer: time.NewTimer(time.Hour),
+		refs: map[string]*sentFrame{}, leaving: map[string]int{}, timer: time.NewTimer(time.Hour),
 	}
 	s.timer.Stop()
 	s.tr = tracker{w: w, ctx: ctx, ended: s.ended}
@@ -176,29 +188,86 @@ func (s *socketSession) ended(st *groupState, unsubscribe bool) {
 	}
 	st.active = false
 	if unsubscribe {
-		s.toUnsub = append(s.toUnsub, st.name) // the slot frees when it is sent
+		s.toUnsub = append(s.toUnsub, st.name) // the slot frees when the server answers
 		return
 	}
 	s.active--
+}
+
+// unsubscribed handles the server's answer to an unsubscribe of group:
+// it no longer holds the group, so its slot is free.
+func (s *socketSession) unsubscribed(group string, ref json.RawMessage) {
+	n := s.leaving[group]
+	if n == 0 {
+		return // not ours
+	}
+	if n == 1 {
+		delete(s.leaving, group)
+	} else {
+		s.leaving[group] = n - 1
+	}
+	s.active--
+	s.answered(ref)
+}
+
+// unsubscribeDropped handles the refusal of a whole unsubscribe frame:
+// the server did not handle it and still holds its groups. One dropped
+// as rate_limited is sent again after RateLimitedDelay; any other
+// refusal would come again, so its groups stay counted (the server
+// holds them until the socket ends).
+func (s *socketSession) unsubscribeDropped(sent *sentFrame, e *Error) {
+	for _, g := range sent.unsub {
+		if n := s.leaving[g]; n <= 1 {
+			delete(s.leaving, g)
+		} else {
+			s.leaving[g] = n - 1
+		}
+	}
+	if e.Code != wire.CodeRateLimited {
+		s.w.cfg.Logger.Warn("taskstream watch: the server refused an unsubscribe; its groups keep their slots on this socket", "err", e, "groups", len(sent.unsub))
+		return
+	}
+	s.toUnsub = append(s.toUnsub, sent.unsub...)
+	s.nextSend = time.Now().Add(s.w.cfg.RateLimitedDelay) // let the server's bucket refill
 }
 
 // handle takes one frame; stop says the session must end (with end).
 func (s *socketSession) handle(f wire.ServerFrame) (end sessionEnd, stop bool) {
 	switch f.Type {
 	case wire.TypeEvent:
+		if !s.current(f.Group) {
+			return sessionEnd{}, false
+		}
 		ok := s.tr.event(wire.EventFrame{Type: f.Type, Group: f.Group, Seq: f.Seq, Epoch: f.Epoch, Event: f.Event, Data: f.Data, TS: f.TS, Skipped: f.Skipped})
 		return sessionEnd{}, !ok
 	case wire.TypeSubscribed:
 		s.answered(f.Ref)
+		if !s.current(f.Group) {
+			return sessionEnd{}, false
+		}
 		ok := s.tr.subscribed(wire.SubscribedFrame{Type: f.Type, Group: f.Group, Ref: f.Ref, Epoch: f.Epoch, LastSeq: f.LastSeq, Replayed: f.Replayed, Recovered: f.Recovered, Users: f.Users})
 		return sessionEnd{}, !ok
+	case wire.TypeUnsubscribed:
+		s.unsubscribed(f.Group, f.Ref)
 	case wire.TypeError:
 		e := &Error{Code: f.Code, Message: f.Message, Group: f.Group}
+		if sent := s.refs[string(f.Ref)]; sent != nil && sent.unsub != nil {
+			if f.Group != "" {
+				s.unsubscribed(f.Group, f.Ref) // refused for that group alone: the server does not hold it
+				return sessionEnd{}, false
+			}
+			delete(s.refs, string(f.Ref))
+			s.unsubscribeDropped(sent, e)
+			return sessionEnd{}, false
+		}
 		if f.Group != "" {
 			st := s.w.groups[f.Group]
 			if st == nil || !st.active {
-				return sessionEnd{}, false // removed meanwhile, or an answer to an unsubscribe
+				return sessionEnd{}, false // removed meanwhile
 			}
+			// Whether it answers the subscribe or comes later (the server
+			// could not go on serving the group), the server no longer
+			// holds the group (docs/protocol.md): its slot is free.
 			s.answered(f.Ref)
 			return s.failed(st, e)
 		}
@@ -219,6 +288,18 @@ func (s *socketSession) handle(f wire.ServerFrame) (end sessionEnd, stop bool) {
 	return sessionEnd{}, false
 }
 
+// current reports whether a subscribed or event frame of group is for
+// the watch's group of that name as it stands: not when that group was
+// added again and is not subscribed yet, its frame comes from the
+// subscription before, which the server serves until it handles the
+// unsubscribe (flush sends the new subscribe only after its answer);
+// taken for the new one's, it would move its position past the replay
+// it was added for.
+func (s *socketSession) current(group string) bool {
+	st := s.w.groups[group]
+	return st == nil || st.active // nil: removed, which the tracker skips
+}
+
 // failed handles an error answer for one subscribed group: a dropped
 // frame is sent again later, anything else drops the group.
 func (s *socketSession) failed(st *groupState, e *Error) (sessionEnd, bool) {
@@ -226,7 +307,7 @@ func (s *socketSession) failed(st *groupState, e *Error) (sessionEnd, bool) {
 		st.active = false
 		s.active--
 		s.toSub = append(s.toSub, st)
-		s.nextSend = time.Now().Add(time.Second) // let the server's bucket refill
+		s.nextSend = time.Now().Add(s.w.cfg.RateLimitedDelay) // let the server's bucket refill
 		return sessionEnd{}, false
 	}
 	if terminal, ok := s.tr.refused(st, e); terminal != nil || !ok {
@@ -245,8 +326,10 @@ func (s *socketSession) answered(ref json.RawMessage) {
 }
 
 // flush sends what waits, one frame per SubscribeInterval: unsubscribes
-// first (they free slots), then subscribes for as many groups as there
-// are slots, up to wire.MaxGroupsPerFrame a frame.
+// first (their answers free slots), then subscribes for as many groups as
+// there are slots, up to wire.MaxGroupsPerFrame a frame. A group whose
+// unsubscribe is not answered yet waits: were that unsubscribe dropped
+// (rate_limited) and sent again, it would end the new subscription.
 func (s *socketSession) flush() error {
 	if len(s.toUnsub) == 0 && (len(s.toSub) == 0 || s.active >= s.w.cfg.MaxGroups) {
 		return nil
@@ -267,22 +350,34 @@ func (s *socketSession) flush() error {
 				f.Groups = append(f.Groups, wire.GroupPosition{Group: g})
 			}
 		}
+		sent := slices.Clone(s.toUnsub[:n])
 		s.toUnsub = s.toUnsub[n:]
-		s.active -= n
+		for _, g := range sent {
+			s.leaving[g]++
+		}
+		s.refs[string(ref)] = &sentFrame{unsub: sent, left: n}
 		return s.send(f)
 	}
 	room := min(s.w.cfg.MaxGroups-s.active, wire.MaxGroupsPerFrame)
 	var batch []*groupState
-	i := 0
-	for ; i < len(s.toSub) && len(batch) < room; i++ {
-		st := s.toSub[i]
-		if s.w.groups[st.name] != st || st.active {
-			continue // removed, or already subscribed
+	kept := s.toSub[:0] // filtered in place
+	for i, st := range s.toSub {
+		if len(batch) == room {
+			kept = append(kept, s.toSub[i:]...)
+			break
 		}
-		st.active, st.answered = true, false
-		batch = append(batch, st)
+		switch {
+		case s.w.groups[st.name] != st || st.active:
+			// removed, or already subscribed
+		case s.leaving[st.name] > 0:
+			kept = append(kept, st) // once the server answers its unsubscribe
+		default:
+			st.active, st.answered = true, false
+			batch = append(batch, st)
+		}
 	}
-	s.toSub = s.toSub[i:]
+	clear(s.toSub[len(kept):])
+	s.toSub = kept
 	if len(batch) == 0 {
 		return nil
 	}

@@ -224,8 +224,18 @@ type conn struct {
 	closeText  string
 	clientCode int // the close code the client sent, if it closed first
 
-	subs   []groupSub    // owned by the read pump: a slice, most sockets watch one or two groups
-	frames *rate.Limiter // client frames per second; made when the read pump starts
+	// subsMu guards subs and each groupSink's sub and failed. The read
+	// pump adds and removes subscriptions; groupSink.Failed (a hub
+	// goroutine) removes a failed one at once, before its error frame is
+	// queued, so a frame the client sends after reading that error finds
+	// the slot free (docs/protocol.md). Never held while calling into the
+	// hub: the hub calls Failed with a group's lock held.
+	subsMu sync.Mutex
+	subs   []groupSub // a slice: most sockets watch one or two groups
+	// closers are the goroutines that close failed subscriptions off the
+	// hub's lock (dropFailed); the socket's end waits for them.
+	closers sync.WaitGroup
+	frames  *rate.Limiter // client frames per second; made when the read pump starts
 }
 
 // close asks the write pump to send a close frame with code and end the
@@ -274,6 +284,7 @@ func (c *conn) run(ctx context.Context, initial *clientFrame) {
 	c.startWriting()
 	defer func() {
 		c.leaveAll()
+		c.closers.Wait()
 		c.close(closeNormal, "")
 		c.send.writers.Wait() // the close frame is out (or the write failed)
 		_ = c.ws.Close()
@@ -287,7 +298,11 @@ func (c *conn) run(ctx context.Context, initial *clientFrame) {
 
 // leaveAll ends the socket's subscriptions and presence.
 func (c *conn) leaveAll() {
-	for _, gs := range c.subs {
+	c.subsMu.Lock()
+	subs := c.subs
+	c.subs = nil
+	c.subsMu.Unlock()
+	for _, gs := range subs {
 		gs.sub.Close()
 		c.leave(gs.group)
 	}
@@ -481,9 +496,10 @@ func (c *conn) handleGroup(ctx context.Context, op string, ref json.RawMessage, 
 		}
 		return
 	}
-	if i := c.subIndex(g.Group); i >= 0 {
-		c.subs[i].sub.Close()
-		c.dropSub(i)
+	// A group that is not subscribed (never, or its subscription failed)
+	// is answered the same: the client's view and ours agree either way.
+	if sub := c.takeSub(g.Group); sub != nil {
+		sub.Close()
 		c.leave(g.Group)
 	}
 	c.reply(replyFrame{Type: wire.TypeUnsubscribed, Group: g.Group, Ref: ref})
@@ -494,11 +510,14 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 		return err
 	}
 	rejoin := false
-	if i := c.subIndex(f.Group); i >= 0 {
-		c.subs[i].sub.Close() // a new subscribe to the same group restarts it
-		c.dropSub(i)
+	c.subsMu.Lock()
+	old := c.takeSubLocked(f.Group)
+	n := len(c.subs)
+	c.subsMu.Unlock()
+	if old != nil {
+		old.Close() // a new subscribe to the same group restarts it
 		rejoin = true
-	} else if len(c.subs) >= maxSubsPerConn {
+	} else if n >= maxSubsPerConn {
 		return apiErr(CodeBadRequest, "too many groups on one socket")
 	}
 	// A chat socket joins the room's presence (recorded here, sent to
@@ -523,14 +542,59 @@ func (c *conn) subscribe(ctx context.Context, ref json.RawMessage, f wire.GroupP
 	if f.After != nil {
 		after = *f.After
 	}
-	sub, err := c.s.hub.Subscribe(f.Group, after, f.Epoch, &groupSink{c: c, group: f.Group, ref: ref, job: wire.KindOf(f.Group) == wire.KindJob})
+	sink := &groupSink{c: c, group: f.Group, ref: ref, job: wire.KindOf(f.Group) == wire.KindJob}
+	sub, err := c.s.hub.Subscribe(f.Group, after, f.Epoch, sink)
 	if err != nil {
 		// Not in the room any more (a rejoin closed its old subscription).
 		c.leave(f.Group)
 		return hubError(err)
 	}
+	c.subsMu.Lock()
+	if sink.failed {
+		// The hub failed it before it was recorded, and its error frame is
+		// queued: it is over, and never took a slot.
+		c.subsMu.Unlock()
+		sub.Close()
+		c.leave(f.Group)
+		return nil
+	}
+	sink.sub = sub
 	c.subs = append(c.subs, groupSub{group: f.Group, sub: sub})
+	c.subsMu.Unlock()
 	return nil
+}
+
+// dropFailed ends the subscription of a sink the hub failed, so that it
+// no longer takes a slot of the socket's groups: called by Failed
+// before the error frame is queued. The read pump may be handling a
+// frame of the same group meanwhile; the subscription is matched by
+// identity under subsMu, so an unsubscribe or a new subscribe of the
+// group that got there first is left alone, and the room's presence is
+// left here only while the group's entry is removed, before the read
+// pump can enter it again. The hub subscription is closed by a goroutine
+// of the socket (Failed runs under the hub's group lock, which Close
+// takes).
+func (c *conn) dropFailed(g *groupSink) {
+	c.subsMu.Lock()
+	defer c.subsMu.Unlock()
+	g.failed = true
+	if g.sub == nil {
+		return // not recorded yet: the read pump sees failed and closes it
+	}
+	for i := range c.subs {
+		if c.subs[i].sub != g.sub {
+			continue
+		}
+		c.dropSub(i)
+		c.leave(g.group)
+		sub := g.sub
+		c.closers.Add(1)
+		go func() {
+			defer c.closers.Done()
+			sub.Close()
+		}()
+		return
+	}
 }
 
 // firstJoin does what the user's first socket in a chat room on this
@@ -572,23 +636,33 @@ func (c *conn) firstJoin(ctx context.Context, group string) error {
 // groupSub is one of a socket's subscriptions. A socket keeps them in a
 // slice: a map costs ten times the bytes of one entry, and a socket holds
 // at most maxSubsPerConn, looked up only when a client subscribes or
-// unsubscribes.
+// unsubscribes, or the hub fails one.
 type groupSub struct {
 	group string
 	sub   *progress.Subscription
 }
 
-// subIndex returns where group is in c.subs, or -1.
-func (c *conn) subIndex(group string) int {
-	for i := range c.subs {
-		if c.subs[i].group == group {
-			return i
-		}
-	}
-	return -1
+// takeSub removes group's subscription from c.subs and returns it, or
+// nil when the socket does not hold the group.
+func (c *conn) takeSub(group string) *progress.Subscription {
+	c.subsMu.Lock()
+	defer c.subsMu.Unlock()
+	return c.takeSubLocked(group)
 }
 
-// dropSub removes c.subs[i] (order does not matter).
+// takeSubLocked is takeSub with subsMu held.
+func (c *conn) takeSubLocked(group string) *progress.Subscription {
+	for i := range c.subs {
+		if c.subs[i].group == group {
+			sub := c.subs[i].sub
+			c.dropSub(i)
+			return sub
+		}
+	}
+	return nil
+}
+
+// dropSub removes c.subs[i] (order does not matter); subsMu held.
 func (c *conn) dropSub(i int) {
 	last := len(c.subs) - 1
 	c.subs[i] = c.subs[last]
@@ -666,6 +740,10 @@ type groupSink struct {
 	replayLeft int    // events of the last SyncInfo's replay still to come
 	synced     bool   // the initial SyncInfo was sent
 	epoch      string // the last epoch the socket was given for the group (taskstream.v2)
+	// Guarded by c.subsMu: the subscription once the read pump recorded
+	// it in c.subs, and whether the hub failed it (dropFailed).
+	sub    *progress.Subscription
+	failed bool
 }
 
 func (g *groupSink) Synced(info progress.SyncInfo) bool {
@@ -731,8 +809,11 @@ func (g *groupSink) Lagged() {
 // Failed answers a subscription the hub gave up on: 1013 when Redis is
 // unavailable (reconnect later and resume), else an error frame for the
 // group, with the subscribe's ref when it never got its subscribed frame.
-// The hub calls it with the group's lock held: it only queues.
+// Either way the subscription is over: it leaves the socket's groups
+// first (dropFailed), so the error frame tells the client its slot is
+// free. The hub calls it with the group's lock held: it only queues.
 func (g *groupSink) Failed(err error) {
+	g.c.dropFailed(g)
 	var ref json.RawMessage
 	if !g.synced {
 		ref = g.ref
