@@ -137,7 +137,10 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 	if name == "fanout" {
 		fan = newFanout(p.Publishers, p.Clients, p.Window)
 	}
-	sw := newSwarm(ctx, t, p.Clients, p.Users, c.DialConcurrency)
+	sw, err := newSwarm(ctx, t, p.Clients, p.Users, c.DialConcurrency, c.ReadLoops)
+	if err != nil {
+		return outcome{Err: err}
+	}
 	sw.fan, sw.keepLat, sw.resume = fan, name == "latency", name == "restart"
 	defer sw.Close()
 	say("server pid %d up; opening %d sockets as %d users", t.PID(), p.Clients, p.Users)
@@ -483,6 +486,13 @@ func openLoop(ctx context.Context, sw *swarm, t target, p params, name string) (
 			o.add("load client CPU, cores", cpu.client, 2)
 			o.add("server CPU, cores", cpu.server, 2)
 			o.add("other processes' CPU, cores", cpu.others, 2)
+			if delivered > 0 {
+				// What a delivery cost each side: the load client's share
+				// is an artifact of measuring on the server's cores.
+				perDelivery := cpu.wall.Seconds() * 1e6 / float64(delivered)
+				o.add("load client CPU per delivery, µs", cpu.client*perDelivery, 2)
+				o.add("server CPU per delivery, µs", cpu.server*perDelivery, 2)
+			}
 		}
 		o.note("%s: latency is from the time each message was due; \"from send\" from when its publisher began sending it "+
 			"(%s); \"late\" is send − due; first and last subscriber are from the send; CPU is over the %s from the first send "+

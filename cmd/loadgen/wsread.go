@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -24,7 +25,10 @@ import (
 // unix straight from the descriptor; elsewhere through net.Conn.Read),
 // and stamps each message with the time the read that completed it
 // returned, as before. gorilla still dials (the handshake) and writes
-// (subscribes, pongs, the close reply).
+// (subscribes, pongs, the close reply). On Linux the swarm's sockets are
+// read by a few epoll loops instead (wsread_epoll_linux.go), with the same
+// wsReader; this goroutine reader stays for -read-loops 0 and other
+// systems.
 
 // readBufSize is the reader's buffer: a taskstream.v2 message of up to
 // 64 KiB, or many small ones, are parsed where they were read. A longer
@@ -281,6 +285,16 @@ func (s *sock) readMessages(fn func(msg []byte, at time.Time) bool) error {
 		return stopIsNil(err)
 	}
 	return stopIsNil(readSocket(s.ws.NetConn(), rd, &s.read))
+}
+
+// readUntil is readMessages until ctx ends too (then the socket is
+// closed and the error is the closed connection's); s's connection is
+// closed when it returns.
+func (s *sock) readUntil(ctx context.Context, fn func(msg []byte, at time.Time) bool) error {
+	defer s.ws.Close()
+	stop := context.AfterFunc(ctx, func() { _ = s.ws.Close() })
+	defer stop()
+	return s.readMessages(fn)
 }
 
 func stopIsNil(err error) error {
