@@ -336,6 +336,15 @@ func (sw *swarm) bytesRead() int64 {
 	return n
 }
 
+// readCalls sums the frame readers' reads so far.
+func (sw *swarm) readCalls() int64 {
+	var n int64
+	for _, s := range sw.socks {
+		n += s.reads.Load()
+	}
+	return n
+}
+
 // Close stops every socket's goroutine and waits for them. The sockets'
 // plain fields may be read after it.
 func (sw *swarm) Close() {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -284,7 +283,7 @@ func (s *sock) readMessages(fn func(msg []byte, at time.Time) bool) error {
 	if err := rd.feedBytes(pending, time.Now()); err != nil {
 		return stopIsNil(err)
 	}
-	return stopIsNil(readSocket(s.ws.NetConn(), rd, &s.read))
+	return stopIsNil(readSocket(s.ws.NetConn(), rd, s))
 }
 
 // readUntil is readMessages until ctx ends too (then the socket is
@@ -315,12 +314,12 @@ func underlying(c net.Conn) net.Conn {
 // readConn feeds rd from c's Read until the socket ends or rd stops:
 // the portable loop (a Read that finds the socket empty parks until it
 // is readable, then reads again).
-func readConn(c net.Conn, rd *wsReader, read *atomic.Int64) error {
+func readConn(c net.Conn, rd *wsReader, s *sock) error {
 	c = underlying(c)
 	for {
 		n, err := c.Read(rd.space())
 		if n > 0 {
-			read.Add(int64(n))
+			s.countRead(n)
 			if ferr := rd.feed(n, time.Now()); ferr != nil {
 				return ferr
 			}

@@ -337,7 +337,7 @@ func (l *readLoop) serve(c *loopConn, events uint32) {
 			l.end(c, io.EOF)
 			return
 		default:
-			c.s.read.Add(int64(n))
+			c.s.countRead(n)
 			if err := c.rd.feed(n, at); err != nil {
 				l.end(c, err)
 				return
