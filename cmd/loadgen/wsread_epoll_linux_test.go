@@ -13,8 +13,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -344,6 +347,70 @@ func TestReadLoopsPongBacklog(t *testing.T) {
 			case <-ctx.Done():
 				t.Fatal("the read did not return")
 			}
+		})
+	}
+}
+
+// The readers side by side on a fan-out: each op sends one small message
+// to each of 500 sockets (one write per socket, from this process, as a
+// server's fan-out does) and waits until every socket got it. Reported:
+// this process's CPU per delivery (server writes, reads and parsing) and
+// reads per delivery; the difference between the readers is theirs.
+//
+//	go test -run '^$' -bench BenchmarkReaders -benchtime 2000x ./cmd/loadgen
+func BenchmarkReaders(b *testing.B) {
+	const n = 500
+	for _, rdr := range testReaders(&testing.T{}) {
+		b.Run(rdr.name, func(b *testing.B) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			url, conns := hijackServer(&testing.T{}, nil)
+			var got atomic.Int64
+			socks := make([]*sock, n)
+			srv := make([]net.Conn, n)
+			var wg sync.WaitGroup
+			for i := range n {
+				socks[i] = &sock{}
+				if err := dialSock(ctx, websocket.Dialer{}, url, nil, socks[i]); err != nil {
+					b.Fatal(err)
+				}
+				srv[i] = (<-conns).c
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_ = rdr.read(ctx, socks[i], func([]byte, time.Time) bool { got.Add(1); return true })
+				}()
+			}
+			msg := frameBytes(true, websocket.TextMessage, bytes.Repeat([]byte("x"), 150))
+			var r0, r1 syscall.Rusage
+			reads := func() (sum int64) {
+				for _, s := range socks {
+					sum += s.reads.Load()
+				}
+				return sum
+			}
+			reads0 := reads()
+			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &r0)
+			b.ResetTimer()
+			for i := range b.N {
+				for _, c := range srv {
+					if _, err := c.Write(msg); err != nil {
+						b.Fatal(err)
+					}
+				}
+				for got.Load() < int64(i+1)*n {
+					runtime.Gosched()
+				}
+			}
+			b.StopTimer()
+			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &r1)
+			cpu := time.Duration(syscall.TimevalToNsec(r1.Utime) - syscall.TimevalToNsec(r0.Utime) +
+				syscall.TimevalToNsec(r1.Stime) - syscall.TimevalToNsec(r0.Stime))
+			deliveries := float64(b.N) * n
+			b.ReportMetric(float64(cpu.Nanoseconds())/deliveries, "cpu-ns/delivery")
+			b.ReportMetric(float64(reads()-reads0)/deliveries, "reads/delivery")
+			cancel()
+			wg.Wait()
 		})
 	}
 }
