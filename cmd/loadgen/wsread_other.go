@@ -2,13 +2,10 @@
 
 package main
 
-import (
-	"net"
-	"sync/atomic"
-)
+import "net"
 
 // readSocket feeds rd from c until the socket ends or rd stops; without
 // read(2) on a descriptor, through net.Conn.Read.
-func readSocket(c net.Conn, rd *wsReader, read *atomic.Int64) error {
-	return readConn(c, rd, read)
+func readSocket(c net.Conn, rd *wsReader, s *sock) error {
+	return readConn(c, rd, s)
 }

@@ -5,7 +5,6 @@ package main
 import (
 	"io"
 	"net"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -20,14 +19,14 @@ import (
 // of this one RawConn.Read call (a new call would reset it, so the whole
 // life of the socket is one call). A wait that finds nothing new costs a
 // read that returns EAGAIN, as before.
-func readSocket(c net.Conn, rd *wsReader, read *atomic.Int64) error {
+func readSocket(c net.Conn, rd *wsReader, s *sock) error {
 	sc, ok := underlying(c).(syscall.Conn)
 	if !ok {
-		return readConn(c, rd, read)
+		return readConn(c, rd, s)
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return readConn(c, rd, read)
+		return readConn(c, rd, s)
 	}
 	var ferr error
 	err = raw.Read(func(fd uintptr) bool {
@@ -47,7 +46,7 @@ func readSocket(c net.Conn, rd *wsReader, read *atomic.Int64) error {
 				ferr = io.EOF
 				return true
 			}
-			read.Add(int64(n))
+			s.countRead(n)
 			if ferr = rd.feed(n, time.Now()); ferr != nil {
 				return true
 			}
