@@ -643,37 +643,28 @@ type Draft struct {
 // new epoch, key, time, max length, TTL ms, channel, publish command
 // (PUBLISH or SPUBLISH), then name and data of each event. Only the last key is kept: a caller retries its own batch
 // before it makes another.
-var publishOnceScript = redis.NewScript(onceFunc + `return once(KEYS[1], KEYS[2], 0)`)
-
-// onceFunc is publishOnceScript's step as a Lua function, shared with
-// the scripts of OnceGuard: once(meta, log, a) appends the batch whose
-// ARGV start after a (a = 0: the batch's arguments are ARGV[1], …) to
-// the group whose meta and log keys are given, unless its key is the
-// group's last, and returns {fresh (1 or 0), epoch, seqs joined by ","}.
-const onceFunc = `
-local function once(meta, log, a)
-  if redis.call('HGET', meta, 'op') == ARGV[a+2] then
-    return {0, redis.call('HGET', meta, 'epoch') or '', redis.call('HGET', meta, 'op_seqs') or ''}
-  end
-  local epoch = redis.call('HGET', meta, 'epoch')
-  local seqs = {}
-  for i = a+8, #ARGV, 2 do
-    local seq = redis.call('HINCRBY', meta, 'seq', 1)
-    if seq == 1 then
-      epoch = ARGV[a+1]
-      redis.call('HSET', meta, 'epoch', epoch)
-      redis.call('DEL', log)
-    end
-    redis.call('XADD', log, 'MAXLEN', '~', ARGV[a+4], seq .. '-0', 'e', ARGV[i], 'd', ARGV[i+1], 't', ARGV[a+3])
-    redis.call(ARGV[a+7], ARGV[a+6], seq .. '\n' .. epoch .. '\n' .. ARGV[i] .. '\n' .. ARGV[a+3] .. '\n' .. ARGV[i+1])
-    seqs[#seqs+1] = seq
-  end
-  redis.call('HSET', meta, 'op', ARGV[a+2], 'op_seqs', table.concat(seqs, ','))
-  redis.call('PEXPIRE', meta, ARGV[a+5])
-  redis.call('PEXPIRE', log, ARGV[a+5])
-  return {1, epoch, table.concat(seqs, ',')}
+var publishOnceScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'op') == ARGV[2] then
+  return {0, redis.call('HGET', KEYS[1], 'epoch') or '', redis.call('HGET', KEYS[1], 'op_seqs') or ''}
 end
-`
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local seqs = {}
+for i = 8, #ARGV, 2 do
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  if seq == 1 then
+    epoch = ARGV[1]
+    redis.call('HSET', KEYS[1], 'epoch', epoch)
+    redis.call('DEL', KEYS[2])
+  end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'e', ARGV[i], 'd', ARGV[i+1], 't', ARGV[3])
+  redis.call(ARGV[7], ARGV[6], seq .. '\n' .. epoch .. '\n' .. ARGV[i] .. '\n' .. ARGV[3] .. '\n' .. ARGV[i+1])
+  seqs[#seqs+1] = seq
+end
+redis.call('HSET', KEYS[1], 'op', ARGV[2], 'op_seqs', table.concat(seqs, ','))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return {1, epoch, table.concat(seqs, ',')}
+`)
 
 // PublishOnce appends events to group's log, and publishes them to its
 // live subscribers, as one atomic Redis step that happens at most once
@@ -685,64 +676,39 @@ end
 // before it starts another under a new key. Errors that mean Redis is
 // unavailable wrap ErrUnavailable.
 func (l *Log) PublishOnce(ctx context.Context, group, key string, events ...Draft) (evs []*Event, fresh bool, err error) {
-	b, err := l.newBatch(group, key, events)
-	if err != nil {
-		return nil, false, err
-	}
-	res, err := publishOnceScript.Run(ctx, l.rdb, []string{l.metaKey(group), l.streamKey(group)}, b.args...).Slice()
-	return b.result(res, err)
-}
-
-// onceBatch is one PublishOnce batch: its script arguments and its events,
-// whose seqs and epoch result fills in from the script's reply.
-type onceBatch struct {
-	l      *Log
-	group  string
-	key    string
-	start  time.Time
-	args   []any
-	events []*Event
-}
-
-func (l *Log) newBatch(group, key string, events []Draft) (*onceBatch, error) {
 	if !ValidGroup(group) {
-		return nil, fmt.Errorf("%w: group %q", ErrInvalid, group)
+		return nil, false, fmt.Errorf("%w: group %q", ErrInvalid, group)
 	}
 	if key == "" || len(events) == 0 {
-		return nil, fmt.Errorf("%w: PublishOnce needs a key and events", ErrInvalid)
+		return nil, false, fmt.Errorf("%w: PublishOnce needs a key and events", ErrInvalid)
 	}
 	now := time.Now().UTC()
-	b := &onceBatch{l: l, group: group, key: key, start: now, events: make([]*Event, len(events)),
-		args: []any{newEpoch(), key, now.Format(time.RFC3339Nano), l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group), l.publishCmd()}}
+	args := []any{newEpoch(), key, now.Format(time.RFC3339Nano), l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group), l.publishCmd()}
+	evs = make([]*Event, len(events))
 	for i, d := range events {
 		if !ValidEventName(d.Name) {
-			return nil, fmt.Errorf("%w: event name %q", ErrInvalid, d.Name)
+			return nil, false, fmt.Errorf("%w: event name %q", ErrInvalid, d.Name)
 		}
 		raw, err := encodeData(d.Data)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		b.args = append(b.args, d.Name, string(raw))
-		b.events[i] = &Event{Group: group, Name: d.Name, Data: raw, Time: now}
+		args = append(args, d.Name, string(raw))
+		evs[i] = &Event{Group: group, Name: d.Name, Data: raw, Time: now}
 	}
-	return b, nil
-}
-
-// result reads once's reply res (or the call's err) as PublishOnce
-// returns it, and reports it to Config.OnPublish.
-func (b *onceBatch) result(res []any, err error) ([]*Event, bool, error) {
-	if b.l.cfg.OnPublish != nil {
+	res, err := publishOnceScript.Run(ctx, l.rdb, []string{l.metaKey(group), l.streamKey(group)}, args...).Slice()
+	if l.cfg.OnPublish != nil {
 		appended := 0
 		if err == nil && len(res) == 3 && toInt64(res[0]) == 1 {
-			appended = len(b.events)
+			appended = len(events)
 		}
-		b.l.cfg.OnPublish(b.group, appended, time.Since(b.start), err)
+		l.cfg.OnPublish(group, appended, time.Since(now), err)
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("progress: publish %s batch %s: %w", b.group, b.key, unavailable(err))
+		return nil, false, fmt.Errorf("progress: publish %s batch %s: %w", group, key, unavailable(err))
 	}
 	if len(res) != 3 {
-		return nil, false, fmt.Errorf("progress: publish %s: unexpected reply %v", b.group, res)
+		return nil, false, fmt.Errorf("progress: publish %s: unexpected reply %v", group, res)
 	}
 	epoch, _ := res[1].(string)
 	list, _ := res[2].(string)
@@ -752,16 +718,16 @@ func (b *onceBatch) result(res []any, err error) ([]*Event, bool, error) {
 		list = strconv.FormatInt(n, 10)
 	}
 	seqs := strings.Split(list, ",")
-	if len(seqs) != len(b.events) {
+	if len(seqs) != len(evs) {
 		// A replay whose batch differs in size is the caller's bug: say so
 		// rather than pair the wrong seqs with the events.
-		return nil, false, fmt.Errorf("%w: batch %s of %s was published with %d events, not %d", ErrInvalid, b.key, b.group, len(seqs), len(b.events))
+		return nil, false, fmt.Errorf("%w: batch %s of %s was published with %d events, not %d", ErrInvalid, key, group, len(seqs), len(evs))
 	}
 	for i, s := range seqs {
-		b.events[i].Seq, _ = strconv.ParseInt(s, 10, 64)
-		b.events[i].Epoch = epoch
+		evs[i].Seq, _ = strconv.ParseInt(s, 10, 64)
+		evs[i].Epoch = epoch
 	}
-	return b.events, toInt64(res[0]) == 1, nil
+	return evs, toInt64(res[0]) == 1, nil
 }
 
 func toInt64(v any) int64 {
