@@ -65,6 +65,11 @@ type lifecycle struct {
 	client *asynq.Client
 	insp   *asynq.Inspector
 	cfg    Config
+	// fused: a run's claim and its events are one script (startGuard),
+	// which touches the job's hash, the indexes and the job's log, keys
+	// of different hash slots: true off a Redis Cluster (the log is not
+	// Sharded); on a Cluster they are two steps.
+	fused bool
 }
 
 // attempt is one run of a job: the task it runs and its number, plus what
@@ -240,48 +245,106 @@ const (
 // outcome, the attempt, whether the previous run of the same task died
 // holding the job without a word (its retry was never announced), and the
 // record as the run starts (saving the run a round trip to read it).
-var startScript = redis.NewScript(redisNow + `
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
-local f = redis.call('HMGET', KEYS[1], 'task', 'final', 'canceled', 'state', 'attempt', 'hb')
-if (f[1] or ARGV[3]) ~= ARGV[1] then return {'stale'} end
-local reopened = 0
-if f[2] then
-  if f[2] ~= 'failed' or f[3] == '1' then return {'final'} end
-  redis.call('HDEL', KEYS[1], 'final', 'result')
-  reopened = 1
+var startScript = redis.NewScript(redisNow + startFunc + `return start()`)
+
+// startFunc is startScript's step as a Lua function (KEYS[1], ARGV[1] to
+// ARGV[3]), shared with startGuard.
+const startFunc = `
+local function start()
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+  local f = redis.call('HMGET', KEYS[1], 'task', 'final', 'canceled', 'state', 'attempt', 'hb')
+  if (f[1] or ARGV[3]) ~= ARGV[1] then return {'stale'} end
+  local reopened = 0
+  if f[2] then
+    if f[2] ~= 'failed' or f[3] == '1' then return {'final'} end
+    redis.call('HDEL', KEYS[1], 'final', 'result')
+    reopened = 1
+  end
+  if f[3] == '1' then return {'canceled'} end
+  local lost = 0
+  if f[6] and f[4] == 'active' then lost = 1 end
+  local n = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+  redis.call('HSET', KEYS[1], 'state', 'active', 'left', ARGV[2], 'hb', now, 'updated_at', now, 'task', ARGV[1])
+  redis.call('HSETNX', KEYS[1], 'started_at', now)
+  return {'ok', n, tonumber(f[5] or '0'), lost, reopened, now, redis.call('HGETALL', KEYS[1])}
 end
-if f[3] == '1' then return {'canceled'} end
-local lost = 0
-if f[6] and f[4] == 'active' then lost = 1 end
-local n = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'state', 'active', 'left', ARGV[2], 'hb', now, 'updated_at', now, 'task', ARGV[1])
-redis.call('HSETNX', KEYS[1], 'started_at', now)
-return {'ok', n, tonumber(f[5] or '0'), lost, reopened, now, redis.call('HGETALL', KEYS[1])}
-`)
+`
+
+// startGuard is startScript that, when it claims the job, also enters it
+// in the running index (KEYS[2], by the claim's time) and a reopened job
+// in the open index (KEYS[3], score ARGV[4]), and appends the run's
+// events to the job's log (see progress.AppendGuard): the retry of a run
+// that died unannounced, then "active", named ARGV[5], their payloads
+// from startPayloads (ARGV[6] to ARGV[12]) with the attempts filled in.
+// A claim and its events are then one step and one round trip. Used off
+// a Redis Cluster only (lifecycle.fused).
+var startGuard = progress.NewAppendGuard(redisNow+startFunc+`
+local function guard()
+  local r = start()
+  if r[1] ~= 'ok' then return r, nil end
+  redis.call('ZADD', KEYS[2], r[6], ARGV[3])
+  if r[5] == 1 then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3]) end
+  local posts = {}
+  if r[4] == 1 then
+    posts[1] = ARGV[5]
+    if r[3] == 0 then posts[2] = ARGV[8] else posts[2] = ARGV[6] .. r[3] .. ARGV[7] end
+  end
+  posts[#posts+1] = ARGV[5]
+  if r[5] == 1 then
+    posts[#posts+1] = ARGV[11] .. r[2] .. ARGV[12]
+  else
+    posts[#posts+1] = ARGV[9] .. r[2] .. ARGV[10]
+  end
+  return r, posts
+end
+`, 3, 12)
+
+// startPayloads are the payloads of a start's events as startGuard takes
+// them: the JSON encoding of each stateEvent, split where its attempt
+// goes (so the script writes what json.Marshal would): the retry of a
+// run that died unannounced (and the same with no attempt, which
+// omitempty leaves out), "active", and "active" of a run from the archive.
+var startPayloads = func() []any {
+	retryPre, retrySuf := attemptTemplate(stateEvent{State: StateRetry, Error: reasonWorkerLost})
+	retryNone, _ := json.Marshal(stateEvent{State: StateRetry, Error: reasonWorkerLost})
+	activePre, activeSuf := attemptTemplate(stateEvent{State: StateActive})
+	againPre, againSuf := attemptTemplate(stateEvent{State: StateActive, Message: msgRunAgain})
+	return []any{retryPre, retrySuf, string(retryNone), activePre, activeSuf, againPre, againSuf}
+}()
+
+// attemptTemplate returns ev's JSON encoding, with an attempt, split
+// where the attempt's number goes.
+func attemptTemplate(ev stateEvent) (string, string) {
+	const mark = 1234567891
+	ev.Attempt = mark
+	b, err := json.Marshal(ev)
+	if err != nil {
+		panic(err)
+	}
+	pre, suf, ok := strings.Cut(string(b), strconv.Itoa(mark))
+	if !ok || strings.Contains(suf, strconv.Itoa(mark)) {
+		panic("jobs: attempt template of " + string(b))
+	}
+	return pre, suf
+}
 
 // start claims the job for a run of task (whose Asynq retries left are
 // left) and publishes "state active", preceded by the retry of a run that
 // died unannounced. For startRun it returns the attempt.
 func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt, startOutcome, error) {
 	id := jobOfTask(task)
+	if l.fused {
+		return l.startFused(ctx, task, left)
+	}
 	res, err := startScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(id)}, task, left, id).Slice()
 	if err != nil {
 		return nil, 0, fmt.Errorf("jobs: start %s: %w", task, err)
 	}
-	switch res[0] {
-	case "gone":
-		return nil, startGone, nil
-	case "stale", "final":
-		return nil, startDrop, nil
-	case "canceled":
-		return nil, startCanceled, nil
+	a, outcome, err := l.started(task, res)
+	if a == nil || err != nil {
+		return a, outcome, err
 	}
-	n, prev, lost, reopened, now := int(toInt(res[1])), int(toInt(res[2])), toInt(res[3]) == 1, toInt(res[4]) == 1, toInt(res[5])
-	fields, err := fieldMap(res[6])
-	if err != nil {
-		return nil, 0, fmt.Errorf("jobs: start %s: %w", task, err)
-	}
-	rec := decodeRecord(id, fields)
+	n, prev, lost, reopened, now := a.n, int(toInt(res[2])), toInt(res[3]) == 1, toInt(res[4]) == 1, toInt(res[5])
 	var posts []progress.Post
 	if lost {
 		posts = append(posts, progress.Post{Group: Group(id), Name: wire.EventState, Data: stateEvent{State: StateRetry, Attempt: prev, Error: reasonWorkerLost}})
@@ -291,11 +354,6 @@ func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt,
 		ev.Message = msgRunAgain
 	}
 	posts = append(posts, progress.Post{Group: Group(id), Name: wire.EventState, Data: ev})
-	if l.cfg.Observer != nil && n == 1 {
-		// The queue wait of a scheduled job starts at its run_at: its
-		// delay was asked for, not waited in a queue.
-		l.cfg.Observer.JobStarted(rec.Type, time.Since(latest(rec.CreatedAt, rec.RunAt)))
-	}
 	// The claim's entry in the running index (and a reopened job's in the
 	// open index) and the events in one round trip; a failed index write
 	// is repaired by the next heartbeat (running) or the reconciler.
@@ -309,6 +367,51 @@ func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt,
 		if err != nil {
 			l.cfg.Logger.Error("lifecycle event lost", "job", id, "event", posts[i].Name, "err", err)
 		}
+	}
+	return a, startRun, nil
+}
+
+// startFused is start in one script (startGuard): the claim, its index
+// entries and its events.
+func (l *lifecycle) startFused(ctx context.Context, task string, left int) (*attempt, startOutcome, error) {
+	id := jobOfTask(task)
+	args := append([]any{task, left, id, time.Now().UnixMicro(), wire.EventState}, startPayloads...)
+	reply, _, err := l.log.RunGuard(ctx, startGuard, []string{l.st.jobKey(id), l.st.runningKey(), l.st.openKey()}, args, Group(id))
+	if err != nil {
+		return nil, 0, fmt.Errorf("jobs: start %s: %w", task, err)
+	}
+	res, _ := reply.([]any)
+	return l.started(task, res)
+}
+
+// started reads startScript's reply res: the outcome, and for startRun the
+// attempt (counted as started for the Observer).
+func (l *lifecycle) started(task string, res []any) (*attempt, startOutcome, error) {
+	if len(res) == 0 {
+		return nil, 0, fmt.Errorf("jobs: start %s: unexpected reply %v", task, res)
+	}
+	switch res[0] {
+	case "gone":
+		return nil, startGone, nil
+	case "stale", "final":
+		return nil, startDrop, nil
+	case "canceled":
+		return nil, startCanceled, nil
+	}
+	if len(res) != 7 {
+		return nil, 0, fmt.Errorf("jobs: start %s: unexpected reply %v", task, res)
+	}
+	id := jobOfTask(task)
+	fields, err := fieldMap(res[6])
+	if err != nil {
+		return nil, 0, fmt.Errorf("jobs: start %s: %w", task, err)
+	}
+	rec := decodeRecord(id, fields)
+	n := int(toInt(res[1]))
+	if l.cfg.Observer != nil && n == 1 {
+		// The queue wait of a scheduled job starts at its run_at: its
+		// delay was asked for, not waited in a queue.
+		l.cfg.Observer.JobStarted(rec.Type, time.Since(latest(rec.CreatedAt, rec.RunAt)))
 	}
 	return &attempt{rec: *rec, task: task, n: n, started: time.Now()}, startRun, nil
 }

@@ -183,15 +183,17 @@ type Service struct {
 	cfg   Config
 }
 
-// NewService returns a Service on rdb. It holds no resources of its own:
-// closing rdb ends it.
+// NewService returns a Service on rdb, with log on the same Redis (a job's
+// changes and its events share scripts and pipelines). It holds no
+// resources of its own: closing rdb ends it.
 func NewService(rdb redis.UniversalClient, reg *Registry, log *progress.Log, cfg Config) *Service {
 	cfg = cfg.withDefaults()
 	st := &store{rdb: rdb, prefix: cfg.Prefix, retention: cfg.Retention}
 	insp := asynq.NewInspectorFromRedisClient(rdb)
 	return &Service{
 		reg: reg, log: log, store: st, insp: insp, cfg: cfg,
-		lc: &lifecycle{st: st, log: log, reg: reg, client: asynq.NewClientFromRedisClient(rdb), insp: insp, cfg: cfg},
+		lc: &lifecycle{st: st, log: log, reg: reg, client: asynq.NewClientFromRedisClient(rdb), insp: insp, cfg: cfg,
+			fused: !log.Sharded()},
 	}
 }
 
