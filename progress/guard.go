@@ -2,6 +2,7 @@ package progress
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -67,18 +68,68 @@ return {append_reply, append_out}
 // may not have run (errors that mean Redis is unavailable wrap
 // ErrUnavailable).
 func (l *Log) RunGuard(ctx context.Context, g *AppendGuard, keys []string, args []any, group string) (any, []*Event, error) {
+	c, err := l.queueGuard(ctx, l.rdb, g, keys, args, group, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	reply, evs, err := c.Result()
+	if !errors.Is(err, ErrNoScript) {
+		return reply, evs, err
+	}
+	if c, err = l.queueGuard(ctx, l.rdb, g, keys, args, group, true); err != nil {
+		return nil, nil, err
+	}
+	return c.Result()
+}
+
+// GuardCmd is a guarded append queued on a pipeline (QueueGuard): its
+// result is read once the pipeline has run.
+type GuardCmd struct {
+	l     *Log
+	cmd   *redis.Cmd
+	group string
+	start time.Time
+}
+
+// QueueGuard queues on p the script of g, as RunGuard runs it, by its
+// digest: a pipeline that runs it with other commands (one round trip).
+// Redis lacking the script is told by Result (ErrNoScript): the step did
+// not run, and the caller runs it again (RunGuard).
+func (l *Log) QueueGuard(ctx context.Context, p redis.Pipeliner, g *AppendGuard, keys []string, args []any, group string) (*GuardCmd, error) {
+	return l.queueGuard(ctx, p, g, keys, args, group, false)
+}
+
+// ErrNoScript is GuardCmd.Result's error when Redis did not have the
+// script cached (NOSCRIPT): nothing ran.
+var ErrNoScript = errors.New("progress: script not cached in Redis")
+
+func (l *Log) queueGuard(ctx context.Context, c redis.Scripter, g *AppendGuard, keys []string, args []any, group string, withSource bool) (*GuardCmd, error) {
 	if len(keys) != g.keys || len(args) != g.args {
-		return nil, nil, fmt.Errorf("%w: the guard takes %d keys and %d args, not %d and %d", ErrInvalid, g.keys, g.args, len(keys), len(args))
+		return nil, fmt.Errorf("%w: the guard takes %d keys and %d args, not %d and %d", ErrInvalid, g.keys, g.args, len(keys), len(args))
 	}
 	if !ValidGroup(group) {
-		return nil, nil, fmt.Errorf("%w: group %q", ErrInvalid, group)
+		return nil, fmt.Errorf("%w: group %q", ErrInvalid, group)
 	}
 	now := time.Now().UTC()
-	ts := now.Format(time.RFC3339Nano)
 	allKeys := append(append(make([]string, 0, len(keys)+2), keys...), l.metaKey(group), l.streamKey(group))
 	allArgs := append(append(make([]any, 0, len(args)+6), args...),
-		newEpoch(), ts, l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group), l.publishCmd())
-	res, err := g.script.Run(ctx, l.rdb, allKeys, allArgs...).Slice()
+		newEpoch(), now.Format(time.RFC3339Nano), l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group), l.publishCmd())
+	gc := &GuardCmd{l: l, group: group, start: now}
+	if withSource {
+		gc.cmd = g.script.Eval(ctx, c, allKeys, allArgs...)
+	} else {
+		gc.cmd = g.script.EvalSha(ctx, c, allKeys, allArgs...)
+	}
+	return gc, nil
+}
+
+// Result returns, once the command has run, the step's reply and the
+// events appended, as RunGuard does.
+func (c *GuardCmd) Result() (any, []*Event, error) {
+	res, err := c.cmd.Slice()
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		return nil, nil, fmt.Errorf("progress: guarded publish to %s: %w: %w", c.group, ErrNoScript, err)
+	}
 	if err == nil && len(res) != 2 {
 		err = fmt.Errorf("unexpected reply %v", res)
 	}
@@ -89,15 +140,15 @@ func (l *Log) RunGuard(ctx context.Context, g *AppendGuard, keys []string, args 
 			err = fmt.Errorf("unexpected reply %v", res)
 		}
 	}
-	if l.cfg.OnPublish != nil {
-		l.cfg.OnPublish(group, len(out)/4, time.Since(now), err)
+	if c.l.cfg.OnPublish != nil {
+		c.l.cfg.OnPublish(c.group, len(out)/4, time.Since(c.start), err)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("progress: guarded publish to %s: %w", group, unavailable(err))
+		return nil, nil, fmt.Errorf("progress: guarded publish to %s: %w", c.group, unavailable(err))
 	}
 	evs := make([]*Event, 0, len(out)/4)
 	for i := 0; i < len(out); i += 4 {
-		ev := &Event{Group: group, Time: now}
+		ev := &Event{Group: c.group, Time: c.start}
 		ev.Seq, _ = out[i].(int64)
 		ev.Epoch = replyString(out[i+1])
 		ev.Name = replyString(out[i+2])

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
+
 	"taskstream/progress/progresstest"
 )
 
@@ -93,6 +95,40 @@ func TestAppendGuard(t *testing.T) {
 			}
 		}
 
+		// Queued in a pipeline behind another command: Redis lacking the
+		// script says so and nothing runs; with the script cached it runs.
+		for _, flush := range []bool{true, false} {
+			if flush {
+				if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				if _, _, err := l.RunGuard(ctx, testGuard, []string{rec}, []any{0, "state", "note"}, g); err != nil { // loads it; appends nothing (limit 0)
+					t.Fatal(err)
+				}
+			}
+			var c *GuardCmd
+			var qerr error
+			_, _ = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				p.HSet(ctx, rec, "other", "x")
+				c, qerr = l.QueueGuard(ctx, p, testGuard, []string{rec}, []any{99, "state", "note"}, g)
+				return nil
+			})
+			if qerr != nil {
+				t.Fatal(qerr)
+			}
+			reply, evs, err := c.Result()
+			if flush {
+				if !errors.Is(err, ErrNoScript) || reply != nil || evs != nil {
+					t.Fatalf("queued without the script: reply %v, events %v, err %v; want ErrNoScript", reply, evs, err)
+				}
+				continue
+			}
+			if err != nil || reply != int64(6) || len(evs) != 2 || evs[0].Seq != 6 || evs[1].Seq != 7 {
+				t.Fatalf("queued: reply %v, %d events, err %v", reply, len(evs), err)
+			}
+		}
+
 		for _, bad := range []struct {
 			name  string
 			keys  []string
@@ -107,7 +143,7 @@ func TestAppendGuard(t *testing.T) {
 				t.Fatalf("%s: err %v, want ErrInvalid", bad.name, err)
 			}
 		}
-		if n, err := rdb.HGet(ctx, rec, "n").Int(); err != nil || n != 4 {
+		if n, err := rdb.HGet(ctx, rec, "n").Int(); err != nil || n != 6 {
 			t.Fatal(fmt.Sprint("refused calls ran the step: n ", n, " ", err))
 		}
 	})
