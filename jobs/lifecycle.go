@@ -123,8 +123,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 // of leaving the job pending forever; the caller clears it (submitted),
 // in the round trip that tells the owner.
 //
+// announce, when not nil, makes the owner's "submitted" event from the
+// first event. Off a Redis Cluster the mark's clear and that event then
+// ride with the enqueue, in its round trip (enqueueGate), made only if
+// Asynq holds the task; submit reports whether they were (told), and
+// when not the caller finishes with submitted as before.
+//
 // It returns the first event.
-func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) (*progress.Event, error) {
+func (l *lifecycle) submit(ctx context.Context, rec *record, t Type, announce func(first *progress.Event) progress.Post) (*progress.Event, bool, error) {
 	rec.Task, rec.Handoff, rec.HandoffRetry = rec.ID, rec.ID, rec.MaxRetry
 	rec.State = StatePending
 	first := stateEvent{State: StatePending}
@@ -143,22 +149,63 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) (*progress.
 		// No record: nobody may watch the job (a watcher must own it), so
 		// a first event that did get in stays unseen and expires with its
 		// log.
-		return nil, err
+		return nil, false, err
 	}
 	ev, err := evs[0], errs[0]
 	if err != nil {
 		// Never enqueued: end the record rather than leave it pending.
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not record the job's first event")
-		return nil, err
+		return nil, false, err
 	}
-	if err := l.enqueueTask(ctx, rec, rec.Task, rec.MaxRetry); err != nil {
+	ectx := ctx
+	var told *progress.GuardCmd
+	var tellKeys []string
+	var tellArgs []any
+	var tellGroup string
+	if l.fused && announce != nil {
+		if post, data, ok := l.encodePost(rec.ID, announce(ev)); ok {
+			tellArgs, tellGroup = []any{rec.Task, post.Name, data}, post.Group
+			ectx = withRider(ctx, &rider{task: rec.Task, queue: func(p redis.Pipeliner, taskKey string) {
+				tellKeys = []string{taskKey, l.st.jobKey(rec.ID)}
+				var qerr error
+				if told, qerr = l.log.QueueGuard(ctx, p, submittedGuard, tellKeys, tellArgs, tellGroup); qerr != nil {
+					l.cfg.Logger.Warn("the submitted event can not ride with the enqueue", "job", rec.ID, "err", qerr)
+				}
+			}})
+		}
+	}
+	if err := l.enqueueTask(ectx, rec, rec.Task, rec.MaxRetry); err != nil {
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not enqueue: "+err.Error())
-		return nil, fmt.Errorf("jobs: enqueue %s: %w", rec.ID, err)
+		return nil, false, fmt.Errorf("jobs: enqueue %s: %w", rec.ID, err)
 	}
 	if l.cfg.Observer != nil {
 		l.cfg.Observer.JobSubmitted(t.Name)
 	}
-	return ev, nil
+	if told == nil {
+		return ev, false, nil
+	}
+	reply, _, err := told.Result()
+	if errors.Is(err, progress.ErrNoScript) {
+		// Redis lacked the script (a restart, or its first use): the same
+		// step alone, with its source.
+		reply, _, err = l.log.RunGuard(ctx, submittedGuard, tellKeys, tellArgs, tellGroup)
+	}
+	if err != nil {
+		l.cfg.Logger.Warn("finishing a submit with its enqueue failed; it is finished alone", "job", rec.ID, "err", err)
+	}
+	return ev, err == nil && toInt(reply) == 1, nil
+}
+
+// encodePost returns post with its payload encoded, as a guarded append
+// takes it; false (logged) when it can not be encoded, which the append
+// of its own then reports too.
+func (l *lifecycle) encodePost(id string, post progress.Post) (progress.Post, string, bool) {
+	data, err := json.Marshal(post.Data)
+	if err != nil {
+		l.cfg.Logger.Warn("encoding the submitted event failed", "job", id, "err", err)
+		return post, "", false
+	}
+	return post, string(data), true
 }
 
 // enqueue puts task on the queue for rec (enqueueTask), then clears the
