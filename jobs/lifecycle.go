@@ -37,9 +37,14 @@ const (
 // so every event goes out once and the record (what GET /api/jobs/ID
 // shows) always agrees with them.
 //
+// Off a Redis Cluster (fused) a run's start makes its claim and appends
+// its events in one script (startGuard), and a submit's handoff clear and
+// the owner's event ride with the enqueue (submittedGuard): keys of
+// several slots, which a single Redis or Sentinel allows.
+//
 // A Redis call can fail after Redis applied it (the reply timed out, the
 // connection dropped), and the job's record and its log live in different
-// slots, so a change and its events are two steps. Three rules keep every
+// slots, so the other changes and their events are two steps. Three rules keep every
 // job's end published exactly once anyway:
 //   - each transition carries an op id, stored on the record: the same
 //     caller retrying the same transition after an unknown outcome is told
