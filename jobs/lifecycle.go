@@ -37,9 +37,14 @@ const (
 // so every event goes out once and the record (what GET /api/jobs/ID
 // shows) always agrees with them.
 //
+// Off a Redis Cluster (fused) a run's start makes its claim and appends
+// its events in one script (startGuard), and a submit's handoff clear and
+// the owner's event ride with the enqueue (submittedGuard): keys of
+// several slots, which a single Redis or Sentinel allows.
+//
 // A Redis call can fail after Redis applied it (the reply timed out, the
 // connection dropped), and the job's record and its log live in different
-// slots, so a change and its events are two steps. Three rules keep every
+// slots, so the other changes and their events are two steps. Three rules keep every
 // job's end published exactly once anyway:
 //   - each transition carries an op id, stored on the record: the same
 //     caller retrying the same transition after an unknown outcome is told
@@ -65,6 +70,11 @@ type lifecycle struct {
 	client *asynq.Client
 	insp   *asynq.Inspector
 	cfg    Config
+	// fused: a run's claim and its events are one script (startGuard),
+	// which touches the job's hash, the indexes and the job's log, keys
+	// of different hash slots: true off a Redis Cluster (the log is not
+	// Sharded); on a Cluster they are two steps.
+	fused bool
 }
 
 // attempt is one run of a job: the task it runs and its number, plus what
@@ -118,8 +128,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 // of leaving the job pending forever; the caller clears it (submitted),
 // in the round trip that tells the owner.
 //
+// announce, when not nil, makes the owner's "submitted" event from the
+// first event. Off a Redis Cluster the mark's clear and that event then
+// ride with the enqueue, in its round trip (enqueueGate), made only if
+// Asynq holds the task; submit reports whether they were (told), and
+// when not the caller finishes with submitted as before.
+//
 // It returns the first event.
-func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) (*progress.Event, error) {
+func (l *lifecycle) submit(ctx context.Context, rec *record, t Type, announce func(first *progress.Event) progress.Post) (*progress.Event, bool, error) {
 	rec.Task, rec.Handoff, rec.HandoffRetry = rec.ID, rec.ID, rec.MaxRetry
 	rec.State = StatePending
 	first := stateEvent{State: StatePending}
@@ -138,22 +154,63 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type) (*progress.
 		// No record: nobody may watch the job (a watcher must own it), so
 		// a first event that did get in stays unseen and expires with its
 		// log.
-		return nil, err
+		return nil, false, err
 	}
 	ev, err := evs[0], errs[0]
 	if err != nil {
 		// Never enqueued: end the record rather than leave it pending.
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not record the job's first event")
-		return nil, err
+		return nil, false, err
 	}
-	if err := l.enqueueTask(ctx, rec, rec.Task, rec.MaxRetry); err != nil {
+	ectx := ctx
+	var told *progress.GuardCmd
+	var tellKeys []string
+	var tellArgs []any
+	var tellGroup string
+	if l.fused && announce != nil {
+		if post, data, ok := l.encodePost(rec.ID, announce(ev)); ok {
+			tellArgs, tellGroup = []any{rec.Task, post.Name, data}, post.Group
+			ectx = withRider(ctx, &rider{task: rec.Task, queue: func(p redis.Pipeliner, taskKey string) {
+				tellKeys = []string{taskKey, l.st.jobKey(rec.ID)}
+				var qerr error
+				if told, qerr = l.log.QueueGuard(ctx, p, submittedGuard, tellKeys, tellArgs, tellGroup); qerr != nil {
+					l.cfg.Logger.Warn("the submitted event can not ride with the enqueue", "job", rec.ID, "err", qerr)
+				}
+			}})
+		}
+	}
+	if err := l.enqueueTask(ectx, rec, rec.Task, rec.MaxRetry); err != nil {
 		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not enqueue: "+err.Error())
-		return nil, fmt.Errorf("jobs: enqueue %s: %w", rec.ID, err)
+		return nil, false, fmt.Errorf("jobs: enqueue %s: %w", rec.ID, err)
 	}
 	if l.cfg.Observer != nil {
 		l.cfg.Observer.JobSubmitted(t.Name)
 	}
-	return ev, nil
+	if told == nil {
+		return ev, false, nil
+	}
+	reply, _, err := told.Result()
+	if errors.Is(err, progress.ErrNoScript) {
+		// Redis lacked the script (a restart, or its first use): the same
+		// step alone, with its source.
+		reply, _, err = l.log.RunGuard(ctx, submittedGuard, tellKeys, tellArgs, tellGroup)
+	}
+	if err != nil {
+		l.cfg.Logger.Warn("finishing a submit with its enqueue failed; it is finished alone", "job", rec.ID, "err", err)
+	}
+	return ev, err == nil && toInt(reply) == 1, nil
+}
+
+// encodePost returns post with its payload encoded, as a guarded append
+// takes it; false (logged) when it can not be encoded, which the append
+// of its own then reports too.
+func (l *lifecycle) encodePost(id string, post progress.Post) (progress.Post, string, bool) {
+	data, err := json.Marshal(post.Data)
+	if err != nil {
+		l.cfg.Logger.Warn("encoding the submitted event failed", "job", id, "err", err)
+		return post, "", false
+	}
+	return post, string(data), true
 }
 
 // enqueue puts task on the queue for rec (enqueueTask), then clears the
@@ -240,48 +297,106 @@ const (
 // outcome, the attempt, whether the previous run of the same task died
 // holding the job without a word (its retry was never announced), and the
 // record as the run starts (saving the run a round trip to read it).
-var startScript = redis.NewScript(redisNow + `
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
-local f = redis.call('HMGET', KEYS[1], 'task', 'final', 'canceled', 'state', 'attempt', 'hb')
-if (f[1] or ARGV[3]) ~= ARGV[1] then return {'stale'} end
-local reopened = 0
-if f[2] then
-  if f[2] ~= 'failed' or f[3] == '1' then return {'final'} end
-  redis.call('HDEL', KEYS[1], 'final', 'result')
-  reopened = 1
+var startScript = redis.NewScript(redisNow + startFunc + `return start()`)
+
+// startFunc is startScript's step as a Lua function (KEYS[1], ARGV[1] to
+// ARGV[3]), shared with startGuard.
+const startFunc = `
+local function start()
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+  local f = redis.call('HMGET', KEYS[1], 'task', 'final', 'canceled', 'state', 'attempt', 'hb')
+  if (f[1] or ARGV[3]) ~= ARGV[1] then return {'stale'} end
+  local reopened = 0
+  if f[2] then
+    if f[2] ~= 'failed' or f[3] == '1' then return {'final'} end
+    redis.call('HDEL', KEYS[1], 'final', 'result')
+    reopened = 1
+  end
+  if f[3] == '1' then return {'canceled'} end
+  local lost = 0
+  if f[6] and f[4] == 'active' then lost = 1 end
+  local n = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+  redis.call('HSET', KEYS[1], 'state', 'active', 'left', ARGV[2], 'hb', now, 'updated_at', now, 'task', ARGV[1])
+  redis.call('HSETNX', KEYS[1], 'started_at', now)
+  return {'ok', n, tonumber(f[5] or '0'), lost, reopened, now, redis.call('HGETALL', KEYS[1])}
 end
-if f[3] == '1' then return {'canceled'} end
-local lost = 0
-if f[6] and f[4] == 'active' then lost = 1 end
-local n = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'state', 'active', 'left', ARGV[2], 'hb', now, 'updated_at', now, 'task', ARGV[1])
-redis.call('HSETNX', KEYS[1], 'started_at', now)
-return {'ok', n, tonumber(f[5] or '0'), lost, reopened, now, redis.call('HGETALL', KEYS[1])}
-`)
+`
+
+// startGuard is startScript that, when it claims the job, also enters it
+// in the running index (KEYS[2], by the claim's time) and a reopened job
+// in the open index (KEYS[3], score ARGV[4]), and appends the run's
+// events to the job's log (see progress.AppendGuard): the retry of a run
+// that died unannounced, then "active", named ARGV[5], their payloads
+// from startPayloads (ARGV[6] to ARGV[12]) with the attempts filled in.
+// A claim and its events are then one step and one round trip. Used off
+// a Redis Cluster only (lifecycle.fused).
+var startGuard = progress.NewAppendGuard(redisNow+startFunc+`
+local function guard()
+  local r = start()
+  if r[1] ~= 'ok' then return r, nil end
+  redis.call('ZADD', KEYS[2], r[6], ARGV[3])
+  if r[5] == 1 then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3]) end
+  local posts = {}
+  if r[4] == 1 then
+    posts[1] = ARGV[5]
+    if r[3] == 0 then posts[2] = ARGV[8] else posts[2] = ARGV[6] .. r[3] .. ARGV[7] end
+  end
+  posts[#posts+1] = ARGV[5]
+  if r[5] == 1 then
+    posts[#posts+1] = ARGV[11] .. r[2] .. ARGV[12]
+  else
+    posts[#posts+1] = ARGV[9] .. r[2] .. ARGV[10]
+  end
+  return r, posts
+end
+`, 3, 12)
+
+// startPayloads are the payloads of a start's events as startGuard takes
+// them: the JSON encoding of each stateEvent, split where its attempt
+// goes (so the script writes what json.Marshal would): the retry of a
+// run that died unannounced (and the same with no attempt, which
+// omitempty leaves out), "active", and "active" of a run from the archive.
+var startPayloads = func() []any {
+	retryPre, retrySuf := attemptTemplate(stateEvent{State: StateRetry, Error: reasonWorkerLost})
+	retryNone, _ := json.Marshal(stateEvent{State: StateRetry, Error: reasonWorkerLost})
+	activePre, activeSuf := attemptTemplate(stateEvent{State: StateActive})
+	againPre, againSuf := attemptTemplate(stateEvent{State: StateActive, Message: msgRunAgain})
+	return []any{retryPre, retrySuf, string(retryNone), activePre, activeSuf, againPre, againSuf}
+}()
+
+// attemptTemplate returns ev's JSON encoding, with an attempt, split
+// where the attempt's number goes.
+func attemptTemplate(ev stateEvent) (string, string) {
+	const mark = 1234567891
+	ev.Attempt = mark
+	b, err := json.Marshal(ev)
+	if err != nil {
+		panic(err)
+	}
+	pre, suf, ok := strings.Cut(string(b), strconv.Itoa(mark))
+	if !ok || strings.Contains(suf, strconv.Itoa(mark)) {
+		panic("jobs: attempt template of " + string(b))
+	}
+	return pre, suf
+}
 
 // start claims the job for a run of task (whose Asynq retries left are
 // left) and publishes "state active", preceded by the retry of a run that
 // died unannounced. For startRun it returns the attempt.
 func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt, startOutcome, error) {
 	id := jobOfTask(task)
+	if l.fused {
+		return l.startFused(ctx, task, left)
+	}
 	res, err := startScript.Run(ctx, l.st.rdb, []string{l.st.jobKey(id)}, task, left, id).Slice()
 	if err != nil {
 		return nil, 0, fmt.Errorf("jobs: start %s: %w", task, err)
 	}
-	switch res[0] {
-	case "gone":
-		return nil, startGone, nil
-	case "stale", "final":
-		return nil, startDrop, nil
-	case "canceled":
-		return nil, startCanceled, nil
+	a, outcome, err := l.started(task, res)
+	if a == nil || err != nil {
+		return a, outcome, err
 	}
-	n, prev, lost, reopened, now := int(toInt(res[1])), int(toInt(res[2])), toInt(res[3]) == 1, toInt(res[4]) == 1, toInt(res[5])
-	fields, err := fieldMap(res[6])
-	if err != nil {
-		return nil, 0, fmt.Errorf("jobs: start %s: %w", task, err)
-	}
-	rec := decodeRecord(id, fields)
+	n, prev, lost, reopened, now := a.n, int(toInt(res[2])), toInt(res[3]) == 1, toInt(res[4]) == 1, toInt(res[5])
 	var posts []progress.Post
 	if lost {
 		posts = append(posts, progress.Post{Group: Group(id), Name: wire.EventState, Data: stateEvent{State: StateRetry, Attempt: prev, Error: reasonWorkerLost}})
@@ -291,11 +406,6 @@ func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt,
 		ev.Message = msgRunAgain
 	}
 	posts = append(posts, progress.Post{Group: Group(id), Name: wire.EventState, Data: ev})
-	if l.cfg.Observer != nil && n == 1 {
-		// The queue wait of a scheduled job starts at its run_at: its
-		// delay was asked for, not waited in a queue.
-		l.cfg.Observer.JobStarted(rec.Type, time.Since(latest(rec.CreatedAt, rec.RunAt)))
-	}
 	// The claim's entry in the running index (and a reopened job's in the
 	// open index) and the events in one round trip; a failed index write
 	// is repaired by the next heartbeat (running) or the reconciler.
@@ -309,6 +419,51 @@ func (l *lifecycle) start(ctx context.Context, task string, left int) (*attempt,
 		if err != nil {
 			l.cfg.Logger.Error("lifecycle event lost", "job", id, "event", posts[i].Name, "err", err)
 		}
+	}
+	return a, startRun, nil
+}
+
+// startFused is start in one script (startGuard): the claim, its index
+// entries and its events.
+func (l *lifecycle) startFused(ctx context.Context, task string, left int) (*attempt, startOutcome, error) {
+	id := jobOfTask(task)
+	args := append([]any{task, left, id, time.Now().UnixMicro(), wire.EventState}, startPayloads...)
+	reply, _, err := l.log.RunGuard(ctx, startGuard, []string{l.st.jobKey(id), l.st.runningKey(), l.st.openKey()}, args, Group(id))
+	if err != nil {
+		return nil, 0, fmt.Errorf("jobs: start %s: %w", task, err)
+	}
+	res, _ := reply.([]any)
+	return l.started(task, res)
+}
+
+// started reads startScript's reply res: the outcome, and for startRun the
+// attempt (counted as started for the Observer).
+func (l *lifecycle) started(task string, res []any) (*attempt, startOutcome, error) {
+	if len(res) == 0 {
+		return nil, 0, fmt.Errorf("jobs: start %s: unexpected reply %v", task, res)
+	}
+	switch res[0] {
+	case "gone":
+		return nil, startGone, nil
+	case "stale", "final":
+		return nil, startDrop, nil
+	case "canceled":
+		return nil, startCanceled, nil
+	}
+	if len(res) != 7 {
+		return nil, 0, fmt.Errorf("jobs: start %s: unexpected reply %v", task, res)
+	}
+	id := jobOfTask(task)
+	fields, err := fieldMap(res[6])
+	if err != nil {
+		return nil, 0, fmt.Errorf("jobs: start %s: %w", task, err)
+	}
+	rec := decodeRecord(id, fields)
+	n := int(toInt(res[1]))
+	if l.cfg.Observer != nil && n == 1 {
+		// The queue wait of a scheduled job starts at its run_at: its
+		// delay was asked for, not waited in a queue.
+		l.cfg.Observer.JobStarted(rec.Type, time.Since(latest(rec.CreatedAt, rec.RunAt)))
 	}
 	return &attempt{rec: *rec, task: task, n: n, started: time.Now()}, startRun, nil
 }

@@ -183,16 +183,28 @@ type Service struct {
 	cfg   Config
 }
 
-// NewService returns a Service on rdb. It holds no resources of its own:
-// closing rdb ends it.
+// NewService returns a Service on rdb, with log on the same Redis (a job's
+// changes and its events share scripts and pipelines). It holds no
+// resources of its own: closing rdb ends it.
 func NewService(rdb redis.UniversalClient, reg *Registry, log *progress.Log, cfg Config) *Service {
 	cfg = cfg.withDefaults()
 	st := &store{rdb: rdb, prefix: cfg.Prefix, retention: cfg.Retention}
 	insp := asynq.NewInspectorFromRedisClient(rdb)
 	return &Service{
 		reg: reg, log: log, store: st, insp: insp, cfg: cfg,
-		lc: &lifecycle{st: st, log: log, reg: reg, client: asynq.NewClientFromRedisClient(rdb), insp: insp, cfg: cfg},
+		lc: &lifecycle{st: st, log: log, reg: reg, client: asynqClient(rdb, !log.Sharded()), insp: insp, cfg: cfg,
+			fused: !log.Sharded()},
 	}
+}
+
+// asynqClient returns the service's Asynq client on rdb: through an
+// enqueueGate when fused (off a Redis Cluster), so that a submit's last
+// step rides with its enqueue.
+func asynqClient(rdb redis.UniversalClient, fused bool) *asynq.Client {
+	if fused {
+		return asynq.NewClientFromRedisClient(&enqueueGate{UniversalClient: rdb})
+	}
+	return asynq.NewClientFromRedisClient(rdb)
 }
 
 // Registry returns the service's job types.
@@ -291,33 +303,49 @@ func (s *Service) SubmitRequest(ctx context.Context, owner string, req Request) 
 		rec.Unique = key
 		locks = append(locks, key)
 	}
-	first, err := s.lc.submit(ctx, rec, t)
+	// The job as it stands after its first event, from what was just
+	// written: reading it back would cost two Redis round trips per submit
+	// (a worker may have moved it on already; Get shows that, and the
+	// position lets a watcher catch up). Every tab and program watching
+	// the owner's group sees the new job, wherever it was submitted.
+	var j *Job
+	var post progress.Post
+	announce := func(first *progress.Event) progress.Post {
+		rec.CreatedAt = rec.CreatedAt.Truncate(time.Millisecond) // as the record stores it
+		rec.UpdatedAt = rec.CreatedAt
+		j = s.view(rec)
+		j.Epoch, j.LastSeq = first.Epoch, first.Seq
+		if first.Time.After(j.UpdatedAt) {
+			j.UpdatedAt = first.Time.UTC()
+		}
+		post = progress.Post{Group: progress.UserGroup(owner), Name: wire.EventSubmitted, Data: j}
+		return post
+	}
+	ride := announce
+	if req.IdempotencyKey != "" {
+		ride = nil // its reservation is kept in the round trip below
+	}
+	first, told, err := s.lc.submit(ctx, rec, t, ride)
 	if err != nil {
 		release()
 		return nil, false, err
 	}
-	// The job as it stands after its first event, from what was just
-	// written: reading it back would cost two Redis round trips per submit
-	// (a worker may have moved it on already; Get shows that, and the
-	// position lets a watcher catch up).
-	rec.CreatedAt = rec.CreatedAt.Truncate(time.Millisecond) // as the record stores it
-	rec.UpdatedAt = rec.CreatedAt
-	j := s.view(rec)
-	j.Epoch, j.LastSeq = first.Epoch, first.Seq
-	if first.Time.After(j.UpdatedAt) {
-		j.UpdatedAt = first.Time.UTC()
+	if j == nil {
+		announce(first)
 	}
-	// Every tab and program watching the owner's group sees the new job,
-	// wherever it was submitted; in the same round trip the handoff mark
-	// goes and an Idempotency-Key's reservation becomes the key's answer
-	// for IdempotencyTTL.
+	if told { // with the enqueue: the handoff mark is gone, the owner told
+		return j, false, nil
+	}
+	// In one round trip the handoff mark goes, the owner is told and an
+	// Idempotency-Key's reservation becomes the key's answer for
+	// IdempotencyTTL.
 	var keep *redis.BoolCmd
 	also := func(p redis.Pipeliner) {
 		if req.IdempotencyKey != "" {
 			keep = p.PExpire(ctx, locks[0], s.cfg.IdempotencyTTL)
 		}
 	}
-	s.lc.submitted(ctx, rec, also, progress.Post{Group: progress.UserGroup(owner), Name: wire.EventSubmitted, Data: j})
+	s.lc.submitted(ctx, rec, also, post)
 	if keep != nil && keep.Err() != nil {
 		s.cfg.Logger.Warn("keeping an Idempotency-Key failed; a retry of the request may make a second job", "job", rec.ID, "err", keep.Err())
 	}

@@ -143,21 +143,32 @@ var appendScript = redis.NewScript(appendBody)
 // appendBody is appendScript's source, shared with the scripts that
 // append under a condition (presence's newerScript) so that there is one
 // append step.
-const appendBody = `
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local epoch
-if seq == 1 then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
-  redis.call('DEL', KEYS[2])
-else
-  epoch = redis.call('HGET', KEYS[1], 'epoch')
-end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'e', ARGV[2], 'd', ARGV[3], 't', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-redis.call(ARGV[8], ARGV[7], seq .. '\n' .. epoch .. '\n' .. ARGV[2] .. '\n' .. ARGV[4] .. '\n' .. ARGV[3])
+const appendBody = appendFunc + `
+local seq, epoch = append_event(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 return {seq, epoch}
+`
+
+// appendFunc is the append step as a Lua function, for appendBody and
+// the scripts of AppendGuard: append_event(meta, log, new epoch, name,
+// data, time, max length, TTL ms, channel, publish command) returns the
+// event's seq and epoch.
+const appendFunc = `
+local function append_event(meta, log, epoch0, name, data, ts, maxlen, ttl, channel, pub)
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  local epoch
+  if seq == 1 then
+    epoch = epoch0
+    redis.call('HSET', meta, 'epoch', epoch)
+    redis.call('DEL', log)
+  else
+    epoch = redis.call('HGET', meta, 'epoch')
+  end
+  redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'e', name, 'd', data, 't', ts)
+  redis.call('PEXPIRE', meta, ttl)
+  redis.call('PEXPIRE', log, ttl)
+  redis.call(pub, channel, seq .. '\n' .. epoch .. '\n' .. name .. '\n' .. ts .. '\n' .. data)
+  return seq, epoch
+end
 `
 
 // appendKeys and appendArgs are appendScript's KEYS and ARGV for one
@@ -712,6 +723,11 @@ func (l *Log) PublishOnce(ctx context.Context, group, key string, events ...Draf
 	}
 	epoch, _ := res[1].(string)
 	list, _ := res[2].(string)
+	if n, ok := res[2].(int64); ok {
+		// One seq: the embedded Redis's Lua (gopher-lua) concatenates a
+		// one-number table to that number, which goes out as an integer.
+		list = strconv.FormatInt(n, 10)
+	}
 	seqs := strings.Split(list, ",")
 	if len(seqs) != len(evs) {
 		// A replay whose batch differs in size is the caller's bug: say so

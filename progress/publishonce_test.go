@@ -85,6 +85,14 @@ func TestLogPublishOnce(t *testing.T) {
 		if _, _, err := l.PublishOnce(ctx, g, "b", batch[:1]...); !errors.Is(err, ErrInvalid) {
 			t.Fatalf("a replay with another batch size: err %v, want ErrInvalid", err)
 		}
+		// A batch of one (a canceled job's end): its seq reads back on
+		// both Redis implementations.
+		if evs, fresh, err := l.PublishOnce(ctx, g, "one", batch[:1]...); err != nil || !fresh || len(evs) != 1 || evs[0].Seq != 6 {
+			t.Fatalf("a batch of one: %d events, fresh %v, err %v; want seq 6", len(evs), fresh, err)
+		}
+		if evs, fresh, err := l.PublishOnce(ctx, g, "one", batch[:1]...); err != nil || fresh || len(evs) != 1 || evs[0].Seq != 6 {
+			t.Fatalf("a batch of one again: %d events, fresh %v, err %v; want seq 6", len(evs), fresh, err)
+		}
 		for _, bad := range [][]Draft{nil, {{Name: "bad name!"}}} {
 			if _, _, err := l.PublishOnce(ctx, g, "c", bad...); !errors.Is(err, ErrInvalid) {
 				t.Fatalf("PublishOnce(%v): err %v, want ErrInvalid", bad, err)
