@@ -660,6 +660,7 @@ func (g *groupSink) Synced(info progress.SyncInfo) bool {
 	g.synced = true
 	g.replayLeft = info.Replayed
 	g.epoch = info.Epoch
+	g.c.send.reserve(1 + info.Replayed) // this frame and the replay behind it
 	return g.c.enqueue(subscribedJSON(g.group, ref, info))
 }
 
