@@ -21,17 +21,19 @@ import (
 //
 // At most maxIdle workers park; a call that finds none parked starts one,
 // so a burst is never queued behind a bounded number of workers (the
-// calls wait for Redis, not for the CPU). close stops the parked workers
-// and waits for every worker.
+// calls wait for Redis, not for the CPU). A worker running a call belongs
+// to that call's caller, which waits for it (net/http for a handshake, a
+// socket's read pump for a frame); close stops the parked workers and
+// waits for them, and a running one ends after its call.
 type stackPool struct {
 	tasks   chan *stackTask // unbuffered: a send is taken by a parked worker, or fails at once
-	parked  atomic.Int32    // workers waiting on tasks
+	parked  atomic.Int32    // workers waiting on tasks, or about to
 	maxIdle int32
 	quit    chan struct{} // closed by close
 
-	mu      sync.Mutex
-	closed  bool
-	workers sync.WaitGroup // every worker; Add only under mu while not closed
+	mu     sync.Mutex
+	closed bool
+	idle   sync.WaitGroup // the parked workers; Add only under mu while not closed
 }
 
 // stackTask is one call handed to a worker; recycled with its channel.
@@ -87,7 +89,6 @@ func (p *stackPool) start(t *stackTask) bool {
 	if p.closed {
 		return false
 	}
-	p.workers.Add(1)
 	go p.work(t)
 	return true
 }
@@ -95,11 +96,9 @@ func (p *stackPool) start(t *stackTask) bool {
 // work runs t, then parks for the next call while fewer than maxIdle
 // workers are parked.
 func (p *stackPool) work(t *stackTask) {
-	defer p.workers.Done()
 	for {
 		t.done <- call(t.fn) // t belongs to its caller again from here
-		if p.parked.Add(1) > p.maxIdle {
-			p.parked.Add(-1)
+		if !p.toPark() {
 			return
 		}
 		var ok bool
@@ -107,6 +106,24 @@ func (p *stackPool) work(t *stackTask) {
 			return
 		}
 	}
+}
+
+// toPark reports whether a worker that finished a call parks: the pool
+// is open and fewer than maxIdle workers are parked. It then counts the
+// worker as parked (park uncounts it).
+func (p *stackPool) toPark() bool {
+	if p.parked.Add(1) > p.maxIdle {
+		p.parked.Add(-1)
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		p.parked.Add(-1)
+		return false
+	}
+	p.idle.Add(1)
+	return true
 }
 
 // parkedStackUse is the stack a parked worker keeps in use. A GC halves
@@ -123,6 +140,7 @@ const parkedStackUse = 8 << 10
 func (p *stackPool) park() (*stackTask, bool) {
 	var hold [parkedStackUse]byte
 	holdStack(&hold)
+	defer p.idle.Done()
 	defer p.parked.Add(-1)
 	select {
 	case t := <-p.tasks:
@@ -149,8 +167,10 @@ func call(fn func()) (tp *taskPanic) {
 	return nil
 }
 
-// close stops the parked workers and waits for the running ones; calls
-// after it run on their callers' goroutines.
+// close stops the parked workers and waits for them; a running worker
+// ends after its call, and calls after close run on their callers'
+// goroutines. It does not wait for running calls: their callers do (a
+// server's Shutdown must not wait for handshakes that net/http owns).
 func (p *stackPool) close() {
 	p.mu.Lock()
 	if !p.closed {
@@ -158,5 +178,5 @@ func (p *stackPool) close() {
 		close(p.quit)
 	}
 	p.mu.Unlock()
-	p.workers.Wait()
+	p.idle.Wait()
 }
