@@ -108,6 +108,24 @@ func (q *sendQueue) push(frame []byte) bool {
 	return true
 }
 
+// reserve makes room for n more frames at once: a subscriber's replay
+// (a room's history, ~250 joins in a join storm) is queued one frame at a
+// time right after its subscribed frame, and growing the list by
+// appending doubled it five times over for each new socket. Nothing is
+// reserved beyond maxPooledFrames, the pooled lists' bound.
+func (q *sendQueue) reserve(n int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.stopped || len(q.frames)+n > maxPooledFrames {
+		return
+	}
+	if q.frames == nil {
+		q.frames = getFramesFor(n)
+		return
+	}
+	q.frames = slices.Grow(q.frames, n)
+}
+
 // replayFactor sizes the replay limit from the live byte limit.
 const replayFactor = 8
 
@@ -393,6 +411,18 @@ func getFrames() [][]byte {
 		return (*p)[:0]
 	}
 	return make([][]byte, 0, 16)
+}
+
+// getFramesFor returns an empty list with room for n frames: a pooled
+// one when it is large enough.
+func getFramesFor(n int) [][]byte {
+	if p, ok := framesPool.Get().(*[][]byte); ok {
+		if cap(*p) >= n {
+			return (*p)[:0]
+		}
+		framesPool.Put(p)
+	}
+	return make([][]byte, 0, max(n, 16))
 }
 
 func putFrames(f [][]byte) {

@@ -249,3 +249,38 @@ func TestSendQueueConflatesLeanFrames(t *testing.T) {
 		t.Fatalf("took %q, want %q", got, want)
 	}
 }
+
+// A subscribed frame and the replay behind it are queued into a list
+// reserved for them at once (sendQueue.reserve), not one grown by
+// doubling as each frame is appended: a join storm queued ~250 replayed
+// frames for every new socket. The frames keep their order either way.
+func TestSendQueueReserveForReplay(t *testing.T) {
+	const replay = 250
+	frame := []byte(`{"seq":1}`)
+	cases := []struct {
+		name      string
+		reserve   int
+		maxAllocs float64
+	}{
+		{"reserved", 1 + replay, 2}, // the queue, and its list (unless the pool had one big enough)
+		{"beyond the pooled lists' bound: not reserved", maxPooledFrames + 1, 8},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			allocs := testing.AllocsPerRun(20, func() {
+				q := newSendQueue(1024, 1<<20)
+				q.reserve(tc.reserve)
+				q.push(frame)
+				for range replay {
+					q.pushReplay(frame)
+				}
+				if len(q.frames) != 1+replay {
+					t.Fatalf("%d frames queued, want %d", len(q.frames), 1+replay)
+				}
+			})
+			if allocs > tc.maxAllocs {
+				t.Fatalf("%.0f allocations to queue a subscribed frame and a replay of %d, want at most %.0f", allocs, replay, tc.maxAllocs)
+			}
+		})
+	}
+}

@@ -186,7 +186,8 @@ type Server struct {
 	stopCh   chan struct{} // closed by Shutdown: ends SSE and long-poll requests
 	connsWG  sync.WaitGroup
 	shutOnce sync.Once
-	flush    *flusher // direct socket writes (writer.go)
+	flush    *flusher   // direct socket writes (writer.go)
+	stacks   *stackPool // deep calls of handshakes and socket frames (stackpool.go)
 
 	socketsPerIP map[string]int // open sockets by client address, under mu (Limits.MaxSocketsPerIP)
 }
@@ -201,7 +202,7 @@ func New(d Deps, cfg Config) *Server {
 	s := &Server{
 		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, mx: d.Metrics, sched: d.Schedules, logger: cfg.Logger,
 		conns: map[*conn]struct{}{}, streams: map[*stream]struct{}{}, socketsPerIP: map[string]int{}, stopCh: make(chan struct{}),
-		flush: newFlusher(runtime.GOMAXPROCS(0)),
+		flush: newFlusher(runtime.GOMAXPROCS(0)), stacks: newStackPool(maxParkedStacks),
 	}
 	var bad []string
 	s.origins, bad = newOriginPolicy(cfg.AllowedOrigins)
@@ -292,8 +293,27 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.limitBody(w, r)
-	s.router.ServeHTTP(w, r)
+	if len(r.Header["Upgrade"]) == 0 {
+		s.router.ServeHTTP(w, r)
+		return
+	}
+	// A socket's handshake goes deep (the router, the middleware, the
+	// session read's Redis pipeline, the upgrade) on net/http's goroutine
+	// for the connection, new for every connection: it runs on a pooled
+	// goroutine whose stack already grew instead (stackpool.go).
+	if p := s.stacks.run(func() { s.router.ServeHTTP(w, r) }); p != nil {
+		if p.value == http.ErrAbortHandler {
+			panic(p.value) // net/http's way to abort a response
+		}
+		panic(p)
+	}
 }
+
+// maxParkedStacks bounds the goroutines the stack pool keeps between
+// calls: about as many as handshakes and subscribes run at once in a
+// reconnect storm. Each keeps a stack of tens of KiB at most, which GCs
+// shrink while it is parked.
+const maxParkedStacks = 128
 
 // Shutdown closes every socket with 1001 (going away: reconnect and
 // resume) and waits for their goroutines, or for ctx. New sockets are
@@ -317,7 +337,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	// The flusher closes once every socket ended: until then a closing
 	// socket's last frames may still go through it.
-	go func() { s.connsWG.Wait(); s.bg.Wait(); s.flush.close(); close(done) }()
+	go func() { s.connsWG.Wait(); s.bg.Wait(); s.flush.close(); s.stacks.close(); close(done) }()
 	select {
 	case <-done:
 		return nil

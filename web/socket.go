@@ -155,7 +155,7 @@ func (c *conn) recovered() {
 		return
 	}
 	stack := debug.Stack()
-	if p, ok := v.(*socketPanic); ok {
+	if p, ok := v.(*taskPanic); ok {
 		v, stack = p.value, p.stack
 	}
 	c.s.logger.LogAttrs(context.Background(), slog.LevelError, "socket panicked", append(c.logAttrs(), slog.Any("panic", v), slog.String("stack", string(stack)))...)
@@ -370,35 +370,19 @@ func (c *conn) onMessage(ctx context.Context, typ int, data []byte) {
 	c.handle(ctx, f)
 }
 
-// offStack runs fn in a short-lived goroutine and waits for it, so the
-// stack fn grows (a subscribe goes deep: Redis round trips, the hub, JSON)
-// is freed when fn returns instead of staying with the read pump for the
-// socket's life: Go shrinks a parked goroutine's stack only at a GC, and
-// only while it uses under a quarter of it. The read pump does nothing
-// while fn runs, so the socket's state stays owned by one goroutine at a
-// time. A panic in fn is raised again in the caller, with fn's stack.
+// offStack runs fn on a goroutine of the Server's stack pool and waits
+// for it, so the stack fn grows (a subscribe goes deep: Redis round trips,
+// the hub, JSON) is not the read pump's, which an idle socket keeps for
+// its whole life: Go shrinks a parked goroutine's stack only at a GC, and
+// only while it uses under a quarter of it. The pool's goroutines keep
+// their grown stacks between calls, so a subscribe does not grow one
+// from 2 KiB each time (stackpool.go). The read pump does nothing while
+// fn runs, so the socket's state stays owned by one goroutine at a time.
+// A panic in fn is raised again in the caller, with fn's stack.
 func (c *conn) offStack(fn func()) {
-	done := make(chan *socketPanic, 1)
-	go func() {
-		defer func() {
-			var p *socketPanic
-			if v := recover(); v != nil {
-				p = &socketPanic{value: v, stack: debug.Stack()}
-			}
-			done <- p
-		}()
-		fn()
-	}()
-	if p := <-done; p != nil {
+	if p := c.s.stacks.run(fn); p != nil {
 		panic(p)
 	}
-}
-
-// socketPanic is a panic of a socket's frame handler, carried to the
-// socket's goroutine (conn.serve logs it).
-type socketPanic struct {
-	value any
-	stack []byte
 }
 
 // refuse closes a socket that was never run with code and text, and
@@ -754,6 +738,7 @@ func (g *groupSink) Synced(info progress.SyncInfo) bool {
 	g.synced = true
 	g.replayLeft = info.Replayed
 	g.epoch = info.Epoch
+	g.c.send.reserve(1 + info.Replayed) // this frame and the replay behind it
 	return g.c.enqueue(subscribedJSON(g.group, ref, info))
 }
 
