@@ -27,18 +27,12 @@ import (
 // testReaders: the goroutine reader and the read loops (one loop, so
 // that every socket of a test shares it).
 func testReaders(t *testing.T) []testReader {
-	return []testReader{goroutineReader, {"loops", oneLoop(t).read}}
-}
-
-// oneLoop returns read loops of one loop, closed when t ends.
-func oneLoop(t *testing.T) *readLoops {
-	t.Helper()
 	loops, err := newReadLoops(1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(loops.Close)
-	return loops
+	return []testReader{goroutineReader, {"loops", loops.read}}
 }
 
 // serverSide is the server's end of one socket of hijackServer: the test
@@ -136,7 +130,11 @@ func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
 func TestReadLoopsKeepPartialFramesPerSocket(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	loops := oneLoop(t)
+	loops, err := newReadLoops(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loops.Close()
 	url, conns := hijackServer(t, nil)
 	const n = 20
 	type client struct {
@@ -277,7 +275,11 @@ func TestReadLoopsEnd(t *testing.T) {
 func TestReadLoopsPongBacklog(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	loops := oneLoop(t)
+	loops, err := newReadLoops(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loops.Close()
 	// Small buffers on both sides, so that the pongs fill them: the
 	// server's still above two loopback segments (64 KiB), or TCP holds
 	// back its window updates and the test crawls.
