@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/url"
-	"runtime"
 	"strings"
 	"time"
 
@@ -47,7 +46,6 @@ type config struct {
 	Window      int           // fanout: messages in flight per publisher
 	Duration    time.Duration // fanout, latency, bytes: publishing time
 	Settle      time.Duration // pause between the join and the measurement
-	ReadLoops   int           // epoll loops reading the subscribers (Linux; default GOMAXPROCS); 0: a goroutine per socket
 	set         map[string]bool
 	progress    io.Writer // scenario mode: a line per phase (main: stderr; nil: none)
 }
@@ -114,7 +112,6 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.Window, "window", 1, "scenario mode, fanout: messages each publisher has in flight (1: the next goes when the previous reached every subscriber)")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "scenario mode: publishing time of fanout and latency (default 10s), bytes (5s), and restart's before and after the restart (1s)")
 	fs.DurationVar(&c.Settle, "settle", time.Second, "scenario mode: pause after every socket joined, before measuring (idle: 2s)")
-	fs.IntVar(&c.ReadLoops, "read-loops", defaultReadLoops(), "scenario mode: OS threads that read every subscriber socket with epoll (Linux; default: GOMAXPROCS); 0: a goroutine per socket reads it (the portable reader, much more CPU per delivered message)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -129,7 +126,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		}
 		return c, c.validateScenarios()
 	}
-	for _, name := range []string{"scenario", "target", "api-bin", "gorilla-bin", "api-env", "subprotocol", "publishers", "window", "duration", "settle", "read-loops"} {
+	for _, name := range []string{"scenario", "target", "api-bin", "gorilla-bin", "api-env", "subprotocol", "publishers", "window", "duration", "settle"} {
 		if c.set[name] {
 			return c, fmt.Errorf("-%s goes with -scenario", name)
 		}
@@ -171,21 +168,8 @@ func (c config) validateScenarios() error {
 		return errors.New("-dial-concurrency must be positive")
 	case c.PublishVia != viaRedis && c.PublishVia != viaAPI:
 		return fmt.Errorf("-publish-via %q: want %s or %s", c.PublishVia, viaRedis, viaAPI)
-	case c.ReadLoops < 0 || c.ReadLoops > 64:
-		return errors.New("-read-loops must be from 0 to 64")
-	case c.ReadLoops > 0 && runtime.GOOS != "linux":
-		return errors.New("-read-loops needs Linux's epoll: use -read-loops 0 here")
 	}
 	return checkRedisURL(c.RedisURL)
-}
-
-// defaultReadLoops is a read loop per core the Go scheduler uses on
-// Linux, and none elsewhere (a goroutine per socket).
-func defaultReadLoops() int {
-	if runtime.GOOS != "linux" {
-		return 0
-	}
-	return runtime.GOMAXPROCS(0)
 }
 
 func (c config) inProcess() bool { return c.URL == "" }

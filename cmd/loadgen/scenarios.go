@@ -137,10 +137,7 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 	if name == "fanout" {
 		fan = newFanout(p.Publishers, p.Clients, p.Window)
 	}
-	sw, err := newSwarm(ctx, t, p.Clients, p.Users, c.DialConcurrency, c.ReadLoops)
-	if err != nil {
-		return outcome{Err: err}
-	}
+	sw := newSwarm(ctx, t, p.Clients, p.Users, c.DialConcurrency)
 	sw.fan, sw.keepLat, sw.resume = fan, name == "latency", name == "restart"
 	defer sw.Close()
 	say("server pid %d up; opening %d sockets as %d users", t.PID(), p.Clients, p.Users)
@@ -417,7 +414,7 @@ func openLoop(ctx context.Context, sw *swarm, t target, p params, name string) (
 			prefault(s.got[:total])
 		}
 	}
-	b0, r0 := sw.bytesRead(), sw.readCalls()
+	b0 := sw.bytesRead()
 	sw.recording.Store(true)
 	cpu0 := takeCPU(t.PID())
 	start := time.Now()
@@ -473,7 +470,7 @@ func openLoop(ctx context.Context, sw *swarm, t target, p params, name string) (
 	}
 	cpu, cpuOK := cpuBetween(cpu0, takeCPU(t.PID()), time.Since(start))
 	sw.measured()
-	b1, r1 := sw.bytesRead(), sw.readCalls()
+	b1 := sw.bytesRead()
 	sw.Close()
 	var delivered int64
 	for _, s := range sw.socks {
@@ -486,17 +483,6 @@ func openLoop(ctx context.Context, sw *swarm, t target, p params, name string) (
 			o.add("load client CPU, cores", cpu.client, 2)
 			o.add("server CPU, cores", cpu.server, 2)
 			o.add("other processes' CPU, cores", cpu.others, 2)
-			if delivered > 0 && r1 > r0 {
-				// What a delivery cost each side. The load client's share
-				// is an artifact of measuring on the server's cores; it
-				// falls as messages wait longer (more of them per read),
-				// so its cost per read tells readers apart.
-				perDelivery := cpu.wall.Seconds() * 1e6 / float64(delivered)
-				o.add("load client CPU per delivery, µs", cpu.client*perDelivery, 2)
-				o.add("server CPU per delivery, µs", cpu.server*perDelivery, 2)
-				o.add("subscriber reads per delivery", float64(r1-r0)/float64(delivered), 2)
-				o.add("load client CPU per read, µs", cpu.client*cpu.wall.Seconds()*1e6/float64(r1-r0), 2)
-			}
 		}
 		o.note("%s: latency is from the time each message was due; \"from send\" from when its publisher began sending it "+
 			"(%s); \"late\" is send − due; first and last subscriber are from the send; CPU is over the %s from the first send "+

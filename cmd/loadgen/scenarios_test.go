@@ -149,7 +149,6 @@ func TestScenarioFlags(t *testing.T) {
 		{"-scenario", "all", "-redis-url", "redis://127.0.0.1:6379"},
 		{"-scenario", "join,idle", "-target", "gorilla"}, // no Redis needed
 		{"-scenario", "fanout", "-redis-url", "redis://127.0.0.1:6379", "-subprotocol", "taskstream.v2", "-window", "4", "-api-env", "CHAT_HISTORY=1"},
-		{"-scenario", "latency", "-target", "gorilla", "-read-loops", "0"},
 	}
 	for _, args := range ok {
 		if _, err := parseFlags(args, io.Discard); err != nil {
@@ -165,9 +164,6 @@ func TestScenarioFlags(t *testing.T) {
 		{"-scenario", "join", "-target", "gorilla", "-window", "0"},
 		{"-scenario", "join", "-redis-url", "redis://10.1.1.1:6379"},
 		{"-scenario", "join", "-target", "gorilla", "-api-env", "NOEQUALS"},
-		{"-scenario", "latency", "-target", "gorilla", "-read-loops", "-1"},
-		{"-scenario", "latency", "-target", "gorilla", "-read-loops", "65"},
-		{"-read-loops", "1"},   // a scenario flag without -scenario
 		{"-target", "gorilla"}, // scenario flags without -scenario
 		{"-subprotocol", "taskstream.v2"},
 	}
@@ -197,10 +193,7 @@ func TestScenariosOnBothTargets(t *testing.T) {
 		t.Fatal(err)
 	}
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
-		// The second run reads with a goroutine per socket: both readers
-		// go through every scenario (the first, on Linux, with the read
-		// loops).
-		for _, extra := range [][]string{nil, {"-subprotocol", "taskstream.v2", "-publish-via", "redis", "-read-loops", "0"}} {
+		for _, extra := range [][]string{nil, {"-subprotocol", "taskstream.v2", "-publish-via", "redis"}} {
 			t.Run(strings.Join(extra, " "), func(t *testing.T) {
 				args := append([]string{"-scenario", "all", "-target", "both", "-redis-url", srv.URL(),
 					"-api-bin", api, "-gorilla-bin", gchat, "-clients", "8", "-users", "2", "-publishers", "3",
@@ -245,12 +238,12 @@ func checkFigures(t *testing.T, report string) {
 	for _, figure := range []string{"all joined in, s", "server RSS per idle socket, KiB", "lossless deliveries/s",
 		"latency p50, ms", "latency p95, ms", "latency p99, ms", "from send p50, ms", "publisher late p99, ms",
 		"first subscriber p50, ms", "last subscriber p99, ms", "load client CPU, cores", "server CPU, cores",
-		"bytes read per delivered message", "subscriber reads per delivery", "load client CPU per read, µs"} {
+		"bytes read per delivered message"} {
 		for i := range 2 {
 			// Times may round to 0 and RSS may shrink; deliveries and
 			// bytes cannot be 0 when messages arrived.
 			v := num(figure, i)
-			if (figure == "lossless deliveries/s" || figure == "bytes read per delivered message" || figure == "subscriber reads per delivery") && v <= 0 {
+			if (figure == "lossless deliveries/s" || figure == "bytes read per delivered message") && v <= 0 {
 				t.Errorf("%s: target %d: %v", figure, i, v)
 			}
 		}

@@ -82,7 +82,6 @@ type sock struct {
 	id      int
 	ws      *websocket.Conn
 	read    atomic.Int64 // bytes read on the connection since it opened (over every reconnect)
-	reads   atomic.Int64 // read(2) calls of the frame reader that returned bytes
 	pending []byte       // bytes that came right after the handshake's response: the first frames
 
 	// taskstream's protocol state.
@@ -107,12 +106,6 @@ type sock struct {
 	notRecov   bool // a resume answered recovered:false
 	perPub     []int64
 	outOfOrder int
-}
-
-// countRead counts a frame reader's read of n bytes.
-func (s *sock) countRead(n int) {
-	s.read.Add(int64(n))
-	s.reads.Add(1)
 }
 
 // received is one message a socket received: the stamp's message number

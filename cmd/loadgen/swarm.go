@@ -12,10 +12,8 @@ import (
 )
 
 // swarm is the subscribers of one scenario run: a goroutine per socket
-// that dials it, reads it (itself, or through one of the swarm's read
-// loops, which then call the swarm's frame handling; the goroutine waits)
-// and, in a restart, dials it again. The swarm owns those goroutines and
-// loops: Close stops them and waits.
+// that dials it, reads it and, in a restart, dials it again. The swarm
+// owns those goroutines: Close stops them and waits.
 type swarm struct {
 	t      target
 	fr     framing
@@ -43,32 +41,22 @@ type swarm struct {
 	keepLat   bool
 	fan       *fanout // closed-loop bookkeeping, or nil
 
-	loops *readLoops // the sockets' readers (Linux); nil: a goroutine per socket reads it
-
 	// measured is called when a scenario's measuring phase ended (its
 	// deliveries are in), before its figures are worked out: it stops
 	// -cpuprofile. Idempotent.
 	measured func()
 }
 
-// newSwarm prepares n sockets of users users, read by readLoops epoll
-// loops (0: a goroutine per socket); start opens them.
-func newSwarm(ctx context.Context, t target, n, users, dialConc, readLoops int) (*swarm, error) {
+// newSwarm prepares n sockets of users users; start opens them.
+func newSwarm(ctx context.Context, t target, n, users, dialConc int) *swarm {
 	sw := &swarm{t: t, fr: t.Framing(), socks: make([]*sock, n), users: users,
 		sem: make(chan struct{}, dialConc), allJoined: make(chan struct{}), allResumed: make(chan struct{}),
 		measured: func() {}}
-	if readLoops > 0 {
-		loops, err := newReadLoops(readLoops)
-		if err != nil {
-			return nil, err
-		}
-		sw.loops = loops
-	}
 	sw.ctx, sw.cancel = context.WithCancel(ctx)
 	for i := range sw.socks {
 		sw.socks[i] = &sock{id: i}
 	}
-	return sw, nil
+	return sw
 }
 
 // start opens every socket, at most dialConc handshakes at a time.
@@ -189,16 +177,13 @@ func (sw *swarm) markJoined() {
 // read handles s's frames until the socket ends; it returns the close
 // code (-1: no close frame; 0: the subscribe was refused).
 func (sw *swarm) read(s *sock, resuming bool) int {
-	fn := func(msg []byte, now time.Time) bool {
+	defer s.ws.Close()
+	stop := context.AfterFunc(sw.ctx, func() { _ = s.ws.Close() })
+	defer stop()
+	err := s.readMessages(func(msg []byte, now time.Time) bool {
 		eachFrame(msg, sw.fr, func(fr []byte) { sw.frame(s, fr, now, resuming) })
 		return !s.refused
-	}
-	var err error
-	if sw.loops != nil {
-		err = sw.loops.read(sw.ctx, s, fn)
-	} else {
-		err = s.readUntil(sw.ctx, fn)
-	}
+	})
 	if err == nil {
 		return 0
 	}
@@ -336,23 +321,11 @@ func (sw *swarm) bytesRead() int64 {
 	return n
 }
 
-// readCalls sums the frame readers' reads so far.
-func (sw *swarm) readCalls() int64 {
-	var n int64
-	for _, s := range sw.socks {
-		n += s.reads.Load()
-	}
-	return n
-}
-
 // Close stops every socket's goroutine and waits for them. The sockets'
 // plain fields may be read after it.
 func (sw *swarm) Close() {
 	sw.cancel()
 	sw.wg.Wait()
-	if sw.loops != nil {
-		sw.loops.Close()
-	}
 }
 
 // closes counts the sockets the server closed, by close code (-1: the

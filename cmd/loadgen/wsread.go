@@ -1,12 +1,12 @@
 package main
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -24,10 +24,7 @@ import (
 // unix straight from the descriptor; elsewhere through net.Conn.Read),
 // and stamps each message with the time the read that completed it
 // returned, as before. gorilla still dials (the handshake) and writes
-// (subscribes, pongs, the close reply). On Linux the swarm's sockets are
-// read by a few epoll loops instead (wsread_epoll_linux.go), with the same
-// wsReader; this goroutine reader stays for -read-loops 0 and other
-// systems.
+// (subscribes, pongs, the close reply).
 
 // readBufSize is the reader's buffer: a taskstream.v2 message of up to
 // 64 KiB, or many small ones, are parsed where they were read. A longer
@@ -283,17 +280,7 @@ func (s *sock) readMessages(fn func(msg []byte, at time.Time) bool) error {
 	if err := rd.feedBytes(pending, time.Now()); err != nil {
 		return stopIsNil(err)
 	}
-	return stopIsNil(readSocket(s.ws.NetConn(), rd, s))
-}
-
-// readUntil is readMessages until ctx ends too (then the socket is
-// closed and the error is the closed connection's); s's connection is
-// closed when it returns.
-func (s *sock) readUntil(ctx context.Context, fn func(msg []byte, at time.Time) bool) error {
-	defer s.ws.Close()
-	stop := context.AfterFunc(ctx, func() { _ = s.ws.Close() })
-	defer stop()
-	return s.readMessages(fn)
+	return stopIsNil(readSocket(s.ws.NetConn(), rd, &s.read))
 }
 
 func stopIsNil(err error) error {
@@ -314,12 +301,12 @@ func underlying(c net.Conn) net.Conn {
 // readConn feeds rd from c's Read until the socket ends or rd stops:
 // the portable loop (a Read that finds the socket empty parks until it
 // is readable, then reads again).
-func readConn(c net.Conn, rd *wsReader, s *sock) error {
+func readConn(c net.Conn, rd *wsReader, read *atomic.Int64) error {
 	c = underlying(c)
 	for {
 		n, err := c.Read(rd.space())
 		if n > 0 {
-			s.countRead(n)
+			read.Add(int64(n))
 			if ferr := rd.feed(n, time.Now()); ferr != nil {
 				return ferr
 			}

@@ -122,11 +122,10 @@ func rawServer(t *testing.T, send []byte, got chan<- clientFrame) *httptest.Serv
 	return srv
 }
 
-// The subscribers' frame readers on a real socket: messages whole and in
+// The subscribers' frame reader on a real socket: messages whole and in
 // order however the server frames them, pings answered, the close
 // answered and returned with its code, protocol errors refused, and the
-// frames that came in the same read as the handshake's response kept;
-// the same with every reader (testReaders).
+// frames that came in the same read as the handshake's response kept.
 func TestReadMessages(t *testing.T) {
 	big := bytes.Repeat([]byte("x"), 200<<10) // larger than the buffer: it grows
 	many := []byte{}
@@ -167,71 +166,57 @@ func TestReadMessages(t *testing.T) {
 		{name: "too large", send: []byte{0x82, 127, 0, 0, 0, 0, 0x10, 0, 0, 0}, wantErr: "bytes (at most"},
 		{name: "one-byte close", send: frameBytes(true, websocket.CloseMessage, []byte{3}), wantErr: "1 byte"},
 	} {
-		for _, rdr := range testReaders(t) {
-			t.Run(rdr.name+"/"+tc.name, func(t *testing.T) {
-				ctrl := make(chan clientFrame, 10)
-				srv := rawServer(t, tc.send, ctrl)
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				defer cancel()
-				s := &sock{}
-				if err := dialSock(ctx, websocket.Dialer{}, "ws"+strings.TrimPrefix(srv.URL, "http"), nil, s); err != nil {
-					t.Fatal(err)
+		t.Run(tc.name, func(t *testing.T) {
+			ctrl := make(chan clientFrame, 10)
+			srv := rawServer(t, tc.send, ctrl)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			s := &sock{}
+			if err := dialSock(ctx, websocket.Dialer{}, "ws"+strings.TrimPrefix(srv.URL, "http"), nil, s); err != nil {
+				t.Fatal(err)
+			}
+			defer s.ws.Close()
+			var got []string
+			err := s.readMessages(func(msg []byte, at time.Time) bool {
+				if at.IsZero() {
+					t.Error("a message without its read time")
 				}
-				defer s.ws.Close()
-				var got []string
-				err := rdr.read(ctx, s, func(msg []byte, at time.Time) bool {
-					if at.IsZero() {
-						t.Error("a message without its read time")
-					}
-					got = append(got, string(msg))
-					return tc.stopAfter == 0 || len(got) < tc.stopAfter
-				})
-				if strings.Join(got, "|") != strings.Join(tc.want, "|") || len(got) != len(tc.want) {
-					t.Errorf("got %d messages, want %d (%.80q…)", len(got), len(tc.want), got)
-				}
-				switch {
-				case tc.stopAfter > 0:
-					if err != nil {
-						t.Errorf("stopped: %v, want nil", err)
-					}
-				case tc.wantErr != "":
-					if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-						t.Errorf("error %v, want one with %q", err, tc.wantErr)
-					}
-				default:
-					if code := closeCodeOf(err); code != tc.wantCode {
-						t.Errorf("close code %d (%v), want %d", code, err, tc.wantCode)
-					}
-				}
-				for _, want := range tc.wantCtrl {
-					select {
-					case f := <-ctrl:
-						if f.opcode != want.opcode || !bytes.Equal(f.payload, want.payload) {
-							t.Errorf("the client sent opcode %d %q, want %d %q", f.opcode, f.payload, want.opcode, want.payload)
-						}
-					case <-ctx.Done():
-						t.Fatalf("no opcode %d from the client", want.opcode)
-					}
-				}
-				if wantRead := int64(len(tc.send)); tc.wantErr == "" && tc.stopAfter == 0 && s.read.Load() < wantRead {
-					t.Errorf("counted %d bytes read, less than the %d frames' bytes", s.read.Load(), wantRead)
-				}
+				got = append(got, string(msg))
+				return tc.stopAfter == 0 || len(got) < tc.stopAfter
 			})
-		}
+			if strings.Join(got, "|") != strings.Join(tc.want, "|") || len(got) != len(tc.want) {
+				t.Errorf("got %d messages, want %d (%.80q…)", len(got), len(tc.want), got)
+			}
+			switch {
+			case tc.stopAfter > 0:
+				if err != nil {
+					t.Errorf("stopped: %v, want nil", err)
+				}
+			case tc.wantErr != "":
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("error %v, want one with %q", err, tc.wantErr)
+				}
+			default:
+				if code := closeCodeOf(err); code != tc.wantCode {
+					t.Errorf("close code %d (%v), want %d", code, err, tc.wantCode)
+				}
+			}
+			for _, want := range tc.wantCtrl {
+				select {
+				case f := <-ctrl:
+					if f.opcode != want.opcode || !bytes.Equal(f.payload, want.payload) {
+						t.Errorf("the client sent opcode %d %q, want %d %q", f.opcode, f.payload, want.opcode, want.payload)
+					}
+				case <-ctx.Done():
+					t.Fatalf("no opcode %d from the client", want.opcode)
+				}
+			}
+			if wantRead := int64(len(tc.send)); tc.wantErr == "" && tc.stopAfter == 0 && s.read.Load() < wantRead {
+				t.Errorf("counted %d bytes read, less than the %d frames' bytes", s.read.Load(), wantRead)
+			}
+		})
 	}
 }
-
-// testReader is one way of reading a subscriber socket: readMessages
-// in the socket's goroutine, or (Linux) the read loops.
-type testReader struct {
-	name string
-	read func(ctx context.Context, s *sock, fn func(msg []byte, at time.Time) bool) error
-}
-
-// goroutineReader is the portable reader, as the swarm runs it.
-var goroutineReader = testReader{"goroutine", func(ctx context.Context, s *sock, fn func([]byte, time.Time) bool) error {
-	return s.readUntil(ctx, fn)
-}}
 
 // Frames split anywhere between reads parse as when read whole: the same
 // messages and the same end. The reader parses what servers send: no

@@ -5,6 +5,7 @@ package main
 import (
 	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -19,14 +20,14 @@ import (
 // of this one RawConn.Read call (a new call would reset it, so the whole
 // life of the socket is one call). A wait that finds nothing new costs a
 // read that returns EAGAIN, as before.
-func readSocket(c net.Conn, rd *wsReader, s *sock) error {
+func readSocket(c net.Conn, rd *wsReader, read *atomic.Int64) error {
 	sc, ok := underlying(c).(syscall.Conn)
 	if !ok {
-		return readConn(c, rd, s)
+		return readConn(c, rd, read)
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return readConn(c, rd, s)
+		return readConn(c, rd, read)
 	}
 	var ferr error
 	err = raw.Read(func(fd uintptr) bool {
@@ -46,7 +47,7 @@ func readSocket(c net.Conn, rd *wsReader, s *sock) error {
 				ferr = io.EOF
 				return true
 			}
-			s.countRead(n)
+			read.Add(int64(n))
 			if ferr = rd.feed(n, time.Now()); ferr != nil {
 				return true
 			}
