@@ -22,6 +22,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"taskstream/progress/progresstest"
+	"taskstream/wire"
 )
 
 // The browser tests drive the embedded page in a real headless Chromium.
@@ -508,6 +509,45 @@ func TestBrowserClientResetsOnLostHistory(t *testing.T) {
 	}
 	p.do(chromedp.Evaluate[chromedp.Void](`__c.close(); __d.close()`))
 	eventually(t, "the extra sockets to close", func() bool { return e.web.ConnCount() == 1 })
+	p.checkNoExceptions()
+}
+
+// TestBrowserClientErrorAfterSubscribed: a group the server stops
+// serving after its subscribed frame (its log can no longer be read on
+// the catch-up after a lost pub/sub connection) comes as an error frame
+// without a ref; taskstream.js hands it to that group's onError.
+func TestBrowserClientErrorAfterSubscribed(t *testing.T) {
+	e := newEnv(t, progresstest.Embedded(t))
+	p := openPage(t, e, pageOptions{})
+	id := p.submitSteps(map[string]string{"steps": "2", "interval_ms": "0"})
+	p.waitState(id, "completed")
+	_, job := p.api("GET", "/api/jobs/"+id, nil)
+	epoch, _ := job["epoch"].(string)
+	last := int(job["last_seq"].(float64))
+	// From the job's last position: no event comes, so the group stays
+	// subscribed (the page's own list let go of it when the job ended).
+	p.do(chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`import("/static/taskstream.js").then(({TaskStream}) => {
+		window.__log = {subscribed: 0, errors: []};
+		const c = new TaskStream({url: location.origin});
+		window.__c = c;
+		c.subscribe("job:%[1]s", {
+			onSubscribed() { __log.subscribed++; },
+			onError(err) { __log.errors.push(err); },
+		}, {after: %[2]d, epoch: %[3]q});
+	})`, id, last, epoch)))
+	p.waitFor("the subscription", `window.__log && __log.subscribed === 1`)
+	group := wire.JobGroup(id).String()
+	e.breakLog(group)
+	e.dropPubSub()
+	p.waitFor("the group's error", `__log.errors.length === 1`)
+	var errs []map[string]any
+	if err := json.Unmarshal(eval[[]byte](p, `__log.errors`), &errs); err != nil {
+		t.Fatal(err)
+	}
+	if errs[0]["group"] != group || errs[0]["code"] != CodeInternal {
+		t.Errorf("onError got %v, want an internal error for %s", errs[0], group)
+	}
+	p.do(chromedp.Evaluate[chromedp.Void](`__c.close()`))
 	p.checkNoExceptions()
 }
 

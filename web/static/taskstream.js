@@ -38,8 +38,11 @@
  *                               reload the group's snapshot (GET /api/jobs/ID);
  *                               the retained history is replayed after it
  *     handlers.onSubscribed(info)  each `subscribed` answer (optional)
- *     handlers.onError(err)     {group,code,message}: e.g. not_found; the
- *                               group is dropped unless the error is transient
+ *     handlers.onError(err)     {group,code,message}: the subscribe was
+ *                               refused (e.g. not_found), or later the server
+ *                               could no longer serve the group; it is dropped
+ *                               unless the error is transient (then it is
+ *                               subscribed again with the next connection)
  *     handlers.onEnd(group)     a job group delivered its final event
  *     {after, epoch}            start after this position (e.g. a snapshot's
  *                               last_seq and epoch) instead of the full history
@@ -548,9 +551,16 @@ export class TaskStream {
         this._handleSubscribed(f);
         break;
       case "error": {
-        const group = f.ref != null ? this._refs.get(String(f.ref)) : undefined;
-        if (group === undefined) break;
-        this._refs.delete(String(f.ref));
+        // An error that names a group ends it on this socket: the answer
+        // to its subscribe (with the subscribe's ref), or later, without a
+        // ref, when the server can no longer serve it (docs/protocol.md).
+        let group = f.group;
+        if (f.ref != null) {
+          group = this._refs.get(String(f.ref));
+          if (group === undefined) break;
+          this._refs.delete(String(f.ref));
+        }
+        if (!group) break;
         const g = this._groups.get(group);
         if (!g) break;
         const err = {group, code: f.code, message: f.message};
