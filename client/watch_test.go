@@ -62,8 +62,12 @@ func nextN(t *testing.T, w *client.Watcher, from int64, n int) []client.Event {
 		if err != nil {
 			t.Fatalf("after %d events: %v", len(got), err)
 		}
-		if want := from + int64(len(got)) + 1; ev.Seq != want || (len(got) > 0 && ev.Epoch != got[0].Epoch) {
-			t.Fatalf("event %+v, want seq %d of epoch %q", ev.EventFrame, want, got[0].Epoch)
+		epoch := ev.Epoch // the first event's epoch is the one every event must share
+		if len(got) > 0 {
+			epoch = got[0].Epoch
+		}
+		if want := from + int64(len(got)) + 1; ev.Seq != want || ev.Epoch != epoch {
+			t.Fatalf("event %+v, want seq %d of epoch %q", ev.EventFrame, want, epoch)
 		}
 		got = append(got, ev)
 	}
