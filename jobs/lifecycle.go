@@ -168,8 +168,12 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type, announce fu
 	var tellArgs []any
 	var tellGroup string
 	if l.fused && announce != nil {
-		if post, data, ok := l.encodePost(rec.ID, announce(ev)); ok {
-			tellArgs, tellGroup = []any{rec.Task, post.Name, data}, post.Group
+		post := announce(ev)
+		if data, err := json.Marshal(post.Data); err != nil {
+			// The submitted event's own append (submitted) reports it too.
+			l.cfg.Logger.Warn("encoding the submitted event failed", "job", rec.ID, "err", err)
+		} else {
+			tellArgs, tellGroup = []any{rec.Task, post.Name, string(data)}, post.Group
 			ectx = withRider(ctx, &rider{task: rec.Task, queue: func(p redis.Pipeliner, taskKey string) {
 				tellKeys = []string{taskKey, l.st.jobKey(rec.ID)}
 				var qerr error
@@ -199,18 +203,6 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type, announce fu
 		l.cfg.Logger.Warn("finishing a submit with its enqueue failed; it is finished alone", "job", rec.ID, "err", err)
 	}
 	return ev, err == nil && toInt(reply) == 1, nil
-}
-
-// encodePost returns post with its payload encoded, as a guarded append
-// takes it; false (logged) when it can not be encoded, which the append
-// of its own then reports too.
-func (l *lifecycle) encodePost(id string, post progress.Post) (progress.Post, string, bool) {
-	data, err := json.Marshal(post.Data)
-	if err != nil {
-		l.cfg.Logger.Warn("encoding the submitted event failed", "job", id, "err", err)
-		return post, "", false
-	}
-	return post, string(data), true
 }
 
 // enqueue puts task on the queue for rec (enqueueTask), then clears the

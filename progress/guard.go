@@ -111,7 +111,7 @@ func (l *Log) queueGuard(ctx context.Context, c redis.Scripter, g *AppendGuard, 
 		return nil, fmt.Errorf("%w: group %q", ErrInvalid, group)
 	}
 	now := time.Now().UTC()
-	allKeys := append(append(make([]string, 0, len(keys)+2), keys...), l.metaKey(group), l.streamKey(group))
+	allKeys := append(append(make([]string, 0, len(keys)+2), keys...), l.appendKeys(group)...)
 	allArgs := append(append(make([]any, 0, len(args)+6), args...),
 		newEpoch(), now.Format(time.RFC3339Nano), l.maxLen(group), l.cfg.TTL.Milliseconds(), l.Channel(group), l.publishCmd())
 	gc := &GuardCmd{l: l, group: group, start: now}

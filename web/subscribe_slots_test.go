@@ -19,6 +19,13 @@ func (e *testEnv) breakLog(group string) {
 	}
 }
 
+// hubHoldsFullSocket reports whether the hub holds exactly the groups of
+// one full socket, one subscriber each.
+func (e *testEnv) hubHoldsFullSocket() bool {
+	st := e.hub.Stats()
+	return st.Groups == wire.MaxGroupsPerSocket && st.Subscribers == wire.MaxGroupsPerSocket
+}
+
 // dropPubSub breaks the hub's pub/sub connection: the hub reconnects,
 // resubscribes and reads the log of every group it holds (a catch-up),
 // as after any lost connection. A real Redis kills the connection
@@ -89,10 +96,7 @@ func TestFailedSubscriptionFreesItsSlot(t *testing.T) {
 			t.Fatalf("subscribe after a failed one: %+v, want subscribed", f)
 		}
 		// And the hub holds nothing of it: one group per subscription.
-		eventually(t, "the failed group's hub subscription released", func() bool {
-			st := e.hub.Stats()
-			return st.Groups == wire.MaxGroupsPerSocket && st.Subscribers == wire.MaxGroupsPerSocket
-		})
+		eventually(t, "the failed group's hub subscription released", e.hubHoldsFullSocket)
 
 		// After its subscribed frame: a group of the full socket fails on
 		// the catch-up read that follows a lost pub/sub connection.
@@ -107,10 +111,7 @@ func TestFailedSubscriptionFreesItsSlot(t *testing.T) {
 		if f := ws.read(); f.Type != wire.TypeSubscribed || f.Group != "user:after" {
 			t.Fatalf("subscribe after a later failure: %+v, want subscribed", f)
 		}
-		eventually(t, "the later failed group's hub subscription released", func() bool {
-			st := e.hub.Stats()
-			return st.Groups == wire.MaxGroupsPerSocket && st.Subscribers == wire.MaxGroupsPerSocket
-		})
+		eventually(t, "the later failed group's hub subscription released", e.hubHoldsFullSocket)
 		// The socket is full again: the cap still holds.
 		ws.send(wire.ClientFrame{Op: wire.OpSubscribe, Group: "user:over", Ref: json.RawMessage(`"over"`)})
 		if f := ws.read(); f.Type != wire.TypeError || f.Code != CodeBadRequest || f.Group != "user:over" {
@@ -166,9 +167,6 @@ func TestFailedSubscriptionRacesItsClient(t *testing.T) {
 		if f := ws.read(); f.Type != wire.TypeError || f.Code != CodeBadRequest || f.Group != "user:z" {
 			t.Fatalf("subscribe over the cap: %+v, want bad_request", f)
 		}
-		eventually(t, "the hub holds the socket's groups only", func() bool {
-			st := e.hub.Stats()
-			return st.Groups == wire.MaxGroupsPerSocket && st.Subscribers == wire.MaxGroupsPerSocket
-		})
+		eventually(t, "the hub holds the socket's groups only", e.hubHoldsFullSocket)
 	})
 }
