@@ -197,17 +197,25 @@ func (s *socketSession) ended(st *groupState, unsubscribe bool) {
 // unsubscribed handles the server's answer to an unsubscribe of group:
 // it no longer holds the group, so its slot is free.
 func (s *socketSession) unsubscribed(group string, ref json.RawMessage) {
-	n := s.leaving[group]
-	if n == 0 {
+	if !s.doneLeaving(group) {
 		return // not ours
-	}
-	if n == 1 {
-		delete(s.leaving, group)
-	} else {
-		s.leaving[group] = n - 1
 	}
 	s.active--
 	s.answered(ref)
+}
+
+// doneLeaving uncounts one unsubscribe of group in leaving; false when
+// none was counted.
+func (s *socketSession) doneLeaving(group string) bool {
+	switch n := s.leaving[group]; n {
+	case 0:
+		return false
+	case 1:
+		delete(s.leaving, group)
+	default:
+		s.leaving[group] = n - 1
+	}
+	return true
 }
 
 // unsubscribeDropped handles the refusal of a whole unsubscribe frame:
@@ -217,11 +225,7 @@ func (s *socketSession) unsubscribed(group string, ref json.RawMessage) {
 // holds them until the socket ends).
 func (s *socketSession) unsubscribeDropped(sent *sentFrame, e *Error) {
 	for _, g := range sent.unsub {
-		if n := s.leaving[g]; n <= 1 {
-			delete(s.leaving, g)
-		} else {
-			s.leaving[g] = n - 1
-		}
+		s.doneLeaving(g)
 	}
 	if e.Code != wire.CodeRateLimited {
 		s.w.cfg.Logger.Warn("taskstream watch: the server refused an unsubscribe; its groups keep their slots on this socket", "err", e, "groups", len(sent.unsub))
