@@ -32,7 +32,8 @@ const (
 // and can apply a write twice (an event appended twice); a connection
 // Redis dropped is caught by the pool's health check before it is used,
 // and every caller that must persist (the hub, the worker, asynq) has its
-// own retry loop.
+// own retry loop. The health check looks only at connections idle for
+// DefaultHealthCheckIdle (see there).
 const (
 	DefaultDialTimeout     = time.Second            // connecting to Redis
 	DefaultReadTimeout     = time.Second            // one reply (writes follow it)
@@ -72,6 +73,7 @@ func NewRedis(url, mode string) (redis.UniversalClient, error) {
 			return nil, fmt.Errorf("progress: REDIS_URL %s: %w", redactURL(url), redactErr(err, url))
 		}
 		tune(q, &opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.MaxRetries, &opt.DialerRetries, &opt.MaxRetryBackoff)
+		opt.Dialer = skipRecentChecks(redis.NewDialer(opt))
 		return redis.NewClient(opt), nil
 	case ModeSentinel:
 		opt, err := redis.ParseFailoverURL(url)
@@ -82,6 +84,7 @@ func NewRedis(url, mode string) (redis.UniversalClient, error) {
 			return nil, fmt.Errorf("progress: REDIS_URL (sentinel) %s: sentinel mode needs ?master_name=NAME", redactURL(url))
 		}
 		tune(q, &opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.MaxRetries, &opt.DialerRetries, &opt.MaxRetryBackoff)
+		opt.Dialer = skipRecentChecks(redis.NewDialer(&redis.Options{DialTimeout: opt.DialTimeout, TLSConfig: opt.TLSConfig}))
 		return redis.NewFailoverClient(opt), nil
 	case ModeCluster:
 		opt, err := redis.ParseClusterURL(url)
@@ -89,6 +92,7 @@ func NewRedis(url, mode string) (redis.UniversalClient, error) {
 			return nil, fmt.Errorf("progress: REDIS_URL (cluster) %s: %w", redactURL(url), redactErr(err, url))
 		}
 		tune(q, &opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout, &opt.PoolTimeout, &opt.MaxRetries, &opt.DialerRetries, &opt.MaxRetryBackoff)
+		opt.Dialer = skipRecentChecks(redis.NewDialer(&redis.Options{DialTimeout: opt.DialTimeout, TLSConfig: opt.TLSConfig}))
 		return redis.NewClusterClient(opt), nil
 	}
 	return nil, fmt.Errorf("progress: unknown Redis mode %q (want %s, %s or %s)", mode, ModeSingle, ModeSentinel, ModeCluster)

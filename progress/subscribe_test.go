@@ -349,7 +349,11 @@ func TestIsUnavailable(t *testing.T) {
 			t.Errorf("%s: IsUnavailable(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
 		}
 	}
-	// And the real thing: a refused connection, through the client.
+	// And the real thing: a refused connection, through the client. The
+	// pool's health check looks at the connection the PING takes (as it
+	// does once that has been idle a moment), so the PING dials again
+	// and is refused.
+	setHealthCheckIdle(t, 0)
 	srv := progresstest.Embedded(t)
 	rdb, err := OpenRedis(context.Background(), srv.URL(), ModeSingle)
 	if err != nil {
