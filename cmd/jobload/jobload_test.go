@@ -158,3 +158,39 @@ func TestConfigIsLoopbackOnlyAndBounded(t *testing.T) {
 		}
 	}
 }
+
+// SteadyRate counts the results received between a fifth of the submit
+// period and its end, over that window: neither the warm-up nor the
+// drain after the last submit.
+func TestSteadyRate(t *testing.T) {
+	start := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return start.Add(time.Duration(ms) * time.Millisecond) }
+	every := func(from, to, step int) []time.Time {
+		var ts []time.Time
+		for ms := from; ms < to; ms += step {
+			ts = append(ts, at(ms))
+		}
+		return ts
+	}
+	tests := []struct {
+		name     string
+		received []time.Time
+		want     float64
+	}{
+		{"kept up: one result per ms throughout", every(0, 10_000, 1), 1000},
+		{"late start and long drain count for nothing", append(every(2_000, 10_000, 1), every(10_000, 15_000, 1)...), 1000},
+		{"fell behind: one result per 2 ms", every(0, 20_000, 2), 500},
+		{"nothing finished while submitting", every(10_001, 12_000, 1), 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &report{Start: start, SubmitEnd: at(10_000), Received: tc.received}
+			if got := r.SteadyRate(); got < tc.want-1 || got > tc.want+1 {
+				t.Errorf("SteadyRate = %.1f, want %.0f", got, tc.want)
+			}
+		})
+	}
+	if got := (&report{Start: start, SubmitEnd: start}).SteadyRate(); got != 0 {
+		t.Errorf("an empty submit period: SteadyRate = %v, want 0", got)
+	}
+}
