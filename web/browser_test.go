@@ -330,8 +330,13 @@ func (p *browserPage) submit(typ string, params map[string]string) string {
 	for name, v := range params {
 		steps = append(steps, chromedp.SetValue(chromedp.ID("param-"+name), v))
 	}
-	steps = append(steps, chromedp.Click(chromedp.ID("submit")))
 	p.do(steps...)
+	// Clicked from script: on a phone a completion toast of an earlier
+	// job can sit where a click at the button's coordinates lands while
+	// common.js is still moving it (the layout itself is checked by
+	// TestBrowserPhoneRunJob's checkNoOverlap).
+	p.do(chromedp.Evaluate[chromedp.Void](`document.querySelector("#submit").scrollIntoView({block: "end"})`))
+	p.clickFromScript("#submit")
 	p.waitFor("the new job in the list", fmt.Sprintf(`document.querySelectorAll("#jobs li[data-job-id]").length > %d`, before))
 	return eval[string](p, `document.querySelector("#jobs li[data-job-id]").dataset.jobId`)
 }
