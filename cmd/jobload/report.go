@@ -5,7 +5,6 @@ import (
 	"io"
 	"maps"
 	"slices"
-	"syscall"
 	"time"
 
 	"taskstream/cmd/internal/latency"
@@ -133,13 +132,4 @@ func (r *report) write(w io.Writer) {
 			fmt.Fprintf(w, "- e.g. %s\n", e)
 		}
 	}
-}
-
-// cpuTime is this process's CPU time so far (user + system).
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

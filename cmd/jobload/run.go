@@ -284,7 +284,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 		case <-waitCtx.Done():
 		}
 	}
-	cpu0 := cpuTime()
+	cpu0, _ := machine.SelfCPU()
 	rep.Start = time.Now()
 	end := rep.Start.Add(cfg.Duration)
 	// take reserves the next submit; false once -jobs have been.
@@ -347,7 +347,8 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (*report, error) 
 		wg.Wait()
 	}
 	rep.LoadAfter = machine.LoadAverage()
-	rep.CPU = cpuTime() - cpu0
+	cpu1, _ := machine.SelfCPU()
+	rep.CPU = cpu1 - cpu0
 	// Every watcher stops before the jobs are read.
 	cancelWait()
 	watchWG.Wait()

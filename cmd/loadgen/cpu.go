@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"syscall"
 	"time"
+
+	"taskstream/cmd/internal/machine"
 )
 
 // CPU accounting of a measurement window, to tell who used the two cores
@@ -30,11 +31,11 @@ type cpuSample struct {
 // machine.
 func takeCPU(pid int) cpuSample {
 	var s cpuSample
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+	self, ok := machine.SelfCPU()
+	if !ok {
 		return s
 	}
-	s.self = tvSeconds(ru.Utime) + tvSeconds(ru.Stime)
+	s.self = self.Seconds()
 	srv, err := procCPU(pid)
 	if err != nil {
 		return s
@@ -47,10 +48,6 @@ func takeCPU(pid int) cpuSample {
 	s.busy, s.total, err = machineCPU(b)
 	s.ok = err == nil
 	return s
-}
-
-func tvSeconds(tv syscall.Timeval) float64 {
-	return float64(tv.Sec) + float64(tv.Usec)/1e6
 }
 
 // procCPU is a process's user + system CPU time in seconds, from

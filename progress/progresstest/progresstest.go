@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -157,7 +156,11 @@ func (s *Server) Pause(tb testing.TB) {
 	if s.mini != nil || s.cmd == nil {
 		tb.Skip("only a real redis-server can be paused")
 	}
-	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	sigStop, _, ok := pauseSignals()
+	if !ok {
+		tb.Skip("pausing a process needs SIGSTOP (Unix)")
+	}
+	if err := s.cmd.Process.Signal(sigStop); err != nil {
 		tb.Fatalf("pause redis-server: %v", err)
 	}
 	tb.Cleanup(s.Resume)
@@ -166,8 +169,8 @@ func (s *Server) Pause(tb testing.TB) {
 // Resume lets a paused server run again. Safe to call when it is not
 // paused.
 func (s *Server) Resume() {
-	if s.cmd != nil && s.cmd.Process != nil {
-		_ = s.cmd.Process.Signal(syscall.SIGCONT)
+	if _, sigCont, ok := pauseSignals(); ok && s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Signal(sigCont)
 	}
 }
 

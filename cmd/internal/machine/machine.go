@@ -1,6 +1,7 @@
 // Package machine owns what the measuring tools (cmd/loadgen,
 // cmd/jobload) print about the machine a run shared: its load average
-// before and after, so figures from a busy minute read as such.
+// before and after, so figures from a busy minute read as such, and the
+// CPU time the tool itself used.
 package machine
 
 import (
