@@ -39,8 +39,10 @@ const (
 //
 // Off a Redis Cluster (fused) a run's start makes its claim and appends
 // its events in one script (startGuard), and a submit's handoff clear and
-// the owner's event ride with the enqueue (submittedGuard): keys of
-// several slots, which a single Redis or Sentinel allows.
+// the owner's event ride with the enqueue (submittedGuard), and a
+// submit's Admission runs in the script that records the job
+// (createAdmitted): keys of several slots, which a single Redis or
+// Sentinel allows.
 //
 // A Redis call can fail after Redis applied it (the reply timed out, the
 // connection dropped), and the job's record and its log live in different
