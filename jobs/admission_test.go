@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"taskstream/progress"
 	"taskstream/progress/progresstest"
 	"taskstream/wire"
 )
@@ -189,5 +190,46 @@ func (e *jobEnv) checkSubmitted(t *testing.T, job *Job, req Request) {
 	}
 	if _, err := e.svc.insp.GetTaskInfo(rec.Queue, rec.Task); err != nil {
 		t.Fatalf("Asynq's task: %v", err)
+	}
+}
+
+// On a real Redis Cluster (the check's key, the job's and its log's in
+// different slots) the check is a step of its own, first, and the submit
+// goes on as without one: admitted, the job is recorded and queued;
+// refused, nothing of it is written.
+func TestSubmitAdmissionOnCluster(t *testing.T) {
+	c := progresstest.NewCluster(t, 3)
+	rdb := c.Client(t)
+	log := progress.NewLog(rdb, progress.LogConfig{})
+	reg, err := NewRegistry(Builtin()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &jobEnv{t: t, log: log, svc: NewService(rdb, reg, log, Config{ArtifactDir: t.TempDir()})}
+	if e.svc.lc.fused {
+		t.Fatal("a service on a cluster fuses steps across slots")
+	}
+	ctx := context.Background()
+	req := Request{Type: "steps", Params: json.RawMessage(`{"steps":1}`), Admit: quota("quota:cluster", 1)}
+	job, _, err := e.svc.SubmitRequest(ctx, "u1", req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.checkSubmitted(t, job, req)
+	indexes := []string{e.svc.store.indexKey("u1"), e.svc.store.openKey()}
+	before := make([]int64, len(indexes))
+	for i, k := range indexes {
+		before[i] = rdb.ZCard(ctx, k).Val()
+	}
+	if _, _, err := e.svc.SubmitRequest(ctx, "u1", req); !refusedWith7(err) {
+		t.Fatalf("over the quota: %v", err)
+	}
+	for i, k := range indexes {
+		if after := rdb.ZCard(ctx, k).Val(); after != before[i] || after == 0 {
+			t.Fatalf("the refused submit changed %s: %d jobs, then %d", k, before[i], after)
+		}
+	}
+	if n := rdb.Get(ctx, "quota:cluster").Val(); n != "2" {
+		t.Fatalf("the check counted %s, want 2", n)
 	}
 }
