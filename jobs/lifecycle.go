@@ -39,8 +39,10 @@ const (
 //
 // Off a Redis Cluster (fused) a run's start makes its claim and appends
 // its events in one script (startGuard), and a submit's handoff clear and
-// the owner's event ride with the enqueue (submittedGuard): keys of
-// several slots, which a single Redis or Sentinel allows.
+// the owner's event ride with the enqueue (submittedGuard), and a
+// submit's Admission runs in the script that records the job
+// (createAdmitted): keys of several slots, which a single Redis or
+// Sentinel allows.
 //
 // A Redis call can fail after Redis applied it (the reply timed out, the
 // connection dropped), and the job's record and its log live in different
@@ -134,8 +136,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 // Asynq holds the task; submit reports whether they were (told), and
 // when not the caller finishes with submitted as before.
 //
+// admit, when not nil, is the submit's Admission, run in the script that
+// records the job (createAdmitted): the caller passes it off a Redis
+// Cluster only, and a refusal is a *RefusedError with nothing written.
+//
 // It returns the first event.
-func (l *lifecycle) submit(ctx context.Context, rec *record, t Type, announce func(first *progress.Event) progress.Post) (*progress.Event, bool, error) {
+func (l *lifecycle) submit(ctx context.Context, rec *record, t Type, announce func(first *progress.Event) progress.Post, admit *Admission) (*progress.Event, bool, error) {
 	rec.Task, rec.Handoff, rec.HandoffRetry = rec.ID, rec.ID, rec.MaxRetry
 	rec.State = StatePending
 	first := stateEvent{State: StatePending}
@@ -147,20 +153,28 @@ func (l *lifecycle) submit(ctx context.Context, rec *record, t Type, announce fu
 	// commands first. The first event comes before the enqueue so the
 	// group's epoch exists before any watcher subscribes, and it precedes
 	// the worker's "active".
-	var created func() error
-	evs, errs := l.log.PublishWith(ctx, func(p redis.Pipeliner) { created = l.st.createIn(ctx, p, rec) },
-		progress.Post{Group: Group(rec.ID), Name: wire.EventState, Data: first})
-	if err := created(); err != nil {
-		// No record: nobody may watch the job (a watcher must own it), so
-		// a first event that did get in stays unseen and expires with its
-		// log.
-		return nil, false, err
-	}
-	ev, err := evs[0], errs[0]
-	if err != nil {
-		// Never enqueued: end the record rather than leave it pending.
-		l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not record the job's first event")
-		return nil, false, err
+	var ev *progress.Event
+	if admit != nil {
+		var err error
+		if ev, err = l.createAdmitted(ctx, rec, first, admit); err != nil {
+			return nil, false, err
+		}
+	} else {
+		var created func() error
+		evs, errs := l.log.PublishWith(ctx, func(p redis.Pipeliner) { created = l.st.createIn(ctx, p, rec) },
+			progress.Post{Group: Group(rec.ID), Name: wire.EventState, Data: first})
+		if err := created(); err != nil {
+			// No record: nobody may watch the job (a watcher must own it), so
+			// a first event that did get in stays unseen and expires with its
+			// log.
+			return nil, false, err
+		}
+		if errs[0] != nil {
+			// Never enqueued: end the record rather than leave it pending.
+			l.end(context.WithoutCancel(ctx), rec.ID, rec.Task, "", StateFailed, nil, "could not record the job's first event")
+			return nil, false, errs[0]
+		}
+		ev = evs[0]
 	}
 	ectx := ctx
 	var told *progress.GuardCmd

@@ -126,23 +126,8 @@ func newJobID() string {
 // returns reports their first error once p has run.
 func (s *store) createIn(ctx context.Context, p redis.Pipeliner, r *record) func() error {
 	now := r.CreatedAt
-	fields := map[string]any{
-		"owner": r.Owner, "type": r.Type, "queue": r.Queue, "params": string(r.Params), "state": r.State,
-		"attempt": 0, "created_at": now.UnixMilli(), "updated_at": now.UnixMilli(),
-		"task": r.Task, "gen": 1, "handoff": r.Handoff, "handoff_retry": r.HandoffRetry,
-		"timeout_ms": r.Timeout.Milliseconds(), "max_retry": r.MaxRetry,
-	}
-	if !r.RunAt.IsZero() {
-		fields["run_at"] = r.RunAt.UnixMilli()
-	}
-	if r.Unique != "" {
-		fields["unique"] = r.Unique
-	}
-	if r.Schedule != "" {
-		fields["schedule"] = r.Schedule
-	}
 	cmds := []redis.Cmder{
-		p.HSet(ctx, s.jobKey(r.ID), fields),
+		p.HSet(ctx, s.jobKey(r.ID), recordFields(r)...),
 		p.Expire(ctx, s.jobKey(r.ID), s.retention),
 		// Microseconds keep quick successive submits in creation order.
 		p.ZAdd(ctx, s.indexKey(r.Owner), redis.Z{Score: float64(now.UnixMicro()), Member: r.ID}),
@@ -161,6 +146,31 @@ func (s *store) createIn(ctx context.Context, p redis.Pipeliner, r *record) func
 		}
 		return nil
 	}
+}
+
+// recordFieldsMax is the most field-value pairs recordFields returns.
+const recordFieldsMax = 17
+
+// recordFields returns the fields of a new job r's hash as field-value
+// pairs: what createIn and createAdmitted write.
+func recordFields(r *record) []any {
+	now := r.CreatedAt.UnixMilli()
+	fields := make([]any, 0, 2*recordFieldsMax)
+	fields = append(fields,
+		"owner", r.Owner, "type", r.Type, "queue", r.Queue, "params", string(r.Params), "state", r.State,
+		"attempt", 0, "created_at", now, "updated_at", now,
+		"task", r.Task, "gen", 1, "handoff", r.Handoff, "handoff_retry", r.HandoffRetry,
+		"timeout_ms", r.Timeout.Milliseconds(), "max_retry", r.MaxRetry)
+	if !r.RunAt.IsZero() {
+		fields = append(fields, "run_at", r.RunAt.UnixMilli())
+	}
+	if r.Unique != "" {
+		fields = append(fields, "unique", r.Unique)
+	}
+	if r.Schedule != "" {
+		fields = append(fields, "schedule", r.Schedule)
+	}
+	return fields
 }
 
 // create stores a new job r (see createIn) in one round trip.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"math"
 	"net/http"
 	"net/url"
 	"strings"
@@ -77,7 +76,7 @@ func (s *Server) limit(ctx context.Context, key string, perSecond float64, burst
 		return err
 	}
 	if wait > 0 {
-		return &APIError{Code: CodeRateLimited, Message: msg, RetryAfter: int(math.Ceil(wait.Seconds()))}
+		return rateLimited(wait, msg)
 	}
 	return nil
 }

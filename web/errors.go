@@ -3,8 +3,10 @@ package web
 import (
 	"encoding/json"
 	"errors"
+	"math"
 	"net/http"
 	"strconv"
+	"time"
 
 	"taskstream/progress"
 	"taskstream/wire"
@@ -98,4 +100,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
 	_ = enc.Encode(v) // the client may be gone; nothing left to tell it
+}
+
+// rateLimited is the error of a request refused by a per-user limit that
+// may go again after wait: 429 rate_limited, Retry-After in whole seconds.
+func rateLimited(wait time.Duration, msg string) *APIError {
+	return &APIError{Code: CodeRateLimited, Message: msg, RetryAfter: int(math.Ceil(wait.Seconds()))}
 }

@@ -686,14 +686,7 @@ func (s *Server) authorizeGroup(ctx context.Context, who auth.Principal, group s
 	}
 	switch g.Kind {
 	case wire.KindJob:
-		owner, err := s.jobs.Owner(ctx, g.ID)
-		if err != nil {
-			return jobError(err)
-		}
-		if owner != who.User.ID {
-			return errNotYourJob
-		}
-		return nil
+		return s.checkJobOwner(ctx, g.ID, who.User.ID)
 	case wire.KindChat:
 		return nil
 	case wire.KindDashboard:

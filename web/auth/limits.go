@@ -19,24 +19,37 @@ func (e *RateLimitedError) Error() string {
 	return fmt.Sprintf("auth: too many %s; retry in %s", e.What, e.RetryAfter.Round(time.Second))
 }
 
-// gcraScript is a generic cell rate limiter (GCRA, the token bucket
-// without a refill process): one key per caller holding the theoretical
+// LimitLua is the body of a Lua function of (keys, args) that takes one
+// request from a generic cell rate limiter (GCRA, the token bucket
+// without a refill process): keys[1] holds the caller's theoretical
 // arrival time, always written with a TTL, so no key outlives its use and
-// none can lose its expiry (unlike INCR then EXPIRE). It returns 0 when
-// the request may go ahead, or the milliseconds to wait; a refused
-// request writes nothing.
-var gcraScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+// none can lose its expiry (unlike INCR then EXPIRE); args are now (ms),
+// the interval between requests (ms) and the burst. It returns 0 when the
+// request may go ahead, or the milliseconds to wait; a refused request
+// writes nothing. Allow runs it alone (gcraScript); LimitStep hands it
+// to a caller that runs it inside a script of its own.
+const LimitLua = `
+local now = tonumber(args[1])
+local interval = tonumber(args[2])
+local burst = tonumber(args[3])
+local tat = tonumber(redis.call('GET', keys[1]) or '0')
 if tat < now then tat = now end
 local new_tat = tat + interval
 local wait = new_tat - now - burst * interval
 if wait > 0 then return math.ceil(wait) end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+redis.call('SET', keys[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
 return 0
-`)
+`
+
+var gcraScript = redis.NewScript("local function gcra(keys, args)\n" + LimitLua + "\nend\nreturn gcra(KEYS, ARGV)")
+
+// LimitStep returns what Allow(key, perSecond, burst) runs, for a caller
+// that runs it in a script of its own (a job's submit: the limit and the
+// job's record in one step): the keys and args of LimitLua as of now.
+// Its reply means what Allow's does (in milliseconds).
+func (s *Store) LimitStep(key string, perSecond float64, burst int) ([]string, []any) {
+	return []string{s.key("bucket", key)}, []any{time.Now().UnixMilli(), 1000 / perSecond, burst}
+}
 
 // Allow takes one request of key from a token bucket of perSecond with
 // burst, kept in Redis so every replica shares it. It returns 0 when the
@@ -44,9 +57,8 @@ return 0
 // taskstream: the sign-in limits below and the web layer's per-user
 // limits (jobs, chat, joins, renames) all use it.
 func (s *Store) Allow(ctx context.Context, key string, perSecond float64, burst int) (time.Duration, error) {
-	interval := 1000 / perSecond
-	wait, err := gcraScript.Run(ctx, s.rdb, []string{s.key("bucket", key)},
-		time.Now().UnixMilli(), interval, burst).Int64()
+	keys, args := s.LimitStep(key, perSecond, burst)
+	wait, err := gcraScript.Run(ctx, s.rdb, keys, args...).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("auth: rate limit %s: %w", key, err)
 	}
