@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -246,4 +248,109 @@ func BenchmarkHubFanout(b *testing.B) {
 			})
 		}
 	})
+}
+
+// newGroupSink signals its op's index once its first SyncInfo arrived.
+type newGroupSink struct {
+	i    int
+	done chan<- int
+}
+
+func (s newGroupSink) Synced(SyncInfo) bool { s.done <- s.i; return true }
+func (newGroupSink) Send(*Event) bool       { return true }
+func (newGroupSink) Lagged()                { panic("benchmark sink lagged") }
+func (newGroupSink) Failed(err error)       { panic("benchmark subscription failed: " + err.Error()) }
+
+// BenchmarkHubNewGroups subscribes to new groups, each with a one-event
+// history, W of them in flight (1: one after the other, where no read
+// can share a round trip), as a socket watching each submitted
+// job does (jobload): one op is a Subscribe, the group's SUBSCRIBE and
+// read of its log, the initial SyncInfo, and its Close. alone reads each
+// group's log in its own round trip (HubConfig.ReadBatch 1), batched
+// lets the reads queued meanwhile share one. cpu-ns/op is this process's
+// CPU (hub and client, not redis-server) per op, reads/op the round trips
+// that read a group's log, redis-reads/op the reads Redis made from all
+// its sockets (INFO total_reads_processed).
+func BenchmarkHubNewGroups(b *testing.B) {
+	srv := progresstest.Real(b)
+	for _, bc := range []struct {
+		name      string
+		window    int
+		readBatch int
+	}{{"W=1/alone", 1, 1}, {"W=1/batched", 1, 0}, {"W=32/alone", 32, 1}, {"W=32/batched", 32, 0}} {
+		window := bc.window
+		b.Run(bc.name, func(b *testing.B) {
+			ctx := context.Background()
+			pub := NewLog(srv.Client(b), LogConfig{})
+			rdb := srv.Client(b)
+			counted := &logReads{l: pub}
+			rdb.AddHook(counted)
+			h := NewHub(srv.Client(b), NewLog(rdb, LogConfig{}), HubConfig{ReadBatch: bc.readBatch, Logger: benchLogger()})
+			defer func() { _ = h.Shutdown(ctx) }()
+			groups := make([]string, b.N)
+			posts := make([]Post, 0, 1000)
+			for i := range groups {
+				groups[i] = fmt.Sprintf("job:new-%d-%d-%d-%d", window, bc.readBatch, b.N, i)
+				posts = append(posts, Post{Group: groups[i], Name: "submitted", Data: benchProgressData})
+				if len(posts) == cap(posts) || i == len(groups)-1 {
+					_, errs := pub.PublishMany(ctx, posts)
+					for _, err := range errs {
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+					posts = posts[:0]
+				}
+			}
+			done := make(chan int, window)
+			subs := make([]*Subscription, b.N)
+			wait := func() {
+				select {
+				case j := <-done:
+					subs[j].Close()
+				case <-time.After(10 * time.Second):
+					b.Fatal("no SyncInfo within 10s")
+				}
+			}
+			redisReads := func() int64 {
+				info, err := srv.Client(b).Info(ctx, "stats").Result()
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, rest, _ := strings.Cut(info, "total_reads_processed:")
+				n, _ := strconv.ParseInt(strings.TrimSpace(strings.SplitN(rest, "\n", 2)[0]), 10, 64)
+				return n
+			}
+			trips0, reads0, cpu0 := len(counted.Trips()), redisReads(), processCPU()
+			b.ResetTimer()
+			for i := range b.N {
+				if i >= window {
+					wait()
+				}
+				s, err := h.Subscribe(groups[i], 0, "", newGroupSink{i, done})
+				if err != nil {
+					b.Fatal(err)
+				}
+				subs[i] = s
+			}
+			for range min(window, b.N) {
+				wait()
+			}
+			b.StopTimer()
+			n := float64(b.N)
+			b.ReportMetric(float64(processCPU()-cpu0)/n, "cpu-ns/op")
+			b.ReportMetric(float64(len(counted.Trips())-trips0)/n, "reads/op")
+			b.ReportMetric(float64(redisReads()-reads0-1)/n, "redis-reads/op")
+		})
+	}
+}
+
+// processCPU is the CPU time this process has used, user and system, in
+// nanoseconds.
+func processCPU() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		panic(err)
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }

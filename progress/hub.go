@@ -44,6 +44,13 @@ type HubConfig struct {
 	// shared by every subscriber it serves, not one per subscriber.
 	// Default nil: no member lists.
 	Presence *Presence
+	// ReadBatch bounds how many groups' history reads share one round
+	// trip to Redis: reads requested while one is in flight go out
+	// together, in one MULTI, once it is back (a read requested while
+	// none is in flight goes out at once). 1 reads each group on its own.
+	// On a Redis Cluster every group reads on its own anyway (a MULTI
+	// names keys of one slot). Default 64.
+	ReadBatch int
 	// Logger receives the hub's own diagnostics. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -60,6 +67,9 @@ func (c HubConfig) withDefaults() HubConfig {
 	}
 	if c.TailWait <= 0 {
 		c.TailWait = 50 * time.Millisecond
+	}
+	if c.ReadBatch <= 0 {
+		c.ReadBatch = 64
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -134,6 +144,7 @@ type Hub struct {
 	cluster *redis.ClusterClient // set when the log uses sharded pub/sub
 	cfg     HubConfig
 	logger  *slog.Logger
+	batcher *readBatcher // nil: each group reads its log on its own
 
 	mu     sync.Mutex
 	groups map[string]*group
@@ -213,6 +224,11 @@ func NewHub(rdb redis.UniversalClient, log *Log, cfg HubConfig) *Hub {
 		h.mu.Lock()
 		h.addFeed("", nil, rdb.Subscribe(ctx))
 		h.mu.Unlock()
+	}
+	if !log.sharded && cfg.ReadBatch > 1 {
+		h.batcher = newReadBatcher(log.rdb, cfg.ReadBatch)
+		h.wg.Add(1)
+		go func() { defer h.wg.Done(); h.batcher.run(ctx) }()
 	}
 	h.wg.Add(1)
 	go func() { defer h.wg.Done(); h.controlLoop() }()
@@ -1268,7 +1284,7 @@ func (g *group) readFor(ctx context.Context, targets []*Subscription, split bool
 		}
 	}
 	g.hub.reads.Add(1)
-	snap, err := g.hub.log.readN(ctx, g.name, from, 0, extra)
+	snap, err := g.hub.readLog(ctx, g.name, from, extra)
 	g.mu.Lock()
 	// Taking the recording and establishing the tail under one lock: no
 	// live event falls between the two.

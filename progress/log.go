@@ -459,56 +459,105 @@ func (l *Log) ReadN(ctx context.Context, group string, after int64, n int) (Snap
 // snapshot's LastSeq. extra returns the function that reads its results
 // once the MULTI ran; the last page's results are the ones left.
 func (l *Log) readN(ctx context.Context, group string, after int64, n int, extra func(context.Context, redis.Pipeliner) func() error) (Snapshot, error) {
-	var snap Snapshot
-	if after < 0 {
-		after = 0
+	return l.newRead(group, after, n, extra).finish(ctx)
+}
+
+// logRead is one read of a group's log (readN), split into its pages so
+// that a page can ride in a MULTI shared with other groups' reads (the
+// hub's readBatcher): queue puts the next page's commands on a pipeline,
+// take reads their results once it ran, and finish runs the pages left
+// on their own.
+type logRead struct {
+	l     *Log
+	group string
+	after int64
+	n     int
+	extra func(context.Context, redis.Pipeliner) func() error
+
+	snap     Snapshot
+	from     int64 // the seq the next page starts after
+	restarts int
+
+	// the page in flight, set by queue
+	meta      *redis.SliceCmd
+	rng       *redis.XMessageSliceCmd
+	extraDone func() error
+}
+
+func (l *Log) newRead(group string, after int64, n int, extra func(context.Context, redis.Pipeliner) func() error) *logRead {
+	after = max(after, 0)
+	return &logRead{l: l, group: group, after: after, n: n, extra: extra, from: after}
+}
+
+// queue puts the next page's commands on p, which must be a MULTI (or
+// one that runs them without anything in between).
+func (r *logRead) queue(ctx context.Context, p redis.Pipeliner) {
+	r.meta = p.HMGet(ctx, r.l.metaKey(r.group), "seq", "epoch")
+	r.rng = p.XRangeN(ctx, r.l.streamKey(r.group), afterID(r.from), "+", int64(page(r.n, len(r.snap.Events))))
+	r.extraDone = nil
+	if r.extra != nil {
+		r.extraDone = r.extra(ctx, p)
 	}
-	from := after
-	for restarts := 0; ; {
-		var meta *redis.SliceCmd
-		var rng *redis.XMessageSliceCmd
-		var extraDone func() error
-		_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			meta = p.HMGet(ctx, l.metaKey(group), "seq", "epoch")
-			rng = p.XRangeN(ctx, l.streamKey(group), afterID(from), "+", int64(page(n, len(snap.Events))))
-			if extra != nil {
-				extraDone = extra(ctx, p)
-			}
+}
+
+// take reads the results of the page queue put on a pipeline that has
+// run, from the page's own commands (so a failing command of another
+// group in the same MULTI is not this read's error), and reports whether
+// the read is complete (its snapshot is r.snap) or needs another page.
+func (r *logRead) take() (done bool, err error) {
+	for _, err := range []error{r.meta.Err(), r.rng.Err()} {
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return false, fmt.Errorf("progress: read %s: %w", r.group, unavailable(err))
+		}
+	}
+	if r.extraDone != nil {
+		if err := r.extraDone(); err != nil {
+			return false, fmt.Errorf("progress: read %s: %w", r.group, unavailable(err))
+		}
+	}
+	epoch, lastSeq := parseMeta(r.meta.Val())
+	msgs := r.rng.Val()
+	// Between pages the log may be replaced (a new epoch) or trimmed
+	// past this read (the next page does not join up): either would
+	// leave a gap that looks like complete history, so start over.
+	replaced := r.snap.Epoch != "" && epoch != r.snap.Epoch
+	trimmed := len(r.snap.Events) > 0 && len(msgs) > 0 && !strings.HasPrefix(msgs[0].ID, strconv.FormatInt(r.from+1, 10)+"-")
+	if replaced || trimmed {
+		if r.restarts++; r.restarts > 10 {
+			return false, fmt.Errorf("progress: read %s: %w", r.group, errLogChurn)
+		}
+		r.snap, r.from = Snapshot{}, r.after
+		return false, nil
+	}
+	r.snap.Epoch, r.snap.LastSeq = epoch, lastSeq
+	for _, m := range msgs {
+		ev, err := decodeEntry(r.group, epoch, m)
+		if err != nil {
+			return false, err
+		}
+		r.snap.Events = append(r.snap.Events, ev)
+		r.from = ev.Seq
+	}
+	return len(msgs) < readPage || r.from >= lastSeq || (r.n > 0 && len(r.snap.Events) >= r.n), nil
+}
+
+// finish reads the pages left, each in a MULTI of its own, and returns
+// the snapshot.
+func (r *logRead) finish(ctx context.Context) (Snapshot, error) {
+	for {
+		_, err := r.l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			r.queue(ctx, p)
 			return nil
 		})
 		if err != nil && !errors.Is(err, redis.Nil) {
-			return Snapshot{}, fmt.Errorf("progress: read %s: %w", group, unavailable(err))
+			return Snapshot{}, fmt.Errorf("progress: read %s: %w", r.group, unavailable(err))
 		}
-		if extraDone != nil {
-			if err := extraDone(); err != nil {
-				return Snapshot{}, fmt.Errorf("progress: read %s: %w", group, unavailable(err))
-			}
+		done, err := r.take()
+		if err != nil {
+			return Snapshot{}, err
 		}
-		epoch, lastSeq := parseMeta(meta.Val())
-		msgs := rng.Val()
-		// Between pages the log may be replaced (a new epoch) or trimmed
-		// past this read (the next page does not join up): either would
-		// leave a gap that looks like complete history, so start over.
-		replaced := snap.Epoch != "" && epoch != snap.Epoch
-		trimmed := len(snap.Events) > 0 && len(msgs) > 0 && !strings.HasPrefix(msgs[0].ID, strconv.FormatInt(from+1, 10)+"-")
-		if replaced || trimmed {
-			if restarts++; restarts > 10 {
-				return Snapshot{}, fmt.Errorf("progress: read %s: %w", group, errLogChurn)
-			}
-			snap, from = Snapshot{}, after
-			continue
-		}
-		snap.Epoch, snap.LastSeq = epoch, lastSeq
-		for _, m := range msgs {
-			ev, err := decodeEntry(group, epoch, m)
-			if err != nil {
-				return Snapshot{}, err
-			}
-			snap.Events = append(snap.Events, ev)
-			from = ev.Seq
-		}
-		if len(msgs) < readPage || from >= lastSeq || (n > 0 && len(snap.Events) >= n) {
-			return snap, nil
+		if done {
+			return r.snap, nil
 		}
 	}
 }
