@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"math"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
@@ -53,14 +53,9 @@ func (s *Server) publish(ctx context.Context, who auth.Principal, group string, 
 	case n > maxChatRunes:
 		return who, apiErr(CodeBadRequest, "a message is at most 2000 characters")
 	}
-	who, err := s.materialize(ctx, who) // a message is state: store the guest
-	if err != nil {
-		return who, err
-	}
-	if err := s.limit(ctx, "chat:"+who.User.ID, s.cfg.ChatRate, s.cfg.ChatBurst, "slow down: too many messages"); err != nil {
-		return who, err
-	}
-	author, err := s.currentMember(ctx, who)
+	// A message is state: store the guest; then the chat limit, and the
+	// author's current name (in one round trip where the Redis allows).
+	who, author, err := s.act(ctx, who, "chat:"+who.User.ID, s.cfg.ChatRate, s.cfg.ChatBurst, "slow down: too many messages")
 	if err != nil {
 		return who, err
 	}
@@ -77,23 +72,15 @@ func (s *Server) limit(ctx context.Context, key string, perSecond float64, burst
 		return err
 	}
 	if wait > 0 {
-		return &APIError{Code: CodeRateLimited, Message: msg, RetryAfter: int(math.Ceil(wait.Seconds()))}
+		return rateLimited(wait, msg)
 	}
 	return nil
 }
 
-// currentMember is who as chat shows them, with their current name: a
-// socket's principal was read when it opened, and the name may have
-// changed since (on this tab or another).
-func (s *Server) currentMember(ctx context.Context, who auth.Principal) (progress.Member, error) {
-	u, err := s.auth.User(ctx, who.User.ID)
-	if errors.Is(err, auth.ErrNotFound) {
-		return progress.Member{ID: who.User.ID, Name: who.User.Name}, nil
-	}
-	if err != nil {
-		return progress.Member{}, err
-	}
-	return progress.Member{ID: u.ID, Name: u.Name}, nil
+// rateLimited is the rate_limited error of a limit that refused: msg, and
+// wait in whole seconds as Retry-After.
+func rateLimited(wait time.Duration, msg string) *APIError {
+	return &APIError{Code: CodeRateLimited, Message: msg, RetryAfter: int(math.Ceil(wait.Seconds()))}
 }
 
 // handlePostMessage is the HTTP way to post to a chat room.

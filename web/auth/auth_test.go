@@ -396,6 +396,11 @@ func TestGuestSessionReadsCoalesce(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				// The pipeline's script is loaded, as it is once the
+				// server has read any guest: one read is one command.
+				if err := lookupGuestScript.Load(ctx, rdb).Err(); err != nil {
+					t.Fatal(err)
+				}
 				rdb.AddHook(reads)
 				for range guestReadSlots { // every slot busy: reads wait
 					s.reads.slots <- struct{}{}

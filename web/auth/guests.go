@@ -210,7 +210,15 @@ func (s *Store) Materialize(ctx context.Context, p Principal, ip string) (Princi
 // materializeTimeout bounds a shared Materialize whose callers all left.
 const materializeTimeout = 10 * time.Second
 
+// materialize stores p's guest: on one Redis in one script (actScript:
+// one round trip, and no charge twice however requests race), on a Redis
+// Cluster, where the guest's key and its address's bucket lie in
+// different slots, in steps.
 func (s *Store) materialize(ctx context.Context, p Principal, ip string) (Principal, error) {
+	if !s.cluster {
+		act, err := s.actScript(ctx, p, ip, nil)
+		return act.Who, err
+	}
 	// The guest may have been stored since p was read (another request of
 	// the same browser, or a socket that was opened before): no charge.
 	u, stored, err := s.lookupGuest(ctx, p.User.ID, 0)
@@ -239,9 +247,19 @@ func (s *Store) materialize(ctx context.Context, p Principal, ip string) (Princi
 	return Principal{User: u, Stored: true}, nil
 }
 
+// The new-guest limit: Config.NewGuestsPerIP per newGuestWindow, per
+// client address (newGuestBucket), refused as too many newGuestsWhat.
+const (
+	newGuestWindow = time.Hour
+	newGuestsWhat  = "new guests from your address"
+)
+
+// newGuestBucket is the limit key of ip's new guests.
+func newGuestBucket(ip string) string { return "guest-ip:" + ipKey(ip) }
+
 // allowNewGuest takes one new guest from ip's budget.
 func (s *Store) allowNewGuest(ctx context.Context, ip string) error {
-	return s.allowN(ctx, "guest-ip:"+ipKey(ip), s.cfg.NewGuestsPerIP, time.Hour, "new guests from your address")
+	return s.allowN(ctx, newGuestBucket(ip), s.cfg.NewGuestsPerIP, newGuestWindow, newGuestsWhat)
 }
 
 // revokeGuestScript marks a guest revoked for ARGV[2] milliseconds: the

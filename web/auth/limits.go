@@ -19,24 +19,34 @@ func (e *RateLimitedError) Error() string {
 	return fmt.Sprintf("auth: too many %s; retry in %s", e.What, e.RetryAfter.Round(time.Second))
 }
 
-// gcraScript is a generic cell rate limiter (GCRA, the token bucket
-// without a refill process): one key per caller holding the theoretical
-// arrival time, always written with a TTL, so no key outlives its use and
-// none can lose its expiry (unlike INCR then EXPIRE). It returns 0 when
-// the request may go ahead, or the milliseconds to wait; a refused
-// request writes nothing.
-var gcraScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local new_tat = tat + interval
-local wait = new_tat - now - burst * interval
-if wait > 0 then return math.ceil(wait) end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return 0
+// gcraLua is a generic cell rate limiter (GCRA, the token bucket without
+// a refill process) as a Lua function for scripts: one key per caller
+// holding the theoretical arrival time, always written with a TTL, so no
+// key outlives its use and none can lose its expiry (unlike INCR then
+// EXPIRE). gcra returns 0 when the request may go ahead, or the
+// milliseconds to wait; a refused request writes nothing. now and
+// interval are milliseconds.
+const gcraLua = `
+local function gcra(key, now, interval, burst)
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local wait = new_tat - now - burst * interval
+  if wait > 0 then return math.ceil(wait) end
+  redis.call('SET', key, tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+  return 0
+end
+`
+
+// gcraScript takes one request from KEYS[1]'s bucket: ARGV[1] now (Unix
+// ms), ARGV[2] the interval (ms), ARGV[3] the burst.
+var gcraScript = redis.NewScript(gcraLua + `
+return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
 `)
+
+// gcraInterval is the milliseconds between requests of a bucket of
+// perSecond: gcra's interval.
+func gcraInterval(perSecond float64) float64 { return 1000 / perSecond }
 
 // Allow takes one request of key from a token bucket of perSecond with
 // burst, kept in Redis so every replica shares it. It returns 0 when the
@@ -44,9 +54,8 @@ return 0
 // taskstream: the sign-in limits below and the web layer's per-user
 // limits (jobs, chat, joins, renames) all use it.
 func (s *Store) Allow(ctx context.Context, key string, perSecond float64, burst int) (time.Duration, error) {
-	interval := 1000 / perSecond
 	wait, err := gcraScript.Run(ctx, s.rdb, []string{s.key("bucket", key)},
-		time.Now().UnixMilli(), interval, burst).Int64()
+		time.Now().UnixMilli(), gcraInterval(perSecond), burst).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("auth: rate limit %s: %w", key, err)
 	}
