@@ -110,9 +110,13 @@ const (
 // (Materialize's step on one Redis).
 func (s *Store) actScript(ctx context.Context, p Principal, ip string, l *Limit) (Action, error) {
 	store := p.isGuestCookie() && !p.Stored
+	var name string // a new guest's (only a guest's id makes one)
+	if store {
+		name = guestUser(p.User.ID).Name
+	}
 	keys := []string{s.userKey(p.User.ID), s.key("bucket", newGuestBucket(ip))}
 	args := []any{time.Now().UnixMilli(), boolStr(store), gcraInterval(float64(s.cfg.NewGuestsPerIP) / newGuestWindow.Seconds()), s.cfg.NewGuestsPerIP,
-		guestUser(p.User.ID).Name, ttlMillis(s.cfg.NewGuestTTL), 0, 0}
+		name, ttlMillis(s.cfg.NewGuestTTL), 0, 0}
 	if l != nil {
 		keys = append(keys, s.key("bucket", l.Key))
 		args[6], args[7] = gcraInterval(l.PerSecond), l.Burst
