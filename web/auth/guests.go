@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -407,12 +408,27 @@ func (s *Store) sendReads(ctx context.Context, mine *guestRead) bool {
 	cmds := make([]*redis.Cmd, len(batch))
 	// A failed pipeline sets its error on every command it did not get an
 	// answer for: each read is answered from its own command.
-	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, r := range batch {
-			cmds[i] = lookupGuestScript.EvalSha(ctx, p, []string{s.userKey(r.id)}, ms)
+	send := func() {
+		_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, r := range batch {
+				if cmds[i] == nil || noScript(cmds[i].Err()) {
+					cmds[i] = lookupGuestScript.EvalSha(ctx, p, []string{s.userKey(r.id)}, ms)
+				}
+			}
+			return nil
+		})
+	}
+	send()
+	if slices.ContainsFunc(cmds, func(c *redis.Cmd) bool { return noScript(c.Err()) }) {
+		// A new or flushed Redis has not the script yet (every pipeline of
+		// a storm after an api's first start): load it once and send
+		// those reads again together, rather than each on its own below
+		// (two round trips each, one after another, while the rest of the
+		// batch waits).
+		if lookupGuestScript.Load(ctx, s.rdb).Err() == nil {
+			send()
 		}
-		return nil
-	})
+	}
 	for i, r := range batch {
 		cerr := cmds[i].Err()
 		if cerr == nil {
@@ -422,7 +438,7 @@ func (s *Store) sendReads(ctx context.Context, mine *guestRead) bool {
 			}
 		}
 		switch {
-		case cerr != nil && redis.HasErrorPrefix(cerr, "NOSCRIPT"):
+		case noScript(cerr):
 			// The script is not loaded yet (a new or flushed Redis): Run
 			// sends it.
 			r.u, r.stored, r.err = s.lookupGuest(ctx, r.id, s.cfg.SessionTTL)
@@ -433,6 +449,10 @@ func (s *Store) sendReads(ctx context.Context, mine *guestRead) bool {
 	}
 	return took
 }
+
+// noScript reports whether err is Redis's answer to EVALSHA of a script
+// it does not hold.
+func noScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
 
 // errLeaderGone tells the requests that joined a read that it was never
 // sent (the request that would send it went away): each reads on its own.
