@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"net/url"
 	"strings"
@@ -52,14 +51,9 @@ func (s *Server) publish(ctx context.Context, who auth.Principal, group string, 
 	case n > maxChatRunes:
 		return who, apiErr(CodeBadRequest, "a message is at most 2000 characters")
 	}
-	who, err := s.materialize(ctx, who) // a message is state: store the guest
-	if err != nil {
-		return who, err
-	}
-	if err := s.limit(ctx, "chat:"+who.User.ID, s.cfg.ChatRate, s.cfg.ChatBurst, "slow down: too many messages"); err != nil {
-		return who, err
-	}
-	author, err := s.currentMember(ctx, who)
+	// A message is state: store the guest; then the chat limit, and the
+	// author's current name (in one round trip where the Redis allows).
+	who, author, err := s.act(ctx, who, "chat:"+who.User.ID, s.cfg.ChatRate, s.cfg.ChatBurst, "slow down: too many messages")
 	if err != nil {
 		return who, err
 	}
@@ -79,20 +73,6 @@ func (s *Server) limit(ctx context.Context, key string, perSecond float64, burst
 		return rateLimited(wait, msg)
 	}
 	return nil
-}
-
-// currentMember is who as chat shows them, with their current name: a
-// socket's principal was read when it opened, and the name may have
-// changed since (on this tab or another).
-func (s *Server) currentMember(ctx context.Context, who auth.Principal) (progress.Member, error) {
-	u, err := s.auth.User(ctx, who.User.ID)
-	if errors.Is(err, auth.ErrNotFound) {
-		return progress.Member{ID: who.User.ID, Name: who.User.Name}, nil
-	}
-	if err != nil {
-		return progress.Member{}, err
-	}
-	return progress.Member{ID: u.ID, Name: u.Name}, nil
 }
 
 // handlePostMessage is the HTTP way to post to a chat room.

@@ -68,6 +68,7 @@ type envOptions struct {
 	schedule string            // a schedule file's contents: run a scheduler of it
 	dash     *dashboard.Config // start a dashboard (reporter and publisher) on the env
 	listen   func(net.Listener) net.Listener
+	authHook redis.Hook // on a client of the auth store's own
 }
 
 func withWebConfig(c Config) envOption   { return func(o *envOptions) { o.web = c } }
@@ -93,6 +94,10 @@ func withDashboard(cfg dashboard.Config) envOption {
 func withListener(wrap func(net.Listener) net.Listener) envOption {
 	return func(o *envOptions) { o.listen = wrap }
 }
+
+// withAuthHook gives the auth store a Redis client of its own with hook,
+// so a test can see the store's commands apart from the rest.
+func withAuthHook(hook redis.Hook) envOption { return func(o *envOptions) { o.authHook = hook } }
 
 // withProductionRedis connects as cmd/api does (progress.OpenRedis, with
 // its short timeouts) instead of with go-redis's defaults.
@@ -157,7 +162,13 @@ func newEnv(t testing.TB, srv *progresstest.Server, opts ...envOption) *testEnv 
 	if o.authCfg != nil {
 		o.authCfg(&authCfg)
 	}
-	e.auth, err = auth.NewStore(e.rdb, authCfg)
+	authRdb := e.rdb
+	if o.authHook != nil {
+		c := srv.Client(t)
+		c.AddHook(o.authHook)
+		authRdb = c
+	}
+	e.auth, err = auth.NewStore(authRdb, authCfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -100,6 +100,23 @@ func (s *Server) materialize(ctx context.Context, who auth.Principal) (auth.Prin
 	return p, nil
 }
 
+// act prepares an action of who that needs state and is limited per
+// user under key (perSecond, burst; refused with msg as limit does): it
+// stores a guest (as materialize), takes one request from the limit and
+// reads the user's current name, in one Redis round trip where the Redis
+// allows (auth.Store.Act). It returns who as stored even when the limit
+// refused, and the user as chat shows them.
+func (s *Server) act(ctx context.Context, who auth.Principal, key string, perSecond float64, burst int, msg string) (auth.Principal, progress.Member, error) {
+	a, err := s.auth.Act(ctx, who, clientIPOf(ctx), auth.Limit{Key: key, PerSecond: perSecond, Burst: burst})
+	if err != nil {
+		return a.Who, progress.Member{}, authError(err)
+	}
+	if a.Wait > 0 {
+		return a.Who, progress.Member{}, rateLimited(a.Wait, msg)
+	}
+	return a.Who, progress.Member{ID: a.Who.User.ID, Name: a.Name}, nil
+}
+
 func (s *Server) setSessionCookie(w http.ResponseWriter, r *http.Request, value string) {
 	http.SetCookie(w, &http.Cookie{
 		Name: sessionCookie, Value: value, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode,

@@ -586,34 +586,16 @@ func (c *conn) dropFailed(g *groupSink) {
 // guest stored (presence is state), the per-user join rate limit (churn
 // is bounded so subscribe/unsubscribe cycles cannot wash a room's history
 // away: a refused join never reaches Redis), and the current name (the
-// socket's principal was read when it opened).
+// socket's principal was read when it opened). In a join storm every
+// user's first socket does this while Redis is busiest: it is one round
+// trip (Server.act), where it was four in a row.
 func (c *conn) firstJoin(ctx context.Context, group string) error {
-	who, err := c.s.materialize(ctx, c.acting)
+	who, m, err := c.s.act(ctx, c.acting, "join:"+c.who.User.ID, 1, 20, "joining rooms too often; wait a moment")
+	c.acting = who
 	if err != nil {
 		return err
 	}
-	c.acting = who
-	// The rate limit and the name are two round trips that do not depend
-	// on each other: in a join storm every user's first socket makes
-	// them, while Redis is busiest, so they go at once. The name's read
-	// ends by itself (ctx bounds it) when the limit refuses.
-	type named struct {
-		m   progress.Member
-		err error
-	}
-	name := make(chan named, 1)
-	go func() {
-		m, err := c.s.currentMember(ctx, c.who)
-		name <- named{m, err}
-	}()
-	if err := c.s.limit(ctx, "join:"+c.who.User.ID, 1, 20, "joining rooms too often; wait a moment"); err != nil {
-		return err
-	}
-	n := <-name
-	if n.err != nil {
-		return n.err
-	}
-	c.s.pres.Settle(group, n.m, c.id)
+	c.s.pres.Settle(group, m, c.id)
 	return nil
 }
 

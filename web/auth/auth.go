@@ -146,6 +146,11 @@ type Store struct {
 	// creating shares one Materialize among the concurrent requests of a
 	// guest, by guest id.
 	creating singleflight.Group
+	// cluster is set on a Redis Cluster, where the keys of one user's
+	// action (the user, its address's and its action's limits) lie in
+	// different slots: such steps go one at a time there, not in one
+	// script (act.go).
+	cluster bool
 }
 
 // NewStore returns a Store; it fails when the secret is too short.
@@ -154,8 +159,9 @@ func NewStore(rdb redis.UniversalClient, cfg Config) (*Store, error) {
 		return nil, errors.New("auth: the session secret must be at least 32 bytes")
 	}
 	cfg = cfg.withDefaults()
+	_, cluster := rdb.(*redis.ClusterClient)
 	return &Store{
-		rdb: rdb, cfg: cfg,
+		rdb: rdb, cfg: cfg, cluster: cluster,
 		guestKey: deriveKey(cfg.Secret, "taskstream guest cookie v1"),
 		codeKey:  deriveKey(cfg.Secret, "taskstream sign-in code v1"),
 		reads:    guestReads{slots: make(chan struct{}, guestReadSlots), waiting: map[string]*guestRead{}},

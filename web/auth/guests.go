@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -210,7 +211,15 @@ func (s *Store) Materialize(ctx context.Context, p Principal, ip string) (Princi
 // materializeTimeout bounds a shared Materialize whose callers all left.
 const materializeTimeout = 10 * time.Second
 
+// materialize stores p's guest: on one Redis in one script (actScript:
+// one round trip, and no charge twice however requests race), on a Redis
+// Cluster, where the guest's key and its address's bucket lie in
+// different slots, in steps.
 func (s *Store) materialize(ctx context.Context, p Principal, ip string) (Principal, error) {
+	if !s.cluster {
+		act, err := s.actScript(ctx, p, ip, nil)
+		return act.Who, err
+	}
 	// The guest may have been stored since p was read (another request of
 	// the same browser, or a socket that was opened before): no charge.
 	u, stored, err := s.lookupGuest(ctx, p.User.ID, 0)
@@ -239,9 +248,19 @@ func (s *Store) materialize(ctx context.Context, p Principal, ip string) (Princi
 	return Principal{User: u, Stored: true}, nil
 }
 
+// The new-guest limit: Config.NewGuestsPerIP per newGuestWindow, per
+// client address (newGuestBucket), refused as too many newGuestsWhat.
+const (
+	newGuestWindow = time.Hour
+	newGuestsWhat  = "new guests from your address"
+)
+
+// newGuestBucket is the limit key of ip's new guests.
+func newGuestBucket(ip string) string { return "guest-ip:" + ipKey(ip) }
+
 // allowNewGuest takes one new guest from ip's budget.
 func (s *Store) allowNewGuest(ctx context.Context, ip string) error {
-	return s.allowN(ctx, "guest-ip:"+ipKey(ip), s.cfg.NewGuestsPerIP, time.Hour, "new guests from your address")
+	return s.allowN(ctx, newGuestBucket(ip), s.cfg.NewGuestsPerIP, newGuestWindow, newGuestsWhat)
 }
 
 // revokeGuestScript marks a guest revoked for ARGV[2] milliseconds: the
@@ -389,12 +408,27 @@ func (s *Store) sendReads(ctx context.Context, mine *guestRead) bool {
 	cmds := make([]*redis.Cmd, len(batch))
 	// A failed pipeline sets its error on every command it did not get an
 	// answer for: each read is answered from its own command.
-	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, r := range batch {
-			cmds[i] = lookupGuestScript.EvalSha(ctx, p, []string{s.userKey(r.id)}, ms)
+	send := func() {
+		_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, r := range batch {
+				if cmds[i] == nil || noScript(cmds[i].Err()) {
+					cmds[i] = lookupGuestScript.EvalSha(ctx, p, []string{s.userKey(r.id)}, ms)
+				}
+			}
+			return nil
+		})
+	}
+	send()
+	if slices.ContainsFunc(cmds, func(c *redis.Cmd) bool { return noScript(c.Err()) }) {
+		// A new or flushed Redis has not the script yet (every pipeline of
+		// a storm after an api's first start): load it once and send
+		// those reads again together, rather than each on its own below
+		// (two round trips each, one after another, while the rest of the
+		// batch waits).
+		if lookupGuestScript.Load(ctx, s.rdb).Err() == nil {
+			send()
 		}
-		return nil
-	})
+	}
 	for i, r := range batch {
 		cerr := cmds[i].Err()
 		if cerr == nil {
@@ -404,7 +438,7 @@ func (s *Store) sendReads(ctx context.Context, mine *guestRead) bool {
 			}
 		}
 		switch {
-		case cerr != nil && redis.HasErrorPrefix(cerr, "NOSCRIPT"):
+		case noScript(cerr):
 			// The script is not loaded yet (a new or flushed Redis): Run
 			// sends it.
 			r.u, r.stored, r.err = s.lookupGuest(ctx, r.id, s.cfg.SessionTTL)
@@ -415,6 +449,10 @@ func (s *Store) sendReads(ctx context.Context, mine *guestRead) bool {
 	}
 	return took
 }
+
+// noScript reports whether err is Redis's answer to EVALSHA of a script
+// it does not hold.
+func noScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
 
 // errLeaderGone tells the requests that joined a read that it was never
 // sent (the request that would send it went away): each reads on its own.

@@ -19,37 +19,51 @@ func (e *RateLimitedError) Error() string {
 	return fmt.Sprintf("auth: too many %s; retry in %s", e.What, e.RetryAfter.Round(time.Second))
 }
 
-// LimitLua is the body of a Lua function of (keys, args) that takes one
-// request from a generic cell rate limiter (GCRA, the token bucket
-// without a refill process): keys[1] holds the caller's theoretical
-// arrival time, always written with a TTL, so no key outlives its use and
-// none can lose its expiry (unlike INCR then EXPIRE); args are now (ms),
-// the interval between requests (ms) and the burst. It returns 0 when the
-// request may go ahead, or the milliseconds to wait; a refused request
-// writes nothing. Allow runs it alone (gcraScript); LimitStep hands it
-// to a caller that runs it inside a script of its own.
-const LimitLua = `
-local now = tonumber(args[1])
-local interval = tonumber(args[2])
-local burst = tonumber(args[3])
-local tat = tonumber(redis.call('GET', keys[1]) or '0')
-if tat < now then tat = now end
-local new_tat = tat + interval
-local wait = new_tat - now - burst * interval
-if wait > 0 then return math.ceil(wait) end
-redis.call('SET', keys[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return 0
+// gcraLua is a generic cell rate limiter (GCRA, the token bucket without
+// a refill process) as a Lua function for scripts: one key per caller
+// holding the theoretical arrival time, always written with a TTL, so no
+// key outlives its use and none can lose its expiry (unlike INCR then
+// EXPIRE). gcra returns 0 when the request may go ahead, or the
+// milliseconds to wait; a refused request writes nothing. now and
+// interval are milliseconds.
+const gcraLua = `
+local function gcra(key, now, interval, burst)
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local wait = new_tat - now - burst * interval
+  if wait > 0 then return math.ceil(wait) end
+  redis.call('SET', key, tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+  return 0
+end
 `
 
-var gcraScript = redis.NewScript("local function gcra(keys, args)\n" + LimitLua + "\nend\nreturn gcra(KEYS, ARGV)")
+// gcraScript takes one request from KEYS[1]'s bucket: ARGV[1] now (Unix
+// ms), ARGV[2] the interval (ms), ARGV[3] the burst.
+var gcraScript = redis.NewScript(gcraLua + `
+return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+`)
+
+// LimitLua is the body of a Lua function of (keys, args) that takes one
+// request from keys[1]'s bucket with gcra: args are now (ms), the
+// interval between requests (ms) and the burst. It returns what gcra
+// does. LimitStep hands it, with its keys and args, to a caller that runs
+// it inside a script of its own (a job's submit: the limit and the job's
+// record in one step).
+const LimitLua = gcraLua + `
+return gcra(keys[1], tonumber(args[1]), tonumber(args[2]), tonumber(args[3]))
+`
 
 // LimitStep returns what Allow(key, perSecond, burst) runs, for a caller
-// that runs it in a script of its own (a job's submit: the limit and the
-// job's record in one step): the keys and args of LimitLua as of now.
+// that runs LimitLua in a script of its own: its keys and args as of now.
 // Its reply means what Allow's does (in milliseconds).
 func (s *Store) LimitStep(key string, perSecond float64, burst int) ([]string, []any) {
-	return []string{s.key("bucket", key)}, []any{time.Now().UnixMilli(), 1000 / perSecond, burst}
+	return []string{s.key("bucket", key)}, []any{time.Now().UnixMilli(), gcraInterval(perSecond), burst}
 }
+
+// gcraInterval is the milliseconds between requests of a bucket of
+// perSecond: gcra's interval.
+func gcraInterval(perSecond float64) float64 { return 1000 / perSecond }
 
 // Allow takes one request of key from a token bucket of perSecond with
 // burst, kept in Redis so every replica shares it. It returns 0 when the
