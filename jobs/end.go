@@ -53,12 +53,13 @@ func endFunc(unique bool) string {
 	}
 	return `
 local function guard()
-  if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'}, nil end
+  local f = redis.call('HMGET', KEYS[1], 'owner', 'owed')
+  if not f[1] and redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'}, nil end
 ` + release + `
   redis.call('ZREM', KEYS[2], ARGV[2])
   redis.call('ZREM', KEYS[3], ARGV[2])
-  local owner = redis.call('HGET', KEYS[1], 'owner') or ''
-  if redis.call('HGET', KEYS[1], 'owed') ~= ARGV[1] then return {'told', owner}, nil end
+  local owner = f[1] or ''
+  if f[2] ~= ARGV[1] then return {'told', owner}, nil end
   redis.call('HDEL', KEYS[1], 'owed', 'owed_at', 'owed_err')
   if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 'tell', ARGV[1]) end
   local posts = {ARGV[4], ARGV[5]}
