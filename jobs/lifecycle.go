@@ -944,10 +944,10 @@ return redis.call('HGET', KEYS[1], 'owner')
 // clears the debt; "" (a caller without a transition of its own): the
 // owner is read when the debt is cleared and notified after.
 //
-// Off a Redis Cluster (fused) all of it is one round trip (endStep); ride,
-// when not nil, takes that end to send it with a later round trip of the
-// caller's (a run's: endGate), which must come (or ride settles it
-// otherwise).
+// Off a Redis Cluster (fused) all of it is one round trip (endStep), the
+// lock's release included. ride, when not nil, is handed that end instead
+// of it being sent now, to go with a later round trip (a run's: Asynq's
+// script on its task, see endGate); whoever takes it settles it.
 func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id string, state string, result json.RawMessage, errMsg string, rec *record, owner string, ride func(*endStep)) {
 	if rec == nil {
 		var err error
