@@ -422,3 +422,41 @@ func TestEndGateTakesAnEndOnce(t *testing.T) {
 		t.Fatalf("orphans left %v", got)
 	}
 }
+
+// A fused end whose job record Redis lost before the end went (endGuard
+// finds no debt to judge by) goes as on a Cluster, under PublishOnce: its
+// events once, however often it is made, and the owner told once.
+func TestFusedEndOfALostRecord(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		e := newJobEnv(t, srv)
+		ctx := context.Background()
+		job, a := e.startRun(t, `{"steps":1}`)
+		var waiting *endStep
+		a.ride = func(s *endStep) { waiting = s }
+		if got := e.svc.lc.finishRunHow(ctx, newOp(), a, StateCompleted, []byte(`{"n":1}`), ""); got != finishRecorded || waiting == nil {
+			t.Fatalf("finishRunHow: %v, waiting %v", got, waiting != nil)
+		}
+		if err := e.srv.Client(t).Del(ctx, e.svc.store.jobKey(job.ID)).Err(); err != nil {
+			t.Fatal(err)
+		}
+		waiting.run()
+		waiting.run()
+		snap := e.events(job.ID)
+		if got, want := stateNames(snap), "pending/0 active/1 completed/0"; got != want || snap.Events[len(snap.Events)-1].Name != "result" {
+			t.Fatalf("states %q, want %q and the result last: %s", got, want, describe(snap))
+		}
+		us, err := e.log.Read(ctx, progress.UserGroup("u1"), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		notes := 0
+		for _, ev := range us.Events {
+			if ev.Name == "notification" && strings.Contains(string(ev.Data), job.ID) {
+				notes++
+			}
+		}
+		if notes != 1 {
+			t.Fatalf("%d notifications of the end, want 1", notes)
+		}
+	})
+}
