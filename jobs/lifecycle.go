@@ -55,9 +55,11 @@ const (
 //     same script, cleared only after its events are in the log, and the
 //     job stays in the open index until then, so the reconciler pays a
 //     debt older than Config.DebtAge;
-//   - the events of a transition are appended with Log.PublishOnce under
-//     the op id, so the worker's retries and the reconciler paying the
-//     same debt append them once.
+//   - the events of a transition are appended once per op id, so the
+//     worker's retries and the reconciler paying the same debt append
+//     them once: with Log.PublishOnce under the op id on a Cluster, and
+//     off one in the same script that clears the debt, only while the
+//     debt names the op (endGuard).
 //
 // Every run of a job is an attempt of one Asynq task, and the record names
 // the current task and attempt. Transitions made by a run are conditional
@@ -89,6 +91,10 @@ type attempt struct {
 	// stop ends the run's retries of a Redis call that failed (the
 	// worker is stopping); nil: retry for Config.EndRetryFor.
 	stop <-chan struct{}
+	// ride, when not nil, takes the run's fused end (endStep) to send it
+	// with Asynq's script on the run's task (endGate); nil: the end takes
+	// a round trip of its own.
+	ride func(*endStep)
 }
 
 func (a *attempt) job() string { return a.rec.ID }
@@ -881,7 +887,7 @@ func (l *lifecycle) finishRunHow(ctx context.Context, op string, a *attempt, sta
 	if l.cfg.Observer != nil {
 		l.cfg.Observer.JobFinished(a.rec.Type, state, time.Since(a.started), true)
 	}
-	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg, &a.rec, owner)
+	l.announceEnd(ctx, a.stop, op, a.job(), state, result, errMsg, &a.rec, owner, a.ride)
 	return finishRecorded
 }
 
@@ -910,7 +916,7 @@ func (l *lifecycle) end(ctx context.Context, id, task, attemptN, state string, r
 			l.cfg.Logger.Warn("job end not counted in metrics: record unreadable", "job", id, "err", err)
 		}
 	}
-	l.announceEnd(ctx, nil, op, id, state, result, errMsg, nil, owner)
+	l.announceEnd(ctx, nil, op, id, state, result, errMsg, nil, owner, nil)
 	return true
 }
 
@@ -937,13 +943,38 @@ return redis.call('HGET', KEYS[1], 'owner')
 // returned it, whose notification then goes in the round trip that
 // clears the debt; "" (a caller without a transition of its own): the
 // owner is read when the debt is cleared and notified after.
-func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id string, state string, result json.RawMessage, errMsg string, rec *record, owner string) {
+//
+// Off a Redis Cluster (fused) all of it is one round trip (endStep), the
+// lock's release included. ride, when not nil, is handed that end instead
+// of it being sent now, to go with a later round trip (a run's: Asynq's
+// script on its task, see endGate); whoever takes it settles it.
+func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, id string, state string, result json.RawMessage, errMsg string, rec *record, owner string, ride func(*endStep)) {
 	if rec == nil {
 		var err error
 		if rec, err = l.st.get(ctx, id); err != nil && !errors.Is(err, errNoRecord) {
 			l.cfg.Logger.Warn("reading an ended job's record failed: no notification, its unique lock (if any) expires by itself", "job", id, "err", err)
 		}
 	}
+	if l.fused {
+		e, err := l.newEndStep(ctx, stop, op, id, state, result, errMsg, rec, owner)
+		switch {
+		case err != nil:
+			l.cfg.Logger.Error("publishing a job's end failed; the reconciler publishes it", "job", id, "state", state, "err", err)
+		case ride != nil:
+			ride(e)
+		default:
+			e.run()
+		}
+		return
+	}
+	l.announceEndSteps(ctx, stop, op, id, state, result, errMsg, rec, owner)
+}
+
+// announceEndSteps is announceEnd on a Redis Cluster, in three round trips
+// (the unique lock's release, the events, then the debt's clear, the
+// indexes and the notification), and off one for a job whose record is
+// gone (see endStep). rec is the job's record or nil.
+func (l *lifecycle) announceEndSteps(ctx context.Context, stop <-chan struct{}, op, id string, state string, result json.RawMessage, errMsg string, rec *record, owner string) {
 	// A unique type's lock ends with the job (its end is recorded), before
 	// the end goes out: a watcher that sees it may submit the same job
 	// again at once. Every announcer releases it, and only a lock that is
@@ -953,14 +984,7 @@ func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, i
 			l.cfg.Logger.Warn("releasing a unique job's lock failed; it expires by itself", "job", id, "err", err)
 		}
 	}
-	events := []progress.Draft{{Name: wire.EventState, Data: stateEvent{State: state, Error: errMsg}}}
-	switch state {
-	case StateCompleted:
-		events = append(events, progress.Draft{Name: wire.EventResult, Data: map[string]json.RawMessage{"result": orNull(result)}})
-	case StateFailed:
-		events = append(events, progress.Draft{Name: wire.EventFailed, Data: map[string]string{"error": errMsg}})
-	}
-	fresh, err := l.publishOnce(ctx, stop, op, id, events...)
+	fresh, err := l.publishOnce(ctx, stop, op, id, endEvents(state, result, errMsg)...)
 	if err != nil {
 		l.cfg.Logger.Error("publishing a job's end failed; the reconciler publishes it", "job", id, "state", state, "err", err)
 		return
@@ -1005,13 +1029,19 @@ func (l *lifecycle) announceEnd(ctx context.Context, stop <-chan struct{}, op, i
 // Idempotency-Key's reservation) if it still names ARGV[1] as the first
 // word of its value: a lock that expired and was taken by another job is
 // left alone.
-var releaseLockScript = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-if v and (v == ARGV[1] or string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' ') then
-  return redis.call('DEL', KEYS[1])
+var releaseLockScript = redis.NewScript(releaseLockFunc + `return release_lock(KEYS[1], ARGV[1])`)
+
+// releaseLockFunc is releaseLockScript's step as a Lua function
+// release_lock(key, id), shared with endUniqueGuard.
+const releaseLockFunc = `
+local function release_lock(key, id)
+  local v = redis.call('GET', key)
+  if v and (v == id or string.sub(v, 1, string.len(id) + 1) == id .. ' ') then
+    return redis.call('DEL', key)
+  end
+  return 0
 end
-return 0
-`)
+`
 
 // payDebt publishes the end of a final job whose events were not
 // confirmed published (its announcer failed or died), once the debt is
@@ -1027,7 +1057,7 @@ func (l *lifecycle) payDebt(ctx context.Context, rec *record) (bool, error) {
 		return true, nil
 	}
 	l.cfg.Logger.Warn("publishing the end of a job whose events were owed", "job", rec.ID, "state", rec.Final)
-	l.announceEnd(ctx, nil, rec.Owed, rec.ID, rec.Final, rec.Result, rec.OwedErr, rec, "")
+	l.announceEnd(ctx, nil, rec.Owed, rec.ID, rec.Final, rec.Result, rec.OwedErr, rec, "", nil)
 	after, err := l.st.get(ctx, rec.ID)
 	if err != nil {
 		return true, err
@@ -1183,11 +1213,11 @@ func (l *lifecycle) lost(ctx context.Context, id string, lostAfter time.Duration
 		return l.st.rdb.ZRem(ctx, l.st.runningKey(), id).Err()
 	case "canceled":
 		l.cfg.Logger.Warn("worker lost while a canceled job ran", "job", id, "attempt", rec.Attempt)
-		l.announceEnd(ctx, nil, op, id, StateCanceled, nil, "", rec, "")
+		l.announceEnd(ctx, nil, op, id, StateCanceled, nil, "", rec, "", nil)
 		return nil
 	case "failed":
 		l.cfg.Logger.Warn("worker lost on the job's last attempt", "job", id, "attempt", rec.Attempt)
-		l.announceEnd(ctx, nil, op, id, StateFailed, nil, reasonWorkerLost, rec, "")
+		l.announceEnd(ctx, nil, op, id, StateFailed, nil, reasonWorkerLost, rec, "", nil)
 		return nil
 	}
 	task, _ := res[1].(string)

@@ -154,7 +154,8 @@ type Worker struct {
 	svc    *Service
 	rdb    redis.UniversalClient
 	srv    *asynq.Server
-	gate   *dequeueGate // the client srv runs on
+	gate   *dequeueGate // under ends
+	ends   *endGate     // the client srv runs on
 	cfg    WorkerConfig
 	logger *slog.Logger
 
@@ -193,7 +194,8 @@ func NewWorker(svc *Service, rdb redis.UniversalClient, cfg WorkerConfig) *Worke
 	w.stopJobs, w.stop = context.WithCancel(context.Background())
 	w.bgCtx, w.bgCancel = context.WithCancel(context.Background())
 	w.gate = newDequeueGate(rdb, cfg.PollInterval/2)
-	w.srv = asynq.NewServerFromRedisClient(w.gate, cfg.asynqConfig(w.logger))
+	w.ends = newEndGate(w.gate)
+	w.srv = asynq.NewServerFromRedisClient(w.ends, cfg.asynqConfig(w.logger))
 	return w
 }
 
@@ -242,6 +244,11 @@ func (w *Worker) Shutdown() {
 		w.srv.Shutdown() // waits for handlers, then requeues the rest
 		t.Stop()
 		w.stop()
+		// Ends that Asynq did not carry (see endGate) go now, before
+		// the runs' retries stop.
+		for _, e := range w.ends.orphans(true) {
+			e.settle()
+		}
 		w.bgCancel()
 		w.bg.Wait()
 		w.logger.Info("worker stopped")
@@ -284,6 +291,12 @@ func (w *Worker) handler(t Type) asynq.HandlerFunc {
 		// The run's end outlasts a Redis outage (see Config.EndRetryFor),
 		// but not the worker's own shutdown.
 		a.stop = w.bgCtx.Done()
+		if queue, ok := asynq.GetQueueName(ctx); ok && lc.fused {
+			// Its end goes with Asynq's script on the task, after this
+			// returns (endGate).
+			taskKey := asynqTaskKey(queue, taskID)
+			a.ride = func(e *endStep) { w.ends.wait(taskKey, e) }
+		}
 		id := a.job()
 		runCtx, cancel := context.WithCancelCause(ctx)
 		defer cancel(nil)
@@ -503,6 +516,19 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 			if out == beatCanceled {
 				r.cancel(errCanceledByUser)
 			}
+		}
+		if orphans := w.ends.orphans(false); len(orphans) > 0 {
+			// Asynq did not end these runs' tasks here (their leases
+			// expired): their ends go alone, without holding up the
+			// beats.
+			w.logger.Warn("runs ended without Asynq's word on their tasks; their ends go alone", "runs", len(orphans))
+			w.bg.Add(1)
+			go func() {
+				defer w.bg.Done()
+				for _, e := range orphans {
+					e.settle()
+				}
+			}()
 		}
 		if len(beats) == 0 {
 			continue
