@@ -45,6 +45,14 @@ type ReporterConfig struct {
 	// before it). Still never dropped: Flush, Close and the trailing timer
 	// publish it. Default false (the final report goes at once).
 	HoldFinal bool
+	// FirstDelay makes the first report wait this long from when it is
+	// made, coalesced with those that follow, before it is published; later reports keep to
+	// MaxRate from then on. Work that ends sooner publishes no
+	// intermediate report at all, only its final one (with HoldFinal, in
+	// its producer's last round trip): a run of a few milliseconds costs
+	// one progress event, not a "0 %" report followed at once by the last.
+	// Default 0: the first report goes out at once.
+	FirstDelay time.Duration
 }
 
 func (c ReporterConfig) withDefaults() ReporterConfig {
@@ -78,8 +86,9 @@ type Reporter struct {
 	logs     *rate.Limiter
 	logger   *slog.Logger
 	now      func() time.Time
-	// holdFinal: see ReporterConfig.HoldFinal.
-	holdFinal bool
+	// holdFinal and firstDelay: see ReporterConfig.
+	holdFinal  bool
+	firstDelay time.Duration
 
 	mu         sync.Mutex
 	closed     bool
@@ -97,7 +106,7 @@ type Reporter struct {
 // cancellation, so the final report still goes out after a cancel.
 func NewReporter(ctx context.Context, log *Log, group string, cfg ReporterConfig) *Reporter {
 	cfg = cfg.withDefaults()
-	return &Reporter{
+	r := &Reporter{
 		log:       log,
 		group:     group,
 		ctx:       ctx,
@@ -107,6 +116,8 @@ func NewReporter(ctx context.Context, log *Log, group string, cfg ReporterConfig
 		now:       time.Now,
 		holdFinal: cfg.HoldFinal,
 	}
+	r.firstDelay = cfg.FirstDelay
+	return r
 }
 
 // Progress reports that done of total units are finished, in stage, with
@@ -118,6 +129,11 @@ func (r *Reporter) Progress(done, total int64, stage, message string) {
 		return
 	}
 	now := r.now()
+	if r.firstDelay > 0 && r.lastSent.IsZero() {
+		// The first report: as if one had gone out so that the next may
+		// go FirstDelay from now, it waits (coalescing) until then.
+		r.lastSent = now.Add(r.firstDelay - r.interval)
+	}
 	p := &Progress{Done: done, Total: total, Stage: stage, Message: message}
 	r.estimate(p, now)
 	final := total > 0 && done >= total && !r.holdFinal

@@ -473,3 +473,71 @@ func TestReporterHoldFinal(t *testing.T) {
 		})
 	}
 }
+
+// FirstDelay: the first report waits, coalescing those that follow, so
+// work that ends within the delay publishes only its final report (or
+// hands it to Take), and longer work gets its latest report when the
+// delay is over; after that MaxRate holds as before.
+func TestReporterFirstDelay(t *testing.T) {
+	cases := []struct {
+		name      string
+		holdFinal bool
+		advance   time.Duration // between the first and the last report
+		end       string        // take, close or timer
+		final     bool          // the last report is the final one
+		wantDones string        // the done values published, in order
+		wantTaken int64         // Done of the report Take returned (0: nil)
+	}{
+		{name: "quick work hands only its final report over", holdFinal: true, final: true, end: "take", wantDones: "[]", wantTaken: 3},
+		{name: "quick work publishes only its final report", final: true, end: "close", wantDones: "[3]"},
+		{name: "a report after the delay goes at once", advance: time.Hour, end: "close", wantDones: "[2]"},
+		{name: "longer work gets its latest report when the delay is over", end: "timer", wantDones: "[2]"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+				l := NewLog(srv.Client(t), LogConfig{})
+				const group = "job:first-delay"
+				clock := newFakeClock()
+				// MaxRate 0.01: after a report nothing else is due for 100 s
+				// of the frozen clock, so only the delay can let one out.
+				r := newTestReporter(t, l, group, ReporterConfig{MaxRate: 0.01, HoldFinal: tc.holdFinal, FirstDelay: 20 * time.Millisecond})
+				r.now = clock.Now
+				r.Progress(0, 3, "s", "first")
+				r.Progress(1, 3, "s", "coalesced away")
+				clock.Advance(tc.advance)
+				if tc.final {
+					r.Progress(3, 3, "s", "final")
+				} else {
+					r.Progress(2, 3, "s", "latest")
+				}
+				if got := progressEvents(t, l, group); len(got) != 0 && tc.end != "close" && tc.advance == 0 {
+					t.Fatalf("published within the delay: %+v", got)
+				}
+				var taken *Progress
+				switch tc.end {
+				case "take":
+					taken = r.Take()
+				case "close":
+					r.Close()
+				case "timer":
+					waitFor(t, "the first report after the delay", func() bool { return len(progressEvents(t, l, group)) == 1 })
+					r.Progress(2, 3, "s", "within the interval") // coalesced: MaxRate holds after the first
+					if n := len(progressEvents(t, l, group)); n != 1 {
+						t.Fatalf("%d events after a report within the interval, want 1", n)
+					}
+				}
+				dones := []int64{}
+				for _, p := range progressEvents(t, l, group) {
+					dones = append(dones, p.Done)
+				}
+				if fmt.Sprint(dones) != tc.wantDones {
+					t.Fatalf("published done values %v, want %s", dones, tc.wantDones)
+				}
+				if (taken == nil) != (tc.wantTaken == 0) || taken != nil && taken.Done != tc.wantTaken {
+					t.Fatalf("Take returned %+v, want done %d", taken, tc.wantTaken)
+				}
+			})
+		})
+	}
+}

@@ -330,7 +330,9 @@ func (c *Core) StartDashboard(d dashboard.Deps, cfg dashboard.Config) (stop func
 func (c *Core) Embedded() bool { return c.embedded != nil }
 
 // NewWorker builds a worker on the core.
-func (c *Core) NewWorker(w Worker, reportRate float64) (*jobs.Worker, error) {
+// reportRate and reportDelay are its progress reporters' MaxRate and
+// FirstDelay.
+func (c *Core) NewWorker(w Worker, reportRate float64, reportDelay time.Duration) (*jobs.Worker, error) {
 	if err := w.check(); err != nil {
 		return nil, err
 	}
@@ -341,7 +343,7 @@ func (c *Core) NewWorker(w Worker, reportRate float64) (*jobs.Worker, error) {
 	return jobs.NewWorker(c.Jobs, c.Redis, jobs.WorkerConfig{
 		Concurrency: w.Concurrency, Queues: queues, ShutdownTimeout: w.ShutdownTimeout,
 		PollInterval: w.PollInterval, DelayedPollInterval: w.DelayedPollInterval, Heartbeat: w.Heartbeat, LostAfter: w.LostAfter, ReconcileInterval: w.ReconcileInterval,
-		Reporter: progress.ReporterConfig{MaxRate: reportRate, Logger: c.logger},
+		Reporter: progress.ReporterConfig{MaxRate: reportRate, FirstDelay: reportDelay, Logger: c.logger},
 	}), nil
 }
 
@@ -435,7 +437,7 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 
 	var worker *jobs.Worker
 	if c.RunWorker || core.Embedded() {
-		if worker, err = core.NewWorker(c.Worker, c.ReportRate); err != nil {
+		if worker, err = core.NewWorker(c.Worker, c.ReportRate, c.ReportDelay); err != nil {
 			return err
 		}
 		if err := worker.Start(); err != nil {
@@ -564,7 +566,7 @@ func RunWorker(ctx context.Context, c WorkerConfig, logger *slog.Logger) error {
 		stop := serveMetrics(metricsLn, core.Metrics, logger)
 		started.push(stop)
 	}
-	worker, err := core.NewWorker(c.Worker, c.ReportRate)
+	worker, err := core.NewWorker(c.Worker, c.ReportRate, c.ReportDelay)
 	if err != nil {
 		return err
 	}

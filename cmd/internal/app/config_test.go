@@ -49,8 +49,13 @@ func TestParseAPI(t *testing.T) {
 				}
 			}},
 		{name: "worker and durations", env: map[string]string{"RUN_WORKER": "1", "HISTORY_TTL": "90m", "WORKER_CONCURRENCY": "3"}, check: func(t *testing.T, c APIConfig) {
-			if !c.RunWorker || c.LogTTL != 90*time.Minute || c.Concurrency != 3 {
+			if !c.RunWorker || c.LogTTL != 90*time.Minute || c.Concurrency != 3 || c.ReportDelay != DefaultProgressDelay {
 				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "progress at once", env: map[string]string{"PROGRESS_DELAY": "0s"}, check: func(t *testing.T, c APIConfig) {
+			if c.ReportDelay != 0 {
+				t.Fatalf("PROGRESS_DELAY 0s: %v", c.ReportDelay)
 			}
 		}},
 		{name: "malformed duration", env: map[string]string{"HISTORY_TTL": "ten"}, wantErr: "HISTORY_TTL"},
@@ -108,7 +113,7 @@ func TestParseAPI(t *testing.T) {
 
 // settings lists every environment variable the processes read.
 var settings = []string{"PORT", "ADDR", "REDIS_URL", "REDIS_MODE", "KEY_PREFIX", "HISTORY", "CHAT_HISTORY", "HISTORY_TTL",
-	"PROGRESS_RATE", "ARTIFACT_DIR", "JOB_RETENTION", "LOG_LEVEL", "LOG_FORMAT", "WORKER_CONCURRENCY", "WORKER_QUEUES",
+	"PROGRESS_RATE", "PROGRESS_DELAY", "ARTIFACT_DIR", "JOB_RETENTION", "LOG_LEVEL", "LOG_FORMAT", "WORKER_CONCURRENCY", "WORKER_QUEUES",
 	"WORKER_SHUTDOWN_TIMEOUT", "WORKER_POLL_INTERVAL", "RUN_WORKER", "SEND_QUEUE", "SESSION_SECRET", "SECURE_COOKIES",
 	"ADMIN_TOKENS", "JOB_RATE", "JOB_BURST", "CHAT_RATE", "CHAT_BURST", "PRESENCE_TTL", "PRESENCE_GRACE", "SMTP_HOST", "SMTP_PORT", "SMTP_USER",
 	"SMTP_PASSWORD", "SMTP_FROM", "SMTP_TLS", "TRUSTED_PROXIES", "ALLOWED_ORIGINS", "READ_HEADER_TIMEOUT", "BODY_TIMEOUT",
@@ -153,6 +158,7 @@ func TestParseRefusesBadSettings(t *testing.T) {
 		{env: map[string]string{"HISTORY_TTL": "0s"}, mention: "HISTORY_TTL"},
 		{env: map[string]string{"HISTORY_TTL": "-1h"}, mention: "HISTORY_TTL"},
 		{env: map[string]string{"PROGRESS_RATE": "0"}, mention: "PROGRESS_RATE"},
+		{env: map[string]string{"PROGRESS_DELAY": "-1ms"}, mention: "PROGRESS_DELAY"},
 		{env: map[string]string{"JOB_RETENTION": "0"}, mention: "JOB_RETENTION"},
 		{env: map[string]string{"LOG_LEVEL": "loud"}, mention: "LOG_LEVEL"},
 		{env: map[string]string{"LOG_FORMAT": "xml"}, mention: "LOG_FORMAT"},
