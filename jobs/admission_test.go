@@ -89,7 +89,7 @@ func TestSubmitAdmission(t *testing.T) {
 				e.svc.lc.fused = fused
 				rdb := e.svc.store.rdb
 				rt := &roundTrips{}
-				rdb.(*redis.Client).AddHook(rt)
+				rdb.(*redis.Client).AddHook(rt.hook())
 				ctx := context.Background()
 				// Every script once, so Redis knows it: a script's first use
 				// (EVALSHA, NOSCRIPT, EVAL) is not what is counted.

@@ -30,19 +30,8 @@ type tripCmd struct {
 	keys []string
 }
 
-func (h *tripLog) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *tripLog) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.add([]redis.Cmder{cmd})
-		return next(ctx, cmd)
-	}
-}
-func (h *tripLog) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.add(cmds)
-		return next(ctx, cmds)
-	}
-}
+// hook records h's round trips as a go-redis hook.
+func (h *tripLog) hook() redis.Hook { return progresstest.CommandHook(h.add) }
 
 func (h *tripLog) add(cmds []redis.Cmder) {
 	trip := make([]tripCmd, 0, len(cmds))
@@ -159,7 +148,7 @@ func TestRunEndRoundTrips(t *testing.T) {
 		e.svc.reg, e.svc.lc.reg = reg, reg
 		trips := &tripLog{}
 		rdb := redis.NewClient(&redis.Options{Addr: e.srv.Addr})
-		rdb.AddHook(trips)
+		rdb.AddHook(trips.hook())
 		t.Cleanup(func() { _ = rdb.Close() })
 		svc := NewService(rdb, reg, progress.NewLog(rdb, progress.LogConfig{}), e.svc.cfg)
 		svc.lc.fused = e.svc.lc.fused
@@ -200,16 +189,7 @@ func TestRunEndRoundTrips(t *testing.T) {
 				deadline := time.Now().Add(30 * time.Second)
 				var notes []string
 				for {
-					notes = notes[:0]
-					us, err := e.log.Read(ctx, progress.UserGroup("u1"), 0)
-					if err != nil {
-						t.Fatal(err)
-					}
-					for _, ev := range us.Events {
-						if ev.Name == "notification" && strings.Contains(string(ev.Data), job.ID) {
-							notes = append(notes, string(ev.Data))
-						}
-					}
+					notes = notificationsOf(t, e, "u1", job.ID)
 					if len(notes) > 0 || time.Now().After(deadline) {
 						break
 					}
@@ -317,18 +297,8 @@ func TestRunEndWithoutItsRide(t *testing.T) {
 				if got, want := stateNames(snap), "pending/0 active/1 completed/0"; got != want {
 					t.Fatalf("states %q, want %q", got, want)
 				}
-				us, err := e.log.Read(ctx, progress.UserGroup("u1"), 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				notes := 0
-				for _, ev := range us.Events {
-					if ev.Name == "notification" && strings.Contains(string(ev.Data), job.ID) {
-						notes++
-					}
-				}
-				if notes != 1 {
-					t.Fatalf("%d notifications of the end, want 1", notes)
+				if notes := notificationsOf(t, e, "u1", job.ID); len(notes) != 1 {
+					t.Fatalf("%d notifications of the end, want 1: %q", len(notes), notes)
 				}
 				rec, err := e.svc.store.get(ctx, job.ID)
 				if err != nil || rec.Owed != "" {
@@ -445,18 +415,24 @@ func TestFusedEndOfALostRecord(t *testing.T) {
 		if got, want := stateNames(snap), "pending/0 active/1 completed/0"; got != want || snap.Events[len(snap.Events)-1].Name != "result" {
 			t.Fatalf("states %q, want %q and the result last: %s", got, want, describe(snap))
 		}
-		us, err := e.log.Read(ctx, progress.UserGroup("u1"), 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		notes := 0
-		for _, ev := range us.Events {
-			if ev.Name == "notification" && strings.Contains(string(ev.Data), job.ID) {
-				notes++
-			}
-		}
-		if notes != 1 {
-			t.Fatalf("%d notifications of the end, want 1", notes)
+		if notes := notificationsOf(t, e, "u1", job.ID); len(notes) != 1 {
+			t.Fatalf("%d notifications of the end, want 1: %q", len(notes), notes)
 		}
 	})
+}
+
+// notificationsOf returns the notifications about job on user's group.
+func notificationsOf(t *testing.T, e *jobEnv, user, job string) []string {
+	t.Helper()
+	us, err := e.log.Read(context.Background(), progress.UserGroup(user), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var notes []string
+	for _, ev := range us.Events {
+		if ev.Name == "notification" && strings.Contains(string(ev.Data), job) {
+			notes = append(notes, string(ev.Data))
+		}
+	}
+	return notes
 }

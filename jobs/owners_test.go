@@ -30,7 +30,7 @@ func TestIsOwner(t *testing.T) {
 		replica := func(cache int) (*Service, *roundTrips) {
 			rdb := srv.Client(t)
 			rt := &roundTrips{}
-			rdb.AddHook(rt)
+			rdb.AddHook(rt.hook())
 			log := progress.NewLog(rdb, progress.LogConfig{})
 			return NewService(rdb, reg, log, Config{ArtifactDir: t.TempDir(), OwnerCache: cache}), rt
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"taskstream/progress"
+	"taskstream/progress/progresstest"
 	"taskstream/wire"
 )
 
@@ -16,18 +17,9 @@ import (
 // sent alone, one per pipeline.
 type roundTrips struct{ n atomic.Int64 }
 
-func (h *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-func (h *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.n.Add(1)
-		return next(ctx, cmds)
-	}
+// hook counts h's round trips as a go-redis hook.
+func (h *roundTrips) hook() redis.Hook {
+	return progresstest.CommandHook(func([]redis.Cmder) { h.n.Add(1) })
 }
 
 // A submit ends with the job's handoff mark cleared, its task in Asynq and
@@ -53,7 +45,7 @@ func TestSubmitFinishesWithItsEnqueue(t *testing.T) {
 	}
 	forBothPaths(t, func(t *testing.T, e *jobEnv) {
 		rt := &roundTrips{}
-		e.svc.store.rdb.(*redis.Client).AddHook(rt)
+		e.svc.store.rdb.(*redis.Client).AddHook(rt.hook())
 		ctx := context.Background()
 		for _, c := range cases {
 			// Once first: Asynq learns a queue once per process, and

@@ -37,6 +37,17 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
+// publishedDones returns the Done of each of the group's "progress"
+// events, in order.
+func publishedDones(t testing.TB, l *Log, group string) []int64 {
+	t.Helper()
+	dones := []int64{}
+	for _, p := range progressEvents(t, l, group) {
+		dones = append(dones, p.Done)
+	}
+	return dones
+}
+
 // progressEvents returns the group's "progress" events decoded, in order.
 func progressEvents(t testing.TB, l *Log, group string) []Progress {
 	t.Helper()
@@ -446,10 +457,7 @@ func TestReporterHoldFinal(t *testing.T) {
 				case "timer":
 					waitFor(t, "the held final report", func() bool { return len(progressEvents(t, l, group)) == 2 })
 				}
-				var dones []int64
-				for _, p := range progressEvents(t, l, group) {
-					dones = append(dones, p.Done)
-				}
+				dones := publishedDones(t, l, group)
 				if fmt.Sprint(dones) != tc.wantDones {
 					t.Fatalf("published done values %v, want %s", dones, tc.wantDones)
 				}
@@ -527,10 +535,7 @@ func TestReporterFirstDelay(t *testing.T) {
 						t.Fatalf("%d events after a report within the interval, want 1", n)
 					}
 				}
-				dones := []int64{}
-				for _, p := range progressEvents(t, l, group) {
-					dones = append(dones, p.Done)
-				}
+				dones := publishedDones(t, l, group)
 				if fmt.Sprint(dones) != tc.wantDones {
 					t.Fatalf("published done values %v, want %s", dones, tc.wantDones)
 				}

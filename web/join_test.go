@@ -1,7 +1,6 @@
 package web
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"sync"
@@ -53,19 +52,8 @@ func (h *userTrips) saw(cmds []redis.Cmder) {
 	}
 }
 
-func (h *userTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *userTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.saw([]redis.Cmder{cmd})
-		return next(ctx, cmd)
-	}
-}
-func (h *userTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.saw(cmds)
-		return next(ctx, cmds)
-	}
-}
+// hook records h's round trips as a go-redis hook.
+func (h *userTrips) hook() redis.Hook { return progresstest.CommandHook(h.saw) }
 
 // subscribeOK subscribes ws to group and reads until its subscribed frame.
 func subscribeOK(t *testing.T, ws *wsClient, group string) {
@@ -92,7 +80,7 @@ func TestFirstJoinRoundTrips(t *testing.T) {
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
 		trips := &userTrips{}
 		// No credential recheck during the test: it would read the user.
-		e := newEnv(t, srv, withoutWorker(), withAuthHook(trips), withWebConfig(Config{CredentialRecheck: time.Hour}))
+		e := newEnv(t, srv, withoutWorker(), withAuthHook(trips.hook()), withWebConfig(Config{CredentialRecheck: time.Hour}))
 		room, other := wire.ChatGroup("trips").String(), wire.ChatGroup("trips-2").String()
 		// Another user joins first: the server's scripts are loaded, as
 		// on a server that has served a moment.

@@ -26,18 +26,9 @@ type redisTrips struct {
 	trips [][]string
 }
 
-func (h *redisTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *redisTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.record(cmd)
-		return next(ctx, cmd)
-	}
-}
-func (h *redisTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.record(cmds...)
-		return next(ctx, cmds)
-	}
+// hook records h's round trips as a go-redis hook.
+func (h *redisTrips) hook() redis.Hook {
+	return progresstest.CommandHook(func(cmds []redis.Cmder) { h.record(cmds...) })
 }
 
 func (h *redisTrips) record(cmds ...redis.Cmder) {
@@ -82,7 +73,7 @@ func TestSubmitAndWatchRoundTrips(t *testing.T) {
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
 		e := newEnv(t, srv, withoutWorker())
 		h := &redisTrips{}
-		e.rdb.(*redis.Client).AddHook(h)
+		e.rdb.(*redis.Client).AddHook(h.hook())
 		admin := []string{"Authorization", adminBearer}
 		body := map[string]any{"type": "steps", "params": map[string]int{"steps": 1}}
 		submit := func(client *http.Client, header ...string) string {
@@ -157,7 +148,7 @@ func TestJobSubmitRefusedLeavesNothing(t *testing.T) {
 		const rate, burst = 0.01, 2 // a submit per 100 s
 		e := newEnv(t, srv, withoutWorker(), withWebConfig(Config{JobRate: rate, JobBurst: burst}))
 		h := &redisTrips{}
-		e.rdb.(*redis.Client).AddHook(h)
+		e.rdb.(*redis.Client).AddHook(h.hook())
 		body := map[string]any{"type": "steps", "params": map[string]int{"steps": 1}}
 		start := time.Now()
 		for i := range burst {

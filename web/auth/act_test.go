@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"context"
 	"errors"
 	"sync/atomic"
 	"testing"
@@ -34,18 +33,9 @@ func forEachActBackend(t *testing.T, body func(t *testing.T, b actBackend)) {
 // pipelines.
 type countCommands struct{ n atomic.Int64 }
 
-func (c *countCommands) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (c *countCommands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-func (c *countCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.n.Add(int64(len(cmds)))
-		return next(ctx, cmds)
-	}
+// hook counts c's commands as a go-redis hook.
+func (c *countCommands) hook() redis.Hook {
+	return progresstest.CommandHook(func(cmds []redis.Cmder) { c.n.Add(int64(len(cmds))) })
 }
 
 // loadScripts loads the store's scripts (on every master of a cluster),
@@ -110,7 +100,7 @@ func TestActRoundTrips(t *testing.T) {
 			}, "admin", 1, 2},
 		}
 		count := &countCommands{}
-		b.rdb.AddHook(count)
+		b.rdb.AddHook(count.hook())
 		for _, tc := range cases {
 			p := tc.p()
 			count.n.Store(0)
