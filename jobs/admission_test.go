@@ -78,62 +78,54 @@ func TestSubmitAdmission(t *testing.T) {
 		{name: "unknown type, refused", req: Request{Type: "nope"},
 			wantErr: refusedWith7, fusedRTs: 1, othersRTs: 1, counted: 2},
 	}
-	for _, fused := range []bool{true, false} {
-		name := "two steps"
-		if fused {
-			name = "fused"
+	newEnv := func(t *testing.T, srv *progresstest.Server) *jobEnv { return newOptionEnv(t, srv, Config{}, nil) }
+	forBothPathsOf(t, newEnv, func(t *testing.T, e *jobEnv) {
+		fused := e.svc.lc.fused
+		rdb := e.svc.store.rdb
+		rt := &roundTrips{}
+		rdb.(*redis.Client).AddHook(rt.hook())
+		ctx := context.Background()
+		// Every script once, so Redis knows it: a script's first use
+		// (EVALSHA, NOSCRIPT, EVAL) is not what is counted.
+		for _, a := range []*Admission{quota("warm:1", 100), quota("warm:2", 0)} {
+			for _, req := range []Request{{Type: "steps", Params: json.RawMessage(`{"steps":1}`), Admit: a}, {Type: "steps", Params: json.RawMessage(`{"steps":1}`)}} {
+				_, _, _ = e.svc.SubmitRequest(ctx, "warm", req)
+			}
 		}
-		t.Run(name, func(t *testing.T) {
-			progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
-				e := newOptionEnv(t, srv, Config{}, nil)
-				e.svc.lc.fused = fused
-				rdb := e.svc.store.rdb
-				rt := &roundTrips{}
-				rdb.(*redis.Client).AddHook(rt.hook())
-				ctx := context.Background()
-				// Every script once, so Redis knows it: a script's first use
-				// (EVALSHA, NOSCRIPT, EVAL) is not what is counted.
-				for _, a := range []*Admission{quota("warm:1", 100), quota("warm:2", 0)} {
-					for _, req := range []Request{{Type: "steps", Params: json.RawMessage(`{"steps":1}`), Admit: a}, {Type: "steps", Params: json.RawMessage(`{"steps":1}`)}} {
-						_, _, _ = e.svc.SubmitRequest(ctx, "warm", req)
-					}
+		for _, c := range cases {
+			key := "quota:" + c.name
+			for i := range 2 {
+				before := keySet(t, rdb, key)
+				req := c.req
+				req.Admit = quota(key, c.quota)
+				rt.n.Store(0)
+				job, _, err := e.svc.SubmitRequest(ctx, "u1", req)
+				want := c.othersRTs
+				if fused {
+					want = c.fusedRTs
 				}
-				for _, c := range cases {
-					key := "quota:" + c.name
-					for i := range 2 {
-						before := keySet(t, rdb, key)
-						req := c.req
-						req.Admit = quota(key, c.quota)
-						rt.n.Store(0)
-						job, _, err := e.svc.SubmitRequest(ctx, "u1", req)
-						want := c.othersRTs
-						if fused {
-							want = c.fusedRTs
-						}
-						if got := rt.n.Load(); i == 1 && got != want {
-							t.Errorf("%s: %d round trips, want %d", c.name, got, want)
-						}
-						if c.wantErr != nil {
-							if !c.wantErr(err) {
-								t.Fatalf("%s: %v", c.name, err)
-							}
-							if after := keySet(t, rdb, key); !slices.Equal(before, after) {
-								t.Fatalf("%s: the refused submit left keys: before %v, after %v", c.name, before, after)
-							}
-							continue
-						}
-						if err != nil {
-							t.Fatalf("%s: %v", c.name, err)
-						}
-						e.checkSubmitted(t, job, req)
-					}
-					if n, err := rdb.Get(ctx, key).Int64(); err != nil || n != c.counted {
-						t.Errorf("%s: the check counted %d (%v), want %d", c.name, n, err, c.counted)
-					}
+				if got := rt.n.Load(); i == 1 && got != want {
+					t.Errorf("%s: %d round trips, want %d", c.name, got, want)
 				}
-			})
-		})
-	}
+				if c.wantErr != nil {
+					if !c.wantErr(err) {
+						t.Fatalf("%s: %v", c.name, err)
+					}
+					if after := keySet(t, rdb, key); !slices.Equal(before, after) {
+						t.Fatalf("%s: the refused submit left keys: before %v, after %v", c.name, before, after)
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatalf("%s: %v", c.name, err)
+				}
+				e.checkSubmitted(t, job, req)
+			}
+			if n, err := rdb.Get(ctx, key).Int64(); err != nil || n != c.counted {
+				t.Errorf("%s: the check counted %d (%v), want %d", c.name, n, err, c.counted)
+			}
+		}
+	})
 }
 
 func refusedWith7(err error) bool {

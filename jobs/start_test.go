@@ -128,6 +128,11 @@ func stateData(t *testing.T, e *jobEnv, id string) []string {
 // step can take: fused (one script: a single Redis or Sentinel) and two
 // steps (a Redis Cluster), with e's lifecycle set to that path.
 func forBothPaths(t *testing.T, f func(t *testing.T, e *jobEnv)) {
+	forBothPathsOf(t, func(t *testing.T, srv *progresstest.Server) *jobEnv { return newJobEnv(t, srv) }, f)
+}
+
+// forBothPathsOf is forBothPaths with the envs newEnv makes.
+func forBothPathsOf(t *testing.T, newEnv func(t *testing.T, srv *progresstest.Server) *jobEnv, f func(t *testing.T, e *jobEnv)) {
 	for _, fused := range []bool{true, false} {
 		name := "two steps"
 		if fused {
@@ -135,7 +140,7 @@ func forBothPaths(t *testing.T, f func(t *testing.T, e *jobEnv)) {
 		}
 		t.Run(name, func(t *testing.T) {
 			progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
-				e := newJobEnv(t, srv)
+				e := newEnv(t, srv)
 				e.svc.lc.fused = fused
 				f(t, e)
 			})
