@@ -328,6 +328,10 @@ func TestWorkerMakesEndsAsynqDidNotCarry(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				e := newJobEnv(t, srv)
 				cfg := quick()
+				// The run is the test's own (startRun): the worker serves
+				// another queue, or it could dequeue the job's task and run
+				// it again, making the test's run stale.
+				cfg.Queues = map[string]int{"bulk": 1}
 				if tc.shutdown {
 					cfg.Heartbeat, cfg.LostAfter = time.Hour, 3*time.Hour
 				}
