@@ -86,8 +86,9 @@ func frameN(i, size int) []byte {
 // Frames queued for a socket with room in its buffer go out from the
 // flusher, in order, in v1 and v2, also after a writer goroutine's batch
 // (a ping) left a write deadline that has long passed: the runtime
-// refuses writes on such a socket until the deadline is moved, which
-// closed the socket (1006) before direct writes cleared it.
+// refuses writes through the poller on such a socket until the deadline
+// is moved, which once closed the socket (1006); direct writes do not go
+// through the poller.
 func TestDirectWritesAfterAnOldDeadline(t *testing.T) {
 	for _, tc := range []struct{ name, protocol string }{{"v1", ""}, {"v2", wire.SubprotocolV2}} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -171,7 +172,7 @@ func TestFlusherRunsEveryQueueOnce(t *testing.T) {
 			qs := make([]*sendQueue, tc.queues)
 			for i := range qs {
 				q := newSendQueue(1, 1)
-				q.direct = func() bool { runs[i].Add(1); return true }
+				q.direct = func(*[]byte) bool { runs[i].Add(1); return true }
 				q.writers.Add(1) // counted as running, as startLocked does
 				qs[i] = q
 			}

@@ -29,6 +29,9 @@ type sendQueue struct {
 	mu     sync.Mutex
 	frames [][]byte
 	spare  [][]byte // the previous batch's backing array, reused
+	// The framesPool holders of frames' and spare's lists (nil: none
+	// yet), kept with them so that giving a list back allocates nothing.
+	framesBox, spareBox *[][]byte
 	// meta describes frames entry by entry once a job event was queued
 	// since the last take (tracked), so sockets without job groups pay
 	// nothing for it.
@@ -53,7 +56,7 @@ type sendQueue struct {
 	// whether it released the writer (true) or a writer goroutine must
 	// carry on (false); the flusher fl runs it. Not used for a ping or a
 	// close: those may wait.
-	direct  func() bool
+	direct  func(scratch *[]byte) bool
 	fl      *flusher
 	writers sync.WaitGroup // the running writer, for the socket's end
 	running bool           // a writer (the flusher's turn, or a goroutine) owns the socket's writes
@@ -120,7 +123,7 @@ func (q *sendQueue) reserve(n int) {
 		return
 	}
 	if q.frames == nil {
-		q.frames = getFramesFor(n)
+		q.frames, q.framesBox = getFramesFor(n)
 		return
 	}
 	q.frames = slices.Grow(q.frames, n)
@@ -245,7 +248,7 @@ func (q *sendQueue) appendLocked(frame []byte, m queuedMeta) {
 		q.meta = slices.Grow(q.meta[:0], len(q.frames)+1)[:len(q.frames)]
 	}
 	if q.frames == nil {
-		q.frames = getFrames()
+		q.frames, q.framesBox = getFrames()
 	}
 	q.frames = append(q.frames, frame)
 	if q.tracked {
@@ -267,9 +270,10 @@ func (q *sendQueue) wakeUnlock() {
 }
 
 // runDirect is the flusher's turn at a queue it was handed: the direct
-// write, then a writer goroutine when that could not finish.
-func (q *sendQueue) runDirect() {
-	if q.direct() {
+// write (scratch is the flusher goroutine's buffer), then a writer
+// goroutine when that could not finish.
+func (q *sendQueue) runDirect(scratch *[]byte) {
+	if q.direct(scratch) {
 		q.writers.Done()
 		return
 	}
@@ -305,7 +309,7 @@ func (q *sendQueue) startLocked() bool {
 // attach sets the functions that run a writer (direct and fl may be nil:
 // always a goroutine) and starts one when something already waits (frames, a
 // ping, a close asked before the socket ran).
-func (q *sendQueue) attach(writer func(), direct func() bool, fl *flusher) {
+func (q *sendQueue) attach(writer func(), direct func(*[]byte) bool, fl *flusher) {
 	q.mu.Lock()
 	q.writer, q.direct, q.fl = writer, direct, fl
 	if len(q.frames) == 0 && !q.pingDue && !q.closing {
@@ -373,9 +377,10 @@ func (q *sendQueue) stop() {
 // dropLocked lets go of the queue's buffers (and any frame left in
 // them). Called with q.mu held.
 func (q *sendQueue) dropLocked() {
-	putFrames(q.spare)
-	putFrames(q.frames)
+	putFrames(q.spare, q.spareBox)
+	putFrames(q.frames, q.framesBox)
 	q.frames, q.spare, q.meta, q.tracked = nil, nil, nil, false
+	q.framesBox, q.spareBox = nil, nil
 	q.count, q.bytes, q.replayed, q.jobCount, q.jobBytes = 0, 0, 0, 0, 0
 	q.behind = false
 }
@@ -392,6 +397,7 @@ func (q *sendQueue) takeLocked() [][]byte {
 	batch := q.frames
 	clear(q.spare)
 	q.frames, q.spare = q.spare[:0], batch
+	q.framesBox, q.spareBox = q.spareBox, q.framesBox
 	clear(q.meta) // the events are the writer's now: let them go
 	q.meta, q.tracked = q.meta[:0], false
 	q.count, q.bytes, q.replayed, q.jobCount, q.jobBytes = 0, 0, 0, 0, 0
@@ -406,30 +412,37 @@ var framesPool sync.Pool // of *[][]byte
 // maxPooledFrames bounds the lists kept in framesPool.
 const maxPooledFrames = 4096
 
-func getFrames() [][]byte {
+// getFrames returns an empty list and its pool holder (nil for a new
+// list).
+func getFrames() ([][]byte, *[][]byte) {
 	if p, ok := framesPool.Get().(*[][]byte); ok {
-		return (*p)[:0]
+		return (*p)[:0], p
 	}
-	return make([][]byte, 0, 16)
+	return make([][]byte, 0, 16), nil
 }
 
-// getFramesFor returns an empty list with room for n frames: a pooled
-// one when it is large enough.
-func getFramesFor(n int) [][]byte {
+// getFramesFor returns an empty list with room for n frames, and its
+// holder: a pooled one when it is large enough.
+func getFramesFor(n int) ([][]byte, *[][]byte) {
 	if p, ok := framesPool.Get().(*[][]byte); ok {
 		if cap(*p) >= n {
-			return (*p)[:0]
+			return (*p)[:0], p
 		}
 		framesPool.Put(p)
 	}
-	return make([][]byte, 0, max(n, 16))
+	return make([][]byte, 0, max(n, 16)), nil
 }
 
-func putFrames(f [][]byte) {
+// putFrames gives f back to the pool in box, its holder from getFrames
+// (nil: a new one).
+func putFrames(f [][]byte, box *[][]byte) {
 	if cap(f) == 0 || cap(f) > maxPooledFrames {
 		return
 	}
 	clear(f[:cap(f)])
-	f = f[:0]
-	framesPool.Put(&f)
+	if box == nil {
+		box = new([][]byte)
+	}
+	*box = f[:0]
+	framesPool.Put(box)
 }

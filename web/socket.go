@@ -12,6 +12,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -218,8 +219,11 @@ type conn struct {
 	out       *batchConn // under ws: batches the writes (writer.go)
 	v2        bool       // the socket speaks taskstream.v2 (wire.SubprotocolV2)
 
-	closeOnce  sync.Once
-	closed     chan struct{}
+	closeOnce sync.Once
+	closed    chan struct{}
+	// shut is closed's state as a flag: the fan-out asks it for every
+	// delivery, and a load is cheaper than a select on the channel.
+	shut       atomic.Bool
 	closeCode  int
 	closeText  string
 	clientCode int // the close code the client sent, if it closed first
@@ -243,6 +247,7 @@ type conn struct {
 func (c *conn) close(code int, text string) {
 	c.closeOnce.Do(func() {
 		c.closeCode, c.closeText = code, text
+		c.shut.Store(true)
 		close(c.closed)
 		c.send.requestClose()
 	})
@@ -253,20 +258,14 @@ func (c *conn) close(code int, text string) {
 func (c *conn) overflowed(text string) {
 	c.closeOnce.Do(func() {
 		c.closeCode, c.closeText = closeTryAgain, text
+		c.shut.Store(true)
 		close(c.closed)
 		c.send.requestClose()
 		c.s.mx.SendQueueOverflow()
 	})
 }
 
-func (c *conn) isClosed() bool {
-	select {
-	case <-c.closed:
-		return true
-	default:
-		return false
-	}
-}
+func (c *conn) isClosed() bool { return c.shut.Load() }
 
 // enqueue queues a frame for the write pump without ever blocking.
 func (c *conn) enqueue(frame []byte) bool {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"os"
 	"runtime"
 	"sync"
 	"time"
@@ -136,14 +135,6 @@ func (b *batchConn) endDirect() error {
 	defer b.mu.Unlock()
 	buf := *b.buf
 	n, err := b.now.write(buf)
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		// The deadline a writer goroutine's batch set, long past: the
-		// runtime refuses every write until it is moved, and a write that
-		// never waits needs none.
-		if err = b.Conn.SetWriteDeadline(time.Time{}); err == nil {
-			n, err = b.now.write(buf)
-		}
-	}
 	if err != nil {
 		b.err = err
 		b.closeLocked()
@@ -154,6 +145,37 @@ func (b *batchConn) endDirect() error {
 		return nil
 	}
 	*b.buf = buf[:copy(buf, buf[n:])]
+	return errWouldBlock
+}
+
+// maxScratch bounds the flusher's buffer kept between sockets: a larger
+// batch (a backlog) is framed into a buffer of its own that is let go.
+const maxScratch = 4 * maxBatchBytes
+
+// sendNow frames frames as taskstream.v2 messages (appendV2Messages) into
+// scratch and tries to send them with one write(2) that does not wait, as
+// a direct batch would, but under one hold of the mutex and without a
+// batch buffer: what the kernel takes at once is gone (nil). What it does
+// not take is kept in an open direct batch and errWouldBlock returned
+// (finish sends it); a failed write returns its error. No batch may be
+// open.
+func (b *batchConn) sendNow(frames [][]byte, scratch *[]byte) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	buf := appendV2Messages((*scratch)[:0], frames)
+	if cap(buf) <= maxScratch {
+		*scratch = buf[:0]
+	}
+	n, err := b.now.write(buf)
+	if err != nil {
+		return err
+	}
+	if n == len(buf) {
+		return nil
+	}
+	b.open, b.direct, b.err = true, true, nil
+	b.buf = batchPool.Get().(*[]byte)
+	*b.buf = append((*b.buf)[:0], buf[n:]...)
 	return errWouldBlock
 }
 
@@ -254,8 +276,16 @@ var separator = []byte{wire.FrameSeparator}
 // that a socket holds one only while a message is being written.
 var writeBufferPool sync.Pool
 
-// startWriting lets the socket's queue start writers, from now on.
-func (c *conn) startWriting() { c.send.attach(c.writeLoop, c.writeDirect, c.s.flush) }
+// startWriting lets the socket's queue start writers, from now on. A
+// connection without a file descriptor at hand (canDirect) always gets a
+// writer goroutine.
+func (c *conn) startWriting() {
+	direct := c.writeDirect
+	if !c.out.canDirect() {
+		direct = nil
+	}
+	c.send.attach(c.writeLoop, direct, c.s.flush)
+}
 
 // writeDirect writes what is queued without waiting, from one of the
 // Server's flusher goroutines: a socket with room in its kernel buffer
@@ -266,10 +296,11 @@ func (c *conn) startWriting() { c.send.attach(c.writeLoop, c.writeDirect, c.s.fl
 // and the queue is empty (the writer is released), false when a writer
 // goroutine must carry on (a full buffer, more frames, a ping or a
 // close).
-func (c *conn) writeDirect() bool {
-	if !c.out.canDirect() {
-		return false
-	}
+//
+// scratch is the calling flusher goroutine's buffer: a taskstream.v2
+// batch without a ping, a fan-out's usual delivery, is framed into it and
+// sent under one hold of the connection's mutex (batchConn.sendNow).
+func (c *conn) writeDirect(scratch *[]byte) bool {
 	step, batch, ping := c.send.next()
 	switch step {
 	case stepIdle:
@@ -277,15 +308,22 @@ func (c *conn) writeDirect() bool {
 	case stepClose:
 		return false // the writer's next() hands it the close again
 	}
-	c.out.beginDirect()
 	var err error
-	if c.v2 {
-		err = c.writeV2Direct(batch, ping)
-	} else {
-		err = c.writeFrames(c.ws, batch, ping, time.Now().Add(c.s.cfg.WriteTimeout))
-	}
-	if endErr := c.out.endDirect(); err == nil {
-		err = endErr
+	switch {
+	case c.v2 && !ping:
+		if !c.isClosed() { // else the close frame goes out next, not the backlog
+			err = c.out.sendNow(batch, scratch)
+		}
+	default:
+		c.out.beginDirect()
+		if c.v2 {
+			err = c.writeV2Direct(batch, ping)
+		} else {
+			err = c.writeFrames(c.ws, batch, ping, time.Now().Add(c.s.cfg.WriteTimeout))
+		}
+		if endErr := c.out.endDirect(); err == nil {
+			err = endErr
+		}
 	}
 	switch {
 	case err == nil:
@@ -529,6 +567,7 @@ func (f *flusher) add(q *sendQueue) bool {
 func (f *flusher) run() {
 	defer f.wg.Done()
 	var chunk []*sendQueue
+	var scratch []byte // framing buffer for the sockets this goroutine writes
 	for {
 		f.mu.Lock()
 		for len(f.list) == f.head && !f.closed {
@@ -559,7 +598,7 @@ func (f *flusher) run() {
 			f.wake.Signal() // another goroutine takes the next chunk meanwhile
 		}
 		for _, q := range chunk {
-			q.runDirect()
+			q.runDirect(&scratch)
 		}
 		clear(chunk)
 		runtime.Gosched()

@@ -25,41 +25,49 @@ func rawConnOf(c net.Conn) syscall.RawConn {
 }
 
 // nowWriter writes what the kernel takes of p at once, without waiting
-// for room. Its callback for the RawConn is bound once per connection:
-// a closure per write put its captures on the heap, three allocations per
-// delivery in a fan-out. One write at a time (the batchConn's mutex).
+// for room: write(2) on the socket's non-blocking descriptor, called
+// under RawConn.Control, which keeps the descriptor open for the call.
+// RawConn.Write would also take the poller's write lock and check the
+// write deadline on every delivery of a fan-out; a write that never waits
+// needs neither, and the batchConn's mutex already orders the socket's
+// writes. Its callback for the RawConn is bound once per connection: a
+// closure per write put its captures on the heap, three allocations per
+// delivery in a fan-out.
 type nowWriter struct {
 	raw  syscall.RawConn
 	p    []byte
 	n    int
 	err  error
-	call func(fd uintptr) bool
+	call func(fd uintptr)
 }
 
 // write returns the bytes written, and an error only when the write
 // failed.
 func (w *nowWriter) write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
 	if w.call == nil {
 		w.call = w.do
 	}
 	w.p = p
-	err := w.raw.Write(w.call)
+	err := w.raw.Control(w.call)
 	n, werr := max(w.n, 0), w.err
 	w.p, w.n, w.err = nil, 0, nil
 	if werr == syscall.EAGAIN {
 		werr = nil
 	}
-	if err == nil {
+	if err == nil && werr != nil {
 		err = werr
 	}
 	return n, err
 }
 
-func (w *nowWriter) do(fd uintptr) bool {
+func (w *nowWriter) do(fd uintptr) {
 	for {
-		w.n, w.err = syscall.Write(int(fd), w.p)
+		w.n, w.err = writeNow(int(fd), w.p)
 		if w.err != syscall.EINTR {
-			return true // done, whatever it took: never wait for room
+			return // whatever it took: never wait for room
 		}
 	}
 }
