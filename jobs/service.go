@@ -102,10 +102,13 @@ type Config struct {
 	// OwnerCache is how many owners of jobs it submitted (with
 	// Request.OwnerKept) a Service remembers, so that IsOwner answers
 	// their owners without Redis; each is kept for Retention at most.
-	// About 150 bytes each. Default 16384 (16 s of submits at 1,000
-	// jobs/s); negative: none.
+	// About 150 bytes each. Default DefaultOwnerCache (16384: 16 s of
+	// submits at 1,000 jobs/s); negative: none.
 	OwnerCache int
 }
+
+// DefaultOwnerCache is Config.OwnerCache's default.
+const DefaultOwnerCache = 16384
 
 func (c Config) withDefaults() Config {
 	if c.Prefix == "" {
@@ -145,7 +148,7 @@ func (c Config) withDefaults() Config {
 		c.IdempotencyWait = 5 * time.Second
 	}
 	if c.OwnerCache == 0 {
-		c.OwnerCache = 16384
+		c.OwnerCache = DefaultOwnerCache
 	}
 	return c
 }

@@ -29,7 +29,7 @@ type HubConfig struct {
 	// (a refused connection, a lost pub/sub connection, a failed read);
 	// this bound covers one that accepts connections but does not answer
 	// (paused, overloaded), whose subscribers then get Failed with
-	// ErrUnavailable. Default 5s.
+	// ErrUnavailable. Default DefaultAnswerTimeout (5s).
 	AnswerTimeout time.Duration
 	// TailWait bounds how long a batch of new subscribers of a live group
 	// waits for events that a look at the log showed the hub's in-memory
@@ -49,11 +49,18 @@ type HubConfig struct {
 	// together, in one MULTI, once it is back (a read requested while
 	// none is in flight goes out at once). 1 reads each group on its own.
 	// On a Redis Cluster every group reads on its own anyway (a MULTI
-	// names keys of one slot). Default 64.
+	// names keys of one slot). Default DefaultReadBatch (64).
 	ReadBatch int
 	// Logger receives the hub's own diagnostics. Default slog.Default().
 	Logger *slog.Logger
 }
+
+// The defaults of HubConfig's AnswerTimeout and ReadBatch, exported for
+// the settings that set them (cmd/internal/app).
+const (
+	DefaultAnswerTimeout = 5 * time.Second
+	DefaultReadBatch     = 64
+)
 
 func (c HubConfig) withDefaults() HubConfig {
 	if c.PendingLimit <= 0 {
@@ -63,13 +70,13 @@ func (c HubConfig) withDefaults() HubConfig {
 		c.PingInterval = 15 * time.Second
 	}
 	if c.AnswerTimeout <= 0 {
-		c.AnswerTimeout = 5 * time.Second
+		c.AnswerTimeout = DefaultAnswerTimeout
 	}
 	if c.TailWait <= 0 {
 		c.TailWait = 50 * time.Millisecond
 	}
 	if c.ReadBatch <= 0 {
-		c.ReadBatch = 64
+		c.ReadBatch = DefaultReadBatch
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -32,9 +32,13 @@ type LogConfig struct {
 	// KindMaxLen overrides MaxLen for the groups of one kind, the part of
 	// the name before ":" (e.g. {"chat": 500} for room history).
 	KindMaxLen map[string]int64
-	// OnPublish, when set, is called after every Publish and PublishOnce
-	// with the group, how many events the step appended (0 on an error, or
-	// when PublishOnce found its batch already published), how long the
+	// OnPublish, when set, is called after every append step: a Publish,
+	// each post of a PublishMany, PublishWith or PublishThen (each with
+	// the pipeline's time; not a post a newerGuard superseded), a
+	// PublishOnce, and a guarded append (RunGuard, or a QueueGuard's
+	// Result: timed from its queueing). It gets the group, how many events
+	// the step appended (0 on an error, when PublishOnce found its batch
+	// already published, or when a guard appended none), how long the
 	// Redis step took and its error (nil on success), so a metrics layer
 	// outside this package can count and time publishes without progress
 	// importing it. It must be fast and must not block. Default nil

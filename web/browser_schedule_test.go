@@ -35,7 +35,13 @@ func TestBrowserScheduledJob(t *testing.T) {
 	if text := eval[string](p, row(soon, "[data-field=log]")+".textContent"); strings.HasPrefix(text, "Scheduled") {
 		t.Errorf("a job that ran still says %q", text)
 	}
-	p.do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`li[data-job-id=%q] button[data-action=cancel]`, waiting))))
+	// A scheduled job's row offers Cancel; it is pressed from script, as
+	// in TestBrowserJobList: a coordinate click lands on whatever is there
+	// at that instant, and the rows may still be moving (soon's just
+	// completed).
+	cancel := fmt.Sprintf(`li[data-job-id=%q] button[data-action=cancel]`, waiting)
+	p.do(chromedp.WaitVisible(chromedp.CSS(cancel)))
+	p.clickFromScript(cancel)
 	p.waitState(waiting, "canceled")
 	// The job's own page: its state, and when it was to run in its timeline.
 	p.do(chromedp.Navigate(e.http.URL + "/jobs/" + waiting))

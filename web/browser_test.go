@@ -399,7 +399,11 @@ func (p *browserPage) checkManyQuietJobs() {
 	p.t.Helper()
 	var quiet []string
 	for range 6 {
-		quiet = append(quiet, p.submitSteps(map[string]string{"steps": "2", "interval_ms": "60000"}))
+		// Quiet, and too long to end before the test cancels it: with 2
+		// steps it completed 60 s after it started, which a slow run (a
+		// queued group sees its canceled state at its next 1-3 s peek,
+		// six times over) could reach before the last cancel.
+		quiet = append(quiet, p.submitSteps(map[string]string{"steps": "1000", "interval_ms": "60000"}))
 	}
 	id := p.submitSteps(map[string]string{"steps": "10", "interval_ms": "20"})
 	p.waitState(id, "completed")
@@ -408,7 +412,9 @@ func (p *browserPage) checkManyQuietJobs() {
 	// the page's held streams for the browser's six connections, which is
 	// the limit the client works around, not what this checks.
 	for _, id := range quiet {
-		p.do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`li[data-job-id=%q] button[data-action=cancel]`, id))))
+		// From script, as in TestBrowserJobList: the rows above move as
+		// the page's polls bring their events, under a coordinate click.
+		p.clickFromScript(fmt.Sprintf(`li[data-job-id=%q] button[data-action=cancel]`, id))
 		p.waitState(id, "canceled")
 		p.checkDelivered(id)
 	}

@@ -555,26 +555,31 @@ func TestGuestSessionReadsBatch(t *testing.T) {
 					err    error
 				}
 				answers := make(chan answer, 2*len(guests))
-				ask := func(ctx context.Context, i int) {
+				askInto := func(ctx context.Context, to chan<- answer, i int) {
 					u, stored, err := s.sessionRead(ctx, guests[i].p.User.ID)
-					answers <- answer{i, u, stored, err}
+					to <- answer{i, u, stored, err}
 				}
+				ask := func(ctx context.Context, i int) { askInto(ctx, answers, i) }
 				asked := 0
 				if tc.abandon {
 					// The first guest's read: its first request leaves, the
-					// second (joined) reads on its own.
+					// second (joined) reads on its own. Each answers on a
+					// channel of its own: which answers first is up to the
+					// scheduler (the one that joined may read Redis before
+					// the one that left has returned).
+					left, joined := make(chan answer, 1), make(chan answer, 1)
 					c, cancel := context.WithCancel(ctx)
-					go ask(c, 0)
+					go askInto(c, left, 0)
 					eventually(t, "the first read to wait", waiting(1))
-					go ask(ctx, 0)
+					go askInto(ctx, joined, 0)
 					eventually(t, "the second request to join it", waiting(2))
 					cancel()
-					a := <-answers
+					a := <-left
 					if !errors.Is(a.err, context.Canceled) {
 						t.Fatalf("the request that gave up: %v %v", a.u, a.err)
 					}
 					eventually(t, "the abandoned read to go", waiting(0))
-					a = <-answers
+					a = <-joined
 					if a.err != nil || a.u.ID != guests[0].p.User.ID {
 						t.Fatalf("the request that joined the abandoned read: %v %v", a.u, a.err)
 					}

@@ -112,7 +112,7 @@ func New(cfg Config) *Metrics {
 		}, []string{"kind"}),
 		publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "taskstream_publish_seconds",
-			Help:    "Time of one Log.Publish or PublishOnce (the atomic append + PUBLISH in Redis, one step for a batch), failures included.",
+			Help:    "Time of one append step to a group log (a Log.Publish, each post of a pipeline of them, a PublishOnce batch, or a guarded append such as a job's end), failures included.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}),
 		socketCloses: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -176,9 +176,9 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
-// ObservePublish times one Log.Publish or Log.PublishOnce and counts the
-// events it appended; it has the signature of
-// progress.LogConfig.OnPublish.
+// ObservePublish times one append step of the log (see
+// progress.LogConfig.OnPublish for which) and counts the events it
+// appended; it has the signature of progress.LogConfig.OnPublish.
 func (m *Metrics) ObservePublish(group string, appended int, took time.Duration, err error) {
 	m.publishSeconds.Observe(took.Seconds())
 	if appended > 0 {

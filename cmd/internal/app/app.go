@@ -58,6 +58,36 @@ type APIConfig struct {
 	ScheduleFile    string
 	Schedule        []jobs.ScheduleEntry
 	ScheduleCatchUp time.Duration
+	// SubscribeTimeout (SUBSCRIBE_TIMEOUT, default
+	// progress.DefaultAnswerTimeout, 5s) is the hub's AnswerTimeout: how
+	// long a new subscriber waits for its first answer from a Redis that
+	// accepts connections but does not answer, before it fails as
+	// unavailable (a socket is closed with 1013).
+	SubscribeTimeout time.Duration
+	// HistoryReadBatch (HISTORY_READ_BATCH, default
+	// progress.DefaultReadBatch, 64) is the hub's ReadBatch: how many
+	// groups' history reads share one round trip; 1 reads each alone.
+	HistoryReadBatch int
+	// OwnerCache (OWNER_CACHE, default jobs.DefaultOwnerCache, 16384) is
+	// how many owners of the jobs it submitted this api remembers, so
+	// that a watcher's ownership check costs no Redis round trip; 0
+	// remembers none (see ownerCache).
+	OwnerCache int
+}
+
+// hubConfig is the hub's configuration from c's settings (RunAPI adds
+// presence and the logger).
+func (c APIConfig) hubConfig() progress.HubConfig {
+	return progress.HubConfig{AnswerTimeout: c.SubscribeTimeout, ReadBatch: c.HistoryReadBatch}
+}
+
+// ownerCache is jobs.Config.OwnerCache for OWNER_CACHE, whose 0 means
+// none (jobs.Config's 0 means its default, and a negative none).
+func (c APIConfig) ownerCache() int {
+	if c.OwnerCache == 0 {
+		return -1
+	}
+	return c.OwnerCache
 }
 
 // HelpError is what ParseAPI and ParseWorker return for -h or -help:
@@ -116,6 +146,9 @@ func ParseAPI(args []string) (APIConfig, error) {
 	registerLimits(fs, env, &c.Limits)
 	fs.StringVar(&c.ScheduleFile, "schedule-file", env.str("SCHEDULE_FILE", ""), "JSON file of periodic jobs: {\"schedules\": [{\"name\", \"spec\", \"type\", \"params\", options}]} (default: none) (env SCHEDULE_FILE)")
 	fs.DurationVar(&c.ScheduleCatchUp, "schedule-catchup", env.duration("SCHEDULE_CATCHUP", time.Minute), "a periodic job's tick missed by a leader change at most this long ago is still submitted (env SCHEDULE_CATCHUP)")
+	fs.DurationVar(&c.SubscribeTimeout, "subscribe-timeout", env.duration("SUBSCRIBE_TIMEOUT", progress.DefaultAnswerTimeout), "how long a new subscription waits for its first answer from a Redis that accepts connections but does not answer, before its socket is closed with 1013 (env SUBSCRIBE_TIMEOUT)")
+	fs.IntVar(&c.HistoryReadBatch, "history-read-batch", env.int("HISTORY_READ_BATCH", progress.DefaultReadBatch), "most groups' history reads (new subscriptions catching up) that share one Redis round trip; 1 reads each alone (env HISTORY_READ_BATCH)")
+	fs.IntVar(&c.OwnerCache, "owner-cache", env.int("OWNER_CACHE", jobs.DefaultOwnerCache), "owners of the jobs this api submitted that it remembers, so a watcher's ownership check needs no Redis; about 150 bytes each; 0: none (env OWNER_CACHE)")
 	var proxyErr error
 	for _, cidr := range env.strings("TRUSTED_PROXIES") {
 		p, err := netip.ParsePrefix(cidr)
@@ -177,6 +210,9 @@ func ParseAPI(args []string) (APIConfig, error) {
 	}
 	validateLimits(v, c.Limits)
 	v.positiveDuration("SCHEDULE_CATCHUP", "schedule-catchup", c.ScheduleCatchUp)
+	v.positiveDuration("SUBSCRIBE_TIMEOUT", "subscribe-timeout", c.SubscribeTimeout)
+	v.atLeast("HISTORY_READ_BATCH", "history-read-batch", int64(c.HistoryReadBatch), 1)
+	v.atLeast("OWNER_CACHE", "owner-cache", int64(c.OwnerCache), 0)
 	if c.ScheduleFile != "" && v.err == nil {
 		reg, err := jobs.NewRegistry(jobs.Builtin()...)
 		if err == nil {
@@ -248,8 +284,9 @@ type Core struct {
 // Open connects to Redis (or starts the embedded one when c.RedisURL is
 // empty) and builds the metrics, the log, the registry and the job
 // service. w names the queues (besides the job types' own) whose state the
-// metrics export.
-func Open(ctx context.Context, c Common, w Worker, logger *slog.Logger) (*Core, error) {
+// metrics export. ownerCache is the job service's jobs.Config.OwnerCache
+// (negative: none).
+func Open(ctx context.Context, c Common, w Worker, ownerCache int, logger *slog.Logger) (*Core, error) {
 	core := &Core{logger: logger, interval: c.DashboardInterval, prefix: c.Prefix}
 	url, mode := c.RedisURL, c.RedisMode
 	if url == "" {
@@ -303,6 +340,7 @@ func Open(ctx context.Context, c Common, w Worker, logger *slog.Logger) (*Core, 
 	})
 	core.Jobs = jobs.NewService(rdb, reg, core.Log, jobs.Config{
 		Prefix: c.Prefix, Retention: c.Retention, ArtifactDir: c.ArtifactDir, Logger: logger, Observer: core.Counts,
+		OwnerCache: ownerCache,
 	})
 	return core, nil
 }
@@ -408,7 +446,7 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 		started.push(stop)
 	}
 
-	core, err := Open(ctx, c.Common, c.Worker, logger)
+	core, err := Open(ctx, c.Common, c.Worker, c.ownerCache(), logger)
 	if err != nil {
 		return err
 	}
@@ -427,7 +465,9 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 		grace = -1 // PresenceConfig's "at once"
 	}
 	presence := progress.NewPresence(core.Redis, core.Log, progress.PresenceConfig{TTL: c.PresenceTTL, ShutdownGrace: grace, Logger: logger})
-	hub := progress.NewHub(core.Redis, core.Log, progress.HubConfig{Presence: presence, Logger: logger})
+	hubCfg := c.hubConfig()
+	hubCfg.Presence, hubCfg.Logger = presence, logger
+	hub := progress.NewHub(core.Redis, core.Log, hubCfg)
 	started.push(func(ctx context.Context) {
 		if err := hub.Shutdown(ctx); err != nil {
 			logger.Warn("stopping hub", "err", err)
@@ -557,7 +597,9 @@ func RunWorker(ctx context.Context, c WorkerConfig, logger *slog.Logger) error {
 		}
 		started.push(stop)
 	}
-	core, err := Open(ctx, c.Common, c.Worker, logger)
+	// A worker submits no jobs for their owners (the api does): nothing
+	// to remember.
+	core, err := Open(ctx, c.Common, c.Worker, -1, logger)
 	if err != nil {
 		return err
 	}

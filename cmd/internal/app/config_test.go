@@ -87,6 +87,25 @@ func TestParseAPI(t *testing.T) {
 					t.Fatalf("%+v %+v", c.Dashboard, c.DashboardInterval)
 				}
 			}},
+		{name: "hub and owner cache defaults", check: func(t *testing.T, c APIConfig) {
+			hub := c.hubConfig()
+			if c.SubscribeTimeout != 5*time.Second || hub.AnswerTimeout != 5*time.Second || c.HistoryReadBatch != 64 || hub.ReadBatch != 64 ||
+				c.OwnerCache != 16384 || c.ownerCache() != 16384 {
+				t.Fatalf("subscribe timeout %v, read batch %d, owner cache %d (jobs %d); hub %+v", c.SubscribeTimeout, c.HistoryReadBatch, c.OwnerCache, c.ownerCache(), hub)
+			}
+		}},
+		{name: "hub and owner cache settings", env: map[string]string{"SUBSCRIBE_TIMEOUT": "2s", "HISTORY_READ_BATCH": "1"}, args: []string{"-owner-cache", "100"},
+			check: func(t *testing.T, c APIConfig) {
+				if hub := c.hubConfig(); hub.AnswerTimeout != 2*time.Second || hub.ReadBatch != 1 || c.ownerCache() != 100 {
+					t.Fatalf("hub %+v, owner cache %d", hub, c.ownerCache())
+				}
+			}},
+		// jobs.Config's 0 is its default: OWNER_CACHE=0 must reach it as none.
+		{name: "no owner cache", env: map[string]string{"OWNER_CACHE": "0"}, check: func(t *testing.T, c APIConfig) {
+			if got := c.ownerCache(); got >= 0 {
+				t.Fatalf("OWNER_CACHE=0 gives the job service %d, want a negative (none)", got)
+			}
+		}},
 		{name: "trusted proxies", env: map[string]string{"TRUSTED_PROXIES": "10.0.0.0/8,fd00::/8"}, check: func(t *testing.T, c APIConfig) {
 			if len(c.TrustedProxies) != 2 || c.TrustedProxies[0].String() != "10.0.0.0/8" {
 				t.Fatalf("%v", c.TrustedProxies)
@@ -119,7 +138,7 @@ var settings = []string{"PORT", "ADDR", "REDIS_URL", "REDIS_MODE", "KEY_PREFIX",
 	"SMTP_PASSWORD", "SMTP_FROM", "SMTP_TLS", "TRUSTED_PROXIES", "ALLOWED_ORIGINS", "READ_HEADER_TIMEOUT", "BODY_TIMEOUT",
 	"IDLE_TIMEOUT", "MAX_HEADER_BYTES", "MAX_CONNS", "MAX_CONNS_PER_IP", "MAX_SOCKETS_PER_IP", "QUEUE_METRICS_REFRESH", "METRICS_ADDR",
 	"SCHEDULE_FILE", "SCHEDULE_CATCHUP", "DASHBOARD_INTERVAL", "ADMIN_EMAILS", "DASHBOARD_WINDOW", "DASHBOARD_LEADER_TTL",
-	"DASHBOARD_FAILURES"}
+	"DASHBOARD_FAILURES", "SUBSCRIBE_TIMEOUT", "HISTORY_READ_BATCH", "OWNER_CACHE"}
 
 // clearEnv unsets every setting, then sets env, for the test's duration.
 func clearEnv(t *testing.T, env map[string]string) {
@@ -204,6 +223,14 @@ func TestParseRefusesBadSettings(t *testing.T) {
 		{env: map[string]string{"DASHBOARD_WINDOW": "-1m"}, mention: "DASHBOARD_WINDOW"},
 		{env: map[string]string{"DASHBOARD_LEADER_TTL": "0s"}, mention: "DASHBOARD_LEADER_TTL"},
 		{args: []string{"-dashboard-failures", "0"}, mention: "DASHBOARD_FAILURES"},
+		{env: map[string]string{"SUBSCRIBE_TIMEOUT": "0s"}, mention: "SUBSCRIBE_TIMEOUT"},
+		{env: map[string]string{"SUBSCRIBE_TIMEOUT": "-1s"}, mention: "SUBSCRIBE_TIMEOUT"},
+		{env: map[string]string{"SUBSCRIBE_TIMEOUT": "5"}, mention: "SUBSCRIBE_TIMEOUT"},
+		{env: map[string]string{"HISTORY_READ_BATCH": "0"}, mention: "HISTORY_READ_BATCH"},
+		{args: []string{"-history-read-batch", "-1"}, mention: "HISTORY_READ_BATCH"},
+		{env: map[string]string{"HISTORY_READ_BATCH": "many"}, mention: "HISTORY_READ_BATCH"},
+		{env: map[string]string{"OWNER_CACHE": "-1"}, mention: "OWNER_CACHE"},
+		{env: map[string]string{"OWNER_CACHE": "1e4"}, mention: "OWNER_CACHE"},
 		{args: []string{"-nope"}, mention: "nope"},
 	}
 	for _, tc := range cases {
