@@ -42,7 +42,9 @@ func newOwnerCache(max int, ttl time.Duration) *ownerCache {
 	if max <= 0 {
 		return nil
 	}
-	return &ownerCache{max: max, ttl: ttl, byID: make(map[string]ownerEntry, max)}
+	// The map grows with what it holds: a replica that submits few jobs
+	// for signed-in users never pays for max.
+	return &ownerCache{max: max, ttl: ttl, byID: make(map[string]ownerEntry)}
 }
 
 // add remembers that job id, created at, belongs to owner.

@@ -81,6 +81,11 @@ func (c APIConfig) hubConfig() progress.HubConfig {
 	return progress.HubConfig{AnswerTimeout: c.SubscribeTimeout, ReadBatch: c.HistoryReadBatch}
 }
 
+// maxOwnerCache bounds OWNER_CACHE: about 600 MB of owners, far beyond
+// any retention's worth of submits one api takes; a larger figure is a
+// typo.
+const maxOwnerCache = 1 << 22
+
 // ownerCache is jobs.Config.OwnerCache for OWNER_CACHE, whose 0 means
 // none (jobs.Config's 0 means its default, and a negative none).
 func (c APIConfig) ownerCache() int {
@@ -213,6 +218,7 @@ func ParseAPI(args []string) (APIConfig, error) {
 	v.positiveDuration("SUBSCRIBE_TIMEOUT", "subscribe-timeout", c.SubscribeTimeout)
 	v.atLeast("HISTORY_READ_BATCH", "history-read-batch", int64(c.HistoryReadBatch), 1)
 	v.atLeast("OWNER_CACHE", "owner-cache", int64(c.OwnerCache), 0)
+	v.atMost("OWNER_CACHE", "owner-cache", int64(c.OwnerCache), maxOwnerCache)
 	if c.ScheduleFile != "" && v.err == nil {
 		reg, err := jobs.NewRegistry(jobs.Builtin()...)
 		if err == nil {

@@ -323,6 +323,12 @@ func (v *validator) atLeast(env, flagName string, n, min int64) {
 	}
 }
 
+func (v *validator) atMost(env, flagName string, n, max int64) {
+	if n > max {
+		v.fail("%s (-%s) is %d: want %d or less", env, flagName, n, max)
+	}
+}
+
 func (v *validator) positiveDuration(env, flagName string, d time.Duration) {
 	if d <= 0 {
 		v.fail("%s (-%s) is %v: want a duration above zero, like 30s", env, flagName, d)

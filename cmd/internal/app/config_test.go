@@ -231,6 +231,7 @@ func TestParseRefusesBadSettings(t *testing.T) {
 		{env: map[string]string{"HISTORY_READ_BATCH": "many"}, mention: "HISTORY_READ_BATCH"},
 		{env: map[string]string{"OWNER_CACHE": "-1"}, mention: "OWNER_CACHE"},
 		{env: map[string]string{"OWNER_CACHE": "1e4"}, mention: "OWNER_CACHE"},
+		{env: map[string]string{"OWNER_CACHE": "4194305"}, mention: "OWNER_CACHE"},
 		{args: []string{"-nope"}, mention: "nope"},
 	}
 	for _, tc := range cases {
