@@ -202,7 +202,7 @@ func New(d Deps, cfg Config) *Server {
 	s := &Server{
 		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, mx: d.Metrics, sched: d.Schedules, logger: cfg.Logger,
 		conns: map[*conn]struct{}{}, streams: map[*stream]struct{}{}, socketsPerIP: map[string]int{}, stopCh: make(chan struct{}),
-		flush: newFlusher(runtime.GOMAXPROCS(0)), stacks: newStackPool(maxParkedStacks),
+		flush: newFlusher(flushersFor(runtime.GOMAXPROCS(0))), stacks: newStackPool(maxParkedStacks),
 	}
 	var bad []string
 	s.origins, bad = newOriginPolicy(cfg.AllowedOrigins)

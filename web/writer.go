@@ -516,11 +516,11 @@ func (s *Server) pinger(ctx context.Context) {
 }
 
 // flusher runs the direct writes of sockets whose writer was started (see
-// writeDirect) on a few goroutines, one per CPU, so a fan-out to many
-// sockets costs a list append per socket instead of a goroutine, and
-// still writes on every CPU. The Server owns it: New starts it, Shutdown
-// closes it; a queue handed to it is written before its goroutines end,
-// and once it is closed queues start their own writer goroutine again.
+// writeDirect) on a few goroutines (flushersFor), so a fan-out to many
+// sockets costs a list append per socket instead of a goroutine. The
+// Server owns it: New starts it, Shutdown closes it; a queue handed to it
+// is written before its goroutines end, and once it is closed queues
+// start their own writer goroutine again.
 type flusher struct {
 	mu      sync.Mutex
 	wake    *sync.Cond
@@ -530,6 +530,19 @@ type flusher struct {
 	closed  bool
 	wg      sync.WaitGroup
 }
+
+// flushersFor is how many flusher goroutines a process with procs Ps
+// (GOMAXPROCS) runs: one fewer, and at least one. Go's scheduler polls the
+// network only when a P runs out of work (and sysmon every 10 ms): with a
+// flusher on every P, a fan-out of a few milliseconds kept every request,
+// Redis reply and next event waiting until it was done, or for up to
+// 10 ms. The P left over is idle between them and takes each as it
+// arrives. On 2 cores, in issue 10's latency scenario, one flusher
+// instead of two took the publish call's p50 from 5.2-8.6 ms to
+// 3.1-4.5 ms and the server's CPU down a tenth (the two wrote into the
+// kernel's loopback against each other), with the same fan-out and join
+// figures (BENCHMARKS.md).
+func flushersFor(procs int) int { return max(1, procs-1) }
 
 // flushChunk is how many queues a flusher goroutine takes at once: it
 // yields the CPU after each chunk, so goroutines woken meanwhile (a
