@@ -748,8 +748,8 @@ func (l *lifecycle) transitionAfterReport(ctx context.Context, op string, a *att
 	}
 	res, err := cmd.Slice()
 	if err != nil {
-		// NOSCRIPT (Redis restarted: the report went again, with its
-		// script's source, after this) or an unknown outcome: the caller
+		// NOSCRIPT (Redis restarted: the report went again after this,
+		// its script loaded) or an unknown outcome: the caller
 		// makes the transition again (a transition is idempotent by op).
 		return 0, "", false
 	}

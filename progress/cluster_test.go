@@ -277,3 +277,71 @@ func TestClusterTailChecked(t *testing.T) {
 		}
 	}
 }
+
+// On a cluster that lost its scripts (SCRIPT FLUSH on every shard), a
+// batch of posts to groups on every shard, and a presence flush of rooms
+// on every shard, load each missing script once, on every shard (the
+// cluster client's SCRIPT LOAD), and go again by digest: no EVAL.
+func TestClusterScriptsLoadedOnEveryShard(t *testing.T) {
+	c := progresstest.NewCluster(t, 3)
+	ctx := t.Context()
+	rdb := c.Client(t)
+	l := NewLog(rdb, LogConfig{})
+	groups, _ := clusterGroups(t, c, l, "noscript", 24)
+	p := NewPresence(rdb, l, PresenceConfig{ListInterval: time.Hour, TTL: time.Hour, Logger: testLogger(t)})
+	t.Cleanup(func() { p.Shutdown(context.Background()) })
+	rooms := make([]string, len(groups))
+	shards := map[*progresstest.Server]bool{}
+	for i := range rooms {
+		rooms[i] = fmt.Sprint("chat:noscript", i)
+		shards[c.NodeOf(t, l.metaKey(rooms[i]))] = true
+	}
+	if len(shards) != len(c.Nodes) {
+		t.Fatalf("the rooms cover %d of %d shards; pick more", len(shards), len(c.Nodes))
+	}
+	for _, tc := range []struct {
+		name string
+		run  func(t *testing.T)
+		// loads: the scripts loaded (on every shard, as one command)
+		loads int
+	}{
+		{name: "PublishMany", loads: 1, run: func(t *testing.T) {
+			posts := make([]Post, len(groups))
+			for i, g := range groups {
+				posts[i] = Post{g, "note", i}
+			}
+			evs, errs := l.PublishMany(ctx, posts)
+			for i := range posts {
+				if errs[i] != nil || evs[i].Seq != 1 {
+					t.Fatalf("post to %s: %+v %v, want seq 1", groups[i], evs[i], errs[i])
+				}
+			}
+		}},
+		// join and newer.
+		{name: "presence flush", loads: 2, run: func(t *testing.T) {
+			for _, r := range rooms {
+				if err := p.Join(ctx, r, Member{ID: "u1", Name: "ada"}, "tab"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			mustFlush(t, p)
+			for _, r := range rooms {
+				if _, diffs := eventNames(t, l, r); fmt.Sprint(diffs) != "[join:u1]" {
+					t.Fatalf("%s: events %v, want one join", r, diffs)
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			traffic := &scriptTraffic{flusher: c.Client(t)}
+			rdb.AddHook(traffic)
+			tc.run(t)
+			if got := traffic.counts(); got.Evals != 0 || got.Loads != tc.loads {
+				t.Errorf("%d EVAL, %d SCRIPT LOAD; want none and %d", got.Evals, got.Loads, tc.loads)
+			}
+		})
+	}
+}

@@ -329,34 +329,30 @@ func (l *Log) publishMany(ctx context.Context, posts []Post, guards []*newerGuar
 			todo = append(todo, t)
 		}
 	}
-	// EVALSHA first; the posts that find the script missing from Redis's
-	// cache (a restart, SCRIPT FLUSH) go again, in order, with its source.
-	for _, withSource := range []bool{false, true} {
-		if len(todo) == 0 && (withSource || (before == nil && after == nil)) {
-			break
-		}
+	// By digest first; the posts that find their script missing from
+	// Redis's cache (a new Redis, a restart, SCRIPT FLUSH) go again, in
+	// order, once it is loaded (scriptPass): nothing of theirs ran.
+	for pass := byDigest; len(todo) > 0 || before != nil || after != nil; {
 		cmds := make([]*redis.Cmd, len(todo))
 		_, _ = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			if !withSource && before != nil {
+			if pass == byDigest && before != nil {
 				before(p)
 			}
 			for j, t := range todo {
-				if withSource {
-					cmds[j] = t.script.Eval(ctx, p, t.keys, t.args...)
-				} else {
-					cmds[j] = t.script.EvalSha(ctx, p, t.keys, t.args...)
-				}
+				cmds[j] = pass.queue(ctx, p, t.script, t.keys, t.args)
 			}
-			if !withSource && after != nil {
+			if pass == byDigest && after != nil {
 				after(p)
 			}
 			return nil
 		}) // each command's own error is read below
 		var again []pending
+		var missing []*redis.Script
 		for j, t := range todo {
 			res, err := cmds[j].Slice()
-			if err != nil && !withSource && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			if noScript(err) && pass != bySource {
 				again = append(again, t)
+				missing = addScript(missing, t.script)
 				continue
 			}
 			if err == nil && len(res) != 2 {
@@ -377,7 +373,11 @@ func (l *Log) publishMany(ctx context.Context, posts []Post, guards []*newerGuar
 			evs[t.i].Seq, _ = res[0].(int64)
 			evs[t.i].Epoch, _ = res[1].(string)
 		}
+		if len(again) == 0 {
+			break
+		}
 		todo = again
+		pass, _ = pass.retry(ctx, l.rdb, missing)
 	}
 	return evs, errs
 }

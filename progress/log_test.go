@@ -587,9 +587,78 @@ func TestLogPublishMany(t *testing.T) {
 	})
 }
 
+// A batch of posts that finds the append script missing from Redis's
+// cache (a new Redis, a restart, SCRIPT FLUSH) loads it once and goes
+// again by digest, in one pipeline: a fixed number of round trips and no
+// EVAL, however many posts. Only a load that fails, or a cache lost again
+// after the load, sends the source with each post. Either way every post
+// is appended once, in order, and the caller's commands run once.
+func TestLogPublishManyLoadsMissingScriptOnce(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		const groups, perGroup = 30, 2
+		const n = groups * perGroup
+		for i, tc := range []struct {
+			name  string
+			flush bool // SCRIPT FLUSH before the batch
+			fault loadFault
+			want  scriptCounts
+		}{
+			{name: "script cached", want: scriptCounts{Trips: 1, EvalShas: n}},
+			// The batch, missing; SCRIPT LOAD; the batch again.
+			{name: "script flushed", flush: true, want: scriptCounts{Trips: 3, EvalShas: 2 * n, Loads: 1}},
+			{name: "load refused", flush: true, fault: loadRefused, want: scriptCounts{Trips: 3, Evals: n, EvalShas: n, Loads: 1}},
+			{name: "script lost again after the load", flush: true, fault: loadForgotten, want: scriptCounts{Trips: 4, Evals: n, EvalShas: 2 * n, Loads: 1}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				ctx := t.Context()
+				rdb := srv.Client(t)
+				l := NewLog(rdb, LogConfig{})
+				if tc.flush {
+					if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+						t.Fatal(err)
+					}
+				} else if err := loadScripts(ctx, rdb, []*redis.Script{appendScript}); err != nil {
+					t.Fatal(err)
+				}
+				traffic := &scriptTraffic{fault: tc.fault, flusher: srv.Client(t)}
+				rdb.AddHook(traffic)
+				group := func(j int) string { return fmt.Sprintf("job:noscript%d-%d", i, j) }
+				var posts []Post
+				for k := range perGroup {
+					for j := range groups {
+						posts = append(posts, Post{group(j), "note", k + 1})
+					}
+				}
+				var incr *redis.IntCmd
+				evs, errs := l.PublishWith(ctx, func(p redis.Pipeliner) { incr = p.Incr(ctx, group(0)+":calls") }, posts...)
+				if got := traffic.counts(); got != tc.want {
+					t.Errorf("the batch made %+v, want %+v", got, tc.want)
+				}
+				if incr.Val() != 1 {
+					t.Errorf("the caller's INCR: %d, %v; want it run once", incr.Val(), incr.Err())
+				}
+				for k, p := range posts {
+					if want := int64(k/groups + 1); errs[k] != nil || evs[k].Seq != want {
+						t.Fatalf("post %d to %s: %+v %v, want seq %d", k, p.Group, evs[k], errs[k], want)
+					}
+				}
+				for j := range groups {
+					snap := mustRead(t, l, group(j), 0)
+					checkContiguous(t, group(j), snap.Events, 1, perGroup, snap.Epoch)
+					for k, ev := range snap.Events {
+						if string(ev.Data) != fmt.Sprint(k+1) {
+							t.Fatalf("%s seq %d holds %s", group(j), ev.Seq, ev.Data)
+						}
+					}
+				}
+			})
+		}
+	})
+}
+
 // PublishWith sends the caller's commands ahead of the appends in the
 // same round trip: they run once and before the events (also when Redis
-// forgot the append script and the appends go again with its source),
+// forgot the append script and the appends go again once it is loaded),
 // and the caller reads their results; with no valid post the commands
 // still run.
 func TestLogPublishWith(t *testing.T) {

@@ -468,43 +468,45 @@ type scriptCall struct {
 }
 
 // runScripts runs calls in one pipeline, in order, and returns each one's
-// reply. Calls that find their script missing from Redis's cache (a
-// restart, SCRIPT FLUSH) make every call from the first of them run again,
-// in order, with its source: the presence scripts are idempotent (an entry
+// reply. Calls that find their script missing from Redis's cache (a new
+// Redis, a restart, SCRIPT FLUSH) make every call from the first of them
+// go again, in order, in one pipeline, once the missing scripts are
+// loaded (scriptPass): the presence scripts are idempotent (an entry
 // added or removed twice changes nothing the second time), so rerunning
 // the ones that had worked keeps the order of changes. A rerun's reply
-// replaces the first one only where the first one failed.
+// replaces the earlier one only where the earlier one failed.
 func (p *Presence) runScripts(ctx context.Context, calls []scriptCall) []*redis.Cmd {
 	cmds := make([]*redis.Cmd, len(calls))
-	_, _ = p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for i, c := range calls {
-			cmds[i] = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
+	for pass, from := byDigest, 0; ; {
+		sent := make([]*redis.Cmd, len(calls)-from)
+		_, _ = p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for i, c := range calls[from:] {
+				sent[i] = pass.queue(ctx, pipe, c.script, c.keys, c.args)
+			}
+			return nil
+		}) // each command's own error is read by the caller
+		first := -1
+		var missing []*redis.Script
+		for i, c := range sent {
+			if cmds[from+i] == nil || cmds[from+i].Err() != nil {
+				cmds[from+i] = c
+			}
+			if noScript(c.Err()) {
+				if first < 0 {
+					first = from + i
+				}
+				missing = addScript(missing, calls[from+i].script)
+			}
 		}
-		return nil
-	}) // each command's own error is read by the caller
-	first := -1
-	for i, c := range cmds {
-		if err := c.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			first = i
-			break
+		if first < 0 {
+			return cmds
 		}
+		var ok bool
+		if pass, ok = pass.retry(ctx, p.rdb, missing); !ok {
+			return cmds
+		}
+		from = first
 	}
-	if first < 0 {
-		return cmds
-	}
-	again := make([]*redis.Cmd, len(calls)-first)
-	_, _ = p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for i, c := range calls[first:] {
-			again[i] = c.script.Eval(ctx, pipe, c.keys, c.args...)
-		}
-		return nil
-	})
-	for i, c := range again {
-		if cmds[first+i].Err() != nil {
-			cmds[first+i] = c
-		}
-	}
-	return cmds
 }
 
 // Flush sends the changes recorded since the last flush to Redis, in

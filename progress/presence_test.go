@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"taskstream/progress/progresstest"
 	"taskstream/wire"
 )
@@ -474,6 +476,90 @@ func TestPresenceEnterHoldsTheFirstJoin(t *testing.T) {
 		_, diffs := eventNames(t, log, g)
 		if got := fmt.Sprint(diffs); got != "[join:u1 join:u3]" {
 			t.Fatalf("diffs %s: bob's refused join must not show", got)
+		}
+	})
+}
+
+// A flush of many rooms on a Redis that lost the presence scripts (a new
+// Redis, a restart, SCRIPT FLUSH) loads each missing script once and sends
+// the rooms' changes again by digest, in one pipeline: a fixed number of
+// round trips and no EVAL, however many rooms. Only a load that fails, or
+// a cache lost again after the load, sends the sources (EVAL per change).
+// Either way every change lands once, in order.
+func TestPresenceFlushLoadsMissingScriptsOnce(t *testing.T) {
+	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
+		const rooms = 40
+		// Per room, b joins and, in every other room, a leaves: n changes
+		// (each one announced).
+		const n = rooms + rooms/2
+		for i, tc := range []struct {
+			name  string
+			flush bool // SCRIPT FLUSH before the counted flush
+			fault loadFault
+			want  scriptCounts
+		}{
+			// SADD; the changes; their announcements.
+			{name: "scripts cached", want: scriptCounts{Trips: 3, EvalShas: 2 * n}},
+			// SADD; the changes, missing; SCRIPT LOAD of join and of
+			// leave; the changes again; the announcements, missing; SCRIPT
+			// LOAD of newer; the announcements again.
+			{name: "scripts flushed", flush: true, want: scriptCounts{Trips: 8, EvalShas: 4 * n, Loads: 3}},
+			// The first load refused: the sources go at once.
+			{name: "load refused", flush: true, fault: loadRefused, want: scriptCounts{Trips: 7, Evals: 2 * n, EvalShas: 2 * n, Loads: 2}},
+			// By digest, after the loads, then with the sources.
+			{name: "scripts lost again after the load", flush: true, fault: loadForgotten, want: scriptCounts{Trips: 10, Evals: 2 * n, EvalShas: 4 * n, Loads: 3}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				ctx := t.Context()
+				rdb := srv.Client(t)
+				log := NewLog(rdb, LogConfig{})
+				p := NewPresence(rdb, log, PresenceConfig{ListInterval: time.Hour, TTL: time.Hour, Logger: testLogger(t)})
+				t.Cleanup(func() { p.Shutdown(context.Background()) })
+				room := func(j int) string { return fmt.Sprintf("chat:noscript%d-%d", i, j) }
+				a, b := Member{ID: "ua", Name: "ada"}, Member{ID: "ub", Name: "bob"}
+				for j := range rooms {
+					if err := p.Join(ctx, room(j), a, "tab"); err != nil {
+						t.Fatal(err)
+					}
+				}
+				mustFlush(t, p)
+				if tc.flush {
+					if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+						t.Fatal(err)
+					}
+				} else if err := loadScripts(ctx, rdb, []*redis.Script{joinScript, leaveScript, newerScript}); err != nil {
+					t.Fatal(err)
+				}
+				traffic := &scriptTraffic{fault: tc.fault, flusher: srv.Client(t)}
+				rdb.AddHook(traffic)
+				for j := range rooms {
+					if err := p.Join(ctx, room(j), b, "tab"); err != nil {
+						t.Fatal(err)
+					}
+					if j%2 == 0 {
+						if err := p.Leave(ctx, room(j), a.ID, "tab"); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+				mustFlush(t, p)
+				if got := traffic.counts(); got != tc.want {
+					t.Errorf("the flush made %+v, want %+v", got, tc.want)
+				}
+				for j := range rooms {
+					want, wantList := "[join:ua join:ub]", "[{ua ada} {ub bob}]"
+					if j%2 == 0 {
+						want, wantList = "[join:ua join:ub leave:ua]", "[{ub bob}]"
+					}
+					if _, diffs := eventNames(t, log, room(j)); fmt.Sprint(diffs) != want {
+						t.Fatalf("%s: events %v, want %s", room(j), diffs, want)
+					}
+					list, err := p.List(ctx, room(j))
+					if err != nil || fmt.Sprint(list) != wantList {
+						t.Fatalf("%s: list %v (%v), want %s", room(j), list, err, wantList)
+					}
+				}
+			})
 		}
 	})
 }
