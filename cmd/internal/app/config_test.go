@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -138,7 +140,8 @@ var settings = []string{"PORT", "ADDR", "REDIS_URL", "REDIS_MODE", "KEY_PREFIX",
 	"SMTP_PASSWORD", "SMTP_FROM", "SMTP_TLS", "TRUSTED_PROXIES", "ALLOWED_ORIGINS", "READ_HEADER_TIMEOUT", "BODY_TIMEOUT",
 	"IDLE_TIMEOUT", "MAX_HEADER_BYTES", "MAX_CONNS", "MAX_CONNS_PER_IP", "MAX_SOCKETS_PER_IP", "QUEUE_METRICS_REFRESH", "METRICS_ADDR",
 	"SCHEDULE_FILE", "SCHEDULE_CATCHUP", "DASHBOARD_INTERVAL", "ADMIN_EMAILS", "DASHBOARD_WINDOW", "DASHBOARD_LEADER_TTL",
-	"DASHBOARD_FAILURES", "SUBSCRIBE_TIMEOUT", "HISTORY_READ_BATCH", "OWNER_CACHE"}
+	"DASHBOARD_FAILURES", "SUBSCRIBE_TIMEOUT", "HISTORY_READ_BATCH", "OWNER_CACHE", "DEBUG_ADDR", "JOB_HEARTBEAT",
+	"JOB_LOST_AFTER", "RECONCILE_INTERVAL", "WORKER_DELAYED_POLL_INTERVAL"}
 
 // clearEnv unsets every setting, then sets env, for the test's duration.
 func clearEnv(t *testing.T, env map[string]string) {
@@ -248,8 +251,11 @@ func TestParseRefusesBadSettings(t *testing.T) {
 	}
 }
 
-// -h prints every flag with its environment variable.
+// -h prints every flag with its environment variable, and every one of
+// them is in settings, so clearEnv keeps a developer's environment out of
+// these tests.
 func TestHelpNamesEnvironmentVariables(t *testing.T) {
+	envName := regexp.MustCompile(`\(env ([A-Z0-9_]+)\)`)
 	clearEnv(t, nil)
 	for name, parse := range map[string]func([]string) error{
 		"api":    func(a []string) error { _, err := ParseAPI(a); return err },
@@ -268,6 +274,11 @@ func TestHelpNamesEnvironmentVariables(t *testing.T) {
 			}
 			if strings.HasPrefix(line, "    \t") && !strings.Contains(line, "(env ") {
 				t.Errorf("%s -h: %q does not name its environment variable", name, line)
+			}
+			for _, m := range envName.FindAllStringSubmatch(line, -1) {
+				if !slices.Contains(settings, m[1]) {
+					t.Errorf("%s -h names %s, which settings (cleared by clearEnv) lacks", name, m[1])
+				}
 			}
 		}
 		if flags < 10 {
