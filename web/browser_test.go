@@ -181,6 +181,17 @@ func (p *browserPage) clickFromScript(sel string) {
 	p.do(chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`document.querySelector(%q).click()`, sel)))
 }
 
+// clickShownFromScript waits until the element sel matches is shown, as
+// chromedp.Click did before pressing, then clicks it from script. For a
+// button the test means a person can press: a button that is present but
+// hidden (Sign in for a user the page does not know yet, a job page's
+// Cancel before its job loads) would take a script click as readily.
+func (p *browserPage) clickShownFromScript(sel string) {
+	p.t.Helper()
+	p.do(chromedp.WaitVisible(chromedp.CSS(sel)))
+	p.clickFromScript(sel)
+}
+
 // eval returns the value of a JavaScript expression in the page.
 func eval[T any](p *browserPage, expr string) T {
 	p.t.Helper()
