@@ -101,9 +101,13 @@ func TestBrowserDashboardShowsWorkersComeAndGo(t *testing.T) {
 		}
 
 		// Pause and resume a queue from the page; the next snapshots show it.
-		p.do(chromedp.Click(chromedp.CSS(`#queues tr[data-queue="default"] button`)))
+		// The row's button, once shown, is pressed from script: snapshots
+		// come every 200 ms and redraw the table, and a count that gains a
+		// digit moves the button under a click at coordinates read before.
+		queueButton := `#queues tr[data-queue="default"] button`
+		p.clickShownFromScript(queueButton)
 		p.waitFor("the queue paused", `document.querySelector('#queues tr[data-queue="default"]').dataset.paused === "true"`)
-		p.do(chromedp.Click(chromedp.CSS(`#queues tr[data-queue="default"] button`)))
+		p.clickShownFromScript(queueButton)
 		p.waitFor("the queue running", `document.querySelector('#queues tr[data-queue="default"]').dataset.paused === "false"`)
 
 		second.Shutdown()

@@ -195,7 +195,10 @@ func TestBrowserJobPageHistoryLost(t *testing.T) {
 	if n := eval[int](p, `document.querySelectorAll("#timeline li[data-event=state]").length`); n != 0 {
 		t.Errorf("the timeline still shows %d state events from the lost history", n)
 	}
-	p.do(chromedp.Click(chromedp.ID("cancel")))
+	// Cancel, shown, pressed from script: the page has just loaded the job
+	// again after the loss and redraws its head (state, attempt) and the
+	// history note above the bar, under a click at coordinates read before.
+	p.clickShownFromScript("#cancel")
 	p.waitFor("canceled", `document.querySelector("#job-state").textContent === "canceled" &&
 		document.querySelector("#timeline li[data-state=canceled]") !== null`)
 

@@ -328,7 +328,11 @@ func TestBrowserStatesNeverLie(t *testing.T) {
 				t.Errorf("connected, the indicator says %q", got)
 			}
 			job.waitFor("the job page live again", `document.querySelector("#stale").hidden && !document.querySelector("#cancel").disabled`)
-			p.do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`li[data-job-id=%q] button[data-action=cancel]`, id))))
+			// Cancel works again: shown, enabled (waited for above) and
+			// pressed from script, as in TestBrowserJobList: at 375 px a
+			// coordinate click can land on the row moving as the events
+			// held back while offline arrive.
+			p.clickShownFromScript(fmt.Sprintf(`li[data-job-id=%q] button[data-action=cancel]`, id))
 			p.waitState(id, "canceled")
 			job.waitFor("the job page to see it", `document.querySelector("#job-state").textContent === "canceled"`)
 			p.checkNoExceptions()
@@ -443,9 +447,12 @@ func TestBrowserPhoneRunJob(t *testing.T) {
 				}
 			}
 			p.checkNoOverlap("the form folded")
-			p.do(chromedp.Click(chromedp.ID("form-toggle")))
+			// Unfolded and canceled from script too: the form coming back
+			// moves the list and the toasts placed around it, under a
+			// click at coordinates read just before.
+			p.clickFromScript("#form-toggle")
 			p.waitFor("the form back", `!document.querySelector("#job-form").hidden && document.querySelector("#form-toggle").textContent === "Hide form"`)
-			p.do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`li[data-job-id=%q] button[data-action=cancel]`, id))))
+			p.clickFromScript(fmt.Sprintf(`li[data-job-id=%q] button[data-action=cancel]`, id))
 			p.waitState(id, "canceled")
 			p.checkNoOverlap("with the form open again")
 			p.checkCSP()

@@ -226,13 +226,17 @@ func TestBrowserSignInErrorsTellTheTruth(t *testing.T) {
 	p.watchCSP()
 	p.do(chromedp.Reload(), chromedp.WaitReady(chromedp.CSS(`#job-type option[value="steps"]`)))
 	const email = "grace@example.com"
+	// Every button is pressed from script once shown, as in
+	// TestBrowserSignIn: the sign-in form changes as each step answers,
+	// under a click at coordinates read before.
+	const codeSubmit = `#code-step button[type=submit]`
+	p.clickShownFromScript("#sign-in-toggle")
 	p.do(
-		chromedp.Click(chromedp.ID("sign-in-toggle")),
 		chromedp.WaitVisible(chromedp.ID("sign-in-email")),
 		chromedp.SetValue(chromedp.ID("sign-in-email"), email),
-		chromedp.Click(chromedp.CSS(`#email-step button[type=submit]`)),
-		chromedp.WaitVisible(chromedp.ID("sign-in-code")),
 	)
+	p.clickShownFromScript(`#email-step button[type=submit]`)
+	p.do(chromedp.WaitVisible(chromedp.ID("sign-in-code")))
 	code := authtest.Code(t, smtp.Next(t))
 	wrong := "000000"
 	if code == wrong {
@@ -244,8 +248,8 @@ func TestBrowserSignInErrorsTellTheTruth(t *testing.T) {
 		p.do(
 			chromedp.Evaluate[chromedp.Void](`document.querySelector("#sign-in-error").hidden = true`),
 			chromedp.SetValue(chromedp.ID("sign-in-code"), code),
-			chromedp.Click(chromedp.CSS(`#code-step button[type=submit]`)),
 		)
+		p.clickShownFromScript(codeSubmit)
 		p.waitFor(what, `!document.querySelector("#sign-in-error").hidden`)
 		if got := p.eval0(`document.querySelector("#sign-in-error").textContent`); got != want {
 			t.Errorf("%s: the page says %q, want %q", what, got, want)
@@ -256,7 +260,7 @@ func TestBrowserSignInErrorsTellTheTruth(t *testing.T) {
 	}
 	newCode := func() string {
 		t.Helper()
-		p.do(chromedp.Click(chromedp.ID("resend-code")))
+		p.clickShownFromScript("#resend-code") // offered on the code step
 		c := authtest.Code(t, smtp.Next(t))
 		p.waitFor("the code step again", `document.querySelector("#sign-in-code").value === "" && !document.querySelector("#sign-in-code").disabled`)
 		return c
@@ -285,10 +289,8 @@ func TestBrowserSignInErrorsTellTheTruth(t *testing.T) {
 
 	code = newCode()
 	try("a wrong code for the new code", wrong, "Wrong code: 4 tries left.")
-	p.do(
-		chromedp.SetValue(chromedp.ID("sign-in-code"), code),
-		chromedp.Click(chromedp.CSS(`#code-step button[type=submit]`)),
-	)
+	p.do(chromedp.SetValue(chromedp.ID("sign-in-code"), code))
+	p.clickShownFromScript(codeSubmit)
 	p.waitAcross("signed in", fmt.Sprintf(`document.querySelector("#who").textContent === %q &&
 		document.querySelector("#conn").dataset.state === "connected"`, email))
 	try0 := p.eval0(`document.querySelector("#sign-in-form").hidden ? "hidden" : "shown"`)
