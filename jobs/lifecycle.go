@@ -277,7 +277,7 @@ func (l *lifecycle) submitted(ctx context.Context, rec *record, also func(redis.
 			also(p)
 		}
 	}, post)
-	if redis.HasErrorPrefix(clear.Err(), "NOSCRIPT") { // Redis restarted or its scripts were flushed
+	if progress.IsNoScript(clear.Err()) { // Redis restarted or its scripts were flushed
 		clear = clearHandoffScript.Run(ctx, l.st.rdb, keys, rec.Task)
 	}
 	if err := clear.Err(); err != nil {
@@ -1011,7 +1011,7 @@ func (l *lifecycle) announceEndSteps(ctx context.Context, stop <-chan struct{}, 
 	} else {
 		_, _ = l.st.rdb.Pipelined(ctx, func(p redis.Pipeliner) error { clearDebt(p); return nil })
 	}
-	if redis.HasErrorPrefix(debt.Err(), "NOSCRIPT") { // Redis restarted or its scripts were flushed
+	if progress.IsNoScript(debt.Err()) { // Redis restarted or its scripts were flushed
 		debt = clearDebtScript.Run(ctx, l.st.rdb, keys, op)
 	}
 	now, err := debt.Text()

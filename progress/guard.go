@@ -127,7 +127,7 @@ func (l *Log) queueGuard(ctx context.Context, c redis.Scripter, g *AppendGuard, 
 // events appended, as RunGuard does.
 func (c *GuardCmd) Result() (any, []*Event, error) {
 	res, err := c.cmd.Slice()
-	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+	if IsNoScript(err) {
 		return nil, nil, fmt.Errorf("progress: guarded publish to %s: %w: %w", c.group, ErrNoScript, err)
 	}
 	if err == nil && len(res) != 2 {

@@ -350,7 +350,7 @@ func (l *Log) publishMany(ctx context.Context, posts []Post, guards []*newerGuar
 		var missing []*redis.Script
 		for j, t := range todo {
 			res, err := cmds[j].Slice()
-			if noScript(err) && pass != bySource {
+			if IsNoScript(err) && pass != bySource {
 				again = append(again, t)
 				missing = addScript(missing, t.script)
 				continue

@@ -491,7 +491,7 @@ func (p *Presence) runScripts(ctx context.Context, calls []scriptCall) []*redis.
 			if cmds[from+i] == nil || cmds[from+i].Err() != nil {
 				cmds[from+i] = c
 			}
-			if noScript(c.Err()) {
+			if IsNoScript(c.Err()) {
 				if first < 0 {
 					first = from + i
 				}

@@ -69,6 +69,6 @@ func addScript(scripts []*redis.Script, s *redis.Script) []*redis.Script {
 	return append(scripts, s)
 }
 
-// noScript reports whether err is Redis's answer to EVALSHA of a script
-// it does not hold: nothing ran.
-func noScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
+// IsNoScript reports whether err is Redis's answer to EVALSHA of a script
+// it does not hold (a new Redis, a restart, SCRIPT FLUSH): nothing ran.
+func IsNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }

@@ -58,10 +58,8 @@ type batchConn struct {
 	err    error   // the batch's first failed write
 
 	// The file descriptor under Conn, for writes that must not wait
-	// (now.raw); rawOf is the Conn it was found for (nil now.raw: Conn
-	// has none).
-	now   nowWriter
-	rawOf net.Conn
+	// (now.raw; nil: Conn has none), found by canDirect.
+	now nowWriter
 	// carried counts the direct batches a writer goroutine had to finish
 	// (the kernel's buffer was full): how often a socket fell back.
 	carried int
@@ -106,14 +104,13 @@ func (b *batchConn) closeLocked() {
 // must finish it.
 var errWouldBlock = errors.New("web: the socket's buffer is full")
 
-// canDirect reports whether direct batches are possible: the connection
-// exposes its file descriptor (a TCP connection does).
+// canDirect finds the connection's file descriptor and reports whether
+// direct batches are possible (a TCP connection has one). Called once,
+// when the socket starts writing, before any direct batch.
 func (b *batchConn) canDirect() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.rawOf != b.Conn {
-		b.now, b.rawOf = nowWriter{raw: rawConnOf(b.Conn)}, b.Conn
-	}
+	b.now = nowWriter{raw: rawConnOf(b.Conn)}
 	return b.now.raw != nil
 }
 

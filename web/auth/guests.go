@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"taskstream/progress"
 )
 
 // A guest is an identity in a signed cookie: "g1.ID.ISSUED.MAC", where ID
@@ -411,7 +413,7 @@ func (s *Store) sendReads(ctx context.Context, mine *guestRead) bool {
 	send := func() {
 		_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, r := range batch {
-				if cmds[i] == nil || noScript(cmds[i].Err()) {
+				if cmds[i] == nil || progress.IsNoScript(cmds[i].Err()) {
 					cmds[i] = lookupGuestScript.EvalSha(ctx, p, []string{s.userKey(r.id)}, ms)
 				}
 			}
@@ -419,7 +421,7 @@ func (s *Store) sendReads(ctx context.Context, mine *guestRead) bool {
 		})
 	}
 	send()
-	if slices.ContainsFunc(cmds, func(c *redis.Cmd) bool { return noScript(c.Err()) }) {
+	if slices.ContainsFunc(cmds, func(c *redis.Cmd) bool { return progress.IsNoScript(c.Err()) }) {
 		// A new or flushed Redis has not the script yet (every pipeline of
 		// a storm after an api's first start): load it once and send
 		// those reads again together, rather than each on its own below
@@ -438,7 +440,7 @@ func (s *Store) sendReads(ctx context.Context, mine *guestRead) bool {
 			}
 		}
 		switch {
-		case noScript(cerr):
+		case progress.IsNoScript(cerr):
 			// The script is not loaded yet (a new or flushed Redis): Run
 			// sends it.
 			r.u, r.stored, r.err = s.lookupGuest(ctx, r.id, s.cfg.SessionTTL)
@@ -449,10 +451,6 @@ func (s *Store) sendReads(ctx context.Context, mine *guestRead) bool {
 	}
 	return took
 }
-
-// noScript reports whether err is Redis's answer to EVALSHA of a script
-// it does not hold.
-func noScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
 
 // errLeaderGone tells the requests that joined a read that it was never
 // sent (the request that would send it went away): each reads on its own.
