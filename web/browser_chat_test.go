@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
 
@@ -213,8 +214,14 @@ func TestBrowserChatRendersTextNotHTML(t *testing.T) {
 
 func TestBrowserChatJobNotification(t *testing.T) {
 	e := newEnv(t, progresstest.Embedded(t))
-	a := openChat(t, e, "lobby", pageOptions{})
-	b := openChat(t, e, "lobby", pageOptions{})
+	// The toasts stay for longer than the test can run: on a slow machine
+	// the page's 8 s could pass between a toast showing and the test
+	// pressing its close button or its link, and a toast gone by itself
+	// would pass "the toast to go" with a close button that does nothing.
+	// Only the test's tabs set it: users keep the 8 s.
+	keep := pageOptions{toastStay: time.Hour}
+	a := openChat(t, e, "lobby", keep)
+	b := openChat(t, e, "lobby", keep)
 	status, job := a.api("POST", "/api/jobs", map[string]any{"type": "steps", "params": map[string]any{"steps": 3, "interval_ms": 50}})
 	if status != 202 {
 		t.Fatalf("submit from the page: %d %v", status, job)

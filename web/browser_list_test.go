@@ -424,7 +424,11 @@ func TestBrowserPhoneRunJob(t *testing.T) {
 			p.checkNoOverlap("the page as it opens")
 
 			p.selectType("steps")
-			p.do(chromedp.SetValue(chromedp.ID("param-steps"), "400"), chromedp.SetValue(chromedp.ID("param-interval_ms"), "50"))
+			// A job that runs, its row moving every 50 ms, until the test
+			// cancels it: 100,000 steps last 83 minutes, past any test's
+			// timeout. With 400 (20 s) a slow run could see it complete
+			// first, and its Cancel button go.
+			p.do(chromedp.SetValue(chromedp.ID("param-steps"), "100000"), chromedp.SetValue(chromedp.ID("param-interval_ms"), "50"))
 			// Clicked from script, as "Load more" and the form toggle are: at
 			// 375 px the five completion toasts sit at the bottom, where a
 			// click at the scrolled-in button's coordinates may land on one.
@@ -452,7 +456,8 @@ func TestBrowserPhoneRunJob(t *testing.T) {
 			// click at coordinates read just before.
 			p.clickFromScript("#form-toggle")
 			p.waitFor("the form back", `!document.querySelector("#job-form").hidden && document.querySelector("#form-toggle").textContent === "Hide form"`)
-			p.clickFromScript(fmt.Sprintf(`li[data-job-id=%q] button[data-action=cancel]`, id))
+			// Cancel is shown while the job runs, which it still does.
+			p.clickShownFromScript(fmt.Sprintf(`li[data-job-id=%q] button[data-action=cancel]`, id))
 			p.waitState(id, "canceled")
 			p.checkNoOverlap("with the form open again")
 			p.checkCSP()

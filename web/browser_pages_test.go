@@ -348,7 +348,9 @@ func TestBrowserToastsStayOutOfTheWay(t *testing.T) {
 	for _, size := range []struct{ width, height int64 }{{1280, 900}, {375, 812}} {
 		t.Run(fmt.Sprintf("%dpx", size.width), func(t *testing.T) {
 			e := newEnv(t, progresstest.Embedded(t))
-			p := openPage(t, e, pageOptions{width: size.width, height: size.height})
+			// The toasts must stay through the checks below on a slow
+			// machine, and the last one must go because of Escape.
+			p := openPage(t, e, pageOptions{width: size.width, height: size.height, toastStay: time.Hour})
 			p.watchCSP()
 			p.do(chromedp.Reload(), chromedp.WaitReady(chromedp.CSS(`#job-type option[value="steps"]`)))
 

@@ -58,6 +58,12 @@ type pageOptions struct {
 	noWebSocket   bool           // the page sees no WebSocket: the client falls back to SSE
 	noEventSource bool           // ... and no EventSource: long-poll
 	url           string         // the server's address as the browser reaches it; default e.http.URL
+	// toastStay, when longer than the page's 8 s, is how long a toast
+	// stays by itself (common.js's window.__toastMs), on every document
+	// the tab loads: a test that presses a toast must find it there on a
+	// slow machine, and must not take a toast gone by itself for one it
+	// closed.
+	toastStay time.Duration
 }
 
 // browserPage is one tab of a fresh headless Chromium, on the page of e.
@@ -129,6 +135,9 @@ func openPage(t *testing.T, e *testEnv, o pageOptions) *browserPage {
 	}
 	if o.noEventSource {
 		script = append(script, "window.EventSource = undefined;")
+	}
+	if o.toastStay > 0 {
+		script = append(script, fmt.Sprintf("window.__toastMs = %d;", o.toastStay.Milliseconds()))
 	}
 	if len(script) > 0 {
 		src := strings.Join(script, "\n")
