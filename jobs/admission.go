@@ -50,13 +50,25 @@ func (e *RefusedError) Error() string {
 // Admission.Lua).
 var admissionScripts sync.Map
 
+// PrepareAdmission makes the scripts of an Admission whose Lua is lua
+// with keys keys and args args, as its first submit would: a caller
+// whose admission is known in advance prepares it while its package
+// initializes, so that the scripts are in progress's registry when the
+// process loads them at start (progress.LoadScripts), and its first
+// submits go by digest.
+func PrepareAdmission(lua string, keys, args int) {
+	a := &Admission{Lua: lua, Keys: make([]string, keys), Args: make([]any, args)}
+	a.aloneScript()
+	a.createGuard()
+}
+
 // aloneScript returns the script that runs a's check by itself.
 func (a *Admission) aloneScript() *redis.Script {
 	key := "alone\x00" + a.Lua
 	if s, ok := admissionScripts.Load(key); ok {
 		return s.(*redis.Script)
 	}
-	s, _ := admissionScripts.LoadOrStore(key, redis.NewScript("local function admit(keys, args)\n"+a.Lua+"\nend\nreturn admit(KEYS, ARGV)"))
+	s, _ := admissionScripts.LoadOrStore(key, progress.NewScript("local function admit(keys, args)\n"+a.Lua+"\nend\nreturn admit(KEYS, ARGV)"))
 	return s.(*redis.Script)
 }
 

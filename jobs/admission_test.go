@@ -225,3 +225,27 @@ func TestSubmitAdmissionOnCluster(t *testing.T) {
 		t.Fatalf("the check counted %s, want 2", n)
 	}
 }
+
+// PrepareAdmission makes an admission's two scripts (the check alone and
+// the check with the job's creation), registered for the start's load,
+// and a submit's Admission of the same Lua and counts then uses them
+// instead of making its own.
+func TestPrepareAdmissionRegistersItsScripts(t *testing.T) {
+	lua := quotaLua + "-- prepared\n"
+	before := len(progress.Scripts())
+	PrepareAdmission(lua, 1, 2)
+	prepared := progress.Scripts()
+	if len(prepared) < before+2 {
+		t.Fatalf("PrepareAdmission registered %d scripts, want 2", len(prepared)-before)
+	}
+	a := &Admission{Lua: lua, Keys: []string{"k"}, Args: []any{1, 7}}
+	if !slices.Contains(prepared, a.aloneScript()) {
+		t.Error("the admission's check alone is not the prepared script")
+	}
+	if g := a.createGuard(); g != a.createGuard() {
+		t.Error("the admission's creation guard is made again on each use")
+	}
+	if n := len(progress.Scripts()); n != len(prepared) {
+		t.Errorf("the prepared admission's first use made %d scripts more", n-len(prepared))
+	}
+}

@@ -288,7 +288,7 @@ func (l *lifecycle) submitted(ctx context.Context, rec *record, also func(redis.
 	}
 }
 
-var clearHandoffScript = redis.NewScript(`
+var clearHandoffScript = progress.NewScript(`
 if redis.call('HGET', KEYS[1], 'handoff') == ARGV[1] then redis.call('HDEL', KEYS[1], 'handoff', 'handoff_retry') end
 return 1
 `)
@@ -309,7 +309,7 @@ const (
 // outcome, the attempt, whether the previous run of the same task died
 // holding the job without a word (its retry was never announced), and the
 // record as the run starts (saving the run a round trip to read it).
-var startScript = redis.NewScript(redisNow + startFunc + `return start()`)
+var startScript = progress.NewScript(redisNow + startFunc + `return start()`)
 
 // startFunc is startScript's step as a Lua function (KEYS[1], ARGV[1] to
 // ARGV[3]), shared with startGuard.
@@ -502,7 +502,7 @@ const (
 	beatGone                 // the record is gone: restore it
 )
 
-var beatScript = redis.NewScript(redisNow + `
+var beatScript = progress.NewScript(redisNow + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', now} end
 local f = redis.call('HMGET', KEYS[1], 'task', 'attempt', 'final', 'canceled', 'hb')
 if (f[1] or ARGV[3]) ~= ARGV[1] or f[2] ~= ARGV[2] or f[3] or not f[5] then return {'stale', now} end
@@ -548,7 +548,7 @@ func (l *lifecycle) claimRunning(ctx context.Context, beats []redis.Z) error {
 }
 
 // restoreScript writes a record that Redis lost, from what the run knows.
-var restoreScript = redis.NewScript(redisNow + `
+var restoreScript = progress.NewScript(redisNow + `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'type', ARGV[2], 'queue', ARGV[3], 'params', ARGV[4],
   'created_at', ARGV[5], 'updated_at', now, 'state', ARGV[6], 'attempt', ARGV[7], 'task', ARGV[8], 'gen', ARGV[13])
@@ -614,7 +614,7 @@ const (
 // until announceEnd clears it. It returns one of the tr constants and the
 // job's owner as of the change (a guest's jobs move to the account it
 // signs in to), whom the end's notification is for.
-var transitionScript = redis.NewScript(redisNow + `
+var transitionScript = progress.NewScript(redisNow + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
 local f = redis.call('HMGET', KEYS[1], 'task', 'attempt', 'final', 'op', 'owner')
 local owner = f[5] or ''
@@ -811,7 +811,7 @@ func (l *lifecycle) handBack(ctx context.Context, a *attempt) {
 	}
 }
 
-var releaseScript = redis.NewScript(`
+var releaseScript = progress.NewScript(`
 local f = redis.call('HMGET', KEYS[1], 'task', 'attempt')
 if f[1] == ARGV[1] and f[2] == ARGV[2] then redis.call('HDEL', KEYS[1], 'hb') end
 return 1
@@ -924,7 +924,7 @@ func (l *lifecycle) end(ctx context.Context, id, task, attemptN, state string, r
 // log (ARGV: the op that owes them), and returns the job's owner as it is
 // now (a guest's jobs move to the account it signs in to), or nil when
 // the record is gone.
-var clearDebtScript = redis.NewScript(`
+var clearDebtScript = progress.NewScript(`
 if redis.call('HGET', KEYS[1], 'owed') == ARGV[1] then redis.call('HDEL', KEYS[1], 'owed', 'owed_at', 'owed_err') end
 return redis.call('HGET', KEYS[1], 'owner')
 `)
@@ -1029,7 +1029,7 @@ func (l *lifecycle) announceEndSteps(ctx context.Context, stop <-chan struct{}, 
 // Idempotency-Key's reservation) if it still names ARGV[1] as the first
 // word of its value: a lock that expired and was taken by another job is
 // left alone.
-var releaseLockScript = redis.NewScript(releaseLockFunc + `return release_lock(KEYS[1], ARGV[1])`)
+var releaseLockScript = progress.NewScript(releaseLockFunc + `return release_lock(KEYS[1], ARGV[1])`)
 
 // releaseLockFunc is releaseLockScript's step as a Lua function
 // release_lock(key, id), shared with endUniqueGuard.
@@ -1134,7 +1134,7 @@ func waiting(s asynq.TaskState) bool {
 	return false
 }
 
-var markCanceledScript = redis.NewScript(`
+var markCanceledScript = progress.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HEXISTS', KEYS[1], 'final') == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'canceled', '1')
@@ -1156,7 +1156,7 @@ func (l *lifecycle) canceled(ctx context.Context, id string) (bool, error) {
 // under the dead worker's lease, and so a late run of the old task is
 // told it is stale. A final end records op (ARGV[6]) and the debt of its
 // events, as a final transition does.
-var lostScript = redis.NewScript(redisNow + `
+var lostScript = progress.NewScript(redisNow + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
 local f = redis.call('HMGET', KEYS[1], 'task', 'attempt', 'final', 'hb', 'left', 'gen', 'canceled')
 if (f[1] or ARGV[1]) ~= ARGV[3] or f[2] ~= ARGV[4] or f[3] or not f[4] then return {'skip'} end

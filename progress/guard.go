@@ -40,7 +40,7 @@ type AppendGuard struct {
 func NewAppendGuard(src string, keys, args int) *AppendGuard {
 	k, a := strconv.Itoa(keys), strconv.Itoa(args)
 	return &AppendGuard{
-		script: redis.NewScript(src + appendFunc + `
+		script: NewScript(src + appendFunc + `
 local append_reply, append_posts = guard()
 local append_out = {}
 if append_posts then

@@ -66,12 +66,12 @@ func (c LeaderConfig) withDefaults() LeaderConfig {
 // lease expired and was taken by another must not extend or delete the
 // new holder's.
 var (
-	renewLease = redis.NewScript(`
+	renewLease = NewScript(`
 if redis.call("GET", KEYS[1]) == ARGV[1] then
 	return redis.call("PEXPIRE", KEYS[1], ARGV[2])
 end
 return 0`)
-	releaseLease = redis.NewScript(`
+	releaseLease = NewScript(`
 if redis.call("GET", KEYS[1]) == ARGV[1] then
 	return redis.call("DEL", KEYS[1])
 end

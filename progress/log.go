@@ -142,7 +142,7 @@ func (l *Log) groupOf(channel string) (string, bool) {
 // XRANGE from "N-1" (see afterID). When the meta hash is new (first event, or the log
 // was lost) a fresh epoch is stored and any stale stream is dropped so the
 // ids can start again at 1.
-var appendScript = redis.NewScript(appendBody)
+var appendScript = NewScript(appendBody)
 
 // appendBody is appendScript's source, shared with the scripts that
 // append under a condition (presence's newerScript) so that there is one
@@ -249,7 +249,7 @@ var errSuperseded = errors.New("progress: superseded by a newer event")
 // ARGV[9] the field and ARGV[10] the version. It answers {0, ""} without
 // appending when the version is not newer. The hash lives as long as the
 // log (ARGV[6]).
-var newerScript = redis.NewScript(`
+var newerScript = NewScript(`
 local last = tonumber(redis.call('HGET', KEYS[3], ARGV[9]) or '0')
 if tonumber(ARGV[10]) <= last then return {0, ''} end
 redis.call('HSET', KEYS[3], ARGV[9], ARGV[10])
@@ -707,7 +707,7 @@ type Draft struct {
 // new epoch, key, time, max length, TTL ms, channel, publish command
 // (PUBLISH or SPUBLISH), then name and data of each event. Only the last key is kept: a caller retries its own batch
 // before it makes another.
-var publishOnceScript = redis.NewScript(`
+var publishOnceScript = NewScript(`
 if redis.call('HGET', KEYS[1], 'op') == ARGV[2] then
   return {0, redis.call('HGET', KEYS[1], 'epoch') or '', redis.call('HGET', KEYS[1], 'op_seqs') or ''}
 end

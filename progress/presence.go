@@ -187,7 +187,7 @@ func (p *Presence) keys(group string) []string {
 // joinScript adds or refreshes an entry; when the user was not present
 // before it returns the change's version (else 0). The name is set only
 // then: a heartbeat carrying an older name must not undo a rename.
-var joinScript = redis.NewScript(`
+var joinScript = NewScript(`
 if redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) == 0 then return 0 end
 if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
   redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
@@ -200,7 +200,7 @@ return 0
 
 // leaveScript removes an entry; when it was the user's last it returns
 // the change's version (else 0).
-var leaveScript = redis.NewScript(`
+var leaveScript = NewScript(`
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
   redis.call('HDEL', KEYS[2], ARGV[2])
@@ -214,7 +214,7 @@ return 0
 // sweepScript removes entries that expired (their replica stopped
 // refreshing them) and returns the users who left with them, as id, name,
 // version triples.
-var sweepScript = redis.NewScript(`
+var sweepScript = NewScript(`
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local left = {}
 for _, m in ipairs(gone) do

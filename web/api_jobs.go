@@ -67,6 +67,11 @@ type submitRequest struct {
 // idempotencyHeader carries a submit's idempotency key.
 const idempotencyHeader = "Idempotency-Key"
 
+// The submit's admission check (handleSubmit's) has its scripts made
+// while the package initializes, not at the first submit: they are then
+// in progress's registry when the process loads its scripts at start.
+func init() { jobs.PrepareAdmission(auth.LimitLua, auth.LimitKeys, auth.LimitArgs) }
+
 func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 	var req submitRequest
 	if err := s.decodeBody(w, r, &req); err != nil {

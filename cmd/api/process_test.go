@@ -297,6 +297,12 @@ func TestProcfileProcessesOnRealRedis(t *testing.T) {
 	if last := events[len(events)-1]; !strings.Contains(string(last.Data), `"count":78498`) {
 		t.Fatalf("result %s, want count 78498", last.Data)
 	}
+	// Each loaded its scripts at start (the worker's first job is done).
+	for _, p := range []*proc{web, worker} {
+		if !strings.Contains(p.output(), "loaded the Lua scripts into Redis") {
+			t.Fatalf("%s did not load its scripts at start:\n%s", p.name, p.output())
+		}
+	}
 	// SIGTERM to the process group, as Procfile runners stop processes.
 	// `go run` itself exits non-zero on a signal, so the program's own
 	// log says whether it shut down gracefully.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,28 +30,13 @@ const clusterSlots = 16384
 // redis-server is missing, unless Required.
 func NewCluster(tb testing.TB, n int) *Cluster {
 	tb.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if Required() {
-			tb.Fatalf("redis-server is not on PATH and REQUIRE_REDIS_SERVER=1")
-		}
-		tb.Skip("redis-server not on PATH; install it to run the Redis Cluster tests")
-	}
+	bin := binary(tb, "redis-server", "the Redis Cluster tests")
 	c := &Cluster{}
-	for i := range n {
+	for range n {
 		s := &Server{Kind: "redis-server", tb: tb, dir: tb.TempDir(),
 			args: []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
 				"--cluster-node-timeout", "2000", "--appendonly", "yes", "--appendfsync", "always"}}
-		for attempt := 0; ; attempt++ {
-			s.port = clusterPort(tb)
-			if err := s.start(bin); err == nil {
-				break
-			} else if attempt == 4 {
-				tb.Fatalf("start cluster node %d: %v", i, err)
-			}
-		}
-		s.Addr = "127.0.0.1:" + strconv.Itoa(s.port)
-		tb.Cleanup(s.Stop)
+		s.startOnFreePort(tb, bin, clusterPort, nil)
 		c.Nodes = append(c.Nodes, s)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,6 +32,7 @@ type Server struct {
 	tb   testing.TB
 	args []string // extra redis-server arguments (cluster nodes)
 	dir  string   // working directory (cluster nodes keep nodes.conf and the AOF there)
+	conf string   // configuration file, the first argument (a sentinel's: it rewrites it)
 }
 
 // URL returns the server's redis:// URL.
@@ -68,29 +70,54 @@ func Required() bool { return os.Getenv("REQUIRE_REDIS_SERVER") == "1" }
 // ends. It skips the test when the binary is missing, unless Required.
 func Real(tb testing.TB) *Server {
 	tb.Helper()
-	bin, err := exec.LookPath("redis-server")
+	bin := binary(tb, "redis-server", "the real-Redis tests")
+	s := &Server{Kind: "redis-server", tb: tb}
+	s.startOnFreePort(tb, bin, freePort, nil)
+	return s
+}
+
+// binary returns the path of the Redis binary name, for what: the test is
+// skipped when it is not on PATH, or fails when Required.
+func binary(tb testing.TB, name, what string) string {
+	tb.Helper()
+	bin, err := exec.LookPath(name)
 	if err != nil {
 		if Required() {
-			tb.Fatalf("redis-server is not on PATH and REQUIRE_REDIS_SERVER=1")
+			tb.Fatalf("%s is not on PATH and REQUIRE_REDIS_SERVER=1", name)
 		}
-		tb.Skip("redis-server not on PATH; install it to run the real-Redis tests")
+		tb.Skipf("%s not on PATH; install it to run %s", name, what)
 	}
-	s := &Server{Kind: "redis-server", tb: tb}
+	return bin
+}
+
+// startOnFreePort starts s from bin on a port from port (fresh for each
+// of a few attempts: another process may take a free port first), after
+// prepare when given, and stops it when the test ends.
+func (s *Server) startOnFreePort(tb testing.TB, bin string, port func(testing.TB) int, prepare func()) {
+	tb.Helper()
 	for attempt := 0; ; attempt++ {
-		s.port = freePort(tb)
-		if err := s.start(bin); err == nil {
+		if prepare != nil {
+			prepare()
+		}
+		s.port = port(tb)
+		err := s.start(bin)
+		if err == nil {
 			break
-		} else if attempt == 4 {
-			tb.Fatalf("start redis-server: %v", err)
+		}
+		if attempt == 4 {
+			tb.Fatalf("start %s: %v", filepath.Base(bin), err)
 		}
 	}
 	s.Addr = "127.0.0.1:" + strconv.Itoa(s.port)
 	tb.Cleanup(s.Stop)
-	return s
 }
 
 func (s *Server) start(bin string) error {
-	args := []string{"--bind", "127.0.0.1", "--port", strconv.Itoa(s.port), "--save", "", "--loglevel", "warning"}
+	var args []string
+	if s.conf != "" {
+		args = append(args, s.conf)
+	}
+	args = append(args, "--bind", "127.0.0.1", "--port", strconv.Itoa(s.port), "--save", "", "--loglevel", "warning")
 	if s.args == nil {
 		args = append(args, "--appendonly", "no")
 	}
@@ -129,8 +156,36 @@ func (s *Server) start(bin string) error {
 	}
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
-	return fmt.Errorf("redis-server on port %d did not answer", s.port)
+	return fmt.Errorf("%s on port %d did not answer", filepath.Base(bin), s.port)
 }
+
+// SentinelMaster is the name under which Sentinel's sentinel watches
+// its master (REDIS_URL's master_name).
+const SentinelMaster = "mymaster"
+
+// Sentinel starts a redis-sentinel on a free loopback port that watches
+// master (a real redis-server) as SentinelMaster, stopped when the test
+// ends; SentinelURL is the REDIS_URL of REDIS_MODE=sentinel through it.
+// It skips the test when the binary is missing, unless Required (.ci/run
+// installs it with redis-server).
+func Sentinel(tb testing.TB, master *Server) *Server {
+	tb.Helper()
+	bin := binary(tb, "redis-sentinel", "the Sentinel tests")
+	dir := tb.TempDir()
+	s := &Server{Kind: "redis-sentinel", tb: tb, dir: dir, conf: filepath.Join(dir, "sentinel.conf")}
+	s.startOnFreePort(tb, bin, freePort, func() {
+		// The sentinel rewrites its file: each attempt starts from this.
+		conf := fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d 1\n", SentinelMaster, master.port)
+		if err := os.WriteFile(s.conf, []byte(conf), 0o600); err != nil {
+			tb.Fatal(err)
+		}
+	})
+	return s
+}
+
+// SentinelURL returns the REDIS_URL (REDIS_MODE=sentinel) of the master a
+// sentinel started by Sentinel watches.
+func (s *Server) SentinelURL() string { return s.URL() + "?master_name=" + SentinelMaster }
 
 // Stop kills the server. For a real server the data is gone (no
 // persistence), as after a crash.

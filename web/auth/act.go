@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"taskstream/progress"
 )
 
 // Limit is one per-user limit of an action: a token bucket of PerSecond
@@ -70,7 +70,7 @@ func (s *Store) Act(ctx context.Context, p Principal, ip string, l Limit) (Actio
 // 1 when the guest is stored now (by this call or before it); then the
 // user's fields (none when nothing is stored). A refusal writes nothing
 // after the step that refused.
-var actScript = redis.NewScript(gcraLua + `
+var actScript = progress.NewScript(gcraLua + `
 local now = tonumber(ARGV[1])
 local u = redis.call('HGETALL', KEYS[1])
 local stored = 0

@@ -7,6 +7,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"taskstream/progress"
 	"taskstream/progress/progresstest"
 )
 
@@ -38,15 +39,13 @@ func (c *countCommands) hook() redis.Hook {
 	return progresstest.CommandHook(func(cmds []redis.Cmder) { c.n.Add(int64(len(cmds))) })
 }
 
-// loadScripts loads the store's scripts (on every master of a cluster),
-// as a server that has run for a moment has them: a count of commands
+// loadScripts loads the process's scripts (on every master of a
+// cluster), as a process does at start: a count of commands
 // then leaves out the first run's NOSCRIPT retries.
 func loadScripts(t *testing.T, rdb redis.UniversalClient) {
 	t.Helper()
-	for _, sc := range []*redis.Script{actScript, gcraScript, lookupGuestScript, createGuestScript} {
-		if err := sc.Load(t.Context(), rdb).Err(); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := progress.LoadScripts(t.Context(), rdb); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -303,6 +303,18 @@ func TestAllow(t *testing.T) {
 	})
 }
 
+// LimitStep hands out as many keys and args as LimitKeys and LimitArgs
+// say: jobs.PrepareAdmission makes the submit admission's scripts in
+// advance from those counts, and a script made for other counts would be
+// made again at the first submit, after the start's load.
+func TestLimitStepCounts(t *testing.T) {
+	s, _ := NewStore(nil, Config{Secret: testSecret})
+	keys, args := s.LimitStep("k", 1, 10)
+	if len(keys) != LimitKeys || len(args) != LimitArgs {
+		t.Fatalf("LimitStep gives %d keys and %d args, LimitKeys and LimitArgs say %d and %d", len(keys), len(args), LimitKeys, LimitArgs)
+	}
+}
+
 // An active guest's cookie is reissued about once a day, with the same id,
 // so it never reaches its end while in use; a recent one is left alone.
 func TestGuestCookieRenewal(t *testing.T) {

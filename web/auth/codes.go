@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"taskstream/progress"
 )
 
 // Sign-in codes: six random digits, mailed, valid for CodeTTL, good for
@@ -123,7 +125,7 @@ func (s *Store) RequestCode(ctx context.Context, email, ip string) error {
 // milliseconds (CodeTTL) of its key's TTL remain, so expiry is judged by
 // Redis's clock alone. It returns {outcome, tries left}; "ok" marks the
 // code used, the last wrong try marks it dead.
-var checkCodeScript = redis.NewScript(`
+var checkCodeScript = progress.NewScript(`
 local f = redis.call('HMGET', KEYS[1], 'hash', 'state')
 if not f[2] then return {'missing', 0} end
 if f[2] == 'used' then return {'used', 0} end

@@ -125,7 +125,7 @@ func (s *Store) guestSession(ctx context.Context, g guestClaim) (Principal, stri
 // lookupGuestScript returns a guest's stored fields (none when it was
 // never stored) and, unless it was revoked, extends its TTL by ARGV[1]
 // milliseconds (0: leave it).
-var lookupGuestScript = redis.NewScript(`
+var lookupGuestScript = progress.NewScript(`
 local u = redis.call('HGETALL', KEYS[1])
 if #u == 0 then return u end
 for i = 1, #u, 2 do
@@ -175,7 +175,7 @@ func guestFrom(id string, res []string) (User, bool, error) {
 
 // createGuestScript stores a guest unless it exists or was revoked:
 // 1 created, 0 already there, -1 revoked.
-var createGuestScript = redis.NewScript(`
+var createGuestScript = progress.NewScript(`
 if redis.call('HGET', KEYS[1], 'revoked') == '1' then return -1 end
 if redis.call('HSETNX', KEYS[1], 'guest', '1') == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'name', ARGV[1], 'email', '')
@@ -267,7 +267,7 @@ func (s *Store) allowNewGuest(ctx context.Context, ip string) error {
 
 // revokeGuestScript marks a guest revoked for ARGV[2] milliseconds: the
 // longest a cookie issued before now can stay valid.
-var revokeGuestScript = redis.NewScript(`
+var revokeGuestScript = progress.NewScript(`
 redis.call('HSET', KEYS[1], 'revoked', '1')
 redis.call('HSETNX', KEYS[1], 'guest', '1')
 redis.call('HSETNX', KEYS[1], 'name', ARGV[1])

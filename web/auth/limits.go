@@ -6,7 +6,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"taskstream/progress"
 )
 
 // RateLimitedError says which limit was hit and how long to wait.
@@ -40,7 +40,7 @@ end
 
 // gcraScript takes one request from KEYS[1]'s bucket: ARGV[1] now (Unix
 // ms), ARGV[2] the interval (ms), ARGV[3] the burst.
-var gcraScript = redis.NewScript(gcraLua + `
+var gcraScript = progress.NewScript(gcraLua + `
 return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
 `)
 
@@ -53,6 +53,14 @@ return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
 const LimitLua = gcraLua + `
 return gcra(keys[1], tonumber(args[1]), tonumber(args[2]), tonumber(args[3]))
 `
+
+// LimitKeys and LimitArgs are the numbers of keys and args LimitStep
+// returns, for a caller that makes its script in advance
+// (jobs.PrepareAdmission).
+const (
+	LimitKeys = 1
+	LimitArgs = 3
+)
 
 // LimitStep returns what Allow(key, perSecond, burst) runs, for a caller
 // that runs LimitLua in a script of its own: its keys and args as of now.

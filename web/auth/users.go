@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
+
+	"taskstream/progress"
 )
 
 // User is a person: a guest until they sign in with an email.
@@ -74,7 +76,7 @@ func (s *Store) SetName(ctx context.Context, id, name string) (User, error) {
 	return s.User(ctx, id)
 }
 
-var setNameScript = redis.NewScript(`
+var setNameScript = progress.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'name', ARGV[1])
 return 1

@@ -370,6 +370,29 @@ func (c *Core) StartDashboard(d dashboard.Deps, cfg dashboard.Config) (stop func
 	return db.Stop, nil
 }
 
+// scriptLoadTimeout bounds LoadScripts: Redis answered a PING moments
+// before (Open), so loading a few dozen scripts takes milliseconds.
+const scriptLoadTimeout = 5 * time.Second
+
+// LoadScripts puts every Lua script of the process in Redis's script cache
+// (every node of a Cluster), so that the first script calls after a start
+// go by digest instead of each pipeline in flight meeting NOSCRIPT once
+// (thousands in a join storm on a fresh Redis). A failure is only a
+// warning: every script call still loads or sends its script when Redis
+// lacks it, as after a later restart or failover, so the process works
+// without it, a little slower at first.
+func (c *Core) LoadScripts(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, scriptLoadTimeout)
+	defer cancel()
+	start := time.Now()
+	n, err := progress.LoadScripts(ctx, c.Redis)
+	if err != nil {
+		c.logger.Warn("loading the Lua scripts into Redis failed: each is loaded by its first call instead", "err", err)
+		return
+	}
+	c.logger.Info("loaded the Lua scripts into Redis", "scripts", n, "duration", time.Since(start).Round(time.Microsecond))
+}
+
 // Embedded reports whether the core runs on the in-process Redis.
 func (c *Core) Embedded() bool { return c.embedded != nil }
 
@@ -462,6 +485,7 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 	} else {
 		logger.Info("running with Redis", "mode", c.RedisMode, "worker", c.RunWorker)
 	}
+	core.LoadScripts(ctx)
 
 	// The hub reads a chat room's members with its history (the list in a
 	// subscribed frame), so presence comes first; it still stops before
@@ -610,6 +634,7 @@ func RunWorker(ctx context.Context, c WorkerConfig, logger *slog.Logger) error {
 		return err
 	}
 	started.push(func(context.Context) { core.Close() })
+	core.LoadScripts(ctx)
 	if metricsLn != nil {
 		stop := serveMetrics(metricsLn, core.Metrics, logger)
 		started.push(stop)
