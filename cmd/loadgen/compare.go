@@ -27,8 +27,17 @@ type compareRow struct {
 	Out      []outcome // per target, in Targets' order
 }
 
-// label names a scenario with its sizes.
+// label names a scenario with its sizes, and the load client's
+// GOMAXPROCS when the scenario sets it.
 func (r compareRow) label() string {
+	s := r.sizes()
+	if r.Params.ClientProcs > 0 {
+		s += fmt.Sprintf(", load client GOMAXPROCS %d", r.Params.ClientProcs)
+	}
+	return s
+}
+
+func (r compareRow) sizes() string {
 	p := r.Params
 	switch r.Scenario {
 	case "join", "restart":

@@ -46,6 +46,7 @@ type config struct {
 	Window      int           // fanout: messages in flight per publisher
 	Duration    time.Duration // fanout, latency, bytes: publishing time
 	Settle      time.Duration // pause between the join and the measurement
+	ClientProcs int           // scenario mode: the load client's GOMAXPROCS (0: the runtime's)
 	set         map[string]bool
 	progress    io.Writer // scenario mode: a line per phase (main: stderr; nil: none)
 }
@@ -111,6 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.Publishers, "publishers", 16, "scenario mode: publishers of fanout, latency and bytes (the open loop's workers: enough that a slow publish path does not cap the rate)")
 	fs.IntVar(&c.Window, "window", 1, "scenario mode, fanout: messages each publisher has in flight (1: the next goes when the previous reached every subscriber)")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "scenario mode: publishing time of fanout and latency (default 10s), bytes (5s), and restart's before and after the restart (1s)")
+	fs.IntVar(&c.ClientProcs, "client-procs", 0, "scenario mode: GOMAXPROCS of the load client during every scenario (0: Go's default); the servers it starts keep theirs")
 	fs.DurationVar(&c.Settle, "settle", time.Second, "scenario mode: pause after every socket joined, before measuring (idle: 2s)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -126,7 +128,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		}
 		return c, c.validateScenarios()
 	}
-	for _, name := range []string{"scenario", "target", "api-bin", "gorilla-bin", "api-env", "subprotocol", "publishers", "window", "duration", "settle"} {
+	for _, name := range []string{"scenario", "target", "api-bin", "gorilla-bin", "api-env", "subprotocol", "publishers", "window", "duration", "settle", "client-procs"} {
 		if c.set[name] {
 			return c, fmt.Errorf("-%s goes with -scenario", name)
 		}
@@ -166,6 +168,8 @@ func (c config) validateScenarios() error {
 		return errors.New("-payload must be from 40 to 500 bytes in scenario mode")
 	case c.DialConcurrency < 1:
 		return errors.New("-dial-concurrency must be positive")
+	case c.ClientProcs < 0 || c.ClientProcs > 256:
+		return errors.New("-client-procs must be from 0 (Go's default) to 256")
 	case c.PublishVia != viaRedis && c.PublishVia != viaAPI:
 		return fmt.Errorf("-publish-via %q: want %s or %s", c.PublishVia, viaRedis, viaAPI)
 	}

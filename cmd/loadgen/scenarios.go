@@ -32,6 +32,11 @@ type params struct {
 	Rate       float64       // latency, bytes: messages per second; restart: background messages per second
 	Payload    int           // bytes of message text
 	Settle     time.Duration // pause after the join before measuring (presence traffic and GC settle)
+	// ClientProcs is the load client's GOMAXPROCS during the scenario
+	// (0: Go's default, every CPU); the servers it starts keep theirs.
+	// The client shares the servers' CPUs: fewer Ps take fewer of them at
+	// once (BENCHMARKS.md §0 has what one P did to the latency figures).
+	ClientProcs int
 }
 
 var scenarioDefaults = map[string]params{
@@ -75,6 +80,9 @@ func paramsFor(scenario string, c config) params {
 	}
 	if c.set["settle"] {
 		p.Settle = c.Settle
+	}
+	if c.set["client-procs"] {
+		p.ClientProcs = c.ClientProcs
 	}
 	return p
 }
@@ -121,6 +129,9 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 	}()
 	if name == "restart" && !t.Protocol() {
 		return outcome{Skip: "no resume in the reference"}
+	}
+	if p.ClientProcs > 0 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(p.ClientProcs))
 	}
 	if err := t.Start(ctx); err != nil {
 		return outcome{Err: err}

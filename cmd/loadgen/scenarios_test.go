@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -142,6 +144,26 @@ func TestParamsFor(t *testing.T) {
 	if p := paramsFor("latency", c); p.Publishers != 16 || p.Rate != 100 || p.Duration != 10*time.Second {
 		t.Errorf("latency defaults: %+v", p)
 	}
+
+	// -client-procs sets every scenario's; 0 or none leaves Go's default.
+	for _, tc := range []struct {
+		flag []string
+		want int
+	}{
+		{nil, 0},
+		{[]string{"-client-procs", "1"}, 1},
+		{[]string{"-client-procs", "0"}, 0},
+	} {
+		c, err := parseFlags(append([]string{"-scenario", "all", "-redis-url", "redis://127.0.0.1:1"}, tc.flag...), io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range scenarioNames {
+			if got := paramsFor(name, c).ClientProcs; got != tc.want {
+				t.Errorf("%q: %s: client procs %d, want %d", tc.flag, name, got, tc.want)
+			}
+		}
+	}
 }
 
 func TestScenarioFlags(t *testing.T) {
@@ -164,6 +186,7 @@ func TestScenarioFlags(t *testing.T) {
 		{"-scenario", "join", "-target", "gorilla", "-window", "0"},
 		{"-scenario", "join", "-redis-url", "redis://10.1.1.1:6379"},
 		{"-scenario", "join", "-target", "gorilla", "-api-env", "NOEQUALS"},
+		{"-scenario", "join", "-target", "gorilla", "-client-procs", "-1"},
 		{"-target", "gorilla"}, // scenario flags without -scenario
 		{"-subprotocol", "taskstream.v2"},
 	}
@@ -192,8 +215,9 @@ func TestScenariosOnBothTargets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	procs := runtime.GOMAXPROCS(0)
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
-		for _, extra := range [][]string{nil, {"-subprotocol", "taskstream.v2", "-publish-via", "redis"}} {
+		for _, extra := range [][]string{nil, {"-subprotocol", "taskstream.v2", "-publish-via", "redis", "-client-procs", "1"}} {
 			t.Run(strings.Join(extra, " "), func(t *testing.T) {
 				args := append([]string{"-scenario", "all", "-target", "both", "-redis-url", srv.URL(),
 					"-api-bin", api, "-gorilla-bin", gchat, "-clients", "8", "-users", "2", "-publishers", "3",
@@ -208,6 +232,12 @@ func TestScenariosOnBothTargets(t *testing.T) {
 				}
 				report := out.String()
 				t.Log("\n" + report)
+				if got := runtime.GOMAXPROCS(0); got != procs {
+					t.Errorf("GOMAXPROCS %d after the run, was %d", got, procs)
+				}
+				if named := strings.Contains(report, "load client GOMAXPROCS 1"); named != slices.Contains(extra, "-client-procs") {
+					t.Errorf("-client-procs in %q, but the rows naming the client's GOMAXPROCS: %v:\n%s", extra, named, report)
+				}
 				if strings.Contains(report, "failed") {
 					t.Fatalf("a scenario failed:\n%s", report)
 				}
