@@ -15,13 +15,30 @@ import (
 	"taskstream/wire"
 )
 
+// sendCase is a socket protocol and a way for the flusher to send.
+type sendCase struct {
+	name, protocol string
+	noRing         bool // one write(2) per socket instead of the send ring
+}
+
+// sendCases are v1 and v2 sockets each written through the flusher's send
+// ring (where the kernel gives one: TestSendRingIsUsed) and with a
+// write(2) per socket.
+func sendCases() []sendCase {
+	var cases []sendCase
+	for _, p := range []struct{ name, protocol string }{{"v1", ""}, {"v2", wire.SubprotocolV2}} {
+		cases = append(cases, sendCase{p.name + "/ring", p.protocol, false}, sendCase{p.name + "/write", p.protocol, true})
+	}
+	return cases
+}
+
 // directSocket serves one socket whose frames go out through a Server's
 // flusher (direct writes), with cfg's timeouts, and pre queued before it
 // starts writing (one batch); it hands the server side to the test and
 // keeps it open until the test ends.
 func directSocket(t *testing.T, cfg Config, protocol string, maxBytes int, pre [][]byte) (*conn, *websocket.Conn) {
 	t.Helper()
-	s := &Server{cfg: cfg.withDefaults(), flush: newFlusher(2)}
+	s := &Server{cfg: cfg.withDefaults(), flush: newFlusher(2, !cfg.NoSendRing, nil)}
 	conns := make(chan *conn, 1)
 	done := make(chan struct{})
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -90,9 +107,9 @@ func frameN(i, size int) []byte {
 // is moved, which once closed the socket (1006); direct writes do not go
 // through the poller.
 func TestDirectWritesAfterAnOldDeadline(t *testing.T) {
-	for _, tc := range []struct{ name, protocol string }{{"v1", ""}, {"v2", wire.SubprotocolV2}} {
+	for _, tc := range sendCases() {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := Config{WriteTimeout: 20 * time.Millisecond}
+			cfg := Config{WriteTimeout: 20 * time.Millisecond, NoSendRing: tc.noRing}
 			c, ws := directSocket(t, cfg, tc.protocol, 1<<20, nil)
 			pinged := make(chan struct{}, 1)
 			ws.SetPingHandler(func(string) error {
@@ -128,7 +145,7 @@ func TestDirectWritesAfterAnOldDeadline(t *testing.T) {
 // queued meanwhile follows it, and every frame arrives whole and in
 // order.
 func TestDirectWriteCarriedOnWhenTheBufferIsFull(t *testing.T) {
-	for _, tc := range []struct{ name, protocol string }{{"v1", ""}, {"v2", wire.SubprotocolV2}} {
+	for _, tc := range sendCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			// 8 MiB, more than loopback's buffers hold, in the first
 			// direct batch; then more frames while it is being finished.
@@ -137,7 +154,7 @@ func TestDirectWriteCarriedOnWhenTheBufferIsFull(t *testing.T) {
 			for i := range pre {
 				pre[i] = frameN(i, size)
 			}
-			c, ws := directSocket(t, Config{}, tc.protocol, 4*size*n, pre)
+			c, ws := directSocket(t, Config{NoSendRing: tc.noRing}, tc.protocol, 4*size*n, pre)
 			for i := n; i < n+n/8; i++ {
 				if !c.enqueue(frameN(i, size)) {
 					t.Fatalf("frame %d refused", i)
@@ -167,12 +184,12 @@ func TestFlusherRunsEveryQueueOnce(t *testing.T) {
 		{1, 1, 10}, {2, 4, 5000}, {3, 8, 20000},
 	} {
 		t.Run(fmt.Sprintf("%d goroutines, %d queues", tc.goroutines, tc.queues), func(t *testing.T) {
-			f := newFlusher(tc.goroutines)
+			f := newFlusher(tc.goroutines, false, nil)
 			runs := make([]atomic.Int32, tc.queues)
 			qs := make([]*sendQueue, tc.queues)
 			for i := range qs {
 				q := newSendQueue(1, 1)
-				q.direct = func(*[]byte) bool { runs[i].Add(1); return true }
+				q.direct = func(*flushState) directStep { runs[i].Add(1); return directReleased }
 				q.writers.Add(1) // counted as running, as startLocked does
 				qs[i] = q
 			}
@@ -232,7 +249,7 @@ func TestDirectV2Framing(t *testing.T) {
 				pre[i] = frameN(i, size)
 				total += size
 			}
-			_, ws := directSocket(t, Config{}, wire.SubprotocolV2, 2*total, pre)
+			_, ws := directSocket(t, Config{}, wire.SubprotocolV2, 2*total, pre) // through the send ring
 			var got []string
 			for len(got) < len(pre) {
 				_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
@@ -255,5 +272,31 @@ func TestDirectV2Framing(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A socket whose descriptor was closed before its staged send went out is
+// left out of the ring's enter and ended (its client resumes elsewhere);
+// the flusher goes on sending to the others.
+func TestSendRingLeavesOutAClosedSocket(t *testing.T) {
+	cfg := Config{}
+	closed, _ := directSocket(t, cfg, wire.SubprotocolV2, 1<<20, nil)
+	live, ws := directSocket(t, cfg, wire.SubprotocolV2, 1<<20, nil)
+	_ = closed.out.Conn.Close() // the descriptor goes; the socket does not know yet
+	closed.enqueue(frameN(0, 64))
+	select {
+	case <-closed.closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the socket whose descriptor was closed was not ended")
+	}
+	for i := range 3 {
+		if !live.enqueue(frameN(i, 64)) {
+			t.Fatalf("frame %d refused", i)
+		}
+	}
+	for i, f := range readFrames(t, ws, 3) {
+		if f != string(frameN(i, 64)) {
+			t.Fatalf("frame %d is %.40s", i, f)
+		}
 	}
 }

@@ -53,10 +53,11 @@ type sendQueue struct {
 	// goroutine. writer starts one; nil until the socket runs.
 	writer func()
 	// direct, when set, writes what is queued without waiting and reports
-	// whether it released the writer (true) or a writer goroutine must
-	// carry on (false); the flusher fl runs it. Not used for a ping or a
-	// close: those may wait.
-	direct  func(scratch *[]byte) bool
+	// whether it released the writer, a writer goroutine must carry on,
+	// or the write was staged in the flusher goroutine's send ring (the
+	// flusher reports the outcome with directDone once it is sent); the
+	// flusher fl runs it. Not used for a ping or a close: those may wait.
+	direct  func(fs *flushState) directStep
 	fl      *flusher
 	writers sync.WaitGroup // the running writer, for the socket's end
 	running bool           // a writer (the flusher's turn, or a goroutine) owns the socket's writes
@@ -269,15 +270,31 @@ func (q *sendQueue) wakeUnlock() {
 	go q.writer()
 }
 
+// directStep is what a direct write did.
+type directStep int
+
+const (
+	directReleased directStep = iota // done, and the writer released
+	directCarry                      // a writer goroutine must carry on
+	directStaged                     // in the flusher's send ring: directDone follows
+)
+
 // runDirect is the flusher's turn at a queue it was handed: the direct
-// write (scratch is the flusher goroutine's buffer), then a writer
-// goroutine when that could not finish.
-func (q *sendQueue) runDirect(scratch *[]byte) {
-	if q.direct(scratch) {
+// write (fs is the flusher goroutine's state), then a writer goroutine
+// when that could not finish.
+func (q *sendQueue) runDirect(fs *flushState) {
+	q.directDone(q.direct(fs))
+}
+
+// directDone ends the flusher's turn at q after step; a staged write's
+// turn ends when the flusher sent it (flushState.sendStaged).
+func (q *sendQueue) directDone(step directStep) {
+	switch step {
+	case directReleased:
 		q.writers.Done()
-		return
+	case directCarry:
+		go q.writer()
 	}
-	go q.writer()
 }
 
 // release ends the running writer when nothing waits (as next does when
@@ -309,7 +326,7 @@ func (q *sendQueue) startLocked() bool {
 // attach sets the functions that run a writer (direct and fl may be nil:
 // always a goroutine) and starts one when something already waits (frames, a
 // ping, a close asked before the socket ran).
-func (q *sendQueue) attach(writer func(), direct func(*[]byte) bool, fl *flusher) {
+func (q *sendQueue) attach(writer func(), direct func(*flushState) directStep, fl *flusher) {
 	q.mu.Lock()
 	q.writer, q.direct, q.fl = writer, direct, fl
 	if len(q.frames) == 0 && !q.pingDue && !q.closing {

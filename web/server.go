@@ -32,6 +32,15 @@ type Config struct {
 	// frames and 1 MiB.
 	SendQueue      int
 	SendQueueBytes int
+	// NoSendRing makes every socket's batch go out with its own write(2).
+	// By default (false) the flusher goroutines send a fan-out's batches
+	// of many sockets through an io_uring each where the kernel gives one
+	// (Linux 5.4 on, not refused by kernel.io_uring_disabled or a seccomp
+	// filter; a refusal is logged once per goroutine and they write
+	// instead), one io_uring_enter(2) per chunk of sockets: on this
+	// project's 2-core guest it took a fifth off the server's CPU in a
+	// 100,000-deliveries/s fan-out (BENCHMARKS.md §0).
+	NoSendRing bool
 	// WriteTimeout bounds writing a frame to a socket, with the frames
 	// queued behind it when it started. Default 10s.
 	WriteTimeout time.Duration
@@ -202,7 +211,7 @@ func New(d Deps, cfg Config) *Server {
 	s := &Server{
 		cfg: cfg, jobs: d.Jobs, hub: d.Hub, log: d.Log, auth: d.Auth, pres: d.Presence, mx: d.Metrics, sched: d.Schedules, logger: cfg.Logger,
 		conns: map[*conn]struct{}{}, streams: map[*stream]struct{}{}, socketsPerIP: map[string]int{}, stopCh: make(chan struct{}),
-		flush: newFlusher(flushersFor(runtime.GOMAXPROCS(0))), stacks: newStackPool(maxParkedStacks),
+		flush: newFlusher(flushersFor(runtime.GOMAXPROCS(0)), !cfg.NoSendRing, cfg.Logger), stacks: newStackPool(maxParkedStacks),
 	}
 	var bad []string
 	s.origins, bad = newOriginPolicy(cfg.AllowedOrigins)

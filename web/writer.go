@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"runtime"
@@ -63,6 +64,15 @@ type batchConn struct {
 	// carried counts the direct batches a writer goroutine had to finish
 	// (the kernel's buffer was full): how often a socket fell back.
 	carried int
+
+	// holdFrom's state while this connection's descriptor is held for a
+	// send ring's enter (flushState.holdFrom); holdCall is
+	// holdDescriptor, bound once.
+	holdState     *flushState
+	holdAt        int
+	holdCall      func(fd uintptr)
+	holdSubmitted int
+	holdErr       error
 }
 
 // batchPool recycles batch buffers: a socket holds one only while its
@@ -167,12 +177,19 @@ func (b *batchConn) sendNow(frames [][]byte, scratch *[]byte) error {
 	if err != nil {
 		return err
 	}
-	if n == len(buf) {
+	return b.keepLocked(buf[n:])
+}
+
+// keepLocked keeps rest, what a direct send left, in an open direct
+// batch for a writer goroutine (errWouldBlock); nil when nothing is left.
+// Called with b.mu held and no batch open.
+func (b *batchConn) keepLocked(rest []byte) error {
+	if len(rest) == 0 {
 		return nil
 	}
 	b.open, b.direct, b.err = true, true, nil
 	b.buf = batchPool.Get().(*[]byte)
-	*b.buf = append((*b.buf)[:0], buf[n:]...)
+	*b.buf = append((*b.buf)[:0], rest...)
 	return errWouldBlock
 }
 
@@ -289,28 +306,35 @@ func (c *conn) startWriting() {
 // gets its frames with no goroutine of its own started. Under fan-out an
 // event otherwise started a goroutine per socket (a thousand for a busy
 // room), which queued up on the CPUs ahead of everything else, the next
-// event's publish included. It reports true when the batch went out whole
-// and the queue is empty (the writer is released), false when a writer
-// goroutine must carry on (a full buffer, more frames, a ping or a
-// close).
+// event's publish included. It reports directReleased when the batch
+// went out whole and the queue is empty (the writer is released),
+// directCarry when a writer goroutine must carry on (a full buffer, more
+// frames, a ping or a close), directStaged when the batch waits in the
+// flusher goroutine's send ring (sendStaged finishes it).
 //
-// scratch is the calling flusher goroutine's buffer: a taskstream.v2
-// batch without a ping, a fan-out's usual delivery, is framed into it and
-// sent under one hold of the connection's mutex (batchConn.sendNow).
-func (c *conn) writeDirect(scratch *[]byte) bool {
+// fs is the calling flusher goroutine's: a taskstream.v2 batch without a
+// ping, a fan-out's usual delivery, is framed into its buffer and sent
+// under one hold of the connection's mutex (batchConn.sendNow), or
+// staged for its send ring (batchConn.stage).
+func (c *conn) writeDirect(fs *flushState) directStep {
 	step, batch, ping := c.send.next()
 	switch step {
 	case stepIdle:
-		return true
+		return directReleased
 	case stepClose:
-		return false // the writer's next() hands it the close again
+		return directCarry // the writer's next() hands it the close again
 	}
 	var err error
 	switch {
 	case c.v2 && !ping:
-		if !c.isClosed() { // else the close frame goes out next, not the backlog
-			err = c.out.sendNow(batch, scratch)
+		if c.isClosed() {
+			break // the close frame goes out next, not the backlog
 		}
+		if fs.ring != nil {
+			c.out.stage(fs, c, batch)
+			return directStaged
+		}
+		err = c.out.sendNow(batch, &fs.scratch)
 	default:
 		c.out.beginDirect()
 		if c.v2 {
@@ -322,15 +346,23 @@ func (c *conn) writeDirect(scratch *[]byte) bool {
 			err = endErr
 		}
 	}
+	return c.afterDirect(err)
+}
+
+// afterDirect is the step after a direct write that ended with err.
+func (c *conn) afterDirect(err error) directStep {
 	switch {
 	case err == nil:
-		return c.send.release()
+		if c.send.release() {
+			return directReleased
+		}
+		return directCarry
 	case errors.Is(err, errWouldBlock):
-		return false
+		return directCarry
 	}
 	c.send.stop()
 	c.abort()
-	return true
+	return directReleased
 }
 
 // writeV2Direct puts frames (after a ping when ping) into the open
@@ -526,6 +558,8 @@ type flusher struct {
 	waiting int          // goroutines waiting in wake
 	closed  bool
 	wg      sync.WaitGroup
+	rings   bool // each goroutine sends through an io_uring where the kernel gives one
+	logger  *slog.Logger
 }
 
 // flushersFor is how many flusher goroutines a process with procs Ps
@@ -546,9 +580,14 @@ func flushersFor(procs int) int { return max(1, procs-1) }
 // publish, a Redis reply) wait for a chunk, not for a whole fan-out.
 const flushChunk = 32
 
-// newFlusher starts n goroutines.
-func newFlusher(n int) *flusher {
-	f := &flusher{}
+// newFlusher starts n goroutines; with rings, each sends its chunks'
+// batches through a send ring of its own where the kernel gives one
+// (newSendRing), and logs to logger (nil: discarded) when it does not.
+func newFlusher(n int, rings bool, logger *slog.Logger) *flusher {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	f := &flusher{rings: rings, logger: logger}
 	f.wake = sync.NewCond(&f.mu)
 	for range n {
 		f.wg.Add(1)
@@ -577,7 +616,8 @@ func (f *flusher) add(q *sendQueue) bool {
 func (f *flusher) run() {
 	defer f.wg.Done()
 	var chunk []*sendQueue
-	var scratch []byte // framing buffer for the sockets this goroutine writes
+	fs := newFlushState(f.rings, f.logger)
+	defer fs.close()
 	for {
 		f.mu.Lock()
 		for len(f.list) == f.head && !f.closed {
@@ -608,8 +648,9 @@ func (f *flusher) run() {
 			f.wake.Signal() // another goroutine takes the next chunk meanwhile
 		}
 		for _, q := range chunk {
-			q.runDirect(&scratch)
+			q.runDirect(fs)
 		}
+		fs.sendStaged()
 		clear(chunk)
 		runtime.Gosched()
 	}

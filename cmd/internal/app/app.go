@@ -41,6 +41,7 @@ type APIConfig struct {
 	SendQueue      int
 	SessionSecret  string
 	SecureCookies  bool
+	SendRing       bool
 	AdminTokens    []string
 	JobRate        float64
 	JobBurst       int
@@ -134,6 +135,7 @@ func ParseAPI(args []string) (APIConfig, error) {
 	fs.BoolVar(&c.RunWorker, "worker", env.bool("RUN_WORKER", false), "also run a worker in this process (always on in the embedded default) (env RUN_WORKER=1)")
 	fs.IntVar(&c.SendQueue, "send-queue", env.int("SEND_QUEUE", 1024), "frames queued per socket (at most 1 MiB) before a slow client is dropped with 1013 (env SEND_QUEUE)")
 	fs.StringVar(&c.SessionSecret, "session-secret", env.str("SESSION_SECRET", ""), "secret (32+ bytes) that signs session cookies; the same on every replica (default: random, sessions end on restart) (env SESSION_SECRET)")
+	fs.BoolVar(&c.SendRing, "send-ring", env.bool("SEND_RING", true), "send a fan-out's socket writes through io_uring, many per system call, where the kernel allows it (Linux); false: one write(2) per socket (env SEND_RING)")
 	fs.BoolVar(&c.SecureCookies, "secure-cookies", env.bool("SECURE_COOKIES", false), "mark session cookies Secure even on plain HTTP (behind a TLS proxy) (env SECURE_COOKIES=1)")
 	c.AdminTokens = env.strings("ADMIN_TOKENS")
 	fs.Float64Var(&c.JobRate, "job-rate", env.float("JOB_RATE", 1), "job submissions per second per user (env JOB_RATE)")
@@ -553,7 +555,7 @@ func RunAPI(ctx context.Context, c APIConfig, logger *slog.Logger) error {
 		logger.Info("periodic jobs", "file", c.ScheduleFile, "entries", len(c.Schedule))
 	}
 	srv := web.New(web.Deps{Jobs: core.Jobs, Hub: hub, Log: core.Log, Auth: store, Presence: presence, Metrics: core.Metrics, Schedules: sched}, web.Config{
-		AllowedOrigins: c.AllowedOrigins, SendQueue: c.SendQueue, SecureCookies: c.SecureCookies,
+		AllowedOrigins: c.AllowedOrigins, SendQueue: c.SendQueue, SecureCookies: c.SecureCookies, NoSendRing: !c.SendRing,
 		JobRate: c.JobRate, JobBurst: c.JobBurst, ChatRate: c.ChatRate, ChatBurst: c.ChatBurst, TrustedProxies: c.TrustedProxies,
 		AdminEmails: c.AdminEmails, Limits: c.Limits, Logger: logger,
 	})

@@ -55,6 +55,16 @@ func TestParseAPI(t *testing.T) {
 				t.Fatalf("%+v", c)
 			}
 		}},
+		{name: "send ring by default, off by SEND_RING", check: func(t *testing.T, c APIConfig) {
+			if !c.SendRing {
+				t.Fatal("SendRing off by default")
+			}
+		}},
+		{name: "no send ring", env: map[string]string{"SEND_RING": "false"}, check: func(t *testing.T, c APIConfig) {
+			if c.SendRing {
+				t.Fatal("SEND_RING=false left SendRing on")
+			}
+		}},
 		{name: "progress at once", env: map[string]string{"PROGRESS_DELAY": "0s"}, check: func(t *testing.T, c APIConfig) {
 			if c.ReportDelay != 0 {
 				t.Fatalf("PROGRESS_DELAY 0s: %v", c.ReportDelay)
@@ -135,7 +145,7 @@ func TestParseAPI(t *testing.T) {
 // settings lists every environment variable the processes read.
 var settings = []string{"PORT", "ADDR", "REDIS_URL", "REDIS_MODE", "KEY_PREFIX", "HISTORY", "CHAT_HISTORY", "HISTORY_TTL",
 	"PROGRESS_RATE", "PROGRESS_DELAY", "ARTIFACT_DIR", "JOB_RETENTION", "LOG_LEVEL", "LOG_FORMAT", "WORKER_CONCURRENCY", "WORKER_QUEUES",
-	"WORKER_SHUTDOWN_TIMEOUT", "WORKER_POLL_INTERVAL", "RUN_WORKER", "SEND_QUEUE", "SESSION_SECRET", "SECURE_COOKIES",
+	"WORKER_SHUTDOWN_TIMEOUT", "WORKER_POLL_INTERVAL", "RUN_WORKER", "SEND_QUEUE", "SEND_RING", "SESSION_SECRET", "SECURE_COOKIES",
 	"ADMIN_TOKENS", "JOB_RATE", "JOB_BURST", "CHAT_RATE", "CHAT_BURST", "PRESENCE_TTL", "PRESENCE_GRACE", "SMTP_HOST", "SMTP_PORT", "SMTP_USER",
 	"SMTP_PASSWORD", "SMTP_FROM", "SMTP_TLS", "TRUSTED_PROXIES", "ALLOWED_ORIGINS", "READ_HEADER_TIMEOUT", "BODY_TIMEOUT",
 	"IDLE_TIMEOUT", "MAX_HEADER_BYTES", "MAX_CONNS", "MAX_CONNS_PER_IP", "MAX_SOCKETS_PER_IP", "QUEUE_METRICS_REFRESH", "METRICS_ADDR",

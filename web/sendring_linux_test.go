@@ -1,0 +1,26 @@
+package web
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+// Where the kernel allows io_uring (kernel.io_uring_disabled 0, as on
+// this project's machines), the flusher's goroutines get their send
+// rings, so the "ring" cases of the direct-write tests run through them
+// rather than quietly falling back to write(2).
+func TestSendRingIsUsed(t *testing.T) {
+	b, err := os.ReadFile("/proc/sys/kernel/io_uring_disabled")
+	if err != nil || strings.TrimSpace(string(b)) != "0" {
+		t.Skipf("io_uring is not open to every process here (%q, %v)", b, err)
+	}
+	fs := newFlushState(true, nil)
+	defer fs.close()
+	if fs.ring == nil {
+		t.Fatal("no send ring though the kernel allows io_uring")
+	}
+	if off := newFlushState(false, nil); off.ring != nil {
+		t.Fatal("a send ring without asking for one")
+	}
+}
