@@ -39,6 +39,13 @@ func sendCases() []sendCase {
 func directSocket(t *testing.T, cfg Config, protocol string, maxBytes int, pre [][]byte) (*conn, *websocket.Conn) {
 	t.Helper()
 	s := &Server{cfg: cfg.withDefaults(), flush: newFlusher(2, !cfg.NoSendRing, nil)}
+	t.Cleanup(s.flush.close) // after the socket's own cleanup
+	return directSocketOn(t, s, protocol, maxBytes, pre)
+}
+
+// directSocketOn is directSocket on s, whose flusher the test closes.
+func directSocketOn(t *testing.T, s *Server, protocol string, maxBytes int, pre [][]byte) (*conn, *websocket.Conn) {
+	t.Helper()
 	conns := make(chan *conn, 1)
 	done := make(chan struct{})
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -70,7 +77,6 @@ func directSocket(t *testing.T, cfg Config, protocol string, maxBytes int, pre [
 		close(done)
 		_ = ws.Close()
 		hs.Close()
-		s.flush.close()
 	})
 	return <-conns, ws
 }
@@ -297,6 +303,72 @@ func TestSendRingLeavesOutAClosedSocket(t *testing.T) {
 	for i, f := range readFrames(t, ws, 3) {
 		if f != string(frameN(i, 64)) {
 			t.Fatalf("frame %d is %.40s", i, f)
+		}
+	}
+}
+
+// Small frames queued one at a time while the client does not read go
+// out as the flusher's chunks take them (staged sends where they are
+// small, a socket's own write where they piled up) until the kernel's
+// buffer is full, then through a writer goroutine; every frame arrives
+// whole and in order.
+func TestSmallFramesThroughAFullBuffer(t *testing.T) {
+	for _, tc := range sendCases() {
+		if tc.protocol != wire.SubprotocolV2 {
+			continue // only v2 batches are staged
+		}
+		t.Run(tc.name, func(t *testing.T) {
+			const size, n = 2 << 10, 4096 // 8 MiB
+			c, ws := directSocket(t, Config{NoSendRing: tc.noRing}, tc.protocol, 2*size*n, nil)
+			for i := range n {
+				if !c.enqueue(frameN(i, size)) {
+					t.Fatalf("frame %d refused", i)
+				}
+			}
+			for i, f := range readFrames(t, ws, n) {
+				if f != string(frameN(i, size)) {
+					t.Fatalf("frame %d is %.40s, want %.40s", i, f, frameN(i, size))
+				}
+			}
+		})
+	}
+}
+
+// One chunk of the flusher holds a socket whose small batch is staged for
+// the send ring and one whose large batch goes out at once with its own
+// write: each gets its own bytes (the large one's framing once overwrote
+// the staged ones, and a fan-out's sockets read garbage).
+func TestStagedAndImmediateWritesInOneChunk(t *testing.T) {
+	s := &Server{cfg: Config{}.withDefaults(), flush: newFlusher(1, true, nil)}
+	t.Cleanup(s.flush.close)
+	small, smallWS := directSocketOn(t, s, wire.SubprotocolV2, 1<<20, nil)
+	large, largeWS := directSocketOn(t, s, wire.SubprotocolV2, 1<<20, nil)
+	// Hold the flusher's one goroutine on a queue of its own, so that
+	// both sockets' batches wait for its next chunk together.
+	hold, held := make(chan struct{}), make(chan struct{})
+	blocker := newSendQueue(1, 1)
+	blocker.direct = func(*flushState) directStep { close(held); <-hold; return directReleased }
+	blocker.writers.Add(1)
+	s.flush.add(blocker)
+	<-held
+	smallFrames := []string{string(frameN(0, 100)), string(frameN(1, 100))}
+	largeFrames := []string{string(frameN(2, 6<<10)), string(frameN(3, 6<<10))} // over maxStaged together
+	for _, f := range smallFrames {
+		small.enqueue([]byte(f))
+	}
+	for _, f := range largeFrames {
+		large.enqueue([]byte(f))
+	}
+	close(hold)
+	for _, tc := range []struct {
+		ws   *websocket.Conn
+		want []string
+	}{{smallWS, smallFrames}, {largeWS, largeFrames}} {
+		got := readFrames(t, tc.ws, len(tc.want))
+		for i := range tc.want {
+			if got[i] != tc.want[i] {
+				t.Fatalf("frame %d is %.40s…, want %.40s…", i, got[i], tc.want[i])
+			}
 		}
 	}
 }

@@ -330,7 +330,7 @@ func (c *conn) writeDirect(fs *flushState) directStep {
 		if c.isClosed() {
 			break // the close frame goes out next, not the backlog
 		}
-		if fs.ring != nil {
+		if fs.ring != nil && stageable(fs, batch) {
 			c.out.stage(fs, c, batch)
 			return directStaged
 		}
