@@ -15,7 +15,7 @@ type flushState struct {
 	scratch []byte    // a socket's batch sent at once (sendNow)
 	ring    *sendRing // nil: each socket's batch goes out with its own write(2)
 	staged  []stagedSend
-	sbuf    []byte // the staged batches, back to back
+	sbuf    []byte                      // the staged batches, back to back
 	done    func(tag uint64, res int32) // fs.complete, bound once
 	logger  *slog.Logger
 }
