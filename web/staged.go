@@ -18,6 +18,15 @@ type flushState struct {
 	sbuf    []byte                      // the staged batches, back to back
 	done    func(tag uint64, res int32) // fs.complete, bound once
 	logger  *slog.Logger
+
+	// holdFrom's state: holdCall is holdDescriptor, bound once (a
+	// closure per descriptor would be an allocation per delivery);
+	// holdAt is the staged send whose descriptor Control is holding;
+	// submitted and ringErr are the enter's outcome.
+	holdCall  func(fd uintptr)
+	holdAt    int
+	submitted int
+	ringErr   error
 }
 
 // stagedSend is one socket's staged batch: its bytes are
@@ -40,7 +49,7 @@ func newFlushState(rings bool, logger *slog.Logger) *flushState {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	fs := &flushState{logger: logger}
-	fs.done = fs.complete
+	fs.done, fs.holdCall = fs.complete, fs.holdDescriptor
 	if !rings {
 		return fs
 	}
@@ -100,7 +109,9 @@ func (fs *flushState) sendStaged() {
 	if len(fs.staged) == 0 {
 		return
 	}
-	submitted, err := fs.holdFrom(0)
+	fs.holdFrom(0)
+	submitted, err := fs.submitted, fs.ringErr
+	fs.submitted, fs.ringErr = 0, nil
 	if err != nil {
 		fs.logger.Warn("socket writes go out one write(2) each from now on: the send ring failed", "err", err)
 		fs.close()
@@ -147,29 +158,24 @@ func (fs *flushState) sendStaged() {
 // before it (RawConn.Control keeps a descriptor from being closed and
 // reused while its callback runs), and hands the sends to the ring from
 // the innermost: the kernel reads each descriptor during the enter. A
-// socket closed meanwhile is left out. It returns how many sends the
-// ring took and its error.
-func (fs *flushState) holdFrom(i int) (int, error) {
+// socket closed meanwhile is left out. The enter's outcome is left in
+// fs.submitted and fs.ringErr.
+func (fs *flushState) holdFrom(i int) {
 	for ; i < len(fs.staged); i++ {
-		b := fs.staged[i].c.out
-		b.holdState, b.holdAt = fs, i
-		if b.holdCall == nil {
-			b.holdCall = b.holdDescriptor
-		}
-		if b.now.raw.Control(b.holdCall) == nil {
-			return b.holdSubmitted, b.holdErr
+		fs.holdAt = i
+		if fs.staged[i].c.out.now.raw.Control(fs.holdCall) == nil {
+			return // the rest were held and sent inside
 		}
 	}
-	return fs.submit()
+	fs.submitted, fs.ringErr = fs.submit()
 }
 
-// holdDescriptor is the RawConn.Control callback of holdFrom: with fd
-// held, the rest are held and the sends handed over.
-func (b *batchConn) holdDescriptor(fd uintptr) {
-	fs, i := b.holdState, b.holdAt
-	b.holdState = nil
+// holdDescriptor is holdFrom's RawConn.Control callback: with fd held,
+// the rest are held and the sends handed over.
+func (fs *flushState) holdDescriptor(fd uintptr) {
+	i := fs.holdAt
 	fs.staged[i].fd, fs.staged[i].open = fd, true
-	b.holdSubmitted, b.holdErr = fs.holdFrom(i + 1)
+	fs.holdFrom(i + 1)
 }
 
 // submit hands every held send to the ring and waits for them.

@@ -64,15 +64,6 @@ type batchConn struct {
 	// carried counts the direct batches a writer goroutine had to finish
 	// (the kernel's buffer was full): how often a socket fell back.
 	carried int
-
-	// holdFrom's state while this connection's descriptor is held for a
-	// send ring's enter (flushState.holdFrom); holdCall is
-	// holdDescriptor, bound once.
-	holdState     *flushState
-	holdAt        int
-	holdCall      func(fd uintptr)
-	holdSubmitted int
-	holdErr       error
 }
 
 // batchPool recycles batch buffers: a socket holds one only while its
