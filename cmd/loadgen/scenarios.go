@@ -151,6 +151,7 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 	sw := newSwarm(ctx, t, p.Clients, p.Users, c.DialConcurrency)
 	sw.fan, sw.keepLat, sw.resume = fan, name == "latency", name == "restart"
 	defer sw.Close()
+	o.note("%s: %s", t.Name(), sw.reader(c.ReadRing))
 	say("server pid %d up; opening %d sockets as %d users", t.PID(), p.Clients, p.Users)
 	stopJoinProfile := func() error { return nil }
 	if name == "join" && c.CPUProfile != "" {

@@ -199,7 +199,8 @@ func TestScenarioFlags(t *testing.T) {
 
 // Every scenario, tiny, on both targets: cmd/api and gorilla's chat
 // example built here with go build, taskstream on each Redis (miniredis
-// and a real redis-server). Each figure is there for both (restart for
+// and a real redis-server), the subscribers receiving through rings and
+// with read(2). Each figure is there for both (restart for
 // taskstream only), nothing is lost, no seq is skipped, nobody is closed
 // with 1013, and a restart is resumed by every socket.
 func TestScenariosOnBothTargets(t *testing.T) {
@@ -217,7 +218,7 @@ func TestScenariosOnBothTargets(t *testing.T) {
 	}
 	procs := runtime.GOMAXPROCS(0)
 	progresstest.ForEach(t, func(t *testing.T, srv *progresstest.Server) {
-		for _, extra := range [][]string{nil, {"-subprotocol", "taskstream.v2", "-publish-via", "redis", "-client-procs", "1"}} {
+		for _, extra := range [][]string{nil, {"-subprotocol", "taskstream.v2", "-publish-via", "redis", "-client-procs", "1", "-read-ring=false"}} {
 			t.Run(strings.Join(extra, " "), func(t *testing.T) {
 				args := append([]string{"-scenario", "all", "-target", "both", "-redis-url", srv.URL(),
 					"-api-bin", api, "-gorilla-bin", gchat, "-clients", "8", "-users", "2", "-publishers", "3",
@@ -237,6 +238,13 @@ func TestScenariosOnBothTargets(t *testing.T) {
 				}
 				if named := strings.Contains(report, "load client GOMAXPROCS 1"); named != slices.Contains(extra, "-client-procs") {
 					t.Errorf("-client-procs in %q, but the rows naming the client's GOMAXPROCS: %v:\n%s", extra, named, report)
+				}
+				reads := "subscribers receive through"
+				if slices.Contains(extra, "-read-ring=false") || ringExpected() != "" {
+					reads = "subscribers read with read(2)"
+				}
+				if !strings.Contains(report, reads) {
+					t.Errorf("the notes do not say %q:\n%s", reads, report)
 				}
 				if strings.Contains(report, "failed") {
 					t.Fatalf("a scenario failed:\n%s", report)

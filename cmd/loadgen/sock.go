@@ -81,6 +81,7 @@ const (
 type sock struct {
 	id      int
 	ws      *websocket.Conn
+	ring    *recvRing    // receives for the socket; nil: read(2) (readSocket)
 	read    atomic.Int64 // bytes read on the connection since it opened (over every reconnect)
 	pending []byte       // bytes that came right after the handshake's response: the first frames
 

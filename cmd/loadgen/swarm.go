@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,7 @@ type swarm struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	rings  []*recvRing // the sockets' receive rings (useRings), closed after them
 
 	joined        atomic.Int64
 	allJoined     chan struct{} // closed when every socket joined once
@@ -57,6 +59,44 @@ func newSwarm(ctx context.Context, t target, n, users, dialConc int) *swarm {
 		sw.socks[i] = &sock{id: i}
 	}
 	return sw
+}
+
+// useRings starts n receive rings (recvRing) and spreads the sockets
+// over them. It returns an error wrapping uring.ErrUnavailable when the
+// kernel has none to give; the sockets then read with read(2).
+func (sw *swarm) useRings(n int) error {
+	for range n {
+		rr, err := newRecvRing(0)
+		if err != nil {
+			return err
+		}
+		sw.rings = append(sw.rings, rr)
+	}
+	for i, s := range sw.socks {
+		s.ring = sw.rings[i%len(sw.rings)]
+	}
+	return nil
+}
+
+// reader sets up how the sockets receive: with rings, one receive ring
+// per P (useRings), else (or where the kernel refuses rings) one
+// read(2) per socket wake-up. It says which, for the report's notes.
+func (sw *swarm) reader(rings bool) string {
+	if !rings {
+		return "subscribers read with read(2), one per socket wake-up (-read-ring=false)"
+	}
+	n := runtime.GOMAXPROCS(0)
+	if err := sw.useRings(n); err != nil {
+		for _, rr := range sw.rings {
+			rr.close()
+		}
+		sw.rings = nil
+		for _, s := range sw.socks {
+			s.ring = nil
+		}
+		return fmt.Sprintf("subscribers read with read(2), one per socket wake-up: no receive ring (%v)", err)
+	}
+	return fmt.Sprintf("subscribers receive through %d io_uring rings (multishot receives, one thread each)", n)
 }
 
 // start opens every socket, at most dialConc handshakes at a time.
@@ -178,9 +218,7 @@ func (sw *swarm) markJoined() {
 // code (-1: no close frame; 0: the subscribe was refused).
 func (sw *swarm) read(s *sock, resuming bool) int {
 	defer s.ws.Close()
-	stop := context.AfterFunc(sw.ctx, func() { _ = s.ws.Close() })
-	defer stop()
-	err := s.readMessages(func(msg []byte, now time.Time) bool {
+	err := s.readMessages(sw.ctx, func(msg []byte, now time.Time) bool {
 		eachFrame(msg, sw.fr, func(fr []byte) { sw.frame(s, fr, now, resuming) })
 		return !s.refused
 	})
@@ -326,6 +364,9 @@ func (sw *swarm) bytesRead() int64 {
 func (sw *swarm) Close() {
 	sw.cancel()
 	sw.wg.Wait()
+	for _, rr := range sw.rings {
+		rr.close()
+	}
 }
 
 // closes counts the sockets the server closed, by close code (-1: the

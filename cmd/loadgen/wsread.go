@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -267,12 +268,14 @@ func (rd *wsReader) closed(payload []byte) error {
 	return ce
 }
 
-// readMessages reads s's socket until it ends or fn returns false,
-// calling fn with each message (valid only during the call) and the time
-// the read that completed it returned. It returns the error that ended
-// the socket (a *websocket.CloseError for the server's close), nil when
-// fn said stop.
-func (s *sock) readMessages(fn func(msg []byte, at time.Time) bool) error {
+// readMessages reads s's socket until it ends, fn returns false or ctx
+// ends, calling fn with each message (valid only during the call) and the
+// time the read that completed it returned. It returns the error that
+// ended the socket (a *websocket.CloseError for the server's close), nil
+// when fn said stop. With s.ring the ring receives for it (fn runs on the
+// ring's goroutine meanwhile); without, one read(2) per wake-up
+// (readSocket), and ctx's end closes the socket.
+func (s *sock) readMessages(ctx context.Context, fn func(msg []byte, at time.Time) bool) error {
 	rd := newWSReader(writeControl(s.ws), fn)
 	// Frames that came with the handshake first.
 	pending := s.pending
@@ -280,6 +283,11 @@ func (s *sock) readMessages(fn func(msg []byte, at time.Time) bool) error {
 	if err := rd.feedBytes(pending, time.Now()); err != nil {
 		return stopIsNil(err)
 	}
+	if s.ring != nil {
+		return stopIsNil(s.ring.read(ctx, s.ws.NetConn(), rd, &s.read))
+	}
+	stop := context.AfterFunc(ctx, func() { _ = s.ws.Close() })
+	defer stop()
 	return stopIsNil(readSocket(s.ws.NetConn(), rd, &s.read))
 }
 

@@ -166,55 +166,57 @@ func TestReadMessages(t *testing.T) {
 		{name: "too large", send: []byte{0x82, 127, 0, 0, 0, 0, 0x10, 0, 0, 0}, wantErr: "bytes (at most"},
 		{name: "one-byte close", send: frameBytes(true, websocket.CloseMessage, []byte{3}), wantErr: "1 byte"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ctrl := make(chan clientFrame, 10)
-			srv := rawServer(t, tc.send, ctrl)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			s := &sock{}
-			if err := dialSock(ctx, websocket.Dialer{}, "ws"+strings.TrimPrefix(srv.URL, "http"), nil, s); err != nil {
-				t.Fatal(err)
-			}
-			defer s.ws.Close()
-			var got []string
-			err := s.readMessages(func(msg []byte, at time.Time) bool {
-				if at.IsZero() {
-					t.Error("a message without its read time")
+		for _, reader := range readers(t) {
+			t.Run(reader.name+"/"+tc.name, func(t *testing.T) {
+				ctrl := make(chan clientFrame, 10)
+				srv := rawServer(t, tc.send, ctrl)
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				s := &sock{ring: reader.ring}
+				if err := dialSock(ctx, websocket.Dialer{}, "ws"+strings.TrimPrefix(srv.URL, "http"), nil, s); err != nil {
+					t.Fatal(err)
 				}
-				got = append(got, string(msg))
-				return tc.stopAfter == 0 || len(got) < tc.stopAfter
-			})
-			if strings.Join(got, "|") != strings.Join(tc.want, "|") || len(got) != len(tc.want) {
-				t.Errorf("got %d messages, want %d (%.80q…)", len(got), len(tc.want), got)
-			}
-			switch {
-			case tc.stopAfter > 0:
-				if err != nil {
-					t.Errorf("stopped: %v, want nil", err)
-				}
-			case tc.wantErr != "":
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Errorf("error %v, want one with %q", err, tc.wantErr)
-				}
-			default:
-				if code := closeCodeOf(err); code != tc.wantCode {
-					t.Errorf("close code %d (%v), want %d", code, err, tc.wantCode)
-				}
-			}
-			for _, want := range tc.wantCtrl {
-				select {
-				case f := <-ctrl:
-					if f.opcode != want.opcode || !bytes.Equal(f.payload, want.payload) {
-						t.Errorf("the client sent opcode %d %q, want %d %q", f.opcode, f.payload, want.opcode, want.payload)
+				defer s.ws.Close()
+				var got []string
+				err := s.readMessages(ctx, func(msg []byte, at time.Time) bool {
+					if at.IsZero() {
+						t.Error("a message without its read time")
 					}
-				case <-ctx.Done():
-					t.Fatalf("no opcode %d from the client", want.opcode)
+					got = append(got, string(msg))
+					return tc.stopAfter == 0 || len(got) < tc.stopAfter
+				})
+				if strings.Join(got, "|") != strings.Join(tc.want, "|") || len(got) != len(tc.want) {
+					t.Errorf("got %d messages, want %d (%.80q…)", len(got), len(tc.want), got)
 				}
-			}
-			if wantRead := int64(len(tc.send)); tc.wantErr == "" && tc.stopAfter == 0 && s.read.Load() < wantRead {
-				t.Errorf("counted %d bytes read, less than the %d frames' bytes", s.read.Load(), wantRead)
-			}
-		})
+				switch {
+				case tc.stopAfter > 0:
+					if err != nil {
+						t.Errorf("stopped: %v, want nil", err)
+					}
+				case tc.wantErr != "":
+					if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+						t.Errorf("error %v, want one with %q", err, tc.wantErr)
+					}
+				default:
+					if code := closeCodeOf(err); code != tc.wantCode {
+						t.Errorf("close code %d (%v), want %d", code, err, tc.wantCode)
+					}
+				}
+				for _, want := range tc.wantCtrl {
+					select {
+					case f := <-ctrl:
+						if f.opcode != want.opcode || !bytes.Equal(f.payload, want.payload) {
+							t.Errorf("the client sent opcode %d %q, want %d %q", f.opcode, f.payload, want.opcode, want.payload)
+						}
+					case <-ctx.Done():
+						t.Fatalf("no opcode %d from the client", want.opcode)
+					}
+				}
+				if wantRead := int64(len(tc.send)); tc.wantErr == "" && tc.stopAfter == 0 && s.read.Load() < wantRead {
+					t.Errorf("counted %d bytes read, less than the %d frames' bytes", s.read.Load(), wantRead)
+				}
+			})
+		}
 	}
 }
 
