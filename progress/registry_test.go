@@ -61,8 +61,9 @@ func (b scriptBackend) cachedScripts(t *testing.T, scripts []*redis.Script) []in
 	return held
 }
 
-// LoadScripts puts every registered script in the cache of every master:
-// none is there before, all are after.
+// LoadScripts puts every registered script in the cache of every master,
+// in one round trip per master: none is there before, all are after
+// (SCRIPT EXISTS on each master).
 func TestLoadScriptsLoadsEveryMaster(t *testing.T) {
 	// A guard made now is registered too (jobs makes some on the fly).
 	guard := NewAppendGuard(`local function guard() return 1, nil end`, 0, 0)
@@ -77,6 +78,12 @@ func TestLoadScriptsLoadsEveryMaster(t *testing.T) {
 		if held := b.cachedScripts(t, scripts); !slices.Equal(held, none) {
 			t.Fatalf("a new Redis holds %v of the %d scripts per master, want none", held, len(scripts))
 		}
+		traffic := &scriptTraffic{}
+		hookScriptTraffic(t, b.rdb, traffic)
+		hashes := make([]string, len(scripts))
+		for i, s := range scripts {
+			hashes[i] = s.Hash()
+		}
 		n, err := LoadScripts(t.Context(), b.rdb)
 		if err != nil {
 			t.Fatal(err)
@@ -87,6 +94,17 @@ func TestLoadScriptsLoadsEveryMaster(t *testing.T) {
 		all := slices.Repeat([]int{len(scripts)}, len(b.masters))
 		if held := b.cachedScripts(t, scripts); !slices.Equal(held, all) {
 			t.Errorf("after LoadScripts the masters hold %v scripts, want %v", held, all)
+		}
+		// The scripts' digests are as they were (go-redis's Script.Load on
+		// a pipeline would have set them to its empty reply).
+		for i, s := range scripts {
+			if s.Hash() != hashes[i] {
+				t.Fatalf("LoadScripts changed a script's digest from %s to %q", hashes[i], s.Hash())
+			}
+		}
+		// One pipeline per master, whatever the number of scripts.
+		if trips, loads := traffic.loadRoundTrips(), traffic.counts().Loads; trips != len(b.masters) || loads != n*len(b.masters) {
+			t.Errorf("LoadScripts sent %d SCRIPT LOADs in %d round trips, want %d in %d (one per master)", loads, trips, n*len(b.masters), len(b.masters))
 		}
 	})
 }
@@ -116,7 +134,7 @@ func TestLoadedScriptsSpareFirstCallsNoScript(t *testing.T) {
 					}
 				}
 				traffic := &scriptTraffic{}
-				b.rdb.AddHook(traffic)
+				hookScriptTraffic(t, b.rdb, traffic)
 				var batch []Post
 				for j := range posts {
 					batch = append(batch, Post{fmt.Sprintf("job:preload%d-%d", i, j), "note", j})

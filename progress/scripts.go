@@ -17,6 +17,9 @@ import (
 var scriptRegistry struct {
 	mu      sync.Mutex
 	scripts map[string]*redis.Script
+	// sources holds each script's source by digest, for loadScripts'
+	// pipelined SCRIPT LOADs: redis.Script keeps its own unexported.
+	sources map[string]string
 }
 
 // NewScript returns redis.NewScript(src), registered so that LoadScripts
@@ -32,9 +35,11 @@ func NewScript(src string) *redis.Script {
 	defer scriptRegistry.mu.Unlock()
 	if scriptRegistry.scripts == nil {
 		scriptRegistry.scripts = map[string]*redis.Script{}
+		scriptRegistry.sources = map[string]string{}
 	}
 	if _, ok := scriptRegistry.scripts[s.Hash()]; !ok {
 		scriptRegistry.scripts[s.Hash()] = s
+		scriptRegistry.sources[s.Hash()] = src
 	}
 	return s
 }
@@ -53,9 +58,9 @@ func Scripts() []*redis.Script {
 }
 
 // LoadScripts loads every script made with NewScript (Scripts) into the
-// script cache of rdb's Redis: on a Cluster into every node's, masters and
-// replicas (go-redis's ClusterClient.ScriptLoad sends it to each shard),
-// since a script's calls go to the node of their keys. It returns how
+// script cache of rdb's Redis in one round trip: on a Cluster into every
+// node's, masters and replicas, one pipeline per node (loadScripts), since
+// a script's calls go to the node of their keys. It returns how
 // many scripts it loaded (none when one load failed: some may be loaded
 // all the same). A process calls it at start, so that its first script
 // calls go by digest; a Redis that loses its scripts later (a restart, a
@@ -72,12 +77,12 @@ func LoadScripts(ctx context.Context, rdb redis.UniversalClient) (int, error) {
 // scriptPass is one try of a pipeline of script calls (presence's
 // runScripts, publishMany). The calls go by digest; those that find their
 // script missing from Redis's cache (a new Redis, a restart, SCRIPT FLUSH)
-// go again by digest once each missing script is loaded, one SCRIPT LOAD
-// per script: sending the source with every call instead costs an EVAL
-// each (hundreds in the first presence flush of a busy join on a new
-// Redis, each one hashed again by Redis). Only when the load failed, or
-// Redis lost the scripts again since, do they go with their source, as
-// Script.Run would send them.
+// go again by digest once the missing scripts are loaded (one pipeline of
+// SCRIPT LOADs, loadScripts): sending the source with every call instead
+// costs an EVAL each (hundreds in the first presence flush of a busy join
+// on a new Redis, each one hashed again by Redis). Only when the load
+// failed, or Redis lost the scripts again since, do they go with their
+// source, as Script.Run would send them.
 type scriptPass int
 
 const (
@@ -110,14 +115,64 @@ func (pass scriptPass) retry(ctx context.Context, rdb redis.UniversalClient, mis
 	return pass, false
 }
 
-// loadScripts puts scripts in Redis's script cache; on a Cluster the
-// client's SCRIPT LOAD goes to every node, where each script's calls may
-// go by their keys.
+// loadScripts puts scripts in Redis's script cache in one round trip: a
+// pipeline of SCRIPT LOADs (LoadScripts' few dozen at start, or the
+// scripts a pass found missing), where one SCRIPT LOAD per script cost a
+// round trip each. On a Cluster a pipeline goes to every node, masters
+// and replicas, at once: a script's calls go to the node of their keys,
+// and a cluster client's pipeline would send keyless SCRIPT LOADs to one
+// node only. Hooks of the cluster client itself therefore do not see
+// these loads; hooks of its nodes' clients do.
 func loadScripts(ctx context.Context, rdb redis.UniversalClient, scripts []*redis.Script) error {
-	for _, s := range scripts {
-		if err := s.Load(ctx, rdb).Err(); err != nil {
-			return fmt.Errorf("progress: load script %s: %w", s.Hash(), err)
+	if len(scripts) == 0 {
+		return nil
+	}
+	srcs, err := scriptSources(scripts)
+	if err != nil {
+		return err
+	}
+	if c, ok := rdb.(*redis.ClusterClient); ok {
+		return c.ForEachShard(ctx, func(ctx context.Context, node *redis.Client) error {
+			return pipelineLoads(ctx, node, scripts, srcs)
+		})
+	}
+	return pipelineLoads(ctx, rdb, scripts, srcs)
+}
+
+// scriptSources returns the sources of scripts, all made with NewScript.
+func scriptSources(scripts []*redis.Script) ([]string, error) {
+	scriptRegistry.mu.Lock()
+	defer scriptRegistry.mu.Unlock()
+	srcs := make([]string, len(scripts))
+	for i, s := range scripts {
+		src, ok := scriptRegistry.sources[s.Hash()]
+		if !ok {
+			return nil, fmt.Errorf("progress: load script %s: not made with NewScript, its source is unknown", s.Hash())
 		}
+		srcs[i] = src
+	}
+	return srcs, nil
+}
+
+// pipelineLoads sends SCRIPT LOAD of each of srcs (the sources of scripts)
+// to rdb's one Redis in one pipeline and returns the first load's error,
+// naming its script. It queues the pipeline's own ScriptLoad, not
+// Script.Load: that one reads its command's reply as soon as queued, so on
+// a pipeline it would take the empty reply for the script's digest.
+func pipelineLoads(ctx context.Context, rdb redis.Cmdable, scripts []*redis.Script, srcs []string) error {
+	cmds, err := rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, src := range srcs {
+			pipe.ScriptLoad(ctx, src)
+		}
+		return nil
+	})
+	for i, cmd := range cmds {
+		if cmd.Err() != nil {
+			return fmt.Errorf("progress: load script %s: %w", scripts[i].Hash(), cmd.Err())
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("progress: load scripts: %w", err)
 	}
 	return nil
 }

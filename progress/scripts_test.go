@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"testing"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -30,6 +32,7 @@ type scriptTraffic struct {
 
 	mu                            sync.Mutex
 	trips, evals, evalShas, loads int
+	loadTrips                     int // round trips that carried a SCRIPT LOAD
 }
 
 // scriptCounts is what a scriptTraffic counted.
@@ -48,16 +51,33 @@ func (h *scriptTraffic) saw(cmds []redis.Cmder) {
 		return // a new connection's setup, not the code's traffic
 	}
 	h.trips++
+	if slices.ContainsFunc(cmds, isScriptLoad) {
+		h.loadTrips++
+	}
 	for _, c := range cmds {
-		switch args := c.Args(); {
+		switch {
 		case c.Name() == "eval":
 			h.evals++
 		case c.Name() == "evalsha":
 			h.evalShas++
-		case c.Name() == "script" && len(args) > 1 && fmt.Sprint(args[1]) == "load":
+		case isScriptLoad(c):
 			h.loads++
 		}
 	}
+}
+
+// loadRoundTrips is how many of the round trips counted carried a SCRIPT
+// LOAD.
+func (h *scriptTraffic) loadRoundTrips() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.loadTrips
+}
+
+// isScriptLoad reports whether c is a SCRIPT LOAD.
+func isScriptLoad(c redis.Cmder) bool {
+	args := c.Args()
+	return c.Name() == "script" && len(args) > 1 && fmt.Sprint(args[1]) == "load"
 }
 
 func (h *scriptTraffic) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -65,29 +85,56 @@ func (h *scriptTraffic) DialHook(next redis.DialHook) redis.DialHook { return ne
 func (h *scriptTraffic) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		h.saw([]redis.Cmder{cmd})
-		args := cmd.Args()
-		if cmd.Name() != "script" || len(args) < 2 || fmt.Sprint(args[1]) != "load" {
-			return next(ctx, cmd)
-		}
-		switch h.fault {
-		case loadRefused:
-			err := errors.New("test: SCRIPT LOAD refused")
-			cmd.SetErr(err)
-			return err
-		case loadForgotten:
-			err := next(ctx, cmd)
-			if ferr := h.flusher.ScriptFlush(ctx).Err(); ferr != nil {
-				return ferr
-			}
-			return err
-		}
-		return next(ctx, cmd)
+		return h.playFault(ctx, []redis.Cmder{cmd}, func(ctx context.Context) error { return next(ctx, cmd) })
 	}
 }
 
 func (h *scriptTraffic) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		h.saw(cmds)
-		return next(ctx, cmds)
+		return h.playFault(ctx, cmds, func(ctx context.Context) error { return next(ctx, cmds) })
+	}
+}
+
+// playFault sends cmds (send) with h's fault when they are SCRIPT LOADs
+// (loadScripts pipelines them with nothing else), and as they are
+// otherwise.
+func (h *scriptTraffic) playFault(ctx context.Context, cmds []redis.Cmder, send func(context.Context) error) error {
+	if !isScriptLoad(cmds[0]) {
+		return send(ctx)
+	}
+	switch h.fault {
+	case loadRefused:
+		err := errors.New("test: SCRIPT LOAD refused")
+		for _, c := range cmds {
+			c.SetErr(err)
+		}
+		return err
+	case loadForgotten:
+		err := send(ctx)
+		if ferr := h.flusher.ScriptFlush(ctx).Err(); ferr != nil {
+			return ferr
+		}
+		return err
+	}
+	return send(ctx)
+}
+
+// hookScriptTraffic adds h where rdb's script traffic shows: on rdb, or on
+// a Cluster on each node's client, which loadScripts' pipelines go to
+// straight (the cluster client's own hooks do not see them; each node's
+// see the script calls sent to it).
+func hookScriptTraffic(t *testing.T, rdb redis.UniversalClient, h redis.Hook) {
+	t.Helper()
+	c, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		rdb.AddHook(h)
+		return
+	}
+	if err := c.ForEachShard(t.Context(), func(_ context.Context, node *redis.Client) error {
+		node.AddHook(h)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

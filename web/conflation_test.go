@@ -258,7 +258,7 @@ func (e *testEnv) dialSmallBuffer() *wsClient {
 	d.Jar = e.client.Jar
 	nd := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
-		err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10) })
+		err := rc.Control(func(fd uintptr) { serr = setRecvBuffer(fd, 16<<10) })
 		return errors.Join(err, serr)
 	}}
 	d.NetDialContext = nd.DialContext

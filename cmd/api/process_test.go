@@ -84,7 +84,7 @@ func start(t *testing.T, name, command string, env ...string) *proc {
 	p.cmd.Dir = filepath.Join("..", "..")
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p, p
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	ownProcessGroup(t, p.cmd)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -99,7 +99,7 @@ func start(t *testing.T, name, command string, env ...string) *proc {
 	return p
 }
 
-func (p *proc) signal(sig syscall.Signal) { _ = syscall.Kill(-p.cmd.Process.Pid, sig) }
+func (p *proc) signal(sig syscall.Signal) { signalGroup(p.cmd.Process, sig) }
 
 // stop sends SIGTERM and waits for a clean exit.
 func (p *proc) stop() {

@@ -192,25 +192,44 @@ func TestFirstScriptCallsAfterStartMeetNoNoScript(t *testing.T) {
 	}
 }
 
-// refuseScriptLoads is a go-redis hook that fails every SCRIPT LOAD, as a
-// Redis whose ACL forbids it would.
+// refuseScriptLoads is a go-redis hook that fails every SCRIPT LOAD, alone
+// or in a pipeline (progress.LoadScripts pipelines them), as a Redis
+// whose ACL forbids it would.
 type refuseScriptLoads struct{}
+
+// refuse fails cmds, without sending them, when one is a SCRIPT LOAD.
+func (refuseScriptLoads) refuse(cmds []redis.Cmder) error {
+	if !slices.ContainsFunc(cmds, func(cmd redis.Cmder) bool {
+		args := cmd.Args()
+		return cmd.Name() == "script" && len(args) > 1 && fmt.Sprint(args[1]) == "load"
+	}) {
+		return nil
+	}
+	err := errors.New("NOPERM this user has no permissions to run the 'script|load' command")
+	for _, cmd := range cmds {
+		cmd.SetErr(err)
+	}
+	return err
+}
 
 func (refuseScriptLoads) DialHook(next redis.DialHook) redis.DialHook { return next }
 
-func (refuseScriptLoads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (r refuseScriptLoads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if args := cmd.Args(); cmd.Name() == "script" && len(args) > 1 && fmt.Sprint(args[1]) == "load" {
-			err := errors.New("NOPERM this user has no permissions to run the 'script|load' command")
-			cmd.SetErr(err)
+		if err := r.refuse([]redis.Cmder{cmd}); err != nil {
 			return err
 		}
 		return next(ctx, cmd)
 	}
 }
 
-func (refuseScriptLoads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
+func (r refuseScriptLoads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if err := r.refuse(cmds); err != nil {
+			return err
+		}
+		return next(ctx, cmds)
+	}
 }
 
 // A start whose script load fails goes on with a warning: each script is
