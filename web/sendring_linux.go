@@ -48,7 +48,7 @@ func newSendRing(entries uint32) (*sendRing, error) {
 // returns) on descriptor fd, tagged with tag. At most the entries asked
 // of newSendRing may be queued between enters (a flusher's chunk).
 func (r *sendRing) send(fd uintptr, p []byte, tag uint64) {
-	r.r.Queue(uring.SQE{
+	queued := r.r.Queue(uring.SQE{
 		Opcode:   uring.OpSend,
 		Fd:       int32(fd),
 		Addr:     uint64(uintptr(unsafe.Pointer(&p[0]))),
@@ -56,6 +56,11 @@ func (r *sendRing) send(fd uintptr, p []byte, tag uint64) {
 		OpFlags:  unix.MSG_DONTWAIT | unix.MSG_NOSIGNAL,
 		UserData: tag,
 	})
+	if !queued {
+		// More than a chunk between enters: enter would wait for
+		// completions of sends that were never queued.
+		panic("web: more sends queued than the send ring holds")
+	}
 }
 
 // enter submits the n sends queued since the last enter and waits for

@@ -114,7 +114,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.Window, "window", 1, "scenario mode, fanout: messages each publisher has in flight (1: the next goes when the previous reached every subscriber)")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "scenario mode: publishing time of fanout and latency (default 10s), bytes (5s), and restart's before and after the restart (1s)")
 	fs.IntVar(&c.ClientProcs, "client-procs", 0, "scenario mode: GOMAXPROCS of the load client during every scenario (0: Go's default); the servers it starts keep theirs")
-	fs.BoolVar(&c.ReadRing, "read-ring", true, "scenario mode: subscribers' sockets receive through io_uring rings, one per GOMAXPROCS (Linux 6.1 or later; where the kernel refuses, read(2) as with false, said in the notes); false: one read(2) per socket wake-up")
+	fs.BoolVar(&c.ReadRing, "read-ring", true, "scenario mode: in fanout, latency and bytes, subscribers' sockets receive through io_uring rings, one per GOMAXPROCS (Linux 6.1 or later; where the kernel refuses, read(2) as with false, said in the notes); false, and the other scenarios: one read(2) per socket wake-up")
 	fs.DurationVar(&c.Settle, "settle", time.Second, "scenario mode: pause after every socket joined, before measuring (idle: 2s)")
 	if err := fs.Parse(args); err != nil {
 		return c, err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -142,7 +143,7 @@ func (rr *recvRing) run(buffers int) {
 	rr.armWake()
 	rr.started <- nil
 	for {
-		if _, errno := ring.EnterBlocking(1, uring.EnterGetEvents); errno != 0 && errno != syscall.EINTR && errno != syscall.EBUSY {
+		if _, errno := ring.EnterBlocking(1, uring.EnterGetEvents); errno != 0 && !retryEnter(errno) {
 			// Nothing here can recover a ring the kernel refuses to
 			// enter: end every socket with the error.
 			rr.endAll(fmt.Errorf("loadgen: io_uring_enter: %w", errno))
@@ -156,17 +157,34 @@ func (rr *recvRing) run(buffers int) {
 	}
 }
 
+// retryEnter: an enter that did nothing and is tried again. EINTR: a
+// signal (the runtime's preemption); EBUSY: the completion queue's
+// overflow is being flushed; EAGAIN: the kernel could not allocate a
+// request this time.
+func retryEnter(errno syscall.Errno) bool {
+	return errno == syscall.EINTR || errno == syscall.EBUSY || errno == syscall.EAGAIN
+}
+
 // armWake arms a multishot poll of the eventfd that read's requests
 // write to.
 func (rr *recvRing) armWake() {
-	rr.queue(uring.SQE{Opcode: uring.OpPollAdd, Fd: int32(rr.wake), Len: uring.PollAddMulti, OpFlags: unix.POLLIN, UserData: tagWake})
+	rr.queue(uring.SQE{Opcode: uring.OpPollAdd, Fd: int32(rr.wake), Len: uring.PollAddMulti, OpFlags: pollIn, UserData: tagWake})
 }
+
+// pollIn is POLLIN as the kernel reads poll32_events: on a big-endian
+// machine it swaps the field's 16-bit halves.
+var pollIn = func() uint32 {
+	if binary.NativeEndian.Uint16([]byte{0, 1}) == 1 {
+		return unix.POLLIN<<16 | unix.POLLIN>>16
+	}
+	return unix.POLLIN
+}()
 
 // queue adds e to the next enter, submitting what is queued first when
 // the submission queue is full.
 func (rr *recvRing) queue(e uring.SQE) {
 	for !rr.ring.Queue(e) {
-		if _, errno := rr.ring.EnterBlocking(0, 0); errno != 0 && errno != syscall.EINTR && errno != syscall.EBUSY {
+		if _, errno := rr.ring.EnterBlocking(0, 0); errno != 0 && !retryEnter(errno) {
 			panic(fmt.Sprintf("loadgen: io_uring_enter to submit: %v", errno)) // a ring it just entered
 		}
 	}
@@ -192,6 +210,9 @@ func (rr *recvRing) complete(c uring.CQE) {
 		return // the receive's own completion says how it ended
 	}
 	rs := rr.socks[c.UserData]
+	if rs != nil && !c.More() {
+		rs.armed = false // so that a failing feed below cancels nothing
+	}
 	if id, ok := c.Buffer(); ok {
 		if rs != nil && rs.err == nil && c.Res > 0 {
 			rs.read.Add(int64(c.Res))
@@ -209,7 +230,6 @@ func (rr *recvRing) complete(c uring.CQE) {
 	// The receive ended: by a cancel, at the end of the stream, on an
 	// error, or because the buffers ran out (ENOBUFS) or the kernel
 	// stopped it after data: those two are armed again.
-	rs.armed = false
 	switch {
 	case rs.err != nil:
 	case c.Res == 0:
@@ -371,8 +391,11 @@ func (rr *recvRing) read(ctx context.Context, c net.Conn, rd *wsReader, read *at
 
 // writeControlFd writes a control frame (a pong, the close reply) on a
 // socket's descriptor, masked as a client's frames must be. The socket is
-// non-blocking: a frame its full send buffer cannot take is dropped, and
-// the server's ping timeout or close handshake tells.
+// non-blocking: a frame its full send buffer cannot take at all is
+// dropped (the server's ping timeout or close handshake tells); one it
+// took in part is finished, waiting up to controlWait for room, or the
+// socket is shut for writing, since half a frame would corrupt every
+// frame after it.
 func writeControlFd(fd int, messageType int, data []byte) {
 	key := rand.Uint32()
 	b := make([]byte, 0, 6+len(data)) // control payloads are at most 125 bytes
@@ -380,12 +403,21 @@ func writeControlFd(fd int, messageType int, data []byte) {
 	for i, c := range data {
 		b = append(b, c^b[2+i%4])
 	}
+	whole := len(b)
+	deadline := time.Now().Add(controlWait)
 	for len(b) > 0 {
 		n, err := unix.Write(fd, b)
-		if err == unix.EINTR {
+		switch {
+		case err == unix.EINTR:
 			continue
-		}
-		if err != nil {
+		case err == unix.EAGAIN && len(b) < whole && time.Until(deadline) > 0:
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+			_, _ = unix.Poll(fds, int(time.Until(deadline)/time.Millisecond)+1)
+			continue
+		case err != nil:
+			if len(b) < whole {
+				_ = unix.Shutdown(fd, unix.SHUT_WR)
+			}
 			return
 		}
 		b = b[n:]

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"runtime"
 	"strings"
@@ -38,7 +40,9 @@ func ringExpected() string {
 	if runtime.GOOS != "linux" {
 		return "not Linux"
 	}
-	if b, err := os.ReadFile("/proc/sys/kernel/io_uring_disabled"); err != nil || strings.TrimSpace(string(b)) != "0" {
+	// The sysctl came with Linux 6.6: without it io_uring is open.
+	if b, err := os.ReadFile("/proc/sys/kernel/io_uring_disabled"); err == nil && strings.TrimSpace(string(b)) != "0" ||
+		err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Sprintf("io_uring is not open to every process (%q, %v)", b, err)
 	}
 	b, err := os.ReadFile("/proc/sys/kernel/osrelease")

@@ -151,7 +151,7 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 	sw := newSwarm(ctx, t, p.Clients, p.Users, c.DialConcurrency)
 	sw.fan, sw.keepLat, sw.resume = fan, name == "latency", name == "restart"
 	defer sw.Close()
-	o.note("%s: %s", t.Name(), sw.reader(c.ReadRing))
+	o.note("%s: %s", t.Name(), sw.reader(c.ReadRing && ringsPay(name)))
 	say("server pid %d up; opening %d sockets as %d users", t.PID(), p.Clients, p.Users)
 	stopJoinProfile := func() error { return nil }
 	if name == "join" && c.CPUProfile != "" {
@@ -234,12 +234,18 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 		}
 		o.add("server RSS per idle socket, KiB", float64(rss1-rss0)/float64(p.Clients)/1024, 1)
 		o.note("%s: VmRSS %.1f MiB before the sockets, %.1f MiB with %d subscribed", t.Name(), float64(rss0)/(1<<20), float64(rss1)/(1<<20), p.Clients)
-	case "fanout":
-		o = closedLoop(ctx, sw, t, p)
-	case "latency", "bytes":
-		o = openLoop(ctx, sw, t, p, name)
-	case "restart":
-		o = restart(ctx, sw, t.(*tsTarget), p)
+	case "fanout", "latency", "bytes", "restart":
+		// These build their own outcome: keep the notes so far.
+		notes := o.Notes
+		switch name {
+		case "fanout":
+			o = closedLoop(ctx, sw, t, p)
+		case "restart":
+			o = restart(ctx, sw, t.(*tsTarget), p)
+		default:
+			o = openLoop(ctx, sw, t, p, name)
+		}
+		o.Notes = append(notes, o.Notes...)
 	}
 	sw.Close()
 	if n := sw.dialFailed.Load(); n > 0 {
@@ -257,6 +263,17 @@ func runScenario(ctx context.Context, name string, p params, t target, c config)
 func measuring(scenario string) bool {
 	return scenario == "fanout" || scenario == "latency" || scenario == "bytes"
 }
+
+// ringsPay reports whether a scenario's sockets are read through receive
+// rings when -read-ring allows: in fanout, latency and bytes each socket
+// receives thousands of messages, and the ring took the client's CPU per
+// delivery from about 6 µs to 4.8; in a join a socket receives about three
+// times, and attaching it to a ring (a descriptor duplicated, the ring's
+// thread woken) cost more than that saves: 5,000 sockets joined in
+// 1.93-2.39 s with rings against 1.59-1.61 s with read(2), the reference
+// in 1.00-1.06 and 0.85-0.87 s (BENCHMARKS.md §0). Idle and restart are
+// joins too.
+func ringsPay(scenario string) bool { return measuring(scenario) }
 
 // profilePath is where -cpuprofile path puts the profile of scenario on
 // target: "-scenario-target" inserted before path's extension

@@ -83,7 +83,7 @@ func (sw *swarm) useRings(n int) error {
 // read(2) per socket wake-up. It says which, for the report's notes.
 func (sw *swarm) reader(rings bool) string {
 	if !rings {
-		return "subscribers read with read(2), one per socket wake-up (-read-ring=false)"
+		return "subscribers read with read(2), one per socket wake-up"
 	}
 	n := runtime.GOMAXPROCS(0)
 	if err := sw.useRings(n); err != nil {

@@ -136,6 +136,7 @@ func TestReadMessages(t *testing.T) {
 		manyWant = append(manyWant, m)
 	}
 	closeFrame := frameBytes(true, websocket.CloseMessage, closePayload(websocket.CloseTryAgainLater, "busy"))
+	ways := readers(t)
 	for _, tc := range []struct {
 		name      string
 		send      []byte
@@ -166,7 +167,7 @@ func TestReadMessages(t *testing.T) {
 		{name: "too large", send: []byte{0x82, 127, 0, 0, 0, 0, 0x10, 0, 0, 0}, wantErr: "bytes (at most"},
 		{name: "one-byte close", send: frameBytes(true, websocket.CloseMessage, []byte{3}), wantErr: "1 byte"},
 	} {
-		for _, reader := range readers(t) {
+		for _, reader := range ways {
 			t.Run(reader.name+"/"+tc.name, func(t *testing.T) {
 				ctrl := make(chan clientFrame, 10)
 				srv := rawServer(t, tc.send, ctrl)

@@ -177,8 +177,10 @@ func (r *Ring) Queued() int { return int(r.tail - r.published) }
 
 // Enter hands the queued entries to the kernel and, with EnterGetEvents
 // in flags, waits until at least minComplete completions are ready. It
-// returns how many entries the kernel took (fewer than were queued only
-// with an error; Withdraw takes back the rest). A raw system call: the
+// returns how many entries the kernel took: fewer than were queued with
+// an error, or when an entry failed to start (it is counted, and its
+// error comes as its completion) and the kernel stopped there; the rest
+// go with the next Enter, or Withdraw takes them back. A raw system call: the
 // runtime is not told, so it must not block for long (a wait for
 // completions that are certain to come at once, as non-blocking sends'
 // are); EnterBlocking is for waits.
@@ -217,7 +219,9 @@ func (r *Ring) Withdraw() {
 }
 
 // Reap hands every completion ready to fn, in order, and returns how
-// many there were. fn may queue entries but not enter the ring.
+// many there were. fn may queue entries, and enter the ring to submit
+// them (a full queue) but not to reap: the completions are read in place
+// and released only when Reap returns.
 func (r *Ring) Reap(fn func(CQE)) int {
 	head, tail := atomic.LoadUint32(r.cqHead), atomic.LoadUint32(r.cqTail)
 	n := int(tail - head)

@@ -13,9 +13,9 @@ import (
 
 // More sockets than the ring's submission queue (recvRingEntries) run
 // out of buffers in one batch: re-arming them fills the queue inside
-// Reap, so queue enters the ring from Reap's callback (which
-// uring.Ring.Reap's documentation forbids). Every socket must still get
-// each message once, in order, then the server's close.
+// Reap, so queue enters the ring (to submit only) from Reap's callback.
+// Every socket must still get each message once, in order, then the
+// server's close.
 func TestRecvRingRearmsMoreThanTheQueue(t *testing.T) {
 	if why := ringExpected(); why != "" {
 		t.Skip(why)
