@@ -3,9 +3,6 @@ package uring
 import (
 	"bytes"
 	"errors"
-	"io/fs"
-	"os"
-	"strings"
 	"syscall"
 	"testing"
 	"unsafe"
@@ -17,10 +14,8 @@ import (
 // none to every process.
 func newTestRing(t *testing.T, entries uint32, o Options) *Ring {
 	t.Helper()
-	// The sysctl came with Linux 6.6: without it io_uring is open.
-	if b, err := os.ReadFile("/proc/sys/kernel/io_uring_disabled"); err == nil && strings.TrimSpace(string(b)) != "0" ||
-		err != nil && !errors.Is(err, fs.ErrNotExist) {
-		t.Skipf("io_uring is not open to every process here (%q, %v)", b, err)
+	if err := Probe(); err != nil {
+		t.Skip(err) // turned off, or refused by a sandbox
 	}
 	r, err := New(entries, o)
 	if err != nil {
