@@ -224,8 +224,8 @@ func (rr *recvRing) complete(c uring.CQE) {
 		}
 		rr.bufs.Recycle(id)
 	}
-	if rs == nil || c.More() {
-		return
+	if rs == nil || c.More() || rr.socks[rs.id] != rs {
+		return // goes on, or the failed feed above already finished rs
 	}
 	// The receive ended: by a cancel, at the end of the stream, on an
 	// error, or because the buffers ran out (ENOBUFS) or the kernel
