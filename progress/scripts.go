@@ -131,7 +131,10 @@ func loadScripts(ctx context.Context, rdb redis.UniversalClient, scripts []*redi
 	if err != nil {
 		return err
 	}
-	if c, ok := rdb.(*redis.ClusterClient); ok {
+	// A Cluster's (and a Ring's) nodes each get the pipeline.
+	if c, ok := rdb.(interface {
+		ForEachShard(context.Context, func(context.Context, *redis.Client) error) error
+	}); ok {
 		return c.ForEachShard(ctx, func(ctx context.Context, node *redis.Client) error {
 			return pipelineLoads(ctx, node, scripts, srcs)
 		})

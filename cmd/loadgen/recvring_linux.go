@@ -391,11 +391,12 @@ func (rr *recvRing) read(ctx context.Context, c net.Conn, rd *wsReader, read *at
 
 // writeControlFd writes a control frame (a pong, the close reply) on a
 // socket's descriptor, masked as a client's frames must be. The socket is
-// non-blocking: a frame its full send buffer cannot take at all is
+// non-blocking, and this runs on a ring's thread, which must not wait
+// for one socket: a frame its full send buffer cannot take at all is
 // dropped (the server's ping timeout or close handshake tells); one it
-// took in part is finished, waiting up to controlWait for room, or the
-// socket is shut for writing, since half a frame would corrupt every
-// frame after it.
+// took only in part shuts the socket for writing, since half a frame
+// would corrupt every frame after it (the server sees the connection
+// end).
 func writeControlFd(fd int, messageType int, data []byte) {
 	key := rand.Uint32()
 	b := make([]byte, 0, 6+len(data)) // control payloads are at most 125 bytes
@@ -404,15 +405,10 @@ func writeControlFd(fd int, messageType int, data []byte) {
 		b = append(b, c^b[2+i%4])
 	}
 	whole := len(b)
-	deadline := time.Now().Add(controlWait)
 	for len(b) > 0 {
 		n, err := unix.Write(fd, b)
 		switch {
 		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN && len(b) < whole && time.Until(deadline) > 0:
-			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-			_, _ = unix.Poll(fds, int(time.Until(deadline)/time.Millisecond)+1)
 			continue
 		case err != nil:
 			if len(b) < whole {

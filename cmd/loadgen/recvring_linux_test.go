@@ -77,57 +77,69 @@ func burstServer(t *testing.T, msgs, burst int, start <-chan struct{}, done chan
 // Many sockets on one ring with fewer provided buffers than sockets with
 // data at once: the kernel's receives run out (ENOBUFS) and are armed
 // again, and every socket still gets each of its messages once, in
-// order, then the server's close.
+// order, then the server's close. With more sockets than the ring's
+// submission queue (recvRingEntries), re-arming them fills the queue
+// inside Reap, so queue enters the ring (to submit only) from Reap's
+// callback.
 func TestRecvRingManySocketsFewBuffers(t *testing.T) {
 	if why := ringExpected(); why != "" {
 		t.Skip(why)
 	}
-	rr, err := newRecvRing(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rr.close()
-	const socks, msgs = 16, 300
-	start := make(chan struct{})
-	srv := burstServer(t, msgs, 25, start, make(chan string, socks))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, socks)
-	for i := range socks {
-		s := &sock{ring: rr}
-		name := fmt.Sprint("s", i)
-		if err := dialSock(ctx, websocket.Dialer{}, "ws"+strings.TrimPrefix(srv.URL, "http")+"?s="+name, nil, s); err != nil {
-			t.Fatal(err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer s.ws.Close()
-			next := 0
-			err := s.readMessages(ctx, func(msg []byte, _ time.Time) bool {
-				if want := fmt.Sprintf("%s.%d", name, next); string(msg) != want {
-					errs <- fmt.Errorf("%s: got %q, want %q", name, msg, want)
-					return false
-				}
-				next++
-				return true
-			})
-			switch {
-			case closeCodeOf(err) != websocket.CloseNormalClosure:
-				errs <- fmt.Errorf("%s ended with %v, want the server's close", name, err)
-			case next != msgs:
-				errs <- fmt.Errorf("%s: %d messages, want %d", name, next, msgs)
+	for _, tc := range []struct {
+		name               string
+		socks, msgs, burst int
+	}{
+		{"16 sockets, bursts of 25", 16, 300, 25},
+		{"more sockets than the submission queue", 2 * recvRingEntries, 40, 40},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rr, err := newRecvRing(2)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}()
-	}
-	close(start)
-	wg.Wait()
-	rr.close()
-	t.Logf("receives armed again: %d", rr.rearms) // after close: the ring's goroutine ended
-	close(errs)
-	for err := range errs {
-		t.Error(err)
+			defer rr.close()
+			start := make(chan struct{})
+			srv := burstServer(t, tc.msgs, tc.burst, start, make(chan string, tc.socks))
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			var wg sync.WaitGroup
+			errs := make(chan error, tc.socks)
+			for i := range tc.socks {
+				s := &sock{ring: rr}
+				name := fmt.Sprint("s", i)
+				if err := dialSock(ctx, websocket.Dialer{}, "ws"+strings.TrimPrefix(srv.URL, "http")+"?s="+name, nil, s); err != nil {
+					t.Fatal(err)
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer s.ws.Close()
+					next := 0
+					err := s.readMessages(ctx, func(msg []byte, _ time.Time) bool {
+						if want := fmt.Sprintf("%s.%d", name, next); string(msg) != want {
+							errs <- fmt.Errorf("%s: got %q, want %q", name, msg, want)
+							return false
+						}
+						next++
+						return true
+					})
+					switch {
+					case closeCodeOf(err) != websocket.CloseNormalClosure:
+						errs <- fmt.Errorf("%s ended with %v, want the server's close", name, err)
+					case next != tc.msgs:
+						errs <- fmt.Errorf("%s: %d messages, want %d", name, next, tc.msgs)
+					}
+				}()
+			}
+			close(start)
+			wg.Wait()
+			rr.close()
+			t.Logf("receives armed again: %d", rr.rearms) // after close: the ring's goroutine ended
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+		})
 	}
 }
 

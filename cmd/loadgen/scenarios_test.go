@@ -239,12 +239,20 @@ func TestScenariosOnBothTargets(t *testing.T) {
 				if named := strings.Contains(report, "load client GOMAXPROCS 1"); named != slices.Contains(extra, "-client-procs") {
 					t.Errorf("-client-procs in %q, but the rows naming the client's GOMAXPROCS: %v:\n%s", extra, named, report)
 				}
-				reads := "subscribers receive through"
-				if slices.Contains(extra, "-read-ring=false") || ringExpected() != "" {
-					reads = "subscribers read with read(2)"
-				}
-				if !strings.Contains(report, reads) {
-					t.Errorf("the notes do not say %q:\n%s", reads, report)
+				// Each scenario's notes name its reader: rings only
+				// where they pay, and only where allowed and asked.
+				for _, sc := range scenarioNames {
+					reads := "subscribers read with read(2)"
+					if ringsPay(sc) && !slices.Contains(extra, "-read-ring=false") && ringExpected() == "" {
+						reads = "subscribers receive through"
+					}
+					for _, tg := range []string{"taskstream", "gorilla"} {
+						if line := "- " + sc + ", " + tg + ": " + reads; sc != "restart" || tg == "taskstream" {
+							if !strings.Contains(report, line) {
+								t.Errorf("the notes lack %q", line)
+							}
+						}
+					}
 				}
 				if strings.Contains(report, "failed") {
 					t.Fatalf("a scenario failed:\n%s", report)

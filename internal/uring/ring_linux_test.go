@@ -3,6 +3,7 @@ package uring
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"syscall"
 	"testing"
 	"unsafe"
@@ -105,6 +106,15 @@ func TestQueueEnterReap(t *testing.T) {
 // buffer is left (ENOBUFS, ending it) and ends at the stream's end with 0.
 func TestMultishotReceiveWithBuffers(t *testing.T) {
 	r := newTestRing(t, 8, Options{})
+	// Provided-buffer rings came with Linux 5.19, multishot receives with 6.0.
+	var u unix.Utsname
+	var major, minor int
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor); err != nil || major < 6 {
+		t.Skipf("kernel %s: multishot receives need 6.0", unix.ByteSliceToString(u.Release[:]))
+	}
 	bufs, err := r.RegisterBuffers(3, 2, 16)
 	if err != nil {
 		t.Fatal(err)
