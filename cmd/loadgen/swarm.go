@@ -63,11 +63,16 @@ func newSwarm(ctx context.Context, t target, n, users, dialConc int) *swarm {
 
 // useRings starts n receive rings (recvRing) and spreads the sockets
 // over them. It returns an error wrapping uring.ErrUnavailable when the
-// kernel has none to give; the sockets then read with read(2).
+// kernel has none to give, with none started; the sockets then read with
+// read(2).
 func (sw *swarm) useRings(n int) error {
 	for range n {
 		rr, err := newRecvRing(0)
 		if err != nil {
+			for _, rr := range sw.rings {
+				rr.close()
+			}
+			sw.rings = nil
 			return err
 		}
 		sw.rings = append(sw.rings, rr)
@@ -87,13 +92,6 @@ func (sw *swarm) reader(rings bool) string {
 	}
 	n := runtime.GOMAXPROCS(0)
 	if err := sw.useRings(n); err != nil {
-		for _, rr := range sw.rings {
-			rr.close()
-		}
-		sw.rings = nil
-		for _, s := range sw.socks {
-			s.ring = nil
-		}
 		return fmt.Sprintf("subscribers read with read(2), one per socket wake-up: no receive ring (%v)", err)
 	}
 	return fmt.Sprintf("subscribers receive through %d io_uring rings (multishot receives, one thread each)", n)

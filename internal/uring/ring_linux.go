@@ -234,14 +234,8 @@ func (r *Ring) Reap(fn func(CQE)) int {
 
 // Close lets the ring go: the kernel cancels what is still in flight.
 func (r *Ring) Close() {
-	if r.sqeMem != nil {
-		_ = unix.Munmap(r.sqeMem)
-		r.sqeMem = nil
-	}
-	if r.rings != nil {
-		_ = unix.Munmap(r.rings)
-		r.rings = nil
-	}
+	unmap(&r.sqeMem)
+	unmap(&r.rings)
 	if r.fd >= 0 {
 		_ = syscall.Close(r.fd)
 		r.fd = -1
@@ -336,12 +330,14 @@ func (b *Buffers) publish() {
 // Free unmaps the buffers. Only once no receive can use them: after the
 // ring is closed, or after every receive of the group ended.
 func (b *Buffers) Free() {
-	if b.ring != nil {
-		_ = unix.Munmap(b.ring)
-		b.ring = nil
-	}
-	if b.mem != nil {
-		_ = unix.Munmap(b.mem)
-		b.mem = nil
+	unmap(&b.ring)
+	unmap(&b.mem)
+}
+
+// unmap unmaps *m once: Close and Free may be called again.
+func unmap(m *[]byte) {
+	if *m != nil {
+		_ = unix.Munmap(*m)
+		*m = nil
 	}
 }
